@@ -1,0 +1,1 @@
+"""Python client (async and sync) and the `evstore` command line."""

@@ -1,0 +1,1 @@
+"""The evstore node: storage -> log -> api, wired by app."""

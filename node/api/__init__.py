@@ -1,0 +1,1 @@
+"""HTTP API of the node: thin aiohttp handlers over the log."""
