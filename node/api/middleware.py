@@ -1,0 +1,95 @@
+"""Cross-cutting request handling: JSON errors, bearer-token roles, and per-route HTTP metrics."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from aiohttp import web
+
+from ..errors import LogError
+from .keys import METRICS_KEY, SETTINGS_KEY
+from .shape import json_response
+
+log = logging.getLogger("evstore.api")
+OPEN_PREFIXES = ("/health/", "/metrics")
+HTTP_ERROR_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                    405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
+
+
+def error_response(status: int, code: str, message: str, **details) -> web.Response:
+    headers = None
+    if status == 503 and "retryAfter" in details:
+        headers = {"Retry-After": str(max(1, round(details["retryAfter"])))}
+    return json_response({"error": code, "message": message, **details}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LogError as exc:
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "too_large", f"the body is larger than {exc.max_size} bytes",
+                              maxBytes=exc.max_size)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_ERROR_CODES.get(exc.status, "error")
+        return error_response(exc.status, code, exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error (a bug: please report it)")
+
+
+def required_role(request: web.Request) -> str | None:
+    path = request.path
+    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json":
+        return None
+    if path.startswith("/v1/admin/") or path == "/v1/cluster/step-down":
+        return "admin"
+    return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    tokens = request.app[SETTINGS_KEY].api_tokens
+    needed = required_role(request) if tokens else None
+    if needed is None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    role = None
+    if scheme.lower() == "bearer":
+        for known, known_role in tokens.items():
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                role = known_role
+    if role is None:
+        return error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
+    if ROLE_RANK[role] < ROLE_RANK[needed]:
+        return error_response(403, "forbidden", f"this needs the {needed} role; the token has {role}")
+    return await handler(request)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[METRICS_KEY]
+        metrics.http_requests.labels(method=request.method, route=route, status=str(status)).inc()
+        metrics.http_latency.labels(route=route).observe(time.perf_counter() - started)
+
+
+MIDDLEWARES = [metrics_middleware, errors_middleware, auth_middleware]

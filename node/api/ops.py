@@ -1,0 +1,79 @@
+"""Operations endpoints: health, metrics, node info, cluster view, admin verify and scavenge."""
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import evstore
+
+from .keys import LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY
+from .middleware import error_response
+from .shape import json_response, rfc3339
+
+FEATURES = ["streams", "all", "idempotent-appends", "metadata", "soft-delete", "hard-delete", "verify",
+            "scavenge"]
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[READY_KEY]
+    if not state.get("ready"):
+        return error_response(503, "unavailable", "the node is not ready", reason=state.get("reason", "starting"),
+                              retryAfter=1)
+    return json_response({"status": "ready", "role": "single"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS_KEY]
+    log = request.app[LOG_KEY]
+    registry.storage_bytes.set(log.storage.size_bytes())
+    registry.head_position.set(log.head)
+    registry.committed_position.set(log.head)
+    return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def info(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    return json_response({"version": evstore.__version__, "store": settings.store_id, "node": settings.node_id,
+                          "mode": "single", "durability": settings.durability, "features": FEATURES})
+
+
+async def cluster(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    head = request.app[LOG_KEY].head
+    me = {"node": settings.node_id, "url": settings.url, "role": "single", "position": head, "inSync": True,
+          "lag": 0, "lastSeen": rfc3339(time.time_ns() // 1000)}
+    return json_response({"store": settings.store_id, "node": settings.node_id, "role": "single",
+                          "leader": {"node": settings.node_id, "url": settings.url}, "epoch": 0,
+                          "committedPosition": head, "minInSync": 1, "isr": [settings.node_id], "members": [me]})
+
+
+async def step_down(request: web.Request) -> web.Response:
+    return error_response(409, "no_in_sync_follower", "a single node has no follower to hand leadership to")
+
+
+async def verify(request: web.Request) -> web.Response:
+    result = await request.app[LOG_KEY].verify()
+    if result["corrupt"]:
+        request.app[METRICS_KEY].checksum_failures.inc(len(result["corrupt"]))
+    return json_response(result)
+
+
+async def scavenge(request: web.Request) -> web.Response:
+    return json_response(await request.app[LOG_KEY].scavenge())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/info", info)
+    app.router.add_get("/v1/cluster", cluster)
+    app.router.add_post("/v1/cluster/step-down", step_down)
+    app.router.add_post("/v1/admin/verify", verify)
+    app.router.add_post("/v1/admin/scavenge", scavenge)

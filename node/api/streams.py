@@ -1,0 +1,125 @@
+"""Handlers for /v1/streams and /v1/all: parse, call the log, shape the reply."""
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from ..log import ANY, AllFilter, Log
+from . import validation as v
+from .keys import LOG_KEY, METRICS_KEY
+from .shape import event_json, json_response, rfc3339
+
+
+
+def _log(request: web.Request) -> Log:
+    return request.app[LOG_KEY]
+
+
+def _stream(request: web.Request, writing: bool = False) -> str:
+    return v.stream_name(request.match_info["stream"], writing=writing)
+
+
+READ_PARAMS = {"from": v.int_param(1), "limit": v.int_param(1, v.MAX_READ_LIMIT),
+               "direction": v.choice_param("forward", "backward")}
+
+
+async def append(request: web.Request) -> web.Response:
+    stream = _stream(request, writing=True)
+    expected, events = v.append_body(await request.read())
+    metrics = request.app.get(METRICS_KEY)
+    started = time.perf_counter()
+    try:
+        result = await _log(request).append(stream, expected, events)
+    except Exception as exc:
+        if metrics is not None:
+            metrics.appends.labels(result=getattr(exc, "code", "error")).inc()
+        raise
+    if metrics is not None:
+        metrics.append_latency.observe(time.perf_counter() - started)
+        metrics.appends.labels(result="ok").inc()
+        metrics.events_appended.inc(len(events))
+        metrics.bytes_appended.inc(sum(len(e.data) + len(e.metadata) for e in events))
+    return json_response({"stream": result.stream, "fromVersion": result.from_version, "version": result.version,
+                          "position": result.position})
+
+
+async def read_stream(request: web.Request) -> web.Response:
+    stream = _stream(request)
+    q = v.query_params(request.query, READ_PARAMS)
+    started = time.perf_counter()
+    page = await _log(request).read_stream(stream, q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
+                                           q.get("direction") == "backward")
+    _observe_read(request, "stream", started, len(page.records))
+    return json_response({"stream": page.stream, "version": page.version,
+                          "events": [event_json(r) for r in page.records], "next": page.next})
+
+
+async def stream_info(request: web.Request) -> web.Response:
+    info = await _log(request).stream_info(_stream(request))
+    return json_response({"stream": info.stream, "version": info.version, "created": rfc3339(info.created),
+                          "updated": rfc3339(info.updated), "deleted": info.deleted, "metadata": info.metadata})
+
+
+LIST_PARAMS = {"prefix": v.text_param(), "after": v.text_param(), "limit": v.int_param(1, v.MAX_LIST_LIMIT)}
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    q = v.query_params(request.query, LIST_PARAMS)
+    rows, nxt = await _log(request).list_streams(q.get("prefix"), q.get("after"),
+                                                 q.get("limit", v.DEFAULT_READ_LIMIT))
+    return json_response({"streams": [{"stream": r.stream, "version": r.version, "updated": rfc3339(r.updated)}
+                                      for r in rows], "next": nxt})
+
+
+DELETE_PARAMS = {"expectedVersion": v.expected_param, "hard": v.bool_param}
+
+
+async def delete_stream(request: web.Request) -> web.Response:
+    stream = _stream(request, writing=True)
+    q = v.query_params(request.query, DELETE_PARAMS)
+    await _log(request).delete(stream, q.get("expectedVersion", ANY), q.get("hard", False))
+    return web.Response(status=204)
+
+
+async def get_metadata(request: web.Request) -> web.Response:
+    return json_response(await _log(request).get_metadata(_stream(request)))
+
+
+async def put_metadata(request: web.Request) -> web.Response:
+    stream = _stream(request, writing=True)
+    metadata = v.metadata_body(await request.read())
+    return json_response(await _log(request).set_metadata(stream, metadata))
+
+
+ALL_PARAMS = {**READ_PARAMS, "type": v.text_param(v.MAX_TYPE_CHARS), "typePrefix": v.text_param(v.MAX_TYPE_CHARS),
+              "streamPrefix": v.text_param(), "streamPattern": v.text_param()}
+
+
+async def read_all(request: web.Request) -> web.Response:
+    q = v.query_params(request.query, ALL_PARAMS, repeatable={"type"})
+    filters = AllFilter(q.get("type", ()), q.get("typePrefix"), q.get("streamPrefix"), q.get("streamPattern"))
+    started = time.perf_counter()
+    page = await _log(request).read_all(q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
+                                        q.get("direction") == "backward", filters)
+    _observe_read(request, "all", started, len(page.records))
+    return json_response({"events": [event_json(r) for r in page.records], "next": page.next, "head": page.head})
+
+
+def _observe_read(request: web.Request, kind: str, started: float, count: int) -> None:
+    metrics = request.app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.read_latency.labels(kind=kind).observe(time.perf_counter() - started)
+        metrics.events_read.labels(kind=kind).inc(count)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/all", read_all)
+    app.router.add_get("/v1/streams", list_streams)
+    app.router.add_post("/v1/streams/{stream}", append)
+    app.router.add_get("/v1/streams/{stream}", read_stream)
+    app.router.add_delete("/v1/streams/{stream}", delete_stream)
+    app.router.add_get("/v1/streams/{stream}/info", stream_info)
+    app.router.add_get("/v1/streams/{stream}/metadata", get_metadata)
+    app.router.add_put("/v1/streams/{stream}/metadata", put_metadata)
+

@@ -1,0 +1,195 @@
+"""Request parsing: every limit and rule of the HTTP contract, raising InvalidRequest (400) on bad input."""
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Callable, Mapping
+
+import orjson
+from multidict import MultiMapping
+
+from ..errors import InvalidRequest, ReservedStream
+from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent
+
+MAX_STREAM_NAME_BYTES = 512
+MAX_TYPE_CHARS = 256
+MAX_EVENTS_PER_APPEND = 10_000
+MAX_READ_LIMIT = 4096
+DEFAULT_READ_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+MAX_INT = 2**62
+EXPECTED_WORDS = (ANY, NO_STREAM, STREAM_EXISTS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def stream_name(raw: str, *, writing: bool = False) -> str:
+    if not raw or len(raw.encode("utf-8", "surrogatepass")) > MAX_STREAM_NAME_BYTES:
+        raise InvalidRequest(f"a stream name is 1 to {MAX_STREAM_NAME_BYTES} bytes of UTF-8", field="stream")
+    if _CONTROL.search(raw):
+        raise InvalidRequest("a stream name may not contain control characters", field="stream")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("a stream name must be valid UTF-8", field="stream") from None
+    if writing and raw.startswith("$"):
+        raise ReservedStream(f"stream {raw!r} is a system stream: names starting with '$' are read-only",
+                             field="stream")
+    return raw
+
+
+def parse_json_body(body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("the request needs a JSON body", field="body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
+
+
+def require_object(value: Any, field: str, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object", field=field)
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r} in {field}", field=f"{field}.{unknown[0]}"
+                             if field != "body" else unknown[0])
+    return value
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def bounded_int(value: Any, field: str, low: int, high: int = MAX_INT) -> int:
+    if not is_int(value) or not low <= value <= high:
+        raise InvalidRequest(f"{field} must be an integer from {low} to {high}", field=field)
+    return value
+
+
+def expected_version(value: Any, field: str = "expectedVersion") -> ExpectedVersion:
+    if value in EXPECTED_WORDS:
+        return value
+    if is_int(value) and 0 <= value <= MAX_INT:
+        return value
+    raise InvalidRequest(f"{field} must be one of {', '.join(EXPECTED_WORDS)} or a version number >= 0",
+                         field=field)
+
+
+def expected_version_text(text: str) -> ExpectedVersion:
+    if text in EXPECTED_WORDS:
+        return text
+    if text.isascii() and text.isdigit() and len(text) < 20:
+        return expected_version(int(text))
+    return expected_version(text)
+
+
+def event_type(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TYPE_CHARS or _CONTROL.search(value):
+        raise InvalidRequest(f"{field} must be a string of 1 to {MAX_TYPE_CHARS} characters without control "
+                             "characters", field=field)
+    return value
+
+
+def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
+    doc = require_object(parse_json_body(body), "body", {"expectedVersion", "events"})
+    expected = expected_version(doc.get("expectedVersion", ANY))
+    events = doc.get("events")
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_APPEND:
+        raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS_PER_APPEND} events", field="events")
+    parsed, seen = [], set()
+    for i, raw in enumerate(events):
+        field = f"events[{i}]"
+        event = require_object(raw, field, {"id", "type", "data", "metadata"})
+        event_id = event_uuid(event.get("id"), f"{field}.id") if "id" in event else uuid.uuid4().bytes
+        if event_id in seen:
+            raise InvalidRequest(f"{field}.id repeats an id of the same request", field=f"{field}.id")
+        seen.add(event_id)
+        metadata = event.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise InvalidRequest(f"{field}.metadata must be a JSON object", field=f"{field}.metadata")
+        parsed.append(NewEvent(event_id, event_type(event.get("type"), f"{field}.type"),
+                               orjson.dumps(event.get("data")), orjson.dumps(metadata)))
+    return expected, parsed
+
+
+def event_uuid(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a UUID string", field=field)
+    try:
+        return uuid.UUID(value).bytes
+    except ValueError:
+        raise InvalidRequest(f"{field} must be a UUID string", field=field) from None
+
+
+METADATA_KEYS = {"maxCount", "maxAge", "truncateBefore", "custom"}
+
+
+def metadata_body(body: bytes) -> dict:
+    doc = require_object(parse_json_body(body), "body", METADATA_KEYS)
+    out: dict = {}
+    for key, low in (("maxCount", 1), ("maxAge", 1), ("truncateBefore", 0)):
+        if doc.get(key) is not None:
+            out[key] = bounded_int(doc[key], key, low)
+    if doc.get("custom") is not None:
+        if not isinstance(doc["custom"], dict):
+            raise InvalidRequest("custom must be a JSON object", field="custom")
+        out["custom"] = doc["custom"]
+    return out
+
+
+# query strings ---------------------------------------------------------------------------------
+Parser = Callable[[str, str], Any]
+
+
+def query_params(query: MultiMapping[str], parsers: Mapping[str, Parser], repeatable: set[str] = frozenset()
+                 ) -> dict[str, Any]:
+    """Parse a query string: unknown or repeated parameters and bad values are 400s."""
+    out: dict[str, Any] = {}
+    for name in query.keys():
+        if name in out:
+            continue
+        if name not in parsers:
+            raise InvalidRequest(f"unknown query parameter {name!r}", field=name)
+        values = query.getall(name)
+        if name in repeatable:
+            out[name] = [parsers[name](name, v) for v in values]
+        elif len(values) > 1:
+            raise InvalidRequest(f"query parameter {name!r} given more than once", field=name)
+        else:
+            out[name] = parsers[name](name, values[0])
+    return out
+
+
+def int_param(low: int, high: int = MAX_INT) -> Parser:
+    def parse(name: str, text: str) -> int:
+        if not (text.isascii() and text.isdigit() and len(text) < 20) or not low <= int(text) <= high:
+            raise InvalidRequest(f"{name} must be an integer from {low} to {high}", field=name)
+        return int(text)
+    return parse
+
+
+def choice_param(*choices: str) -> Parser:
+    def parse(name: str, text: str) -> str:
+        if text not in choices:
+            raise InvalidRequest(f"{name} must be one of {', '.join(choices)}", field=name)
+        return text
+    return parse
+
+
+def text_param(max_chars: int = MAX_STREAM_NAME_BYTES) -> Parser:
+    def parse(name: str, text: str) -> str:
+        if not 1 <= len(text) <= max_chars or _CONTROL.search(text):
+            raise InvalidRequest(f"{name} must be 1 to {max_chars} characters without control characters",
+                                 field=name)
+        return text
+    return parse
+
+
+def bool_param(name: str, text: str) -> bool:
+    if text not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false", field=name)
+    return text == "true"
+
+
+def expected_param(name: str, text: str) -> ExpectedVersion:
+    return expected_version_text(text) if text else expected_version(text, name)

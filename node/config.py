@@ -1,0 +1,197 @@
+"""Settings of a node from flags and EVSTORE_* environment variables (flags win), validated at start."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+ROLES = ("read", "write", "admin")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DURABILITY_MODES = ("sync", "interval")
+_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+MIN_BODY_BYTES = 1024
+MAX_BODY_BYTES = 1 << 30
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag, the variable and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_id: str = "default"
+    node_id: str = field(default_factory=socket.gethostname)
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 7113
+    advertise_url: str = ""
+    durability: str = "sync"
+    sync_interval: float = 0.2
+    max_body_bytes: int = 16 * 1024 * 1024
+    api_tokens_file: Path | None = None
+    api_tokens: Mapping[str, str] = field(default_factory=dict)
+    cluster_secret: str | None = None
+    etcd_endpoints: tuple[str, ...] = ()
+    discovery: tuple[str, ...] = ("zeroconf", "dns", "etcd")
+    discovery_interfaces: tuple[str, ...] = ("127.0.0.1",)
+    discovery_dns: str | None = None
+    min_in_sync: int | None = None
+    log_level: str = "info"
+
+    @property
+    def url(self) -> str:
+        return self.advertise_url or f"http://{self.host}:{self.port}"
+
+
+# (attribute, flag, variable, help)
+OPTIONS = [
+    ("store_id", "--store-id", "EVSTORE_STORE_ID", "store identifier (lower-case DNS label), default 'default'"),
+    ("node_id", "--node-id", "EVSTORE_NODE_ID", "node identifier, default the host name"),
+    ("data_dir", "--data-dir", "EVSTORE_DATA_DIR", "directory of the log, default ./data"),
+    ("host", "--host", "EVSTORE_HOST", "address to listen on, default 127.0.0.1"),
+    ("port", "--port", "EVSTORE_PORT", "port to listen on, default 7113"),
+    ("advertise_url", "--advertise-url", "EVSTORE_ADVERTISE_URL", "URL peers and clients use, default http://HOST:PORT"),
+    ("durability", "--durability", "EVSTORE_DURABILITY", "sync (reply after fsync, default) or interval"),
+    ("sync_interval", "--sync-interval", "EVSTORE_SYNC_INTERVAL", "seconds between syncs with durability interval"),
+    ("max_body_bytes", "--max-body-bytes", "EVSTORE_MAX_BODY_BYTES", "largest request body, default 16 MiB"),
+    ("api_tokens_file", "--api-tokens-file", "EVSTORE_API_TOKENS_FILE", "file of 'TOKEN ROLE' lines; none = open"),
+    ("cluster_secret", "--cluster-secret", "EVSTORE_CLUSTER_SECRET", "shared secret of the cluster's nodes"),
+    ("etcd_endpoints", "--etcd-endpoints", "EVSTORE_ETCD_ENDPOINTS", "comma-separated etcd URLs; none = single node"),
+    ("discovery", "--discovery", "EVSTORE_DISCOVERY", "discovery methods, default zeroconf,dns,etcd"),
+    ("discovery_interfaces", "--discovery-interfaces", "EVSTORE_DISCOVERY_INTERFACES",
+     "addresses zeroconf binds to, default 127.0.0.1"),
+    ("discovery_dns", "--discovery-dns", "EVSTORE_DISCOVERY_DNS", "DNS name listing the peers (headless Service)"),
+    ("min_in_sync", "--min-in-sync", "EVSTORE_MIN_IN_SYNC", "in-sync replicas needed to acknowledge, default majority"),
+    ("log_level", "--log-level", "EVSTORE_LOG_LEVEL", "debug, info, warning or error"),
+]
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evstore serve", description="Run one evstore node.")
+    for attr, flag, variable, help_text in OPTIONS:
+        parser.add_argument(flag, dest=attr, default=None, help=f"{help_text} [{variable}]")
+    return parser
+
+
+def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags win over variables, variables over defaults. Raises ConfigError on any invalid value."""
+    environ = os.environ if environ is None else environ
+    args = argument_parser().parse_args(list(argv))
+    raw: dict[str, tuple[str, str]] = {}
+    for attr, flag, variable, _help in OPTIONS:
+        value = getattr(args, attr)
+        if value is not None:
+            raw[attr] = (value, flag)
+        elif environ.get(variable, "") != "":
+            raw[attr] = (environ[variable], variable)
+    return _validate(raw)
+
+
+def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
+    values: dict = {}
+
+    def get(attr: str) -> str | None:
+        return raw[attr][0].strip() if attr in raw else None
+
+    def fail(attr: str, what: str) -> ConfigError:
+        return ConfigError(f"{raw[attr][1]}={raw[attr][0]!r}: {what}")
+
+    def integer(attr: str, low: int, high: int) -> int | None:
+        text = get(attr)
+        if text is None:
+            return None
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise fail(attr, f"must be an integer from {low} to {high}")
+        return int(text)
+
+    def csv(attr: str) -> tuple[str, ...] | None:
+        text = get(attr)
+        return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
+
+    if (store := get("store_id")) is not None:
+        if not _ID.match(store):
+            raise fail("store_id", "must be a lower-case DNS label (a-z, 0-9, '-', at most 63 characters)")
+        values["store_id"] = store
+    if (node := get("node_id")) is not None:
+        if not _NODE_ID.match(node):
+            raise fail("node_id", "must be letters, digits, '.', '_' or '-' (at most 253 characters)")
+        values["node_id"] = node
+    if (data_dir := get("data_dir")) is not None:
+        values["data_dir"] = Path(data_dir)
+    if (host := get("host")) is not None:
+        values["host"] = host
+    if (port := integer("port", 1, 65535)) is not None:
+        values["port"] = port
+    if (url := get("advertise_url")) is not None:
+        if not re.match(r"^https?://[^/\s]+$", url):
+            raise fail("advertise_url", "must be http(s)://HOST[:PORT] with no path")
+        values["advertise_url"] = url
+    if (durability := get("durability")) is not None:
+        if durability not in DURABILITY_MODES:
+            raise fail("durability", f"must be one of {', '.join(DURABILITY_MODES)}")
+        values["durability"] = durability
+    if (interval := get("sync_interval")) is not None:
+        try:
+            seconds = float(interval)
+        except ValueError:
+            seconds = -1.0
+        if not 0.001 <= seconds <= 60:
+            raise fail("sync_interval", "must be a number of seconds from 0.001 to 60")
+        values["sync_interval"] = seconds
+    if (body := integer("max_body_bytes", MIN_BODY_BYTES, MAX_BODY_BYTES)) is not None:
+        values["max_body_bytes"] = body
+    if (tokens_file := get("api_tokens_file")) is not None:
+        values["api_tokens_file"] = Path(tokens_file)
+        values["api_tokens"] = _read_tokens(Path(tokens_file), raw["api_tokens_file"][1])
+    if (secret := get("cluster_secret")) is not None:
+        if len(secret) < 16:
+            raise fail("cluster_secret", "must be at least 16 characters")
+        values["cluster_secret"] = secret
+    if (endpoints := csv("etcd_endpoints")) is not None:
+        values["etcd_endpoints"] = endpoints
+    if (discovery := csv("discovery")) is not None:
+        unknown = set(discovery) - {"zeroconf", "dns", "etcd"}
+        if unknown:
+            raise fail("discovery", "methods are zeroconf, dns and etcd")
+        values["discovery"] = discovery
+    if (interfaces := csv("discovery_interfaces")) is not None:
+        if not interfaces:
+            raise fail("discovery_interfaces", "name at least one address")
+        values["discovery_interfaces"] = interfaces
+    if (dns := get("discovery_dns")) is not None:
+        values["discovery_dns"] = dns
+    if (min_isr := integer("min_in_sync", 1, 9)) is not None:
+        values["min_in_sync"] = min_isr
+    if (level := get("log_level")) is not None:
+        if level.lower() not in LOG_LEVELS:
+            raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        values["log_level"] = level.lower()
+    if values.get("etcd_endpoints"):
+        raise ConfigError("etcd endpoints are set, but this version of evstore runs single nodes only "
+                          "(clustering is not implemented yet); unset EVSTORE_ETCD_ENDPOINTS/--etcd-endpoints")
+    return Settings(**values)
+
+
+def _read_tokens(path: Path, source: str) -> dict[str, str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{source}={str(path)!r}: cannot read: {exc.strerror}") from None
+    tokens: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[1] not in ROLES or len(parts[0]) < 16:
+            raise ConfigError(f"{path}:{number}: expected 'TOKEN ROLE' with a token of at least 16 characters and "
+                              f"a role of {', '.join(ROLES)}")
+        tokens[parts[0]] = parts[1]
+    if not tokens:
+        raise ConfigError(f"{path}: no tokens (remove the setting to run an open node)")
+    return tokens

@@ -1,0 +1,394 @@
+"""The state machine over storage: positions, stream versions, expected versions, idempotency,
+metadata, deletes and retention. Everything is a stream: a stream's metadata lives as `$metadata`
+events in `$$<stream>`, a hard delete is a `$tombstone` event there, and a soft delete is metadata
+(`truncateBefore` past the last version), as in KurrentDB.
+"""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import orjson
+
+from .errors import DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, WrongExpectedVersion
+from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, record_from_row,
+                      scan_records)
+
+ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
+ExpectedVersion = str | int
+METADATA_TYPE = "$metadata"
+TOMBSTONE_TYPE = "$tombstone"
+ALL_SCAN_WINDOW = 32768  # positions a filtered $all read scans before it answers with a cursor
+
+
+def metadata_stream(stream: str) -> str:
+    return "$$" + stream
+
+
+@dataclass(slots=True)
+class NewEvent:
+    id: bytes
+    type: str
+    data: bytes
+    metadata: bytes
+
+
+@dataclass(slots=True)
+class AppendResult:
+    stream: str
+    from_version: int
+    version: int
+    position: int
+
+
+@dataclass(slots=True)
+class StreamSlice:
+    stream: str
+    version: int
+    records: list[Record]
+    next: int | None
+
+
+@dataclass(slots=True)
+class AllSlice:
+    records: list[Record]
+    next: int | None
+    head: int
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    stream: str
+    version: int
+    created: int | None
+    updated: int | None
+    deleted: str
+    metadata: dict
+
+
+@dataclass(slots=True)
+class AllFilter:
+    types: Sequence[str] = ()
+    type_prefix: str | None = None
+    stream_prefix: str | None = None
+    stream_pattern: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern)
+
+    def sql(self) -> tuple[str, list]:
+        clauses, args = [], []
+        if self.types:
+            clauses.append(f"type IN ({','.join('?' * len(self.types))})")
+            args.extend(self.types)
+        if self.type_prefix:
+            clauses.append("substr(type, 1, ?) = ?")
+            args.extend([len(self.type_prefix), self.type_prefix])
+        if self.stream_prefix:
+            clauses.append("substr(stream, 1, ?) = ?")
+            args.extend([len(self.stream_prefix), self.stream_prefix])
+        if self.stream_pattern:
+            clauses.append("stream GLOB ?")
+            args.append(self.stream_pattern)
+        return "".join(" AND " + c for c in clauses), args
+
+
+@dataclass(slots=True)
+class Visibility:
+    """Which events of a stream reads show, from its metadata (retention) and delete state."""
+    min_version: int = 1
+    created_after: int | None = None
+    deleted: str = "no"
+    metadata: dict = field(default_factory=dict)
+
+
+def visibility(row: StreamRow, now: int) -> Visibility:
+    meta = orjson.loads(row.metadata) if row.metadata else {}
+    truncate_before = meta.get("truncateBefore") or 0
+    min_version = max(1, truncate_before)
+    if meta.get("maxCount"):
+        min_version = max(min_version, row.version - meta["maxCount"] + 1)
+    created_after = now - meta["maxAge"] * 1_000_000 if meta.get("maxAge") else None
+    if row.deleted == "hard":
+        deleted = "hard"
+    elif row.version > 0 and truncate_before > row.version:
+        deleted = "soft"
+    else:
+        deleted = "no"
+    return Visibility(min_version, created_after, deleted, meta)
+
+
+def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersion, deleted: str) -> None:
+    exists = row.version > 0 and deleted == "no"
+    if expected == ANY:
+        ok = True
+    elif expected == NO_STREAM:
+        ok = not exists
+    elif expected == STREAM_EXISTS:
+        ok = exists
+    else:
+        ok = row.version == expected
+    if not ok:
+        raise WrongExpectedVersion(f"stream {stream!r} is at version {row.version}, expected {expected}",
+                                   expectedVersion=expected, currentVersion=row.version)
+
+
+def _stream_row(conn: sqlite3.Connection, stream: str) -> StreamRow | None:
+    row = conn.execute("SELECT stream, version, created, updated, deleted, metadata FROM streams WHERE stream = ?",
+                       (stream,)).fetchone()
+    return StreamRow(*row) if row else None
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+
+
+class Log:
+    def __init__(self, storage: Storage, metrics=None) -> None:
+        self.storage = storage
+        self.metrics = metrics
+
+    @property
+    def head(self) -> int:
+        return self.storage.head
+
+    # writes ----------------------------------------------------------------------------------
+    async def append(self, stream: str, expected: ExpectedVersion, events: Sequence[NewEvent]) -> AppendResult:
+        if not events:
+            raise InvalidRequest("an append needs at least one event", field="events")
+
+        def op(txn: WriteTxn) -> AppendResult:
+            existing = txn.records_by_ids([e.id for e in events])
+            if existing:
+                return _original_reply(stream, events, existing)
+            row = txn.stream_row(stream) or StreamRow(stream)
+            vis = visibility(row, txn.now)
+            if vis.deleted == "hard":
+                raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+            check_expected_version(stream, row, expected, vis.deleted)
+            return _write_events(txn, row, events)
+
+        return await self.storage.write(op)
+
+    async def set_metadata(self, stream: str, metadata: dict) -> dict:
+        encoded = orjson.dumps(metadata)
+
+        def op(txn: WriteTxn) -> dict:
+            row = txn.stream_row(stream) or StreamRow(stream)
+            if row.deleted == "hard":
+                raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+            _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, encoded)
+            row.metadata = encoded
+            txn.save_stream_row(row)
+            return metadata
+
+        return await self.storage.write(op)
+
+    async def delete(self, stream: str, expected: ExpectedVersion, hard: bool) -> None:
+        def op(txn: WriteTxn) -> None:
+            row = txn.stream_row(stream) or StreamRow(stream)
+            vis = visibility(row, txn.now)
+            if vis.deleted == "hard":
+                raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+            if not hard and (row.version == 0 or vis.deleted == "soft"):
+                raise StreamNotFound(f"stream {stream!r} does not exist", stream=stream)
+            check_expected_version(stream, row, expected, vis.deleted)
+            if hard:
+                _write_system_event(txn, metadata_stream(stream), TOMBSTONE_TYPE,
+                                    orjson.dumps({"version": row.version}))
+                row.deleted = "hard"
+            else:
+                meta = dict(vis.metadata, truncateBefore=row.version + 1)
+                row.metadata = orjson.dumps(meta)
+                _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, row.metadata)
+            txn.save_stream_row(row)
+
+        await self.storage.write(op)
+
+    async def scavenge(self) -> dict:
+        """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides."""
+        def op(txn: WriteTxn) -> dict:
+            removed = 0
+            rows = [StreamRow(*r) for r in txn.conn.execute(
+                "SELECT stream, version, created, updated, deleted, metadata FROM streams "
+                "WHERE metadata IS NOT NULL OR deleted = 'hard'")]
+            for row in rows:
+                vis = visibility(row, txn.now)
+                below = row.version + 1 if vis.deleted == "hard" else vis.min_version
+                removed += txn.delete_events(row.stream, below, vis.created_after)
+            return {"removed": removed}
+
+        return await self.storage.write(op)
+
+    # reads -----------------------------------------------------------------------------------
+    async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
+        def read(conn: sqlite3.Connection) -> StreamSlice:
+            row = _readable_row(conn, stream)
+            vis = visibility(row, now_micros())
+            age = "" if vis.created_after is None else f" AND created >= {int(vis.created_after)}"
+            if backward:
+                top = row.version if start is None else min(start, row.version)
+                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
+                                    f"AND version >= ?{age} ORDER BY version DESC LIMIT ?",
+                                    (stream, top, vis.min_version, limit)).fetchall()
+            else:
+                bottom = max(start or 1, vis.min_version)
+                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
+                                    f"{age} ORDER BY version LIMIT ?", (stream, bottom, limit)).fetchall()
+            records = [record_from_row(r).verified() for r in rows]
+            nxt = None
+            if len(records) == limit:
+                last = records[-1].version
+                if backward and last - 1 >= vis.min_version:
+                    nxt = last - 1
+                elif not backward and last < row.version:
+                    nxt = last + 1
+            return StreamSlice(stream, row.version, records, nxt)
+
+        return await self.storage.read(read)
+
+    async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
+        where, args = filters.sql()
+
+        def read(conn: sqlite3.Connection) -> AllSlice:
+            head = _head(conn)
+            if backward:
+                top = head if start is None else min(start, head)
+                bottom = max(1, top - ALL_SCAN_WINDOW + 1) if filters.active else 1
+                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
+                                    f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
+                records = [record_from_row(r).verified() for r in rows]
+                if len(records) == limit:
+                    nxt = records[-1].position - 1 if records[-1].position > 1 else None
+                else:
+                    nxt = bottom - 1 if bottom > 1 else None
+            else:
+                bottom = start or 1
+                top = bottom + ALL_SCAN_WINDOW - 1 if filters.active else head
+                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
+                                    f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
+                records = [record_from_row(r).verified() for r in rows]
+                if len(records) == limit:
+                    nxt = records[-1].position + 1 if records[-1].position < head else None
+                else:
+                    nxt = top + 1 if top < head else None
+            return AllSlice(records, nxt, head)
+
+        return await self.storage.read(read)
+
+    async def stream_info(self, stream: str) -> StreamInfo:
+        def read(conn: sqlite3.Connection) -> StreamInfo:
+            row = _stream_row(conn, stream)
+            if row is None or (row.version == 0 and row.deleted != "hard"):
+                raise StreamNotFound(f"stream {stream!r} does not exist", stream=stream)
+            vis = visibility(row, now_micros())
+            return StreamInfo(stream, row.version, row.created, row.updated, vis.deleted, vis.metadata)
+
+        return await self.storage.read(read)
+
+    async def get_metadata(self, stream: str) -> dict:
+        def read(conn: sqlite3.Connection) -> dict:
+            row = _stream_row(conn, stream)
+            if row is not None and row.deleted == "hard":
+                raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+            return orjson.loads(row.metadata) if row is not None and row.metadata else {}
+
+        return await self.storage.read(read)
+
+    async def list_streams(self, prefix: str | None, after: str | None, limit: int
+                           ) -> tuple[list[StreamRow], str | None]:
+        def read(conn: sqlite3.Connection) -> tuple[list[StreamRow], str | None]:
+            now = now_micros()
+            found: list[StreamRow] = []
+            cursor = after if after is not None and after >= (prefix or "") else (prefix or "")
+            inclusive = after is None or after < (prefix or "")
+            while len(found) <= limit:
+                sql = ("SELECT stream, version, created, updated, deleted, metadata FROM streams "
+                       f"WHERE stream {'>=' if inclusive else '>'} ? AND version > 0 AND deleted = 'no'")
+                params: list = [cursor]
+                if prefix:
+                    sql += " AND substr(stream, 1, ?) = ?"
+                    params += [len(prefix), prefix]
+                rows = conn.execute(sql + " ORDER BY stream LIMIT ?", (*params, limit + 1)).fetchall()
+                if not rows:
+                    break
+                for r in rows:
+                    row = StreamRow(*r)
+                    system = row.stream.startswith("$") and not (prefix or "").startswith("$")
+                    if not system and visibility(row, now).deleted == "no":
+                        found.append(row)
+                cursor, inclusive = rows[-1][0], False
+                if len(rows) <= limit:
+                    break
+            page = found[:limit]
+            return page, (page[-1].stream if len(found) > limit else None)
+
+        return await self.storage.read(read)
+
+    async def verify(self, progress: Callable[[int, int], None] | None = None) -> dict:
+        return await self.storage.read(verify_connection, progress)
+
+
+def _readable_row(conn: sqlite3.Connection, stream: str) -> StreamRow:
+    row = _stream_row(conn, stream)
+    if row is None or row.version == 0:
+        if row is not None and row.deleted == "hard":
+            raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+        raise StreamNotFound(f"stream {stream!r} does not exist", stream=stream)
+    deleted = visibility(row, now_micros()).deleted
+    if deleted == "hard":
+        raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+    if deleted == "soft":
+        raise StreamNotFound(f"stream {stream!r} was deleted", stream=stream)
+    return row
+
+
+def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> AppendResult:
+    first_position = txn.allocate_positions(len(events))
+    first_version = row.version + 1
+    txn.insert(Record(first_position + i, row.stream, first_version + i, e.id, e.type, e.data, e.metadata,
+                      txn.now, txn.epoch).sealed() for i, e in enumerate(events))
+    row.version += len(events)
+    row.created = row.created or txn.now
+    row.updated = txn.now
+    txn.save_stream_row(row)
+    return AppendResult(row.stream, first_version, row.version, first_position + len(events) - 1)
+
+
+def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:
+
+    row = txn.stream_row(stream) or StreamRow(stream)
+    _write_events(txn, row, [NewEvent(uuid.uuid4().bytes, event_type, data, b"{}")])
+
+
+def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Record]) -> AppendResult:
+    """A retry of an append that already happened gets the original reply; anything else reusing ids is a 409."""
+    by_id = {r.id: r for r in existing}
+    records = [by_id.get(e.id) for e in events]
+    same = all(r is not None and r.stream == stream and r.type == e.type and r.data == e.data
+               and r.metadata == e.metadata for r, e in zip(records, events))
+    if same and all(b.version == a.version + 1 for a, b in zip(records, records[1:])):
+        return AppendResult(stream, records[0].version, records[-1].version, records[-1].position)
+    reused = next(e.id for e in events if e.id in by_id)
+
+    raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already used for other content",
+                           eventId=str(uuid.UUID(bytes=reused)))
+
+
+def verify_connection(conn: sqlite3.Connection, progress: Callable[[int, int], None] | None = None) -> dict:
+    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    checked, corrupt = 0, []
+    try:
+        for records in scan_records(conn):
+            for record in records:
+                if record.compute_checksum() != record.checksum:
+                    corrupt.append(record.position)
+            checked += len(records)
+            if progress is not None:
+                progress(checked, total)
+    except sqlite3.DatabaseError as exc:
+        return {"checked": checked, "corrupt": corrupt, "error": f"database file damaged: {exc}"}
+    return {"checked": checked, "corrupt": corrupt}

@@ -1,0 +1,396 @@
+"""The local log on disk: SQLite in WAL mode, one writer thread doing group commit, reader threads.
+
+The writer drains a queue of pending write operations, runs each inside a savepoint of one
+transaction, commits (and so syncs) once, and only then resolves every waiting future. Readers use
+their own connections in a thread pool, so the event loop never blocks on disk. Every record carries a
+CRC32C over its bytes, checked on every read and by `verify`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import crc32c
+
+from .errors import CorruptRecord, LogError, Unavailable
+
+log = logging.getLogger("evstore.storage")
+
+DB_FILE = "evstore.db"
+FORMAT_VERSION = "1"
+MAX_BATCH_REQUESTS = 2048
+SQL_VARIABLE_CHUNK = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    stream   TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    id       BLOB    NOT NULL,
+    type     TEXT    NOT NULL,
+    data     BLOB    NOT NULL,
+    metadata BLOB    NOT NULL,
+    created  INTEGER NOT NULL,
+    epoch    INTEGER NOT NULL,
+    checksum INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(stream, version);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(id);
+CREATE TABLE IF NOT EXISTS streams (
+    stream   TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    created  INTEGER,
+    updated  INTEGER,
+    deleted  TEXT NOT NULL DEFAULT 'no',
+    metadata BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
+_INTS = struct.Struct("<QQqq")
+_LEN = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class Record:
+    position: int
+    stream: str
+    version: int
+    id: bytes
+    type: str
+    data: bytes
+    metadata: bytes
+    created: int  # microseconds since the Unix epoch
+    epoch: int
+    checksum: int = 0
+
+    def compute_checksum(self) -> int:
+        parts = [_INTS.pack(self.position, self.version, self.created, self.epoch), self.id]
+        for text in (self.stream.encode(), self.type.encode(), self.data, self.metadata):
+            parts.append(_LEN.pack(len(text)))
+            parts.append(text)
+        return crc32c.crc32c(b"".join(parts))
+
+    def sealed(self) -> "Record":
+        self.checksum = self.compute_checksum()
+        return self
+
+    def verified(self) -> "Record":
+        if self.compute_checksum() != self.checksum:
+            raise CorruptRecord(self.position)
+        return self
+
+    def row(self) -> tuple:
+        return (self.position, self.stream, self.version, self.id, self.type, self.data, self.metadata,
+                self.created, self.epoch, self.checksum)
+
+
+def record_from_row(row: Sequence) -> Record:
+    return Record(row[0], row[1], row[2], bytes(row[3]), row[4], bytes(row[5]), bytes(row[6]), row[7], row[8],
+                  row[9])
+
+
+@dataclass(slots=True)
+class StreamRow:
+    stream: str
+    version: int = 0
+    created: int | None = None
+    updated: int | None = None
+    deleted: str = "no"  # "no" | "hard"; a soft delete is metadata (truncateBefore past the end)
+    metadata: bytes | None = None
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+class WriteTxn:
+    """What a write operation may do inside the writer's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int) -> None:
+        self.conn = conn
+        self.last_position = last_position
+        self.now = now
+        self.epoch = epoch
+
+    def allocate_positions(self, count: int) -> int:
+        first = self.last_position + 1
+        self.last_position += count
+        return first
+
+    def stream_row(self, stream: str) -> StreamRow | None:
+        row = self.conn.execute("SELECT stream, version, created, updated, deleted, metadata FROM streams "
+                                "WHERE stream = ?", (stream,)).fetchone()
+        return StreamRow(*row) if row else None
+
+    def save_stream_row(self, row: StreamRow) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO streams (stream, version, created, updated, deleted, metadata) "
+                          "VALUES (?, ?, ?, ?, ?, ?)",
+                          (row.stream, row.version, row.created, row.updated, row.deleted, row.metadata))
+
+    def records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
+        found: list[Record] = []
+        for i in range(0, len(ids), SQL_VARIABLE_CHUNK):
+            chunk = ids[i:i + SQL_VARIABLE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.extend(record_from_row(r) for r in self.conn.execute(
+                f"SELECT {RECORD_COLUMNS} FROM events WHERE id IN ({marks})", chunk))
+        return found
+
+    def insert(self, records: Iterable[Record]) -> None:
+        self.conn.executemany(f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                              [r.row() for r in records])
+
+    def delete_events(self, stream: str, below_version: int, created_before: int | None) -> int:
+        sql = "DELETE FROM events WHERE stream = ? AND (version < ?"
+        args: list[Any] = [stream, below_version]
+        if created_before is not None:
+            sql += " OR created < ?"
+            args.append(created_before)
+        return self.conn.execute(sql + ")", args).rowcount
+
+
+WriteOp = Callable[[WriteTxn], Any]
+ReadOp = Callable[..., Any]
+_STOP = object()
+
+
+class Storage:
+    def __init__(self, data_dir: Path, *, durability: str = "sync", sync_interval: float = 0.2,
+                 metrics=None, reader_threads: int = 4) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_FILE
+        self.durability = durability
+        self.sync_interval = sync_interval
+        self.metrics = metrics
+        self.reader_threads = reader_threads
+        self.head = 0  # last durable position; written only by the writer thread
+        self.epoch = 0
+        self._last_created = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._closed = True
+        self._dirty = threading.Event()
+        self._syncer: threading.Thread | None = None
+
+    # lifecycle -------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL")
+        conn.executescript(SCHEMA)
+        fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()
+        if fmt is None:
+            conn.execute("INSERT INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
+        elif fmt[0] != FORMAT_VERSION:
+            raise RuntimeError(f"{self.path} has log format {fmt[0]}, this node reads format {FORMAT_VERSION}")
+        self.head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
+        self._last_created = conn.execute("SELECT coalesce(max(created), 0) FROM events").fetchone()[0]
+        self._closed = False
+        self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
+        self._writer.start()
+        self._readers = ThreadPoolExecutor(self.reader_threads, thread_name_prefix="evstore-reader")
+        if self.durability == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name="evstore-syncer", daemon=True)
+            self._syncer.start()
+
+    def close(self) -> None:
+        """Finish queued writes, checkpoint the WAL into the database file and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._writer is not None:
+            self._writer.join()
+        if self._syncer is not None:
+            self._dirty.set()
+            self._syncer.join()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    def get_setting(self, key: str) -> str | None:
+        conn = connect(self.path, readonly=True)
+        try:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return row[0] if row else None
+        finally:
+            conn.close()
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.path.getsize(str(self.path) + suffix)
+            except OSError:
+                pass
+        return total
+
+    # writes ----------------------------------------------------------------------------------
+    async def write(self, op: WriteOp) -> Any:
+        """Run op in the writer's next transaction; return once that transaction is durable."""
+        if self._closed:
+            raise Unavailable("the node is shutting down")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((op, future, loop))
+        return await future
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < MAX_BATCH_REQUESTS:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stopping = True
+                    break
+                batch.append(more)
+            self._run_batch(conn, batch)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.exception("checkpoint at close failed")
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+        now = max(now_micros(), self._last_created)
+        txn = WriteTxn(conn, self.head, now, self.epoch)
+        outcomes: list[tuple[Any, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, future, loop in batch:
+                saved_position = txn.last_position
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(txn)
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, loop, result, None))
+                except Exception as exc:  # the op's own error: undo its writes only
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    txn.last_position = saved_position
+                    if not isinstance(exc, LogError):
+                        log.exception("write operation failed")
+                        exc = Unavailable(f"write failed: {exc}")
+                    outcomes.append((future, loop, None, exc))
+            started = time.perf_counter()
+            conn.execute("COMMIT")
+            if self.metrics is not None:
+                self.metrics.sync_latency.observe(time.perf_counter() - started)
+                self.metrics.batch_requests.observe(len(batch))
+                self.metrics.batch_events.observe(txn.last_position - self.head)
+        except sqlite3.Error as exc:
+            log.exception("group commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = Unavailable(f"storage error: {exc}")
+            outcomes = [(future, loop, None, failure) for _op, future, loop in batch]
+        else:
+            self.head = txn.last_position
+            self._last_created = now
+            self._dirty.set()
+        for future, loop, result, error in outcomes:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+    def _sync_loop(self) -> None:
+        """Durability `interval`: commits are not synced one by one; the WAL is synced here periodically."""
+        wal = str(self.path) + "-wal"
+        while not self._closed:
+            self._dirty.wait()
+            self._dirty.clear()
+            try:
+                fd = os.open(wal, os.O_RDONLY)
+                try:
+                    started = time.perf_counter()
+                    os.fsync(fd)
+                    if self.metrics is not None:
+                        self.metrics.sync_latency.observe(time.perf_counter() - started)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                pass
+            time.sleep(self.sync_interval)  # the sync cadence itself, not a synchronisation
+
+    # reads -----------------------------------------------------------------------------------
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True, synchronous="NORMAL")
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    def _run_read(self, fn: ReadOp, args: tuple) -> Any:
+        conn = self._reader_conn()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.execute("COMMIT")
+
+    async def read(self, fn: ReadOp, *args) -> Any:
+        """Run fn(conn, *args) on a reader thread in one read transaction (a consistent snapshot)."""
+        if self._closed or self._readers is None:
+            raise Unavailable("the node is shutting down")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn, args)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[Record]]:
+    """All records in position order, in lists of up to `batch`."""
+    after = 0
+    while True:
+        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                            (after, batch)).fetchall()
+        if not rows:
+            return
+        records = [record_from_row(r) for r in rows]
+        after = records[-1].position
+        yield records
