@@ -1,0 +1,144 @@
+"""The streams, $all and operations endpoints over real HTTP against a real node."""
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import pytest
+
+
+@pytest.fixture
+async def http(node):
+    async with aiohttp.ClientSession(base_url=node.url) as session:
+        yield session
+
+
+async def call(http, method, path, **kwargs):
+    async with http.request(method, path, **kwargs) as resp:
+        body = await resp.json() if resp.content_type == "application/json" else await resp.text()
+        return resp.status, body
+
+
+async def test_append_read_and_conflict_codes(http):
+    status, reply = await call(http, "POST", "/v1/streams/order-1",
+                               json={"expectedVersion": "no_stream", "events": [{"type": "OrderPlaced",
+                                                                                 "data": {"total": 3}}]})
+    assert (status, reply) == (200, {"stream": "order-1", "fromVersion": 1, "version": 1, "position": 1})
+    status, reply = await call(http, "POST", "/v1/streams/order-1",
+                               json={"expectedVersion": 0, "events": [{"type": "OrderPlaced"}]})
+    assert status == 409 and reply["error"] == "wrong_expected_version"
+    assert (reply["expectedVersion"], reply["currentVersion"]) == (0, 1)
+    status, page = await call(http, "GET", "/v1/streams/order-1")
+    assert status == 200 and page["version"] == 1 and page["next"] is None
+    event = page["events"][0]
+    assert set(event) == {"id", "stream", "version", "position", "type", "data", "metadata", "created"}
+    assert event["data"] == {"total": 3} and event["metadata"] == {} and event["created"].endswith("Z")
+    uuid.UUID(event["id"])
+    status, reply = await call(http, "GET", "/v1/streams/missing")
+    assert status == 404 and reply["error"] == "stream_not_found"
+
+
+async def test_retry_with_same_ids_returns_original_reply(http):
+    body = {"expectedVersion": "no_stream", "events": [{"id": str(uuid.uuid4()), "type": "A", "data": 1},
+                                                       {"id": str(uuid.uuid4()), "type": "B", "data": 2}]}
+    first = await call(http, "POST", "/v1/streams/idem", json=body)
+    again = await call(http, "POST", "/v1/streams/idem", json=body)
+    assert first == again and first[0] == 200
+    body["events"][0]["data"] = 99
+    status, reply = await call(http, "POST", "/v1/streams/idem", json=body)
+    assert status == 409 and reply["error"] == "duplicate_event_id"
+    assert (await call(http, "GET", "/v1/all"))[1]["head"] == 2
+
+
+async def test_soft_and_hard_delete(http):
+    await call(http, "POST", "/v1/streams/s1", json={"events": [{"type": "A"}, {"type": "B"}]})
+    status, _ = await call(http, "DELETE", "/v1/streams/s1", params={"expectedVersion": "2"})
+    assert status == 204
+    assert (await call(http, "GET", "/v1/streams/s1"))[0] == 404
+    status, info = await call(http, "GET", "/v1/streams/s1/info")
+    assert status == 200 and info["deleted"] == "soft" and info["metadata"]["truncateBefore"] == 3
+    status, reply = await call(http, "POST", "/v1/streams/s1", json={"events": [{"type": "C"}]})
+    assert reply["fromVersion"] == 3
+    status, page = await call(http, "GET", "/v1/streams/s1")
+    assert [e["version"] for e in page["events"]] == [3]
+
+    status, _ = await call(http, "DELETE", "/v1/streams/s1", params={"hard": "true"})
+    assert status == 204
+    for method, path, kwargs in [("GET", "/v1/streams/s1", {}),
+                                 ("POST", "/v1/streams/s1", {"json": {"events": [{"type": "D"}]}}),
+                                 ("GET", "/v1/streams/s1/metadata", {})]:
+        status, reply = await call(http, method, path, **kwargs)
+        assert (status, reply["error"]) == (410, "stream_deleted")
+    assert (await call(http, "GET", "/v1/streams/s1/info"))[1]["deleted"] == "hard"
+
+
+async def test_metadata_round_trip_and_retention(http):
+    await call(http, "POST", "/v1/streams/m", json={"events": [{"type": "T", "data": i} for i in range(5)]})
+    status, meta = await call(http, "PUT", "/v1/streams/m/metadata",
+                              json={"maxCount": 2, "custom": {"team": "billing"}})
+    assert status == 200 and meta == {"maxCount": 2, "custom": {"team": "billing"}}
+    assert (await call(http, "GET", "/v1/streams/m/metadata"))[1] == meta
+    page = (await call(http, "GET", "/v1/streams/m"))[1]
+    assert [e["data"] for e in page["events"]] == [3, 4]
+    status, reply = await call(http, "PUT", "/v1/streams/$$m/metadata", json={})
+    assert (status, reply["error"]) == (400, "reserved_stream")
+
+
+async def test_all_with_filters_and_stream_list(http):
+    for stream, event_type in [("order-1", "OrderPlaced"), ("user-1", "UserJoined"), ("order-2", "OrderShipped")]:
+        await call(http, "POST", f"/v1/streams/{stream}", json={"events": [{"type": event_type}]})
+    status, page = await call(http, "GET", "/v1/all?type=OrderPlaced&type=UserJoined")
+    assert status == 200 and [e["stream"] for e in page["events"]] == ["order-1", "user-1"]
+    page = (await call(http, "GET", "/v1/all", params={"streamPattern": "order-*", "typePrefix": "OrderS"}))[1]
+    assert [e["stream"] for e in page["events"]] == ["order-2"] and page["head"] == 3
+    page = (await call(http, "GET", "/v1/all", params={"direction": "backward", "limit": "1"}))[1]
+    assert [e["position"] for e in page["events"]] == [3] and page["next"] == 2
+    listing = (await call(http, "GET", "/v1/streams", params={"prefix": "order-", "limit": "1"}))[1]
+    assert [s["stream"] for s in listing["streams"]] == ["order-1"] and listing["next"] == "order-1"
+    listing = (await call(http, "GET", "/v1/streams", params={"prefix": "order-", "after": "order-1"}))[1]
+    assert [s["stream"] for s in listing["streams"]] == ["order-2"] and listing["next"] is None
+
+
+async def test_stream_names_are_one_url_segment(http):
+    status, reply = await call(http, "POST", "/v1/streams/tenant%2Forder%20%C3%A9", json={"events": [{"type": "T"}]})
+    assert status == 200 and reply["stream"] == "tenant/order é"
+    assert (await call(http, "GET", "/v1/streams/tenant%2Forder%20%C3%A9/info"))[1]["stream"] == "tenant/order é"
+
+
+async def test_operations_endpoints(http, node):
+    assert (await call(http, "GET", "/health/live"))[0] == 200
+    assert (await call(http, "GET", "/health/ready"))[1]["role"] == "single"
+    await call(http, "POST", "/v1/streams/x", json={"events": [{"type": "T"}]})
+    status, cluster = await call(http, "GET", "/v1/cluster")
+    assert status == 200 and cluster["role"] == "single" and cluster["committedPosition"] == 1
+    assert cluster["leader"]["url"] == node.url and cluster["isr"] == [cluster["node"]]
+    info = (await call(http, "GET", "/v1/info"))[1]
+    assert info["mode"] == "single" and info["store"] == "default"
+    status, text = await call(http, "GET", "/metrics")
+    for name in ("evstore_appends_total", "evstore_events_appended_total", "evstore_append_latency_seconds_bucket",
+                 "evstore_sync_latency_seconds_count", "evstore_group_commit_requests_count",
+                 "evstore_storage_bytes", 'evstore_http_requests_total{method="POST",route="/v1/streams/{stream}"'):
+        assert name in text, name
+    status, reply = await call(http, "GET", "/v1/nothing-here")
+    assert (status, reply["error"]) == (404, "not_found")
+    status, reply = await call(http, "PATCH", "/v1/streams/x")
+    assert (status, reply["error"]) == (405, "method_not_allowed")
+
+
+async def test_bearer_token_roles(node_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-0123456789abcdef read\nwriter-0123456789abcdef write\nadmin-0123456789abcdef admin\n")
+    node = node_factory("auth", args=("--api-tokens-file", str(tokens)))
+    async with aiohttp.ClientSession(base_url=node.url) as http:
+        assert (await call(http, "GET", "/health/ready"))[0] == 200
+        assert (await call(http, "GET", "/metrics"))[0] == 200
+        assert (await call(http, "GET", "/v1/all"))[1]["error"] == "unauthorized"
+        reader = {"Authorization": "Bearer reader-0123456789abcdef"}
+        writer = {"Authorization": "Bearer writer-0123456789abcdef"}
+        assert (await call(http, "GET", "/v1/all", headers=reader))[0] == 200
+        status, reply = await call(http, "POST", "/v1/streams/a", json={"events": [{"type": "T"}]}, headers=reader)
+        assert (status, reply["error"]) == (403, "forbidden")
+        assert (await call(http, "POST", "/v1/streams/a", json={"events": [{"type": "T"}]}, headers=writer))[0] == 200
+        assert (await call(http, "POST", "/v1/admin/verify", headers=writer))[0] == 403
+        admin = {"Authorization": "Bearer admin-0123456789abcdef"}
+        assert (await call(http, "POST", "/v1/admin/verify", headers=admin))[1] == {"checked": 1, "corrupt": []}

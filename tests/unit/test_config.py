@@ -1,0 +1,60 @@
+"""Settings: flags win over EVSTORE_* variables, variables over defaults; bad values stop the node."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evstore.node.config import ConfigError, load_settings
+
+
+def test_defaults():
+    s = load_settings([], {})
+    assert (s.store_id, s.host, s.port, s.data_dir, s.durability) == ("default", "127.0.0.1", 7113, Path("data"),
+                                                                       "sync")
+    assert s.max_body_bytes == 16 * 1024 * 1024 and s.discovery_interfaces == ("127.0.0.1",)
+    assert s.url == "http://127.0.0.1:7113"
+
+
+def test_flags_win_over_environment():
+    env = {"EVSTORE_PORT": "9000", "EVSTORE_STORE_ID": "orders", "EVSTORE_DURABILITY": "interval"}
+    s = load_settings(["--port", "9100"], env)
+    assert (s.port, s.store_id, s.durability) == (9100, "orders", "interval")
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--port", "0"], {}, "--port"),
+    ([], {"EVSTORE_PORT": "http"}, "EVSTORE_PORT"),
+    (["--durability", "fast"], {}, "sync, interval"),
+    (["--store-id", "Orders!"], {}, "DNS label"),
+    (["--max-body-bytes", "10"], {}, "--max-body-bytes"),
+    (["--log-level", "loud"], {}, "debug, info"),
+    (["--advertise-url", "node-1:7113"], {}, "http(s)://"),
+    (["--cluster-secret", "short"], {}, "16 characters"),
+    (["--discovery", "carrier-pigeon"], {}, "zeroconf"),
+    (["--api-tokens-file", "/nonexistent/tokens"], {}, "cannot read"),
+    (["--etcd-endpoints", "http://127.0.0.1:2379"], {}, "single nodes only"),
+])
+def test_invalid_settings_are_named(argv, env, words):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_settings(argv, env)
+    assert words in str(info.value)
+
+
+def test_tokens_file(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# comment\nreader-token-0123456789 read\nadmin-token-0123456789 admin\n")
+    s = load_settings(["--api-tokens-file", str(tokens)], {})
+    assert s.api_tokens == {"reader-token-0123456789": "read", "admin-token-0123456789": "admin"}
+    tokens.write_text("abc superuser\n")
+    with pytest.raises(ConfigError, match="TOKEN ROLE"):
+        load_settings(["--api-tokens-file", str(tokens)], {})
+
+
+def test_node_refuses_to_start_with_a_clear_message(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "evstore.node", "--port", "99999", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--port='99999': must be an integer from 1 to 65535" in out.stderr

@@ -1,0 +1,203 @@
+"""The log state machine on a real SQLite file: versions, positions, expected versions, idempotency,
+deletes, metadata/retention, $all filters and cursors, stream listing, scavenge."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+import pytest
+
+from evstore.node.errors import DuplicateEventId, StreamDeleted, StreamNotFound, WrongExpectedVersion
+from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.storage import Storage
+
+
+def ev(event_type: str = "Happened", data=None, event_id: bytes | None = None) -> NewEvent:
+    return NewEvent(event_id or uuid.uuid4().bytes, event_type, orjson.dumps(data if data is not None else {}),
+                    b"{}")
+
+
+@pytest.fixture
+async def log(tmp_path):
+    storage = Storage(tmp_path / "data")
+    storage.open()
+    yield Log(storage)
+    storage.close()
+
+
+async def test_versions_and_positions_are_one_based_and_gap_free(log):
+    first = await log.append("a", "no_stream", [ev(), ev()])
+    second = await log.append("b", "any", [ev()])
+    third = await log.append("a", 2, [ev()])
+    assert (first.from_version, first.version, first.position) == (1, 2, 2)
+    assert (second.from_version, second.version, second.position) == (1, 1, 3)
+    assert (third.from_version, third.version, third.position) == (3, 3, 4)
+    page = await log.read_all(None, 100, False, AllFilter())
+    assert [r.position for r in page.records] == [1, 2, 3, 4]
+    assert [(r.stream, r.version) for r in page.records] == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
+
+
+@pytest.mark.parametrize("expected, ok_when_absent, ok_when_present", [
+    ("any", True, True), ("no_stream", True, False), ("stream_exists", False, True), (0, True, False),
+    (1, False, True), (5, False, False)])
+async def test_expected_version_rules(log, expected, ok_when_absent, ok_when_present):
+    async def attempt(stream):
+        try:
+            await log.append(stream, expected, [ev()])
+            return True
+        except WrongExpectedVersion as exc:
+            assert exc.details["currentVersion"] == (1 if stream == "present" else 0)
+            return False
+
+    await log.append("present", "no_stream", [ev()])
+    assert await attempt("absent") is ok_when_absent
+    assert await attempt("present") is ok_when_present
+
+
+async def test_failed_append_writes_nothing_and_leaves_no_gap(log):
+    await log.append("s", "any", [ev()])
+    with pytest.raises(WrongExpectedVersion):
+        await log.append("s", 7, [ev(), ev()])
+    result = await log.append("t", "any", [ev()])
+    assert result.position == 2
+    assert (await log.read_stream("s", None, 10, False)).version == 1
+
+
+async def test_concurrent_appends_in_one_group_commit_keep_order_and_conflicts_isolated(log):
+    results = await asyncio.gather(*(log.append("c", i, [ev()]) for i in range(50)), return_exceptions=True)
+    # expected versions 0..49 race inside the same batches: all succeed because the queue is ordered
+    assert all(not isinstance(r, Exception) for r in results)
+    again = await asyncio.gather(log.append("c", 10, [ev()]), log.append("c", 50, [ev()]), return_exceptions=True)
+    assert isinstance(again[0], WrongExpectedVersion) and again[1].version == 51
+    page = await log.read_all(None, 1000, False, AllFilter())
+    assert [r.position for r in page.records] == list(range(1, 52))
+
+
+async def test_idempotent_retry_returns_original_reply_whatever_the_expected_version(log):
+    events = [ev(data={"n": 1}), ev(data={"n": 2})]
+    original = await log.append("i", "no_stream", events)
+    await log.append("i", "any", [ev()])
+    retry = await log.append("i", "no_stream", events)
+    assert retry == original
+    assert (await log.read_stream("i", None, 10, False)).version == 3
+    assert log.head == 3
+
+
+async def test_same_id_with_other_content_is_a_duplicate(log):
+    event_id = uuid.uuid4().bytes
+    await log.append("d", "any", [ev(data={"a": 1}, event_id=event_id)])
+    with pytest.raises(DuplicateEventId):
+        await log.append("d", "any", [ev(data={"a": 2}, event_id=event_id)])
+    with pytest.raises(DuplicateEventId):
+        await log.append("other", "any", [ev(data={"a": 1}, event_id=event_id)])
+    with pytest.raises(DuplicateEventId):  # a partial overlap is not a retry
+        await log.append("d", "any", [ev(data={"a": 1}, event_id=event_id), ev()])
+    assert log.head == 1
+
+
+async def test_read_forward_backward_paging(log):
+    await log.append("p", "any", [ev(data=i) for i in range(1, 8)])
+    page = await log.read_stream("p", None, 3, False)
+    assert [r.version for r in page.records] == [1, 2, 3] and page.next == 4
+    page = await log.read_stream("p", 7, 3, False)
+    assert [r.version for r in page.records] == [7] and page.next is None
+    page = await log.read_stream("p", None, 3, True)
+    assert [r.version for r in page.records] == [7, 6, 5] and page.next == 4
+    page = await log.read_stream("p", 3, 3, True)
+    assert [r.version for r in page.records] == [3, 2, 1] and page.next is None
+    with pytest.raises(StreamNotFound):
+        await log.read_stream("nope", None, 3, False)
+
+
+async def test_soft_delete_hides_until_appended_and_numbering_continues(log):
+    await log.append("sd", "any", [ev(), ev()])
+    await log.delete("sd", 2, hard=False)
+    with pytest.raises(StreamNotFound):
+        await log.read_stream("sd", None, 10, False)
+    assert (await log.stream_info("sd")).deleted == "soft"
+    with pytest.raises(StreamNotFound):
+        await log.delete("sd", "any", hard=False)
+    result = await log.append("sd", "no_stream", [ev()])
+    assert result.from_version == 3
+    page = await log.read_stream("sd", None, 10, False)
+    assert [r.version for r in page.records] == [3]
+    assert (await log.stream_info("sd")).deleted == "no"
+
+
+async def test_hard_delete_is_forever(log):
+    await log.append("hd", "any", [ev()])
+    with pytest.raises(WrongExpectedVersion):
+        await log.delete("hd", 5, hard=True)
+    await log.delete("hd", 1, hard=True)
+    for attempt in (log.read_stream("hd", None, 10, False), log.append("hd", "any", [ev()]),
+                    log.delete("hd", "any", hard=False), log.set_metadata("hd", {}), log.get_metadata("hd")):
+        with pytest.raises(StreamDeleted):
+            await attempt
+    assert (await log.stream_info("hd")).deleted == "hard"
+
+
+async def test_metadata_retention_is_honoured_by_reads(log):
+    await log.append("m", "any", [ev(data=i) for i in range(1, 11)])
+    await log.set_metadata("m", {"maxCount": 3, "custom": {"owner": "x"}})
+    page = await log.read_stream("m", None, 100, False)
+    assert [r.version for r in page.records] == [8, 9, 10]
+    await log.set_metadata("m", {"truncateBefore": 10})
+    assert [r.version for r in (await log.read_stream("m", None, 100, False)).records] == [10]
+    assert await log.get_metadata("m") == {"truncateBefore": 10}
+    await log.set_metadata("m", {"maxAge": 3600})
+    assert len((await log.read_stream("m", None, 100, False)).records) == 10
+    meta_stream = await log.read_stream("$$m", None, 100, False)
+    assert [r.type for r in meta_stream.records] == ["$metadata"] * 3
+
+
+async def test_all_filters_and_cursor_past_scanned_events(log, monkeypatch):
+    await log.append("order-1", "any", [ev("OrderPlaced"), ev("OrderShipped")])
+    await log.append("user-1", "any", [ev("UserJoined")])
+    await log.append("order-2", "any", [ev("OrderPlaced")])
+    by_type = await log.read_all(None, 10, False, AllFilter(types=["OrderPlaced", "UserJoined"]))
+    assert [r.position for r in by_type.records] == [1, 3, 4]
+    prefix = await log.read_all(None, 10, False, AllFilter(type_prefix="Order", stream_prefix="order-"))
+    assert [r.position for r in prefix.records] == [1, 2, 4]
+    glob = await log.read_all(None, 10, False, AllFilter(stream_pattern="*-2"))
+    assert [r.position for r in glob.records] == [4]
+    backward = await log.read_all(None, 2, True, AllFilter())
+    assert [r.position for r in backward.records] == [4, 3] and backward.next == 2 and backward.head == 4
+    monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", 2)
+    scanned = await log.read_all(None, 10, False, AllFilter(types=["UserJoined"]))
+    assert scanned.records == [] and scanned.next == 3
+    scanned = await log.read_all(3, 10, False, AllFilter(types=["UserJoined"]))
+    assert [r.position for r in scanned.records] == [3] and scanned.next is None
+
+
+async def test_list_streams_pages_in_name_order_with_prefix(log):
+    for name in ["b", "a", "c-1", "c-2", "c-3"]:
+        await log.append(name, "any", [ev()])
+    await log.delete("b", "any", hard=False)
+    rows, nxt = await log.list_streams(None, None, 2)
+    assert [r.stream for r in rows] == ["a", "c-1"] and nxt == "c-1"
+    rows, nxt = await log.list_streams(None, nxt, 2)
+    assert [r.stream for r in rows] == ["c-2", "c-3"] and nxt is None
+    rows, nxt = await log.list_streams("c-", "c-1", 10)
+    assert [r.stream for r in rows] == ["c-2", "c-3"]
+    rows, _ = await log.list_streams("$$", None, 10)
+    assert [r.stream for r in rows] == ["$$b"]
+
+
+async def test_scavenge_removes_only_what_retention_hides(log):
+    await log.append("x", "any", [ev() for _ in range(5)])
+    await log.append("y", "any", [ev()])
+    await log.set_metadata("x", {"maxCount": 2})
+    assert (await log.scavenge())["removed"] == 3
+    assert [r.version for r in (await log.read_stream("x", None, 10, False)).records] == [4, 5]
+    assert (await log.read_stream("y", None, 10, False)).version == 1
+
+
+async def test_verify_reports_a_corrupted_record(log):
+    await log.append("v", "any", [ev(data="payload-one"), ev(data="payload-two")])
+    assert await log.verify() == {"checked": 2, "corrupt": []}
+    conn = log.storage._reader_conn()
+    conn.execute("PRAGMA query_only=0")
+    conn.execute("UPDATE events SET data = ? WHERE position = 2", (b'"payload-twp"',))
+    conn.execute("PRAGMA query_only=1")
+    assert await log.verify() == {"checked": 2, "corrupt": [2]}
