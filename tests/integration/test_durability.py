@@ -114,3 +114,16 @@ async def test_sigterm_flushes_and_exits_cleanly(node):
     assert not wal.exists() or wal.stat().st_size == 0, "a clean stop checkpoints the WAL"
     node.start()
     _check(acked, attempted, await _read_everything(node.url))
+
+
+@pytest.mark.timeout(120)
+async def test_interval_durability_survives_a_process_kill(node_factory):
+    """With --durability interval the commit is in the OS before the reply; a process crash loses nothing."""
+    node = node_factory("interval", args=("--durability", "interval", "--sync-interval", "0.05"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{node.url}/v1/info") as resp:
+            assert (await resp.json())["durability"] == "interval"
+    acked, attempted = await _load(node, kill_after_acks=150)
+    node.wait_exit()
+    node.start()
+    _check(acked, attempted, await _read_everything(node.url))

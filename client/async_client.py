@@ -1,0 +1,358 @@
+"""Async evstore client on aiohttp: one method per endpoint of shared/API.md.
+
+Replies are returned as the server's JSON (dicts, keys exactly as in the contract); 204 replies
+return None. Non-2xx replies raise the typed errors of `evstore.client.errors`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Iterable, Mapping
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from . import protocol
+from .errors import ConnectionFailed, EvstoreError, Unavailable, error_from_reply
+from .protocol import EventInput, ExpectedVersion, SubscriptionSettings
+from .sse import SSEParser
+
+DEFAULT_URL = "http://127.0.0.1:7113"
+
+
+class AsyncEvstoreClient:
+    """Talks to one evstore node (any node of a cluster: followers forward writes).
+
+    Only 503 `unavailable` is retried, at most `retries` more times, waiting the server's
+    `retryAfter` (capped by `max_retry_delay`). Appends are safe to retry: event ids are fixed
+    before the first attempt, and the server answers a repeated id set with the original reply.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
+                 retries: int = 5, max_retry_delay: float = 5.0, max_connections: int = 100,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.max_retry_delay = max_retry_delay
+        self.max_connections = max_connections
+        self._session = session
+        self._own_session = session is None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "AsyncEvstoreClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            self._session = aiohttp.ClientSession(
+                headers=headers, connector=aiohttp.TCPConnector(limit=self.max_connections),
+                json_serialize=lambda o: orjson.dumps(o).decode())
+            self._own_session = True
+        return self._session
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _url(self, path: str, params: list[tuple[str, str]] | None = None) -> URL:
+        url = URL(self.url + path, encoded=True)
+        return url.update_query(params) if params else url
+
+    async def _request(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
+                       body: Any = None, timeout: float | None = None, raw: bool = False) -> Any:
+        url = self._url(path, params)
+        data = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        client_timeout = aiohttp.ClientTimeout(total=timeout or self.timeout)
+        attempt = 0
+        while True:
+            try:
+                async with self._http().request(method, url, data=data, headers=headers,
+                                                timeout=client_timeout) as resp:
+                    payload = await resp.read()
+                    if resp.status < 300:
+                        if resp.status == 204 or not payload:
+                            return None
+                        return payload.decode() if raw else orjson.loads(payload)
+                    error = _error(resp.status, payload)
+            except aiohttp.ClientConnectionError as exc:
+                raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+            except asyncio.TimeoutError as exc:
+                raise ConnectionFailed(self.url, f"no reply from {self.url} within "
+                                                 f"{timeout or self.timeout}s") from exc
+            if not isinstance(error, Unavailable) or attempt >= self.retries:
+                raise error
+            await asyncio.sleep(self._retry_delay(error, attempt))
+            attempt += 1
+
+    def _retry_delay(self, error: Unavailable, attempt: int) -> float:
+        hinted = error.retry_after
+        delay = hinted if hinted is not None else 0.1 * (2 ** attempt)
+        return max(0.0, min(delay, self.max_retry_delay))
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def append(self, stream: str, events: Iterable[EventInput], *,
+                     expected_version: ExpectedVersion = "any") -> dict:
+        """Append atomically. Returns {"stream", "fromVersion", "version", "position"}."""
+        body = protocol.append_body(events, expected_version)
+        return await self._request("POST", protocol.stream_path(stream), body=body)
+
+    async def read_stream(self, stream: str, *, from_version: int | None = None, limit: int | None = None,
+                          backward: bool = False) -> dict:
+        """One page: {"stream", "version", "events": [...], "next": V|None}."""
+        params = protocol.read_stream_query(from_version, limit, backward)
+        return await self._request("GET", protocol.stream_path(stream), params=params)
+
+    async def iter_stream_pages(self, stream: str, *, from_version: int | None = None,
+                                page_size: int | None = None, backward: bool = False) -> AsyncIterator[dict]:
+        """Every page of a stream read, following `next` until it is null."""
+        cursor = from_version
+        while True:
+            page = await self.read_stream(stream, from_version=cursor, limit=page_size, backward=backward)
+            yield page
+            following = page.get("next")
+            if following is None or following == cursor:
+                return
+            cursor = following
+
+    async def iter_stream(self, stream: str, *, from_version: int | None = None, page_size: int | None = None,
+                          backward: bool = False) -> AsyncIterator[dict]:
+        """Every event of a stream, page by page."""
+        async for page in self.iter_stream_pages(stream, from_version=from_version, page_size=page_size,
+                                                 backward=backward):
+            for event in page.get("events", []):
+                yield event
+
+    async def stream_info(self, stream: str) -> dict:
+        """{"stream", "version", "created", "updated", "deleted": "no"|"soft"|"hard", "metadata"}."""
+        return await self._request("GET", protocol.stream_path(stream, "/info"))
+
+    async def list_streams(self, *, prefix: str | None = None, after: str | None = None,
+                           limit: int | None = None) -> dict:
+        """One page: {"streams": [{"stream", "version", "updated"}], "next": NAME|None}."""
+        params = protocol.query(prefix=prefix, after=after, limit=limit)
+        return await self._request("GET", "/v1/streams", params=params)
+
+    async def iter_streams(self, *, prefix: str | None = None, page_size: int | None = None) -> AsyncIterator[dict]:
+        """Every stream in name order, following `next`."""
+        after = None
+        while True:
+            page = await self.list_streams(prefix=prefix, after=after, limit=page_size)
+            for entry in page.get("streams", []):
+                yield entry
+            following = page.get("next")
+            if following is None or following == after:
+                return
+            after = following
+
+    async def delete_stream(self, stream: str, *, expected_version: ExpectedVersion | None = None,
+                            hard: bool = False) -> None:
+        """Soft delete (404 until appended to again) or hard delete (410 forever)."""
+        if expected_version is not None:
+            protocol.check_expected_version(expected_version)
+        params = protocol.query(expectedVersion=expected_version, hard=hard)
+        await self._request("DELETE", protocol.stream_path(stream), params=params)
+
+    async def get_stream_metadata(self, stream: str) -> dict:
+        """{"maxCount", "maxAge", "truncateBefore", "custom"} (all optional)."""
+        return await self._request("GET", protocol.stream_path(stream, "/metadata"))
+
+    async def set_stream_metadata(self, stream: str, metadata: Mapping[str, Any]) -> dict | None:
+        return await self._request("PUT", protocol.stream_path(stream, "/metadata"), body=dict(metadata))
+
+    # -- $all ------------------------------------------------------------------------------
+
+    async def read_all(self, *, from_position: int | None = None, limit: int | None = None,
+                       backward: bool = False, types: Iterable[str] | None = None, type_prefix: str | None = None,
+                       stream_prefix: str | None = None, stream_pattern: str | None = None) -> dict:
+        """One page of $all: {"events": [...], "next": P|None, "head": last position}."""
+        params = protocol.read_all_query(from_position, limit, backward, types, type_prefix, stream_prefix,
+                                         stream_pattern)
+        return await self._request("GET", "/v1/all", params=params)
+
+    async def iter_all_pages(self, *, from_position: int | None = None, page_size: int | None = None,
+                             backward: bool = False, types: Iterable[str] | None = None,
+                             type_prefix: str | None = None, stream_prefix: str | None = None,
+                             stream_pattern: str | None = None) -> AsyncIterator[dict]:
+        """Every page of an $all read, following `next` (which skips scanned non-matches) until null."""
+        types = list(types) if types else None
+        cursor = from_position
+        while True:
+            page = await self.read_all(from_position=cursor, limit=page_size, backward=backward, types=types,
+                                       type_prefix=type_prefix, stream_prefix=stream_prefix,
+                                       stream_pattern=stream_pattern)
+            yield page
+            following = page.get("next")
+            if following is None or following == cursor:
+                return
+            cursor = following
+
+    async def iter_all(self, *, from_position: int | None = None, page_size: int | None = None,
+                       backward: bool = False, types: Iterable[str] | None = None, type_prefix: str | None = None,
+                       stream_prefix: str | None = None, stream_pattern: str | None = None) -> AsyncIterator[dict]:
+        """Every matching event of $all."""
+        async for page in self.iter_all_pages(from_position=from_position, page_size=page_size, backward=backward,
+                                              types=types, type_prefix=type_prefix, stream_prefix=stream_prefix,
+                                              stream_pattern=stream_pattern):
+            for event in page.get("events", []):
+                yield event
+
+    # -- transient subscriptions (Server-Sent Events) ---------------------------------------
+
+    async def subscribe(self, *, stream: str | None = None, type: str | None = None,
+                        stream_pattern: str | None = None, payload: Mapping[str, Any] | None = None,
+                        from_version: int | None = None, from_position: int | None = None,
+                        start: str | None = None) -> AsyncIterator[dict]:
+        """Live messages over SSE: {"event": {...}} in log order and {"caughtUp": True, "position": P}.
+
+        Heartbeats are dropped. Runs until the caller stops iterating or the server closes.
+        """
+        params = protocol.subscribe_query(stream, type, stream_pattern, payload, from_version, from_position,
+                                          start)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+        try:
+            async with self._http().get(self._url("/v1/subscribe", params), timeout=timeout,
+                                        headers={"Accept": "text/event-stream"}) as resp:
+                if resp.status >= 300:
+                    raise _error(resp.status, await resp.read())
+                parser = SSEParser()
+                async for raw_line in resp.content:
+                    message = parser.feed(raw_line.decode("utf-8").rstrip("\r\n"))
+                    if message is None:
+                        continue
+                    decoded = json.loads(message.data)
+                    if isinstance(decoded, dict) and decoded.keys() == {"heartbeat"}:
+                        continue
+                    yield decoded
+        except aiohttp.ClientConnectionError as exc:
+            raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def save_snapshot(self, source: str, *, version: int, type: str, data: Any,
+                            metadata: Mapping[str, Any] | None = None) -> dict | None:
+        body = {"version": version, "type": type, "data": data}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        return await self._request("PUT", protocol.snapshot_path(source), body=body)
+
+    async def read_snapshot(self, source: str, *, max_version: int | None = None) -> dict:
+        """The latest snapshot at or below `max_version` (or the latest)."""
+        return await self._request("GET", protocol.snapshot_path(source),
+                                   params=protocol.query(maxVersion=max_version))
+
+    async def delete_snapshot(self, source: str) -> None:
+        await self._request("DELETE", protocol.snapshot_path(source))
+
+    async def list_snapshots(self, *, prefix: str | None = None) -> dict:
+        return await self._request("GET", "/v1/snapshots", params=protocol.query(prefix=prefix))
+
+    # -- persistent subscriptions ----------------------------------------------------------
+
+    async def create_subscription(self, name: str, *, stream: str | None = None,
+                                  filter: Mapping[str, Any] | None = None, start_from: str | int | None = None,
+                                  buffer_size: int | None = None, ack_timeout: float | None = None,
+                                  max_retries: int | None = None, concurrency_limit: int | None = None,
+                                  partition_by: str | None = None) -> dict | None:
+        """Create (201) or confirm an identical one (200); other settings -> SubscriptionExists."""
+        settings = SubscriptionSettings(stream=stream, filter=filter, start_from=start_from,
+                                        buffer_size=buffer_size, ack_timeout=ack_timeout, max_retries=max_retries,
+                                        concurrency_limit=concurrency_limit, partition_by=partition_by)
+        return await self._request("PUT", protocol.subscription_path(name), body=settings.body())
+
+    async def get_subscription(self, name: str) -> dict:
+        """Settings and stats: checkpoint, head, lag, inFlight, parked, consumers."""
+        return await self._request("GET", protocol.subscription_path(name))
+
+    async def list_subscriptions(self) -> dict:
+        return await self._request("GET", "/v1/subscriptions")
+
+    async def delete_subscription(self, name: str) -> None:
+        await self._request("DELETE", protocol.subscription_path(name))
+
+    async def fetch(self, name: str, *, max: int | None = None, wait: float | None = None) -> dict:
+        """Up to `max` deliveries, waiting up to `wait` s: {"events": [{"deliveryId", "attempt", "event"}]}."""
+        timeout = self.timeout + (wait or 0)
+        return await self._request("POST", protocol.subscription_path(name, "/fetch"),
+                                   params=protocol.query(max=max, wait=wait), timeout=timeout)
+
+    async def ack(self, name: str, ids: Iterable[str]) -> dict | None:
+        return await self._request("POST", protocol.subscription_path(name, "/ack"), body={"ids": list(ids)})
+
+    async def nack(self, name: str, ids: Iterable[str], *, action: str = "retry") -> dict | None:
+        if action not in protocol.NACK_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(protocol.NACK_ACTIONS)}")
+        return await self._request("POST", protocol.subscription_path(name, "/nack"),
+                                   body={"ids": list(ids), "action": action})
+
+    async def parked(self, name: str) -> dict:
+        return await self._request("GET", protocol.subscription_path(name, "/parked"))
+
+    async def replay_parked(self, name: str) -> dict | None:
+        return await self._request("POST", protocol.subscription_path(name, "/parked/replay"))
+
+    # -- cluster and operations ------------------------------------------------------------
+
+    async def health_live(self) -> dict | None:
+        return await self._request("GET", "/health/live")
+
+    async def health_ready(self) -> dict:
+        """{"ready": bool, ...server body}. A not-ready node (503) is an answer here, not an error."""
+        try:
+            async with self._http().get(self._url("/health/ready"),
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                payload = await resp.read()
+                status = resp.status
+        except aiohttp.ClientConnectionError as exc:
+            raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+        if status not in (200, 503):
+            raise _error(status, payload)
+        body = _decode(payload)
+        return {**(body if isinstance(body, dict) else {}), "ready": status == 200}
+
+    async def metrics(self) -> str:
+        """The Prometheus text exposition."""
+        return await self._request("GET", "/metrics", raw=True) or ""
+
+    async def info(self) -> dict:
+        """Version, store id, node id, mode, features."""
+        return await self._request("GET", "/v1/info")
+
+    async def cluster(self) -> dict:
+        """Members, leader, epoch, ISR, positions, lag."""
+        return await self._request("GET", "/v1/cluster")
+
+    async def step_down(self) -> dict | None:
+        return await self._request("POST", "/v1/cluster/step-down")
+
+    async def verify(self) -> dict:
+        """Server-side checksum scan: {"checked": N, "corrupt": [positions]}."""
+        return await self._request("POST", "/v1/admin/verify", timeout=max(self.timeout, 600.0))
+
+    async def scavenge(self) -> dict | None:
+        return await self._request("POST", "/v1/admin/scavenge", timeout=max(self.timeout, 600.0))
+
+
+def _decode(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error(status: int, payload: bytes) -> EvstoreError:
+    return error_from_reply(status, _decode(payload), payload.decode("utf-8", "replace"))

@@ -1,0 +1,389 @@
+"""The `evstore` command line.
+
+Exit codes: 0 ok, 1 the server refused (or verify found corruption), 2 bad usage or input,
+3 no connection to the node.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import click
+
+from . import output
+from .async_client import DEFAULT_URL
+from .errors import ConnectionFailed, EvstoreError
+from .events_file import EventsFileError, batched, read_events
+from .protocol import parse_expected_version
+from .sync_client import EvstoreClient
+
+MAX_BATCH = 1000
+EXIT_SERVER = 1
+EXIT_CONNECTION = 3
+
+
+@dataclass
+class Settings:
+    url: str
+    token: str | None
+    as_json: bool = False
+    _client: EvstoreClient | None = field(default=None, repr=False)
+
+    def client(self) -> EvstoreClient:
+        if self._client is None:
+            self._client = EvstoreClient(self.url, token=self.token)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class EvstoreGroup(click.Group):
+    """Turns client errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConnectionFailed as exc:
+            click.echo(output.error_line(exc), err=True)
+            ctx.exit(EXIT_CONNECTION)
+        except EvstoreError as exc:
+            click.echo(output.error_line(exc), err=True)
+            ctx.exit(EXIT_SERVER)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json` after the command name too (`evstore read s --json` as well as `evstore --json read s`)."""
+
+    def enable(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(Settings).as_json = True
+
+    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=enable,
+                        help="Machine output: each server reply as one JSON line.")(command)
+
+
+def expected_version_option(default: str | None) -> Callable[..., Any]:
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse_expected_version(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return click.option("--expected-version", default=default, callback=convert,
+                        metavar="any|no_stream|stream_exists|N", show_default=default is not None,
+                        help="Fail with wrong_expected_version unless the stream is at this version.")
+
+
+def json_argument(text: str | None, name: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg} at column {exc.colno}", param_hint=name) from None
+
+
+def emit_json(value: Any) -> None:
+    click.echo(output.to_json(value))
+
+
+@click.group(cls=EvstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="EVSTORE_URL", default=DEFAULT_URL, show_default=True,
+              help="Node URL (env EVSTORE_URL).")
+@click.option("--token", envvar="EVSTORE_TOKEN", default=None, help="Bearer token (env EVSTORE_TOKEN).")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: each server reply as one JSON line.")
+@click.version_option(package_name="evstore", prog_name="evstore")
+@click.pass_context
+def cli(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None:
+    """evstore: an event store for event sourcing."""
+    settings = Settings(url=url, token=token or None, as_json=as_json)
+    ctx.obj = settings
+    ctx.call_on_close(settings.close)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+# -- serve / bench / operator: thin forwards to their owners ---------------------------------
+
+FORWARD = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@cli.command(context_settings=FORWARD, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve(args: tuple[str, ...]) -> None:
+    """Run a node (flags as in the settings table: --data-dir, --port, ...; --help for all)."""
+    from evstore.node.app import main as node_main
+
+    sys.exit(node_main(list(args)))
+
+
+@cli.command(context_settings=FORWARD, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run the append/read benchmark (--help for its options)."""
+    from evstore.client.bench import main as bench_main
+
+    sys.exit(bench_main(list(args)))
+
+
+@cli.command()
+@click.option("--namespace", default=None, help="Watch one namespace (default: all namespaces).")
+@click.option("--metrics-port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--verbose", is_flag=True)
+def operator(namespace: str | None, metrics_port: int, verbose: bool) -> None:
+    """Run the Kubernetes operator."""
+    try:
+        from evstore.operator.main import run
+    except ModuleNotFoundError as exc:
+        if exc.name in ("kopf", "kubernetes_asyncio"):
+            raise click.ClickException("the operator needs its extras: pip install 'evstore[operator]'") from None
+        raise
+
+    result = run(namespace=namespace, metrics_port=metrics_port, verbose=verbose)
+    if isinstance(result, int):
+        sys.exit(result)
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("stream")
+@click.option("--type", "event_type", help="Event type (one event).")
+@click.option("--data", "data_text", help="Event data as JSON (one event; default {}).")
+@click.option("--metadata", "metadata_text", help="Event metadata as a JSON object (one event).")
+@click.option("--id", "event_id", help="Event id (one event; default: a new uuid4).")
+@click.option("--file", "file_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="JSON Lines of {\"type\", \"data\", \"metadata\"?, \"id\"?}; - reads stdin.")
+@expected_version_option("any")
+@click.option("--batch-size", default=MAX_BATCH, show_default=True, type=click.IntRange(1, 10_000),
+              help="Events per request with --file.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@json_option
+@pass_settings
+def append(settings: Settings, stream: str, event_type: str | None, data_text: str | None,
+           metadata_text: str | None, event_id: str | None, file_path: str | None, expected_version: Any,
+           batch_size: int, no_progress: bool) -> None:
+    """Append one event (--type/--data) or a JSON Lines file (--file) to STREAM."""
+    single = any(v is not None for v in (event_type, data_text, metadata_text, event_id))
+    if file_path is not None and single:
+        raise click.UsageError("give either --file or --type/--data/--metadata/--id, not both")
+    if file_path is None:
+        if event_type is None:
+            raise click.UsageError("give --type (with --data) for one event, or --file for many")
+        append_one(settings, stream, event_type, data_text, metadata_text, event_id, expected_version)
+    else:
+        append_file(settings, stream, file_path, expected_version, batch_size,
+                    show_progress=not (no_progress or settings.as_json))
+
+
+def append_one(settings: Settings, stream: str, event_type: str, data_text: str | None,
+               metadata_text: str | None, event_id: str | None, expected_version: Any) -> None:
+    event: dict[str, Any] = {"type": event_type, "data": json_argument(data_text, "--data") if data_text else {}}
+    metadata = json_argument(metadata_text, "--metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--metadata")
+        event["metadata"] = metadata
+    if event_id:
+        event["id"] = event_id
+    reply = settings.client().append(stream, [event], expected_version=expected_version)
+    click.echo(output.to_json(reply) if settings.as_json else output.append_result(reply))
+
+
+def count_events_in_file(path: str) -> int:
+    """Checks every line before anything is sent, so a bad file changes nothing; returns the count."""
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in read_events(f))
+
+
+def append_file(settings: Settings, stream: str, path: str, expected_version: Any, batch_size: int,
+                show_progress: bool) -> None:
+    from tqdm import tqdm
+
+    total: int | None = None
+    try:
+        if path != "-":
+            total = count_events_in_file(path)
+    except EventsFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--file") from None
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--file") from None
+
+    client = settings.client()
+    sent = requests = 0
+    reply: dict | None = None
+    bar = None
+    source = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    try:
+        for index, batch in enumerate(batched(read_events(source), batch_size)):
+            many = index >= 1 or (total is not None and total > batch_size)
+            if show_progress and bar is None and many:
+                bar = tqdm(total=total, initial=sent, unit="ev", desc=stream, file=sys.stderr, leave=False)
+            reply = client.append(stream, batch, expected_version=expected_version)
+            sent += len(batch)
+            requests += 1
+            if bar is not None:
+                bar.update(len(batch))
+            if expected_version != "any":
+                # keep later batches exclusive: each must land right after the previous one
+                expected_version = reply["version"]
+            if settings.as_json:
+                emit_json(reply)
+    except EventsFileError as exc:
+        raise click.BadParameter(f"{exc} ({sent} events before it were appended)", param_hint="--file") from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if source is not sys.stdin:
+            source.close()
+    if not settings.as_json:
+        click.echo(output.append_summary(stream, sent, requests, reply))
+
+
+@cli.command()
+@click.argument("stream")
+@click.option("--from", "start", type=click.IntRange(min=0), help="First version (or $all position).")
+@click.option("--limit", type=click.IntRange(1, 4096), help="Events per page (server default 100).")
+@click.option("--backward", is_flag=True, help="Newest first.")
+@click.option("--all-pages", is_flag=True, help="Follow `next` until the end.")
+@click.option("--type", "types", multiple=True, help="$all only: event type (repeatable, OR).")
+@click.option("--type-prefix", help="$all only: event type prefix.")
+@click.option("--stream-prefix", help="$all only: stream name prefix.")
+@click.option("--stream-pattern", help="$all only: stream name glob.")
+@json_option
+@pass_settings
+def read(settings: Settings, stream: str, start: int | None, limit: int | None, backward: bool,
+         all_pages: bool, types: tuple[str, ...], type_prefix: str | None, stream_prefix: str | None,
+         stream_pattern: str | None) -> None:
+    """Read STREAM, or every stream with `$all` (quote it in the shell: '$all')."""
+    client = settings.client()
+    filters = bool(types or type_prefix or stream_prefix or stream_pattern)
+    if stream != "$all" and filters:
+        raise click.UsageError("--type, --type-prefix, --stream-prefix and --stream-pattern apply to '$all' only")
+    if not all_pages:
+        if stream == "$all":
+            page = client.read_all(from_position=start, limit=limit, backward=backward, types=list(types) or None,
+                                   type_prefix=type_prefix, stream_prefix=stream_prefix,
+                                   stream_pattern=stream_pattern)
+        else:
+            page = client.read_stream(stream, from_version=start, limit=limit, backward=backward)
+        click.echo(output.to_json(page) if settings.as_json else output.stream_page(page))
+        return
+    if stream == "$all":
+        pages: Iterator[dict] = client.iter_all_pages(
+            from_position=start, page_size=limit, backward=backward, types=list(types) or None,
+            type_prefix=type_prefix, stream_prefix=stream_prefix, stream_pattern=stream_pattern)
+    else:
+        pages = client.iter_stream_pages(stream, from_version=start, page_size=limit, backward=backward)
+    printed_header = False
+    for page in pages:
+        if settings.as_json:
+            emit_json(page)
+        elif page.get("events"):
+            text = output.events_table(page["events"])
+            click.echo(text if not printed_header else text.split("\n", 1)[1])
+            printed_header = True
+    if not settings.as_json and not printed_header:
+        click.echo(output.events_table([]))
+
+
+@cli.command()
+@click.option("--prefix", help="Only streams whose name starts with this.")
+@click.option("--limit", type=click.IntRange(min=1), help="Streams per page.")
+@click.option("--after", help="Start after this stream name (from `next`).")
+@json_option
+@pass_settings
+def streams(settings: Settings, prefix: str | None, limit: int | None, after: str | None) -> None:
+    """List streams in name order."""
+    reply = settings.client().list_streams(prefix=prefix, after=after, limit=limit)
+    click.echo(output.to_json(reply) if settings.as_json else output.streams_table(reply))
+
+
+@cli.command()
+@click.argument("stream", required=False)
+@json_option
+@pass_settings
+def info(settings: Settings, stream: str | None) -> None:
+    """Stream info for STREAM, or the node and cluster summary without one."""
+    client = settings.client()
+    if stream is not None:
+        reply = client.stream_info(stream)
+        click.echo(output.to_json(reply) if settings.as_json else output.stream_info(reply))
+        return
+    node, cluster = client.info(), client.cluster()
+    click.echo(output.to_json({"info": node, "cluster": cluster}) if settings.as_json
+               else output.node_info(node, cluster))
+
+
+@cli.command()
+@click.argument("stream")
+@click.option("--hard", is_flag=True, help="Tombstone: the name can never be used again.")
+@expected_version_option(None)
+@json_option
+@pass_settings
+def delete(settings: Settings, stream: str, hard: bool, expected_version: Any) -> None:
+    """Delete STREAM (soft by default: reads 404 until appended to again)."""
+    settings.client().delete_stream(stream, expected_version=expected_version, hard=hard)
+    click.echo(output.to_json({"stream": stream, "deleted": "hard" if hard else "soft"}) if settings.as_json
+               else output.deleted(stream, hard))
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False),
+              help="Check a data directory offline (no server). Without it, ask the node at --url.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@json_option
+@pass_settings
+def verify(settings: Settings, data_dir: str | None, no_progress: bool) -> None:
+    """Checksum every record; exit 1 when anything is corrupt."""
+    if data_dir is not None:
+        try:
+            result = verify_offline(data_dir, show_progress=not (no_progress or settings.as_json))
+        except FileNotFoundError as exc:
+            raise click.BadParameter(str(exc), param_hint="--data") from None
+    else:
+        result = settings.client().verify()
+    click.echo(output.to_json(result) if settings.as_json else output.verify_result(result))
+    if result.get("corrupt") or result.get("error"):
+        sys.exit(1)
+
+
+def verify_offline(data_dir: str, show_progress: bool) -> dict:
+    from tqdm import tqdm
+
+    from evstore.node.verify import verify_data_dir
+
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if not show_progress:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="rec", desc="verify", file=sys.stderr, leave=False)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        return verify_data_dir(data_dir, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="evstore")
+
+
+if __name__ == "__main__":
+    main()
