@@ -171,7 +171,7 @@ class Log:
             check_expected_version(stream, row, expected, vis.deleted)
             return _write_events(txn, row, events)
 
-        return await self.storage.write(op)
+        return await self.storage.write(op, weight=len(events))
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)

@@ -29,6 +29,7 @@ log = logging.getLogger("evstore.storage")
 DB_FILE = "evstore.db"
 FORMAT_VERSION = "1"
 MAX_BATCH_REQUESTS = 2048
+MAX_BATCH_WEIGHT = 50_000  # events: a group commit stops taking requests past this
 SQL_VARIABLE_CHUNK = 500
 
 SCHEMA = """
@@ -265,13 +266,14 @@ class Storage:
         return total
 
     # writes ----------------------------------------------------------------------------------
-    async def write(self, op: WriteOp) -> Any:
-        """Run op in the writer's next transaction; return once that transaction is durable."""
+    async def write(self, op: WriteOp, weight: int = 1) -> Any:
+        """Run op in the writer's next transaction; return once that transaction is durable.
+        `weight` (events written) bounds how much one group commit takes."""
         if self._closed:
             raise Unavailable("the node is shutting down")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((op, future, loop))
+        self._queue.put((op, future, loop, weight))
         return await future
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
@@ -281,7 +283,8 @@ class Storage:
             if item is _STOP:
                 break
             batch = [item]
-            while len(batch) < MAX_BATCH_REQUESTS:
+            weight = item[3]
+            while len(batch) < MAX_BATCH_REQUESTS and weight < MAX_BATCH_WEIGHT:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -290,6 +293,7 @@ class Storage:
                     stopping = True
                     break
                 batch.append(more)
+                weight += more[3]
             self._run_batch(conn, batch)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -303,7 +307,7 @@ class Storage:
         outcomes: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, future, loop in batch:
+            for op, future, loop, _weight in batch:
                 saved_position = txn.last_position
                 conn.execute("SAVEPOINT op")
                 try:
@@ -329,7 +333,7 @@ class Storage:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = Unavailable(f"storage error: {exc}")
-            outcomes = [(future, loop, None, failure) for _op, future, loop in batch]
+            outcomes = [(future, loop, None, failure) for _op, future, loop, _weight in batch]
         else:
             self.head = txn.last_position
             self._last_created = now
