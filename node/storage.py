@@ -116,8 +116,9 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-WRITER_CACHE_KIB = 32 * 1024
-READER_CACHE_KIB = 8 * 1024
+WRITER_CACHE_KIB = 16 * 1024
+READER_CACHE_KIB = 4 * 1024
+CHECKPOINT_EVERY = 1.0  # seconds between checkpoints, which run off the writer's commit path
 
 
 def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
@@ -204,6 +205,8 @@ class Storage:
         self._closed = True
         self._dirty = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -216,6 +219,7 @@ class Storage:
             conn.execute("INSERT INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
         elif fmt[0] != FORMAT_VERSION:
             raise RuntimeError(f"{self.path} has log format {fmt[0]}, this node reads format {FORMAT_VERSION}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
         self.head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
         self._last_created = conn.execute("SELECT coalesce(max(created), 0) FROM events").fetchone()[0]
         self._closed = False
@@ -225,6 +229,9 @@ class Storage:
         if self.durability == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="evstore-syncer", daemon=True)
             self._syncer.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="evstore-checkpointer",
+                                              daemon=True)
+        self._checkpointer.start()
 
     def close(self) -> None:
         """Finish queued writes, checkpoint the WAL into the database file and close every connection."""
@@ -237,6 +244,9 @@ class Storage:
         if self._syncer is not None:
             self._dirty.set()
             self._syncer.join()
+        self._stopping.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         with self._reader_lock:
@@ -362,6 +372,18 @@ class Storage:
             except FileNotFoundError:
                 pass
             time.sleep(self.sync_interval)  # the sync cadence itself, not a synchronisation
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database file in the background (PASSIVE: never blocks the writer or readers)."""
+        conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL", cache_kib=1024)
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.exception("background checkpoint failed")
+        finally:
+            conn.close()
 
     # reads -----------------------------------------------------------------------------------
     def _reader_conn(self) -> sqlite3.Connection:

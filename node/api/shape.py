@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime
-import uuid
+import functools
 from typing import Any
 
 import orjson
@@ -20,13 +20,23 @@ def rfc3339(micros: int | None) -> str | None:
     if micros is None:
         return None
     seconds, micro = divmod(micros, 1_000_000)
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(microsecond=micro)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{_rfc3339_second(seconds)}.{micro:06d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339_second(seconds: int) -> str:
+    # events of one group commit share a timestamp, so reads format few distinct seconds
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def uuid_text(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def event_json(record: Record) -> dict:
     return {
-        "id": str(uuid.UUID(bytes=record.id)),
+        "id": uuid_text(record.id),
         "stream": record.stream,
         "version": record.version,
         "position": record.position,
