@@ -159,7 +159,7 @@ def operator(namespace: str | None, metrics_port: int, verbose: bool) -> None:
 @click.option("--type", "event_type", help="Event type (one event).")
 @click.option("--data", "data_text", help="Event data as JSON (one event; default {}).")
 @click.option("--metadata", "metadata_text", help="Event metadata as a JSON object (one event).")
-@click.option("--id", "event_id", help="Event id (one event; default: a new uuid4).")
+@click.option("--id", "event_id", help="Event id (one event; default: a new UUIDv7).")
 @click.option("--file", "file_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="JSON Lines of {\"type\", \"data\", \"metadata\"?, \"id\"?}; - reads stdin.")
 @expected_version_option("any")

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 from urllib.parse import quote
+
+from ..ids import uuid7
 
 EXPECTED_VERSION_WORDS = ("any", "no_stream", "stream_exists")
 ExpectedVersion = Union[str, int]
@@ -13,7 +14,7 @@ ExpectedVersion = Union[str, int]
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event to append. `id` is generated (uuid4) when left out, so a retry resends the same id."""
+    """An event to append. `id` is generated (a time-ordered UUIDv7) when left out, so a retry resends the same id."""
 
     type: str
     data: Any = None
@@ -72,12 +73,12 @@ def event_body(event: EventInput) -> dict[str, Any]:
         body: dict[str, Any] = {"type": event.type, "data": event.data}
         if event.metadata is not None:
             body["metadata"] = dict(event.metadata)
-        body["id"] = event.id or str(uuid.uuid4())
+        body["id"] = event.id or str(uuid7())
         return body
     if isinstance(event, Mapping):
         body = dict(event)
         if not body.get("id"):
-            body["id"] = str(uuid.uuid4())
+            body["id"] = str(uuid7())
         return body
     raise TypeError(f"an event is a NewEvent or a mapping, not {type(event).__name__}")
 

@@ -26,18 +26,19 @@ NAMESPACE = "evstore-system"
 RELEASE = "evs"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")  # oldest the chart supports (Chart.yaml kubeVersion) and newest
 
-EXPECTED_RULES = {
-    ("evstore.io", "eventstores"): {"get", "list", "watch", "patch"},
-    ("evstore.io", "eventstores/status"): {"get", "patch"},
-    ("", "secrets"): {"get", "list", "watch", "create", "patch"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
-    ("", "services"): {"get", "list", "watch", "create", "patch"},
-    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch"},
-    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
-    ("", "pods"): {"get", "list", "watch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("monitoring.coreos.com", "servicemonitors"): {"get", "list", "watch", "create", "patch"},
+EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/list/delete) and kopf's own
+    ("evstore.io", "eventstores"): {"list", "watch", "patch"},
+    ("evstore.io", "eventstores/status"): {"patch"},
+    ("evstore.io", "eventstores/finalizers"): {"update"},
+    ("", "secrets"): {"get", "create", "patch"},
+    ("", "configmaps"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
+    ("apps", "statefulsets"): {"get", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("", "pods"): {"list", "delete"},
+    ("", "persistentvolumeclaims"): {"list", "delete"},
+    ("", "events"): {"create"},
+    ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
 }
 
 MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "dashboards.enabled=true")

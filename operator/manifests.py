@@ -1,0 +1,477 @@
+"""Pure builders: StoreSpec -> Kubernetes manifests (plain dicts). No API calls, no clock, no randomness."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Mapping
+
+from evstore.operator.spec import (API_VERSION, CLUSTER_SECRET_KEY, DATA_DIR, ETCD_CLIENT_PORT, ETCD_MEMBERS,
+                                   ETCD_PEER_PORT, KIND, NODE_PORT, StoreSpec)
+
+Manifest = dict[str, Any]
+
+NODE_COMPONENT = "node"
+ETCD_COMPONENT = "etcd"
+CONFIG_HASH_ANNOTATION = "evstore.io/config-hash"
+SERVICE_ROLE_LABEL = "evstore.io/service"
+NODE_UID = 10001
+DASHBOARD_LABEL = "grafana_dashboard"
+
+
+# ---- names -------------------------------------------------------------------------------------
+
+def statefulset_name(store: str) -> str:
+    return store
+
+
+def peers_service_name(store: str) -> str:
+    return f"{store}-peers"
+
+
+def client_service_name(store: str) -> str:
+    return store
+
+
+def configmap_name(store: str) -> str:
+    return f"{store}-config"
+
+
+def pdb_name(store: str) -> str:
+    return store
+
+
+def dashboards_configmap_name(store: str) -> str:
+    return f"{store}-dashboards"
+
+
+def etcd_name(store: str) -> str:
+    return f"{store}-etcd"
+
+
+def pod_name(store: str, ordinal: int) -> str:
+    return f"{statefulset_name(store)}-{ordinal}"
+
+
+def pod_fqdn(store: str, namespace: str, pod: str) -> str:
+    return f"{pod}.{peers_service_name(store)}.{namespace}.svc"
+
+
+def peers_fqdn(store: str, namespace: str) -> str:
+    return f"{peers_service_name(store)}.{namespace}.svc"
+
+
+def managed_etcd_endpoints(store: str, namespace: str) -> list[str]:
+    name = etcd_name(store)
+    return [f"http://{name}-{i}.{name}.{namespace}.svc:{ETCD_CLIENT_PORT}" for i in range(ETCD_MEMBERS)]
+
+
+def etcd_endpoints(spec: StoreSpec) -> list[str]:
+    if spec.etcd_endpoints:
+        return list(spec.etcd_endpoints)
+    if spec.etcd_managed:
+        return managed_etcd_endpoints(spec.name, spec.namespace)
+    return []
+
+
+# ---- labels and ownership ----------------------------------------------------------------------
+
+def selector_labels(store: str, component: str = NODE_COMPONENT) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "evstore",
+        "app.kubernetes.io/instance": store,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def labels(store: str, component: str = NODE_COMPONENT) -> dict[str, str]:
+    return {**selector_labels(store, component),
+            "app.kubernetes.io/part-of": "evstore",
+            "app.kubernetes.io/managed-by": "evstore-operator"}
+
+
+def label_selector(selector: Mapping[str, str]) -> str:
+    """The `labelSelector` query string of a matchLabels dict."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def owner_reference(store: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": store, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def owned(manifest: Manifest, owner: Mapping[str, Any]) -> Manifest:
+    """A copy of the manifest with the owner reference set (replacing any other controller reference)."""
+    result = copy.deepcopy(manifest)
+    refs = [r for r in result["metadata"].get("ownerReferences", []) if not r.get("controller")]
+    result["metadata"]["ownerReferences"] = refs + [dict(owner)]
+    return result
+
+
+def _metadata(spec: StoreSpec, name: str, component: str = NODE_COMPONENT,
+              extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.namespace, "labels": {**labels(spec.name, component),
+                                                                  **(extra_labels or {})}}
+
+
+# ---- the node's settings -----------------------------------------------------------------------
+
+def node_settings(spec: StoreSpec) -> dict[str, str]:
+    """The EVSTORE_* settings shared by every pod of the store (the ConfigMap's data)."""
+    settings = {
+        "EVSTORE_STORE_ID": spec.name,
+        "EVSTORE_DATA_DIR": DATA_DIR,
+        "EVSTORE_HOST": "0.0.0.0",
+        "EVSTORE_PORT": str(NODE_PORT),
+        "EVSTORE_DURABILITY": spec.durability_mode,
+        "EVSTORE_LOG_LEVEL": spec.log_level,
+        "EVSTORE_DISCOVERY": "zeroconf,dns,etcd" if spec.etcd_enabled else "zeroconf,dns",
+        "EVSTORE_DISCOVERY_DNS": peers_fqdn(spec.name, spec.namespace),
+    }
+    if endpoints := etcd_endpoints(spec):
+        settings["EVSTORE_ETCD_ENDPOINTS"] = ",".join(endpoints)
+    if spec.min_in_sync is not None:
+        settings["EVSTORE_MIN_IN_SYNC"] = str(spec.min_in_sync)
+    if spec.sync_interval is not None:
+        settings["EVSTORE_SYNC_INTERVAL"] = str(spec.sync_interval)
+    if spec.max_body_bytes is not None:
+        settings["EVSTORE_MAX_BODY_BYTES"] = str(spec.max_body_bytes)
+    return settings
+
+
+def config_hash(spec: StoreSpec) -> str:
+    """Changes whenever the pods' configuration changes, so the pod template (and revision) changes too."""
+    material = {"settings": node_settings(spec), "secret": [spec.secret_ref.name, spec.secret_ref.key]}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- builders ----------------------------------------------------------------------------------
+
+def cluster_secret(spec: StoreSpec, secret_value: str) -> Manifest:
+    """The generated cluster secret (only when spec.clusterSecretRef is absent)."""
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": _metadata(spec, spec.secret_ref.name),
+        "type": "Opaque",
+        "stringData": {CLUSTER_SECRET_KEY: secret_value},
+    }
+
+
+def configmap(spec: StoreSpec) -> Manifest:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(spec, configmap_name(spec.name)),
+            "data": node_settings(spec)}
+
+
+def _http_port() -> dict[str, Any]:
+    return {"name": "http", "port": NODE_PORT, "targetPort": "http", "protocol": "TCP"}
+
+
+def peers_service(spec: StoreSpec) -> Manifest:
+    """Headless Service: stable pod DNS names and the peer list for discovery (not-ready pods included)."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(spec, peers_service_name(spec.name), extra_labels={SERVICE_ROLE_LABEL: "peers"}),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": selector_labels(spec.name), "ports": [_http_port()]},
+    }
+
+
+def client_service(spec: StoreSpec) -> Manifest:
+    """The Service clients use: any ready pod (followers forward writes to the leader)."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(spec, client_service_name(spec.name), extra_labels={SERVICE_ROLE_LABEL: "client"}),
+        "spec": {"type": "ClusterIP", "selector": selector_labels(spec.name), "ports": [_http_port()]},
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
+def node_env(spec: StoreSpec) -> list[dict[str, Any]]:
+    """Per-pod settings (the shared ones come from the ConfigMap through envFrom)."""
+    ref = spec.secret_ref
+    return [
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_IP", "status.podIP"),
+        {"name": "EVSTORE_NODE_ID", "value": "$(POD_NAME)"},
+        {"name": "EVSTORE_ADVERTISE_URL",
+         "value": f"http://$(POD_NAME).{peers_service_name(spec.name)}.{spec.namespace}.svc:{NODE_PORT}"},
+        {"name": "EVSTORE_DISCOVERY_INTERFACES", "value": "$(POD_IP)"},
+        {"name": "EVSTORE_CLUSTER_SECRET",
+         "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
+    ]
+
+
+def affinity(spec: StoreSpec) -> dict[str, Any]:
+    """The user's affinity, plus a preferred anti-affinity spreading the pods over nodes unless they set one."""
+    result = copy.deepcopy(dict(spec.affinity or {}))
+    result.setdefault("podAntiAffinity", {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": selector_labels(spec.name)}},
+        }],
+    })
+    return result
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
+            "timeoutSeconds": 3, "failureThreshold": failures}
+
+
+def node_container(spec: StoreSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "evstore",
+        "image": spec.image,
+        "command": ["evstore", "serve"],
+        "envFrom": [{"configMapRef": {"name": configmap_name(spec.name)}}],
+        "env": node_env(spec),
+        "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
+        "startupProbe": _probe("/health/live", 2, 60),
+        "livenessProbe": _probe("/health/live", 10, 6),
+        "readinessProbe": _probe("/health/ready", 5, 3),
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if spec.resources:
+        container["resources"] = copy.deepcopy(dict(spec.resources))
+    return container
+
+
+def _pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": NODE_UID, "runAsGroup": NODE_UID, "fsGroup": NODE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pvc_template(spec: StoreSpec, name: str, component: str, size: str) -> dict[str, Any]:
+    pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if spec.storage_class:
+        pvc_spec["storageClassName"] = spec.storage_class
+    return {"metadata": {"name": name, "labels": labels(spec.name, component)}, "spec": pvc_spec}
+
+
+def statefulset(spec: StoreSpec) -> Manifest:
+    pod_spec: dict[str, Any] = {
+        "securityContext": _pod_security_context(),
+        "terminationGracePeriodSeconds": 30,
+        "affinity": affinity(spec),
+        "containers": [node_container(spec)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "enableServiceLinks": False,
+    }
+    if spec.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": _metadata(spec, statefulset_name(spec.name)),
+        "spec": {
+            "replicas": spec.replicas,
+            "serviceName": peers_service_name(spec.name),
+            "selector": {"matchLabels": selector_labels(spec.name)},
+            # Peers must all start to elect a leader; ordered start would wait for readiness forever.
+            "podManagementPolicy": "Parallel",
+            # The operator restarts pods itself: followers first, then the leader after a switchover.
+            "updateStrategy": {"type": "OnDelete"},
+            # PVCs are deleted by the operator, and only when spec.storage.deleteOnResourceDeletion.
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": {
+                "metadata": {"labels": labels(spec.name),
+                             "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec)}},
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [_pvc_template(spec, "data", NODE_COMPONENT, spec.storage_size)],
+        },
+    }
+
+
+def pod_disruption_budget(spec: StoreSpec) -> Manifest:
+    """Voluntary evictions must leave enough pods for the in-sync set; a single node cannot be protected."""
+    budget: dict[str, Any] = ({"minAvailable": spec.required_in_sync} if spec.replicas > 1
+                              else {"maxUnavailable": 1})
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _metadata(spec, pdb_name(spec.name)),
+            "spec": {**budget, "selector": {"matchLabels": selector_labels(spec.name)}}}
+
+
+def service_monitor(spec: StoreSpec) -> Manifest:
+    """Prometheus Operator ServiceMonitor scraping every pod through the headless Service."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "selector": {"matchLabels": {**selector_labels(spec.name), SERVICE_ROLE_LABEL: "peers"}},
+            "namespaceSelector": {"matchNames": [spec.namespace]},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+
+
+def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Manifest:
+    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _metadata(spec, dashboards_configmap_name(spec.name), extra_labels={DASHBOARD_LABEL: "1"}),
+            "data": dict(dashboards)}
+
+
+# ---- managed etcd ------------------------------------------------------------------------------
+
+def etcd_service(spec: StoreSpec) -> Manifest:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": selector_labels(spec.name, ETCD_COMPONENT),
+                 "ports": [{"name": "client", "port": ETCD_CLIENT_PORT, "targetPort": "client", "protocol": "TCP"},
+                           {"name": "peer", "port": ETCD_PEER_PORT, "targetPort": "peer", "protocol": "TCP"}]},
+    }
+
+
+def etcd_args(spec: StoreSpec) -> list[str]:
+    name = etcd_name(spec.name)
+    domain = f"{name}.{spec.namespace}.svc"
+    initial = ",".join(f"{name}-{i}=http://{name}-{i}.{domain}:{ETCD_PEER_PORT}" for i in range(ETCD_MEMBERS))
+    return [
+        "--name=$(POD_NAME)",
+        "--data-dir=/var/lib/etcd/data",
+        f"--listen-client-urls=http://0.0.0.0:{ETCD_CLIENT_PORT}",
+        f"--listen-peer-urls=http://0.0.0.0:{ETCD_PEER_PORT}",
+        f"--advertise-client-urls=http://$(POD_NAME).{domain}:{ETCD_CLIENT_PORT}",
+        f"--initial-advertise-peer-urls=http://$(POD_NAME).{domain}:{ETCD_PEER_PORT}",
+        f"--initial-cluster={initial}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token={spec.namespace}-{name}",
+    ]
+
+
+def etcd_statefulset(spec: StoreSpec) -> Manifest:
+    container = {
+        "name": "etcd",
+        "image": spec.etcd_image,
+        "command": ["etcd"],
+        "args": etcd_args(spec),
+        "env": [_field_env("POD_NAME", "metadata.name")],
+        "ports": [{"name": "client", "containerPort": ETCD_CLIENT_PORT, "protocol": "TCP"},
+                  {"name": "peer", "containerPort": ETCD_PEER_PORT, "protocol": "TCP"}],
+        # Liveness must not depend on quorum, or losing quorum would restart every member.
+        "livenessProbe": {"tcpSocket": {"port": "client"}, "periodSeconds": 10, "failureThreshold": 6},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "client"}, "periodSeconds": 5,
+                           "failureThreshold": 3},
+        "volumeMounts": [{"name": "etcd-data", "mountPath": "/var/lib/etcd"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": _pod_security_context(),
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": selector_labels(spec.name, ETCD_COMPONENT)}},
+        }]}},
+        "containers": [container],
+        "enableServiceLinks": False,
+    }
+    if spec.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
+        "spec": {
+            "replicas": ETCD_MEMBERS,
+            "serviceName": etcd_name(spec.name),
+            "selector": {"matchLabels": selector_labels(spec.name, ETCD_COMPONENT)},
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": labels(spec.name, ETCD_COMPONENT)}, "spec": pod_spec},
+            "volumeClaimTemplates": [_pvc_template(spec, "etcd-data", ETCD_COMPONENT, "1Gi")],
+        },
+    }
+
+
+def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
+            "spec": {"minAvailable": ETCD_MEMBERS // 2 + 1,
+                     "selector": {"matchLabels": selector_labels(spec.name, ETCD_COMPONENT)}}}
+
+
+# ---- what to apply -----------------------------------------------------------------------------
+
+def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None) -> list[Manifest]:
+    """Every child the store needs except the generated Secret (its value is random, see cluster_secret)."""
+    children = [configmap(spec), peers_service(spec), client_service(spec)]
+    if spec.etcd_managed:
+        children += [etcd_service(spec), etcd_statefulset(spec), etcd_pod_disruption_budget(spec)]
+    children += [statefulset(spec), pod_disruption_budget(spec)]
+    if spec.service_monitor:
+        children.append(service_monitor(spec))
+    if spec.dashboards and dashboards:
+        children.append(dashboards_configmap(spec, dashboards))
+    return children
+
+
+# Fields that may be patched on an existing object. Others are immutable (StatefulSet selector,
+# serviceName, volumeClaimTemplates; Service clusterIP) or owned by the user (generated Secret value).
+MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "ConfigMap": ("data",),
+    "Secret": (),
+    "Service": ("spec.selector", "spec.ports", "spec.publishNotReadyAddresses"),
+    "StatefulSet": ("spec.replicas", "spec.template", "spec.updateStrategy",
+                    "spec.persistentVolumeClaimRetentionPolicy"),
+    "PodDisruptionBudget": ("spec",),
+    "ServiceMonitor": ("spec",),
+}
+
+
+def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
+    """A merge patch bringing `actual` to `desired` (metadata labels/owners + mutable fields), or None."""
+    patch: dict[str, Any] = {}
+    meta_patch: dict[str, Any] = {}
+    desired_meta, actual_meta = desired["metadata"], actual.get("metadata", {})
+    if not is_subset(desired_meta.get("labels", {}), actual_meta.get("labels") or {}):
+        meta_patch["labels"] = desired_meta.get("labels", {})
+    if desired_meta.get("ownerReferences") and not is_subset(desired_meta["ownerReferences"],
+                                                             actual_meta.get("ownerReferences") or []):
+        meta_patch["ownerReferences"] = desired_meta["ownerReferences"]
+    if meta_patch:
+        patch["metadata"] = meta_patch
+    for path in MUTABLE_FIELDS.get(desired["kind"], ()):
+        want, have = _get(desired, path), _get(actual, path)
+        if want is not None and not is_subset(want, have):
+            _set(patch, path, want)
+    return patch or None
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """True when everything in `want` is in `have` (the API server adds defaults, so `have` may hold more)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(map(is_subset, want, have))
+    if isinstance(want, (int, float)) and isinstance(have, str) or isinstance(want, str) and isinstance(have, int):
+        return str(want) == str(have)
+    return want == have
+
+
+def _get(obj: Mapping[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(obj, Mapping) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        obj = obj.setdefault(part, {})
+    obj[last] = copy.deepcopy(value)

@@ -1,0 +1,186 @@
+"""The EventStore spec as the operator uses it: parsed from the resource, defaults applied, validated.
+
+The CRD schema already defaults and validates what a structural schema can express; this module
+re-applies the same defaults (so resources created before a CRD upgrade still work) and adds the
+rules a schema cannot express (derived defaults such as `etcd.managed`, name length limits).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+GROUP = "evstore.io"
+VERSION = "v1alpha1"
+PLURAL = "eventstores"
+KIND = "EventStore"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+NODE_PORT = 7113
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_MEMBERS = 3
+DATA_DIR = "/data"
+CLUSTER_SECRET_KEY = "secret"
+
+DEFAULT_IMAGE = "ghcr.io/evstore/evstore:0.1.0"
+DEFAULT_ETCD_IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"
+DEFAULT_STORAGE_SIZE = "1Gi"
+DURABILITY_MODES = ("sync", "interval")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_REPLICAS, MAX_REPLICAS = 1, 9
+
+# The StatefulSet name ends up in the pod's controller-revision-hash label (max 63 characters, the
+# hash takes 11), and "<name>-etcd" is a StatefulSet too: 63 - 11 - len("-etcd") = 47.
+MAX_NAME_LENGTH = 47
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecError(ValueError):
+    """The resource asks for something the operator cannot build. Not retried until the spec changes."""
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    name: str
+    namespace: str
+    replicas: int = 1
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None
+    storage_size: str = DEFAULT_STORAGE_SIZE
+    storage_class: str | None = None
+    delete_pvcs_on_deletion: bool = False
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    affinity: Mapping[str, Any] | None = None
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_managed: bool = False
+    etcd_image: str = DEFAULT_ETCD_IMAGE
+    cluster_secret_ref: SecretRef | None = None
+    durability_mode: str = "sync"
+    sync_interval: float | None = None
+    min_in_sync: int | None = None
+    max_body_bytes: int | None = None
+    service_monitor: bool = False
+    dashboards: bool = False
+    log_level: str = "info"
+
+    @property
+    def secret_ref(self) -> SecretRef:
+        """Where the cluster secret lives: the user's Secret, or the one the operator generates."""
+        return self.cluster_secret_ref or SecretRef(generated_secret_name(self.name), CLUSTER_SECRET_KEY)
+
+    @property
+    def required_in_sync(self) -> int:
+        """In-sync replicas the store needs to accept writes: minInSync, or a majority of the replicas."""
+        return self.min_in_sync if self.min_in_sync is not None else majority(self.replicas)
+
+    @property
+    def etcd_enabled(self) -> bool:
+        return bool(self.etcd_endpoints) or self.etcd_managed
+
+
+def majority(replicas: int) -> int:
+    return replicas // 2 + 1
+
+
+def generated_secret_name(store: str) -> str:
+    return f"{store}-cluster-secret"
+
+
+def default_image() -> str:
+    """The node image when spec.image is empty: the chart sets EVSTORE_NODE_IMAGE to its own image."""
+    return os.environ.get("EVSTORE_NODE_IMAGE") or DEFAULT_IMAGE
+
+
+def default_etcd_image() -> str:
+    return os.environ.get("EVSTORE_ETCD_IMAGE") or DEFAULT_ETCD_IMAGE
+
+
+def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
+               image: str | None = None, etcd_image: str | None = None) -> StoreSpec:
+    """Build a StoreSpec from `.spec` of an EventStore, applying defaults; raise SpecError when invalid."""
+    spec = spec or {}
+    if not _DNS_LABEL.match(name) or len(name) > MAX_NAME_LENGTH:
+        raise SpecError(f"metadata.name {name!r} must be a DNS label (a-z, 0-9, '-', starting with a letter) "
+                        f"of at most {MAX_NAME_LENGTH} characters")
+
+    replicas = _int(spec.get("replicas", 1), "spec.replicas")
+    if not MIN_REPLICAS <= replicas <= MAX_REPLICAS:
+        raise SpecError(f"spec.replicas must be between {MIN_REPLICAS} and {MAX_REPLICAS}, got {replicas}")
+
+    storage = spec.get("storage") or {}
+    scheduling = spec.get("scheduling") or {}
+    etcd = spec.get("etcd") or {}
+    durability = spec.get("durability") or {}
+    monitoring = spec.get("monitoring") or {}
+
+    endpoints = tuple(str(e) for e in etcd.get("endpoints") or ())
+    managed = etcd.get("managed")
+    if managed is None:
+        managed = replicas > 1 and not endpoints
+    if managed and endpoints:
+        raise SpecError("spec.etcd: give either endpoints or managed: true, not both")
+    if replicas > 1 and not (managed or endpoints):
+        raise SpecError("spec.etcd: more than one replica needs etcd (endpoints or managed: true)")
+
+    mode = durability.get("mode", "sync")
+    if mode not in DURABILITY_MODES:
+        raise SpecError(f"spec.durability.mode must be one of {', '.join(DURABILITY_MODES)}, got {mode!r}")
+    min_in_sync = durability.get("minInSync")
+    if min_in_sync is not None:
+        min_in_sync = _int(min_in_sync, "spec.durability.minInSync")
+        if not 1 <= min_in_sync <= replicas:
+            raise SpecError(f"spec.durability.minInSync must be between 1 and spec.replicas ({replicas}), "
+                            f"got {min_in_sync}")
+    sync_interval = durability.get("syncInterval")
+
+    log_level = spec.get("logLevel", "info")
+    if log_level not in LOG_LEVELS:
+        raise SpecError(f"spec.logLevel must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    secret_ref = None
+    if ref := spec.get("clusterSecretRef"):
+        if not ref.get("name"):
+            raise SpecError("spec.clusterSecretRef.name is required")
+        secret_ref = SecretRef(str(ref["name"]), str(ref.get("key") or CLUSTER_SECRET_KEY))
+
+    return StoreSpec(
+        name=name,
+        namespace=namespace,
+        replicas=replicas,
+        image=spec.get("image") or image or default_image(),
+        image_pull_policy=spec.get("imagePullPolicy"),
+        storage_size=str(storage.get("size") or DEFAULT_STORAGE_SIZE),
+        storage_class=storage.get("storageClassName"),
+        delete_pvcs_on_deletion=bool(storage.get("deleteOnResourceDeletion", False)),
+        resources=dict(spec.get("resources") or {}),
+        affinity=scheduling.get("affinity"),
+        tolerations=tuple(scheduling.get("tolerations") or ()),
+        node_selector=dict(scheduling.get("nodeSelector") or {}),
+        etcd_endpoints=endpoints,
+        etcd_managed=bool(managed),
+        etcd_image=etcd.get("image") or etcd_image or default_etcd_image(),
+        cluster_secret_ref=secret_ref,
+        durability_mode=mode,
+        sync_interval=float(sync_interval) if sync_interval is not None else None,
+        min_in_sync=min_in_sync,
+        max_body_bytes=_int(spec["maxBodyBytes"], "spec.maxBodyBytes") if spec.get("maxBodyBytes") else None,
+        service_monitor=bool(monitoring.get("serviceMonitor", False)),
+        dashboards=bool(monitoring.get("dashboards", False)),
+        log_level=log_level,
+    )
+
+
+def _int(value: Any, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{field_name} must be an integer, got {value!r}")
+    return value

@@ -1,0 +1,258 @@
+"""The real kopf operator (evstore.operator.handlers) against kmock on 127.0.0.1.
+
+kmock stands in for the API server (none can run here) and has no controllers: the tests play the
+StatefulSet controller by patching StatefulSet status and creating Pods/PVCs, and a fake node HTTP
+server on 127.0.0.1 answers /v1/cluster in place of the evstore pods.
+"""
+from __future__ import annotations
+
+from evs_helpers import (EVS, NAMESPACE, STS, api, create_evs, events, eventually, get_object, patch_evs,
+                         simulate_statefulset_ready)
+
+CHILDREN = [
+    ("v1/secrets", "orders-cluster-secret"),
+    ("v1/configmaps", "orders-config"),
+    ("v1/configmaps", "orders-dashboards"),
+    ("v1/services", "orders-peers"),
+    ("v1/services", "orders"),
+    ("v1/services", "orders-etcd"),
+    (STS, "orders"),
+    (STS, "orders-etcd"),
+    ("policy/v1/poddisruptionbudgets", "orders"),
+    ("policy/v1/poddisruptionbudgets", "orders-etcd"),
+    ("monitoring.coreos.com/v1/servicemonitors", "orders"),
+]
+
+
+def evs(k8s, name="orders"):
+    return get_object(k8s, EVS, name)
+
+
+async def test_create_makes_every_child_with_owner_references(k8s, operator):
+    created = await create_evs(k8s, "orders", replicas=3, monitoring={"serviceMonitor": True, "dashboards": True})
+    uid = created["metadata"]["uid"]
+
+    for resource, name in CHILDREN:
+        child = await eventually(lambda: get_object(k8s, resource, name), what=f"{resource} {name}")
+        assert child["metadata"]["ownerReferences"] == [
+            {"apiVersion": "evstore.io/v1alpha1", "kind": "EventStore", "name": "orders", "uid": uid,
+             "controller": True, "blockOwnerDeletion": True}], (resource, name)
+
+    sts = get_object(k8s, STS, "orders")
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EVSTORE_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "orders-cluster-secret",
+                                                                         "key": "secret"}
+    config = get_object(k8s, "v1/configmaps", "orders-config")["data"]
+    assert config["EVSTORE_ETCD_ENDPOINTS"].split(",")[0] == "http://orders-etcd-0.orders-etcd.default.svc:2379"
+    assert get_object(k8s, "v1/secrets", "orders-cluster-secret")["stringData"] == {"secret": "generated-test-secret"}
+
+    status = (await eventually(lambda: evs(k8s).get("status", {}).get("observedGeneration") == 1
+                               and evs(k8s)["status"], what="observedGeneration"))
+    assert status["phase"] == "Pending"
+    assert status["selector"] == ("app.kubernetes.io/component=node,app.kubernetes.io/instance=orders,"
+                                  "app.kubernetes.io/name=evstore")
+    created_events = await eventually(lambda: events(k8s, "orders", "Created"), what="Created events")
+    assert any("StatefulSet orders" in e["message"] for e in created_events)
+
+
+async def test_single_node_without_etcd(k8s, operator):
+    await create_evs(k8s, "solo")
+    sts = await eventually(lambda: get_object(k8s, STS, "solo"), what="statefulset")
+    assert sts["spec"]["replicas"] == 1
+    config = await eventually(lambda: get_object(k8s, "v1/configmaps", "solo-config"), what="configmap")
+    assert "EVSTORE_ETCD_ENDPOINTS" not in config["data"]
+    assert get_object(k8s, STS, "solo-etcd") is None
+    assert get_object(k8s, "monitoring.coreos.com/v1/servicemonitors", "solo") is None
+
+
+async def test_spec_change_updates_statefulset_and_config(k8s, operator):
+    await create_evs(k8s, "orders", image="evstore:1")
+    sts = await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    first_hash = sts["spec"]["template"]["metadata"]["annotations"]["evstore.io/config-hash"]
+
+    await patch_evs(k8s, "orders", {"spec": {"image": "evstore:2", "logLevel": "debug"}})
+    sts = await eventually(
+        lambda: (s := get_object(k8s, STS, "orders"))["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "evstore:2" and s, what="new image")
+    assert sts["spec"]["template"]["metadata"]["annotations"]["evstore.io/config-hash"] != first_hash
+    await eventually(lambda: get_object(k8s, "v1/configmaps", "orders-config")["data"]["EVSTORE_LOG_LEVEL"]
+                     == "debug", what="log level in the ConfigMap")
+    await eventually(lambda: events(k8s, "orders", "Updated"), what="Updated events")
+
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 3}})
+    await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 3, what="3 replicas")
+    # More than one replica needs etcd: without endpoints, the operator deploys one.
+    await eventually(lambda: get_object(k8s, STS, "orders-etcd"), what="managed etcd")
+    assert events(k8s, "orders", "ScalingUp")
+    await eventually(lambda: evs(k8s)["status"].get("observedGeneration") == 3, what="observedGeneration 3")
+
+
+async def test_status_ready_with_leader_from_nodes(k8s, operator, nodes):
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=1, replicas=3, epoch=7, position=42)
+    await simulate_statefulset_ready(k8s, "orders")
+
+    status = await eventually(lambda: evs(k8s)["status"].get("phase") == "Ready" and evs(k8s)["status"],
+                              what="phase Ready")
+    assert status["leader"] == "orders-1"
+    assert status["epoch"] == 7
+    assert status["lastPosition"] == 42
+    assert status["readyReplicas"] == 3
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["Degraded"]["status"] == "False"
+    assert conditions["Progressing"]["status"] == "False"
+    assert set(nodes.asked) >= {"orders-0", "orders-1", "orders-2"}
+    await eventually(lambda: events(k8s, "orders", "LeaderElected"), what="LeaderElected event")
+    assert operator.deps.metrics.ready_stores._value.get() == 1
+
+    # One follower drops out of the in-sync set and its pod is not ready: still writable, less redundant.
+    nodes.set_cluster("orders", leader_ordinal=1, replicas=3, epoch=7, position=50, isr=[0, 1])
+    del nodes.clusters["orders-2"]
+    await simulate_statefulset_ready(k8s, "orders", ready=2)
+    status = await eventually(lambda: evs(k8s)["status"].get("phase") == "Degraded" and evs(k8s)["status"],
+                              what="phase Degraded")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Degraded"]["status"] == "True"
+    assert conditions["Ready"]["status"] == "False"
+    assert status["lastPosition"] == 50
+    await eventually(lambda: events(k8s, "orders", "PhaseDegraded")[0]["type"] == "Warning",
+                     what="Warning event on Degraded")
+
+
+async def test_scale_down_below_min_in_sync_is_reverted(k8s, operator, nodes):
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=0, replicas=3)
+    await simulate_statefulset_ready(k8s, "orders")
+
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 1}})
+    refused = await eventually(lambda: events(k8s, "orders", "ScaleDownRefused"), what="ScaleDownRefused")
+    assert refused[0]["type"] == "Warning"
+    assert "needs 2 in-sync replicas" in refused[0]["message"]
+    await eventually(lambda: evs(k8s)["spec"]["replicas"] == 3, what="spec.replicas reverted to 3")
+    assert get_object(k8s, STS, "orders")["spec"]["replicas"] == 3
+    assert operator.deps.metrics.scale_down_refusals._value.get() == 1
+
+
+async def test_scale_down_that_removes_in_sync_pods_is_reverted_then_allowed(k8s, operator, nodes):
+    await create_evs(k8s, "orders", replicas=5)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    # orders-2 lags behind: the in-sync set is 0, 1, 3, 4; scaling to 3 would remove 3 and 4.
+    nodes.set_cluster("orders", leader_ordinal=0, replicas=5, isr=[0, 1, 3, 4])
+    await simulate_statefulset_ready(k8s, "orders")
+
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 3}})
+    refused = await eventually(lambda: events(k8s, "orders", "ScaleDownRefused"), what="ScaleDownRefused")
+    assert "orders-3, orders-4" in refused[0]["message"]
+    await eventually(lambda: evs(k8s)["spec"]["replicas"] == 5, what="spec.replicas reverted to 5")
+    assert get_object(k8s, STS, "orders")["spec"]["replicas"] == 5
+
+    nodes.set_cluster("orders", leader_ordinal=0, replicas=5)  # orders-2 caught up
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 3}})
+    await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 3, what="scaled to 3")
+    assert events(k8s, "orders", "ScalingDown")
+    assert evs(k8s)["spec"]["replicas"] == 3
+
+
+def _pod(name: str, revision: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE,
+                         "labels": {"app.kubernetes.io/name": "evstore", "app.kubernetes.io/instance": "orders",
+                                    "app.kubernetes.io/component": "node", "controller-revision-hash": revision}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+async def test_image_change_rolls_followers_first_then_switches_leader_over(k8s, operator, nodes):
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=1, replicas=3)
+    for i in range(3):
+        k8s.objects["v1/pods", NAMESPACE, f"orders-{i}"] = _pod(f"orders-{i}", "rev-1")
+    await simulate_statefulset_ready(k8s, "orders", revision="rev-1")
+    await eventually(lambda: evs(k8s)["status"].get("phase") == "Ready", what="phase Ready")
+
+    leader_alive_at_step_down = []
+    nodes.on_step_down = lambda pod: leader_alive_at_step_down.append(get_object(k8s, "v1/pods", pod) is not None)
+    nodes.step_down_status = 409  # first, no follower is in sync: the leader must not restart
+    await patch_evs(k8s, "orders", {"spec": {"image": "evstore:2"}})
+    await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["template"]["spec"]["containers"][0]["image"]
+                     == "evstore:2", what="new template")
+    sts = get_object(k8s, STS, "orders")
+    await api(k8s, "PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/orders/status",
+              {"status": {"observedGeneration": sts["metadata"]["generation"], "updateRevision": "rev-2",
+                          "updatedReplicas": 0}})
+
+    restarted = []
+    for _ in range(2):  # the two followers, one at a time, highest ordinal first
+        gone = await eventually(lambda: [p for p in ("orders-0", "orders-2") if p not in restarted
+                                         and get_object(k8s, "v1/pods", p) is None], what="a follower restart")
+        assert len(gone) == 1, gone
+        assert get_object(k8s, "v1/pods", "orders-1") is not None, "the leader restarted before a follower"
+        restarted.append(gone[0])
+        k8s.objects["v1/pods", NAMESPACE, gone[0]] = _pod(gone[0], "rev-2")  # the controller recreates it
+    assert restarted == ["orders-2", "orders-0"]
+
+    blocked = await eventually(lambda: events(k8s, "orders", "SwitchoverBlocked"), what="SwitchoverBlocked")
+    assert blocked[0]["type"] == "Warning"
+    assert get_object(k8s, "v1/pods", "orders-1") is not None
+
+    nodes.step_down_status = 200
+    await eventually(lambda: get_object(k8s, "v1/pods", "orders-1") is None, what="leader pod restart")
+    assert nodes.step_downs[-1] == "orders-1"
+    assert leader_alive_at_step_down and all(leader_alive_at_step_down)
+    assert events(k8s, "orders", "SwitchedOver")
+
+
+async def test_invalid_spec_sets_failed_phase(k8s, operator):
+    await create_evs(k8s, "broken", replicas=3, etcd={"managed": False})
+    status = await eventually(lambda: (evs(k8s, "broken") or {}).get("status", {}).get("phase") == "Failed"
+                              and evs(k8s, "broken")["status"], what="phase Failed")
+    assert "needs etcd" in status["message"]
+    assert (await eventually(lambda: events(k8s, "broken", "InvalidSpec")))[0]["type"] == "Warning"
+    assert get_object(k8s, STS, "broken") is None
+
+
+def _pvc(name: str, component: str = "node") -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": NAMESPACE,
+                         "labels": {"app.kubernetes.io/name": "evstore", "app.kubernetes.io/instance": "orders",
+                                    "app.kubernetes.io/component": component}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+async def test_delete_keeps_volumes_by_default(k8s, operator):
+    await create_evs(k8s, "orders", replicas=1)
+    await eventually(lambda: "evstore.io/finalizer" in evs(k8s)["metadata"].get("finalizers", []), what="finalizer")
+    k8s.objects["v1/persistentvolumeclaims", NAMESPACE, "data-orders-0"] = _pvc("data-orders-0")
+
+    await api(k8s, "DELETE", f"/apis/evstore.io/v1alpha1/namespaces/{NAMESPACE}/eventstores/orders")
+    await eventually(lambda: evs(k8s) is None, what="EventStore gone")
+    assert get_object(k8s, "v1/persistentvolumeclaims", "data-orders-0") is not None
+    kept = await eventually(lambda: events(k8s, "orders", "VolumesKept"), what="VolumesKept")
+    assert "1 PersistentVolumeClaims" in kept[0]["message"]
+
+
+async def test_delete_removes_volumes_when_asked(k8s, operator):
+    await create_evs(k8s, "orders", replicas=3, storage={"deleteOnResourceDeletion": True})
+    await eventually(lambda: "evstore.io/finalizer" in evs(k8s)["metadata"].get("finalizers", []), what="finalizer")
+    for name in ("data-orders-0", "data-orders-1", "data-orders-2"):
+        k8s.objects["v1/persistentvolumeclaims", NAMESPACE, name] = _pvc(name)
+    k8s.objects["v1/persistentvolumeclaims", NAMESPACE, "etcd-data-orders-etcd-0"] = _pvc(
+        "etcd-data-orders-etcd-0", "etcd")
+    k8s.objects["v1/persistentvolumeclaims", NAMESPACE, "data-other-0"] = dict(
+        _pvc("data-other-0"), metadata={"name": "data-other-0", "namespace": NAMESPACE,
+                                        "labels": {"app.kubernetes.io/instance": "other",
+                                                   "app.kubernetes.io/name": "evstore"}})
+
+    await api(k8s, "DELETE", f"/apis/evstore.io/v1alpha1/namespaces/{NAMESPACE}/eventstores/orders")
+    await eventually(lambda: evs(k8s) is None, what="EventStore gone")
+    for name in ("data-orders-0", "data-orders-1", "data-orders-2", "etcd-data-orders-etcd-0"):
+        assert get_object(k8s, "v1/persistentvolumeclaims", name) is None, name
+    assert get_object(k8s, "v1/persistentvolumeclaims", "data-other-0") is not None
+    await eventually(lambda: events(k8s, "orders", "VolumesDeleted"), what="VolumesDeleted")

@@ -1,0 +1,201 @@
+"""Pure manifest builders: spec -> dicts that Kubernetes accepts (kubernetes-validate --strict)."""
+from __future__ import annotations
+
+import copy
+
+import kubernetes_validate
+import pytest
+
+from evstore.operator import manifests as m
+from evstore.operator.spec import SpecError, parse_spec
+
+K8S_VERSIONS = ["1.30.0", "1.33.0"]
+SPECS = {
+    "single": {},
+    "managed-etcd": {"replicas": 3, "storage": {"size": "5Gi", "storageClassName": "ssd"},
+                     "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}},
+    "everything": {"replicas": 5, "image": "evstore:2", "imagePullPolicy": "IfNotPresent",
+                   "etcd": {"endpoints": ["http://etcd-0.infra.svc:2379", "http://etcd-1.infra.svc:2379"]},
+                   "clusterSecretRef": {"name": "mine", "key": "token"},
+                   "durability": {"mode": "interval", "syncInterval": 0.05, "minInSync": 3},
+                   "maxBodyBytes": 1048576, "logLevel": "debug",
+                   "scheduling": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                                  "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                                  "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                                      "nodeSelectorTerms": [{"matchExpressions": [
+                                          {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}},
+                   "monitoring": {"serviceMonitor": True, "dashboards": True}},
+}
+
+
+def store(name="orders", **spec):
+    return parse_spec(name, "shop", spec)
+
+
+def all_manifests(spec):
+    owner = m.owner_reference(spec.name, "1f0e3c1a-0000-4000-8000-000000000001")
+    objs = m.desired_children(spec, dashboards={"overview.json": '{"title": "evstore"}'})
+    objs.append(m.cluster_secret(spec, "s3cret"))
+    return [m.owned(obj, owner) for obj in objs]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("label", sorted(SPECS))
+def test_every_manifest_passes_kubernetes_validate_strict(label, version):
+    for obj in all_manifests(store(**SPECS[label])):
+        if obj["kind"] == "ServiceMonitor":
+            continue  # a CRD of the Prometheus Operator: its shape is checked below
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_strict_validation_catches_an_unknown_field():
+    sts = m.statefulset(store())
+    sts["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, K8S_VERSIONS[0], strict=True)
+
+
+def test_children_depend_on_the_spec():
+    kinds = lambda spec: sorted(f"{o['kind']}/{o['metadata']['name']}" for o in m.desired_children(spec))
+    assert kinds(store()) == ["ConfigMap/orders-config", "PodDisruptionBudget/orders", "Service/orders",
+                              "Service/orders-peers", "StatefulSet/orders"]
+    managed = kinds(store(replicas=3))
+    assert "StatefulSet/orders-etcd" in managed and "Service/orders-etcd" in managed
+    assert "PodDisruptionBudget/orders-etcd" in managed
+    external = m.desired_children(store(**SPECS["everything"]), dashboards={"a.json": "{}"})
+    names = [f"{o['kind']}/{o['metadata']['name']}" for o in external]
+    assert "StatefulSet/orders-etcd" not in names
+    assert "ServiceMonitor/orders" in names and "ConfigMap/orders-dashboards" in names
+
+
+def test_statefulset_runs_the_node_with_the_contracted_settings():
+    spec = store(**SPECS["everything"])
+    sts = m.statefulset(spec)
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["evstore", "serve"]
+    assert container["image"] == "evstore:2"
+    assert container["ports"] == [{"name": "http", "containerPort": 7113, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert container["envFrom"] == [{"configMapRef": {"name": "orders-config"}}]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EVSTORE_NODE_ID"]["value"] == "$(POD_NAME)"
+    assert env["EVSTORE_ADVERTISE_URL"]["value"] == "http://$(POD_NAME).orders-peers.shop.svc:7113"
+    assert env["EVSTORE_DISCOVERY_INTERFACES"]["value"] == "$(POD_IP)"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["EVSTORE_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "token"}
+    # $(VAR) expansion only sees variables defined earlier in the list.
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POD_NAME") < names.index("EVSTORE_ADVERTISE_URL")
+    assert names.index("POD_IP") < names.index("EVSTORE_DISCOVERY_INTERFACES")
+    assert sts["spec"]["serviceName"] == "orders-peers"
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert "nodeAffinity" in pod["affinity"] and "podAntiAffinity" in pod["affinity"]
+    assert container["volumeMounts"][0] == {"name": "data", "mountPath": "/data"}
+
+
+def test_configmap_holds_the_shared_settings():
+    data = m.configmap(store(**SPECS["everything"]))["data"]
+    assert data == {
+        "EVSTORE_STORE_ID": "orders", "EVSTORE_DATA_DIR": "/data", "EVSTORE_HOST": "0.0.0.0",
+        "EVSTORE_PORT": "7113", "EVSTORE_DURABILITY": "interval", "EVSTORE_LOG_LEVEL": "debug",
+        "EVSTORE_DISCOVERY": "zeroconf,dns,etcd", "EVSTORE_DISCOVERY_DNS": "orders-peers.shop.svc",
+        "EVSTORE_ETCD_ENDPOINTS": "http://etcd-0.infra.svc:2379,http://etcd-1.infra.svc:2379",
+        "EVSTORE_MIN_IN_SYNC": "3", "EVSTORE_SYNC_INTERVAL": "0.05", "EVSTORE_MAX_BODY_BYTES": "1048576"}
+    single = m.configmap(store())["data"]
+    assert "EVSTORE_ETCD_ENDPOINTS" not in single and "EVSTORE_MIN_IN_SYNC" not in single
+    assert single["EVSTORE_DISCOVERY"] == "zeroconf,dns"
+
+
+def test_config_hash_follows_settings_but_not_replicas():
+    assert m.config_hash(store(replicas=3)) == m.config_hash(store(replicas=5))
+    assert m.config_hash(store(replicas=3)) != m.config_hash(store(replicas=3, logLevel="debug"))
+
+
+def test_services_headless_peers_and_client():
+    peers, client = m.peers_service(store()), m.client_service(store())
+    assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
+    assert "clusterIP" not in client["spec"]
+    assert peers["spec"]["selector"] == client["spec"]["selector"] == m.selector_labels("orders")
+
+
+def test_pod_disruption_budget_keeps_the_in_sync_set():
+    assert m.pod_disruption_budget(store())["spec"]["maxUnavailable"] == 1
+    assert m.pod_disruption_budget(store(replicas=3))["spec"]["minAvailable"] == 2
+    assert m.pod_disruption_budget(store(replicas=5, durability={"minInSync": 4}))["spec"]["minAvailable"] == 4
+
+
+def test_managed_etcd_members_know_each_other():
+    spec = store(replicas=3)
+    etcd = m.etcd_statefulset(spec)
+    args = etcd["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert etcd["spec"]["replicas"] == 3 and etcd["spec"]["serviceName"] == "orders-etcd"
+    assert ("--initial-cluster=orders-etcd-0=http://orders-etcd-0.orders-etcd.shop.svc:2380,"
+            "orders-etcd-1=http://orders-etcd-1.orders-etcd.shop.svc:2380,"
+            "orders-etcd-2=http://orders-etcd-2.orders-etcd.shop.svc:2380") in args
+    assert m.etcd_endpoints(spec) == [f"http://orders-etcd-{i}.orders-etcd.shop.svc:2379" for i in range(3)]
+    assert m.configmap(spec)["data"]["EVSTORE_ETCD_ENDPOINTS"] == ",".join(m.etcd_endpoints(spec))
+
+
+def test_service_monitor_shape():
+    sm = m.service_monitor(store(**SPECS["everything"]))
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert sm["spec"]["selector"]["matchLabels"][m.SERVICE_ROLE_LABEL] == "peers"
+    assert m.peers_service(store())["metadata"]["labels"][m.SERVICE_ROLE_LABEL] == "peers"
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["shop"]}
+
+
+def test_dashboards_configmap_carries_the_sidecar_label():
+    cm = m.dashboards_configmap(store(), {"overview.json": "{}"})
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["data"] == {"overview.json": "{}"}
+
+
+def test_owned_sets_one_controller_reference():
+    owner = m.owner_reference("orders", "uid-1")
+    once = m.owned(m.configmap(store()), owner)
+    twice = m.owned(once, m.owner_reference("orders", "uid-2"))
+    assert [r["uid"] for r in twice["metadata"]["ownerReferences"]] == ["uid-2"]
+    assert once["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_patch_for_touches_only_what_differs_and_may_change():
+    desired = m.statefulset(store(replicas=3))
+    actual = copy.deepcopy(desired)
+    actual["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # a server-side default
+    actual["status"] = {"replicas": 3}
+    assert m.patch_for(desired, actual) is None
+    actual["spec"]["replicas"] = 1
+    actual["spec"]["serviceName"] = "other"  # immutable: never patched
+    assert m.patch_for(desired, actual) == {"spec": {"replicas": 3}}
+    actual["spec"]["template"]["spec"]["containers"][0]["image"] = "old"
+    patch = m.patch_for(desired, actual)
+    assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == desired["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert m.patch_for(m.cluster_secret(store(), "new"), m.cluster_secret(store(), "old")) is None
+
+
+@pytest.mark.parametrize("name,spec,message", [
+    ("Orders", {}, "DNS label"),
+    ("x" * 48, {}, "at most 47"),
+    ("orders", {"replicas": 10}, "between 1 and 9"),
+    ("orders", {"replicas": 3, "etcd": {"managed": False}}, "needs etcd"),
+    ("orders", {"etcd": {"managed": True, "endpoints": ["http://e:2379"]}}, "not both"),
+    ("orders", {"replicas": 3, "durability": {"minInSync": 4}}, "minInSync"),
+    ("orders", {"durability": {"mode": "async"}}, "durability.mode"),
+])
+def test_invalid_specs_are_refused(name, spec, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(name, "shop", spec)
+
+
+def test_defaults():
+    spec = store()
+    assert (spec.replicas, spec.storage_size, spec.durability_mode, spec.log_level) == (1, "1Gi", "sync", "info")
+    assert not spec.etcd_managed and not spec.delete_pvcs_on_deletion
+    assert store(replicas=3).etcd_managed and store(replicas=3).required_in_sync == 2
+    assert spec.secret_ref.name == "orders-cluster-secret"
