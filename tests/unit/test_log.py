@@ -201,3 +201,21 @@ async def test_verify_reports_a_corrupted_record(log):
     conn.execute("UPDATE events SET data = ? WHERE position = 2", (b'"payload-twp"',))
     conn.execute("PRAGMA query_only=1")
     assert await log.verify() == {"checked": 2, "corrupt": [2]}
+
+
+async def test_concurrent_appends_share_group_commits(tmp_path):
+    from evstore.node.metrics import NodeMetrics
+
+    metrics = NodeMetrics()
+    storage = Storage(tmp_path / "gc", metrics=metrics)
+    storage.open()
+    try:
+        log = Log(storage, metrics)
+        await asyncio.gather(*(log.append(f"g-{i}", "any", [ev()]) for i in range(64)))
+        commits = metrics.registry.get_sample_value("evstore_group_commit_requests_count")
+        requests = metrics.registry.get_sample_value("evstore_group_commit_requests_sum")
+        assert requests == 64
+        assert commits < 32, f"64 concurrent appends took {commits} commits: no group commit"
+        assert metrics.registry.get_sample_value("evstore_sync_latency_seconds_count") == commits
+    finally:
+        storage.close()
