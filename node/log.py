@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import orjson
 
+from ..ids import uuid7_bytes
 from .errors import DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, WrongExpectedVersion
 from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, record_from_row,
                       scan_records)
@@ -33,6 +34,7 @@ class NewEvent:
     type: str
     data: bytes
     metadata: bytes
+    given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
 
 
 @dataclass(slots=True)
@@ -161,7 +163,8 @@ class Log:
             raise InvalidRequest("an append needs at least one event", field="events")
 
         def op(txn: WriteTxn) -> AppendResult:
-            existing = txn.records_by_ids([e.id for e in events])
+            given = [e.id for e in events if e.given_id]
+            existing = txn.records_by_ids(given) if given else None
             if existing:
                 return _original_reply(stream, events, existing)
             row = txn.stream_row(stream) or StreamRow(stream)
@@ -361,7 +364,7 @@ def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> 
 def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:
 
     row = txn.stream_row(stream) or StreamRow(stream)
-    _write_events(txn, row, [NewEvent(uuid.uuid4().bytes, event_type, data, b"{}")])
+    _write_events(txn, row, [NewEvent(uuid7_bytes()[0], event_type, data, b"{}", given_id=False)])
 
 
 def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Record]) -> AppendResult:

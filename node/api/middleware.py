@@ -4,10 +4,11 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from ..errors import LogError
+from ..errors import InvalidRequest, LogError
 from .keys import METRICS_KEY, SETTINGS_KEY
 from .shape import json_response
 
@@ -18,10 +19,10 @@ HTTP_ERROR_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden
 ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
 
 
-def error_response(status: int, code: str, message: str, **details) -> web.Response:
-    headers = None
+def error_response(status: int, code: str, message: str, headers: dict | None = None, **details
+                   ) -> web.Response:
     if status == 503 and "retryAfter" in details:
-        headers = {"Retry-After": str(max(1, round(details["retryAfter"])))}
+        headers = {**(headers or {}), "Retry-After": str(max(1, round(details["retryAfter"])))}
     return json_response({"error": code, "message": message, **details}, status=status, headers=headers)
 
 
@@ -31,14 +32,17 @@ async def errors_middleware(request: web.Request, handler) -> web.StreamResponse
         return await handler(request)
     except LogError as exc:
         return error_response(exc.status, exc.code, exc.message, **exc.details)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, "too_large", f"the body is larger than {exc.max_size} bytes",
-                              maxBytes=exc.max_size)
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp's exception does not keep the limit as an attribute; the limit is the node's setting.
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        return error_response(413, "too_large", f"the body is larger than {limit} bytes", maxBytes=limit)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = HTTP_ERROR_CODES.get(exc.status, "error")
-        return error_response(exc.status, code, exc.text or exc.reason)
+        # A 405 must keep the `Allow` header aiohttp puts on it (RFC 9110).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, exc.text or exc.reason, headers=allow)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error (a bug: please report it)")
@@ -92,4 +96,16 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
         metrics.http_latency.labels(route=route).observe(time.perf_counter() - started)
 
 
-MIDDLEWARES = [metrics_middleware, errors_middleware, auth_middleware]
+@web.middleware
+async def utf8_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Percent-encoded bytes that are not UTF-8 are a 400: the router would otherwise leave `%FF` in a stream
+    name as three literal characters (so /v1/streams/%FF and /v1/streams/%25FF were the same stream), and the
+    query parser would turn them into U+FFFD."""
+    try:
+        unquote_to_bytes(request.raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the URL has percent-encoded bytes that are not UTF-8", field="url") from None
+    return await handler(request)
+
+
+MIDDLEWARES = [metrics_middleware, errors_middleware, auth_middleware, utf8_middleware]

@@ -1,13 +1,331 @@
-"""The OpenAPI 3 document of the HTTP API, served at /v1/openapi.json."""
+"""The OpenAPI 3.0.3 document of the HTTP API, served at /v1/openapi.json.
+
+Every limit here comes from node/api/validation.py, so the document and the parser cannot drift apart
+silently; tests/integration/test_openapi.py fuzzes a real node against it.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
+import evstore
+
+from . import validation as v
 from .shape import json_response
+
+Schema = dict[str, Any]
+
+# Control characters the server refuses in names and types (validation._CONTROL: C0, DEL and C1).
+NO_CONTROL = "[^\\u0000-\\u001f\\u007f-\\u009f]"
+ERROR_DESCRIPTIONS = {
+    400: "Bad input: `invalid_request` (with `field`) or `reserved_stream`.",
+    401: "Tokens are configured and the request has no valid bearer token (`unauthorized`).",
+    403: "The token's role is too low for this operation (`forbidden`).",
+    404: "`stream_not_found`: the stream never existed or was soft deleted.",
+    409: "`wrong_expected_version` (with `expectedVersion` and `currentVersion`) or `duplicate_event_id`.",
+    410: "`stream_deleted`: the stream was hard deleted; its name can never be used again.",
+    413: "`too_large`: the body is larger than the node's limit (`maxBytes`).",
+    503: "`unavailable`: the node cannot serve this now (not ready, or a record failed its checksum); "
+         "retry after `retryAfter` seconds.",
+}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def integer(low: int, high: int = v.MAX_INT, **extra) -> Schema:
+    return {"type": "integer", "minimum": low, "maximum": high, **extra}
+
+
+def text(max_chars: int, **extra) -> Schema:
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": f"^{NO_CONTROL}+$", **extra}
+
+
+def obj(properties: dict[str, Schema], required: tuple[str, ...] = (), closed: bool = False, **extra) -> Schema:
+    """An object schema; `closed` where the server rejects unknown keys (requests), open for replies that
+    may gain fields (the contract only ever adds)."""
+    schema: Schema = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def json_content(schema: Schema) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def ok(description: str, schema: Schema) -> dict:
+    return {"description": description, "content": json_content(schema)}
+
+
+def links(stream: str, *targets: str) -> dict:
+    """OpenAPI links carrying a stream name from one operation to others (`stream` is a runtime expression)."""
+    return {target: {"operationId": target, "parameters": {"stream": stream}} for target in targets}
+
+
+def with_links(response: dict, link_map: dict) -> dict:
+    return {**response, "links": link_map}
+
+
+def errors(*statuses: int) -> dict:
+    out = {}
+    for status in statuses:
+        response: dict = {"description": ERROR_DESCRIPTIONS[status], "content": json_content(ref("Error"))}
+        if status == 503:
+            response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
+                                                   "required": True, "schema": integer(1)}}
+        out[str(status)] = response
+    return out
+
+
+def query(name: str, schema: Schema, description: str, **extra) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema, **extra}
+
+
+def operation(op_id: str, summary: str, tag: str, responses: dict, *, parameters: list | None = None,
+              body: Schema | None = None, secured: bool = True) -> dict:
+    op: dict = {"operationId": op_id, "summary": summary, "tags": [tag], "responses": dict(responses)}
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": json_content(body)}
+        op["responses"].update(errors(413))
+    if secured:
+        # Open nodes need no token; nodes with tokens configured need one (401 without, 403 if too weak).
+        op["security"] = [{}, {"bearerAuth": []}]
+        op["responses"].update(errors(401, 403))
+    else:
+        op["security"] = []
+    op["responses"] = dict(sorted(op["responses"].items()))
+    return op
+
+
+STREAM_DESCRIPTION = (f"1 to {v.MAX_STREAM_NAME_BYTES} bytes of UTF-8 without control characters, as one "
+                      "URL-encoded path segment (the byte limit is checked by the server: 512 characters "
+                      "fit only when they are ASCII).")
+
+
+def stream_param(writing: bool) -> dict:
+    schema = text(v.MAX_STREAM_NAME_BYTES)
+    description = STREAM_DESCRIPTION
+    if writing:
+        # `$`-prefixed names are system streams: readable, never writable (400 reserved_stream).
+        schema["pattern"] = f"^[^$\\u0000-\\u001f\\u007f-\\u009f]{NO_CONTROL}*$"
+        description += " Names starting with `$` are system streams and cannot be written (400 reserved_stream)."
+    return {"name": "stream", "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def read_params(max_limit: int) -> list[dict]:
+    return [
+        query("from", integer(1), "first version (stream) or position ($all) to read; default: the start "
+              "(forward) or the end (backward)"),
+        query("limit", integer(1, max_limit, default=v.DEFAULT_READ_LIMIT), "most events in the reply"),
+        query("direction", {"type": "string", "enum": ["forward", "backward"], "default": "forward"},
+              "reading order"),
+    ]
+
+
+def components() -> dict:
+    uuid = {"type": "string", "format": "uuid", "pattern": v.UUID_PATTERN}
+    timestamp = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC with microseconds"}
+    expected = {"oneOf": [{"type": "string", "enum": list(v.EXPECTED_WORDS)}, integer(0)],
+                "description": "any (default), no_stream, stream_exists, or the stream's exact version"}
+    metadata_fields = {
+        "maxCount": integer(1, nullable=True, description="keep only the last N events"),
+        "maxAge": integer(1, nullable=True, description="hide events older than this many seconds"),
+        "truncateBefore": integer(0, nullable=True, description="hide versions below this one"),
+        "custom": {"type": "object", "nullable": True, "description": "any JSON object of your own"},
+    }
+    schemas = {
+        "Error": obj({"error": {"type": "string"}, "message": {"type": "string"},
+                      "field": {"type": "string"}, "expectedVersion": expected,
+                      "currentVersion": integer(0), "retryAfter": {"type": "number", "minimum": 0},
+                      "reason": {"type": "string"}, "stream": {"type": "string"}, "eventId": uuid,
+                      "position": integer(1), "maxBytes": integer(1)},
+                     ("error", "message")),
+        "ExpectedVersion": expected,
+        "NewEvent": obj({"id": dict(uuid, description="idempotency key; generated when absent"),
+                         "type": text(v.MAX_TYPE_CHARS), "data": {"description": "any JSON value"},
+                         "metadata": {"type": "object"}}, ("type",), closed=True),
+        "AppendRequest": obj({"expectedVersion": dict(ref("ExpectedVersion")),
+                              "events": {"type": "array", "minItems": 1, "maxItems": v.MAX_EVENTS_PER_APPEND,
+                                         "items": ref("NewEvent"),
+                                         "description": "event ids must differ within one request"}},
+                             ("events",), closed=True),
+        "AppendResult": obj({"stream": {"type": "string"}, "fromVersion": integer(1), "version": integer(1),
+                             "position": integer(1)}, ("stream", "fromVersion", "version", "position")),
+        "Event": obj({"id": uuid, "stream": {"type": "string"}, "version": integer(1), "position": integer(1),
+                      "type": {"type": "string"}, "data": {"description": "any JSON value"},
+                      "metadata": {"type": "object"}, "created": timestamp},
+                     ("id", "stream", "version", "position", "type", "data", "metadata", "created")),
+        "StreamPage": obj({"stream": {"type": "string"}, "version": integer(1),
+                           "events": {"type": "array", "items": ref("Event")},
+                           "next": integer(1, nullable=True, description="`from` of the next page")},
+                          ("stream", "version", "events", "next")),
+        "AllPage": obj({"events": {"type": "array", "items": ref("Event")},
+                        "next": integer(1, nullable=True, description="`from` of the next page"),
+                        "head": integer(0, description="last position in the log")},
+                       ("events", "next", "head")),
+        "StreamInfo": obj({"stream": {"type": "string"}, "version": integer(0),
+                           "created": dict(timestamp, nullable=True), "updated": dict(timestamp, nullable=True),
+                           "deleted": {"type": "string", "enum": ["no", "soft", "hard"]},
+                           "metadata": ref("StreamMetadata")},
+                          ("stream", "version", "created", "updated", "deleted", "metadata")),
+        "StreamList": obj({"streams": {"type": "array", "items": obj(
+                               {"stream": {"type": "string"}, "version": integer(1), "updated": timestamp},
+                               ("stream", "version", "updated"))},
+                           "next": {"type": "string", "nullable": True, "description": "`after` of the next page"}},
+                          ("streams", "next")),
+        "StreamMetadata": obj(metadata_fields),
+        "StreamMetadataRequest": obj(metadata_fields, closed=True),
+        "Health": obj({"status": {"type": "string", "enum": ["ok"]}}, ("status",)),
+        "Ready": obj({"status": {"type": "string", "enum": ["ready"]}, "role": {"type": "string"}},
+                     ("status", "role")),
+        "NodeInfo": obj({"version": {"type": "string"}, "store": {"type": "string"}, "node": {"type": "string"},
+                         "mode": {"type": "string"}, "durability": {"type": "string", "enum": ["sync", "interval"]},
+                         "features": {"type": "array", "items": {"type": "string"}}},
+                        ("version", "store", "node", "mode", "features")),
+        "Cluster": obj({"store": {"type": "string"}, "node": {"type": "string"},
+                        "role": {"type": "string", "enum": ["single", "leader", "follower", "candidate"]},
+                        "leader": obj({"node": {"type": "string"}, "url": {"type": "string"}}, ("node", "url"),
+                                      nullable=True),
+                        "epoch": integer(0), "committedPosition": integer(0), "minInSync": integer(1),
+                        "isr": {"type": "array", "items": {"type": "string"}},
+                        "members": {"type": "array", "items": obj(
+                            {"node": {"type": "string"}, "url": {"type": "string"}, "role": {"type": "string"},
+                             "position": integer(0), "inSync": {"type": "boolean"}, "lag": integer(0),
+                             "lastSeen": dict(timestamp, nullable=True)},
+                            ("node", "url", "role", "position", "inSync", "lag", "lastSeen"))}},
+                       ("store", "node", "role", "leader", "epoch", "committedPosition", "minInSync", "isr",
+                        "members")),
+        "VerifyResult": obj({"checked": integer(0), "corrupt": {"type": "array", "items": integer(1)},
+                             "error": {"type": "string"}}, ("checked", "corrupt")),
+        "ScavengeResult": obj({"removed": integer(0)}, ("removed",)),
+    }
+    return {"schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "needed only when the node has API tokens"}}}
+
+
+def paths() -> dict:
+    read, write = stream_param(False), stream_param(True)
+    text_filter = text(v.MAX_STREAM_NAME_BYTES)
+    type_filter = text(v.MAX_TYPE_CHARS)
+    return {
+        "/v1/streams/{stream}": {
+            "post": operation("appendToStream", "Append events atomically", "streams", {
+                "200": with_links(ok("Appended (or the original reply of a retried append with the same ids)",
+                                     ref("AppendResult")),
+                                  links("$response.body#/stream", "appendToStream", "readStream", "streamInfo",
+                                        "getStreamMetadata", "setStreamMetadata", "deleteStream")),
+                **errors(400, 409, 410, 503)},
+                parameters=[write], body=ref("AppendRequest")),
+            "get": operation("readStream", "Read a stream's events", "streams", {
+                "200": with_links(ok("A page of events", ref("StreamPage")),
+                                  links("$response.body#/stream", "streamInfo")),
+                **errors(400, 404, 410, 503)},
+                parameters=[read, *read_params(v.MAX_READ_LIMIT)]),
+            "delete": operation("deleteStream", "Soft (default) or hard delete a stream", "streams", {
+                # After a delete the stream reads as 404 (soft) or 410 (hard); a soft-deleted stream can be
+                # appended to again. Its info and metadata stay readable on purpose (they report the delete).
+                "204": {"description": "Deleted", "links": links("$request.path.stream", "readStream",
+                                                                 "appendToStream")},
+                **errors(400, 404, 409, 410, 503)},
+                parameters=[write,
+                            query("expectedVersion", ref("ExpectedVersion"), "delete only at this version"),
+                            query("hard", {"type": "boolean", "default": False},
+                                  "hard delete: the name can never be used again")]),
+        },
+        "/v1/streams/{stream}/info": {
+            "get": operation("streamInfo", "A stream's version, times, delete state and metadata", "streams", {
+                "200": ok("The stream", ref("StreamInfo")), **errors(400, 404, 503)},
+                parameters=[read]),
+        },
+        "/v1/streams/{stream}/metadata": {
+            "get": operation("getStreamMetadata", "A stream's metadata ({} when none is set)", "streams", {
+                "200": ok("The metadata", ref("StreamMetadata")), **errors(400, 410, 503)},
+                parameters=[read]),
+            "put": operation("setStreamMetadata", "Replace a stream's metadata", "streams", {
+                "200": with_links(ok("The stored metadata", ref("StreamMetadata")),
+                                  links("$request.path.stream", "getStreamMetadata", "streamInfo")),
+                **errors(400, 410, 503)},
+                parameters=[write], body=ref("StreamMetadataRequest")),
+        },
+        "/v1/streams": {
+            "get": operation("listStreams", "Streams in name order", "streams", {
+                "200": ok("A page of streams", ref("StreamList")), **errors(400, 503)},
+                parameters=[query("prefix", text_filter, "only names starting with this"),
+                            query("after", text_filter, "only names after this one (the `next` cursor)"),
+                            query("limit", integer(1, v.MAX_LIST_LIMIT, default=v.DEFAULT_READ_LIMIT),
+                                  "most streams in the reply")]),
+        },
+        "/v1/all": {
+            "get": operation("readAll", "Read the log of all streams, optionally filtered", "all", {
+                "200": ok("A page of events", ref("AllPage")), **errors(400, 503)},
+                parameters=[*read_params(v.MAX_READ_LIMIT),
+                            query("type", {"type": "array", "items": type_filter},
+                                  "only these event types (repeat the parameter for more: OR)",
+                                  style="form", explode=True),
+                            query("typePrefix", type_filter, "only types starting with this"),
+                            query("streamPrefix", text_filter, "only streams starting with this"),
+                            query("streamPattern", text_filter, "only streams matching this glob")]),
+        },
+        "/health/live": {
+            "get": operation("live", "The process is up", "operations",
+                             {"200": ok("Alive", ref("Health"))}, secured=False),
+        },
+        "/health/ready": {
+            "get": operation("ready", "The node can serve requests", "operations",
+                             {"200": ok("Ready", ref("Ready")), **errors(503)}, secured=False),
+        },
+        "/metrics": {
+            "get": operation("metrics", "Prometheus metrics", "operations", {
+                "200": {"description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}, secured=False),
+        },
+        "/v1/openapi.json": {
+            "get": operation("openapi", "This document", "operations",
+                             {"200": ok("The OpenAPI document", {"type": "object"})}, secured=False),
+        },
+        "/v1/info": {
+            "get": operation("nodeInfo", "Version, store, node, mode and features", "operations",
+                             {"200": ok("The node", ref("NodeInfo"))}),
+        },
+        "/v1/cluster": {
+            "get": operation("cluster", "The cluster as this node sees it", "operations",
+                             {"200": ok("The cluster", ref("Cluster"))}),
+        },
+        "/v1/cluster/step-down": {
+            "post": operation("stepDown", "Hand leadership to an in-sync follower (admin)", "operations", {
+                "200": ok("Leadership handed over", {"type": "object"}),
+                "409": {"description": "`no_in_sync_follower`: no follower can take over",
+                        "content": json_content(ref("Error"))}}),
+        },
+        "/v1/admin/verify": {
+            "post": operation("verify", "Checksum scan of every record (admin)", "operations", {
+                "200": ok("The scan", ref("VerifyResult")), **errors(503)}),
+        },
+        "/v1/admin/scavenge": {
+            "post": operation("scavenge", "Remove events retention already hides (admin)", "operations", {
+                "200": ok("Removed", ref("ScavengeResult")), **errors(503)}),
+        },
+    }
 
 
 def document() -> dict:
-    return {"openapi": "3.0.3", "info": {"title": "evstore", "version": "1"}, "paths": {}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "evstore", "version": evstore.__version__,
+                 "description": "Event store HTTP API v1. Errors are `{\"error\", \"message\", ...details}`; "
+                                "a 5xx other than 503 is a bug."},
+        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "operations"}],
+        "paths": paths(),
+        "components": components(),
+    }
 
 
 async def openapi_json(request: web.Request) -> web.Response:

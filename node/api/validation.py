@@ -1,6 +1,7 @@
 """Request parsing: every limit and rule of the HTTP contract, raising InvalidRequest (400) on bad input."""
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from typing import Any, Callable, Mapping
@@ -8,6 +9,7 @@ from typing import Any, Callable, Mapping
 import orjson
 from multidict import MultiMapping
 
+from ...ids import uuid7_bytes
 from ..errors import InvalidRequest, ReservedStream
 from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent
 
@@ -20,6 +22,10 @@ MAX_LIST_LIMIT = 1000
 MAX_INT = 2**62
 EXPECTED_WORDS = (ANY, NO_STREAM, STREAM_EXISTS)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The canonical 8-4-4-4-12 hex form only: uuid.UUID alone would also take braces, "urn:uuid:" and no hyphens,
+# which the OpenAPI document (format uuid) does not allow.
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
 
 
 def stream_name(raw: str, *, writing: bool = False) -> str:
@@ -97,10 +103,12 @@ def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_APPEND:
         raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS_PER_APPEND} events", field="events")
     parsed, seen = [], set()
+    fresh_ids = uuid7_bytes(len(events))
     for i, raw in enumerate(events):
         field = f"events[{i}]"
         event = require_object(raw, field, {"id", "type", "data", "metadata"})
-        event_id = event_uuid(event.get("id"), f"{field}.id") if "id" in event else uuid.uuid4().bytes
+        given_id = "id" in event
+        event_id = event_uuid(event.get("id"), f"{field}.id") if given_id else fresh_ids[i]
         if event_id in seen:
             raise InvalidRequest(f"{field}.id repeats an id of the same request", field=f"{field}.id")
         seen.add(event_id)
@@ -108,17 +116,15 @@ def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
         if not isinstance(metadata, dict):
             raise InvalidRequest(f"{field}.metadata must be a JSON object", field=f"{field}.metadata")
         parsed.append(NewEvent(event_id, event_type(event.get("type"), f"{field}.type"),
-                               orjson.dumps(event.get("data")), orjson.dumps(metadata)))
+                               orjson.dumps(event.get("data")), orjson.dumps(metadata), given_id))
     return expected, parsed
 
 
 def event_uuid(value: Any, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{field} must be a UUID string", field=field)
-    try:
-        return uuid.UUID(value).bytes
-    except ValueError:
-        raise InvalidRequest(f"{field} must be a UUID string", field=field) from None
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise InvalidRequest(f"{field} must be a UUID string like 0f8fad5b-d9cb-469f-a165-70867728950e",
+                             field=field)
+    return uuid.UUID(value).bytes
 
 
 METADATA_KEYS = {"maxCount", "maxAge", "truncateBefore", "custom"}

@@ -1,0 +1,310 @@
+"""Bad input to the streams, $all and operations endpoints of a real node: every malformed body, wrong type,
+unknown field or parameter, oversized body or batch, bad or reserved stream name gets the specified 4xx JSON
+error (status, `error` code and `field`) and changes nothing: the $all head, the seeded stream, its metadata
+and the stream list are the same before and after. A valid request still works after all of them."""
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+
+from nodeproc import NodeProcess
+
+STREAM = "order-1"
+SEEDED_IDS = [str(uuid.uuid4()), str(uuid.uuid4())]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def request(node: NodeProcess, method: str, path: str, body: bytes | str | dict | list | None = None,
+            headers: dict | None = None) -> Reply:
+    """One request with the path sent exactly as given (already percent-encoded where it must be)."""
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+    try:
+        sent = {"Content-Type": "application/json", **(headers or {})} if body is not None else dict(headers or {})
+        conn.request(method, path, body=body, headers=sent)
+        response = conn.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+def state(node: NodeProcess) -> dict:
+    """Everything a bad request could have changed: any write (append, metadata, delete) takes a position."""
+    head = request(node, "GET", "/v1/all?direction=backward&limit=1").json()["head"]
+    info = request(node, "GET", f"/v1/streams/{STREAM}/info").json()
+    metadata = request(node, "GET", f"/v1/streams/{STREAM}/metadata").json()
+    streams = request(node, "GET", "/v1/streams?limit=1000").json()
+    system = request(node, "GET", "/v1/streams?prefix=%24&limit=1000").json()
+    return {"head": head, "info": info, "metadata": metadata, "streams": streams, "system": system}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    data = tmp_path_factory.mktemp("bad-input") / "data"
+    data.mkdir()
+    proc = NodeProcess(data)
+    try:
+        proc.start()
+        seeded = request(proc, "POST", f"/v1/streams/{STREAM}",
+                         {"expectedVersion": "no_stream",
+                          "events": [{"id": SEEDED_IDS[0], "type": "OrderPlaced", "data": {"n": 1}},
+                                     {"id": SEEDED_IDS[1], "type": "OrderPaid", "data": {"n": 2}}]})
+        assert seeded.status == 200, seeded.body
+        meta = request(proc, "PUT", f"/v1/streams/{STREAM}/metadata", {"maxCount": 100, "custom": {"a": 1}})
+        assert meta.status == 200, meta.body
+        yield proc
+    finally:
+        proc.stop()
+
+
+def event(**extra) -> dict:
+    return {"type": "T", "data": {}, **extra}
+
+
+def append(**body) -> dict:
+    return {"events": [event()], **body}
+
+
+APPEND = f"/v1/streams/{STREAM}"
+METADATA = f"/v1/streams/{STREAM}/metadata"
+SAME_ID = str(uuid.uuid4())
+LONG_NAME = "a" * 513
+# 257 two-byte characters: 257 characters is well under 512, but 514 bytes of UTF-8 is over.
+LONG_UTF8_NAME = quote("é" * 257)
+
+# (id, method, path, body, status, error code, field)
+CASES = [
+    # append: body
+    ("append-malformed-json", "POST", APPEND, b'{"events": [', 400, "invalid_request", "body"),
+    ("append-empty-body", "POST", APPEND, b"", 400, "invalid_request", "body"),
+    ("append-body-is-list", "POST", APPEND, [event()], 400, "invalid_request", "body"),
+    ("append-body-is-string", "POST", APPEND, '"events"', 400, "invalid_request", "body"),
+    ("append-number-too-big", "POST", APPEND, b'{"events": [{"type": "T", "data": 1e400}]}', 400,
+     "invalid_request", "body"),
+    ("append-unknown-field", "POST", APPEND, append(stream="x"), 400, "invalid_request", "stream"),
+    ("append-missing-events", "POST", APPEND, {"expectedVersion": "any"}, 400, "invalid_request", "events"),
+    ("append-events-is-object", "POST", APPEND, {"events": event()}, 400, "invalid_request", "events"),
+    ("append-events-is-string", "POST", APPEND, {"events": "T"}, 400, "invalid_request", "events"),
+    ("append-empty-events", "POST", APPEND, {"events": []}, 400, "invalid_request", "events"),
+    ("append-10001-events", "POST", APPEND, {"events": [{"type": "T"}] * 10_001}, 400, "invalid_request",
+     "events"),
+    ("append-event-is-string", "POST", APPEND, {"events": ["T"]}, 400, "invalid_request", "events[0]"),
+    ("append-event-unknown-field", "POST", APPEND, {"events": [event(), event(stream="x")]}, 400,
+     "invalid_request", "events[1].stream"),
+    ("append-missing-type", "POST", APPEND, {"events": [{"data": {}}]}, 400, "invalid_request", "events[0].type"),
+    ("append-type-is-int", "POST", APPEND, {"events": [event(type=5)]}, 400, "invalid_request", "events[0].type"),
+    ("append-type-empty", "POST", APPEND, {"events": [event(type="")]}, 400, "invalid_request", "events[0].type"),
+    ("append-type-257-chars", "POST", APPEND, {"events": [event(type="T" * 257)]}, 400, "invalid_request",
+     "events[0].type"),
+    ("append-type-control-char", "POST", APPEND, {"events": [event(type="Order\u0001")]}, 400, "invalid_request",
+     "events[0].type"),
+    ("append-metadata-is-list", "POST", APPEND, {"events": [event(metadata=[])]}, 400, "invalid_request",
+     "events[0].metadata"),
+    ("append-metadata-is-string", "POST", APPEND, {"events": [event(metadata="m")]}, 400, "invalid_request",
+     "events[0].metadata"),
+    ("append-id-not-uuid", "POST", APPEND, {"events": [event(id="order-1-1")]}, 400, "invalid_request",
+     "events[0].id"),
+    ("append-id-is-int", "POST", APPEND, {"events": [event(id=7)]}, 400, "invalid_request", "events[0].id"),
+    ("append-id-not-canonical", "POST", APPEND, {"events": [event(id=uuid.uuid4().hex)]}, 400, "invalid_request",
+     "events[0].id"),
+    ("append-id-in-braces", "POST", APPEND, {"events": [event(id="{%s}" % uuid.uuid4())]}, 400, "invalid_request",
+     "events[0].id"),
+    ("append-duplicate-ids", "POST", APPEND, {"events": [event(id=SAME_ID), event(id=SAME_ID)]}, 400,
+     "invalid_request", "events[1].id"),
+    ("append-expected-minus-1", "POST", APPEND, append(expectedVersion=-1), 400, "invalid_request",
+     "expectedVersion"),
+    ("append-expected-latest", "POST", APPEND, append(expectedVersion="latest"), 400, "invalid_request",
+     "expectedVersion"),
+    ("append-expected-true", "POST", APPEND, append(expectedVersion=True), 400, "invalid_request",
+     "expectedVersion"),
+    ("append-expected-1.5", "POST", APPEND, append(expectedVersion=1.5), 400, "invalid_request", "expectedVersion"),
+    ("append-expected-2.0", "POST", APPEND, append(expectedVersion=2.0), 400, "invalid_request", "expectedVersion"),
+    ("append-expected-string-2", "POST", APPEND, append(expectedVersion="2"), 400, "invalid_request",
+     "expectedVersion"),
+    ("append-expected-null", "POST", APPEND, append(expectedVersion=None), 400, "invalid_request",
+     "expectedVersion"),
+    ("append-expected-too-big", "POST", APPEND, append(expectedVersion=2**62 + 1), 400, "invalid_request",
+     "expectedVersion"),
+    # append: stream names
+    ("append-reserved-stream", "POST", "/v1/streams/%24orders", append(), 400, "reserved_stream", "stream"),
+    ("append-reserved-metadata-stream", "POST", f"/v1/streams/%24%24{STREAM}", append(), 400, "reserved_stream",
+     "stream"),
+    ("append-name-513-bytes", "POST", f"/v1/streams/{LONG_NAME}", append(), 400, "invalid_request", "stream"),
+    ("append-name-514-utf8-bytes", "POST", f"/v1/streams/{LONG_UTF8_NAME}", append(), 400, "invalid_request",
+     "stream"),
+    ("append-name-control-char", "POST", "/v1/streams/order%01", append(), 400, "invalid_request", "stream"),
+    ("append-name-nul", "POST", "/v1/streams/order%00", append(), 400, "invalid_request", "stream"),
+    ("append-name-del", "POST", "/v1/streams/order%7F", append(), 400, "invalid_request", "stream"),
+    ("append-name-c1-control", "POST", "/v1/streams/order%C2%85", append(), 400, "invalid_request", "stream"),
+    ("append-name-not-utf8", "POST", "/v1/streams/order%FF", append(), 400, "invalid_request", "url"),
+    ("append-name-surrogate", "POST", "/v1/streams/order%ED%A0%80", append(), 400, "invalid_request", "url"),
+    # metadata
+    ("metadata-malformed-json", "PUT", METADATA, b'{"maxCount": ', 400, "invalid_request", "body"),
+    ("metadata-empty-body", "PUT", METADATA, b"", 400, "invalid_request", "body"),
+    ("metadata-body-is-list", "PUT", METADATA, [], 400, "invalid_request", "body"),
+    ("metadata-max-count-0", "PUT", METADATA, {"maxCount": 0}, 400, "invalid_request", "maxCount"),
+    ("metadata-max-count-string", "PUT", METADATA, {"maxCount": "5"}, 400, "invalid_request", "maxCount"),
+    ("metadata-max-count-bool", "PUT", METADATA, {"maxCount": True}, 400, "invalid_request", "maxCount"),
+    ("metadata-max-count-float", "PUT", METADATA, {"maxCount": 1.5}, 400, "invalid_request", "maxCount"),
+    ("metadata-max-age-x", "PUT", METADATA, {"maxAge": "x"}, 400, "invalid_request", "maxAge"),
+    ("metadata-max-age-0", "PUT", METADATA, {"maxAge": 0}, 400, "invalid_request", "maxAge"),
+    ("metadata-truncate-minus-1", "PUT", METADATA, {"truncateBefore": -1}, 400, "invalid_request",
+     "truncateBefore"),
+    ("metadata-unknown-key", "PUT", METADATA, {"maxCount": 5, "retention": 5}, 400, "invalid_request", "retention"),
+    ("metadata-custom-list", "PUT", METADATA, {"custom": [1]}, 400, "invalid_request", "custom"),
+    ("metadata-custom-string", "PUT", METADATA, {"custom": "x"}, 400, "invalid_request", "custom"),
+    ("metadata-reserved-stream", "PUT", "/v1/streams/%24orders/metadata", {"maxCount": 5}, 400,
+     "reserved_stream", "stream"),
+    ("metadata-name-control-char", "PUT", "/v1/streams/a%1Fb/metadata", {"maxCount": 5}, 400, "invalid_request",
+     "stream"),
+    ("metadata-read-name-513-bytes", "GET", f"/v1/streams/{LONG_NAME}/metadata", None, 400, "invalid_request",
+     "stream"),
+    # read a stream
+    ("read-limit-0", "GET", f"{APPEND}?limit=0", None, 400, "invalid_request", "limit"),
+    ("read-limit-4097", "GET", f"{APPEND}?limit=4097", None, 400, "invalid_request", "limit"),
+    ("read-limit-minus-1", "GET", f"{APPEND}?limit=-1", None, 400, "invalid_request", "limit"),
+    ("read-limit-1.5", "GET", f"{APPEND}?limit=1.5", None, 400, "invalid_request", "limit"),
+    ("read-limit-empty", "GET", f"{APPEND}?limit=", None, 400, "invalid_request", "limit"),
+    ("read-from-0", "GET", f"{APPEND}?from=0", None, 400, "invalid_request", "from"),
+    ("read-from-abc", "GET", f"{APPEND}?from=abc", None, 400, "invalid_request", "from"),
+    ("read-from-huge", "GET", f"{APPEND}?from=99999999999999999999", None, 400, "invalid_request", "from"),
+    ("read-direction-sideways", "GET", f"{APPEND}?direction=sideways", None, 400, "invalid_request", "direction"),
+    ("read-unknown-parameter", "GET", f"{APPEND}?limit=5&colour=red", None, 400, "invalid_request", "colour"),
+    ("read-repeated-parameter", "GET", f"{APPEND}?limit=1&limit=2", None, 400, "invalid_request", "limit"),
+    ("read-name-513-bytes", "GET", f"/v1/streams/{LONG_NAME}", None, 400, "invalid_request", "stream"),
+    ("read-name-control-char", "GET", "/v1/streams/%01", None, 400, "invalid_request", "stream"),
+    ("info-name-control-char", "GET", "/v1/streams/order%0A1/info", None, 400, "invalid_request", "stream"),
+    ("info-name-514-utf8-bytes", "GET", f"/v1/streams/{LONG_UTF8_NAME}/info", None, 400, "invalid_request",
+     "stream"),
+    # list streams
+    ("list-limit-0", "GET", "/v1/streams?limit=0", None, 400, "invalid_request", "limit"),
+    ("list-limit-1001", "GET", "/v1/streams?limit=1001", None, 400, "invalid_request", "limit"),
+    ("list-prefix-empty", "GET", "/v1/streams?prefix=", None, 400, "invalid_request", "prefix"),
+    ("list-after-control-char", "GET", "/v1/streams?after=a%01", None, 400, "invalid_request", "after"),
+    ("list-prefix-not-utf8", "GET", "/v1/streams?prefix=%FF", None, 400, "invalid_request", "url"),
+    ("list-unknown-parameter", "GET", "/v1/streams?from=1", None, 400, "invalid_request", "from"),
+    ("list-repeated-parameter", "GET", "/v1/streams?prefix=a&prefix=b", None, 400, "invalid_request", "prefix"),
+    # $all
+    ("all-limit-0", "GET", "/v1/all?limit=0", None, 400, "invalid_request", "limit"),
+    ("all-limit-4097", "GET", "/v1/all?limit=4097", None, 400, "invalid_request", "limit"),
+    ("all-from-0", "GET", "/v1/all?from=0", None, 400, "invalid_request", "from"),
+    ("all-from-abc", "GET", "/v1/all?from=abc", None, 400, "invalid_request", "from"),
+    ("all-direction-sideways", "GET", "/v1/all?direction=sideways", None, 400, "invalid_request", "direction"),
+    ("all-unknown-parameter", "GET", "/v1/all?stream=order-1", None, 400, "invalid_request", "stream"),
+    ("all-repeated-parameter", "GET", "/v1/all?from=1&from=2", None, 400, "invalid_request", "from"),
+    ("all-repeated-type-one-empty", "GET", "/v1/all?type=A&type=", None, 400, "invalid_request", "type"),
+    ("all-type-257-chars", "GET", "/v1/all?type=" + "T" * 257, None, 400, "invalid_request", "type"),
+    ("all-type-prefix-empty", "GET", "/v1/all?typePrefix=", None, 400, "invalid_request", "typePrefix"),
+    ("all-stream-prefix-control", "GET", "/v1/all?streamPrefix=%07", None, 400, "invalid_request",
+     "streamPrefix"),
+    ("all-stream-pattern-too-long", "GET", "/v1/all?streamPattern=" + "*" * 513, None, 400, "invalid_request",
+     "streamPattern"),
+    # delete
+    ("delete-hard-yes", "DELETE", f"{APPEND}?hard=yes", None, 400, "invalid_request", "hard"),
+    ("delete-hard-1", "DELETE", f"{APPEND}?hard=1", None, 400, "invalid_request", "hard"),
+    ("delete-hard-empty", "DELETE", f"{APPEND}?hard=", None, 400, "invalid_request", "hard"),
+    ("delete-hard-repeated", "DELETE", f"{APPEND}?hard=true&hard=false", None, 400, "invalid_request", "hard"),
+    ("delete-expected-minus-1", "DELETE", f"{APPEND}?expectedVersion=-1", None, 400, "invalid_request",
+     "expectedVersion"),
+    ("delete-expected-latest", "DELETE", f"{APPEND}?expectedVersion=latest", None, 400, "invalid_request",
+     "expectedVersion"),
+    ("delete-expected-true", "DELETE", f"{APPEND}?expectedVersion=true", None, 400, "invalid_request",
+     "expectedVersion"),
+    ("delete-expected-1.5", "DELETE", f"{APPEND}?expectedVersion=1.5", None, 400, "invalid_request",
+     "expectedVersion"),
+    ("delete-expected-empty", "DELETE", f"{APPEND}?expectedVersion=", None, 400, "invalid_request",
+     "expectedVersion"),
+    ("delete-unknown-parameter", "DELETE", f"{APPEND}?soft=true", None, 400, "invalid_request", "soft"),
+    ("delete-reserved-stream", "DELETE", f"/v1/streams/%24%24{STREAM}?hard=true", None, 400, "reserved_stream",
+     "stream"),
+    ("delete-name-control-char", "DELETE", "/v1/streams/order%1B1", None, 400, "invalid_request", "stream"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,code,field", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_rejected_and_changes_nothing(node, method, path, body, status, code, field):
+    before = state(node)
+    reply = request(node, method, path, body)
+    assert reply.status == status, reply.body
+    assert reply.headers.get_content_type() == "application/json"
+    error = reply.json()
+    assert error["error"] == code
+    assert error.get("field") == field
+    assert isinstance(error["message"], str) and error["message"]
+    assert state(node) == before
+
+
+def test_unknown_method_is_405_with_allow_header(node):
+    before = state(node)
+    reply = request(node, "PATCH", APPEND, append())
+    assert reply.status == 405
+    assert reply.json()["error"] == "method_not_allowed"
+    assert set(reply.headers["Allow"].split(",")) >= {"GET", "POST", "DELETE"}
+    assert state(node) == before
+
+
+def test_rejected_batch_writes_none_of_its_events(node):
+    """One bad event in a batch rejects the whole batch: the good events before it are not written."""
+    before = state(node)
+    good = [event(id=str(uuid.uuid4())) for _ in range(3)]
+    reply = request(node, "POST", APPEND, {"events": [*good, event(type="")]})
+    assert (reply.status, reply.json()["field"]) == (400, "events[3].type")
+    assert state(node) == before
+    assert not [e for e in request(node, "GET", APPEND).json()["events"] if e["id"] in {g["id"] for g in good}]
+
+
+def test_valid_requests_still_work_after_the_bad_ones(node):
+    before = state(node)
+    reply = request(node, "POST", APPEND, {"expectedVersion": 2, "events": [event(type="OrderShipped")]})
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"stream": STREAM, "fromVersion": 3, "version": 3, "position": before["head"] + 1}
+    page = request(node, "GET", f"{APPEND}?from=1&limit=10&direction=forward").json()
+    assert [e["type"] for e in page["events"]] == ["OrderPlaced", "OrderPaid", "OrderShipped"]
+    assert [e["id"] for e in page["events"][:2]] == SEEDED_IDS
+    meta = request(node, "PUT", METADATA, {"maxCount": 50})
+    assert (meta.status, meta.json()) == (200, {"maxCount": 50})
+    assert request(node, "GET", "/v1/all?type=OrderShipped").json()["events"][0]["stream"] == STREAM
+
+
+# --- body size limit: a node of its own with --max-body-bytes 2048 ------------------------------------
+
+def test_oversized_bodies_are_413_and_change_nothing(node_factory):
+    small = node_factory("small-body", args=("--max-body-bytes", "2048"))
+    first = request(small, "POST", APPEND, append())
+    assert first.status == 200, first.body
+    before = state(small)
+
+    big_append = {"events": [event(data="x" * 3000)]}
+    reply = request(small, "POST", APPEND, big_append)
+    assert reply.status == 413, reply.body
+    assert reply.json()["error"] == "too_large"
+    assert reply.json()["maxBytes"] == 2048
+    assert state(small) == before
+
+    reply = request(small, "PUT", METADATA, {"custom": {"blob": "x" * 3000}})
+    assert (reply.status, reply.json()["error"]) == (413, "too_large")
+    assert state(small) == before
+
+    # Just under the limit is fine: the limit is the body's size, not a guess.
+    fits = json.dumps({"events": [event(data="x" * 1900)]}).encode()
+    assert len(fits) <= 2048
+    reply = request(small, "POST", APPEND, fits)
+    assert reply.status == 200, reply.body
+    assert reply.json()["version"] == 2
