@@ -3,8 +3,10 @@
 
 Cases: appends of 1, 10 and 100 events per request at concurrency 1 and 64, then forward reads
 (pages of 1000 over one stream) at concurrency 1 and 64. Each case runs until `--duration`
-seconds or `--requests` requests, whichever comes first. The load uses aiohttp directly (the
-benchmark measures the server, not the client library). Only 127.0.0.1 is contacted.
+seconds or `--requests` requests, whichever comes first. Appends go over bare HTTP/1.1 keep-alive
+connections with pre-encoded requests (one per worker) and reads through aiohttp: the benchmark measures
+the server, not a client library, and the load generator shares the machine's cores with the node.
+Only 127.0.0.1 is contacted.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -300,11 +303,69 @@ def group_commit_delta(before: dict[str, float], after: dict[str, float]) -> dic
     }
 
 
+class KeepAliveConnection:
+    """A bare HTTP/1.1 keep-alive connection for the append load: pre-encoded requests and a minimal reply
+    parser, so the load generator leaves as much of a small machine as it can to the node it measures."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def request(self, method: str, path: str, body: bytes) -> bytes:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        return head.encode() + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.writer = None
+
+
 class EvstoreTarget:
     def __init__(self, session: aiohttp.ClientSession, url: str, run_id: str) -> None:
         self.session = session
         self.url = url.rstrip("/")
         self.run_id = run_id
+        parsed = urllib.parse.urlsplit(self.url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.connections: dict[int, KeepAliveConnection] = {}
+
+    async def close(self) -> None:
+        for connection in self.connections.values():
+            await connection.close()
+        self.connections.clear()
+
+    async def append_raw(self, worker: int, request: bytes, stream: str, batch: int) -> int:
+        connection = self.connections.get(worker)
+        if connection is None:
+            connection = self.connections[worker] = KeepAliveConnection(self.host, self.port)
+        try:
+            status, payload = await connection.send(request)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            await connection.close()
+            raise BenchError(f"append to {stream}: {exc}") from None
+        if status != 200:
+            raise BenchError(f"append to {stream}: HTTP {status} {payload[:200]!r}")
+        return batch
 
     def stream_url(self, stream: str) -> str:
         return f"{self.url}/v1/streams/{stream}"
@@ -335,10 +396,16 @@ class EvstoreTarget:
                           max_requests: int) -> CaseResult:
         body = append_body(data, batch)
         streams = [f"bench-{self.run_id}-b{batch}-c{concurrency}-{i}" for i in range(concurrency)]
+        probe = KeepAliveConnection(self.host, self.port)
+        requests = [probe.request("POST", f"/v1/streams/{urllib.parse.quote(stream, safe='')}", body)
+                    for stream in streams]
         before = await self.metrics()
-        result = await drive_async(CaseResult("evstore", "append", batch, concurrency),
-                                   Budget(duration, max_requests),
-                                   lambda i: self.append(streams[i], body, batch))
+        try:
+            result = await drive_async(CaseResult("evstore", "append", batch, concurrency),
+                                       Budget(duration, max_requests),
+                                       lambda i: self.append_raw(i, requests[i], streams[i], batch))
+        finally:
+            await self.close()
         result.group_commit = group_commit_delta(before, await self.metrics())
         return result
 

@@ -17,6 +17,7 @@ class NodeMetrics:
         r = self.registry
         # storage and log
         self.appends = Counter("evstore_appends", "Append requests by result", ["result"], registry=r)
+        self.appends_ok = self.appends.labels(result="ok")
         self.events_appended = Counter("evstore_events_appended", "Events appended", registry=r)
         self.bytes_appended = Counter("evstore_bytes_appended", "Bytes of event data and metadata appended", registry=r)
         self.events_read = Counter("evstore_events_read", "Events returned by reads", ["kind"], registry=r)
@@ -59,5 +60,16 @@ class NodeMetrics:
         self.subscribers = Gauge("evstore_subscribers", "Connected transient subscribers", registry=r)
         self.subscription_lag = Gauge("evstore_subscription_lag", "Events a persistent subscription is behind",
                                       ["subscription"], registry=r)
+        self._http_children: dict[tuple[str, str, int], tuple] = {}
         self.subscription_parked = Gauge("evstore_subscription_parked", "Parked events of a persistent subscription",
                                          ["subscription"], registry=r)
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:  # label lookups cost a lock and a tuple each: keep the children
+            children = (self.http_requests.labels(method=method, route=route, status=str(status)),
+                        self.http_latency.labels(route=route))
+            self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -265,10 +265,7 @@ def statefulset(spec: StoreSpec) -> Manifest:
         "volumes": [{"name": "tmp", "emptyDir": {}}],
         "enableServiceLinks": False,
     }
-    if spec.tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    _add_placement(pod_spec, spec)
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _metadata(spec, statefulset_name(spec.name)),
@@ -378,10 +375,7 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
         "containers": [container],
         "enableServiceLinks": False,
     }
-    if spec.tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    _add_placement(pod_spec, spec)
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
@@ -475,3 +469,11 @@ def _set(obj: dict[str, Any], path: str, value: Any) -> None:
     for part in parents:
         obj = obj.setdefault(part, {})
     obj[last] = copy.deepcopy(value)
+
+
+def _add_placement(pod_spec: dict[str, Any], spec) -> None:
+    """The store's tolerations and node selector apply to its nodes and its managed etcd alike."""
+    if spec.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)

@@ -27,3 +27,15 @@ def node_factory(tmp_path):
 def node(node_factory) -> NodeProcess:
     """A running single node; `node.url` is its base URL."""
     return node_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory) -> NodeProcess:
+    """One running node for a whole test module (its tests use distinct stream names)."""
+    data = tmp_path_factory.mktemp("shared-node") / "data"
+    data.mkdir()
+    proc = NodeProcess(data)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()

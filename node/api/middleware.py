@@ -26,26 +26,58 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return json_response({"error": code, "message": message, **details}, status=status, headers=headers)
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+def _check_url_is_utf8(request: web.Request) -> None:
+    """Percent-encoded bytes that are not UTF-8 are a 400: the router would otherwise leave `%FF` in a stream
+    name as three literal characters (so /v1/streams/%FF and /v1/streams/%25FF were the same stream), and the
+    query parser would turn them into U+FFFD."""
+    raw = request.raw_path
+    if "%" not in raw:
+        return
     try:
-        return await handler(request)
-    except LogError as exc:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the URL has percent-encoded bytes that are not UTF-8", field="url") from None
+
+
+def _error_for(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, LogError):
         return error_response(exc.status, exc.code, exc.message, **exc.details)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         # aiohttp's exception does not keep the limit as an attribute; the limit is the node's setting.
         limit = request.app[SETTINGS_KEY].max_body_bytes
         return error_response(413, "too_large", f"the body is larger than {limit} bytes", maxBytes=limit)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException):
         code = HTTP_ERROR_CODES.get(exc.status, "error")
         # A 405 must keep the `Allow` header aiohttp puts on it (RFC 9110).
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, exc.text or exc.reason, headers=allow)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal", "internal error (a bug: please report it)")
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal", "internal error (a bug: please report it)")
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """One layer for every request (one layer, because each costs on the hot path): URL check,
+    bearer-token roles, JSON errors, and per-route HTTP metrics."""
+    started = time.perf_counter()
+    try:
+        _check_url_is_utf8(request)
+        response = _authorize(request) or await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            _observe(request, exc.status, started)
+            raise
+        response = _error_for(request, exc)
+    except Exception as exc:
+        response = _error_for(request, exc)
+    _observe(request, response.status, started)
+    return response
+
+
+def _observe(request: web.Request, status: int, started: float) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS_KEY].observe_http(request.method, route, status, time.perf_counter() - started)
 
 
 def required_role(request: web.Request) -> str | None:
@@ -57,12 +89,12 @@ def required_role(request: web.Request) -> str | None:
     return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+def _authorize(request: web.Request) -> web.Response | None:
+    """None when the request may go on, else the 401/403 reply."""
     tokens = request.app[SETTINGS_KEY].api_tokens
     needed = required_role(request) if tokens else None
     if needed is None:
-        return await handler(request)
+        return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     role = None
@@ -74,38 +106,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
         return error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
     if ROLE_RANK[role] < ROLE_RANK[needed]:
         return error_response(403, "forbidden", f"this needs the {needed} role; the token has {role}")
-    return await handler(request)
+    return None
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        metrics = request.app[METRICS_KEY]
-        metrics.http_requests.labels(method=request.method, route=route, status=str(status)).inc()
-        metrics.http_latency.labels(route=route).observe(time.perf_counter() - started)
-
-
-@web.middleware
-async def utf8_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Percent-encoded bytes that are not UTF-8 are a 400: the router would otherwise leave `%FF` in a stream
-    name as three literal characters (so /v1/streams/%FF and /v1/streams/%25FF were the same stream), and the
-    query parser would turn them into U+FFFD."""
-    try:
-        unquote_to_bytes(request.raw_path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest("the URL has percent-encoded bytes that are not UTF-8", field="url") from None
-    return await handler(request)
-
-
-MIDDLEWARES = [metrics_middleware, errors_middleware, auth_middleware, utf8_middleware]
+MIDDLEWARES = [api_middleware]

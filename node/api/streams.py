@@ -37,7 +37,7 @@ async def append(request: web.Request) -> web.Response:
         raise
     if metrics is not None:
         metrics.append_latency.observe(time.perf_counter() - started)
-        metrics.appends.labels(result="ok").inc()
+        metrics.appends_ok.inc()
         metrics.events_appended.inc(len(events))
         metrics.bytes_appended.inc(sum(len(e.data) + len(e.metadata) for e in events))
     return json_response({"stream": result.stream, "fromVersion": result.from_version, "version": result.version,

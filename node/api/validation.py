@@ -96,6 +96,9 @@ def event_type(value: Any, field: str) -> str:
     return value
 
 
+EVENT_KEYS = frozenset({"id", "type", "data", "metadata"})
+
+
 def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
     doc = require_object(parse_json_body(body), "body", {"expectedVersion", "events"})
     expected = expected_version(doc.get("expectedVersion", ANY))
@@ -104,19 +107,27 @@ def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
         raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS_PER_APPEND} events", field="events")
     parsed, seen = [], set()
     fresh_ids = uuid7_bytes(len(events))
-    for i, raw in enumerate(events):
-        field = f"events[{i}]"
-        event = require_object(raw, field, {"id", "type", "data", "metadata"})
+    for i, event in enumerate(events):
+        if not (isinstance(event, dict) and event.keys() <= EVENT_KEYS):  # the fast path skips building names
+            require_object(event, f"events[{i}]", EVENT_KEYS)
         given_id = "id" in event
-        event_id = event_uuid(event.get("id"), f"{field}.id") if given_id else fresh_ids[i]
+        event_id = event_uuid(event["id"], f"events[{i}].id") if given_id else fresh_ids[i]
         if event_id in seen:
-            raise InvalidRequest(f"{field}.id repeats an id of the same request", field=f"{field}.id")
+            raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
         seen.add(event_id)
-        metadata = event.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise InvalidRequest(f"{field}.metadata must be a JSON object", field=f"{field}.metadata")
-        parsed.append(NewEvent(event_id, event_type(event.get("type"), f"{field}.type"),
-                               orjson.dumps(event.get("data")), orjson.dumps(metadata), given_id))
+        metadata = event.get("metadata")
+        if metadata is None and "metadata" not in event:
+            encoded_metadata = b"{}"
+        elif isinstance(metadata, dict):
+            encoded_metadata = orjson.dumps(metadata)
+        else:
+            raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
+        event_type_value = event.get("type")
+        if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
+                and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
+            event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
+        parsed.append(NewEvent(event_id, event_type_value, orjson.dumps(event.get("data")), encoded_metadata,
+                               given_id))
     return expected, parsed
 
 

@@ -56,22 +56,15 @@ def state(node: NodeProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    data = tmp_path_factory.mktemp("bad-input") / "data"
-    data.mkdir()
-    proc = NodeProcess(data)
-    try:
-        proc.start()
-        seeded = request(proc, "POST", f"/v1/streams/{STREAM}",
-                         {"expectedVersion": "no_stream",
-                          "events": [{"id": SEEDED_IDS[0], "type": "OrderPlaced", "data": {"n": 1}},
-                                     {"id": SEEDED_IDS[1], "type": "OrderPaid", "data": {"n": 2}}]})
-        assert seeded.status == 200, seeded.body
-        meta = request(proc, "PUT", f"/v1/streams/{STREAM}/metadata", {"maxCount": 100, "custom": {"a": 1}})
-        assert meta.status == 200, meta.body
-        yield proc
-    finally:
-        proc.stop()
+def node(shared_node):
+    seeded = request(shared_node, "POST", f"/v1/streams/{STREAM}",
+                     {"expectedVersion": "no_stream",
+                      "events": [{"id": SEEDED_IDS[0], "type": "OrderPlaced", "data": {"n": 1}},
+                                 {"id": SEEDED_IDS[1], "type": "OrderPaid", "data": {"n": 2}}]})
+    assert seeded.status == 200, seeded.body
+    meta = request(shared_node, "PUT", f"/v1/streams/{STREAM}/metadata", {"maxCount": 100, "custom": {"a": 1}})
+    assert meta.status == 200, meta.body
+    return shared_node
 
 
 def event(**extra) -> dict:

@@ -18,17 +18,6 @@ from nodeproc import NodeProcess
 EVSTORE = str(Path(sys.executable).parent / "evstore")
 
 
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory):
-    data = tmp_path_factory.mktemp("cli-node") / "data"
-    data.mkdir()
-    proc = NodeProcess(data)
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
-
-
 @pytest.fixture
 def run(shared_node):
     runner = CliRunner()

@@ -12,18 +12,6 @@ from evstore.client import (AsyncEvstoreClient, DuplicateEventId, EvstoreClient,
                             NewEvent, ReservedStream, StreamDeleted, StreamNotFound, Unauthorized, Unavailable,
                             WrongExpectedVersion)
 from evstore.client.errors import ConnectionFailed
-from nodeproc import NodeProcess
-
-
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory):
-    data = tmp_path_factory.mktemp("client-node") / "data"
-    data.mkdir()
-    proc = NodeProcess(data)
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
