@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -60,6 +61,9 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) 
 
 RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
 _INTS = struct.Struct("<QQqq")
+INSERT_CHUNK = 25
+_ROW_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_CHUNK_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * INSERT_CHUNK)
 _LEN = struct.Struct("<I")
 
 
@@ -167,8 +171,13 @@ class WriteTxn:
         return found
 
     def insert(self, records: Iterable[Record]) -> None:
-        self.conn.executemany(f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                              [r.row() for r in records])
+        rows = [r.row() for r in records]
+        whole = len(rows) - len(rows) % INSERT_CHUNK
+        if whole:  # many rows per statement: fewer statement steps per event
+            self.conn.executemany(_CHUNK_INSERT, [tuple(chain.from_iterable(rows[i:i + INSERT_CHUNK]))
+                                                  for i in range(0, whole, INSERT_CHUNK)])
+        if whole < len(rows):
+            self.conn.executemany(_ROW_INSERT, rows[whole:])
 
     def delete_events(self, stream: str, below_version: int, created_before: int | None) -> int:
         sql = "DELETE FROM events WHERE stream = ? AND (version < ?"
