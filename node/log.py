@@ -14,8 +14,8 @@ import orjson
 
 from ..ids import uuid7_bytes
 from .errors import DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, WrongExpectedVersion
-from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, record_from_row,
-                      scan_records)
+from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, payload_checksum,
+                      record_from_row, scan_records)
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
@@ -35,6 +35,7 @@ class NewEvent:
     data: bytes
     metadata: bytes
     given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
+    payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
 
 
 @dataclass(slots=True)
@@ -161,6 +162,8 @@ class Log:
     async def append(self, stream: str, expected: ExpectedVersion, events: Sequence[NewEvent]) -> AppendResult:
         if not events:
             raise InvalidRequest("an append needs at least one event", field="events")
+        for e in events:
+            e.payload_crc = payload_checksum(e.id, stream, e.type, e.data, e.metadata)
 
         def op(txn: WriteTxn) -> AppendResult:
             given = [e.id for e in events if e.given_id]
@@ -352,8 +355,7 @@ def _readable_row(conn: sqlite3.Connection, stream: str) -> StreamRow:
 def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> AppendResult:
     first_position = txn.allocate_positions(len(events))
     first_version = row.version + 1
-    txn.insert(Record(first_position + i, row.stream, first_version + i, e.id, e.type, e.data, e.metadata,
-                      txn.now, txn.epoch).sealed() for i, e in enumerate(events))
+    txn.insert(row.stream, first_position, first_version, events)
     row.version += len(events)
     row.created = row.created or txn.now
     row.updated = txn.now
@@ -364,7 +366,9 @@ def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> 
 def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:
 
     row = txn.stream_row(stream) or StreamRow(stream)
-    _write_events(txn, row, [NewEvent(uuid7_bytes()[0], event_type, data, b"{}", given_id=False)])
+    event = NewEvent(uuid7_bytes()[0], event_type, data, b"{}", given_id=False)
+    event.payload_crc = payload_checksum(event.id, stream, event_type, data, event.metadata)
+    _write_events(txn, row, [event])
 
 
 def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Record]) -> AppendResult:

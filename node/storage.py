@@ -81,15 +81,8 @@ class Record:
     checksum: int = 0
 
     def compute_checksum(self) -> int:
-        parts = [_INTS.pack(self.position, self.version, self.created, self.epoch), self.id]
-        for text in (self.stream.encode(), self.type.encode(), self.data, self.metadata):
-            parts.append(_LEN.pack(len(text)))
-            parts.append(text)
-        return crc32c.crc32c(b"".join(parts))
-
-    def sealed(self) -> "Record":
-        self.checksum = self.compute_checksum()
-        return self
+        return sealed_checksum(payload_checksum(self.id, self.stream, self.type, self.data, self.metadata),
+                               self.position, self.version, self.created, self.epoch)
 
     def verified(self) -> "Record":
         if self.compute_checksum() != self.checksum:
@@ -99,6 +92,19 @@ class Record:
     def row(self) -> tuple:
         return (self.position, self.stream, self.version, self.id, self.type, self.data, self.metadata,
                 self.created, self.epoch, self.checksum)
+
+
+def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes) -> int:
+    """CRC32C of what the writer of an event decides: its id, stream, type, data and metadata. The log
+    computes it before the event reaches the writer thread, to keep that serial path short."""
+    stream_bytes, type_bytes = stream.encode(), event_type.encode()
+    return crc32c.crc32c(b"".join((event_id, _LEN.pack(len(stream_bytes)), stream_bytes, _LEN.pack(len(type_bytes)),
+                                   type_bytes, _LEN.pack(len(data)), data, _LEN.pack(len(metadata)), metadata)))
+
+
+def sealed_checksum(payload_crc: int, position: int, version: int, created: int, epoch: int) -> int:
+    """The record's checksum: CRC32C over its payload followed by its place in the log."""
+    return crc32c.crc32c(_INTS.pack(position, version, created, epoch), payload_crc)
 
 
 def record_from_row(row: Sequence) -> Record:
@@ -170,8 +176,12 @@ class WriteTxn:
                 f"SELECT {RECORD_COLUMNS} FROM events WHERE id IN ({marks})", chunk))
         return found
 
-    def insert(self, records: Iterable[Record]) -> None:
-        rows = [r.row() for r in records]
+    def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
+        """Insert events (objects with id, type, data, metadata and payload_crc) as consecutive records."""
+        now, epoch = self.now, self.epoch
+        rows = [(first_position + i, stream, first_version + i, e.id, e.type, e.data, e.metadata, now, epoch,
+                 sealed_checksum(e.payload_crc, first_position + i, first_version + i, now, epoch))
+                for i, e in enumerate(events)]
         whole = len(rows) - len(rows) % INSERT_CHUNK
         if whole:  # many rows per statement: fewer statement steps per event
             self.conn.executemany(_CHUNK_INSERT, [tuple(chain.from_iterable(rows[i:i + INSERT_CHUNK]))
