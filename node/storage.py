@@ -257,33 +257,21 @@ class Storage:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        if self._writer is not None:
-            self._writer.join()
-        if self._syncer is not None:
-            self._dirty.set()
-            self._syncer.join()
         self._stopping.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        self._queue.put(_STOP)
+        if self._writer is not None:
+            self._writer.join()  # the writer runs what is queued, then checkpoints the whole WAL
+        if self._syncer is not None:
+            self._dirty.set()
+            self._syncer.join()
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
-
-    @property
-    def is_open(self) -> bool:
-        return not self._closed
-
-    def get_setting(self, key: str) -> str | None:
-        conn = connect(self.path, readonly=True)
-        try:
-            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-            return row[0] if row else None
-        finally:
-            conn.close()
 
     def size_bytes(self) -> int:
         total = 0

@@ -1,7 +1,6 @@
 """Request parsing: every limit and rule of the HTTP contract, raising InvalidRequest (400) on bad input."""
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from typing import Any, Callable, Mapping

@@ -7,6 +7,7 @@ import pathlib
 import kubernetes_validate
 import pytest
 import yaml
+from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS30Validator
 
 from evstore.operator.spec import parse_spec
@@ -129,5 +130,5 @@ def test_status_schema_accepts_what_the_operator_writes(validator):
     }
     validator.validate(resource)
     resource["status"]["phase"] = "Sleeping"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Sleeping"):
         validator.validate(resource)
