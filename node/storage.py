@@ -64,7 +64,7 @@ _INTS = struct.Struct("<QQqq")
 INSERT_CHUNK = 25
 _ROW_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _CHUNK_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * INSERT_CHUNK)
-_LEN = struct.Struct("<I")
+_LENGTHS = struct.Struct("<IIII")
 
 
 @dataclass(slots=True)
@@ -95,11 +95,11 @@ class Record:
 
 
 def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes) -> int:
-    """CRC32C of what the writer of an event decides: its id, stream, type, data and metadata. The log
-    computes it before the event reaches the writer thread, to keep that serial path short."""
+    """CRC32C of what the writer of an event decides: its id, stream, type, data and metadata (after their
+    four lengths). The log computes it before the event reaches the writer thread, to keep that path short."""
     stream_bytes, type_bytes = stream.encode(), event_type.encode()
-    return crc32c.crc32c(b"".join((event_id, _LEN.pack(len(stream_bytes)), stream_bytes, _LEN.pack(len(type_bytes)),
-                                   type_bytes, _LEN.pack(len(data)), data, _LEN.pack(len(metadata)), metadata)))
+    lengths = _LENGTHS.pack(len(stream_bytes), len(type_bytes), len(data), len(metadata))
+    return crc32c.crc32c(b"".join((event_id, lengths, stream_bytes, type_bytes, data, metadata)))
 
 
 def sealed_checksum(payload_crc: int, position: int, version: int, created: int, epoch: int) -> int:
