@@ -17,8 +17,6 @@ import math
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,12 +33,13 @@ from typing import Awaitable, Callable
 import aiohttp
 import orjson
 
+from .localnode import NodeProcess
+
 APPEND_BATCHES = (1, 10, 100)
 CONCURRENCIES = (1, 64)
 READ_PAGE = 1000
 FILL_BATCH = 100
 EVENT_TYPE = "BenchEvent"
-START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 TARGETS = {
     "append_b100_events_per_s": 50_000,
@@ -188,70 +187,26 @@ def drive_threads(result: CaseResult, budget: Budget, op: Callable[[int], int]) 
 
 # -- the node under test ------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalNode:
+class LocalNode(NodeProcess):
     """A node process this benchmark starts on 127.0.0.1 with a temp data dir, and stops (by PID)."""
 
     def __init__(self, extra_args: list[str]) -> None:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="evstore-bench-"))
-        self.port = free_port()
-        self.extra_args = extra_args
-        self.log_path = self.temp_dir / "node.log"
-        self.proc: subprocess.Popen | None = None
+        (self.temp_dir / "data").mkdir()
+        super().__init__(self.temp_dir / "data", args=("--log-level", "warning", *extra_args), new_session=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTORE_")}
-        command = [sys.executable, "-m", "evstore.node", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--data-dir", str(self.temp_dir / "data"), "--log-level", "warning", *self.extra_args]
-        with open(self.log_path, "ab") as log:
-            # own session: a Ctrl-C reaches the benchmark only, which then stops the node in order
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=self.temp_dir, start_new_session=True)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise BenchError(f"node exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)  # nothing to await: polling a port until it answers
-        raise BenchError(f"node on {self.url} not ready after {START_TIMEOUT}s: {self.log_tail()}")
-
-    def log_tail(self) -> str:
+    def start(self, wait: bool = True) -> "LocalNode":
         try:
-            return self.log_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
+            super().start(wait)
+        except (RuntimeError, TimeoutError) as exc:
+            raise BenchError(str(exc)) from None
+        return self
 
     def stop(self) -> None:
         """SIGTERM (clean flush), SIGKILL if it does not exit in time; then remove the temp dir."""
         try:
             if self.proc is not None and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(STOP_TIMEOUT)
+                self.terminate(STOP_TIMEOUT)
         finally:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
