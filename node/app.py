@@ -11,7 +11,7 @@ from typing import Sequence
 from aiohttp import web
 
 from .api import ops, streams
-from .api.keys import LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
+from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
@@ -25,14 +25,19 @@ def create_app(settings: Settings) -> web.Application:
     """The node's application; its storage opens on startup and closes (flushed) on cleanup."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=MIDDLEWARES)
     metrics = NodeMetrics()
-    metrics.leader.set(1)
-    metrics.members.set(1)
-    metrics.isr_size.set(1)
     storage = Storage(settings.data_dir, durability=settings.durability, sync_interval=settings.sync_interval,
                       metrics=metrics)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
     app[LOG_KEY] = Log(storage, metrics)
+    if settings.clustered:
+        app[CLUSTER_KEY] = _cluster_member(settings, app[LOG_KEY], metrics)
+        from .api import cluster
+        cluster.add_routes(app)
+    else:
+        metrics.leader.set(1)
+        metrics.members.set(1)
+        metrics.isr_size.set(1)
     app[STARTED_KEY] = time.time()
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
@@ -43,13 +48,40 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
+    from .cluster.discovery import Discovery
+    from .cluster.etcd import EtcdCoordinator
+    from .cluster.member import ClusterConfig, ClusterMember
+    from .cluster.replication import Timing
+
+    coordinator = EtcdCoordinator(settings.etcd_endpoints, settings.store_id, lease_ttl=settings.lease_ttl,
+                                  on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0))
+
+    async def etcd_members():
+        return await coordinator.members()
+
+    discovery = Discovery(settings.store_id, settings.node_id, settings.url, settings.cluster_secret,
+                          methods=settings.discovery, interfaces=settings.discovery_interfaces,
+                          dns_name=settings.discovery_dns, port=settings.port,
+                          etcd_members=etcd_members if "etcd" in settings.discovery else None, metrics=metrics)
+    config = ClusterConfig(settings.store_id, settings.node_id, settings.url, settings.cluster_secret,
+                           min_in_sync=settings.min_in_sync, cluster_size=settings.cluster_size,
+                           timing=Timing(settings.lease_ttl))
+    return ClusterMember(config, log_, coordinator, discovery, metrics)
+
+
 async def _storage_context(app: web.Application):
     storage = app[LOG_KEY].storage
     await asyncio.to_thread(storage.open)
-    app[READY_KEY].update(ready=True, reason="")
     log.info("log open at %s (head position %d)", storage.path, storage.head)
+    member = app.get(CLUSTER_KEY)
+    if member is not None:
+        await member.start()
+    app[READY_KEY].update(ready=True, reason="")
     yield
     app[READY_KEY].update(ready=False, reason="shutting down")
+    if member is not None:
+        await member.close()
     await asyncio.to_thread(storage.close)
     log.info("log closed")
 

@@ -41,7 +41,13 @@ class Settings:
     discovery_interfaces: tuple[str, ...] = ("127.0.0.1",)
     discovery_dns: str | None = None
     min_in_sync: int | None = None
+    cluster_size: int | None = None
+    lease_ttl: float = 5.0
     log_level: str = "info"
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints)
 
     @property
     def url(self) -> str:
@@ -67,6 +73,9 @@ OPTIONS = [
      "addresses zeroconf binds to, default 127.0.0.1"),
     ("discovery_dns", "--discovery-dns", "EVSTORE_DISCOVERY_DNS", "DNS name listing the peers (headless Service)"),
     ("min_in_sync", "--min-in-sync", "EVSTORE_MIN_IN_SYNC", "in-sync replicas needed to acknowledge, default majority"),
+    ("cluster_size", "--cluster-size", "EVSTORE_CLUSTER_SIZE",
+     "number of nodes the store is meant to have; the default min-in-sync is its majority"),
+    ("lease_ttl", "--lease-ttl", "EVSTORE_LEASE_TTL", "seconds of the etcd lease (failover time), default 5"),
     ("log_level", "--log-level", "EVSTORE_LOG_LEVEL", "debug, info, warning or error"),
 ]
 
@@ -171,9 +180,25 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         if level.lower() not in LOG_LEVELS:
             raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         values["log_level"] = level.lower()
-    if values.get("etcd_endpoints"):
-        raise ConfigError("etcd endpoints are set, but this version of evstore runs single nodes only "
-                          "(clustering is not implemented yet); unset EVSTORE_ETCD_ENDPOINTS/--etcd-endpoints")
+    if (size := integer("cluster_size", 1, 9)) is not None:
+        values["cluster_size"] = size
+    if (ttl := get("lease_ttl")) is not None:
+        try:
+            seconds = float(ttl)
+        except ValueError:
+            seconds = -1.0
+        if not 2 <= seconds <= 60:
+            raise fail("lease_ttl", "must be a number of seconds from 2 to 60")
+        values["lease_ttl"] = seconds
+    for url in values.get("etcd_endpoints", ()):
+        if not re.match(r"^https?://[^/\s]+$", url):
+            raise fail("etcd_endpoints", "must be comma-separated http(s)://HOST:PORT URLs")
+    if values.get("etcd_endpoints") and not values.get("cluster_secret"):
+        raise ConfigError("etcd endpoints are set (a cluster), so a cluster secret is required: set "
+                          "EVSTORE_CLUSTER_SECRET or --cluster-secret (at least 16 characters)")
+    if values.get("min_in_sync") and values.get("cluster_size") and values["min_in_sync"] > values["cluster_size"]:
+        raise ConfigError(f"min in sync ({values['min_in_sync']}) is larger than the cluster size "
+                          f"({values['cluster_size']}): no write could ever be acknowledged")
     return Settings(**values)
 
 

@@ -49,3 +49,11 @@ class CorruptRecord(Unavailable):
     def __init__(self, position: int) -> None:
         super().__init__(f"record at position {position} failed its checksum", retry_after=0,
                          reason="checksum_mismatch", position=position)
+
+
+class NotLeader(Unavailable):
+    """This node cannot write: it is not the leader (or stopped being it before the write started).
+    Nothing was written, so the request may be sent to the leader."""
+
+    def __init__(self, message: str = "this node is not the leader", **details) -> None:
+        super().__init__(message, reason="not_leader", **details)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
 
 import orjson
 
@@ -149,14 +149,43 @@ def _head(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
 
 
+class WriteGate(Protocol):
+    """What a clustered node adds around every write: `writing()` admits it (or raises NotLeader /
+    Unavailable before anything is written) and counts it in flight; `committed` holds the reply until the
+    write is committed on the in-sync replicas (or raises Unavailable: outcome unknown)."""
+
+    def writing(self) -> AsyncContextManager[None]: ...
+
+    def committed(self, position: int) -> Awaitable[None]: ...
+
+
+REPLICA_BATCH_BYTES = 1 << 20
+
+
 class Log:
     def __init__(self, storage: Storage, metrics=None) -> None:
         self.storage = storage
         self.metrics = metrics
+        self.gate: WriteGate | None = None  # set by the cluster on a leader; None on a single node
+        self.horizon: Callable[[], int] | None = None  # last position reads may show; None = the head
 
     @property
     def head(self) -> int:
         return self.storage.head
+
+    @property
+    def visible(self) -> int:
+        """The last position reads show: the committed position in a cluster, the head on a single node."""
+        return self.storage.head if self.horizon is None else min(self.horizon(), self.storage.head)
+
+    async def _write(self, op: Callable[[WriteTxn], object], weight: int = 1, position_of=None):
+        gate = self.gate
+        if gate is None:
+            return await self.storage.write(op, weight=weight)
+        async with gate.writing():
+            result = await self.storage.write(op, weight=weight)
+            await gate.committed(position_of(result) if position_of else self.storage.head)
+        return result
 
     # writes ----------------------------------------------------------------------------------
     async def append(self, stream: str, expected: ExpectedVersion, events: Sequence[NewEvent]) -> AppendResult:
@@ -177,7 +206,7 @@ class Log:
             check_expected_version(stream, row, expected, vis.deleted)
             return _write_events(txn, row, events)
 
-        return await self.storage.write(op, weight=len(events))
+        return await self._write(op, len(events), position_of=lambda r: r.position)
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)
@@ -191,7 +220,7 @@ class Log:
             txn.save_stream_row(row)
             return metadata
 
-        return await self.storage.write(op)
+        return await self._write(op)
 
     async def delete(self, stream: str, expected: ExpectedVersion, hard: bool) -> None:
         def op(txn: WriteTxn) -> None:
@@ -212,7 +241,7 @@ class Log:
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, row.metadata)
             txn.save_stream_row(row)
 
-        await self.storage.write(op)
+        await self._write(op)
 
     async def scavenge(self) -> dict:
         """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides."""
@@ -231,36 +260,49 @@ class Log:
 
     # reads -----------------------------------------------------------------------------------
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
+        visible = self.visible
+        hidden_tail = visible < self.storage.head  # a clustered node holds entries not committed yet
+
         def read(conn: sqlite3.Connection) -> StreamSlice:
             row = _readable_row(conn, stream)
+            version = row.version
+            horizon = ""
+            if hidden_tail:
+                horizon = f" AND position <= {int(visible)}"
+                found = conn.execute(f"SELECT version FROM events WHERE stream = ?{horizon} ORDER BY version DESC "
+                                     "LIMIT 1", (stream,)).fetchone()
+                version = found[0] if found else 0
+                if version == 0:
+                    raise StreamNotFound(f"stream {stream!r} does not exist", stream=stream)
             vis = visibility(row, now_micros())
             age = "" if vis.created_after is None else f" AND created >= {int(vis.created_after)}"
             if backward:
-                top = row.version if start is None else min(start, row.version)
+                top = version if start is None else min(start, version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
-                                    f"AND version >= ?{age} ORDER BY version DESC LIMIT ?",
+                                    f"AND version >= ?{age}{horizon} ORDER BY version DESC LIMIT ?",
                                     (stream, top, vis.min_version, limit)).fetchall()
             else:
                 bottom = max(start or 1, vis.min_version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
-                                    f"{age} ORDER BY version LIMIT ?", (stream, bottom, limit)).fetchall()
+                                    f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit)).fetchall()
             records = [record_from_row(r).verified() for r in rows]
             nxt = None
             if len(records) == limit:
                 last = records[-1].version
                 if backward and last - 1 >= vis.min_version:
                     nxt = last - 1
-                elif not backward and last < row.version:
+                elif not backward and last < version:
                     nxt = last + 1
-            return StreamSlice(stream, row.version, records, nxt)
+            return StreamSlice(stream, version, records, nxt)
 
         return await self.storage.read(read)
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
         where, args = filters.sql()
+        visible = self.visible
 
         def read(conn: sqlite3.Connection) -> AllSlice:
-            head = _head(conn)
+            head = min(_head(conn), visible)
             if backward:
                 top = head if start is None else min(start, head)
                 bottom = max(1, top - ALL_SCAN_WINDOW + 1) if filters.active else 1
@@ -334,6 +376,69 @@ class Log:
 
         return await self.storage.read(read)
 
+    # replication -----------------------------------------------------------------------------
+    async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
+        """Records from position `first` on, about `max_bytes` of them, ending at a group-commit boundary
+        (whole commits only, so an append is never half-shipped)."""
+        def read(conn: sqlite3.Connection) -> list[Record]:
+            records: list[Record] = []
+            size = 0
+            for row in conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? ORDER BY position",
+                                    (first,)):
+                record = record_from_row(row)
+                if size >= max_bytes and record.created != records[-1].created:
+                    break
+                records.append(record)
+                size += len(record.data) + len(record.metadata) + len(record.stream) + 64
+            return records
+
+        return await self.storage.read(read)
+
+    async def apply_replicated(self, records: Sequence[Record]) -> int:
+        """Store records shipped by the leader, as they are, in one transaction; the new head once durable."""
+        for r in records:
+            r.verified()
+
+        def op(txn: WriteTxn) -> int:
+            txn.insert_records(records)
+            rows: dict[str, StreamRow] = {}
+            for r in records:
+                _apply_to_rows(txn, rows, r)
+            for row in rows.values():
+                txn.save_stream_row(row)
+            return txn.last_position
+
+        return await self.storage.write(op, weight=len(records))
+
+    async def truncate_after(self, position: int) -> int:
+        """Drop the entries after `position` (a follower's uncommitted tail that the new leader does not
+        have) and rebuild the stream rows they touched."""
+        def op(txn: WriteTxn) -> int:
+            touched = txn.truncate_after(position)
+            for stream, lowest_removed in touched:
+                row = txn.stream_row(stream) or StreamRow(stream)
+                row.version = lowest_removed - 1
+                last = txn.conn.execute("SELECT created FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
+                                        (stream,)).fetchone()
+                row.updated = last[0] if last else row.created
+                txn.save_stream_row(row)
+                if stream.startswith("$$"):
+                    _rebuild_stream_state(txn, stream[2:])
+            return txn.last_position
+
+        return await self.storage.write(op)
+
+    async def promise_epoch(self, epoch: int) -> None:
+        """Persist that this node follows or leads `epoch` from now on; it then rejects older epochs."""
+        if epoch <= self.storage.promised_epoch:
+            return
+
+        def op(txn: WriteTxn) -> None:
+            txn.set_setting("promised_epoch", str(epoch))
+
+        await self.storage.write(op)
+        self.storage.promised_epoch = max(self.storage.promised_epoch, epoch)
+
     async def verify(self, progress: Callable[[int, int], None] | None = None) -> dict:
         return await self.storage.read(verify_connection, progress)
 
@@ -361,6 +466,37 @@ def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> 
     row.updated = txn.now
     txn.save_stream_row(row)
     return AppendResult(row.stream, first_version, row.version, first_position + len(events) - 1)
+
+
+def _apply_to_rows(txn: WriteTxn, rows: dict[str, StreamRow], r: Record) -> None:
+    """Bring the stream rows up to date with one replicated record (what the leader's write op did)."""
+    row = rows.get(r.stream) or txn.stream_row(r.stream) or StreamRow(r.stream)
+    rows[r.stream] = row
+    row.version = r.version
+    row.created = row.created or r.created
+    row.updated = r.created
+    if r.stream.startswith("$$") and r.type in (METADATA_TYPE, TOMBSTONE_TYPE):
+        target = r.stream[2:]
+        trow = rows.get(target) or txn.stream_row(target) or StreamRow(target)
+        rows[target] = trow
+        if r.type == METADATA_TYPE:
+            trow.metadata = r.data
+        else:
+            trow.deleted = "hard"
+
+
+def _rebuild_stream_state(txn: WriteTxn, stream: str) -> None:
+    """Metadata and hard-delete state of `stream` from what remains in its `$$` stream."""
+    row = txn.stream_row(stream)
+    if row is None:
+        return
+    meta = txn.conn.execute("SELECT data FROM events WHERE stream = ? AND type = ? ORDER BY version DESC LIMIT 1",
+                            (metadata_stream(stream), METADATA_TYPE)).fetchone()
+    row.metadata = bytes(meta[0]) if meta else None
+    tomb = txn.conn.execute("SELECT 1 FROM events WHERE stream = ? AND type = ? LIMIT 1",
+                            (metadata_stream(stream), TOMBSTONE_TYPE)).fetchone()
+    row.deleted = "hard" if tomb else "no"
+    txn.save_stream_row(row)
 
 
 def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS streams (
     metadata BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
 """
 
 RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
@@ -146,11 +147,23 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
 class WriteTxn:
     """What a write operation may do inside the writer's transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
+                 epochs: list[tuple[int, int]] | None = None) -> None:
         self.conn = conn
         self.last_position = last_position
         self.now = now
         self.epoch = epoch
+        self.epochs = list(epochs or [])  # (epoch, first position) of each run of the log, ascending
+        self.last_created = now
+
+    def note_epoch(self, epoch: int, position: int) -> None:
+        """Record that `position` holds an entry of `epoch`: a new run when the epoch is newer than the last."""
+        if self.epochs and epoch <= self.epochs[-1][0]:
+            if epoch < self.epochs[-1][0]:
+                raise LogError(f"entry of epoch {epoch} after entries of epoch {self.epochs[-1][0]}")
+            return
+        self.epochs.append((epoch, position))
+        self.conn.execute("INSERT OR REPLACE INTO epochs (epoch, start) VALUES (?, ?)", (epoch, position))
 
     def allocate_positions(self, count: int) -> int:
         first = self.last_position + 1
@@ -179,6 +192,7 @@ class WriteTxn:
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
         """Insert events (objects with id, type, data, metadata and payload_crc) as consecutive records."""
         now, epoch = self.now, self.epoch
+        self.note_epoch(epoch, first_position)
         rows = [(first_position + i, stream, first_version + i, e.id, e.type, e.data, e.metadata, now, epoch,
                  sealed_checksum(e.payload_crc, first_position + i, first_version + i, now, epoch))
                 for i, e in enumerate(events)]
@@ -188,6 +202,30 @@ class WriteTxn:
                                                   for i in range(0, whole, INSERT_CHUNK)])
         if whole < len(rows):
             self.conn.executemany(_ROW_INSERT, rows[whole:])
+
+    def insert_records(self, records: Sequence[Record]) -> None:
+        """Insert records exactly as another node wrote them (replication): positions, epochs, checksums."""
+        for r in records:
+            if r.position <= self.last_position:
+                raise LogError(f"replicated entry at position {r.position} is not after the head "
+                               f"{self.last_position}")
+            self.note_epoch(r.epoch, r.position)
+            self.last_position = r.position
+            self.last_created = max(self.last_created, r.created)
+        self.conn.executemany(_ROW_INSERT, [r.row() for r in records])
+
+    def truncate_after(self, position: int) -> list[tuple[str, int]]:
+        """Delete every record after `position`; the (stream, lowest removed version) of each stream touched."""
+        touched = self.conn.execute("SELECT stream, min(version) FROM events WHERE position > ? GROUP BY stream",
+                                    (position,)).fetchall()
+        self.conn.execute("DELETE FROM events WHERE position > ?", (position,))
+        self.conn.execute("DELETE FROM epochs WHERE start > ?", (position,))
+        self.epochs = [e for e in self.epochs if e[1] <= position]
+        self.last_position = position
+        return touched
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
     def delete_events(self, stream: str, below_version: int, created_before: int | None) -> int:
         sql = "DELETE FROM events WHERE stream = ? AND (version < ?"
@@ -213,7 +251,9 @@ class Storage:
         self.metrics = metrics
         self.reader_threads = reader_threads
         self.head = 0  # last durable position; written only by the writer thread
-        self.epoch = 0
+        self.epoch = 0  # the epoch this node writes new entries with (its leader epoch)
+        self.epochs: list[tuple[int, int]] = []  # (epoch, first position) runs; replaced, never mutated
+        self.promised_epoch = 0  # the newest leader epoch this node has followed or led (persisted)
         self._last_created = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -241,6 +281,15 @@ class Storage:
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
         self.head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
         self._last_created = conn.execute("SELECT coalesce(max(created), 0) FROM events").fetchone()[0]
+        self.epochs = [tuple(r) for r in conn.execute("SELECT epoch, start FROM epochs ORDER BY start")]
+        if not self.epochs and self.head:  # a log written before epochs were tracked
+            self.epochs = [tuple(r) for r in conn.execute(
+                "SELECT epoch, min(position) FROM events GROUP BY epoch ORDER BY 2")]
+            conn.executemany("INSERT OR REPLACE INTO epochs (epoch, start) VALUES (?, ?)", self.epochs)
+        if self.epochs:
+            self.epoch = self.epochs[-1][0]
+        promised = conn.execute("SELECT value FROM settings WHERE key = 'promised_epoch'").fetchone()
+        self.promised_epoch = max(int(promised[0]) if promised else 0, self.epoch)
         self._closed = False
         self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
         self._writer.start()
@@ -319,22 +368,25 @@ class Storage:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
-        now = max(now_micros(), self._last_created)
-        txn = WriteTxn(conn, self.head, now, self.epoch)
+        # strictly increasing: the records of one group commit share a `created` no other commit has, which
+        # lets replication ship whole commits (never half of an append)
+        now = max(now_micros(), self._last_created + 1)
+        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs)
         outcomes: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future, loop, _weight in batch:
-                saved_position = txn.last_position
+                saved_position, saved_epochs = txn.last_position, txn.epochs
                 conn.execute("SAVEPOINT op")
                 try:
+                    txn.epochs = list(txn.epochs)
                     result = op(txn)
                     conn.execute("RELEASE op")
                     outcomes.append((future, loop, result, None))
                 except Exception as exc:  # the op's own error: undo its writes only
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    txn.last_position = saved_position
+                    txn.last_position, txn.epochs = saved_position, saved_epochs
                     if not isinstance(exc, LogError):
                         log.exception("write operation failed")
                         exc = Unavailable(f"write failed: {exc}")
@@ -353,7 +405,8 @@ class Storage:
             outcomes = [(future, loop, None, failure) for _op, future, loop, _weight in batch]
         else:
             self.head = txn.last_position
-            self._last_created = now
+            self.epochs = txn.epochs
+            self._last_created = max(now, txn.last_created)
             self._dirty.set()
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:
@@ -391,6 +444,27 @@ class Storage:
                     log.exception("background checkpoint failed")
         finally:
             conn.close()
+
+    # epochs ----------------------------------------------------------------------------------
+    def epoch_at(self, position: int) -> int:
+        """The epoch of the entry at `position` (of the run holding it); 0 for position 0 or an empty log."""
+        found = 0
+        for epoch, start in self.epochs:
+            if start > position:
+                break
+            found = epoch
+        return found if position > 0 else 0
+
+    def end_of_epoch(self, epoch: int) -> tuple[int, int]:
+        """(E, P): E the newest epoch at or below `epoch` in this log, P the last position of its run
+        (0, 0) when the log has no entry of such an epoch."""
+        found, end = 0, 0
+        for i, (e, _start) in enumerate(self.epochs):
+            if e > epoch:
+                break
+            found = e
+            end = self.epochs[i + 1][1] - 1 if i + 1 < len(self.epochs) else self.head
+        return found, end
 
     # reads -----------------------------------------------------------------------------------
     def _reader_conn(self) -> sqlite3.Connection:

@@ -11,3 +11,4 @@ METRICS_KEY = web.AppKey("metrics", NodeMetrics)
 SETTINGS_KEY = web.AppKey("settings", object)
 STARTED_KEY = web.AppKey("started", float)
 READY_KEY = web.AppKey("ready", dict)
+CLUSTER_KEY = web.AppKey("cluster", object)  # the ClusterMember on a clustered node; absent on a single node

@@ -82,8 +82,8 @@ def _observe(request: web.Request, status: int, started: float) -> None:
 
 def required_role(request: web.Request) -> str | None:
     path = request.path
-    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json":
-        return None
+    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json" or path.startswith("/v1/internal/"):
+        return None  # /v1/internal/ is for peers, which authenticate with the cluster's peer token
     if path.startswith("/v1/admin/") or path == "/v1/cluster/step-down":
         return "admin"
     return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"

@@ -119,8 +119,14 @@ def stream_param(writing: bool) -> dict:
     return {"name": "stream", "in": "path", "required": True, "description": description, "schema": schema}
 
 
+def consistency_param() -> dict:
+    return query("consistency", {"type": "string", "enum": ["any", "leader"], "default": "any"},
+                 "`leader`: answered by the leader (a follower forwards the read); `any`: by this node's "
+                 "committed log, which may trail the leader by a few milliseconds")
+
+
 def read_params(max_limit: int) -> list[dict]:
-    return [
+    return [consistency_param(),
         query("from", integer(1), "first version (stream) or position ($all) to read; default: the start "
               "(forward) or the end (backward)"),
         query("limit", integer(1, max_limit, default=v.DEFAULT_READ_LIMIT), "most events in the reply"),
@@ -186,7 +192,7 @@ def components() -> dict:
         "Ready": obj({"status": {"type": "string", "enum": ["ready"]}, "role": {"type": "string"}},
                      ("status", "role")),
         "NodeInfo": obj({"version": {"type": "string"}, "store": {"type": "string"}, "node": {"type": "string"},
-                         "mode": {"type": "string"}, "durability": {"type": "string", "enum": ["sync", "interval"]},
+                         "mode": {"type": "string", "enum": ["single", "cluster"]}, "durability": {"type": "string", "enum": ["sync", "interval"]},
                          "features": {"type": "array", "items": {"type": "string"}}},
                         ("version", "store", "node", "mode", "features")),
         "Cluster": obj({"store": {"type": "string"}, "node": {"type": "string"},
@@ -197,7 +203,8 @@ def components() -> dict:
                         "isr": {"type": "array", "items": {"type": "string"}},
                         "members": {"type": "array", "items": obj(
                             {"node": {"type": "string"}, "url": {"type": "string"}, "role": {"type": "string"},
-                             "position": integer(0), "inSync": {"type": "boolean"}, "lag": integer(0),
+                             "position": integer(0, nullable=True), "inSync": {"type": "boolean"},
+                             "lag": integer(0, nullable=True),
                              "lastSeen": dict(timestamp, nullable=True)},
                             ("node", "url", "role", "position", "inSync", "lag", "lastSeen"))}},
                        ("store", "node", "role", "leader", "epoch", "committedPosition", "minInSync", "isr",
@@ -243,12 +250,12 @@ def paths() -> dict:
         "/v1/streams/{stream}/info": {
             "get": operation("streamInfo", "A stream's version, times, delete state and metadata", "streams", {
                 "200": ok("The stream", ref("StreamInfo")), **errors(400, 404, 503)},
-                parameters=[read]),
+                parameters=[read, consistency_param()]),
         },
         "/v1/streams/{stream}/metadata": {
             "get": operation("getStreamMetadata", "A stream's metadata ({} when none is set)", "streams", {
                 "200": ok("The metadata", ref("StreamMetadata")), **errors(400, 410, 503)},
-                parameters=[read]),
+                parameters=[read, consistency_param()]),
             "put": operation("setStreamMetadata", "Replace a stream's metadata", "streams", {
                 "200": with_links(ok("The stored metadata", ref("StreamMetadata")),
                                   links("$request.path.stream", "getStreamMetadata", "streamInfo")),
@@ -261,7 +268,7 @@ def paths() -> dict:
                 parameters=[query("prefix", text_filter, "only names starting with this"),
                             query("after", text_filter, "only names after this one (the `next` cursor)"),
                             query("limit", integer(1, v.MAX_LIST_LIMIT, default=v.DEFAULT_READ_LIMIT),
-                                  "most streams in the reply")]),
+                                  "most streams in the reply"), consistency_param()]),
         },
         "/v1/all": {
             "get": operation("readAll", "Read the log of all streams, optionally filtered", "all", {
@@ -301,7 +308,8 @@ def paths() -> dict:
         },
         "/v1/cluster/step-down": {
             "post": operation("stepDown", "Hand leadership to an in-sync follower (admin)", "operations", {
-                "200": ok("Leadership handed over", {"type": "object"}),
+                "200": ok("Leadership handed over", obj({"stepDown": {"type": "boolean"},
+                                                         "leader": {"type": "string"}}, ("stepDown", "leader"))),
                 "409": {"description": "`no_in_sync_follower`: no follower can take over",
                         "content": json_content(ref("Error"))}}),
         },

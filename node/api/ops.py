@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import evstore
 
-from .keys import LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY
+from .keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY
 from .middleware import error_response
 from .shape import json_response, rfc3339
 
@@ -25,7 +25,14 @@ async def ready(request: web.Request) -> web.Response:
     if not state.get("ready"):
         return error_response(503, "unavailable", "the node is not ready", reason=state.get("reason", "starting"),
                               retryAfter=1)
-    return json_response({"status": "ready", "role": "single"})
+    member = request.app.get(CLUSTER_KEY)
+    if member is None:
+        return json_response({"status": "ready", "role": "single"})
+    ok, reason = member.ready()
+    if not ok:
+        return error_response(503, "unavailable", "the node is not ready", reason=reason, role=member.role,
+                              retryAfter=1)
+    return json_response({"status": "ready", "role": member.role})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -33,14 +40,14 @@ async def metrics(request: web.Request) -> web.Response:
     log = request.app[LOG_KEY]
     registry.storage_bytes.set(log.storage.size_bytes())
     registry.head_position.set(log.head)
-    registry.committed_position.set(log.head)
+    registry.committed_position.set(log.visible)
     return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def info(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     return json_response({"version": evstore.__version__, "store": settings.store_id, "node": settings.node_id,
-                          "mode": "single", "durability": settings.durability, "features": FEATURES})
+                          "mode": "cluster" if settings.clustered else "single", "durability": settings.durability, "features": FEATURES})
 
 
 async def cluster(request: web.Request) -> web.Response:
@@ -73,7 +80,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/info", info)
-    app.router.add_get("/v1/cluster", cluster)
-    app.router.add_post("/v1/cluster/step-down", step_down)
+    if not app[SETTINGS_KEY].clustered:
+        app.router.add_get("/v1/cluster", cluster)
+        app.router.add_post("/v1/cluster/step-down", step_down)
     app.router.add_post("/v1/admin/verify", verify)
     app.router.add_post("/v1/admin/scavenge", scavenge)

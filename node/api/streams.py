@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ..log import ANY, AllFilter, Log
 from . import validation as v
+from .cluster import leader_read, leader_write
 from .keys import LOG_KEY, METRICS_KEY
 from .shape import event_json, json_response, rfc3339
 
@@ -20,8 +21,9 @@ def _stream(request: web.Request, writing: bool = False) -> str:
     return v.stream_name(request.match_info["stream"], writing=writing)
 
 
+CONSISTENCY = {"consistency": v.choice_param("any", "leader")}
 READ_PARAMS = {"from": v.int_param(1), "limit": v.int_param(1, v.MAX_READ_LIMIT),
-               "direction": v.choice_param("forward", "backward")}
+               "direction": v.choice_param("forward", "backward"), **CONSISTENCY}
 
 
 async def append(request: web.Request) -> web.Response:
@@ -56,12 +58,14 @@ async def read_stream(request: web.Request) -> web.Response:
 
 
 async def stream_info(request: web.Request) -> web.Response:
+    v.query_params(request.query, CONSISTENCY)
     info = await _log(request).stream_info(_stream(request))
     return json_response({"stream": info.stream, "version": info.version, "created": rfc3339(info.created),
                           "updated": rfc3339(info.updated), "deleted": info.deleted, "metadata": info.metadata})
 
 
-LIST_PARAMS = {"prefix": v.text_param(), "after": v.text_param(), "limit": v.int_param(1, v.MAX_LIST_LIMIT)}
+LIST_PARAMS = {"prefix": v.text_param(), "after": v.text_param(), "limit": v.int_param(1, v.MAX_LIST_LIMIT),
+               **CONSISTENCY}
 
 
 async def list_streams(request: web.Request) -> web.Response:
@@ -83,6 +87,7 @@ async def delete_stream(request: web.Request) -> web.Response:
 
 
 async def get_metadata(request: web.Request) -> web.Response:
+    v.query_params(request.query, CONSISTENCY)
     return json_response(await _log(request).get_metadata(_stream(request)))
 
 
@@ -114,12 +119,12 @@ def _observe_read(request: web.Request, kind: str, started: float, count: int) -
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/all", read_all)
-    app.router.add_get("/v1/streams", list_streams)
-    app.router.add_post("/v1/streams/{stream}", append)
-    app.router.add_get("/v1/streams/{stream}", read_stream)
-    app.router.add_delete("/v1/streams/{stream}", delete_stream)
-    app.router.add_get("/v1/streams/{stream}/info", stream_info)
-    app.router.add_get("/v1/streams/{stream}/metadata", get_metadata)
-    app.router.add_put("/v1/streams/{stream}/metadata", put_metadata)
+    app.router.add_get("/v1/all", leader_read(read_all))
+    app.router.add_get("/v1/streams", leader_read(list_streams))
+    app.router.add_post("/v1/streams/{stream}", leader_write(append))
+    app.router.add_get("/v1/streams/{stream}", leader_read(read_stream))
+    app.router.add_delete("/v1/streams/{stream}", leader_write(delete_stream))
+    app.router.add_get("/v1/streams/{stream}/info", leader_read(stream_info))
+    app.router.add_get("/v1/streams/{stream}/metadata", leader_read(get_metadata))
+    app.router.add_put("/v1/streams/{stream}/metadata", leader_write(put_metadata))
 

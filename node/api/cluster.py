@@ -1,0 +1,187 @@
+"""Cluster routes and request routing: /v1/cluster, step-down, the internal replication endpoints, and
+sending writes (and `consistency=leader` reads) from a follower to the leader."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Awaitable, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ..cluster.auth import check_peer_token
+from ..cluster.member import ClusterMember, NoInSyncFollower
+from ..cluster.replication import TOKEN_HEADER, EpochMismatch, reply_body, reply_headers
+from ..errors import InvalidRequest, NotLeader, Unavailable
+from .keys import CLUSTER_KEY, SETTINGS_KEY
+from .middleware import error_response
+from .shape import json_response, rfc3339
+
+FORWARDED_HEADER = "X-Evstore-Forwarded"
+FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
+READ_YOUR_WRITE_WAIT = 2.0  # after forwarding a write, how long to wait for it to become visible here
+PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _member(request: web.Request) -> ClusterMember | None:
+    return request.app.get(CLUSTER_KEY)
+
+
+def leader_write(handler: Handler) -> Handler:
+    """A write runs on the leader: a follower sends it there; a leader that loses leadership before writing
+    anything sends it to the new leader."""
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        member = _member(request)
+        if member is None:
+            return await handler(request)
+        if member.role == "leader":
+            try:
+                return await handler(request)
+            except NotLeader:
+                if FORWARDED_HEADER in request.headers:
+                    raise
+        return await forward(request, member, write=True)
+    return route
+
+
+def leader_read(handler: Handler) -> Handler:
+    """A read with `consistency=leader` is answered by the leader; any other read by this node's log."""
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        member = _member(request)
+        consistency = request.query.get("consistency")
+        if consistency not in (None, "any", "leader"):
+            raise InvalidRequest("consistency must be 'any' or 'leader'", field="consistency")
+        if member is None or consistency != "leader" or member.role == "leader":
+            return await handler(request)
+        return await forward(request, member, write=False)
+    return route
+
+
+async def forward(request: web.Request, member: ClusterMember, write: bool) -> web.Response:
+    if FORWARDED_HEADER in request.headers:  # one hop only: the sender thought we lead, and we do not
+        raise NotLeader()
+    body = await request.read()
+    headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
+    headers[FORWARDED_HEADER] = member.me.node
+    deadline = time.monotonic() + FORWARD_WAIT
+    while True:
+        leader = await member.wait_for_leader(max(0.0, deadline - time.monotonic()))
+        if leader.node == member.me.node:  # became leader meanwhile
+            return await request.match_info.handler(request)
+        try:
+            async with member.session.request(request.method, leader.url + request.path_qs, data=body,
+                                              headers=headers,
+                                              timeout=aiohttp.ClientTimeout(total=60)) as response:
+                payload = await response.read()
+                status = response.status
+                content_type = response.headers.get("Content-Type", "application/json")
+        except aiohttp.ClientConnectorError:
+            # nothing reached the leader, so nothing was written: wait for the next leader and send it there
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"the leader {leader.node} cannot be reached", reason="leader_unreachable"
+                                  ) from None
+            await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
+            continue
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise Unavailable(f"the leader {leader.node} did not answer ({type(exc).__name__}); "
+                              + ("the outcome of this write is unknown: retry it with the same event ids"
+                                 if write else "retry"), reason="leader_unreachable") from None
+        if status == 503 and b'"not_leader"' in payload and time.monotonic() < deadline:
+            await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
+            continue  # nothing was written there: send it to the next leader
+        if write and status == 200:
+            await _wait_visible(member, payload)
+        mime = content_type.split(";")[0].strip() or "application/json"
+        return web.Response(status=status, body=payload, content_type=mime,
+                            headers={"Retry-After": response.headers["Retry-After"]}
+                            if "Retry-After" in response.headers else None)
+
+
+async def _wait_visible(member: ClusterMember, payload: bytes) -> None:
+    """Read your own write: hold the reply (briefly) until this node shows the appended position."""
+    try:
+        position = orjson.loads(payload).get("position")
+    except (orjson.JSONDecodeError, AttributeError):
+        return
+    if isinstance(position, int):
+        await member.wait_visible(position, READ_YOUR_WRITE_WAIT)
+
+
+# routes --------------------------------------------------------------------------------------------
+async def cluster_status(request: web.Request) -> web.Response:
+    member = _member(request)
+    settings = request.app[SETTINGS_KEY]
+    status = member.status()
+    for m in status["members"]:
+        if isinstance(m.get("lastSeen"), float):
+            m["lastSeen"] = rfc3339(int(m["lastSeen"] * 1_000_000))
+    return json_response({"store": settings.store_id, "node": settings.node_id, **status})
+
+
+async def step_down(request: web.Request) -> web.Response:
+    member = _member(request)
+    if member.role != "leader":
+        return await forward(request, member, write=True)
+    try:
+        new_leader = await member.step_down()
+    except NoInSyncFollower:
+        return error_response(409, "no_in_sync_follower", "no in-sync follower is caught up to take over")
+    return json_response({"stepDown": True, "leader": new_leader})
+
+
+def _check_peer(request: web.Request) -> None:
+    settings = request.app[SETTINGS_KEY]
+    if not check_peer_token(settings.cluster_secret, settings.store_id, request.headers.get(TOKEN_HEADER)):
+        raise web.HTTPUnauthorized(text="a valid peer token is required")
+
+
+async def replication_fetch(request: web.Request) -> web.Response:
+    _check_peer(request)
+    member = _member(request)
+    try:
+        body = orjson.loads(await request.read())
+        node, url = str(body["node"]), str(body["url"])
+        epoch, first, prev_epoch = int(body["epoch"]), int(body["from"]), int(body["prevEpoch"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InvalidRequest("a fetch needs node, url, epoch, from and prevEpoch") from None
+    if first < 1:
+        raise InvalidRequest("from must be at least 1", field="from")
+    leading = member.leading
+    if leading is None:
+        return error_response(409, "not_leader", "this node is not the leader",
+                              leaderEpoch=member.leader.epoch if member.leader else 0)
+    try:
+        reply = await leading.fetch(node, url, epoch, first, prev_epoch)
+    except EpochMismatch as exc:
+        if exc.stale_leader and epoch > leading.epoch:
+            member.deposed_by(epoch)
+        return error_response(409, "epoch_mismatch", "the follower and the leader disagree on the epoch",
+                              leaderEpoch=exc.leader_epoch)
+    if reply.status == "diverged":
+        return error_response(409, "diverged", "the follower's log diverges from the leader's",
+                              epoch=reply.epoch, end=reply.end)
+    return web.Response(body=reply_body(reply), content_type="application/octet-stream",
+                        headers=reply_headers(reply))
+
+
+async def replication_takeover(request: web.Request) -> web.Response:
+    _check_peer(request)
+    try:
+        epoch = int(orjson.loads(await request.read())["epoch"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InvalidRequest("takeover needs the leader's epoch") from None
+    await _member(request).takeover(epoch)
+    return json_response({"ready": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/cluster", cluster_status)
+    app.router.add_post("/v1/cluster/step-down", step_down)
+    app.router.add_post("/v1/internal/replication/fetch", replication_fetch)
+    app.router.add_post("/v1/internal/replication/takeover", replication_takeover)

@@ -1,0 +1,409 @@
+"""One node's part in the cluster: register, watch the leader key, run for leader when eligible, and lead
+(LeaderReplication) or follow (Follower). etcd decides who leads; discovery only proposes peers."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from ..errors import NotLeader, Unavailable
+from ..log import Log
+from .auth import peer_token
+from .coordinator import Coordinator, CoordinatorError, LeaderInfo, MemberInfo
+from .replication import Follower, LeaderReplication, Timing
+
+log = logging.getLogger("evstore.cluster")
+
+TAKEOVER_PATH = "/v1/internal/replication/takeover"
+CAMPAIGN_DELAY = 0.5  # a node not named by a step-down waits this long (plus jitter) before running
+RECHECK_EVERY = 1.0
+STEP_DOWN_TIMEOUT = 10.0
+
+
+class RejectingGate:
+    """The write gate of a node that is not leading: nothing is written, the request may go to the leader."""
+
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        raise NotLeader()
+        yield  # pragma: no cover
+
+    async def committed(self, position: int) -> None:  # pragma: no cover - writing() never admits
+        raise NotLeader()
+
+
+@dataclass
+class ClusterConfig:
+    store_id: str
+    node_id: str
+    url: str
+    secret: str
+    min_in_sync: int | None = None
+    cluster_size: int | None = None
+    timing: Timing = Timing()
+
+
+class ClusterMember:
+    def __init__(self, config: ClusterConfig, log_: Log, coordinator: Coordinator, discovery=None,
+                 metrics=None) -> None:
+        self.config = config
+        self.log = log_
+        self.coordinator = coordinator
+        self.discovery = discovery
+        self.metrics = metrics
+        self.me = MemberInfo(config.node_id, config.url)
+        self.token = peer_token(config.secret, config.store_id)
+        self.role = "candidate"
+        self.leader: LeaderInfo | None = None  # as etcd last said
+        self.leading: LeaderReplication | None = None
+        self.following: Follower | None = None
+        self.members: list[MemberInfo] = []
+        self.isr: tuple[str, ...] = ()
+        self.max_members_seen = 1
+        self.committed = 0
+        self._changed = asyncio.Event()
+        self._role_changed = asyncio.Event()
+        self._campaign_now = False
+        self._handing_over = 0.0  # monotonic deadline: do not run for leader before it (after a step-down)
+        self._tasks: list[asyncio.Task] = []
+        self._follow_task: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._transition = asyncio.Lock()
+        log_.gate = RejectingGate()
+        log_.horizon = lambda: self.committed
+
+    # lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.committed = 0
+        await self.coordinator.start(self.me)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._discover(), name="evstore-discovery"),
+                       loop.create_task(self._watch(), name="evstore-leader-watch"),
+                       loop.create_task(self._control(), name="evstore-control"),
+                       loop.create_task(self._refresh_members(), name="evstore-members")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._stop_following()
+        if self.leading is not None:
+            epoch = self.leading.epoch
+            await self._stop_leading("shutting down")
+            with contextlib.suppress(CoordinatorError):
+                await self.coordinator.resign(epoch)
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await self.discovery.close()  # after the tasks: start() is never half-way here
+        with contextlib.suppress(Exception):
+            await self.coordinator.close()
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None
+        return self._session
+
+    def min_in_sync(self) -> int:
+        if self.config.min_in_sync:
+            return self.config.min_in_sync
+        size = self.config.cluster_size or self.max_members_seen
+        return size // 2 + 1
+
+    async def _discover(self) -> None:
+        if self.discovery is not None:  # it only proposes peers: etcd decides, so nothing waits for it
+            await self.discovery.start()
+
+    # watching etcd -----------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for leader in self.coordinator.watch_leader():
+                    self.leader = leader
+                    self._changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the coordinator retries inside; this only guards the task itself
+                log.warning("leader watch ended: %s", exc)
+                await asyncio.sleep(1.0)  # bounded retry pause
+
+    async def _refresh_members(self) -> None:
+        while True:
+            try:
+                self.members = await self.coordinator.members()
+                self.max_members_seen = max(self.max_members_seen, len(self.members))
+                if self.metrics is not None:
+                    self.metrics.members.set(len(self.members))
+                self.isr = (await self.coordinator.isr()).members
+            except CoordinatorError as exc:
+                log.debug("member refresh failed: %s", exc)
+            await asyncio.sleep(RECHECK_EVERY)  # periodic refresh
+
+    async def _control(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except CoordinatorError as exc:
+                log.warning("coordinator unavailable: %s", exc)
+            except Exception:
+                log.exception("cluster control step failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), RECHECK_EVERY)
+            self._changed.clear()
+
+    async def _step(self) -> None:
+        async with self._transition:
+            leader = self.leader
+            if self.leading is not None:
+                if leader is None or leader.node != self.me.node or leader.epoch != self.leading.epoch:
+                    await self._stop_leading("the leader key is not ours any more")
+                elif not self.leading.active or not self.leading.lease_valid():
+                    await self._stop_leading("lease expired")
+                else:
+                    return
+            if leader is None:
+                await self._stop_following()
+                await self._maybe_campaign()
+            elif leader.node == self.me.node:
+                # our key, but we are not leading under it (a restart, or leadership dropped while etcd was
+                # away): remove it so that a fresh election, with a new epoch, follows at once
+                await self._stop_following()
+                await self.coordinator.resign(leader.epoch)
+            elif self.following is None or self.following.leader != leader:
+                await self._follow(leader)
+
+    # running for leader ------------------------------------------------------------------------
+    async def _maybe_campaign(self) -> None:
+        self.role = "candidate"
+        if not self._campaign_now:
+            if time.monotonic() < self._handing_over:
+                return
+            await asyncio.sleep(CAMPAIGN_DELAY * random.random())  # jitter: fewer lost transactions
+        self._campaign_now = False
+        isr = await self.coordinator.isr()
+        if isr.revision and self.me.node not in isr.members:
+            log.debug("not in the ISR %s: not running for leader", isr.members)
+            return
+        if self.coordinator.lease.lost:
+            return
+        won = await self.coordinator.campaign(self.me)
+        if self.metrics is not None:
+            self.metrics.elections.inc()
+        if won is None:
+            return
+        await self._lead(won)
+
+    async def _lead(self, won: LeaderInfo) -> None:
+        await self.log.promise_epoch(won.epoch)
+        self.log.storage.epoch = won.epoch
+        isr = await self.coordinator.isr()
+        live = {m.node for m in await self.coordinator.members()} | {self.me.node}
+        members = tuple(sorted((set(isr.members) & live) | {self.me.node}))
+        state = await self.coordinator.set_isr(won.epoch, members, isr.revision)
+        if state is None:
+            log.warning("won epoch %d but could not write the ISR: resigning", won.epoch)
+            await self.coordinator.resign(won.epoch)
+            return
+        leading = LeaderReplication(self.log, self.coordinator, self.me, won.epoch, state, self.min_in_sync,
+                                    self.config.timing, self.committed, self.metrics, self._deposed)
+        leading.start()
+        self.leading = leading
+        self.leader = won
+        self.isr = state.members
+        self.log.gate = leading
+        self.log.horizon = lambda: leading.hw
+        self.role = "leader"
+        log.info("leading epoch %d with ISR %s (min in sync %d)", won.epoch, list(state.members),
+                 self.min_in_sync())
+        self._set_role_metrics()
+
+    def _deposed(self, reason: str) -> None:
+        log.warning("stepping down: %s", reason)
+        if self.leading is not None:
+            asyncio.get_running_loop().create_task(self.leading.stop(reason))
+        self._changed.set()
+
+    async def _stop_leading(self, reason: str) -> None:
+        leading = self.leading
+        if leading is None:
+            return
+        self.leading = None
+        self.log.gate = RejectingGate()
+        self.committed = leading.hw
+        self.log.horizon = lambda: self.committed
+        await leading.stop(reason)
+        self.role = "candidate"
+        log.warning("no longer leading epoch %d: %s", leading.epoch, reason)
+        self._set_role_metrics()
+
+    # following ---------------------------------------------------------------------------------
+    async def _follow(self, leader: LeaderInfo) -> None:
+        await self._stop_following()
+        if leader.epoch < self.log.storage.promised_epoch:
+            log.warning("ignoring leader %s of old epoch %d", leader.node, leader.epoch)
+            return
+        await self.log.promise_epoch(leader.epoch)
+        follower = Follower(self.log, self.me, leader, self.token, self.session, committed=self.committed,
+                            on_stale=self._refresh_leader)
+        self.following = follower
+        self.log.horizon = lambda: follower.committed
+        self.role = "follower"
+        self._follow_task = asyncio.get_running_loop().create_task(follower.run(), name="evstore-follow")
+        log.info("following %s (epoch %d)", leader.node, leader.epoch)
+        self._set_role_metrics()
+
+    async def _stop_following(self) -> None:
+        follower, task = self.following, self._follow_task
+        self.following, self._follow_task = None, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if follower is not None:
+            self.committed = follower.committed
+            self.log.horizon = lambda: self.committed
+            self.role = "candidate"
+            self._set_role_metrics()
+
+    async def _refresh_leader(self) -> None:
+        with contextlib.suppress(CoordinatorError):
+            self.leader = await self.coordinator.leader()
+            self._changed.set()
+
+    def _set_role_metrics(self) -> None:
+        self._role_changed.set()
+        self._role_changed = asyncio.Event()
+        if self.metrics is None:
+            return
+        self.metrics.leader.set(1 if self.role == "leader" else 0)
+        self.metrics.epoch.set(self.leader.epoch if self.leader else 0)
+        self.metrics.isr_size.set(len(self.isr))
+
+    # serving -----------------------------------------------------------------------------------
+    async def wait_for_leader(self, timeout: float) -> LeaderInfo:
+        """The current leader, waiting (bounded) while an election is on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.role == "leader" and self.leading is not None:
+                return LeaderInfo(self.me.node, self.me.url, self.leading.epoch)
+            if self.role == "follower" and self.following is not None:
+                return self.following.leader
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable("no leader is known right now", reason="no_leader", retryAfter=1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._role_changed.wait(), remaining)
+
+    async def wait_for_leader_change(self, old: LeaderInfo, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.leader
+            if current is not None and current != old and self.role in ("leader", "follower"):
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))
+
+    async def wait_visible(self, position: int, timeout: float) -> bool:
+        """Wait (bounded) until reads on this node show `position`."""
+        deadline = time.monotonic() + timeout
+        while self.log.visible < position:
+            follower = self.following
+            remaining = deadline - time.monotonic()
+            if follower is None or remaining <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(follower.progressed.wait(), remaining)
+        return True
+
+    def deposed_by(self, epoch: int) -> None:
+        """A follower fetched with a newer epoch than ours: another node leads now."""
+        if self.leading is not None and epoch > self.leading.epoch:
+            self._deposed(f"a follower knows the newer epoch {epoch}")
+
+    def ready(self) -> tuple[bool, str]:
+        if self.role == "leader":
+            return True, ""
+        if self.role == "follower" and self.following is not None and self.following.last_contact:
+            return True, ""
+        return False, "no leader" if self.leader is None else "connecting to the leader"
+
+    async def takeover(self, epoch: int) -> None:
+        """Asked by the leader of `epoch` during a step-down: run for leader at once when its key goes."""
+        if self.following is None or self.following.leader.epoch != epoch:
+            raise Unavailable("not following that leader", reason="not_following")
+        self._campaign_now = True
+
+    async def step_down(self) -> str:
+        """Hand leadership to a caught-up in-sync follower with no failed writes; the new leader's node id."""
+        async with self._transition:
+            leading = self.leading
+            if leading is None:
+                raise NotLeader()
+            if not [p for p in leading.progress.values() if p.node in leading.isr]:
+                raise NoInSyncFollower()
+            leading.hold_writes()
+            try:
+                await leading.drain(STEP_DOWN_TIMEOUT)
+                targets = leading.caught_up_followers()
+                if not targets:
+                    raise NoInSyncFollower()
+                target = targets[0]
+                async with self.session.post(target.url + TAKEOVER_PATH, json={"epoch": leading.epoch},
+                                             headers={"X-Evstore-Peer-Token": self.token},
+                                             timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    if response.status != 200:
+                        raise NoInSyncFollower()
+            except BaseException:
+                leading.release_writes()
+                raise
+            self._handing_over = time.monotonic() + 3 * CAMPAIGN_DELAY + self.config.timing.lease_ttl
+            epoch = leading.epoch
+            await self._stop_leading("step-down")
+            await self.coordinator.resign(epoch)
+            log.info("stepped down from epoch %d in favour of %s", epoch, target.node)
+            return target.node
+
+    def status(self) -> dict:
+        """The /v1/cluster view from this node."""
+        head = self.log.storage.head
+        leader = self.leader
+        now = time.monotonic()
+        wall = time.time()
+        members: dict[str, dict] = {}
+        for m in self.members:
+            members[m.node] = {"node": m.node, "url": m.url, "role": "follower", "position": None,
+                               "inSync": m.node in self.isr, "lag": None, "lastSeen": None}
+        if self.leading is not None:
+            for p in self.leading.progress.values():
+                entry = members.setdefault(p.node, {"node": p.node, "url": p.url, "role": "follower"})
+                entry.update(position=p.durable, inSync=p.node in self.leading.isr, lag=max(0, head - p.durable),
+                             lastSeen=wall - (now - p.last_fetch))
+        if leader is not None and leader.node in members:
+            members[leader.node]["role"] = "leader"
+        members[self.me.node] = {"node": self.me.node, "url": self.me.url, "role": self.role, "position": head,
+                                 "inSync": self.me.node in self.isr, "lag": 0, "lastSeen": wall}
+        if self.following is not None and leader is not None and leader.node in members:
+            entry = members[leader.node]
+            entry.update(position=self.following.leader_head, lastSeen=wall - (now - self.following.last_contact)
+                         if self.following.last_contact else None)
+            members[self.me.node]["lag"] = max(0, self.following.leader_head - head)
+        isr = sorted(self.leading.isr) if self.leading is not None else list(self.isr)
+        return {"role": self.role, "leader": {"node": leader.node, "url": leader.url} if leader else None,
+                "epoch": leader.epoch if leader else self.log.storage.promised_epoch,
+                "committedPosition": self.log.visible, "minInSync": self.min_in_sync(), "isr": isr,
+                "members": sorted(members.values(), key=lambda m: m["node"])}
+
+
+class NoInSyncFollower(Exception):
+    pass

@@ -1,0 +1,398 @@
+"""Log replication, Kafka ISR style: followers pull whole group commits from the leader, store them durably
+and report their durable position in their next fetch; the leader acknowledges a write only once every
+member of the in-sync replica set (ISR) has it and the ISR has at least `min_in_sync` members.
+
+The leader side (`LeaderReplication`) is the log's write gate while this node leads. The follower side
+(`Follower`) is one pull loop per leader epoch.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import aiohttp
+
+from ..errors import NotLeader, Unavailable
+from ..log import Log
+from .coordinator import Coordinator, CoordinatorError, IsrState, LeaderInfo, MemberInfo
+from .wire import decode_records, encode_records
+
+log = logging.getLogger("evstore.replication")
+
+FETCH_PATH = "/v1/internal/replication/fetch"
+TOKEN_HEADER = "X-Evstore-Peer-Token"
+FETCH_WAIT = 0.5  # seconds a fetch waits on the leader for new entries before answering empty
+FETCH_TIMEOUT = 10.0
+ISR_CHECK_EVERY = 0.2
+
+
+@dataclass(frozen=True)
+class Timing:
+    lease_ttl: float = 5.0
+
+    @property
+    def lag_timeout(self) -> float:
+        """A follower that has not caught up for this long leaves the ISR."""
+        return max(1.0, self.lease_ttl)
+
+    @property
+    def commit_timeout(self) -> float:
+        """How long a write waits for the ISR: longer than removing a dead follower takes."""
+        return 2 * self.lag_timeout + 2.0
+
+
+@dataclass
+class Progress:
+    node: str
+    url: str = ""
+    durable: int = 0  # the follower's matched, durable head (0 until it fetched from this leader)
+    sent_upto: int = 0  # last position shipped in the previous reply
+    last_fetch: float = 0.0  # monotonic
+    last_caught_up: float = 0.0
+
+
+@dataclass
+class FetchReply:
+    status: str  # "ok" | "diverged"
+    records: list = field(default_factory=list)
+    committed: int = 0
+    head: int = 0
+    epoch: int = 0
+    end: int = 0
+
+
+class EpochMismatch(Exception):
+    def __init__(self, leader_epoch: int, stale_leader: bool) -> None:
+        super().__init__(f"leader epoch is {leader_epoch}")
+        self.leader_epoch = leader_epoch
+        self.stale_leader = stale_leader
+
+
+class LeaderReplication:
+    """The leader's view of replication, and the log's write gate while this node leads epoch `epoch`."""
+
+    def __init__(self, log_: Log, coordinator: Coordinator, me: MemberInfo, epoch: int, isr: IsrState,
+                 min_in_sync: Callable[[], int], timing: Timing, committed: int, metrics=None,
+                 on_deposed: Callable[[str], None] | None = None) -> None:
+        self.log = log_
+        self.coordinator = coordinator
+        self.me = me
+        self.epoch = epoch
+        self.isr: frozenset[str] = frozenset(isr.members) | {me.node}
+        self.isr_revision = isr.revision
+        self.min_in_sync = min_in_sync
+        self.timing = timing
+        self.metrics = metrics
+        self.on_deposed = on_deposed
+        self.hw = min(committed, log_.storage.head)
+        self.progress: dict[str, Progress] = {}
+        self.started = time.monotonic()
+        self.active = True
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._seq = itertools.count()
+        self._new_data = asyncio.Event()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._isr_lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._maintain(), name="evstore-isr")
+
+    async def stop(self, reason: str) -> None:
+        """Stop leading: fail every waiting write (its outcome is unknown) and refuse new ones."""
+        if not self.active:
+            return
+        self.active = False
+        self._open.set()
+        self._new_data.set()
+        error = Unavailable(f"leadership lost ({reason}); the outcome of this write is unknown: retry it with "
+                            "the same event ids", reason="leadership_lost")
+        for _pos, _seq, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # the write gate ----------------------------------------------------------------------------
+    def lease_valid(self) -> bool:
+        lease = self.coordinator.lease
+        return not lease.lost and time.monotonic() < lease.last_refresh + lease.ttl - 0.5
+
+    def _check_can_write(self) -> None:
+        if not self.active:
+            raise NotLeader()
+        if not self.lease_valid():
+            raise NotLeader("this node's leadership lease is not current")
+
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        if not self._open.is_set():  # a step-down is handing over: hold the write, then send it on
+            await self._open.wait()
+        self._check_can_write()
+        if len(self.isr) < self.min_in_sync():
+            raise Unavailable(f"only {len(self.isr)} in-sync replicas, {self.min_in_sync()} needed",
+                              reason="not_enough_replicas", isr=sorted(self.isr))
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def committed(self, position: int) -> None:
+        self._wake_fetchers()
+        self._advance()
+        if position > self.hw:
+            future = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (position, next(self._seq), future))
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self.timing.commit_timeout)
+            except asyncio.TimeoutError:
+                raise Unavailable("the in-sync replicas did not confirm the write in time; its outcome is "
+                                  "unknown: retry it with the same event ids", reason="replication_timeout"
+                                  ) from None
+        # fencing: a leader that was stalled past its lease must not acknowledge anything
+        if not self.active or not self.lease_valid():
+            raise Unavailable("leadership lost before the write was acknowledged; its outcome is unknown: "
+                              "retry it with the same event ids", reason="leadership_lost")
+
+    def _wake_fetchers(self) -> None:
+        self._new_data.set()
+        self._new_data = asyncio.Event()
+
+    def _advance(self) -> None:
+        if len(self.isr) < self.min_in_sync():
+            return
+        head = self.log.storage.head
+        hw = head
+        for node in self.isr:
+            if node != self.me.node:
+                progress = self.progress.get(node)
+                hw = min(hw, progress.durable if progress else 0)
+        if hw <= self.hw:
+            return
+        self.hw = hw
+        if self.metrics is not None:
+            self.metrics.committed_position.set(hw)
+        while self._waiters and self._waiters[0][0] <= hw:
+            _pos, _seq, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    # fetches from followers --------------------------------------------------------------------
+    async def fetch(self, node: str, url: str, epoch: int, first: int, prev_epoch: int) -> FetchReply:
+        storage = self.log.storage
+        if epoch != self.epoch or not self.active:
+            raise EpochMismatch(self.epoch, stale_leader=epoch > self.epoch or not self.active)
+        prev = first - 1
+        if prev > storage.head or (prev > 0 and storage.epoch_at(prev) != prev_epoch):
+            found, end = storage.end_of_epoch(prev_epoch)
+            return FetchReply("diverged", epoch=found, end=min(end, prev), committed=self.hw, head=storage.head)
+        now = time.monotonic()
+        progress = self.progress.setdefault(node, Progress(node))
+        progress.url = url
+        progress.durable = prev
+        progress.last_fetch = now
+        if prev >= storage.head or prev >= progress.sent_upto:
+            progress.last_caught_up = now
+        self._advance()
+        if node not in self.isr and prev >= self.hw:
+            asyncio.get_running_loop().create_task(self._change_isr(add=node))
+        if first > storage.head:
+            waiting_on = self._new_data
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(waiting_on.wait(), FETCH_WAIT)
+        if not self.active:
+            raise EpochMismatch(self.epoch, stale_leader=True)
+        records = await self.log.records_from(first) if first <= storage.head else []
+        progress.sent_upto = records[-1].position if records else storage.head
+        self._observe_lag(progress)
+        return FetchReply("ok", records, committed=self.hw, head=storage.head, epoch=self.epoch)
+
+    def _observe_lag(self, progress: Progress) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.replication_lag_events.labels(follower=progress.node).set(
+            max(0, self.log.storage.head - progress.durable))
+        self.metrics.replication_lag_seconds.labels(follower=progress.node).set(
+            max(0.0, time.monotonic() - progress.last_caught_up))
+
+    # the ISR -----------------------------------------------------------------------------------
+    async def _maintain(self) -> None:
+        while self.active:
+            await asyncio.sleep(ISR_CHECK_EVERY)  # a periodic check, not a synchronisation
+            if not self.lease_valid():
+                if self.on_deposed is not None:
+                    self.on_deposed("lease expired")
+                return
+            now = time.monotonic()
+            for node in sorted(self.isr - {self.me.node}):
+                progress = self.progress.get(node)
+                caught_up = progress.last_caught_up if progress else self.started
+                if now - max(caught_up, self.started) > self.timing.lag_timeout:
+                    await self._change_isr(remove=node)
+            for progress in self.progress.values():
+                self._observe_lag(progress)
+
+    async def _change_isr(self, add: str | None = None, remove: str | None = None) -> None:
+        async with self._isr_lock:
+            if not self.active:
+                return
+            members = set(self.isr)
+            if add is not None:
+                progress = self.progress.get(add)
+                if add in members or progress is None or progress.durable < self.hw:
+                    return
+                members.add(add)
+            if remove is not None:
+                if remove not in members:
+                    return
+                members.discard(remove)
+            try:
+                state = await self.coordinator.set_isr(self.epoch, tuple(sorted(members)), self.isr_revision)
+            except CoordinatorError as exc:
+                log.warning("could not update the ISR: %s", exc)
+                return
+            if state is None:  # the leader key is not ours any more, or someone else wrote the ISR
+                if self.on_deposed is not None:
+                    self.on_deposed("ISR compare-and-swap failed")
+                return
+            self.isr = frozenset(state.members)
+            self.isr_revision = state.revision
+            log.info("ISR is now %s (%s)", sorted(self.isr), f"added {add}" if add else f"removed {remove}")
+            if self.metrics is not None:
+                self.metrics.isr_size.set(len(self.isr))
+            self._advance()
+
+    # planned switchover ------------------------------------------------------------------------
+    def hold_writes(self) -> None:
+        self._open.clear()
+
+    def release_writes(self) -> None:
+        self._open.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until every admitted write finished and the whole log is committed."""
+        deadline = time.monotonic() + timeout
+        await asyncio.wait_for(self._idle.wait(), timeout)
+        while self.hw < self.log.storage.head:
+            if time.monotonic() > deadline:
+                raise Unavailable("the in-sync replicas did not catch up in time", reason="step_down_timeout")
+            waiting_on = self._new_data
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(waiting_on.wait(), 0.05)
+            self._advance()
+
+    def caught_up_followers(self) -> list[Progress]:
+        head = self.log.storage.head
+        return [p for node, p in sorted(self.progress.items())
+                if node in self.isr and node != self.me.node and p.durable >= head]
+
+
+class Follower:
+    """Pull the log from one leader (one epoch) until cancelled."""
+
+    def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, token: str, session: aiohttp.ClientSession,
+                 committed: int = 0, on_stale: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.log = log_
+        self.me = me
+        self.leader = leader
+        self.token = token
+        self.session = session
+        self.committed = committed  # the leader's committed position, as last heard (capped by our head)
+        self.leader_head = 0
+        self.last_contact = 0.0
+        self.on_stale = on_stale
+        self.progressed = asyncio.Event()  # set (and replaced) whenever `committed` moves
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._fetch_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except EpochMismatch as exc:
+                if exc.leader_epoch > self.leader.epoch and self.on_stale is not None:
+                    await self.on_stale()
+                await asyncio.sleep(backoff)  # wait for etcd to tell the new leader; a bounded backoff
+                backoff = min(1.0, backoff * 2)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, Unavailable) as exc:
+                log.debug("fetch from %s failed: %s", self.leader.url, exc)
+                await asyncio.sleep(backoff)  # the leader is unreachable: retry with a bounded backoff
+                backoff = min(1.0, backoff * 2)
+
+    async def _fetch_once(self) -> None:
+        storage = self.log.storage
+        head = storage.head
+        body = {"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
+                "prevEpoch": storage.epoch_at(head)}
+        async with self.session.post(self.leader.url + FETCH_PATH, json=body, headers={TOKEN_HEADER: self.token},
+                                     timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT)) as response:
+            payload = await response.read()
+            if response.status == 409:
+                info = await response.json(content_type=None) if payload else {}
+                if info.get("error") == "diverged":
+                    await self._truncate(int(info["epoch"]), int(info["end"]))
+                    return
+                raise EpochMismatch(int(info.get("leaderEpoch", 0)), stale_leader=False)
+            if response.status != 200:
+                raise Unavailable(f"leader answered {response.status}: {payload[:200]!r}")
+            leader_epoch = int(response.headers.get("X-Evstore-Epoch", "0"))
+            committed = int(response.headers.get("X-Evstore-Committed", "0"))
+            self.leader_head = int(response.headers.get("X-Evstore-Head", "0"))
+        if leader_epoch != self.leader.epoch or leader_epoch < storage.promised_epoch:
+            raise EpochMismatch(leader_epoch, stale_leader=False)  # entries of an older epoch: reject them
+        self.last_contact = time.monotonic()
+        records = decode_records(payload)
+        if records:
+            if records[0].position <= storage.head:
+                return  # our head moved meanwhile (a previous loop's write landed): ask again
+            apply = asyncio.ensure_future(self.log.apply_replicated(records))
+            try:
+                await asyncio.shield(apply)
+            except asyncio.CancelledError:
+                await apply  # never leave a half-known write behind when the leader changes
+                raise
+        visible = max(self.committed, min(committed, storage.head))
+        if visible != self.committed:
+            self.committed = visible
+            self.progressed.set()
+            self.progressed = asyncio.Event()
+
+    async def _truncate(self, leader_epoch: int, leader_end: int) -> None:
+        storage = self.log.storage
+        _own_epoch, own_end = storage.end_of_epoch(leader_epoch)
+        target = min(leader_end, own_end, storage.head)
+        if target < self.committed:
+            log.error("refusing to truncate below the committed position %d (leader asked for %d)",
+                      self.committed, target)
+            raise Unavailable("divergence below the committed position")
+        log.warning("truncating the log after position %d (uncommitted entries the leader does not have)",
+                    target)
+        await self.log.truncate_after(target)
+
+
+def reply_headers(reply: FetchReply) -> dict[str, str]:
+    return {"X-Evstore-Epoch": str(reply.epoch), "X-Evstore-Committed": str(reply.committed),
+            "X-Evstore-Head": str(reply.head)}
+
+
+def reply_body(reply: FetchReply) -> bytes:
+    return encode_records(reply.records)
