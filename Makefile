@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench
+.PHONY: run test install install-test tools clean bench etcd
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ $(HELM):
 
 tools: $(HELM)
 
+## etcd for the cluster tests (Debian package etcd-server), installed only when missing
+etcd:
+	@command -v etcd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y etcd-server || ($$SUDO apt-get update && $$SUDO apt-get install -y etcd-server); }
+
 ## Install what the tests need and run the whole suite
-test: install-test tools
+test: install-test tools etcd
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
 
 bench: install-test

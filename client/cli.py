@@ -381,6 +381,106 @@ def verify_offline(data_dir: str, show_progress: bool) -> dict:
             bar.close()
 
 
+# -- check / dev-cluster ----------------------------------------------------------------------
+
+@cli.command()
+@click.option("--node", "nodes", multiple=True, metavar="URL",
+              help="A node to check (repeat for every node of the cluster; default --url).")
+@click.option("--converge-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for every node's $all head to agree before reading.")
+@json_option
+@pass_settings
+def check(settings: Settings, nodes: tuple[str, ...], converge_timeout: float) -> None:
+    """Prove the nodes hold the same gap-free log: $all and every stream, read from every node.
+
+    Exit 0 when consistent, 1 when anything is wrong (each problem is listed)."""
+    import asyncio
+
+    from .checker import check_cluster
+
+    urls = [u.rstrip("/") for u in nodes] or [settings.url.rstrip("/")]
+    report = asyncio.run(check_cluster(urls, converge_timeout=converge_timeout, token=settings.token))
+    click.echo(output.to_json(report.to_dict()) if settings.as_json else report.summary())
+    if not report.ok:
+        sys.exit(EXIT_SERVER)
+
+
+@cli.command("dev-cluster")
+@click.option("--nodes", "size", default=3, show_default=True, type=click.IntRange(1, 9), help="How many nodes.")
+@click.option("--dir", "base_dir", type=click.Path(file_okay=False),
+              help="Data directory (default: a temporary one, removed at exit).")
+@click.option("--keep", is_flag=True, help="Keep the temporary data directory at exit.")
+@click.option("--store-id", default="dev", show_default=True, help="Store id of the cluster.")
+def dev_cluster(size: int, base_dir: str | None, keep: bool, store_id: str) -> None:
+    """Run a local cluster on 127.0.0.1 (an etcd and NODES nodes) until Ctrl-C."""
+    import shutil
+    import signal
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from .localcluster import LocalCluster
+    from .localetcd import EtcdNotFound, etcd_binary
+
+    try:
+        etcd_binary()
+    except EtcdNotFound as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+    temporary = base_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="evstore-dev-") if temporary else base_dir)
+    cluster = LocalCluster(directory, nodes=size, store_id=store_id, new_session=True)
+    stopping = threading.Event()
+    starting = True
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stopping.set()
+        if starting:
+            raise KeyboardInterrupt  # abandon the start; the finally below stops what was started
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        click.echo(f"starting etcd and {size} node{'s' if size != 1 else ''} in {directory} ...")
+        try:
+            cluster.start()
+        except (RuntimeError, TimeoutError) as exc:
+            click.echo(f"error: the cluster did not start: {exc}", err=True)
+            sys.exit(EXIT_SERVER)
+        click.echo(f"etcd:   {cluster.etcd_endpoints[0]}")
+        for i, node in enumerate(cluster.nodes):
+            click.echo(f"{cluster.node_id(i)}:  {node.url}")
+        try:
+            index, epoch = cluster.wait_leader(timeout=30.0)
+            click.echo(f"leader: {cluster.node_id(index)} (epoch {epoch})")
+        except TimeoutError as exc:
+            click.echo(f"warning: {exc}", err=True)
+        click.echo(f"try:    evstore --url {cluster.urls[0]} info")
+        click.echo("Ctrl-C stops the cluster.")
+        starting = False
+        exited: set[int] = set()
+        while not stopping.wait(1.0):
+            for i, node in enumerate(cluster.nodes):
+                code = node.proc.poll() if node.proc is not None else None
+                if code is not None and i not in exited:
+                    exited.add(i)
+                    click.echo(f"warning: {cluster.node_id(i)} exited with code {code} (log: {node.log_path})",
+                               err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        starting = False
+        click.echo("stopping ...")
+        cluster.stop(graceful=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if temporary and not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif temporary:
+            click.echo(f"data kept in {directory}")
+    click.echo("stopped")
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="evstore")
 

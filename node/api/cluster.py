@@ -45,7 +45,7 @@ def leader_write(handler: Handler) -> Handler:
             except NotLeader:
                 if FORWARDED_HEADER in request.headers:
                     raise
-        return await forward(request, member, write=True)
+        return await forward(request, member, handler, write=True)
     return route
 
 
@@ -59,11 +59,12 @@ def leader_read(handler: Handler) -> Handler:
             raise InvalidRequest("consistency must be 'any' or 'leader'", field="consistency")
         if member is None or consistency != "leader" or member.role == "leader":
             return await handler(request)
-        return await forward(request, member, write=False)
+        return await forward(request, member, handler, write=False)
     return route
 
 
-async def forward(request: web.Request, member: ClusterMember, write: bool) -> web.Response:
+async def forward(request: web.Request, member: ClusterMember, handler: Handler, write: bool
+                  ) -> web.StreamResponse:
     if FORWARDED_HEADER in request.headers:  # one hop only: the sender thought we lead, and we do not
         raise NotLeader()
     body = await request.read()
@@ -72,8 +73,12 @@ async def forward(request: web.Request, member: ClusterMember, write: bool) -> w
     deadline = time.monotonic() + FORWARD_WAIT
     while True:
         leader = await member.wait_for_leader(max(0.0, deadline - time.monotonic()))
-        if leader.node == member.me.node:  # became leader meanwhile
-            return await request.match_info.handler(request)
+        if leader.node == member.me.node:  # this node leads (again): answer here
+            try:
+                return await handler(request)
+            except NotLeader:  # lost it before writing anything: wait for the next leader
+                await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
+                continue
         try:
             async with member.session.request(request.method, leader.url + request.path_qs, data=body,
                                               headers=headers,
@@ -127,7 +132,7 @@ async def cluster_status(request: web.Request) -> web.Response:
 async def step_down(request: web.Request) -> web.Response:
     member = _member(request)
     if member.role != "leader":
-        return await forward(request, member, write=True)
+        return await forward(request, member, step_down, write=True)
     try:
         new_leader = await member.step_down()
     except NoInSyncFollower:

@@ -209,6 +209,7 @@ class ClusterMember:
         self.log.storage.epoch = won.epoch
         isr = await self.coordinator.isr()
         live = {m.node for m in await self.coordinator.members()} | {self.me.node}
+        self.max_members_seen = max(self.max_members_seen, len(live), len(isr.members))
         members = tuple(sorted((set(isr.members) & live) | {self.me.node}))
         state = await self.coordinator.set_isr(won.epoch, members, isr.revision)
         if state is None:
@@ -295,8 +296,9 @@ class ClusterMember:
         """The current leader, waiting (bounded) while an election is on."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.role == "leader" and self.leading is not None:
-                return LeaderInfo(self.me.node, self.me.url, self.leading.epoch)
+            leading = self.leading
+            if self.role == "leader" and leading is not None and leading.active and leading.lease_valid():
+                return LeaderInfo(self.me.node, self.me.url, leading.epoch)
             if self.role == "follower" and self.following is not None:
                 return self.following.leader
             remaining = deadline - time.monotonic()
@@ -309,7 +311,9 @@ class ClusterMember:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             current = self.leader
-            if current is not None and current != old and self.role in ("leader", "follower"):
+            if self.role == "leader" and self.leading is not None and self.leading.epoch != old.epoch:
+                return
+            if current is not None and current != old and self.role == "follower":
                 return
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,203 @@
+"""The consistency checker's judgement on fabricated node data (no server)."""
+from __future__ import annotations
+
+import uuid
+
+from evstore.client.checker import Ev, History, NodeData, Problems, StreamView, analyse
+
+
+class Log:
+    """Builds a log the way a correct store would, and the history of the appends that made it."""
+
+    def __init__(self) -> None:
+        self.events: list[Ev] = []
+        self.versions: dict[str, int] = {}
+        self.history = History()
+
+    def append(self, stream: str, count: int = 1, status: str = "ok", written: bool = True) -> list[str]:
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        version = self.versions.get(stream, 0)
+        reply = None
+        if written:
+            for i, event_id in enumerate(ids):
+                self.events.append(Ev(len(self.events) + 1, event_id, stream, version + i + 1, "Done",
+                                      {"n": len(self.events)}, {}))
+            self.versions[stream] = version + count
+            reply = {"stream": stream, "fromVersion": version + 1, "version": version + count,
+                     "position": len(self.events)}
+        self.history.record(stream, ids, version, status, reply if status == "ok" else None)
+        return ids
+
+
+def node_data(url: str, events: list[Ev], listed: dict[str, int] | None = None) -> NodeData:
+    """A node that read `events` as its $all, and each non-system stream consistently with it."""
+    by_stream: dict[str, list[Ev]] = {}
+    for e in events:
+        by_stream.setdefault(e.stream, []).append(e)
+    names = {s: len(evs) for s, evs in by_stream.items() if not s.startswith("$")}
+    listed = names if listed is None else listed
+    streams = {s: StreamView(len(by_stream.get(s, [])), list(by_stream.get(s, []))) for s in listed}
+    head = events[-1].position if events else 0
+    return NodeData(url, head, list(events), dict(listed), streams)
+
+
+def good_log() -> Log:
+    log = Log()
+    log.append("order-1", 2)
+    log.append("order-2", 1)
+    log.append("order-1", 3)
+    log.append("order-2", 2, status="unknown", written=True)
+    log.append("order-3", 2, status="unknown", written=False)
+    log.append("order-2", 1, status="failed", written=False)
+    log.append("order-2", 1)
+    return log
+
+
+def three_nodes(log: Log) -> list[NodeData]:
+    return [node_data(f"http://n{i}", log.events) for i in range(3)]
+
+
+def problems_text(report) -> str:
+    return "\n".join(report.problems)
+
+
+def test_consistent_nodes_pass_with_counts():
+    log = good_log()
+    report = analyse(three_nodes(log), log.history)
+    assert report.ok, report.summary()
+    assert report.problems == [] and report.problems_total == 0
+    assert (report.nodes, report.events, report.streams) == (3, 9, 2)
+    assert (report.acknowledged, report.unknown_present, report.unknown_absent, report.failed) == (4, 1, 1, 1)
+    assert report.summary().startswith("ok: 3 nodes, 9 events, 2 streams")
+
+
+def test_structural_check_without_history_passes():
+    report = analyse(three_nodes(good_log()))
+    assert report.ok, report.summary()
+    assert report.acknowledged == 0
+
+
+def test_system_streams_do_not_need_a_history_entry():
+    log = good_log()
+    events = log.events + [Ev(len(log.events) + 1, str(uuid.uuid4()), "$$order-1", 1, "$metadata", {}, {})]
+    report = analyse([node_data("http://n0", events)], log.history)
+    assert report.ok, report.summary()
+
+
+def test_a_lost_acknowledged_event_is_reported():
+    log = good_log()
+    lost = log.history.attempts[2].event_ids[1]
+    # a store that lost it everywhere, renumbering the rest, so only the history can tell
+    kept = [e for e in log.events if e.id != lost]
+    renumbered, versions = [], {}
+    for e in kept:
+        versions[e.stream] = versions.get(e.stream, 0) + 1
+        renumbered.append(e._replace(position=len(renumbered) + 1, version=versions[e.stream]))
+    report = analyse([node_data(f"http://n{i}", renumbered) for i in range(3)], log.history)
+    assert not report.ok
+    assert "acknowledged append of 3 event(s) to 'order-1'" in problems_text(report)
+    assert "lost: 1 of 3 events missing" in problems_text(report)
+
+
+def test_a_duplicate_event_id_is_reported():
+    log = good_log()
+    first = log.events[0]
+    events = log.events + [first._replace(position=len(log.events) + 1, version=6)]
+    report = analyse([node_data("http://n0", events)], log.history)
+    assert not report.ok
+    assert f"event id {first.id} occurs more than once" in problems_text(report)
+
+
+def test_a_position_gap_is_reported():
+    log = good_log()
+    events = [e for e in log.events if e.position != 4]
+    report = analyse([node_data("http://n0", events)])
+    assert not report.ok
+    assert "http://n0: $all has a gap: position 4 missing" in report.problems
+
+
+def test_a_stream_version_gap_is_reported():
+    log = good_log()
+    events = [e._replace(version=e.version + 1) if e.stream == "order-3" or e.position == 3 else e
+              for e in log.events]
+    report = analyse([node_data("http://n0", events)])
+    assert "stream 'order-2' in $all has version 2 at position 3 where version 1 belongs" in problems_text(report)
+
+
+def test_divergence_between_nodes_is_reported():
+    log = good_log()
+    other = list(log.events)
+    other[5] = other[5]._replace(data={"changed": True})
+    report = analyse([node_data("http://n0", log.events), node_data("http://n1", other)], log.history)
+    assert not report.ok
+    assert "nodes diverge at position 6" in problems_text(report)
+
+
+def test_a_node_that_lags_is_reported():
+    log = good_log()
+    report = analyse([node_data("http://n0", log.events), node_data("http://n1", log.events[:-2])])
+    assert not report.ok
+    text = problems_text(report)
+    assert "$all head is 9 on http://n0 but 7 on http://n1" in text
+    assert "http://n1 lacks 2 events that http://n0 has, from position 8" in text
+
+
+def test_a_half_visible_unknown_append_is_reported():
+    log = good_log()
+    half = log.history.record("order-9", [str(uuid.uuid4()), str(uuid.uuid4())], 0)
+    events = log.events + [Ev(len(log.events) + 1, half.event_ids[0], "order-9", 1, "Done", {}, {})]
+    report = analyse([node_data("http://n0", events)], log.history)
+    assert not report.ok
+    assert "with unknown outcome is half-visible: 1 of 2 events present" in problems_text(report)
+
+
+def test_a_visible_failed_append_is_reported():
+    log = good_log()
+    ids = log.append("order-5", 1, status="failed", written=True)
+    report = analyse(three_nodes(log), log.history)
+    assert not report.ok
+    assert f"failed append of 1 event(s) to 'order-5' (id {ids[0]}) is visible" in problems_text(report)
+
+
+def test_an_acknowledged_append_elsewhere_than_its_reply_is_reported():
+    log = good_log()
+    log.history.attempts[0].reply = dict(log.history.attempts[0].reply, position=7)
+    report = analyse([node_data("http://n0", log.events)], log.history)
+    assert "but was acknowledged as versions 1..2, position 7" in problems_text(report)
+
+
+def test_an_event_nobody_appended_is_reported():
+    log = good_log()
+    stranger = Ev(len(log.events) + 1, str(uuid.uuid4()), "order-1", 6, "Done", {}, {})
+    report = analyse([node_data("http://n0", log.events + [stranger])], log.history)
+    assert f"order-1@6 id {stranger.id} type Done at position 10 was never appended" in problems_text(report)
+
+
+def test_a_stream_read_that_disagrees_with_all_is_reported():
+    log = good_log()
+    node = node_data("http://n0", log.events)
+    view = node.streams["order-1"]
+    node.streams["order-1"] = StreamView(view.version, view.events[:-1])
+    report = analyse([node])
+    assert "stream 'order-1' read differs from its events in $all in length: 4 vs 5 events" in problems_text(report)
+
+
+def test_an_unreadable_node_fails_the_check():
+    log = good_log()
+    nodes = [node_data("http://n0", log.events), NodeData("http://n1", error="ConnectionFailed: refused")]
+    report = analyse(nodes)
+    assert not report.ok
+    assert report.problems == ["http://n1: could not be read: ConnectionFailed: refused"]
+    assert report.heads == {"http://n0": 9, "http://n1": None}
+
+
+def test_problems_are_capped_per_kind_and_counted():
+    log = Log()
+    for i in range(30):
+        log.append(f"s-{i}")
+    gappy = [e._replace(position=e.position * 2) for e in log.events]
+    report = analyse([node_data("http://n0", gappy)], problems=Problems(per_kind=5))
+    gaps = [p for p in report.problems if "gap" in p]
+    assert len(gaps) == 5
+    assert report.problems_total > 5
+    assert report.problems[-1] == f"... and {report.problems_total - len(report.problems) + 1} more problems"

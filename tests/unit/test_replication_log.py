@@ -1,0 +1,158 @@
+"""The log's replication side on real SQLite files: whole group commits shipped, records applied verbatim
+with the stream state rebuilt, epochs tracked, and an uncommitted tail truncated."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+import pytest
+
+from evstore.node.cluster.wire import WireError, decode_records, encode_records
+from evstore.node.errors import CorruptRecord, StreamDeleted, StreamNotFound
+from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.storage import Storage
+
+
+def ev(n: int = 0, event_type: str = "Happened") -> NewEvent:
+    return NewEvent(uuid.uuid4().bytes, event_type, orjson.dumps({"n": n}), b"{}")
+
+
+@pytest.fixture
+async def pair(tmp_path):
+    """A leader's log and a follower's log, each on its own SQLite file."""
+    logs = []
+    for name in ("leader", "follower"):
+        storage = Storage(tmp_path / name)
+        storage.open()
+        logs.append(Log(storage))
+    yield logs
+    for one in logs:
+        one.storage.close()
+
+
+async def replicate(leader: Log, follower: Log) -> None:
+    while follower.head < leader.head:
+        records = await leader.records_from(follower.head + 1, max_bytes=1)
+        await follower.apply_replicated(decode_records(encode_records(records)))
+
+
+async def dump(one: Log) -> list[tuple]:
+    page = await one.read_all(None, 4096, False, AllFilter())
+    return [(r.position, r.stream, r.version, r.id, r.type, r.data, r.created, r.epoch, r.checksum)
+            for r in page.records]
+
+
+async def test_a_follower_becomes_an_exact_copy(pair):
+    leader, follower = pair
+    leader.storage.epoch = 7
+    await asyncio.gather(*(leader.append(f"s{i % 3}", "any", [ev(i), ev(i)]) for i in range(20)))
+    await leader.set_metadata("s1", {"maxCount": 3})
+    await leader.delete("s2", "any", hard=True)
+    await replicate(leader, follower)
+    assert await dump(follower) == await dump(leader)
+    assert follower.storage.epochs == leader.storage.epochs == [(7, 1)]
+    assert [r.version for r in (await follower.read_stream("s1", None, 100, False)).records] == [12, 13, 14]
+    with pytest.raises(StreamDeleted):
+        await follower.read_stream("s2", None, 10, False)
+    assert (await follower.stream_info("s0")).version == (await leader.stream_info("s0")).version
+
+
+async def test_records_are_shipped_in_whole_group_commits(pair):
+    leader, _ = pair
+    # one append of 50 events is one commit: even a 1-byte budget ships all of it
+    await leader.append("big", "any", [ev(i) for i in range(50)])
+    await leader.append("small", "any", [ev()])
+    first = await leader.records_from(1, max_bytes=1)
+    assert [r.position for r in first] == list(range(1, 51))
+    assert [r.position for r in await leader.records_from(51, max_bytes=1)] == [51]
+
+
+async def test_a_corrupted_record_is_refused(pair):
+    leader, follower = pair
+    await leader.append("a", "any", [ev()])
+    records = await leader.records_from(1)
+    records[0].data = b'{"n":666}'
+    with pytest.raises(CorruptRecord):
+        await follower.apply_replicated(records)
+    assert follower.head == 0
+
+
+async def test_records_must_follow_the_head(pair):
+    leader, follower = pair
+    await leader.append("a", "any", [ev(), ev()])
+    await replicate(leader, follower)
+    with pytest.raises(Exception):
+        await follower.apply_replicated(await leader.records_from(2))
+    assert follower.head == 2
+
+
+def test_a_malformed_payload_is_a_wire_error():
+    with pytest.raises(WireError):
+        decode_records(b"\x01\x02\x03")
+
+
+async def test_truncating_an_uncommitted_tail_restores_the_streams(pair):
+    leader, follower = pair
+    leader.storage.epoch = 3
+    await leader.append("a", "any", [ev(1), ev(2)])
+    await leader.set_metadata("a", {"custom": {"k": 1}})
+    await replicate(leader, follower)
+    committed = follower.head
+    leader.storage.epoch = 5  # a leader's uncommitted writes of a later epoch, then a hard delete
+    await leader.append("a", "any", [ev(3)])
+    await leader.append("b", "any", [ev(4)])
+    await leader.set_metadata("a", {"maxCount": 1})
+    await leader.delete("b", "any", hard=True)
+    await replicate(leader, follower)
+    assert follower.storage.end_of_epoch(4) == (3, committed)
+    assert follower.storage.epoch_at(follower.head) == 5
+
+    await follower.truncate_after(committed)
+    assert follower.head == committed
+    assert follower.storage.epochs == [(3, 1)]
+    page = await follower.read_stream("a", None, 10, False)
+    assert (page.version, [r.version for r in page.records]) == (2, [1, 2])
+    assert (await follower.get_metadata("a")) == {"custom": {"k": 1}}
+    with pytest.raises(StreamNotFound):
+        await follower.read_stream("b", None, 10, False)
+    # the follower appends again from there, as the new leader would have it
+    follower.storage.epoch = 6
+    result = await follower.append("a", 2, [ev(5)])
+    assert (result.version, result.position) == (3, committed + 1)
+    assert follower.storage.epochs == [(3, 1), (6, committed + 1)]
+
+
+async def test_reads_stop_at_the_horizon(pair):
+    leader, _ = pair
+    await leader.append("a", "any", [ev(1), ev(2)])
+    await leader.append("a", "any", [ev(3)])
+    leader.horizon = lambda: 2
+    page = await leader.read_stream("a", None, 10, False)
+    assert (page.version, [r.version for r in page.records]) == (2, [1, 2])
+    assert [r.position for r in (await leader.read_all(None, 10, False, AllFilter())).records] == [1, 2]
+    assert (await leader.read_all(None, 10, False, AllFilter())).head == 2
+    leader.horizon = lambda: 0
+    with pytest.raises(StreamNotFound):
+        await leader.read_stream("a", None, 10, False)
+
+
+async def test_epochs_and_promises_survive_a_restart(tmp_path):
+    storage = Storage(tmp_path / "n")
+    storage.open()
+    one = Log(storage)
+    storage.epoch = 4
+    await one.append("a", "any", [ev()])
+    storage.epoch = 9
+    await one.append("a", "any", [ev()])
+    await one.promise_epoch(12)
+    storage.close()
+    again = Storage(tmp_path / "n")
+    again.open()
+    try:
+        assert again.epochs == [(4, 1), (9, 2)]
+        assert again.epoch == 9 and again.promised_epoch == 12
+        assert again.epoch_at(1) == 4 and again.epoch_at(2) == 9 and again.epoch_at(0) == 0
+        assert again.end_of_epoch(8) == (4, 1) and again.end_of_epoch(3) == (0, 0)
+    finally:
+        again.close()
