@@ -52,7 +52,7 @@ class Progress:
     node: str
     url: str = ""
     durable: int = 0  # the follower's matched, durable head (0 until it fetched from this leader)
-    sent_upto: int = 0  # last position shipped in the previous reply
+    head_at_reply: int = 0  # the leader's head when it answered this follower's previous fetch
     last_fetch: float = 0.0  # monotonic
     last_caught_up: float = 0.0
 
@@ -103,6 +103,7 @@ class LeaderReplication:
         self._idle = asyncio.Event()
         self._idle.set()
         self._isr_lock = asyncio.Lock()
+        self._adding: set[str] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -208,10 +209,11 @@ class LeaderReplication:
         progress.url = url
         progress.durable = prev
         progress.last_fetch = now
-        if prev >= storage.head or prev >= progress.sent_upto:
+        if prev >= progress.head_at_reply:  # it has all the leader had when it last answered (Kafka's rule)
             progress.last_caught_up = now
         self._advance()
-        if node not in self.isr and prev >= self.hw:
+        if node not in self.isr and prev >= self.hw and node not in self._adding:
+            self._adding.add(node)
             asyncio.get_running_loop().create_task(self._change_isr(add=node))
         if first > storage.head:
             waiting_on = self._new_data
@@ -219,8 +221,8 @@ class LeaderReplication:
                 await asyncio.wait_for(waiting_on.wait(), FETCH_WAIT)
         if not self.active:
             raise EpochMismatch(self.epoch, stale_leader=True)
+        progress.head_at_reply = storage.head
         records = await self.log.records_from(first) if first <= storage.head else []
-        progress.sent_upto = records[-1].position if records else storage.head
         self._observe_lag(progress)
         return FetchReply("ok", records, committed=self.hw, head=storage.head, epoch=self.epoch)
 
@@ -250,6 +252,12 @@ class LeaderReplication:
                 self._observe_lag(progress)
 
     async def _change_isr(self, add: str | None = None, remove: str | None = None) -> None:
+        try:
+            await self._change_isr_locked(add, remove)
+        finally:
+            self._adding.discard(add)
+
+    async def _change_isr_locked(self, add: str | None, remove: str | None) -> None:
         async with self._isr_lock:
             if not self.active:
                 return
@@ -336,6 +344,10 @@ class Follower:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, Unavailable) as exc:
                 log.debug("fetch from %s failed: %s", self.leader.url, exc)
                 await asyncio.sleep(backoff)  # the leader is unreachable: retry with a bounded backoff
+                backoff = min(1.0, backoff * 2)
+            except Exception:  # a refused payload or a local write error: never let the pull loop die
+                log.exception("replication from %s failed", self.leader.url)
+                await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
 
     async def _fetch_once(self) -> None:
