@@ -21,7 +21,8 @@ from .shape import json_response, rfc3339
 
 FORWARDED_HEADER = "X-Evstore-Forwarded"
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
-READ_YOUR_WRITE_WAIT = 2.0  # after forwarding a write, how long to wait for it to become visible here
+READ_YOUR_WRITE_WAIT = 2.0
+NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)  # after forwarding a write, how long to wait for it to become visible here
 PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,8 +99,10 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
                               + ("the outcome of this write is unknown: retry it with the same event ids"
                                  if write else "retry"), reason="leader_unreachable") from None
         if status == 503 and b'"not_leader"' in payload and time.monotonic() < deadline:
-            await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
-            continue  # nothing was written there: send it to the next leader
+            # nothing was written there. Either leadership moved on, or that node won the election a moment
+            # ago and is still taking over: wait briefly for news, then send it again
+            await member.wait_for_leader_change(leader, min(NOT_LEADER_PAUSE, max(0.0, deadline - time.monotonic())))
+            continue
         if write and status == 200:
             await _wait_visible(member, payload)
         mime = content_type.split(";")[0].strip() or "application/json"

@@ -68,6 +68,7 @@ class ClusterMember:
         self.committed = 0
         self._changed = asyncio.Event()
         self._role_changed = asyncio.Event()
+        self._visible_changed = asyncio.Event()
         self._campaign_now = False
         self._handing_over = 0.0  # monotonic deadline: do not run for leader before it (after a step-down)
         self._tasks: list[asyncio.Task] = []
@@ -256,7 +257,7 @@ class ClusterMember:
             return
         await self.log.promise_epoch(leader.epoch)
         follower = Follower(self.log, self.me, leader, self.token, self.session, committed=self.committed,
-                            on_stale=self._refresh_leader)
+                            on_stale=self._refresh_leader, on_progress=self._visible_moved)
         self.following = follower
         self.log.horizon = lambda: follower.committed
         self.role = "follower"
@@ -318,16 +319,20 @@ class ClusterMember:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))
 
+    def _visible_moved(self) -> None:
+        self._visible_changed.set()
+        self._visible_changed = asyncio.Event()
+
     async def wait_visible(self, position: int, timeout: float) -> bool:
         """Wait (bounded) until reads on this node show `position`."""
         deadline = time.monotonic() + timeout
         while self.log.visible < position:
-            follower = self.following
             remaining = deadline - time.monotonic()
-            if follower is None or remaining <= 0:
+            if self.role != "follower" or remaining <= 0:
                 return False
+            changed = self._visible_changed
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(follower.progressed.wait(), remaining)
+                await asyncio.wait_for(changed.wait(), remaining)
         return True
 
     def deposed_by(self, epoch: int) -> None:

@@ -316,7 +316,8 @@ class Follower:
     """Pull the log from one leader (one epoch) until cancelled."""
 
     def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, token: str, session: aiohttp.ClientSession,
-                 committed: int = 0, on_stale: Callable[[], Awaitable[None]] | None = None) -> None:
+                 committed: int = 0, on_stale: Callable[[], Awaitable[None]] | None = None,
+                 on_progress: Callable[[], None] | None = None) -> None:
         self.log = log_
         self.me = me
         self.leader = leader
@@ -326,7 +327,7 @@ class Follower:
         self.leader_head = 0
         self.last_contact = 0.0
         self.on_stale = on_stale
-        self.progressed = asyncio.Event()  # set (and replaced) whenever `committed` moves
+        self.on_progress = on_progress  # called whenever `committed` moves
 
     async def run(self) -> None:
         backoff = 0.1
@@ -385,8 +386,8 @@ class Follower:
         visible = max(self.committed, min(committed, storage.head))
         if visible != self.committed:
             self.committed = visible
-            self.progressed.set()
-            self.progressed = asyncio.Event()
+            if self.on_progress is not None:
+                self.on_progress()
 
     async def _truncate(self, leader_epoch: int, leader_end: int) -> None:
         storage = self.log.storage
