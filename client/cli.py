@@ -128,8 +128,12 @@ def serve(args: tuple[str, ...]) -> None:
 @cli.command(context_settings=FORWARD, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
-    """Run the append/read benchmark (--help for its options)."""
-    from evstore.client.bench import main as bench_main
+    """Run the append/read benchmark; with --cluster N, single node vs N-node cluster and failover
+    (--help for the options of each)."""
+    if any(a == "--cluster" or a.startswith("--cluster=") for a in args):
+        from evstore.client.cluster_bench import main as bench_main
+    else:
+        from evstore.client.bench import main as bench_main
 
     sys.exit(bench_main(list(args)))
 

@@ -53,6 +53,7 @@ class Progress:
     url: str = ""
     durable: int = 0  # the follower's matched, durable head (0 until it fetched from this leader)
     head_at_reply: int = 0  # the leader's head when it answered this follower's previous fetch
+    committed_told: int = 0  # the committed position this follower last heard from us
     last_fetch: float = 0.0  # monotonic
     last_caught_up: float = 0.0
 
@@ -188,6 +189,7 @@ class LeaderReplication:
         if hw <= self.hw:
             return
         self.hw = hw
+        self._wake_fetchers()
         if self.metrics is not None:
             self.metrics.committed_position.set(hw)
         while self._waiters and self._waiters[0][0] <= hw:
@@ -215,13 +217,16 @@ class LeaderReplication:
         if node not in self.isr and prev >= self.hw and node not in self._adding:
             self._adding.add(node)
             asyncio.get_running_loop().create_task(self._change_isr(add=node))
-        if first > storage.head:
+        if first > storage.head and self.hw <= progress.committed_told:
+            # nothing new to ship and nothing new to tell: wait for either (the follower's readers wait
+            # for the committed position, so it is news worth an early answer)
             waiting_on = self._new_data
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiting_on.wait(), FETCH_WAIT)
         if not self.active:
             raise EpochMismatch(self.epoch, stale_leader=True)
         progress.head_at_reply = storage.head
+        progress.committed_told = self.hw
         records = await self.log.records_from(first) if first <= storage.head else []
         self._observe_lag(progress)
         return FetchReply("ok", records, committed=self.hw, head=storage.head, epoch=self.epoch)
