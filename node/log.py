@@ -139,10 +139,46 @@ def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersio
                                    expectedVersion=expected, currentVersion=row.version)
 
 
-def _stream_row(conn: sqlite3.Connection, stream: str) -> StreamRow | None:
+def _stream_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow | None:
+    """The stream's row; with `visible`, as of that position (a cluster node may hold entries past its
+    committed position, which reads must not show)."""
     row = conn.execute("SELECT stream, version, created, updated, deleted, metadata FROM streams WHERE stream = ?",
                        (stream,)).fetchone()
-    return StreamRow(*row) if row else None
+    if row is None:
+        return None
+    found = StreamRow(*row)
+    return found if visible is None else _row_as_of(conn, found, visible)
+
+
+def _last_position(conn: sqlite3.Connection, stream: str) -> int | None:
+    last = conn.execute("SELECT position FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
+                        (stream,)).fetchone()
+    return last[0] if last else None
+
+
+def _row_as_of(conn: sqlite3.Connection, row: StreamRow, visible: int) -> StreamRow:
+    at = StreamRow(row.stream, row.version, row.created, row.updated, row.deleted, row.metadata)
+    last = _last_position(conn, row.stream)
+    if last is not None and last > visible:
+        # walk down from the top past the (few) entries not committed yet
+        below = conn.execute("SELECT version, created FROM events WHERE stream = ? AND position <= ? "
+                             "ORDER BY version DESC LIMIT 1", (row.stream, visible)).fetchone()
+        if below is not None:
+            at.version, at.updated = below
+        else:
+            lowest = conn.execute("SELECT min(version) FROM events WHERE stream = ? AND position > ?",
+                                  (row.stream, visible)).fetchone()[0]
+            at.version = lowest - 1
+    meta_last = _last_position(conn, metadata_stream(row.stream))
+    if meta_last is not None and meta_last > visible:
+        meta = conn.execute("SELECT data FROM events WHERE stream = ? AND type = ? AND position <= ? "
+                            "ORDER BY version DESC LIMIT 1",
+                            (metadata_stream(row.stream), METADATA_TYPE, visible)).fetchone()
+        at.metadata = bytes(meta[0]) if meta else None
+        tomb = conn.execute("SELECT 1 FROM events WHERE stream = ? AND type = ? AND position <= ? LIMIT 1",
+                            (metadata_stream(row.stream), TOMBSTONE_TYPE, visible)).fetchone()
+        at.deleted = "hard" if tomb else "no"
+    return at
 
 
 def _head(conn: sqlite3.Connection) -> int:
@@ -173,6 +209,10 @@ class Log:
     def head(self) -> int:
         return self.storage.head
 
+    def _horizon(self) -> int | None:
+        """What reads may show: None on a single node (everything), else the committed position."""
+        return None if self.horizon is None else self.visible
+
     @property
     def visible(self) -> int:
         """The last position reads show: the committed position in a cluster, the head on a single node."""
@@ -191,8 +231,10 @@ class Log:
     async def append(self, stream: str, expected: ExpectedVersion, events: Sequence[NewEvent]) -> AppendResult:
         if not events:
             raise InvalidRequest("an append needs at least one event", field="events")
+        size = 0
         for e in events:
             e.payload_crc = payload_checksum(e.id, stream, e.type, e.data, e.metadata)
+            size += len(e.data) + len(e.metadata)
 
         def op(txn: WriteTxn) -> AppendResult:
             given = [e.id for e in events if e.given_id]
@@ -206,7 +248,9 @@ class Log:
             check_expected_version(stream, row, expected, vis.deleted)
             return _write_events(txn, row, events)
 
-        return await self._write(op, len(events), position_of=lambda r: r.position)
+        # weight: events, plus one per KiB, so that one group commit (which replication ships whole) stays
+        # within tens of MB even when its appends are large
+        return await self._write(op, len(events) + size // 1024, position_of=lambda r: r.position)
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)
@@ -260,20 +304,12 @@ class Log:
 
     # reads -----------------------------------------------------------------------------------
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
-        visible = self.visible
-        hidden_tail = visible < self.storage.head  # a clustered node holds entries not committed yet
+        visible = self._horizon()
 
         def read(conn: sqlite3.Connection) -> StreamSlice:
-            row = _readable_row(conn, stream)
+            row = _readable_row(conn, stream, visible)
             version = row.version
-            horizon = ""
-            if hidden_tail:
-                horizon = f" AND position <= {int(visible)}"
-                found = conn.execute(f"SELECT version FROM events WHERE stream = ?{horizon} ORDER BY version DESC "
-                                     "LIMIT 1", (stream,)).fetchone()
-                version = found[0] if found else 0
-                if version == 0:
-                    raise StreamNotFound(f"stream {stream!r} does not exist", stream=stream)
+            horizon = "" if visible is None else f" AND position <= {int(visible)}"
             vis = visibility(row, now_micros())
             age = "" if vis.created_after is None else f" AND created >= {int(vis.created_after)}"
             if backward:
@@ -299,10 +335,10 @@ class Log:
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
         where, args = filters.sql()
-        visible = self.visible
+        visible = self._horizon()
 
         def read(conn: sqlite3.Connection) -> AllSlice:
-            head = min(_head(conn), visible)
+            head = _head(conn) if visible is None else min(_head(conn), visible)
             if backward:
                 top = head if start is None else min(start, head)
                 bottom = max(1, top - ALL_SCAN_WINDOW + 1) if filters.active else 1
@@ -315,7 +351,7 @@ class Log:
                     nxt = bottom - 1 if bottom > 1 else None
             else:
                 bottom = start or 1
-                top = bottom + ALL_SCAN_WINDOW - 1 if filters.active else head
+                top = min(bottom + ALL_SCAN_WINDOW - 1, head) if filters.active else head
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
                                     f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
                 records = [record_from_row(r).verified() for r in rows]
@@ -328,8 +364,10 @@ class Log:
         return await self.storage.read(read)
 
     async def stream_info(self, stream: str) -> StreamInfo:
+        visible = self._horizon()
+
         def read(conn: sqlite3.Connection) -> StreamInfo:
-            row = _stream_row(conn, stream)
+            row = _stream_row(conn, stream, visible)
             if row is None or (row.version == 0 and row.deleted != "hard"):
                 raise StreamNotFound(f"stream {stream!r} does not exist", stream=stream)
             vis = visibility(row, now_micros())
@@ -338,8 +376,10 @@ class Log:
         return await self.storage.read(read)
 
     async def get_metadata(self, stream: str) -> dict:
+        visible = self._horizon()
+
         def read(conn: sqlite3.Connection) -> dict:
-            row = _stream_row(conn, stream)
+            row = _stream_row(conn, stream, visible)
             if row is not None and row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
             return orjson.loads(row.metadata) if row is not None and row.metadata else {}
@@ -348,6 +388,8 @@ class Log:
 
     async def list_streams(self, prefix: str | None, after: str | None, limit: int
                            ) -> tuple[list[StreamRow], str | None]:
+        visible = self._horizon()
+
         def read(conn: sqlite3.Connection) -> tuple[list[StreamRow], str | None]:
             now = now_micros()
             found: list[StreamRow] = []
@@ -355,7 +397,8 @@ class Log:
             inclusive = after is None or after < (prefix or "")
             while len(found) <= limit:
                 sql = ("SELECT stream, version, created, updated, deleted, metadata FROM streams "
-                       f"WHERE stream {'>=' if inclusive else '>'} ? AND version > 0 AND deleted = 'no'")
+                       f"WHERE stream {'>=' if inclusive else '>'} ? AND version > 0"
+                       + (" AND deleted = 'no'" if visible is None else ""))
                 params: list = [cursor]
                 if prefix:
                     sql += " AND substr(stream, 1, ?) = ?"
@@ -364,7 +407,9 @@ class Log:
                 if not rows:
                     break
                 for r in rows:
-                    row = StreamRow(*r)
+                    row = StreamRow(*r) if visible is None else _row_as_of(conn, StreamRow(*r), visible)
+                    if row.version == 0:
+                        continue
                     system = row.stream.startswith("$") and not (prefix or "").startswith("$")
                     if not system and visibility(row, now).deleted == "no":
                         found.append(row)
@@ -443,8 +488,8 @@ class Log:
         return await self.storage.read(verify_connection, progress)
 
 
-def _readable_row(conn: sqlite3.Connection, stream: str) -> StreamRow:
-    row = _stream_row(conn, stream)
+def _readable_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow:
+    row = _stream_row(conn, stream, visible)
     if row is None or row.version == 0:
         if row is not None and row.deleted == "hard":
             raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)

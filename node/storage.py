@@ -160,7 +160,8 @@ class WriteTxn:
         """Record that `position` holds an entry of `epoch`: a new run when the epoch is newer than the last."""
         if self.epochs and epoch <= self.epochs[-1][0]:
             if epoch < self.epochs[-1][0]:
-                raise LogError(f"entry of epoch {epoch} after entries of epoch {self.epochs[-1][0]}")
+                raise Unavailable(f"entry of epoch {epoch} after entries of epoch {self.epochs[-1][0]}",
+                                  reason="stale_epoch")
             return
         self.epochs.append((epoch, position))
         self.conn.execute("INSERT OR REPLACE INTO epochs (epoch, start) VALUES (?, ?)", (epoch, position))
@@ -404,8 +405,8 @@ class Storage:
             failure = Unavailable(f"storage error: {exc}")
             outcomes = [(future, loop, None, failure) for _op, future, loop, _weight in batch]
         else:
+            self.epochs = txn.epochs  # before the head: a reader that sees the new head sees its epochs
             self.head = txn.last_position
-            self.epochs = txn.epochs
             self._last_created = max(now, txn.last_created)
             self._dirty.set()
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}

@@ -22,6 +22,7 @@ from .shape import json_response, rfc3339
 FORWARDED_HEADER = "X-Evstore-Forwarded"
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
 READ_YOUR_WRITE_WAIT = 2.0
+FORWARD_TIMEOUT = 30.0  # longer than the leader's commit timeout, so its answer (even a 503) comes back
 NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)  # after forwarding a write, how long to wait for it to become visible here
 PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 
@@ -83,7 +84,8 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
         try:
             async with member.session.request(request.method, leader.url + request.path_qs, data=body,
                                               headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=60)) as response:
+                                              timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)
+                                              ) as response:
                 payload = await response.read()
                 status = response.status
                 content_type = response.headers.get("Content-Type", "application/json")

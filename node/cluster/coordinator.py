@@ -44,6 +44,7 @@ class LeaseStatus:
     ttl: float
     last_refresh: float = 0.0  # time.monotonic() when the last successful keepalive was *sent*
     lost: bool = False
+    generation: int = 0  # counts the leases granted: a leader holds its key under one generation only
 
 
 class Coordinator(Protocol):

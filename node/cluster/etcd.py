@@ -250,6 +250,7 @@ class EtcdCoordinator:
             self._stale_leases.append(granted.id)
             raise
         self._lease_id = granted.id
+        self.lease.generation += 1
         self.lease.last_refresh = sent
         self.lease.lost = False
         self._registered.set()

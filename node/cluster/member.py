@@ -72,6 +72,7 @@ class ClusterMember:
         self._campaign_now = False
         self._handing_over = 0.0  # monotonic deadline: do not run for leader before it (after a step-down)
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
         self._follow_task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._transition = asyncio.Lock()
@@ -147,6 +148,8 @@ class ClusterMember:
                 self.isr = (await self.coordinator.isr()).members
             except CoordinatorError as exc:
                 log.debug("member refresh failed: %s", exc)
+            except Exception:  # a malformed key must not stop the refresh for good
+                log.exception("member refresh failed")
             await asyncio.sleep(RECHECK_EVERY)  # periodic refresh
 
     async def _control(self) -> None:
@@ -206,6 +209,13 @@ class ClusterMember:
         await self._lead(won)
 
     async def _lead(self, won: LeaderInfo) -> None:
+        if won.epoch <= self.log.storage.promised_epoch:
+            # etcd's revisions went backwards (it lost its data): leading would write entries that the
+            # followers reject as old. Refuse loudly rather than fork the log.
+            log.error("won epoch %d, but this node already followed or led epoch %d: etcd lost its data? "
+                      "not leading", won.epoch, self.log.storage.promised_epoch)
+            await self.coordinator.resign(won.epoch)
+            return
         await self.log.promise_epoch(won.epoch)
         self.log.storage.epoch = won.epoch
         isr = await self.coordinator.isr()
@@ -233,7 +243,9 @@ class ClusterMember:
     def _deposed(self, reason: str) -> None:
         log.warning("stepping down: %s", reason)
         if self.leading is not None:
-            asyncio.get_running_loop().create_task(self.leading.stop(reason))
+            task = asyncio.get_running_loop().create_task(self.leading.stop(reason))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         self._changed.set()
 
     async def _stop_leading(self, reason: str) -> None:
@@ -279,9 +291,8 @@ class ClusterMember:
             self._set_role_metrics()
 
     async def _refresh_leader(self) -> None:
-        with contextlib.suppress(CoordinatorError):
-            self.leader = await self.coordinator.leader()
-            self._changed.set()
+        # the leader we follow says a newer epoch exists: the watch delivers it; make the control loop look
+        self._changed.set()
 
     def _set_role_metrics(self) -> None:
         self._role_changed.set()
@@ -373,13 +384,20 @@ class ClusterMember:
                                              timeout=aiohttp.ClientTimeout(total=5)) as response:
                     if response.status != 200:
                         raise NoInSyncFollower()
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                leading.release_writes()
+                raise Unavailable(f"step-down did not complete ({type(exc).__name__}); this node still leads",
+                                  reason="step_down_failed") from None
             except BaseException:
                 leading.release_writes()
                 raise
             self._handing_over = time.monotonic() + 3 * CAMPAIGN_DELAY + self.config.timing.lease_ttl
             epoch = leading.epoch
             await self._stop_leading("step-down")
-            await self.coordinator.resign(epoch)
+            try:
+                await self.coordinator.resign(epoch)
+            except CoordinatorError as exc:  # the key then expires with our lease; the control loop retries
+                log.warning("could not delete the leader key after stepping down: %s", exc)
             log.info("stepped down from epoch %d in favour of %s", epoch, target.node)
             return target.node
 

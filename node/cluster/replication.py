@@ -95,6 +95,8 @@ class LeaderReplication:
         self.progress: dict[str, Progress] = {}
         self.started = time.monotonic()
         self.active = True
+        self.lease_generation = coordinator.lease.generation  # the lease the leader key was created under
+        self._lease_ok = True
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._seq = itertools.count()
         self._new_data = asyncio.Event()
@@ -105,6 +107,8 @@ class LeaderReplication:
         self._idle.set()
         self._isr_lock = asyncio.Lock()
         self._adding: set[str] = set()
+        self._deposed_reported = False
+        self._tasks: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -130,8 +134,13 @@ class LeaderReplication:
 
     # the write gate ----------------------------------------------------------------------------
     def lease_valid(self) -> bool:
-        lease = self.coordinator.lease
-        return not lease.lost and time.monotonic() < lease.last_refresh + lease.ttl - 0.5
+        """True while the lease our leader key lives under is surely alive; once false, false for good (a
+        new lease after a loss does not bring the key back)."""
+        if self._lease_ok:
+            lease = self.coordinator.lease
+            self._lease_ok = (not lease.lost and lease.generation == self.lease_generation
+                              and time.monotonic() < lease.last_refresh + lease.ttl - 0.5)
+        return self._lease_ok
 
     def _check_can_write(self) -> None:
         if not self.active:
@@ -159,6 +168,9 @@ class LeaderReplication:
     async def committed(self, position: int) -> None:
         self._wake_fetchers()
         self._advance()
+        if not self.active:
+            raise Unavailable("leadership lost before the write was acknowledged; its outcome is unknown: "
+                              "retry it with the same event ids", reason="leadership_lost")
         if position > self.hw:
             future = asyncio.get_running_loop().create_future()
             heapq.heappush(self._waiters, (position, next(self._seq), future))
@@ -182,7 +194,8 @@ class LeaderReplication:
             return
         head = self.log.storage.head
         hw = head
-        for node in self.isr:
+        # members being added count already: etcd may list them before we hear back (Kafka's maximal ISR)
+        for node in self.isr | self._adding:
             if node != self.me.node:
                 progress = self.progress.get(node)
                 hw = min(hw, progress.durable if progress else 0)
@@ -216,7 +229,9 @@ class LeaderReplication:
         self._advance()
         if node not in self.isr and prev >= self.hw and node not in self._adding:
             self._adding.add(node)
-            asyncio.get_running_loop().create_task(self._change_isr(add=node))
+            task = asyncio.get_running_loop().create_task(self._change_isr(add=node))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if first > storage.head and self.hw <= progress.committed_told:
             # nothing new to ship and nothing new to tell: wait for either (the follower's readers wait
             # for the committed position, so it is news worth an early answer)
@@ -242,19 +257,30 @@ class LeaderReplication:
     # the ISR -----------------------------------------------------------------------------------
     async def _maintain(self) -> None:
         while self.active:
-            await asyncio.sleep(ISR_CHECK_EVERY)  # a periodic check, not a synchronisation
-            if not self.lease_valid():
-                if self.on_deposed is not None:
-                    self.on_deposed("lease expired")
+            try:
+                await self._maintain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ISR maintenance failed")
+            if self._deposed_reported:
                 return
-            now = time.monotonic()
-            for node in sorted(self.isr - {self.me.node}):
-                progress = self.progress.get(node)
-                caught_up = progress.last_caught_up if progress else self.started
-                if now - max(caught_up, self.started) > self.timing.lag_timeout:
-                    await self._change_isr(remove=node)
-            for progress in self.progress.values():
-                self._observe_lag(progress)
+
+    async def _maintain_once(self) -> None:
+        await asyncio.sleep(ISR_CHECK_EVERY)  # a periodic check, not a synchronisation
+        if not self.lease_valid():
+            if self.on_deposed is not None:
+                self.on_deposed("lease expired")
+            self._deposed_reported = True
+            return
+        now = time.monotonic()
+        for node in sorted(self.isr - {self.me.node}):
+            progress = self.progress.get(node)
+            caught_up = progress.last_caught_up if progress else self.started
+            if now - max(caught_up, self.started) > self.timing.lag_timeout:
+                await self._change_isr(remove=node)
+        for progress in self.progress.values():
+            self._observe_lag(progress)
 
     async def _change_isr(self, add: str | None = None, remove: str | None = None) -> None:
         try:
@@ -279,7 +305,11 @@ class LeaderReplication:
             try:
                 state = await self.coordinator.set_isr(self.epoch, tuple(sorted(members)), self.isr_revision)
             except CoordinatorError as exc:
-                log.warning("could not update the ISR: %s", exc)
+                if add is not None and self.on_deposed is not None:
+                    # etcd may hold the larger ISR without our knowing: stop acknowledging against the smaller
+                    self.on_deposed(f"outcome of an ISR change unknown: {exc}")
+                else:  # a removal that may not have happened: keeping the larger set is safe
+                    log.warning("could not update the ISR: %s", exc)
                 return
             if state is None:  # the leader key is not ours any more, or someone else wrote the ISR
                 if self.on_deposed is not None:
@@ -379,9 +409,9 @@ class Follower:
             raise EpochMismatch(leader_epoch, stale_leader=False)  # entries of an older epoch: reject them
         self.last_contact = time.monotonic()
         records = decode_records(payload)
+        if storage.head != head:
+            return  # our head moved meanwhile (an earlier write landed): ask again from the new head
         if records:
-            if records[0].position <= storage.head:
-                return  # our head moved meanwhile (a previous loop's write landed): ask again
             apply = asyncio.ensure_future(self.log.apply_replicated(records))
             try:
                 await asyncio.shield(apply)
@@ -404,7 +434,12 @@ class Follower:
             raise Unavailable("divergence below the committed position")
         log.warning("truncating the log after position %d (uncommitted entries the leader does not have)",
                     target)
-        await self.log.truncate_after(target)
+        truncation = asyncio.ensure_future(self.log.truncate_after(target))
+        try:
+            await asyncio.shield(truncation)
+        except asyncio.CancelledError:
+            await truncation
+            raise
 
 
 def reply_headers(reply: FetchReply) -> dict[str, str]:

@@ -156,3 +156,25 @@ async def test_epochs_and_promises_survive_a_restart(tmp_path):
         assert again.end_of_epoch(8) == (4, 1) and again.end_of_epoch(3) == (0, 0)
     finally:
         again.close()
+
+
+async def test_stream_state_past_the_horizon_is_not_shown(pair):
+    leader, _ = pair
+    await leader.append("a", "any", [ev(1)])
+    await leader.set_metadata("a", {"custom": {"v": 1}})
+    committed = leader.head
+    await leader.append("a", "any", [ev(2, "Late")])
+    await leader.set_metadata("a", {"custom": {"v": 2}})
+    await leader.append("new", "any", [ev(3, "Late")])
+    await leader.delete("a", "any", hard=True)
+    leader.horizon = lambda: committed
+    info = await leader.stream_info("a")
+    assert (info.version, info.deleted, info.metadata) == (1, "no", {"custom": {"v": 1}})
+    assert await leader.get_metadata("a") == {"custom": {"v": 1}}
+    assert [r.version for r in (await leader.read_stream("a", None, 10, False)).records] == [1]
+    with pytest.raises(StreamNotFound):
+        await leader.stream_info("new")
+    rows, _ = await leader.list_streams(None, None, 10)
+    assert [(r.stream, r.version) for r in rows] == [("a", 1)]
+    filtered = await leader.read_all(None, 10, False, AllFilter(types=["Late"]))
+    assert filtered.records == [] and filtered.head == committed
