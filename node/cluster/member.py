@@ -411,6 +411,11 @@ class ClusterMember:
         for m in self.members:
             members[m.node] = {"node": m.node, "url": m.url, "role": "follower", "position": None,
                                "inSync": m.node in self.isr, "lag": None, "lastSeen": None}
+        if self.discovery is not None:  # announced, but not registered in etcd (not running, or not allowed)
+            for peer in self.discovery.peers().values():
+                if peer.source == "zeroconf" and peer.node not in members:
+                    members[peer.node] = {"node": peer.node, "url": peer.url, "role": "discovered",
+                                          "position": None, "inSync": False, "lag": None, "lastSeen": None}
         if self.leading is not None:
             for p in self.leading.progress.values():
                 entry = members.setdefault(p.node, {"node": p.node, "url": p.url, "role": "follower"})

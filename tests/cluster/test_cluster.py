@@ -134,6 +134,8 @@ def test_cluster_metrics(cluster):
     assert all(gauge(i, "evstore_etcd_up") == 1 for i in range(3))
     assert gauge(leader, "evstore_members") == 3
     assert gauge(leader, "evstore_elections_total") >= 1
+    # zeroconf on 127.0.0.1 finds the two others (etcd lists them too: the metric counts distinct peers)
+    wait_for(lambda: all(gauge(i, "evstore_gossip_peers") == 2 for i in range(3)), what="gossip peers")
     with urllib.request.urlopen(cluster.urls[leader] + "/metrics", timeout=10) as r:
         text = r.read().decode()
     for i in followers:
