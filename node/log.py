@@ -13,7 +13,8 @@ from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
 import orjson
 
 from ..ids import uuid7_bytes
-from .errors import DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, WrongExpectedVersion
+from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
+                     WrongExpectedVersion)
 from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, payload_checksum,
                       record_from_row, scan_records)
 
@@ -439,13 +440,16 @@ class Log:
 
         return await self.storage.read(read)
 
-    async def apply_replicated(self, records: Sequence[Record]) -> int:
-        """Store records shipped by the leader, as they are, in one transaction; the new head once durable."""
+    async def apply_replicated(self, records: Sequence[Record], committed: int = 0) -> int:
+        """Store records shipped by the leader, as they are, in one transaction; the new head once durable.
+        `committed` (the leader's committed position) is kept with them."""
         for r in records:
             r.verified()
 
         def op(txn: WriteTxn) -> int:
             txn.insert_records(records)
+            if committed > self.storage.committed:
+                txn.set_setting("committed", str(min(committed, txn.last_position)))
             rows: dict[str, StreamRow] = {}
             for r in records:
                 _apply_to_rows(txn, rows, r)
@@ -453,11 +457,27 @@ class Log:
                 txn.save_stream_row(row)
             return txn.last_position
 
-        return await self.storage.write(op, weight=len(records))
+        head = await self.storage.write(op, weight=len(records))
+        self.storage.committed = max(self.storage.committed, min(committed, head))
+        return head
+
+    async def persist_committed(self, position: int) -> None:
+        """Remember the committed position across restarts: entries up to it are never truncated."""
+        if position <= self.storage.committed:
+            return
+
+        def op(txn: WriteTxn) -> None:
+            txn.set_setting("committed", str(position))
+
+        await self.storage.write(op)
+        self.storage.committed = max(self.storage.committed, position)
 
     async def truncate_after(self, position: int) -> int:
         """Drop the entries after `position` (a follower's uncommitted tail that the new leader does not
         have) and rebuild the stream rows they touched."""
+        if position < self.storage.committed:
+            raise Unavailable(f"refusing to truncate to {position}: entries up to {self.storage.committed} "
+                              "are committed", reason="truncate_below_committed")
         def op(txn: WriteTxn) -> int:
             touched = txn.truncate_after(position)
             for stream, lowest_removed in touched:

@@ -255,6 +255,7 @@ class Storage:
         self.epoch = 0  # the epoch this node writes new entries with (its leader epoch)
         self.epochs: list[tuple[int, int]] = []  # (epoch, first position) runs; replaced, never mutated
         self.promised_epoch = 0  # the newest leader epoch this node has followed or led (persisted)
+        self.committed = 0  # the cluster's committed position as last persisted here (never truncated)
         self._last_created = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -291,6 +292,8 @@ class Storage:
             self.epoch = self.epochs[-1][0]
         promised = conn.execute("SELECT value FROM settings WHERE key = 'promised_epoch'").fetchone()
         self.promised_epoch = max(int(promised[0]) if promised else 0, self.epoch)
+        committed = conn.execute("SELECT value FROM settings WHERE key = 'committed'").fetchone()
+        self.committed = min(int(committed[0]) if committed else 0, self.head)
         self._closed = False
         self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
         self._writer.start()

@@ -82,7 +82,7 @@ class ClusterMember:
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.committed = 0
+        self.committed = self.log.storage.committed  # what was committed before a restart stays readable
         await self.coordinator.start(self.me)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._discover(), name="evstore-discovery"),

@@ -273,6 +273,8 @@ class LeaderReplication:
                 self.on_deposed("lease expired")
             self._deposed_reported = True
             return
+        if self.hw > self.log.storage.committed:
+            await self.log.persist_committed(self.hw)
         now = time.monotonic()
         for node in sorted(self.isr - {self.me.node}):
             progress = self.progress.get(node)
@@ -412,7 +414,7 @@ class Follower:
         if storage.head != head:
             return  # our head moved meanwhile (an earlier write landed): ask again from the new head
         if records:
-            apply = asyncio.ensure_future(self.log.apply_replicated(records))
+            apply = asyncio.ensure_future(self.log.apply_replicated(records, committed))
             try:
                 await asyncio.shield(apply)
             except asyncio.CancelledError:

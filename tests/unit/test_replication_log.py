@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from evstore.node.cluster.wire import WireError, decode_records, encode_records
-from evstore.node.errors import CorruptRecord, StreamDeleted, StreamNotFound
+from evstore.node.errors import CorruptRecord, StreamDeleted, StreamNotFound, Unavailable
 from evstore.node.log import AllFilter, Log, NewEvent
 from evstore.node.storage import Storage
 
@@ -178,3 +178,23 @@ async def test_stream_state_past_the_horizon_is_not_shown(pair):
     assert [(r.stream, r.version) for r in rows] == [("a", 1)]
     filtered = await leader.read_all(None, 10, False, AllFilter(types=["Late"]))
     assert filtered.records == [] and filtered.head == committed
+
+
+async def test_the_committed_position_survives_a_restart_and_is_never_truncated(tmp_path):
+    storage = Storage(tmp_path / "n")
+    storage.open()
+    one = Log(storage)
+    await one.append("a", "any", [ev(1), ev(2), ev(3)])
+    await one.persist_committed(2)
+    storage.close()
+    again = Storage(tmp_path / "n")
+    again.open()
+    try:
+        assert again.committed == 2
+        with pytest.raises(Unavailable):
+            await Log(again).truncate_after(1)
+        assert again.head == 3
+        await Log(again).truncate_after(2)
+        assert again.head == 2
+    finally:
+        again.close()
