@@ -191,8 +191,9 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
             raise fail("lease_ttl", "must be a number of seconds from 2 to 60")
         values["lease_ttl"] = seconds
     for url in values.get("etcd_endpoints", ()):
-        if not re.match(r"^https?://[^/\s]+$", url):
-            raise fail("etcd_endpoints", "must be comma-separated http(s)://HOST:PORT URLs")
+        if not re.match(r"^http://[^/\s]+$", url):
+            raise fail("etcd_endpoints", "must be comma-separated http://HOST:PORT URLs (TLS to etcd is not "
+                       "supported yet)")
     if values.get("etcd_endpoints") and not values.get("cluster_secret"):
         raise ConfigError("etcd endpoints are set (a cluster), so a cluster secret is required: set "
                           "EVSTORE_CLUSTER_SECRET or --cluster-secret (at least 16 characters)")

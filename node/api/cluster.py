@@ -21,9 +21,9 @@ from .shape import json_response, rfc3339
 
 FORWARDED_HEADER = "X-Evstore-Forwarded"
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
-READ_YOUR_WRITE_WAIT = 2.0
+READ_YOUR_WRITE_WAIT = 2.0  # after forwarding an append, how long to wait for it to become visible here
 FORWARD_TIMEOUT = 30.0  # longer than the leader's commit timeout, so its answer (even a 503) comes back
-NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)  # after forwarding a write, how long to wait for it to become visible here
+NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)
 PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -311,7 +311,7 @@ def paths() -> dict:
                 "200": ok("Leadership handed over", obj({"stepDown": {"type": "boolean"},
                                                          "leader": {"type": "string"}}, ("stepDown", "leader"))),
                 "409": {"description": "`no_in_sync_follower`: no follower can take over",
-                        "content": json_content(ref("Error"))}}),
+                        "content": json_content(ref("Error"))}, **errors(503)}),
         },
         "/v1/admin/verify": {
             "post": operation("verify", "Checksum scan of every record (admin)", "operations", {
@@ -319,7 +319,10 @@ def paths() -> dict:
         },
         "/v1/admin/scavenge": {
             "post": operation("scavenge", "Remove events retention already hides (admin)", "operations", {
-                "200": ok("Removed", ref("ScavengeResult")), **errors(503)}),
+                "200": ok("Removed", ref("ScavengeResult")),
+                "409": {"description": "`not_supported`: a clustered node does not scavenge (the copies would "
+                                       "differ)", "content": json_content(ref("Error"))},
+                **errors(503)}),
         },
     }
 

@@ -72,6 +72,10 @@ async def verify(request: web.Request) -> web.Response:
 
 
 async def scavenge(request: web.Request) -> web.Response:
+    if request.app[SETTINGS_KEY].clustered:
+        # scavenging is per node: in a cluster it would make the copies differ, so it waits for a design
+        # that replicates it
+        return error_response(409, "not_supported", "scavenge is not supported on a clustered node yet")
     return json_response(await request.app[LOG_KEY].scavenge())
 
 

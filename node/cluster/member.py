@@ -146,6 +146,8 @@ class ClusterMember:
                 if self.metrics is not None:
                     self.metrics.members.set(len(self.members))
                 self.isr = (await self.coordinator.isr()).members
+                if self.metrics is not None and self.leading is None:
+                    self.metrics.isr_size.set(len(self.isr))
             except CoordinatorError as exc:
                 log.debug("member refresh failed: %s", exc)
             except Exception:  # a malformed key must not stop the refresh for good
@@ -202,13 +204,14 @@ class ClusterMember:
         if self.coordinator.lease.lost:
             return
         won = await self.coordinator.campaign(self.me)
-        if self.metrics is not None:
-            self.metrics.elections.inc()
+        generation = self.coordinator.lease.generation  # the lease the key was just created under
         if won is None:
             return
-        await self._lead(won)
+        if self.metrics is not None:
+            self.metrics.elections.inc()
+        await self._lead(won, generation)
 
-    async def _lead(self, won: LeaderInfo) -> None:
+    async def _lead(self, won: LeaderInfo, generation: int) -> None:
         if won.epoch <= self.log.storage.promised_epoch:
             # etcd's revisions went backwards (it lost its data): leading would write entries that the
             # followers reject as old. Refuse loudly rather than fork the log.
@@ -216,9 +219,15 @@ class ClusterMember:
                       "not leading", won.epoch, self.log.storage.promised_epoch)
             await self.coordinator.resign(won.epoch)
             return
+        isr = await self.coordinator.isr()
+        if isr.revision and self.me.node not in isr.members:
+            # we read the ISR before running, then stalled while another leader dropped us from it: having
+            # the key now, nobody else can change the ISR, so this read is the truth
+            log.warning("won epoch %d but the ISR %s no longer has this node: resigning", won.epoch, isr.members)
+            await self.coordinator.resign(won.epoch)
+            return
         await self.log.promise_epoch(won.epoch)
         self.log.storage.epoch = won.epoch
-        isr = await self.coordinator.isr()
         live = {m.node for m in await self.coordinator.members()} | {self.me.node}
         self.max_members_seen = max(self.max_members_seen, len(live), len(isr.members))
         members = tuple(sorted((set(isr.members) & live) | {self.me.node}))
@@ -228,7 +237,12 @@ class ClusterMember:
             await self.coordinator.resign(won.epoch)
             return
         leading = LeaderReplication(self.log, self.coordinator, self.me, won.epoch, state, self.min_in_sync,
-                                    self.config.timing, self.committed, self.metrics, self._deposed)
+                                    self.config.timing, self.committed, self.metrics, self._deposed,
+                                    lease_generation=generation)
+        if not leading.lease_valid():
+            log.warning("the lease changed while taking over epoch %d: resigning", won.epoch)
+            await self.coordinator.resign(won.epoch)
+            return
         leading.start()
         self.leading = leading
         self.leader = won
@@ -240,7 +254,9 @@ class ClusterMember:
                  self.min_in_sync())
         self._set_role_metrics()
 
-    def _deposed(self, reason: str) -> None:
+    def _deposed(self, leading: LeaderReplication, reason: str) -> None:
+        if leading is not self.leading:  # a late report from an epoch we no longer lead
+            return
         log.warning("stepping down: %s", reason)
         if self.leading is not None:
             task = asyncio.get_running_loop().create_task(self.leading.stop(reason))
@@ -315,7 +331,7 @@ class ClusterMember:
                 return self.following.leader
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Unavailable("no leader is known right now", reason="no_leader", retryAfter=1)
+                raise Unavailable("no leader is known right now", reason="no_leader")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), remaining)
 
@@ -349,7 +365,7 @@ class ClusterMember:
     def deposed_by(self, epoch: int) -> None:
         """A follower fetched with a newer epoch than ours: another node leads now."""
         if self.leading is not None and epoch > self.leading.epoch:
-            self._deposed(f"a follower knows the newer epoch {epoch}")
+            self._deposed(self.leading, f"a follower knows the newer epoch {epoch}")
 
     def ready(self) -> tuple[bool, str]:
         if self.role == "leader":

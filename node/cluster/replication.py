@@ -30,6 +30,7 @@ TOKEN_HEADER = "X-Evstore-Peer-Token"
 FETCH_WAIT = 0.5  # seconds a fetch waits on the leader for new entries before answering empty
 FETCH_TIMEOUT = 10.0
 ISR_CHECK_EVERY = 0.2
+PERSIST_COMMITTED_EVERY = 1.0  # an idle follower writes its committed position at most this often
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class LeaderReplication:
 
     def __init__(self, log_: Log, coordinator: Coordinator, me: MemberInfo, epoch: int, isr: IsrState,
                  min_in_sync: Callable[[], int], timing: Timing, committed: int, metrics=None,
-                 on_deposed: Callable[[str], None] | None = None) -> None:
+                 on_deposed: Callable[["LeaderReplication", str], None] | None = None,
+                 lease_generation: int | None = None) -> None:
         self.log = log_
         self.coordinator = coordinator
         self.me = me
@@ -95,7 +97,8 @@ class LeaderReplication:
         self.progress: dict[str, Progress] = {}
         self.started = time.monotonic()
         self.active = True
-        self.lease_generation = coordinator.lease.generation  # the lease the leader key was created under
+        # the lease the leader key was created under: a later lease does not hold the key
+        self.lease_generation = coordinator.lease.generation if lease_generation is None else lease_generation
         self._lease_ok = True
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._seq = itertools.count()
@@ -127,6 +130,13 @@ class LeaderReplication:
             if not future.done():
                 future.set_exception(error)
         self._waiters.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.metrics is not None:
+            for node in self.progress:
+                with contextlib.suppress(KeyError):
+                    self.metrics.replication_lag_events.remove(node)
+                    self.metrics.replication_lag_seconds.remove(node)
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -270,7 +280,7 @@ class LeaderReplication:
         await asyncio.sleep(ISR_CHECK_EVERY)  # a periodic check, not a synchronisation
         if not self.lease_valid():
             if self.on_deposed is not None:
-                self.on_deposed("lease expired")
+                self.on_deposed(self, "lease expired")
             self._deposed_reported = True
             return
         if self.hw > self.log.storage.committed:
@@ -309,13 +319,13 @@ class LeaderReplication:
             except CoordinatorError as exc:
                 if add is not None and self.on_deposed is not None:
                     # etcd may hold the larger ISR without our knowing: stop acknowledging against the smaller
-                    self.on_deposed(f"outcome of an ISR change unknown: {exc}")
+                    self.on_deposed(self, f"outcome of an ISR change unknown: {exc}")
                 else:  # a removal that may not have happened: keeping the larger set is safe
                     log.warning("could not update the ISR: %s", exc)
                 return
             if state is None:  # the leader key is not ours any more, or someone else wrote the ISR
                 if self.on_deposed is not None:
-                    self.on_deposed("ISR compare-and-swap failed")
+                    self.on_deposed(self, "ISR compare-and-swap failed")
                 return
             self.isr = frozenset(state.members)
             self.isr_revision = state.revision
@@ -336,6 +346,8 @@ class LeaderReplication:
         deadline = time.monotonic() + timeout
         await asyncio.wait_for(self._idle.wait(), timeout)
         while self.hw < self.log.storage.head:
+            if not self.active:
+                raise NotLeader()
             if time.monotonic() > deadline:
                 raise Unavailable("the in-sync replicas did not catch up in time", reason="step_down_timeout")
             waiting_on = self._new_data
@@ -365,6 +377,7 @@ class Follower:
         self.last_contact = 0.0
         self.on_stale = on_stale
         self.on_progress = on_progress  # called whenever `committed` moves
+        self._persisted_at = 0.0
 
     async def run(self) -> None:
         backoff = 0.1
@@ -402,6 +415,9 @@ class Follower:
                     await self._truncate(int(info["epoch"]), int(info["end"]))
                     return
                 raise EpochMismatch(int(info.get("leaderEpoch", 0)), stale_leader=False)
+            if response.status == 401:
+                log.warning("the leader %s refused our peer token: is the cluster secret the same on every "
+                            "node?", self.leader.node)
             if response.status != 200:
                 raise Unavailable(f"leader answered {response.status}: {payload[:200]!r}")
             leader_epoch = int(response.headers.get("X-Evstore-Epoch", "0"))
@@ -425,6 +441,10 @@ class Follower:
             self.committed = visible
             if self.on_progress is not None:
                 self.on_progress()
+        if not records and self.committed > storage.committed and \
+                time.monotonic() - self._persisted_at > PERSIST_COMMITTED_EVERY:
+            self._persisted_at = time.monotonic()  # an idle follower remembers the last commit too
+            await self.log.persist_committed(self.committed)
 
     async def _truncate(self, leader_epoch: int, leader_end: int) -> None:
         storage = self.log.storage

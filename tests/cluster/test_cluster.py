@@ -129,10 +129,10 @@ def test_cluster_metrics(cluster):
 
     assert gauge(leader, "evstore_leader") == 1
     assert all(gauge(i, "evstore_leader") == 0 for i in followers)
-    assert gauge(leader, "evstore_isr_size") == 3
+    wait_for(lambda: gauge(leader, "evstore_isr_size") == 3 and gauge(leader, "evstore_members") == 3,
+             what="a full ISR and member list in the metrics")
     assert gauge(leader, "evstore_epoch") > 0
     assert all(gauge(i, "evstore_etcd_up") == 1 for i in range(3))
-    assert gauge(leader, "evstore_members") == 3
     assert gauge(leader, "evstore_elections_total") >= 1
     # zeroconf on 127.0.0.1 finds the two others (etcd lists them too: the metric counts distinct peers)
     wait_for(lambda: all(gauge(i, "evstore_gossip_peers") == 2 for i in range(3)), what="gossip peers")

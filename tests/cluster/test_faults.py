@@ -314,6 +314,9 @@ async def test_step_down_under_load_hands_over_with_no_failed_write(start_cluste
         after = load.acknowledged
         assert await load.grows() > after
         await load.finish()
+    # the workload retries 503s with the same ids, so "ok" alone would hide a failed write: no append may
+    # have been answered with an error at all
+    assert load.workload.errors == {}, f"appends answered with errors during the step-down: {load.workload.errors}"
     not_ok = [(a.stream, a.status, a.reply) for a in history if a.status != "ok"]
     assert history.count("failed") == 0 and not not_ok, f"appends not acknowledged: {not_ok[:10]}; " \
                                                         f"errors: {load.workload.errors}"

@@ -64,8 +64,15 @@ def test_dev_cluster_starts_serves_and_stops_on_ctrl_c(tmp_path):
         assert not [pid for pid in children if pid_alive(pid)]
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for pid in children:
+            # its children run in their own sessions: learn their PIDs before the parent goes
+            children += [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                        text=True).stdout.split()]
+            proc.send_signal(signal.SIGINT)  # it stops what it started
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for pid in set(children):
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)

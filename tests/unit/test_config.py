@@ -36,7 +36,7 @@ def test_flags_win_over_environment():
     (["--discovery", "carrier-pigeon"], {}, "zeroconf"),
     (["--api-tokens-file", "/nonexistent/tokens"], {}, "cannot read"),
     (["--etcd-endpoints", "http://127.0.0.1:2379"], {}, "cluster secret is required"),
-    (["--etcd-endpoints", "127.0.0.1:2379", "--cluster-secret", "s" * 16], {}, "http(s)://HOST:PORT"),
+    (["--etcd-endpoints", "127.0.0.1:2379", "--cluster-secret", "s" * 16], {}, "http://HOST:PORT"),
     (["--lease-ttl", "1"], {}, "from 2 to 60"),
     (["--cluster-size", "0"], {}, "--cluster-size"),
     (["--cluster-size", "3", "--min-in-sync", "4"], {}, "no write could ever be acknowledged"),

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from evstore.node.cluster.wire import WireError, decode_records, encode_records
-from evstore.node.errors import CorruptRecord, StreamDeleted, StreamNotFound, Unavailable
+from evstore.node.errors import CorruptRecord, LogError, StreamDeleted, StreamNotFound, Unavailable
 from evstore.node.log import AllFilter, Log, NewEvent
 from evstore.node.storage import Storage
 
@@ -82,7 +82,7 @@ async def test_records_must_follow_the_head(pair):
     leader, follower = pair
     await leader.append("a", "any", [ev(), ev()])
     await replicate(leader, follower)
-    with pytest.raises(Exception):
+    with pytest.raises(LogError):
         await follower.apply_replicated(await leader.records_from(2))
     assert follower.head == 2
 

@@ -1,0 +1,85 @@
+"""When a write cannot be made safe it is refused with 503 and leaves no trace: too few in-sync replicas,
+or no leader at all."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from evstore.client.localcluster import LocalCluster
+from evstore.client.localnode import NodeProcess, free_port
+
+
+def call(url: str, method: str = "GET", body=None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)  # polling other processes' state over HTTP: there is no event to await
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_too_few_in_sync_replicas_refuse_writes_and_leave_no_trace(tmp_path):
+    cluster = LocalCluster(tmp_path / "store", nodes=3, lease_ttl=3)
+    try:
+        cluster.start()
+        leader, _epoch = cluster.wait_leader(30)
+        url = cluster.urls[leader]
+        wait_for(lambda: len(call(url + "/v1/cluster")[1]["isr"]) == 3, 30, "a full ISR")
+        assert call(url + "/v1/streams/before", "POST", {"events": [{"type": "T", "data": {}}]})[0] == 200
+        followers = [i for i in range(3) if i != leader]
+        for i in followers:
+            cluster.node(i).kill()
+        me = cluster.node_id(leader)
+        wait_for(lambda: call(url + "/v1/cluster")[1]["isr"] == [me], 30, "the ISR to shrink to the leader")
+
+        status, error = call(url + "/v1/streams/refused", "POST", {"events": [{"type": "T", "data": {}}]})
+        assert status == 503 and error["reason"] == "not_enough_replicas", error
+
+        for i in followers:
+            cluster.node(i).start()
+        wait_for(lambda: len(call(url + "/v1/cluster")[1]["isr"]) == 3, 30, "the followers to rejoin")
+        for node_url in cluster.urls:
+            assert call(node_url + "/v1/streams/refused")[0] == 404
+            assert call(node_url + "/v1/streams/before")[0] == 200
+    finally:
+        cluster.stop()
+
+
+def test_a_node_without_a_leader_answers_503(tmp_path):
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there: etcd is down
+    data = tmp_path / "alone" / "data"
+    data.mkdir(parents=True)
+    node = NodeProcess(data, args=("--node-id", "alone", "--etcd-endpoints", unreachable,
+                                   "--cluster-secret", "s" * 20, "--lease-ttl", "2"))
+    try:
+        node.start(wait=False)
+        wait_for(lambda: _answers(node.url), 30, "the node to answer")
+        status, ready = call(node.url + "/health/ready")
+        assert status == 503 and ready["error"] == "unavailable"
+        status, error = call(node.url + "/v1/streams/s", "POST", {"events": [{"type": "T", "data": {}}]})
+        assert status == 503 and error["reason"] == "no_leader", error
+        assert call(node.url + "/v1/cluster")[1]["role"] == "candidate"
+        assert call(node.url + "/health/live")[0] == 200
+    finally:
+        node.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/health/live", timeout=1).close()
+        return True
+    except (urllib.error.URLError, OSError):
+        return False

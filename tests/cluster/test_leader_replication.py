@@ -1,0 +1,99 @@
+"""The leader's side of replication in one process, with a real etcd and a real SQLite log: a write is
+acknowledged only once every ISR member has it; a fetch of another epoch is refused; a diverging follower is
+told where to truncate; a leader whose lease is not renewed stops writing at once."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+import pytest
+
+from evstore.node.cluster.coordinator import MemberInfo
+from evstore.node.cluster.etcd import EtcdCoordinator
+from evstore.node.cluster.replication import EpochMismatch, LeaderReplication, Timing
+from evstore.node.errors import NotLeader
+from evstore.node.log import Log, NewEvent
+from evstore.node.storage import Storage
+
+WAIT = 15.0
+LEADER = MemberInfo("leader", "http://127.0.0.1:1")
+
+
+def ev() -> NewEvent:
+    return NewEvent(uuid.uuid4().bytes, "T", orjson.dumps({}), b"{}")
+
+
+@pytest.fixture
+async def leading(etcd, tmp_path):
+    """This process leads a store whose ISR is {leader, follower}, with a real etcd and log."""
+    storage = Storage(tmp_path / "leader")
+    storage.open()
+    log = Log(storage)
+    coordinator = EtcdCoordinator((etcd.client_url,), f"t-{uuid.uuid4().hex[:8]}", lease_ttl=2)
+    await coordinator.start(LEADER)
+    await asyncio.wait_for(coordinator.wait_registered(), WAIT)
+    won = await coordinator.campaign(LEADER)
+    isr = await coordinator.isr()
+    state = await coordinator.set_isr(won.epoch, ("follower", "leader"), isr.revision)
+    storage.epoch = won.epoch
+    lead = LeaderReplication(log, coordinator, LEADER, won.epoch, state, lambda: 2, Timing(2), committed=0)
+    log.gate = lead
+    lead.start()
+    try:
+        yield lead
+    finally:
+        await lead.stop("test over")
+        await coordinator.close()
+        storage.close()
+
+
+async def test_a_write_waits_for_every_isr_member(leading):
+    lead, log = leading, leading.log
+    first_fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    append = asyncio.create_task(log.append("s", "any", [ev(), ev()]))
+    shipped = await asyncio.wait_for(first_fetch, WAIT)  # answered with the new entries
+    assert [r.position for r in shipped.records] == [1, 2]
+    assert not append.done() and lead.hw == 0  # durable here, but not yet on the follower
+    # the follower stored them: its next fetch says so, and the write is acknowledged
+    asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 3, lead.epoch))
+    result = await asyncio.wait_for(append, WAIT)
+    assert (result.version, result.position, lead.hw) == (2, 2, 2)
+
+
+async def test_a_fetch_of_another_epoch_is_refused(leading):
+    with pytest.raises(EpochMismatch) as older:
+        await leading.fetch("follower", "http://f", leading.epoch - 1, 1, 0)
+    assert older.value.leader_epoch == leading.epoch and not older.value.stale_leader
+    with pytest.raises(EpochMismatch) as newer:
+        await leading.fetch("follower", "http://f", leading.epoch + 1, 1, 0)
+    assert newer.value.stale_leader  # the follower knows a newer leader: this one is deposed
+
+
+async def test_a_diverging_follower_is_told_where_to_truncate(leading):
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    append = asyncio.create_task(log.append("s", "any", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)
+    await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch), WAIT)
+    await asyncio.wait_for(append, WAIT)
+    # a follower holding 3 entries of an older epoch: the leader has only position 1, of its own epoch
+    reply = await lead.fetch("follower", "http://f", lead.epoch, 4, lead.epoch - 1)
+    assert (reply.status, reply.epoch, reply.end) == ("diverged", 0, 0)
+    # one whose position 1 matches but that holds more than the leader
+    reply = await lead.fetch("follower", "http://f", lead.epoch, 4, lead.epoch)
+    assert (reply.status, reply.epoch, reply.end) == ("diverged", lead.epoch, 1)
+
+
+async def test_a_leader_that_cannot_renew_its_lease_stops_writing(leading):
+    lead, log = leading, leading.log
+    lead.coordinator._keepalive_task.cancel()  # as if the process froze: nothing renews the lease
+
+    async def lease_runs_out():
+        while lead.lease_valid():
+            await asyncio.sleep(0.05)  # the lease runs out with the clock: there is no event to await
+
+    await asyncio.wait_for(lease_runs_out(), WAIT)
+    with pytest.raises(NotLeader):
+        await log.append("s", "any", [ev()])
+    assert log.head == 0  # refused before anything was written
