@@ -48,9 +48,19 @@ class Workload:
         self.random = random.Random(seed)
         self.acknowledged = 0  # appends
         self.acknowledged_events = 0
+        self._acknowledged_changed = asyncio.Event()
         self.errors: dict[str, int] = {}  # error code -> count, for diagnosis
         self._next_url = itertools.cycle(range(len(self.urls)))
         self._clients: list[AsyncEvstoreClient] = []
+
+    async def wait_acknowledged(self, count: int, timeout: float) -> int:
+        """Wait (bounded) until at least `count` appends are acknowledged; raises TimeoutError."""
+        async def reach() -> None:
+            while self.acknowledged < count:
+                await self._acknowledged_changed.wait()
+
+        await asyncio.wait_for(reach(), timeout)
+        return self.acknowledged
 
     def stream_names(self, writer: int) -> list[str]:
         return [f"{self.stream_prefix}-w{writer}-s{k}" for k in range(self.streams_per_writer)]
@@ -90,6 +100,8 @@ class Workload:
                 versions[stream] = reply["version"]
                 self.acknowledged += 1
                 self.acknowledged_events += count
+                self._acknowledged_changed.set()
+                self._acknowledged_changed = asyncio.Event()
             elif attempt.status == "failed":
                 versions[stream] = await self._current_version(stream, stop, versions[stream])
 

@@ -9,11 +9,7 @@ from evstore.client.workload import Workload
 
 
 async def wait_acknowledged(workload: Workload, more_than: int, timeout: float) -> None:
-    async def grow():
-        while workload.acknowledged <= more_than:
-            await asyncio.sleep(0.05)  # polling a counter the workload's tasks advance
-
-    await asyncio.wait_for(grow(), timeout)
+    await workload.wait_acknowledged(more_than + 1, timeout)
 
 
 async def test_losing_one_etcd_member_under_load(etcd3, tmp_path):

@@ -106,16 +106,17 @@ class Load:
     async def grows(self, by: int = LOAD, timeout: float = LOAD_WAIT) -> int:
         """Waits (bounded) until `by` more appends are acknowledged; returns the new count."""
         target = self.acknowledged + by
-        deadline = time.monotonic() + timeout
-        while self.acknowledged < target:
-            if self.task.done():
-                self.task.result()  # re-raises the workload's crash
-                raise AssertionError("the workload ended by itself")
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"only {self.acknowledged} of {target} appends acknowledged within "
-                                     f"{timeout:g}s; errors: {self.workload.errors}")
-            await asyncio.sleep(POLL)
-        return self.acknowledged
+        reached = asyncio.ensure_future(self.workload.wait_acknowledged(target, timeout))
+        await asyncio.wait({reached, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not reached.done():
+            reached.cancel()
+            self.task.result()  # re-raises the workload's crash
+            raise AssertionError("the workload ended by itself")
+        try:
+            return reached.result()
+        except asyncio.TimeoutError:
+            raise AssertionError(f"only {self.acknowledged} of {target} appends acknowledged within "
+                                 f"{timeout:g}s; errors: {self.workload.errors}") from None
 
     async def finish(self) -> None:
         self.stop.set()
