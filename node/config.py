@@ -118,6 +118,18 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
             raise fail(attr, f"must be an integer from {low} to {high}")
         return int(text)
 
+    def seconds(attr: str, low: float, high: float) -> float | None:
+        text = get(attr)
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not low <= value <= high:
+            raise fail(attr, f"must be a number of seconds from {low:g} to {high:g}")
+        return value
+
     def csv(attr: str) -> tuple[str, ...] | None:
         text = get(attr)
         return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
@@ -144,14 +156,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         if durability not in DURABILITY_MODES:
             raise fail("durability", f"must be one of {', '.join(DURABILITY_MODES)}")
         values["durability"] = durability
-    if (interval := get("sync_interval")) is not None:
-        try:
-            seconds = float(interval)
-        except ValueError:
-            seconds = -1.0
-        if not 0.001 <= seconds <= 60:
-            raise fail("sync_interval", "must be a number of seconds from 0.001 to 60")
-        values["sync_interval"] = seconds
+    if (interval := seconds("sync_interval", 0.001, 60)) is not None:
+        values["sync_interval"] = interval
     if (body := integer("max_body_bytes", MIN_BODY_BYTES, MAX_BODY_BYTES)) is not None:
         values["max_body_bytes"] = body
     if (tokens_file := get("api_tokens_file")) is not None:
@@ -182,14 +188,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["log_level"] = level.lower()
     if (size := integer("cluster_size", 1, 9)) is not None:
         values["cluster_size"] = size
-    if (ttl := get("lease_ttl")) is not None:
-        try:
-            seconds = float(ttl)
-        except ValueError:
-            seconds = -1.0
-        if not 2 <= seconds <= 60:
-            raise fail("lease_ttl", "must be a number of seconds from 2 to 60")
-        values["lease_ttl"] = seconds
+    if (ttl := seconds("lease_ttl", 2, 60)) is not None:
+        values["lease_ttl"] = ttl
     for url in values.get("etcd_endpoints", ()):
         if not re.match(r"^http://[^/\s]+$", url):
             raise fail("etcd_endpoints", "must be comma-separated http://HOST:PORT URLs (TLS to etcd is not "

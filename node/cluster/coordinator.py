@@ -6,7 +6,7 @@ no lease: it outlives every node so that only in-sync members may run for leader
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 

@@ -2,33 +2,16 @@
 or no leader at all."""
 from __future__ import annotations
 
-import json
-import time
 import urllib.error
 import urllib.request
 
+from clusterhttp import call, wait_for
 from evstore.client.localcluster import LocalCluster
 from evstore.client.localnode import NodeProcess, free_port
 
 
-def call(url: str, method: str = "GET", body=None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)  # polling other processes' state over HTTP: there is no event to await
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_too_few_in_sync_replicas_refuse_writes_and_leave_no_trace(tmp_path):

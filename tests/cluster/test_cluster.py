@@ -2,15 +2,13 @@
 cluster view, metrics. The fault tests are in test_faults.py."""
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
 import urllib.request
 import uuid
 
 import pytest
 from openapi_schema_validator import OAS30Validator
 
+from clusterhttp import call, wait_for
 from evstore.client.localcluster import LocalCluster
 from evstore.node.api.openapi import document
 
@@ -26,15 +24,6 @@ def cluster(tmp_path_factory):
         nodes.stop()
 
 
-def call(url: str, method: str = "GET", body=None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else {}
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def roles(cluster: LocalCluster) -> tuple[int, list[int]]:
@@ -42,14 +31,6 @@ def roles(cluster: LocalCluster) -> tuple[int, list[int]]:
     return leader, [i for i in range(3) if i != leader]
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)  # polling other processes' state over HTTP: there is no event to await
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_one_leader_the_others_follow_and_all_join_the_isr(cluster):
