@@ -13,7 +13,7 @@ ROLES = ("read", "write", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY_MODES = ("sync", "interval")
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
 
@@ -139,7 +139,7 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
             raise fail("store_id", "must be a lower-case DNS label (a-z, 0-9, '-', at most 63 characters)")
         values["store_id"] = store
     if (node := get("node_id")) is not None:
-        if not _NODE_ID.match(node):
+        if not NODE_ID.match(node):
             raise fail("node_id", "must be letters, digits, '.', '_' or '-' (at most 253 characters)")
         values["node_id"] = node
     if (data_dir := get("data_dir")) is not None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from ..cluster.auth import check_peer_token
 from ..cluster.member import ClusterMember, NoInSyncFollower
 from ..cluster.replication import TOKEN_HEADER, EpochMismatch, reply_body, reply_headers
+from ..config import NODE_ID
 from ..errors import InvalidRequest, NotLeader, Unavailable
 from .keys import CLUSTER_KEY, SETTINGS_KEY
 from .middleware import error_response
@@ -162,6 +163,8 @@ async def replication_fetch(request: web.Request) -> web.Response:
         raise InvalidRequest("a fetch needs node, url, epoch, from and prevEpoch") from None
     if first < 1:
         raise InvalidRequest("from must be at least 1", field="from")
+    if not NODE_ID.match(node):
+        raise InvalidRequest("node must be a node id", field="node")
     leading = member.leading
     if leading is None:
         return error_response(409, "not_leader", "this node is not the leader",

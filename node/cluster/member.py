@@ -441,6 +441,10 @@ class ClusterMember:
             members[leader.node]["role"] = "leader"
         members[self.me.node] = {"node": self.me.node, "url": self.me.url, "role": self.role, "position": head,
                                  "inSync": self.me.node in self.isr, "lag": 0, "lastSeen": wall}
+        if self.following is not None:
+            for node, position in self.following.member_positions.items():
+                if node in members and node != self.me.node:
+                    members[node].update(position=position, lag=max(0, self.following.leader_head - position))
         if self.following is not None and leader is not None and leader.node in members:
             entry = members[leader.node]
             entry.update(position=self.following.leader_head, lastSeen=wall - (now - self.following.last_contact)

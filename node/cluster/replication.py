@@ -67,6 +67,7 @@ class FetchReply:
     head: int = 0
     epoch: int = 0
     end: int = 0
+    positions: dict = field(default_factory=dict)  # node -> durable position, as the leader knows them
 
 
 class EpochMismatch(Exception):
@@ -254,7 +255,8 @@ class LeaderReplication:
         progress.committed_told = self.hw
         records = await self.log.records_from(first) if first <= storage.head else []
         self._observe_lag(progress)
-        return FetchReply("ok", records, committed=self.hw, head=storage.head, epoch=self.epoch)
+        return FetchReply("ok", records, committed=self.hw, head=storage.head, epoch=self.epoch,
+                          positions={p.node: p.durable for p in self.progress.values()})
 
     def _observe_lag(self, progress: Progress) -> None:
         if self.metrics is None:
@@ -374,6 +376,7 @@ class Follower:
         self.session = session
         self.committed = committed  # the leader's committed position, as last heard (capped by our head)
         self.leader_head = 0
+        self.member_positions: dict[str, int] = {}  # the other followers, as the leader last reported them
         self.last_contact = 0.0
         self.on_stale = on_stale
         self.on_progress = on_progress  # called whenever `committed` moves
@@ -423,6 +426,7 @@ class Follower:
             leader_epoch = int(response.headers.get("X-Evstore-Epoch", "0"))
             committed = int(response.headers.get("X-Evstore-Committed", "0"))
             self.leader_head = int(response.headers.get("X-Evstore-Head", "0"))
+            self.member_positions = parse_positions(response.headers.get("X-Evstore-Positions", ""))
         if leader_epoch != self.leader.epoch or leader_epoch < storage.promised_epoch:
             raise EpochMismatch(leader_epoch, stale_leader=False)  # entries of an older epoch: reject them
         self.last_contact = time.monotonic()
@@ -466,7 +470,18 @@ class Follower:
 
 def reply_headers(reply: FetchReply) -> dict[str, str]:
     return {"X-Evstore-Epoch": str(reply.epoch), "X-Evstore-Committed": str(reply.committed),
-            "X-Evstore-Head": str(reply.head)}
+            "X-Evstore-Head": str(reply.head),
+            "X-Evstore-Positions": ",".join(f"{node}={position}" for node, position in reply.positions.items())}
+
+
+def parse_positions(header: str) -> dict[str, int]:
+    """The followers' positions the leader sends along (node ids have no ',' or '=')."""
+    positions: dict[str, int] = {}
+    for item in header.split(","):
+        node, _, position = item.partition("=")
+        if node and position.isdigit():
+            positions[node] = int(position)
+    return positions
 
 
 def reply_body(reply: FetchReply) -> bytes:

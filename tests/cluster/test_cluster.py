@@ -121,3 +121,15 @@ def test_cluster_metrics(cluster):
         text = r.read().decode()
     for i in followers:
         assert f'evstore_replication_lag_events{{follower="{cluster.node_id(i)}"}}' in text
+
+
+def test_every_node_knows_every_members_position(cluster):
+    leader, followers = roles(cluster)
+
+    def positions_everywhere():
+        views = [call(u + "/v1/cluster")[1] for u in cluster.urls]
+        return all(m["position"] is not None for v in views for m in v["members"]) and views
+
+    views = wait_for(positions_everywhere, what="every member's position on every node")
+    for view in views:
+        assert {m["node"] for m in view["members"]} == {cluster.node_id(i) for i in range(3)}
