@@ -18,6 +18,17 @@ def test_uuid7_fields():
         assert before <= int.from_bytes(raw[:6], "big") <= after
 
 
+def test_single_uuid7_fields():
+    before = time.time_ns() // 1_000_000
+    ids = [uuid7_bytes(1)[0] for _ in range(500)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 500
+    for raw in ids:
+        value = uuid.UUID(bytes=raw)
+        assert len(raw) == 16 and value.version == 7 and value.variant == uuid.RFC_4122
+        assert before <= int.from_bytes(raw[:6], "big") <= after
+
+
 def test_uuid7_are_time_ordered_across_calls():
     first = uuid7()
     time.sleep(0.002)  # the ids must differ in their millisecond field, which needs a millisecond to pass
