@@ -62,9 +62,18 @@ CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT 
 
 RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
 _INTS = struct.Struct("<QQqq")
-INSERT_CHUNK = 25
+INSERT_CHUNK = 100  # rows per INSERT statement: one statement for a whole append of up to 100 events
 _ROW_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
-_CHUNK_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * INSERT_CHUNK)
+_INSERTS: dict[int, str] = {}
+
+
+def _insert_sql(rows: int) -> str:
+    """One multi-row INSERT per row count (SQLite's statement cache keeps them prepared)."""
+    sql = _INSERTS.get(rows)
+    if sql is None:
+        sql = _INSERTS[rows] = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES " + ",".join(
+            ["(?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return sql
 _LENGTHS = struct.Struct("<IIII")
 
 
@@ -134,7 +143,8 @@ CHECKPOINT_EVERY = 1.0  # seconds between checkpoints, which run off the writer'
 
 def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
             cache_kib: int = READER_CACHE_KIB) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30,
+                           cached_statements=256)  # room for the multi-row INSERTs of every size
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     # the id index takes random keys: a page cache that holds it keeps inserts off the disk
@@ -197,12 +207,12 @@ class WriteTxn:
         rows = [(first_position + i, stream, first_version + i, e.id, e.type, e.data, e.metadata, now, epoch,
                  sealed_checksum(e.payload_crc, first_position + i, first_version + i, now, epoch))
                 for i, e in enumerate(events)]
-        whole = len(rows) - len(rows) % INSERT_CHUNK
-        if whole:  # many rows per statement: fewer statement steps per event
-            self.conn.executemany(_CHUNK_INSERT, [tuple(chain.from_iterable(rows[i:i + INSERT_CHUNK]))
-                                                  for i in range(0, whole, INSERT_CHUNK)])
-        if whole < len(rows):
-            self.conn.executemany(_ROW_INSERT, rows[whole:])
+        if len(rows) == 1:
+            self.conn.execute(_ROW_INSERT, rows[0])
+            return
+        for i in range(0, len(rows), INSERT_CHUNK):  # many rows per statement: fewer statement steps per event
+            part = rows[i:i + INSERT_CHUNK]
+            self.conn.execute(_insert_sql(len(part)), tuple(chain.from_iterable(part)))
 
     def insert_records(self, records: Sequence[Record]) -> None:
         """Insert records exactly as another node wrote them (replication): positions, epochs, checksums."""
