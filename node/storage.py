@@ -17,7 +17,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -65,6 +64,7 @@ _INTS = struct.Struct("<QQqq")
 INSERT_CHUNK = 100  # rows per INSERT statement: one statement for a whole append of up to 100 events
 _ROW_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _INSERTS: dict[int, str] = {}
+_COLUMNS = 10
 
 
 def _insert_sql(rows: int) -> str:
@@ -204,15 +204,24 @@ class WriteTxn:
         """Insert events (objects with id, type, data, metadata and payload_crc) as consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
-        rows = [(first_position + i, stream, first_version + i, e.id, e.type, e.data, e.metadata, now, epoch,
-                 sealed_checksum(e.payload_crc, first_position + i, first_version + i, now, epoch))
-                for i, e in enumerate(events)]
-        if len(rows) == 1:
-            self.conn.execute(_ROW_INSERT, rows[0])
+        # the statement's parameters, flat: this loop runs once per event on the writer, so it stays lean
+        values: list = []
+        add = values.extend
+        pack, crc = _INTS.pack, crc32c.crc32c
+        position, version = first_position, first_version
+        for e in events:
+            add((position, stream, version, e.id, e.type, e.data, e.metadata, now, epoch,
+                 crc(pack(position, version, now, epoch), e.payload_crc)))
+            position += 1
+            version += 1
+        count = len(events)
+        if count == 1:
+            self.conn.execute(_ROW_INSERT, values)
             return
-        for i in range(0, len(rows), INSERT_CHUNK):  # many rows per statement: fewer statement steps per event
-            part = rows[i:i + INSERT_CHUNK]
-            self.conn.execute(_insert_sql(len(part)), tuple(chain.from_iterable(part)))
+        width = INSERT_CHUNK * _COLUMNS
+        for i in range(0, count, INSERT_CHUNK):  # many rows per statement: fewer statement steps per event
+            part = values[i * _COLUMNS:i * _COLUMNS + width]
+            self.conn.execute(_insert_sql(len(part) // _COLUMNS), part)
 
     def insert_records(self, records: Sequence[Record]) -> None:
         """Insert records exactly as another node wrote them (replication): positions, epochs, checksums."""
