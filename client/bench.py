@@ -205,7 +205,7 @@ class LocalNode(NodeProcess):
     def stop(self) -> None:
         """SIGTERM (clean flush), SIGKILL if it does not exit in time; then remove the temp dir."""
         try:
-            if self.proc is not None and self.proc.poll() is None:
+            if self.running():
                 self.terminate(STOP_TIMEOUT)
         finally:
             shutil.rmtree(self.temp_dir, ignore_errors=True)

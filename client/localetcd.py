@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 from evstore.client.localnode import free_port
-
-START_TIMEOUT = 30.0
+from evstore.client.localprocess import LocalProcess
 
 
 class EtcdNotFound(RuntimeError):
@@ -30,7 +27,7 @@ def etcd_binary() -> str:
     return path
 
 
-class EtcdProcess:
+class EtcdProcess(LocalProcess):
     """One etcd member. Alone it is a single-member cluster; `EtcdCluster` wires several together through
     `initial_cluster`. Restarts reuse the data dir and ports, so the member keeps its identity and data."""
 
@@ -58,13 +55,6 @@ class EtcdProcess:
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def command(self) -> list[str]:
         return [self.binary, "--name", self.name, "--data-dir", str(self.data_dir),
                 "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
@@ -86,70 +76,21 @@ class EtcdProcess:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Poll /health until etcd reports healthy (it has a raft leader), the process dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"etcd {self.name} exited with {code}: {self.log()}")
-            if self.healthy():
-                return
-            time.sleep(0.05)  # polling a port that has no event to await
-        raise TimeoutError(f"etcd {self.name} on {self.client_url} not healthy after {timeout}s: {self.log()}")
+    @property
+    def label(self) -> str:
+        return f"etcd {self.name}"
 
-    def healthy(self) -> bool:
+    @property
+    def address(self) -> str:
+        return self.client_url
+
+    def is_ready(self) -> bool:
+        """etcd's /health says true once the member has a raft leader."""
         try:
             with urllib.request.urlopen(self.client_url + "/health", timeout=1) as r:
                 return r.status == 200 and b'"true"' in r.read()
         except (urllib.error.URLError, ConnectionError, OSError):
             return False
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def signal(self, sig: int) -> None:
-        if self.running():
-            self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None:
-            return None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL and wait until the PID is gone."""
-        self.signal(signal.SIGKILL)
-        self.wait_exit()
-
-    def terminate(self, timeout: float = 20.0) -> int | None:
-        self.signal(signal.SIGTERM)
-        return self.wait_exit(timeout)
-
-    def restart(self, wait: bool = True) -> "EtcdProcess":
-        """Start again on the same data dir and ports, after the previous process (if any) has exited."""
-        if self.running():
-            self.kill()
-        self.wait_exit()
-        return self.start(wait=wait)
-
-    def stop(self) -> None:
-        if self.running():
-            self.proc.kill()
-        self.wait_exit(10)
-
-    def __enter__(self) -> "EtcdProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class EtcdCluster:
