@@ -463,14 +463,7 @@ class Log:
 
     async def persist_committed(self, position: int) -> None:
         """Remember the committed position across restarts: entries up to it are never truncated."""
-        if position <= self.storage.committed:
-            return
-
-        def op(txn: WriteTxn) -> None:
-            txn.set_setting("committed", str(position))
-
-        await self.storage.write(op)
-        self.storage.committed = max(self.storage.committed, position)
+        await self._raise_setting("committed", position)
 
     async def truncate_after(self, position: int) -> int:
         """Drop the entries after `position` (a follower's uncommitted tail that the new leader does not
@@ -478,6 +471,7 @@ class Log:
         if position < self.storage.committed:
             raise Unavailable(f"refusing to truncate to {position}: entries up to {self.storage.committed} "
                               "are committed", reason="truncate_below_committed")
+
         def op(txn: WriteTxn) -> int:
             touched = txn.truncate_after(position)
             for stream, lowest_removed in touched:
@@ -495,14 +489,18 @@ class Log:
 
     async def promise_epoch(self, epoch: int) -> None:
         """Persist that this node follows or leads `epoch` from now on; it then rejects older epochs."""
-        if epoch <= self.storage.promised_epoch:
+        await self._raise_setting("promised_epoch", epoch)
+
+    async def _raise_setting(self, name: str, value: int) -> None:
+        """Persist a setting that only grows; the storage attribute of the same name mirrors it."""
+        if value <= getattr(self.storage, name):
             return
 
         def op(txn: WriteTxn) -> None:
-            txn.set_setting("promised_epoch", str(epoch))
+            txn.set_setting(name, str(value))
 
         await self.storage.write(op)
-        self.storage.promised_epoch = max(self.storage.promised_epoch, epoch)
+        setattr(self.storage, name, max(getattr(self.storage, name), value))
 
     async def verify(self, progress: Callable[[int, int], None] | None = None) -> dict:
         return await self.storage.read(verify_connection, progress)

@@ -173,7 +173,7 @@ class WriteTxn:
                 raise Unavailable(f"entry of epoch {epoch} after entries of epoch {self.epochs[-1][0]}",
                                   reason="stale_epoch")
             return
-        self.epochs.append((epoch, position))
+        self.epochs = [*self.epochs, (epoch, position)]  # a new list: an op's undo keeps the old one
         self.conn.execute("INSERT OR REPLACE INTO epochs (epoch, start) VALUES (?, ?)", (epoch, position))
 
     def allocate_positions(self, count: int) -> int:
@@ -402,7 +402,6 @@ class Storage:
                 saved_position, saved_epochs = txn.last_position, txn.epochs
                 conn.execute("SAVEPOINT op")
                 try:
-                    txn.epochs = list(txn.epochs)
                     result = op(txn)
                     conn.execute("RELEASE op")
                     outcomes.append((future, loop, result, None))
