@@ -38,6 +38,8 @@ from .localnode import NodeProcess
 APPEND_BATCHES = (1, 10, 100)
 CONCURRENCIES = (1, 64)
 READ_PAGE = 1000
+ALL_CASES = tuple([f"append_b{b}_c{c}" for b in APPEND_BATCHES for c in CONCURRENCIES]
+                  + [f"read_b{READ_PAGE}_c{c}" for c in CONCURRENCIES])
 FILL_BATCH = 100
 EVENT_TYPE = "BenchEvent"
 STOP_TIMEOUT = 30.0
@@ -470,6 +472,10 @@ class Options:
     reference: bool
     json: bool
     node_args: list[str]
+    cases: frozenset[str] | None = None
+
+    def wants(self, kind: str, batch: int, concurrency: int) -> bool:
+        return self.cases is None or f"{kind}_b{batch}_c{concurrency}" in self.cases
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -489,7 +495,15 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--node-arg", action="append", default=[], dest="node_args",
                         help="extra flag for the node this benchmark starts (repeatable), e.g. --node-arg=--durability=interval")
+    parser.add_argument("--cases", help="run only these cases, comma-separated, e.g. append_b1_c64,append_b100_c64 "
+                        f"(default: all of {', '.join(ALL_CASES)})")
     ns = parser.parse_args(argv)
+    cases = None
+    if ns.cases is not None:
+        cases = frozenset(c.strip() for c in ns.cases.split(",") if c.strip())
+        unknown = sorted(cases - set(ALL_CASES))
+        if unknown or not cases:
+            parser.error(f"--cases: unknown case {', '.join(unknown) or '(none given)'}; known: {', '.join(ALL_CASES)}")
     if ns.quick:
         ns.duration = min(ns.duration, 0.25)
         ns.requests = min(ns.requests, 100)
@@ -502,7 +516,7 @@ def parse_args(argv: list[str]) -> Options:
     if ns.duration <= 0 or ns.requests <= 0 or ns.event_size < 0 or ns.read_events < 1:
         parser.error("--duration, --requests and --read-events must be positive, --events-size not negative")
     return Options(ns.url, ns.duration, ns.requests, ns.event_size, ns.read_events, ns.rss, ns.rss_events,
-                   ns.reference, ns.json, ns.node_args)
+                   ns.reference, ns.json, ns.node_args, cases)
 
 
 class Reporter:
@@ -590,12 +604,16 @@ async def run_evstore(opts: Options, url: str, pid: int | None, reporter: Report
         await node.append(f"bench-{run_id}-warmup", append_body(data, 10), 10)
         for batch in APPEND_BATCHES:
             for concurrency in CONCURRENCIES:
+                if not opts.wants("append", batch, concurrency):
+                    continue
                 result = await node.append_case(batch, concurrency, data, opts.duration, opts.requests)
                 results.append(result)
                 reporter.case(result)
         read_stream = f"bench-{run_id}-read"
-        await node.fill(lambda _n: read_stream, opts.read_events, 1, data)
-        for concurrency in CONCURRENCIES:
+        reads = [c for c in CONCURRENCIES if opts.wants("read", READ_PAGE, c)]
+        if reads:
+            await node.fill(lambda _n: read_stream, opts.read_events, 1, data)
+        for concurrency in reads:
             result = await node.read_case(read_stream, concurrency, opts.duration, opts.requests)
             results.append(result)
             reporter.case(result)
@@ -634,12 +652,16 @@ def run_reference(opts: Options, reporter: Reporter) -> tuple[list[CaseResult], 
             results = []
             for batch in APPEND_BATCHES:
                 for concurrency in CONCURRENCIES:
+                    if not opts.wants("append", batch, concurrency):
+                        continue
                     result = ref.append_case(batch, concurrency, data, opts.duration, opts.requests)
                     results.append(result)
                     reporter.case(result)
             read_stream = uuid.uuid4()
-            ref.fill_stream(read_stream, opts.read_events, data)
-            for concurrency in CONCURRENCIES:
+            reads = [c for c in CONCURRENCIES if opts.wants("read", READ_PAGE, c)]
+            if reads:
+                ref.fill_stream(read_stream, opts.read_events, data)
+            for concurrency in reads:
                 result = ref.read_case(read_stream, concurrency, opts.duration, opts.requests)
                 results.append(result)
                 reporter.case(result)

@@ -219,12 +219,13 @@ class Log:
         """The last position reads show: the committed position in a cluster, the head on a single node."""
         return self.storage.head if self.horizon is None else min(self.horizon(), self.storage.head)
 
-    async def _write(self, op: Callable[[WriteTxn], object], weight: int = 1, position_of=None):
+    async def _write(self, op: Callable[[WriteTxn], object], weight: int = 1, position_of=None,
+                     streams: tuple[str, ...] = ()):
         gate = self.gate
         if gate is None:
-            return await self.storage.write(op, weight=weight)
+            return await self.storage.write(op, weight, streams)
         async with gate.writing():
-            result = await self.storage.write(op, weight=weight)
+            result = await self.storage.write(op, weight, streams)
             await gate.committed(position_of(result) if position_of else self.storage.head)
         return result
 
@@ -251,7 +252,8 @@ class Log:
 
         # weight: events, plus one per KiB, so that one group commit (which replication ships whole) stays
         # within tens of MB even when its appends are large
-        return await self._write(op, len(events) + size // 1024, position_of=lambda r: r.position)
+        return await self._write(op, len(events) + size // 1024, position_of=lambda r: r.position,
+                                 streams=(stream,))
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)

@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT 
 
 RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
 _INTS = struct.Struct("<QQqq")
-INSERT_CHUNK = 100  # rows per INSERT statement: one statement for a whole append of up to 100 events
 _ROW_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _INSERTS: dict[int, str] = {}
 _COLUMNS = 10
@@ -154,18 +153,176 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
     return conn
 
 
+class FlushFailed(Exception):
+    """Writing the buffered rows of a group commit failed: the whole commit is rolled back."""
+
+
+_MISSING = object()
+_STREAM_COLUMNS = "stream, version, created, updated, deleted, metadata"
+_STREAM_UPSERTS: dict[int, str] = {}
+_STREAM_SELECTS: dict[int, str] = {}
+MAX_ROWS_PER_STATEMENT = 512
+_SELECT_SIZES = (1, 4, 16, 64, 256, MAX_ROWS_PER_STATEMENT)
+
+
+def _row_chunks(count: int) -> Iterable[tuple[int, int]]:
+    """(offset, rows) pieces of `count` rows: whole MAX_ROWS_PER_STATEMENT pieces, then the binary digits of the
+    rest. Ten statement shapes cover every count, so they all stay prepared in the statement cache."""
+    offset = 0
+    while count - offset >= MAX_ROWS_PER_STATEMENT:
+        yield offset, MAX_ROWS_PER_STATEMENT
+        offset += MAX_ROWS_PER_STATEMENT
+    size = MAX_ROWS_PER_STATEMENT // 2
+    while offset < count:
+        if count - offset >= size:
+            yield offset, size
+            offset += size
+        size //= 2
+
+
+def _stream_upsert_sql(rows: int) -> str:
+    sql = _STREAM_UPSERTS.get(rows)
+    if sql is None:
+        sql = _STREAM_UPSERTS[rows] = (f"INSERT OR REPLACE INTO streams ({_STREAM_COLUMNS}) VALUES "
+                                       + ",".join(["(?,?,?,?,?,?)"] * rows))
+    return sql
+
+
+def _stream_select_sql(names: int) -> str:
+    sql = _STREAM_SELECTS.get(names)
+    if sql is None:
+        sql = _STREAM_SELECTS[names] = (f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream IN "
+                                        f"({','.join('?' * names)})")
+    return sql
+
+
 class WriteTxn:
-    """What a write operation may do inside the writer's transaction."""
+    """What a write operation may do inside the writer's transaction.
+
+    Appends, stream rows and epoch runs are buffered and written with a few multi-row statements when the group
+    commit ends (`flush`), not one statement each: every statement costs the writer a release and a re-take of
+    the GIL, which the event loop holds most of the time under load. An op that fails before touching SQL is
+    undone in the buffers alone; an op that needs SQL itself (`conn`, and the methods that use it) gets a
+    savepoint, taken after everything buffered before it is flushed. Such an op must touch SQL before it buffers
+    anything."""
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
                  epochs: list[tuple[int, int]] | None = None) -> None:
-        self.conn = conn
+        self._conn = conn
         self.last_position = last_position
         self.now = now
         self.epoch = epoch
         self.epochs = list(epochs or [])  # (epoch, first position) of each run of the log, ascending
         self.last_created = now
+        self._events: list = []  # flat INSERT parameters of the buffered records, _COLUMNS per record
+        self._event_ids: dict[bytes, int] = {}  # id -> index of its record in _events
+        self._rows: dict[str, tuple | None] = {}  # stream rows as this transaction sees them (None: no row)
+        self._dirty: set[str] = set()  # streams whose row is to be written
+        self._new_epochs: list[tuple[int, int]] = []
+        self._op_marks: tuple[int, int] = (0, 0)
+        self._op_undo: list[tuple[str, Any, bool]] = []
+        self._op_savepoint = False
 
+    # op boundaries (the writer calls these around each op) ----------------------------------------
+    def begin_op(self) -> None:
+        self._op_marks = (len(self._events), len(self._new_epochs))
+        self._op_undo = []
+        self._op_savepoint = False
+
+    def end_op(self) -> None:
+        if self._op_savepoint:
+            self._conn.execute("RELEASE op")
+
+    def undo_op(self) -> None:
+        """Forget what the failed op wrote; the caller restores positions and epochs."""
+        if self._op_savepoint:
+            self._conn.execute("ROLLBACK TO op")
+            self._conn.execute("RELEASE op")
+            events_mark = epochs_mark = 0  # the buffers were empty when the savepoint was taken
+        else:
+            events_mark, epochs_mark = self._op_marks
+        for i in range(events_mark, len(self._events), _COLUMNS):
+            del self._event_ids[bytes(self._events[i + 3])]
+        del self._events[events_mark:]
+        del self._new_epochs[epochs_mark:]
+        for stream, previous, was_dirty in reversed(self._op_undo):
+            if previous is _MISSING:
+                self._rows.pop(stream, None)
+            else:
+                self._rows[stream] = previous
+            if not was_dirty:
+                self._dirty.discard(stream)
+        self._op_undo = []
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, for ops that need SQL of their own: it sees everything written so far."""
+        if not self._op_savepoint:
+            if len(self._events) > self._op_marks[0] or len(self._new_epochs) > self._op_marks[1] or self._op_undo:
+                raise RuntimeError("a write op used SQL after buffering writes: it could not be undone")
+            self.flush()
+            self._conn.execute("SAVEPOINT op")
+            self._op_savepoint = True
+        else:
+            self.flush()
+        return self._conn
+
+    def flush(self) -> None:
+        """Write everything buffered to the tables (before COMMIT, and before an op's own SQL)."""
+        try:
+            execute = self._conn.execute
+            if self._new_epochs:
+                self._conn.executemany("INSERT OR REPLACE INTO epochs (epoch, start) VALUES (?, ?)",
+                                       self._new_epochs)
+                self._new_epochs = []
+            values = self._events
+            if values:
+                count = len(values) // _COLUMNS
+                if count == 1:
+                    execute(_ROW_INSERT, values)
+                else:
+                    for offset, rows in _row_chunks(count):
+                        execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
+                self._events = []
+                self._event_ids = {}
+            if self._dirty:
+                rows = [self._rows[stream] for stream in self._dirty if self._rows.get(stream) is not None]
+                params = [value for row in rows for value in row]
+                for offset, count in _row_chunks(len(rows)):
+                    execute(_stream_upsert_sql(count), params[offset * 6:(offset + count) * 6])
+                self._dirty = set()
+        except sqlite3.Error as exc:
+            raise FlushFailed(str(exc)) from exc
+
+    # stream rows ------------------------------------------------------------------------------
+    def prefetch_rows(self, streams: Iterable[str]) -> None:
+        """Read the rows of these streams with one statement per 512 (the ops of a batch ask for them next)."""
+        names = [s for s in dict.fromkeys(streams) if s not in self._rows]
+        for offset in range(0, len(names), MAX_ROWS_PER_STATEMENT):
+            part = names[offset:offset + MAX_ROWS_PER_STATEMENT]
+            size = next(n for n in _SELECT_SIZES if n >= len(part))
+            for name in part:
+                self._rows[name] = None
+            padded = part + [part[-1]] * (size - len(part))  # padding repeats a name: fewer statement shapes
+            for row in self._conn.execute(_stream_select_sql(size), padded):
+                self._rows[row[0]] = tuple(row)
+
+    def stream_row(self, stream: str) -> StreamRow | None:
+        """The stream's row as this transaction sees it; a copy the op may change and `save_stream_row`."""
+        row = self._rows.get(stream, _MISSING)
+        if row is _MISSING:
+            found = self._conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream = ?",
+                                       (stream,)).fetchone()
+            row = self._rows[stream] = tuple(found) if found else None
+        return StreamRow(*row) if row is not None else None
+
+    def save_stream_row(self, row: StreamRow) -> None:
+        stream = row.stream
+        self._op_undo.append((stream, self._rows.get(stream, _MISSING), stream in self._dirty))
+        self._rows[stream] = (stream, row.version, row.created, row.updated, row.deleted, row.metadata)
+        self._dirty.add(stream)
+
+    # events ------------------------------------------------------------------------------------
     def note_epoch(self, epoch: int, position: int) -> None:
         """Record that `position` holds an entry of `epoch`: a new run when the epoch is newer than the last."""
         if self.epochs and epoch <= self.epochs[-1][0]:
@@ -174,57 +331,50 @@ class WriteTxn:
                                   reason="stale_epoch")
             return
         self.epochs = [*self.epochs, (epoch, position)]  # a new list: an op's undo keeps the old one
-        self.conn.execute("INSERT OR REPLACE INTO epochs (epoch, start) VALUES (?, ?)", (epoch, position))
+        self._new_epochs.append((epoch, position))
 
     def allocate_positions(self, count: int) -> int:
         first = self.last_position + 1
         self.last_position += count
         return first
 
-    def stream_row(self, stream: str) -> StreamRow | None:
-        row = self.conn.execute("SELECT stream, version, created, updated, deleted, metadata FROM streams "
-                                "WHERE stream = ?", (stream,)).fetchone()
-        return StreamRow(*row) if row else None
-
-    def save_stream_row(self, row: StreamRow) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO streams (stream, version, created, updated, deleted, metadata) "
-                          "VALUES (?, ?, ?, ?, ?, ?)",
-                          (row.stream, row.version, row.created, row.updated, row.deleted, row.metadata))
-
     def records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
         found: list[Record] = []
-        for i in range(0, len(ids), SQL_VARIABLE_CHUNK):
-            chunk = ids[i:i + SQL_VARIABLE_CHUNK]
+        values, buffered = self._events, self._event_ids
+        stored = []
+        for event_id in ids:
+            index = buffered.get(event_id)
+            if index is None:
+                stored.append(event_id)
+            else:
+                found.append(record_from_row(values[index:index + _COLUMNS]))
+        for i in range(0, len(stored), SQL_VARIABLE_CHUNK):
+            chunk = stored[i:i + SQL_VARIABLE_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found.extend(record_from_row(r) for r in self.conn.execute(
+            found.extend(record_from_row(r) for r in self._conn.execute(
                 f"SELECT {RECORD_COLUMNS} FROM events WHERE id IN ({marks})", chunk))
         return found
 
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
-        """Insert events (objects with id, type, data, metadata and payload_crc) as consecutive records."""
+        """Buffer events (objects with id, type, data, metadata and payload_crc) as consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
-        # the statement's parameters, flat: this loop runs once per event on the writer, so it stays lean
-        values: list = []
-        add = values.extend
+        # this loop runs once per event on the writer, so it stays lean. bytearray, not bytes: sqlite3 binds a
+        # bytearray directly but looks up an adapter for every bytes value, which costs more than the copy
+        values = self._events
+        add, ids = values.extend, self._event_ids
         pack, crc = _INTS.pack, crc32c.crc32c
         position, version = first_position, first_version
         for e in events:
-            add((position, stream, version, e.id, e.type, e.data, e.metadata, now, epoch,
-                 crc(pack(position, version, now, epoch), e.payload_crc)))
+            ids[e.id] = len(values)
+            add((position, stream, version, bytearray(e.id), e.type, bytearray(e.data), bytearray(e.metadata),
+                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc)))
             position += 1
             version += 1
-        count = len(events)
-        if count == 1:
-            self.conn.execute(_ROW_INSERT, values)
-            return
-        width = INSERT_CHUNK * _COLUMNS
-        for i in range(0, count, INSERT_CHUNK):  # many rows per statement: fewer statement steps per event
-            part = values[i * _COLUMNS:i * _COLUMNS + width]
-            self.conn.execute(_insert_sql(len(part) // _COLUMNS), part)
 
     def insert_records(self, records: Sequence[Record]) -> None:
         """Insert records exactly as another node wrote them (replication): positions, epochs, checksums."""
+        conn = self.conn
         for r in records:
             if r.position <= self.last_position:
                 raise LogError(f"replicated entry at position {r.position} is not after the head "
@@ -232,14 +382,15 @@ class WriteTxn:
             self.note_epoch(r.epoch, r.position)
             self.last_position = r.position
             self.last_created = max(self.last_created, r.created)
-        self.conn.executemany(_ROW_INSERT, [r.row() for r in records])
+        conn.executemany(_ROW_INSERT, [r.row() for r in records])
 
     def truncate_after(self, position: int) -> list[tuple[str, int]]:
         """Delete every record after `position`; the (stream, lowest removed version) of each stream touched."""
-        touched = self.conn.execute("SELECT stream, min(version) FROM events WHERE position > ? GROUP BY stream",
-                                    (position,)).fetchall()
-        self.conn.execute("DELETE FROM events WHERE position > ?", (position,))
-        self.conn.execute("DELETE FROM epochs WHERE start > ?", (position,))
+        conn = self.conn
+        touched = conn.execute("SELECT stream, min(version) FROM events WHERE position > ? GROUP BY stream",
+                               (position,)).fetchall()
+        conn.execute("DELETE FROM events WHERE position > ?", (position,))
+        conn.execute("DELETE FROM epochs WHERE start > ?", (position,))
         self.epochs = [e for e in self.epochs if e[1] <= position]
         self.last_position = position
         return touched
@@ -355,14 +506,15 @@ class Storage:
         return total
 
     # writes ----------------------------------------------------------------------------------
-    async def write(self, op: WriteOp, weight: int = 1) -> Any:
+    async def write(self, op: WriteOp, weight: int = 1, streams: tuple[str, ...] = ()) -> Any:
         """Run op in the writer's next transaction; return once that transaction is durable.
-        `weight` (events written) bounds how much one group commit takes."""
+        `weight` (events written) bounds how much one group commit takes; `streams` are the streams whose
+        rows the op reads (the writer reads the rows of a whole batch at once)."""
         if self._closed:
             raise Unavailable("the node is shutting down")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((op, future, loop, weight))
+        self._queue.put((op, future, loop, weight, streams))
         return await future
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
@@ -398,33 +550,36 @@ class Storage:
         outcomes: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, future, loop, _weight in batch:
+            txn.prefetch_rows(stream for item in batch for stream in item[4])
+            for op, future, loop, _weight, _streams in batch:
                 saved_position, saved_epochs = txn.last_position, txn.epochs
-                conn.execute("SAVEPOINT op")
+                txn.begin_op()
                 try:
                     result = op(txn)
-                    conn.execute("RELEASE op")
+                    txn.end_op()
                     outcomes.append((future, loop, result, None))
+                except FlushFailed:
+                    raise
                 except Exception as exc:  # the op's own error: undo its writes only
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    txn.undo_op()
                     txn.last_position, txn.epochs = saved_position, saved_epochs
                     if not isinstance(exc, LogError):
                         log.exception("write operation failed")
                         exc = Unavailable(f"write failed: {exc}")
                     outcomes.append((future, loop, None, exc))
+            txn.flush()
             started = time.perf_counter()
             conn.execute("COMMIT")
             if self.metrics is not None:
                 self.metrics.sync_latency.observe(time.perf_counter() - started)
                 self.metrics.batch_requests.observe(len(batch))
                 self.metrics.batch_events.observe(txn.last_position - self.head)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, FlushFailed) as exc:
             log.exception("group commit failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = Unavailable(f"storage error: {exc}")
-            outcomes = [(future, loop, None, failure) for _op, future, loop, _weight in batch]
+            outcomes = [(future, loop, None, failure) for _op, future, loop, _weight, _streams in batch]
         else:
             self.epochs = txn.epochs  # before the head: a reader that sees the new head sees its epochs
             self.head = txn.last_position
