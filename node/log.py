@@ -16,7 +16,7 @@ from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
 from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, payload_checksum,
-                      record_from_row, scan_records)
+                      record_from_row, scan_records, seal_payloads)
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
@@ -45,6 +45,7 @@ class AppendResult:
     from_version: int
     version: int
     position: int
+    bytes_written: int = field(default=0, compare=False)  # data+metadata stored (0: a retry answered from the log)
 
 
 @dataclass(slots=True)
@@ -233,10 +234,7 @@ class Log:
     async def append(self, stream: str, expected: ExpectedVersion, events: Sequence[NewEvent]) -> AppendResult:
         if not events:
             raise InvalidRequest("an append needs at least one event", field="events")
-        size = 0
-        for e in events:
-            e.payload_crc = payload_checksum(e.id, stream, e.type, e.data, e.metadata)
-            size += len(e.data) + len(e.metadata)
+        size = seal_payloads(stream, events)
 
         def op(txn: WriteTxn) -> AppendResult:
             given = [e.id for e in events if e.given_id]
@@ -248,7 +246,9 @@ class Log:
             if vis.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
             check_expected_version(stream, row, expected, vis.deleted)
-            return _write_events(txn, row, events)
+            result = _write_events(txn, row, events)
+            result.bytes_written = size
+            return result
 
         # weight: events, plus one per KiB, so that one group commit (which replication ships whole) stays
         # within tens of MB even when its appends are large

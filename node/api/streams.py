@@ -41,7 +41,7 @@ async def append(request: web.Request) -> web.Response:
         metrics.append_latency.observe(time.perf_counter() - started)
         metrics.appends_ok.inc()
         metrics.events_appended.inc(len(events))
-        metrics.bytes_appended.inc(sum(len(e.data) + len(e.metadata) for e in events))
+        metrics.bytes_appended.inc(result.bytes_written)
     return json_response({"stream": result.stream, "fromVersion": result.from_version, "version": result.version,
                           "position": result.position})
 

@@ -110,10 +110,13 @@ def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
         if not (isinstance(event, dict) and event.keys() <= EVENT_KEYS):  # the fast path skips building names
             require_object(event, f"events[{i}]", EVENT_KEYS)
         given_id = "id" in event
-        event_id = event_uuid(event["id"], f"events[{i}].id") if given_id else fresh_ids[i]
-        if event_id in seen:
-            raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
-        seen.add(event_id)
+        if given_id:  # ids the node makes cannot repeat
+            event_id = event_uuid(event["id"], f"events[{i}].id")
+            if event_id in seen:
+                raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
+            seen.add(event_id)
+        else:
+            event_id = fresh_ids[i]
         metadata = event.get("metadata")
         if metadata is None and "metadata" not in event:
             encoded_metadata = b"{}"
