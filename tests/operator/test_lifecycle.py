@@ -55,8 +55,9 @@ async def test_create_makes_every_child_with_owner_references(k8s, operator):
     assert status["phase"] == "Pending"
     assert status["selector"] == ("app.kubernetes.io/component=node,app.kubernetes.io/instance=orders,"
                                   "app.kubernetes.io/name=evstore")
-    created_events = await eventually(lambda: events(k8s, "orders", "Created"), what="Created events")
-    assert any("StatefulSet orders" in e["message"] for e in created_events)
+    # kopf posts Events from a background queue, one at a time: wait for the one meant, not just any.
+    await eventually(lambda: any("StatefulSet orders" in e["message"] for e in events(k8s, "orders", "Created")),
+                     what="Created event for StatefulSet orders")
 
 
 async def test_single_node_without_etcd(k8s, operator):
@@ -87,7 +88,7 @@ async def test_spec_change_updates_statefulset_and_config(k8s, operator):
     await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 3, what="3 replicas")
     # More than one replica needs etcd: without endpoints, the operator deploys one.
     await eventually(lambda: get_object(k8s, STS, "orders-etcd"), what="managed etcd")
-    assert events(k8s, "orders", "ScalingUp")
+    await eventually(lambda: events(k8s, "orders", "ScalingUp"), what="ScalingUp event")
     await eventually(lambda: evs(k8s)["status"].get("observedGeneration") == 3, what="observedGeneration 3")
 
 
@@ -121,8 +122,9 @@ async def test_status_ready_with_leader_from_nodes(k8s, operator, nodes):
     assert conditions["Degraded"]["status"] == "True"
     assert conditions["Ready"]["status"] == "False"
     assert status["lastPosition"] == 50
-    await eventually(lambda: events(k8s, "orders", "PhaseDegraded")[0]["type"] == "Warning",
-                     what="Warning event on Degraded")
+    # The Event is posted by kopf's background poster, not with the status patch: it may land later.
+    degraded = await eventually(lambda: events(k8s, "orders", "PhaseDegraded"), what="PhaseDegraded event")
+    assert degraded[0]["type"] == "Warning"
 
 
 async def test_scale_down_below_min_in_sync_is_reverted(k8s, operator, nodes):
@@ -156,7 +158,7 @@ async def test_scale_down_that_removes_in_sync_pods_is_reverted_then_allowed(k8s
     nodes.set_cluster("orders", leader_ordinal=0, replicas=5)  # orders-2 caught up
     await patch_evs(k8s, "orders", {"spec": {"replicas": 3}})
     await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 3, what="scaled to 3")
-    assert events(k8s, "orders", "ScalingDown")
+    await eventually(lambda: events(k8s, "orders", "ScalingDown"), what="ScalingDown event")
     assert evs(k8s)["spec"]["replicas"] == 3
 
 
@@ -206,7 +208,7 @@ async def test_image_change_rolls_followers_first_then_switches_leader_over(k8s,
     await eventually(lambda: get_object(k8s, "v1/pods", "orders-1") is None, what="leader pod restart")
     assert nodes.step_downs[-1] == "orders-1"
     assert leader_alive_at_step_down and all(leader_alive_at_step_down)
-    assert events(k8s, "orders", "SwitchedOver")
+    await eventually(lambda: events(k8s, "orders", "SwitchedOver"), what="SwitchedOver event")
 
 
 async def test_invalid_spec_sets_failed_phase(k8s, operator):
