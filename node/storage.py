@@ -153,6 +153,9 @@ def now_micros() -> int:
 WRITER_CACHE_KIB = 16 * 1024
 READER_CACHE_KIB = 4 * 1024
 CHECKPOINT_EVERY = 1.0  # seconds between checkpoints, which run off the writer's commit path
+WAL_REWIND_FRAMES = 4096  # past this many WAL pages (16 MiB of 4 KiB pages), catch up and rewind the WAL
+WAL_CATCH_UP_ROUNDS = 4  # passive rounds to catch up with the writer before the writer copies the rest
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what a rewound WAL file is truncated to
 
 
 def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
@@ -161,6 +164,7 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
                            cached_statements=256)  # room for the multi-row INSERTs of every size
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     # the id index takes random keys: a page cache that holds it keeps inserts off the disk
     conn.execute(f"PRAGMA cache_size=-{cache_kib}")
     if readonly:
@@ -453,6 +457,7 @@ class Storage:
         self._syncer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._rewind_wal = threading.Event()  # the checkpointer asks the writer to copy the WAL's last frames
 
     # lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -551,6 +556,12 @@ class Storage:
                 batch.append(more)
                 weight += more[3]
             self._run_batch(conn, batch)
+            if self._rewind_wal.is_set():
+                self._rewind_wal.clear()
+                try:  # between transactions nothing is added while it copies: the checkpoint completes
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.exception("checkpoint by the writer failed")
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -626,12 +637,13 @@ class Storage:
             time.sleep(self.sync_interval)  # the sync cadence itself, not a synchronisation
 
     def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database file in the background (PASSIVE: never blocks the writer or readers)."""
+        """Copy the WAL into the database file in the background, and keep the WAL from growing without end."""
         conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL", cache_kib=1024)
         try:
             while not self._stopping.wait(CHECKPOINT_EVERY):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if checkpoint(conn, self._stopping):
+                        self._rewind_wal.set()
                 except sqlite3.Error:
                     log.exception("background checkpoint failed")
         finally:
@@ -682,6 +694,26 @@ class Storage:
             raise Unavailable("the node is shutting down")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, fn, args)
+
+
+def checkpoint(conn: sqlite3.Connection, stopping: threading.Event | None = None) -> bool:
+    """A PASSIVE checkpoint (it never blocks the writer or readers); True when the WAL has grown past
+    WAL_REWIND_FRAMES and is nearly all copied, so the writer should copy the rest itself.
+
+    SQLite rewinds the WAL only when a write transaction starts after a checkpoint that copied every frame. A
+    checkpoint beside a busy writer never does (the writer adds frames while it copies), so under steady load
+    the WAL would grow for as long as the load lasts. Passive rounds here copy what came in meanwhile; the last
+    few frames are left to the writer between two transactions, where nothing is added while it copies."""
+    _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames <= WAL_REWIND_FRAMES:
+        return False
+    for _round in range(WAL_CATCH_UP_ROUNDS):  # each round copies only what came in during the one before
+        if frames - copied <= WAL_REWIND_FRAMES // 4:
+            return True
+        if stopping is not None and stopping.is_set():
+            return False
+        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return frames - copied <= WAL_REWIND_FRAMES // 4
 
 
 def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
