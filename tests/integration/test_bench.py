@@ -46,3 +46,18 @@ def test_bench_leaves_no_node_or_temp_dir_behind(tmp_path, monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["eventsourcing"] == [] and report["evstore"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cases_runs_only_the_named_cases(capsys):
+    assert main(["--quick", "--json", "--no-reference", "--cases", "append_b1_c64,read_b1000_c1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["case"] for c in report["evstore"]] == ["append_b1_c64", "read_b1000_c1"]
+
+
+def test_an_unknown_case_is_a_usage_error(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--cases", "append_b7_c64"])
+    assert exit_info.value.code == 2
+    assert "unknown case append_b7_c64" in capsys.readouterr().err
