@@ -261,7 +261,7 @@ class WriteTxn:
         else:
             events_mark, epochs_mark = self._op_marks
         for i in range(events_mark, len(self._events), _COLUMNS):
-            del self._event_ids[bytes(self._events[i + 3])]
+            self._event_ids.pop(bytes(self._events[i + 3]), None)
         del self._events[events_mark:]
         del self._new_epochs[epochs_mark:]
         for stream, previous, was_dirty in reversed(self._op_undo):
@@ -385,9 +385,10 @@ class WriteTxn:
         pack, crc = _INTS.pack, crc32c.crc32c
         position, version = first_position, first_version
         for e in events:
-            ids[e.id] = len(values)
+            index = len(values)
             add((position, stream, version, bytearray(e.id), e.type, bytearray(e.data), bytearray(e.metadata),
                  now, epoch, crc(pack(position, version, now, epoch), e.payload_crc)))
+            ids[e.id] = index
             position += 1
             version += 1
 
@@ -600,10 +601,13 @@ class Storage:
                 self.metrics.sync_latency.observe(time.perf_counter() - started)
                 self.metrics.batch_requests.observe(len(batch))
                 self.metrics.batch_events.observe(txn.last_position - self.head)
-        except (sqlite3.Error, FlushFailed) as exc:
+        except Exception as exc:  # storage errors, and any bug outside the ops: fail the batch, keep the writer
             log.exception("group commit failed")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback of a failed group commit failed")
             failure = Unavailable(f"storage error: {exc}")
             outcomes = [(future, loop, None, failure) for _op, future, loop, _weight, _streams in batch]
         else:
@@ -704,15 +708,17 @@ def checkpoint(conn: sqlite3.Connection, stopping: threading.Event | None = None
     checkpoint beside a busy writer never does (the writer adds frames while it copies), so under steady load
     the WAL would grow for as long as the load lasts. Passive rounds here copy what came in meanwhile; the last
     few frames are left to the writer between two transactions, where nothing is added while it copies."""
-    _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    if frames <= WAL_REWIND_FRAMES:
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if busy or frames <= WAL_REWIND_FRAMES:  # busy: another checkpoint ran (frames are -1 then)
         return False
     for _round in range(WAL_CATCH_UP_ROUNDS):  # each round copies only what came in during the one before
         if frames - copied <= WAL_REWIND_FRAMES // 4:
             return True
         if stopping is not None and stopping.is_set():
             return False
-        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy:
+            return False
     return frames - copied <= WAL_REWIND_FRAMES // 4
 
 

@@ -198,3 +198,18 @@ def _sealed(event: NewEvent, stream: str) -> NewEvent:
     from evstore.node.storage import payload_checksum
     event.payload_crc = payload_checksum(event.id, stream, event.type, event.data, event.metadata)
     return event
+
+
+async def test_an_insert_failing_midway_leaves_no_buffered_id_behind(log):
+    good, bad = _sealed(ev(), "s"), ev()
+    bad.data = "not bytes"  # the writer cannot bind it: the op fails after buffering `good`
+
+    def half_insert(txn: WriteTxn) -> None:
+        txn.insert("s", txn.allocate_positions(2), 1, [good, bad])
+
+    failed, retried = await one_group_commit(
+        log,
+        lambda: log.storage.write(half_insert),
+        lambda: log.append("s", "no_stream", [ev(event_id=bad.id)]))
+    assert isinstance(failed, Unavailable)
+    assert (retried.version, retried.position) == (1, 1)
