@@ -555,12 +555,13 @@ class Reporter:
         return advance
 
 
-def ratios(evstore: list[CaseResult], reference: list[CaseResult]) -> dict[str, float | None]:
-    by_name = {r.name: r for r in reference}
+def ratios(cases: list[CaseResult], baseline: list[CaseResult]) -> dict[str, float | None]:
+    """events/s of each case over the baseline's case of the same name (None when the baseline lacks it)."""
+    by_name = {r.name: r for r in baseline}
     out = {}
-    for case in evstore:
-        ref = by_name.get(case.name)
-        out[case.name] = round(case.events_per_s / ref.events_per_s, 3) if ref and ref.events_per_s else None
+    for case in cases:
+        base = by_name.get(case.name)
+        out[case.name] = round(case.events_per_s / base.events_per_s, 3) if base and base.events_per_s else None
     return out
 
 

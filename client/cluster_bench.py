@@ -33,7 +33,7 @@ import orjson
 
 from ..ids import uuid7_bytes
 from .bench import (APPEND_BATCHES, CONCURRENCIES, BenchError, CaseResult, EvstoreTarget, LocalNode, Reporter,
-                    _interrupt_on_sigterm, append_body, event_data)
+                    _interrupt_on_sigterm, append_body, event_data, ratios)
 from .checker import History, check_cluster
 from .localcluster import LocalCluster
 from .localetcd import EtcdNotFound, etcd_binary
@@ -82,16 +82,6 @@ async def append_cases(url: str, label: str, opts: "Options", reporter: Reporter
                 results.append(result)
                 reporter.case(result)
     return results
-
-
-def ratios(cluster: list[CaseResult], single: list[CaseResult]) -> dict[str, float | None]:
-    """events/s of each cluster case over the same single-node case."""
-    by_name = {r.name: r for r in single}
-    out = {}
-    for case in cluster:
-        base = by_name.get(case.name)
-        out[case.name] = round(case.events_per_s / base.events_per_s, 3) if base and base.events_per_s else None
-    return out
 
 
 # -- failover ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import orjson
 from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
-from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros, payload_checksum,
+from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
@@ -568,7 +568,7 @@ def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes
 
     row = txn.stream_row(stream) or StreamRow(stream)
     event = NewEvent(uuid7_bytes()[0], event_type, data, b"{}", given_id=False)
-    event.payload_crc = payload_checksum(event.id, stream, event_type, data, event.metadata)
+    seal_payloads(stream, [event])
     _write_events(txn, row, [event])
 
 

@@ -8,6 +8,7 @@ CRC32C over its bytes, checked on every read and by `verify`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -61,18 +62,20 @@ CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT 
 
 RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
 _INTS = struct.Struct("<QQqq")
-_ROW_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
-_INSERTS: dict[int, str] = {}
 _COLUMNS = 10
 
 
+def _value_rows(rows: int, columns: int) -> str:
+    return ",".join(["(" + ",".join("?" * columns) + ")"] * rows)
+
+
+@functools.cache
 def _insert_sql(rows: int) -> str:
     """One multi-row INSERT per row count (SQLite's statement cache keeps them prepared)."""
-    sql = _INSERTS.get(rows)
-    if sql is None:
-        sql = _INSERTS[rows] = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES " + ",".join(
-            ["(?,?,?,?,?,?,?,?,?,?)"] * rows)
-    return sql
+    return f"INSERT INTO events ({RECORD_COLUMNS}) VALUES {_value_rows(rows, _COLUMNS)}"
+
+
+_ROW_INSERT = _insert_sql(1)
 _LENGTHS = struct.Struct("<IIII")
 
 
@@ -178,8 +181,6 @@ class FlushFailed(Exception):
 
 _MISSING = object()
 _STREAM_COLUMNS = "stream, version, created, updated, deleted, metadata"
-_STREAM_UPSERTS: dict[int, str] = {}
-_STREAM_SELECTS: dict[int, str] = {}
 MAX_ROWS_PER_STATEMENT = 512
 _SELECT_SIZES = (1, 4, 16, 64, 256, MAX_ROWS_PER_STATEMENT)
 
@@ -199,20 +200,14 @@ def _row_chunks(count: int) -> Iterable[tuple[int, int]]:
         size //= 2
 
 
+@functools.cache
 def _stream_upsert_sql(rows: int) -> str:
-    sql = _STREAM_UPSERTS.get(rows)
-    if sql is None:
-        sql = _STREAM_UPSERTS[rows] = (f"INSERT OR REPLACE INTO streams ({_STREAM_COLUMNS}) VALUES "
-                                       + ",".join(["(?,?,?,?,?,?)"] * rows))
-    return sql
+    return f"INSERT OR REPLACE INTO streams ({_STREAM_COLUMNS}) VALUES {_value_rows(rows, 6)}"
 
 
+@functools.cache
 def _stream_select_sql(names: int) -> str:
-    sql = _STREAM_SELECTS.get(names)
-    if sql is None:
-        sql = _STREAM_SELECTS[names] = (f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream IN "
-                                        f"({','.join('?' * names)})")
-    return sql
+    return f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream IN ({','.join('?' * names)})"
 
 
 class WriteTxn:
@@ -296,12 +291,8 @@ class WriteTxn:
                 self._new_epochs = []
             values = self._events
             if values:
-                count = len(values) // _COLUMNS
-                if count == 1:
-                    execute(_ROW_INSERT, values)
-                else:
-                    for offset, rows in _row_chunks(count):
-                        execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
+                for offset, rows in _row_chunks(len(values) // _COLUMNS):
+                    execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
                 self._events = []
                 self._event_ids = {}
             if self._dirty:

@@ -7,27 +7,14 @@ import asyncio
 import threading
 import uuid
 
-import orjson
 import pytest
 
 from evstore.node.errors import DuplicateEventId, LogError, Unavailable, WrongExpectedVersion
 from evstore.node.log import AllFilter, Log, NewEvent
 from evstore.node.storage import Storage, WriteTxn, _row_chunks
+from loghelpers import ev
 
 WAIT = 10.0
-
-
-def ev(event_type: str = "Happened", data=None, event_id: bytes | None = None) -> NewEvent:
-    return NewEvent(event_id or uuid.uuid4().bytes, event_type, orjson.dumps(data if data is not None else {}),
-                    b"{}")
-
-
-@pytest.fixture
-async def log(tmp_path):
-    storage = Storage(tmp_path / "data")
-    storage.open()
-    yield Log(storage)
-    storage.close()
 
 
 async def one_group_commit(log: Log, *calls):
@@ -154,7 +141,6 @@ async def test_sql_of_an_op_sees_the_buffered_writes_before_it_and_its_failure_u
 
 async def test_sql_after_buffered_writes_in_one_op_is_refused(log):
     def buffers_then_uses_sql(txn: WriteTxn) -> None:
-        row = txn.stream_row("s") or None
         txn.insert("s", txn.allocate_positions(1), 1, [_sealed(ev(), "s")])
         txn.conn.execute("SELECT 1")
 

@@ -5,25 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import orjson
 import pytest
 
 from evstore.node.errors import DuplicateEventId, StreamDeleted, StreamNotFound, WrongExpectedVersion
-from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.log import AllFilter, Log
 from evstore.node.storage import Storage
-
-
-def ev(event_type: str = "Happened", data=None, event_id: bytes | None = None) -> NewEvent:
-    return NewEvent(event_id or uuid.uuid4().bytes, event_type, orjson.dumps(data if data is not None else {}),
-                    b"{}")
-
-
-@pytest.fixture
-async def log(tmp_path):
-    storage = Storage(tmp_path / "data")
-    storage.open()
-    yield Log(storage)
-    storage.close()
+from loghelpers import ev
 
 
 async def test_versions_and_positions_are_one_based_and_gap_free(log):
