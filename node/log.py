@@ -5,6 +5,7 @@ events in `$$<stream>`, a hard delete is a `$tombstone` event there, and a soft 
 """
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
 import orjson
 
 from ..ids import uuid7_bytes
-from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
+from .errors import (DuplicateEventId, InvalidRequest, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
+from .position import WatchedPosition
 from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
@@ -201,32 +203,56 @@ REPLICA_BATCH_BYTES = 1 << 20
 
 
 class Log:
-    def __init__(self, storage: Storage, metrics=None) -> None:
+    """The log of one node. `visible` is the last position reads may show (committed entries only), `written`
+    the durable local head; both can be awaited. A single node shows what it wrote; a clustered node shows what
+    its role (leader or follower) reports committed, through the same `visible` object."""
+
+    def __init__(self, storage: Storage, metrics=None, *, clustered: bool = False) -> None:
         self.storage = storage
         self.metrics = metrics
-        self.gate: WriteGate | None = None  # set by the cluster on a leader; None on a single node
-        self.horizon: Callable[[], int] | None = None  # last position reads may show; None = the head
+        self.clustered = clustered
+        self._gate: WriteGate | None = None  # a clustered node's role decides (see use_write_gate)
+        self.written = WatchedPosition(storage.head, monotonic=False)
+        self.visible = WatchedPosition(storage.committed if clustered else storage.head)
+
+    async def open(self) -> None:
+        """Open the storage; what was committed before a restart is visible at once."""
+        await asyncio.to_thread(self.storage.open)
+        self.written.reset(self.storage.head)
+        self.visible.advance(self.storage.committed if self.clustered else self.storage.head)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.storage.close)
+
+    def use_write_gate(self, gate: WriteGate) -> None:
+        """What a clustered node's current role puts around every write (see WriteGate)."""
+        self._gate = gate
 
     @property
     def head(self) -> int:
         return self.storage.head
 
     def _horizon(self) -> int | None:
-        """What reads may show: None on a single node (everything), else the committed position."""
-        return None if self.horizon is None else self.visible
+        """What reads may show: None on a single node (everything durable), else the visible position."""
+        return self.visible.position if self.clustered else None
 
-    @property
-    def visible(self) -> int:
-        """The last position reads show: the committed position in a cluster, the head on a single node."""
-        return self.storage.head if self.horizon is None else min(self.horizon(), self.storage.head)
+    def _wrote(self) -> None:
+        self.written.reset(self.storage.head)
+        if not self.clustered:
+            self.visible.advance(self.storage.head)
 
     async def _write(self, op: Callable[[WriteTxn], object], weight: int = 1, position_of=None,
                      streams: tuple[str, ...] = ()):
-        gate = self.gate
+        gate = self._gate
         if gate is None:
-            return await self.storage.write(op, weight, streams)
+            if self.clustered:
+                raise NotLeader()  # no role yet: nothing is written here
+            result = await self.storage.write(op, weight, streams)
+            self._wrote()
+            return result
         async with gate.writing():
             result = await self.storage.write(op, weight, streams)
+            self._wrote()
             await gate.committed(position_of(result) if position_of else self.storage.head)
         return result
 
@@ -461,6 +487,7 @@ class Log:
 
         head = await self.storage.write(op, weight=len(records))
         self.storage.committed = max(self.storage.committed, min(committed, head))
+        self.written.reset(head)
         return head
 
     async def persist_committed(self, position: int) -> None:
@@ -487,7 +514,9 @@ class Log:
                     _rebuild_stream_state(txn, stream[2:])
             return txn.last_position
 
-        return await self.storage.write(op)
+        head = await self.storage.write(op)
+        self.written.reset(head)
+        return head
 
     async def promise_epoch(self, epoch: int) -> None:
         """Persist that this node follows or leads `epoch` from now on; it then rejects older epochs."""

@@ -29,7 +29,7 @@ async def leading(etcd, tmp_path):
     """This process leads a store whose ISR is {leader, follower}, with a real etcd and log."""
     storage = Storage(tmp_path / "leader")
     storage.open()
-    log = Log(storage)
+    log = Log(storage, clustered=True)
     coordinator = EtcdCoordinator((etcd.client_url,), f"t-{uuid.uuid4().hex[:8]}", lease_ttl=2)
     await coordinator.start(LEADER)
     await asyncio.wait_for(coordinator.wait_registered(), WAIT)
@@ -38,7 +38,7 @@ async def leading(etcd, tmp_path):
     state = await coordinator.set_isr(won.epoch, ("follower", "leader"), isr.revision)
     storage.epoch = won.epoch
     lead = LeaderReplication(log, coordinator, LEADER, won.epoch, state, lambda: 2, Timing(2), committed=0)
-    log.gate = lead
+    log.use_write_gate(lead)
     lead.start()
     try:
         yield lead

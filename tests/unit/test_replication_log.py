@@ -31,6 +31,13 @@ async def pair(tmp_path):
         one.storage.close()
 
 
+def clustered_view(log: Log, visible: int) -> Log:
+    """The same storage as a clustered node whose visible (committed) position is `visible`."""
+    view = Log(log.storage, clustered=True)
+    view.visible.advance(visible)
+    return view
+
+
 async def replicate(leader: Log, follower: Log) -> None:
     while follower.head < leader.head:
         records = await leader.records_from(follower.head + 1, max_bytes=1)
@@ -127,14 +134,13 @@ async def test_reads_stop_at_the_horizon(pair):
     leader, _ = pair
     await leader.append("a", "any", [ev(1), ev(2)])
     await leader.append("a", "any", [ev(3)])
-    leader.horizon = lambda: 2
-    page = await leader.read_stream("a", None, 10, False)
+    view = clustered_view(leader, 2)
+    page = await view.read_stream("a", None, 10, False)
     assert (page.version, [r.version for r in page.records]) == (2, [1, 2])
-    assert [r.position for r in (await leader.read_all(None, 10, False, AllFilter())).records] == [1, 2]
-    assert (await leader.read_all(None, 10, False, AllFilter())).head == 2
-    leader.horizon = lambda: 0
+    assert [r.position for r in (await view.read_all(None, 10, False, AllFilter())).records] == [1, 2]
+    assert (await view.read_all(None, 10, False, AllFilter())).head == 2
     with pytest.raises(StreamNotFound):
-        await leader.read_stream("a", None, 10, False)
+        await clustered_view(leader, 0).read_stream("a", None, 10, False)
 
 
 async def test_epochs_and_promises_survive_a_restart(tmp_path):
@@ -167,7 +173,7 @@ async def test_stream_state_past_the_horizon_is_not_shown(pair):
     await leader.set_metadata("a", {"custom": {"v": 2}})
     await leader.append("new", "any", [ev(3, "Late")])
     await leader.delete("a", "any", hard=True)
-    leader.horizon = lambda: committed
+    leader = clustered_view(leader, committed)
     info = await leader.stream_info("a")
     assert (info.version, info.deleted, info.metadata) == (1, "no", {"custom": {"v": 1}})
     assert await leader.get_metadata("a") == {"custom": {"v": 1}}
