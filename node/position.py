@@ -53,11 +53,10 @@ class WatchedPosition:
         if self._position >= position:
             future.set_result(self._position)
         else:
-            self._pushes += 1
-            if self._pushes > 2 * len(self._waiters) + 64:  # now and then, drop the waiters that gave up
-                self._compact_at = 64
+            if len(self._waiters) > self._compact_at:  # now and then, drop the waiters that gave up
                 self._waiters = [w for w in self._waiters if not w[2].done()]
                 heapq.heapify(self._waiters)
+                self._compact_at = 2 * len(self._waiters) + 64
             heapq.heappush(self._waiters, (position, next(self._seq), future))
         return future
 
