@@ -12,12 +12,14 @@ from typing import Sequence
 from aiohttp import web
 
 from .api import ops, streams
+from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
 from .metrics import NodeMetrics
 from .storage import Storage
+from .subscriptions.persistent import PersistentSubscriptions
 
 log = logging.getLogger("evstore.node")
 
@@ -43,9 +45,12 @@ def create_app(settings: Settings) -> web.Application:
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
     streams.add_routes(app)
+    subscription_routes.add_routes(app, PersistentSubscriptions(app[LOG_KEY], member=app.get(CLUSTER_KEY),
+                                                                metrics=metrics))
     from .api import openapi
     openapi.add_routes(app)
     app.cleanup_ctx.append(_storage_context)
+    app.cleanup_ctx.append(_persistent_subscriptions_context)  # starts after the log opens, stops before
     return app
 
 
@@ -85,6 +90,13 @@ async def _storage_context(app: web.Application):
         await member.close()
     await log_.close()
     log.info("log closed")
+
+
+async def _persistent_subscriptions_context(app: web.Application):
+    service = app[subscription_routes.PERSISTENT_KEY]
+    await service.start()
+    yield
+    await service.close()
 
 
 GC_THRESHOLDS = (50_000, 50, 100)  # Python's defaults are (700, 10, 10)

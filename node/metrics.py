@@ -63,6 +63,15 @@ class NodeMetrics:
         self._http_children: dict[tuple[str, str, int], tuple] = {}
         self.subscription_parked = Gauge("evstore_subscription_parked", "Parked events of a persistent subscription",
                                          ["subscription"], registry=r)
+        self.subscription_in_flight = Gauge("evstore_subscription_in_flight",
+                                            "Events of a persistent subscription delivered and not yet acked",
+                                            ["subscription"], registry=r)
+        self.subscription_consumers = Gauge("evstore_subscription_consumers",
+                                            "Consumers connected to a persistent subscription", ["subscription"],
+                                            registry=r)
+        self.subscription_redeliveries = Counter("evstore_subscription_redeliveries",
+                                                 "Events of a persistent subscription delivered again (nack retry, "
+                                                 "ack timeout, consumer gone)", ["subscription"], registry=r)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Awaitable
 
 import aiohttp
 
@@ -323,6 +324,10 @@ class ClusterMember:
                 raise Unavailable("no leader is known right now", reason="no_leader")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), remaining)
+
+    def next_role_change(self) -> Awaitable[bool]:
+        """Completes at this node's next role change; take it before reading `role`, so none is missed."""
+        return self._role_changed.wait()
 
     async def wait_for_leader_change(self, old: LeaderInfo, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,288 @@
+"""Handlers for /v1/subscriptions (persistent subscriptions): parse, call the service, shape the reply.
+
+Delivery runs on the leader. A follower sends every HTTP call to the leader (cluster.forward); a WebSocket
+that connects to a follower is told where the leader is (`{"error": "not_leader", "leader": {"node", "url"}}`)
+and closed with code 4001, so the consumer connects there.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+import uuid
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from ..errors import InvalidRequest, LogError
+from ..subscriptions.delivery import NACK_ACTIONS, Delivery, parse_delivery_id
+from ..subscriptions.persistent import CLOSE_NOT_LEADER, Closed, PersistentSubscriptions
+from ..subscriptions.settings import parse_settings, subscription_name
+from . import validation as v
+from .cluster import Handler, forward, leader_write
+from .keys import CLUSTER_KEY
+from .shape import event_json, json_response, rfc3339
+
+PERSISTENT_KEY = web.AppKey("persistent_subscriptions", PersistentSubscriptions)
+MAX_FETCH = 1000
+DEFAULT_FETCH = 10
+MAX_WAIT = 20.0  # below the follower's forwarding timeout, so a forwarded long poll comes back
+MAX_IDS = 1000
+MAX_PARKED_LIST = 1000
+CONSUMER_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CONSUMER = re.compile(CONSUMER_PATTERN)
+HEARTBEAT = 30.0
+
+
+def _service(request: web.Request) -> PersistentSubscriptions:
+    return request.app[PERSISTENT_KEY]
+
+
+def _name(request: web.Request) -> str:
+    return subscription_name(request.match_info["name"])
+
+
+def leader_only(handler: Handler) -> Handler:
+    """Reads of delivery state: only the leader has it, so a follower asks the leader."""
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        member = request.app.get(CLUSTER_KEY)
+        if member is None or member.role == "leader":
+            return await handler(request)
+        return await forward(request, member, handler, write=False)
+    return route
+
+
+def _body(raw: bytes, allowed: set[str]) -> dict:
+    return v.require_object(v.parse_json_body(raw), "body", allowed)
+
+
+def delivery_json(delivery: Delivery) -> dict:
+    out = {"deliveryId": delivery.delivery_id, "attempt": delivery.attempt, "event": event_json(delivery.event)}
+    if delivery.replayed:
+        out["replayed"] = True
+    return out
+
+
+def parse_ids(value, field: str = "ids") -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_IDS:
+        raise InvalidRequest(f"{field} must be a list of 1 to {MAX_IDS} delivery ids", field=field)
+    for i, item in enumerate(value):
+        if parse_delivery_id(item) is None:
+            raise InvalidRequest(f"{field}[{i}] is not a delivery id (as sent with the event)",
+                                 field=f"{field}[{i}]")
+    return value
+
+
+def parse_action(value) -> str:
+    if value not in NACK_ACTIONS:
+        raise InvalidRequest(f"action must be one of {', '.join(NACK_ACTIONS)}", field="action")
+    return value
+
+
+# settings ------------------------------------------------------------------------------------------
+async def create(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    settings = parse_settings(v.parse_json_body(await request.read()))
+    created, info = await _service(request).create(name, settings)
+    return json_response(info, status=201 if created else 200)
+
+
+async def update(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    changes = v.parse_json_body(await request.read())
+    if not isinstance(changes, dict):
+        raise InvalidRequest("the body must be a JSON object", field="body")
+    return json_response(await _service(request).update(name, changes))
+
+
+async def info(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    return json_response((await _service(request).runtime(name)).info())
+
+
+async def list_all(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
+    return json_response({"subscriptions": await _service(request).list()})
+
+
+async def delete(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    await _service(request).delete(name)
+    return web.Response(status=204)
+
+
+# consuming over HTTP ------------------------------------------------------------------------------
+def _seconds_param(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (text.isascii() and 0 <= value <= MAX_WAIT):
+        raise InvalidRequest(f"{name} must be a number of seconds from 0 to {MAX_WAIT:g}", field=name)
+    return value
+
+
+def _consumer_param(name: str, text: str) -> str:
+    if not _CONSUMER.fullmatch(text):
+        raise InvalidRequest(f"{name} must be 1 to 64 letters, digits, '.', '_' or '-'", field=name)
+    return text
+
+
+FETCH_PARAMS = {"max": v.int_param(1, MAX_FETCH), "wait": _seconds_param, "consumer": _consumer_param}
+
+
+async def fetch(request: web.Request) -> web.Response:
+    name = _name(request)
+    q = v.query_params(request.query, FETCH_PARAMS)
+    runtime = await _service(request).runtime(name)
+    deliveries = await runtime.fetch("http-" + q.get("consumer", "default"), q.get("max", DEFAULT_FETCH),
+                                     q.get("wait", 0.0))
+    return json_response({"events": [delivery_json(d) for d in deliveries]})
+
+
+async def ack(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    ids = parse_ids(_body(await request.read(), {"ids"}).get("ids"))
+    acked, unknown = (await _service(request).runtime(name)).ack(ids)
+    return json_response({"acked": len(acked), "unknown": unknown})
+
+
+async def nack(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    body = _body(await request.read(), {"ids", "action"})
+    ids = parse_ids(body.get("ids"))
+    action = parse_action(body.get("action", "retry"))
+    done, unknown = (await _service(request).runtime(name)).nack(ids, action)
+    return json_response({"nacked": len(done), "unknown": unknown})
+
+
+# parked events ------------------------------------------------------------------------------------
+PARKED_PARAMS = {"limit": v.int_param(1, MAX_PARKED_LIST)}
+
+
+async def parked(request: web.Request) -> web.Response:
+    name = _name(request)
+    q = v.query_params(request.query, PARKED_PARAMS)
+    runtime = await _service(request).runtime(name)
+    entries = await runtime.parked_events(q.get("limit", v.DEFAULT_READ_LIMIT))
+    return json_response({"events": [
+        {"parkedId": entry.parked_version, "stream": entry.stream, "version": entry.version,
+         "position": entry.position, "eventId": entry.event_id, "reason": entry.reason, "attempts": entry.attempts,
+         "parked": rfc3339(entry.parked_at), "event": event_json(record) if record is not None else None}
+        for entry, record in entries], "total": len(runtime.parked)})
+
+
+async def replay_parked(request: web.Request) -> web.Response:
+    name = _name(request)
+    v.query_params(request.query, {})
+    replaying, missing = await (await _service(request).runtime(name)).replay()
+    return json_response({"replaying": replaying, "missing": missing})
+
+
+# consuming over a WebSocket -----------------------------------------------------------------------
+class UpgradeRequired(LogError):
+    status, code = 426, "upgrade_required"
+
+
+async def connect(request: web.Request) -> web.StreamResponse:
+    name = _name(request)
+    v.query_params(request.query, {})
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    if not ws.can_prepare(request).ok:
+        raise UpgradeRequired("this is a WebSocket endpoint: connect with a WebSocket client")
+    member = request.app.get(CLUSTER_KEY)
+    if member is not None and member.role != "leader":
+        leader = member.leader
+        await ws.prepare(request)
+        await _send_closed(ws, Closed(CLOSE_NOT_LEADER, "not_leader", "persistent subscriptions are delivered by "
+                                      "the leader: connect to it", {"node": leader.node, "url": leader.url}
+                                      if leader is not None else None))
+        return ws
+    runtime = await _service(request).runtime(name)
+    consumer_id = "ws-" + uuid.uuid4().hex[:12]
+    outbox = runtime.connect(consumer_id)  # 409 too_many_consumers before the upgrade
+    sender: asyncio.Task | None = None
+    try:
+        await ws.prepare(request)
+        sender = asyncio.get_running_loop().create_task(_send_loop(ws, outbox))
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                await _send_error(ws, InvalidRequest("messages are JSON text", field="message"))
+                continue
+            try:
+                _answer(runtime, message.data)
+            except InvalidRequest as exc:
+                await _send_error(ws, exc)
+    finally:
+        runtime.disconnect(consumer_id)
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+    return ws
+
+
+def _answer(runtime, text: str) -> None:
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("a message must be JSON: {\"ack\": [...]} or {\"nack\": [...], \"action\": ...}",
+                             field="message") from None
+    doc = v.require_object(doc, "message", {"ack", "nack", "action"})
+    if ("ack" in doc) == ("nack" in doc):
+        raise InvalidRequest("a message holds either ack or nack", field="message")
+    if "ack" in doc:
+        runtime.ack(parse_ids(doc["ack"], "ack"))
+    else:
+        runtime.nack(parse_ids(doc["nack"], "nack"), parse_action(doc.get("action", "retry")))
+
+
+async def _send_loop(ws: web.WebSocketResponse, outbox: asyncio.Queue) -> None:
+    while True:
+        item = await outbox.get()
+        batch: list[Delivery] = []
+        while isinstance(item, list):
+            batch.extend(item)
+            item = outbox.get_nowait() if not outbox.empty() else None
+        if batch:
+            await ws.send_str(orjson.dumps({"events": [delivery_json(d) for d in batch]}).decode())
+        if isinstance(item, Closed):
+            await _send_closed(ws, item)
+            return
+
+
+async def _send_closed(ws: web.WebSocketResponse, closed: Closed) -> None:
+    message = {"error": closed.reason, "message": closed.message}
+    if closed.leader is not None or closed.reason == "not_leader":
+        message["leader"] = closed.leader
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(orjson.dumps(message).decode())
+        await ws.close(code=closed.code, message=closed.reason.encode())
+
+
+async def _send_error(ws: web.WebSocketResponse, exc: LogError) -> None:
+    await ws.send_str(orjson.dumps({"error": exc.code, "message": exc.message, **exc.details}).decode())
+
+
+def add_routes(app: web.Application, service: PersistentSubscriptions) -> None:
+    app[PERSISTENT_KEY] = service
+    app.router.add_get("/v1/subscriptions", leader_only(list_all))
+    app.router.add_put("/v1/subscriptions/{name}", leader_write(create))
+    app.router.add_patch("/v1/subscriptions/{name}", leader_write(update))
+    app.router.add_get("/v1/subscriptions/{name}", leader_only(info))
+    app.router.add_delete("/v1/subscriptions/{name}", leader_write(delete))
+    app.router.add_get("/v1/subscriptions/{name}/connect", connect)
+    app.router.add_post("/v1/subscriptions/{name}/fetch", leader_write(fetch))
+    app.router.add_post("/v1/subscriptions/{name}/ack", leader_write(ack))
+    app.router.add_post("/v1/subscriptions/{name}/nack", leader_write(nack))
+    app.router.add_get("/v1/subscriptions/{name}/parked", leader_only(parked))
+    app.router.add_post("/v1/subscriptions/{name}/parked/replay", leader_write(replay_parked))
+
