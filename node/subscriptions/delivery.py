@@ -172,6 +172,8 @@ class DeliveryState:
         while (self._ready or self._ready_replays) and rotation:
             progressed = False
             for _ in range(len(rotation)):
+                if not (self._ready or self._ready_replays):
+                    break  # the turn stays with the next consumer
                 self._next %= len(rotation)
                 consumer = self.consumers[rotation[self._next]]
                 self._next += 1

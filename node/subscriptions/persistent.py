@@ -112,7 +112,8 @@ class SubscriptionRuntime:
     and a maintenance task for ack timeouts, parking and checkpoints."""
 
     def __init__(self, definition: Definition, log_: Log, *, checkpoint: int, parked: list[ParkedEntry],
-                 metrics=None, clock: Callable[[], float] = time.monotonic) -> None:
+                 parked_keys: frozenset[int] = frozenset(), metrics=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.definition = definition
         self.name = definition.name
         self.settings = definition.settings
@@ -122,6 +123,8 @@ class SubscriptionRuntime:
         self.state = DeliveryState(self.settings, checkpoint=checkpoint, serial=random.randrange(1 << 40))
         self.written_checkpoint = checkpoint
         self.parked = parked
+        # events parked after the last written checkpoint: the main sequence passes them as settled
+        self._parked_keys = {key for key in parked_keys if key > checkpoint}
         self.replay_up_to = 0  # a replay is under way up to this parked version
         self.head = 0
         self.changes = WatchedPosition()  # moves on every change: fetches and the maintenance task await it
@@ -261,7 +264,7 @@ class SubscriptionRuntime:
             page = await self.log.read_all(self._cursor, limit, False, self._filter)
             for record in page.records:
                 if not record.stream.startswith("$") and record.position > state.scanned:
-                    state.add(record.position, record.stream, record)
+                    self._add(record.position, record)
             state.scanned_to(page.next - 1 if page.next is not None else page.head)
             self._cursor = state.scanned + 1
             return page.next is None, page.head
@@ -272,12 +275,19 @@ class SubscriptionRuntime:
             return True, seen
         for record in page.records:
             if record.version > state.scanned:
-                state.add(record.version, record.stream, record)
+                self._add(record.version, record)
         # versions the read skipped are gone (maxCount, truncateBefore, maxAge, scavenge): nothing to wait for
         state.scanned_to(page.records[-1].version if page.records else page.version)
         self._cursor = state.scanned + 1
         self.head = page.version
         return page.next is None, seen
+
+    def _add(self, key: int, record: Record) -> None:
+        if key in self._parked_keys:
+            self._parked_keys.discard(key)
+            self.state.scanned_to(key)
+        else:
+            self.state.add(key, record.stream, record)
 
     # ack timeouts, parking, checkpoints --------------------------------------------------------
     async def _maintain_loop(self) -> None:
@@ -515,9 +525,9 @@ class PersistentSubscriptions:
     async def _start_runtime(self, definition: Definition, checkpoint: int | None = None) -> SubscriptionRuntime:
         if checkpoint is None:
             checkpoint = await self._load_checkpoint(definition)
-        runtime = SubscriptionRuntime(definition, self.log, checkpoint=checkpoint,
-                                      parked=await self._load_parked(definition), metrics=self.metrics,
-                                      clock=self.clock)
+        parked, parked_keys = await self._load_parked(definition)
+        runtime = SubscriptionRuntime(definition, self.log, checkpoint=checkpoint, parked=parked,
+                                      parked_keys=parked_keys, metrics=self.metrics, clock=self.clock)
         self.runtimes[definition.name] = runtime
         runtime.start()
         return runtime
@@ -533,7 +543,8 @@ class PersistentSubscriptions:
                 return max(definition.start, int(data["checkpoint"]))
         return definition.start
 
-    async def _load_parked(self, definition: Definition) -> list[ParkedEntry]:
+    async def _load_parked(self, definition: Definition) -> tuple[list[ParkedEntry], frozenset[int]]:
+        """The entries still parked (not replayed), and the keys of every event parked (replayed or not)."""
         entries: list[ParkedEntry] = []
         replayed = 0
         for record in await read_whole_stream(self.log, parked_stream(definition.name)):
@@ -545,7 +556,9 @@ class PersistentSubscriptions:
                                            data["id"], data["reason"], data["attempts"], record.created))
             elif record.type == REPLAYED_TYPE:
                 replayed = max(replayed, data["upTo"])
-        return [e for e in entries if e.parked_version > replayed]
+        by_stream = definition.settings.stream is not None
+        keys = frozenset(e.version if by_stream else e.position for e in entries)
+        return [e for e in entries if e.parked_version > replayed], keys
 
     # serving -----------------------------------------------------------------------------------
     async def ready(self, timeout: float = LOAD_WAIT) -> None:

@@ -128,6 +128,10 @@ def test_push_consumers_take_turns():
     feed(state, range(1, 7))
     pushed = state.dispatch(now=0)
     assert {name: keys_of(batch) for name, batch in pushed.items()} == {"a": [1, 4], "b": [2, 5], "c": [3, 6]}
+    for key in (7, 8, 9, 10):  # one event at a time: the turn still goes round
+        feed(state, [key])
+        pushed = state.dispatch(now=0)
+        assert list(pushed) == ["abc"[(key - 1) % 3]]
 
 
 def test_partition_by_stream_sends_one_stream_to_one_consumer_in_order():
