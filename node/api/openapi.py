@@ -11,6 +11,8 @@ from aiohttp import web
 
 import evstore
 
+from ..subscriptions import delivery, settings as subscription_settings
+from . import subscriptions as subscription_api
 from . import validation as v
 from .shape import json_response
 
@@ -212,10 +214,175 @@ def components() -> dict:
         "VerifyResult": obj({"checked": integer(0), "corrupt": {"type": "array", "items": integer(1)},
                              "error": {"type": "string"}}, ("checked", "corrupt")),
         "ScavengeResult": obj({"removed": integer(0)}, ("removed",)),
+        **subscription_schemas(expected, timestamp),
     }
     return {"schemas": schemas,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "description": "needed only when the node has API tokens"}}}
+
+
+def subscription_schemas(expected: Schema, timestamp: Schema) -> dict:
+    lim = subscription_settings.LIMITS
+
+    def tunable(key: str, description: str) -> Schema:
+        low, high, default = lim[key]
+        if key in subscription_settings.SECONDS_FIELDS:
+            return {"type": "number", "minimum": low, "maximum": high, "default": default,
+                    "description": description}
+        return integer(int(low), int(high), default=int(default), description=description)
+
+    tunables = {
+        "bufferSize": tunable("bufferSize", "most un-acked events one consumer holds"),
+        "ackTimeout": tunable("ackTimeout", "seconds after which an un-acked event is delivered again"),
+        "maxRetries": tunable("maxRetries", "failures (nack retry, ack timeout, consumer gone) before an event "
+                                            "is parked"),
+        "concurrencyLimit": tunable("concurrencyLimit", "most consumers at once (409 too_many_consumers)"),
+        "partitionBy": {"type": "string", "enum": list(subscription_settings.PARTITIONS), "default": "none",
+                        "description": "`stream`: one stream's events go to one consumer at a time, in order"},
+        "checkpointAfterEvents": tunable("checkpointAfterEvents", "write the checkpoint after this many events "
+                                                                  "settled"),
+        "checkpointAfterSeconds": tunable("checkpointAfterSeconds", "or after this many seconds, when it moved"),
+    }
+    stream = text(subscription_settings.MAX_STREAM_BYTES,
+                  description="the stream to follow (not a `$` system stream); 512 bytes of UTF-8 at most")
+    stream["pattern"] = f"^[^$\\u0000-\\u001f\\u007f-\\u009f]{NO_CONTROL}*$"
+    type_text = text(subscription_settings.MAX_TYPE_CHARS)
+    name_text = text(subscription_settings.MAX_STREAM_BYTES)
+    filter_schema = obj({"type": {"type": "array", "maxItems": subscription_settings.MAX_FILTER_TYPES,
+                                  "items": type_text, "description": "any of these event types"},
+                         "typePrefix": type_text, "streamPrefix": name_text, "streamPattern": name_text},
+                        closed=True, description="the keys of /v1/all; `$` system streams are never included")
+    start = {"oneOf": [{"type": "string", "enum": ["start", "end"]}, integer(1)],
+             "description": "`start`, `end` (default: what commits after creation) or the first position ($all) "
+                            "or version (stream) to deliver"}
+    delivery_id = {"type": "string", "pattern": delivery.DELIVERY_ID.pattern,
+                   "description": "as sent with the event"}
+    ids = {"type": "array", "minItems": 1, "maxItems": subscription_api.MAX_IDS, "items": delivery_id}
+    info_fields = {"name": {"type": "string"}, "stream": {"type": "string"}, "filter": {"type": "object"},
+                   "startFrom": start, **tunables,
+                   "checkpoint": integer(0, description="everything at or below it is acked, parked or skipped"),
+                   "checkpointWritten": integer(0, description="the checkpoint last written to the log"),
+                   "head": integer(0), "lag": integer(0), "inFlight": integer(0), "parked": integer(0),
+                   "replaying": integer(0), "redeliveries": integer(0), "consumers": integer(0),
+                   "connections": {"type": "array", "items": obj({"id": {"type": "string"},
+                                                                  "transport": {"type": "string",
+                                                                                "enum": ["websocket", "http"]},
+                                                                  "inFlight": integer(0)})}}
+    return {
+        "SubscriptionFilter": filter_schema,
+        "SubscriptionRequest": {
+            **obj({"stream": stream, "filter": filter_schema, "startFrom": start, **tunables}, closed=True),
+            "oneOf": [{"required": ["stream"], "not": {"required": ["filter"]}},
+                      {"required": ["filter"], "not": {"required": ["stream"]}}],
+            "description": "exactly one of `stream` and `filter`"},
+        "SubscriptionUpdate": obj(tunables, closed=True,
+                                  description="tunable settings only; the source and start cannot change"),
+        "SubscriptionInfo": obj(info_fields, ("name", "startFrom", "bufferSize", "ackTimeout", "maxRetries",
+                                              "concurrencyLimit", "partitionBy", "checkpoint", "head", "lag",
+                                              "inFlight", "parked", "consumers")),
+        "SubscriptionList": obj({"subscriptions": {"type": "array", "items": ref("SubscriptionInfo")}},
+                                ("subscriptions",)),
+        "Delivery": obj({"deliveryId": delivery_id, "attempt": integer(1), "event": ref("Event"),
+                         "replayed": {"type": "boolean", "description": "a replayed parked event"}},
+                        ("deliveryId", "attempt", "event")),
+        "Deliveries": obj({"events": {"type": "array", "items": ref("Delivery")}}, ("events",)),
+        "AckRequest": obj({"ids": ids}, ("ids",), closed=True),
+        "NackRequest": obj({"ids": ids, "action": {"type": "string", "enum": list(delivery.NACK_ACTIONS),
+                                                   "default": "retry"}}, ("ids",), closed=True),
+        "AckResult": obj({"acked": integer(0), "unknown": {"type": "array", "items": {"type": "string"},
+                                                            "description": "ids of events already settled"}},
+                         ("acked", "unknown")),
+        "NackResult": obj({"nacked": integer(0), "unknown": {"type": "array", "items": {"type": "string"}}},
+                          ("nacked", "unknown")),
+        "ParkedList": obj({"events": {"type": "array", "items": obj({
+            "parkedId": integer(1), "stream": {"type": "string"}, "version": integer(1), "position": integer(1),
+            "eventId": {"type": "string"}, "reason": {"type": "string", "enum": ["nack", "maxRetries"]},
+            "attempts": integer(0), "parked": timestamp,
+            "event": {"allOf": [ref("Event")], "nullable": True,
+                      "description": "null when the log no longer has the event"}})},
+            "total": integer(0)}, ("events", "total")),
+        "ReplayResult": obj({"replaying": integer(0), "missing": integer(0)}, ("replaying", "missing")),
+    }
+
+
+def error(description: str) -> dict:
+    return {"description": description, "content": json_content(ref("Error"))}
+
+
+def subscription_paths() -> dict:
+    name = {"name": "name", "in": "path", "required": True,
+            "description": f"1 to {subscription_settings.MAX_NAME_CHARS} letters, digits, '.', '_' and '-', "
+                           "starting with a letter or digit",
+            "schema": {"type": "string", "minLength": 1, "maxLength": subscription_settings.MAX_NAME_CHARS,
+                       "pattern": subscription_settings.NAME_PATTERN}}
+    not_found = {"404": error("`subscription_not_found`")}
+    busy = {"409": error("`too_many_consumers`: the subscription has `concurrencyLimit` consumers")}
+    tag = "subscriptions"
+    return {
+        "/v1/subscriptions": {
+            "get": operation("listSubscriptions", "Persistent subscriptions with their stats", tag, {
+                "200": ok("The subscriptions", ref("SubscriptionList")), **errors(400, 503)}),
+        },
+        "/v1/subscriptions/{name}": {
+            "put": operation("createSubscription", "Create a persistent subscription", tag, {
+                "201": ok("Created", ref("SubscriptionInfo")),
+                "200": ok("It exists with these very settings", ref("SubscriptionInfo")),
+                "409": error("`subscription_exists` (other settings) or `too_many_subscriptions`"),
+                **errors(400, 503)}, parameters=[name], body=ref("SubscriptionRequest")),
+            "patch": operation("updateSubscription", "Change tunable settings, keeping the checkpoint", tag, {
+                "200": ok("Updated (connected consumers are closed with code 1012 and reconnect)",
+                          ref("SubscriptionInfo")), **not_found, **errors(400, 503)},
+                parameters=[name], body=ref("SubscriptionUpdate")),
+            "get": operation("subscriptionInfo", "Settings and stats of a subscription", tag, {
+                "200": ok("The subscription", ref("SubscriptionInfo")), **not_found, **errors(400, 503)},
+                parameters=[name]),
+            "delete": operation("deleteSubscription", "Delete a subscription; its consumers are closed", tag, {
+                "204": {"description": "Deleted"}, **not_found, **errors(400, 503)}, parameters=[name]),
+        },
+        "/v1/subscriptions/{name}/connect": {
+            "get": operation("connectSubscription", "Consume over a WebSocket", tag, {
+                "101": {"description": "WebSocket: the server sends `{\"events\": [Delivery...]}`; the client sends "
+                                       "`{\"ack\": [ids]}` or `{\"nack\": [ids], \"action\": ...}`. On a follower: "
+                                       "`{\"error\": \"not_leader\", \"leader\": {\"node\", \"url\"}}`, then close "
+                                       "code 4001"},
+                "426": error("`upgrade_required`: not a WebSocket handshake"),
+                **not_found, **busy, **errors(400, 503)}, parameters=[name]),
+        },
+        "/v1/subscriptions/{name}/fetch": {
+            "post": operation("fetchSubscription", "Take up to `max` events (HTTP consumer)", tag, {
+                "200": ok("Deliveries (none when `wait` passed first)", ref("Deliveries")),
+                **not_found, **busy, **errors(400, 503)},
+                parameters=[name,
+                            query("max", integer(1, subscription_api.MAX_FETCH, default=subscription_api.DEFAULT_FETCH),
+                                  "most events in the reply (and at most `bufferSize` un-acked per consumer)"),
+                            query("wait", {"type": "number", "minimum": 0, "maximum": subscription_api.MAX_WAIT,
+                                           "default": 0}, "seconds to wait for an event"),
+                            query("consumer", {"type": "string", "pattern": subscription_api.CONSUMER_PATTERN},
+                                  "this consumer's id (default `default`): `bufferSize` and `concurrencyLimit` "
+                                  "count per id")]),
+        },
+        "/v1/subscriptions/{name}/ack": {
+            "post": operation("ackSubscription", "Acknowledge deliveries", tag, {
+                "200": ok("Acknowledged", ref("AckResult")), **not_found, **errors(400, 503)},
+                parameters=[name], body=ref("AckRequest")),
+        },
+        "/v1/subscriptions/{name}/nack": {
+            "post": operation("nackSubscription", "Retry, park or skip deliveries", tag, {
+                "200": ok("Done", ref("NackResult")), **not_found, **errors(400, 503)},
+                parameters=[name], body=ref("NackRequest")),
+        },
+        "/v1/subscriptions/{name}/parked": {
+            "get": operation("parkedEvents", "Parked events, oldest first", tag, {
+                "200": ok("Parked events", ref("ParkedList")), **not_found, **errors(400, 503)},
+                parameters=[name, query("limit", integer(1, subscription_api.MAX_PARKED_LIST,
+                                                         default=v.DEFAULT_READ_LIMIT), "most entries")]),
+        },
+        "/v1/subscriptions/{name}/parked/replay": {
+            "post": operation("replayParked", "Deliver the parked events again (the checkpoint does not move)", tag, {
+                "200": ok("Replaying", ref("ReplayResult")), **not_found, **errors(400, 503)},
+                parameters=[name]),
+        },
+    }
 
 
 def paths() -> dict:
@@ -281,6 +448,7 @@ def paths() -> dict:
                             query("streamPrefix", text_filter, "only streams starting with this"),
                             query("streamPattern", text_filter, "only streams matching this glob")]),
         },
+        **subscription_paths(),
         "/health/live": {
             "get": operation("live", "The process is up", "operations",
                              {"200": ok("Alive", ref("Health"))}, secured=False),
@@ -333,7 +501,7 @@ def document() -> dict:
         "info": {"title": "evstore", "version": evstore.__version__,
                  "description": "Event store HTTP API v1. Errors are `{\"error\", \"message\", ...details}`; "
                                 "a 5xx other than 503 is a bug."},
-        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "operations"}],
+        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "subscriptions"}, {"name": "operations"}],
         "paths": paths(),
         "components": components(),
     }

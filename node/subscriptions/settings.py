@@ -145,16 +145,14 @@ def _filter(value: Any) -> Filter:
     if unknown:
         raise InvalidRequest(f"unknown key {unknown[0]!r} in filter", field=f"filter.{unknown[0]}")
     types = value.get("type", [])
-    if isinstance(types, str):
-        types = [types]
     if not isinstance(types, list) or len(types) > MAX_FILTER_TYPES:
-        raise InvalidRequest(f"filter.type must be a type or a list of at most {MAX_FILTER_TYPES} types",
+        raise InvalidRequest(f"filter.type must be a list of at most {MAX_FILTER_TYPES} event types",
                              field="filter.type")
     parsed_types = tuple(_text(t, "filter.type", MAX_TYPE_CHARS) for t in types)
     optional = {}
     for key, limit in (("typePrefix", MAX_TYPE_CHARS), ("streamPrefix", MAX_STREAM_BYTES),
                        ("streamPattern", MAX_STREAM_BYTES)):
-        if value.get(key) is not None:
+        if key in value:
             optional[key] = _text(value[key], f"filter.{key}", limit, max_bytes=key != "typePrefix")
     return Filter(tuple(dict.fromkeys(parsed_types)), optional.get("typePrefix"), optional.get("streamPrefix"),
                   optional.get("streamPattern"))
@@ -176,7 +174,7 @@ def parse_settings(doc: Any) -> SubscriptionSettings:
     unknown = sorted(set(doc) - ALL_KEYS)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
-    has_stream, has_filter = doc.get("stream") is not None, doc.get("filter") is not None
+    has_stream, has_filter = "stream" in doc, "filter" in doc
     if has_stream == has_filter:
         raise InvalidRequest("a subscription takes exactly one of stream and filter", field="stream")
     stream = None

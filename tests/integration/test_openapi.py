@@ -45,6 +45,8 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "tra
 #   For the same reason the coverage and fuzzing phases do not draw values from earlier replies
 #   (extra-data-sources.responses): their draws reached the write operations' path as `$$<name>` too. Those
 #   phases keep the strict list of statuses for the write operations.
+# - connectSubscription is a WebSocket endpoint: schemathesis sends plain GETs, which get the documented 426
+#   `upgrade_required` (a WebSocket handshake is tested in tests/integration/test_persistent_subscriptions.py).
 CONFIG = """
 [checks]
 enabled = true
@@ -64,6 +66,10 @@ responses = false
 [[operations]]
 include-operation-id = ["streamInfo", "getStreamMetadata"]
 checks.use_after_free.enabled = false
+
+[[operations]]
+include-operation-id = ["connectSubscription"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "410", "426"]
 
 [[operations]]
 include-operation-id = ["appendToStream", "setStreamMetadata", "deleteStream"]
