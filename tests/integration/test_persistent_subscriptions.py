@@ -243,8 +243,9 @@ async def test_a_filter_subscription_follows_all_streams_and_skips_system_stream
     assert [(d["event"]["stream"], d["event"]["type"]) for d in got] == [
         (f"{prefix}-a", "Wanted"), (f"{prefix}-a", "Wanted"), (f"{prefix}-c", "Wanted")]
     await ack(http, base, name, got)
-    state = await info_until(http, base, name, lambda i: i["checkpoint"] == got[-1]["event"]["position"],
-                             "the checkpoint at the last event")
+    # scanned positions that did not match (its own checkpoints included) move it further
+    state = await info_until(http, base, name, lambda i: i["checkpoint"] >= got[-1]["event"]["position"],
+                             "the checkpoint past the last event")
     assert state["checkpoint"] <= state["head"]
     assert await fetch(http, base, name, wait=0.3) == []  # its own checkpoint events are not delivered
 
