@@ -44,6 +44,8 @@ REQUIRED = {
         "evstore_sync_latency_seconds_bucket", "evstore_leader", "evstore_epoch", "evstore_members",
         "evstore_isr_size", "evstore_replication_lag_events", "evstore_storage_bytes",
         "evstore_http_requests_total",
+        "evstore_subscription_lag", "evstore_subscription_in_flight", "evstore_subscription_parked",
+        "evstore_subscription_redeliveries_total",
     },
     "evstore-operator.json": {
         "evstore_operator_reconciles_total", "evstore_operator_reconcile_errors_total",
