@@ -86,6 +86,8 @@ def required_role(request: web.Request) -> str | None:
         return None  # /v1/internal/ is for peers, which authenticate with the cluster's peer token
     if path.startswith("/v1/admin/") or path == "/v1/cluster/step-down":
         return "admin"
+    if path.startswith("/v1/subscriptions/") and path.endswith("/connect"):
+        return "write"  # consuming a persistent subscription acks (changes its state), as fetch/ack do
     return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
 
 

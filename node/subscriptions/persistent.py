@@ -503,8 +503,8 @@ class PersistentSubscriptions:
         runtimes, self.runtimes = list(self.runtimes.values()), {}
         for runtime in runtimes:
             await runtime.stop(closed)
-            if final_checkpoints:
-                await runtime.write_final_checkpoint()
+        if final_checkpoints:  # together: a shutdown waits FINAL_CHECKPOINT_WAIT at most
+            await asyncio.gather(*(runtime.write_final_checkpoint() for runtime in runtimes))
 
     async def _load_definitions(self) -> None:
         definitions: dict[str, Definition] = {}

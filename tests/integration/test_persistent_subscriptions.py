@@ -433,3 +433,28 @@ async def test_metrics_show_each_subscription(shared_node, http):
     assert f"evstore_subscription_lag{label} 3.0" in text
     assert f"evstore_subscription_redeliveries_total{label} 3.0" in text
     assert f"evstore_subscription_parked{label} 0.0" in text
+
+
+async def test_consuming_needs_the_write_role(node_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-0123456789abcdef read\nwriter-0123456789abcdef write\n")
+    node = node_factory("auth", args=("--api-tokens-file", str(tokens)))
+    reader = {"Authorization": "Bearer reader-0123456789abcdef"}
+    writer = {"Authorization": "Bearer writer-0123456789abcdef"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{node.url}/v1/subscriptions/guarded"
+        async with http.put(url, json={"stream": "g"}, headers=reader) as reply:
+            assert reply.status == 403
+        async with http.put(url, json={"stream": "g"}, headers=writer) as reply:
+            assert reply.status == 201
+        async with http.get(url, headers=reader) as reply:
+            assert reply.status == 200
+        async with http.post(url + "/fetch", headers=reader) as reply:
+            assert reply.status == 403
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with http.ws_connect(url + "/connect", headers=reader):
+                pass
+        assert refused.value.status == 403
+        async with http.ws_connect(url + "/connect", headers=writer) as ws:
+            await ws.send_str("{}")
+            assert (await ws.receive_json(timeout=WAIT))["error"] == "invalid_request"
