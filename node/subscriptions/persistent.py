@@ -445,6 +445,7 @@ class PersistentSubscriptions:
         self._loaded = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._epoch: int | None = None  # the leader epoch delivery runs under
 
     # following the leader ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -469,6 +470,10 @@ class PersistentSubscriptions:
         while True:
             change = asyncio.ensure_future(self.member.next_role_change())  # taken before looking: none missed
             try:
+                if self._leads() and self._loaded.is_set() and self._leader_epoch() != self._epoch:
+                    # led again under a new epoch without following anyone meanwhile: start from the log again
+                    await self._deactivate(Closed(CLOSE_NOT_LEADER, "not_leader", "leadership changed: connect "
+                                                  "again", None))
                 if self._leads() and not self._loaded.is_set():
                     await self._activate()
                 elif not self._leads() and (self._loaded.is_set() or self.runtimes):
@@ -485,9 +490,14 @@ class PersistentSubscriptions:
             finally:
                 change.cancel()
 
+    def _leader_epoch(self) -> int | None:
+        leader = self.member.leader if self.member is not None else None
+        return leader.epoch if leader is not None else None
+
     async def _activate(self) -> None:
         """Resume every subscription from the log, once everything this node holds is committed (a new
         leader's log may end in entries the old leader had not yet reported committed)."""
+        self._epoch = self._leader_epoch()
         target = self.log.head
         while not await self.log.visible.wait_for(target, timeout=RETRY_PAUSE):
             if not self._leads():
