@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     openapi.add_routes(app)
     app.cleanup_ctx.append(_storage_context)
     app.cleanup_ctx.append(_persistent_subscriptions_context)  # starts after the log opens, stops before
+    app.on_shutdown.append(_close_persistent_subscriptions)  # before aiohttp waits for open WebSockets
     return app
 
 
@@ -97,6 +98,10 @@ async def _persistent_subscriptions_context(app: web.Application):
     await service.start()
     yield
     await service.close()
+
+
+async def _close_persistent_subscriptions(app: web.Application) -> None:
+    await app[subscription_routes.PERSISTENT_KEY].close()
 
 
 GC_THRESHOLDS = (50_000, 50, 100)  # Python's defaults are (700, 10, 10)

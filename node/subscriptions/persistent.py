@@ -446,6 +446,7 @@ class PersistentSubscriptions:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._epoch: int | None = None  # the leader epoch delivery runs under
+        self._closing = False
 
     # following the leader ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -456,6 +457,7 @@ class PersistentSubscriptions:
                                                                 name="evstore-persistent-subscriptions")
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -573,6 +575,8 @@ class PersistentSubscriptions:
     # serving -----------------------------------------------------------------------------------
     async def ready(self, timeout: float = LOAD_WAIT) -> None:
         """Raise NotLeader unless this node delivers; wait (bounded) while a new leader loads."""
+        if self._closing:
+            raise Unavailable("the node is shutting down", reason="shutting_down")
         if not self._leads():
             raise NotLeader()
         if self._loaded.is_set():

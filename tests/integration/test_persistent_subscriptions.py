@@ -458,3 +458,28 @@ async def test_consuming_needs_the_write_role(node_factory, tmp_path):
         async with http.ws_connect(url + "/connect", headers=writer) as ws:
             await ws.send_str("{}")
             assert (await ws.receive_json(timeout=WAIT))["error"] == "invalid_request"
+
+
+async def test_sigterm_closes_consumers_at_once_and_writes_the_final_checkpoint(node, http):
+    base, name, stream = node.url, unique("term"), unique("term")
+    await append(http, base, stream, 5)
+    await call(http, "PUT", f"{base}/v1/subscriptions/{name}",
+               {"stream": stream, "startFrom": "start", "bufferSize": 3, "checkpointAfterSeconds": 3600},
+               status=201)
+    async with http.ws_connect(f"{base}/v1/subscriptions/{name}/connect") as ws:
+        got = await receive_events(ws, 3)
+        await ws.send_json({"ack": [d["deliveryId"] for d in got]})
+        await info_until(http, base, name, lambda i: i["checkpoint"] == 3, "checkpoint 3 (not written yet)")
+        stopping = asyncio.get_running_loop().run_in_executor(None, node.terminate)
+        while True:  # events 4 and 5 may come first
+            message = await ws.receive_json(timeout=WAIT)
+            if "error" in message:
+                break
+        assert message["error"] == "shutting_down"
+        assert (await ws.receive(timeout=WAIT)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 1001
+        assert await stopping == 0  # a clean exit, without waiting for the consumer to go
+    node.restart()
+    state = await info(http, base, name)
+    assert (state["checkpoint"], state["checkpointWritten"]) == (3, 3)
+    assert versions(await fetch_until(http, base, name, 2)) == [4, 5]
