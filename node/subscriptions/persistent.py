@@ -137,7 +137,9 @@ class SubscriptionRuntime:
         self._pause_until = 0.0
         self._redeliveries_seen = 0
         f = self.settings.filter
-        self._filter = None if f is None else AllFilter(f.types, f.type_prefix, f.stream_prefix, f.stream_pattern)
+        self._filter = None if f is None else AllFilter(types=f.types, type_prefix=f.type_prefix,
+                                                        stream_prefix=f.stream_prefix,
+                                                        stream_pattern=f.stream_pattern)
         self._gauges = None
         if metrics is not None:
             label = {"subscription": self.name}
@@ -301,9 +303,10 @@ class SubscriptionRuntime:
                 log.exception("subscription %s: maintenance failed", self.name)
                 self._pause_until = self.clock() + RETRY_PAUSE
             deadlines = [d for d in (self.state.next_deadline(), self._checkpoint_due()) if d is not None]
-            if self.clock() < self._pause_until:
-                deadlines.append(self._pause_until)
-            timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
+            wake = min(deadlines) if deadlines else None
+            if self.clock() < self._pause_until:  # after a failed write: nothing before the pause ends
+                wake = self._pause_until if wake is None else max(wake, self._pause_until)
+            timeout = None if wake is None else max(0.0, wake - self.clock())
             await self.changes.wait_for(seen + 1, timeout=timeout)
 
     async def _maintain_once(self) -> None:

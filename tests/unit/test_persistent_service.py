@@ -9,6 +9,7 @@ import contextlib
 import orjson
 import pytest
 
+from evstore.node.errors import Unavailable
 from evstore.node.log import Log
 from evstore.node.storage import Storage
 from evstore.node.subscriptions.persistent import PersistentSubscriptions, checkpoint_stream
@@ -20,10 +21,18 @@ WAIT = 5.0
 
 class CommitLater:
     """A clustered node's write gate that acknowledges at once but leaves `log.visible` to the test: the
-    test plays the in-sync replicas that confirm (or do not confirm) what the leader wrote."""
+    test plays the in-sync replicas that confirm (or do not confirm) what the leader wrote. With `refusing`
+    it refuses writes as a node without quorum does."""
+
+    def __init__(self) -> None:
+        self.refusing = False
+        self.attempts = 0
 
     @contextlib.asynccontextmanager
     async def writing(self):
+        self.attempts += 1
+        if self.refusing:
+            raise Unavailable("no quorum", reason="not_enough_replicas")
         yield
 
     async def committed(self, position: int) -> None:
@@ -31,11 +40,16 @@ class CommitLater:
 
 
 @pytest.fixture
-async def clustered_log(tmp_path):
+def gate() -> CommitLater:
+    return CommitLater()
+
+
+@pytest.fixture
+async def clustered_log(tmp_path, gate):
     storage = Storage(tmp_path / "data")
     storage.open()
     log = Log(storage, clustered=True)
-    log.use_write_gate(CommitLater())
+    log.use_write_gate(gate)
     yield log
     storage.close()
 
@@ -112,3 +126,30 @@ async def test_a_new_leader_loads_only_once_its_log_is_committed(clustered_log):
     await asyncio.wait_for(starting, WAIT)
     assert [s["name"] for s in await second.list()] == ["late"]
     await second.close()
+
+
+async def test_a_refused_checkpoint_write_is_retried_after_a_pause_not_in_a_loop(clustered_log, gate, service):
+    log = clustered_log
+    await service.create("refused", parse_settings({"stream": "r", "startFrom": "start",
+                                                    "checkpointAfterEvents": 1}))
+    await log.append("r", "any", [ev()])
+    log.visible.advance(log.head)
+    runtime = await service.runtime("refused")
+    (delivery,) = await runtime.fetch("c", 10, WAIT)
+    rounds = 0
+    maintain_once = runtime._maintain_once
+
+    async def counted():
+        nonlocal rounds
+        rounds += 1
+        await maintain_once()
+
+    runtime._maintain_once = counted  # the loop looks it up each round
+    gate.refusing = True
+    before = gate.attempts
+    runtime.ack([delivery.delivery_id])
+    await asyncio.sleep(0.5)  # within the retry pause: one attempt, and the loop sleeps meanwhile
+    assert gate.attempts - before == 1 and runtime.written_checkpoint == 0
+    assert rounds < 10, f"{rounds} maintenance rounds in 0.5 s: it spins"
+    gate.refusing = False
+    await asyncio.wait_for(_written(runtime, 1), WAIT)  # retried once the pause is over
