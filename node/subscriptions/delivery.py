@@ -56,7 +56,7 @@ class Consumer:
 
 def parse_delivery_id(text: Any) -> tuple[bool, int, str] | None:
     """(replay, key, the id) of a well-formed delivery id, else None."""
-    match = DELIVERY_ID.match(text) if isinstance(text, str) else None
+    match = DELIVERY_ID.fullmatch(text) if isinstance(text, str) else None
     return (match[1] == "r", int(match[2]), text) if match else None
 
 
