@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from evstore.node.subscriptions.delivery import MAX_READAHEAD, DeliveryState
+from evstore.node.subscriptions.delivery import MAX_READAHEAD, DeliveryState, parse_delivery_id
 from evstore.node.subscriptions.settings import SubscriptionSettings, TooManyConsumers
 
 
@@ -232,3 +232,10 @@ def test_read_ahead_is_bounded():
     assert state.room == 0
     big = make(buffer_size=1000, concurrency_limit=100)
     assert big.room == MAX_READAHEAD
+
+
+def test_delivery_ids_are_checked_whole():
+    assert parse_delivery_id("12:34") == (False, 12, "12:34")
+    assert parse_delivery_id("r3:4") == (True, 3, "r3:4")
+    for bad in ("12:34\n", "12", ":3", "x1:2", 12, None):
+        assert parse_delivery_id(bad) is None

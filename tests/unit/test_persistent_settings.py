@@ -70,11 +70,3 @@ def test_names(name, ok):
         with pytest.raises(InvalidRequest):
             subscription_name(name)
 
-
-def test_delivery_ids_are_checked_whole():
-    from evstore.node.subscriptions.delivery import parse_delivery_id
-
-    assert parse_delivery_id("12:34") == (False, 12, "12:34")
-    assert parse_delivery_id("r3:4") == (True, 3, "r3:4")
-    for bad in ("12:34\n", "12", ":3", "x1:2", 12, None):
-        assert parse_delivery_id(bad) is None
