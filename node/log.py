@@ -14,7 +14,7 @@ from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
 import orjson
 
 from ..ids import uuid7_bytes
-from .errors import (DuplicateEventId, InvalidRequest, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
+from .errors import (DuplicateEventId, InvalidRequest, LogError, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
 from .position import WatchedPosition
 from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros,
@@ -253,7 +253,14 @@ class Log:
             self._wrote()
             return result
         async with gate.writing():
-            result = await self.storage.write(op, weight, streams)
+            try:
+                result = await self.storage.write(op, weight, streams)
+            except LogError as exc:
+                if exc.status < 500 and exc.observed_position:
+                    # a refusal (409, 404, 410) may rest on entries not committed yet: answer it only once they
+                    # are, and only while still leading; otherwise the outcome is a 503
+                    await gate.committed(exc.observed_position)
+                raise
             self._wrote()
             await gate.committed(position_of(result) if position_of else self.storage.head)
         return result

@@ -97,3 +97,40 @@ async def test_a_leader_that_cannot_renew_its_lease_stops_writing(leading):
     with pytest.raises(NotLeader):
         await log.append("s", "any", [ev()])
     assert log.head == 0  # refused before anything was written
+
+
+async def _refused_and_waiting(lead, refusal: asyncio.Task) -> None:
+    """Until the refused write waits for the state it read to commit (its op ran; the reply is held)."""
+    while len(lead._wakeups) < 2 and not refusal.done():
+        await asyncio.sleep(0.01)  # the writer thread runs the op: no event reaches the test from there
+
+
+async def test_a_409_waits_until_the_version_it_names_is_committed(leading):
+    from evstore.node.errors import WrongExpectedVersion
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    first = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)  # durable on the leader, not yet on the follower
+    refusal = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(_refused_and_waiting(lead, refusal), WAIT)
+    assert not refusal.done() and not first.done()  # version 1 is not committed: no 409 names it yet
+    asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch))
+    assert (await asyncio.wait_for(first, WAIT)).version == 1
+    with pytest.raises(WrongExpectedVersion) as refused:
+        await asyncio.wait_for(refusal, WAIT)
+    assert refused.value.details["currentVersion"] == 1
+
+
+async def test_a_leader_deposed_before_its_state_committed_answers_503_not_409(leading):
+    from evstore.node.errors import Unavailable, WrongExpectedVersion
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    first = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)
+    refusal = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(_refused_and_waiting(lead, refusal), WAIT)
+    await lead.stop("deposed in the test")
+    for task in (first, refusal):
+        with pytest.raises(Unavailable) as answer:
+            await asyncio.wait_for(task, WAIT)
+        assert not isinstance(answer.value, WrongExpectedVersion)
