@@ -24,6 +24,7 @@ ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
 METADATA_TYPE = "$metadata"
 TOMBSTONE_TYPE = "$tombstone"
+COMMIT_POINT_WAIT = 2.0  # how long a read waits for a restarted node to learn the commit point, before a 503
 TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system_streams)
 _STREAM_ROW_COLUMNS = "stream, version, created, updated, deleted, metadata"
 ALL_SCAN_WINDOW = 32768  # positions a filtered $all read scans before it answers with a cursor
@@ -216,6 +217,11 @@ class Log:
         self._gate: WriteGate | None = None  # a clustered node's role decides (see use_write_gate)
         self.written = WatchedPosition(storage.head, monotonic=False)
         self.visible = WatchedPosition(storage.committed if clustered else storage.head)
+        # a clustered node persists its commit point only now and then: after a restart it may have shown more
+        # than it persisted, so it shows nothing until its role has learned the commit point again
+        self._commit_point_known = asyncio.Event()
+        if not clustered:
+            self._commit_point_known.set()
 
     async def open(self) -> None:
         """Open the storage; what was committed before a restart is visible at once."""
@@ -234,9 +240,22 @@ class Log:
     def head(self) -> int:
         return self.storage.head
 
-    def _horizon(self) -> int | None:
-        """What reads may show: None on a single node (everything durable), else the visible position."""
-        return self.visible.position if self.clustered else None
+    def commit_point_known(self) -> None:
+        """The role (leader or follower) has learned the cluster's commit point since this node started."""
+        self._commit_point_known.set()
+
+    async def _horizon(self) -> int | None:
+        """What reads may show: None on a single node (everything durable), else the visible position, once
+        known (bounded wait, then 503)."""
+        if not self.clustered:
+            return None
+        if not self._commit_point_known.is_set():
+            try:
+                await asyncio.wait_for(self._commit_point_known.wait(), COMMIT_POINT_WAIT)
+            except asyncio.TimeoutError:
+                raise Unavailable("this node has not yet learned the cluster's commit point since it started; "
+                                  "retry, or read from another node", reason="commit_point_unknown") from None
+        return self.visible.position
 
     def _wrote(self) -> None:
         self.written.reset(self.storage.head)
@@ -340,7 +359,7 @@ class Log:
         `maxCount` hides, as of the visible position. Committed state is the same on every node, so every copy of
         the log is trimmed alike, and a truncation never needs back what was removed. Unlike `scavenge` it runs on
         clusters too. The number of events removed."""
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def op(txn: WriteTxn) -> int:
             removed = 0
@@ -371,7 +390,7 @@ class Log:
 
     # reads -----------------------------------------------------------------------------------
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> StreamSlice:
             row = _readable_row(conn, stream, visible)
@@ -402,7 +421,7 @@ class Log:
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
         where, args = filters.sql()
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> AllSlice:
             head = _head(conn) if visible is None else min(_head(conn), visible)
@@ -431,7 +450,7 @@ class Log:
         return await self.storage.read(read)
 
     async def stream_info(self, stream: str) -> StreamInfo:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> StreamInfo:
             row = _stream_row(conn, stream, visible)
@@ -443,7 +462,7 @@ class Log:
         return await self.storage.read(read)
 
     async def get_metadata(self, stream: str) -> dict:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> dict:
             row = _stream_row(conn, stream, visible)
@@ -455,7 +474,7 @@ class Log:
 
     async def list_streams(self, prefix: str | None, after: str | None, limit: int
                            ) -> tuple[list[StreamRow], str | None]:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> tuple[list[StreamRow], str | None]:
             now = now_micros()
