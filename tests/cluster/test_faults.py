@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 from evstore.client.async_client import AsyncEvstoreClient
-from evstore.client.checker import Attempt, History, check_cluster
 from evstore.client.errors import EvstoreError
-from evstore.client.localcluster import LocalCluster
-from evstore.client.workload import Workload, outcome_unknown
+from evstore.client.harness.checker import Attempt, History, check_cluster
+from evstore.client.harness.localcluster import LocalCluster
+from evstore.client.harness.workload import Workload, outcome_unknown
 from evstore.node.cluster.auth import PEER_TOKEN_HEADER, peer_token
 
 LEASE_TTL = 3  # short leases: failover within seconds
