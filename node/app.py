@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -84,9 +85,13 @@ async def _storage_context(app: web.Application):
     member = app.get(CLUSTER_KEY)
     if member is not None:
         await member.start()
+    trimming = asyncio.get_running_loop().create_task(log_.keep_system_streams_trimmed(), name="evstore-trim")
     app[READY_KEY].update(ready=True, reason="")
     yield
     app[READY_KEY].update(ready=False, reason="shutting down")
+    trimming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await trimming
     if member is not None:
         await member.close()
     await log_.close()

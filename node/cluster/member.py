@@ -340,6 +340,11 @@ class ClusterMember:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))
 
+    async def linearizable(self, timeout: float) -> bool:
+        """Wait (bounded) until this node leads and everything it had when it took over is committed."""
+        leading = self.leading
+        return leading is not None and await leading.serving(timeout)
+
     async def wait_visible(self, position: int, timeout: float) -> bool:
         """Wait (bounded) until reads on this node show `position`."""
         return await self.log.visible.wait_for(position, timeout=timeout)

@@ -94,6 +94,10 @@ class LeaderReplication:
         self.metrics = metrics
         self.on_deposed = on_deposed
         log_.visible.advance(min(committed, log_.storage.head))
+        # everything the previous leader may have acknowledged is in this log (it was in the ISR): once the ISR
+        # has all of it, it is committed, and reads here are linearizable
+        self.head_at_start = log_.storage.head
+        self._serving = asyncio.Event()
         self.progress: dict[str, Progress] = {}
         self.started = time.monotonic()
         self.active = True
@@ -118,6 +122,7 @@ class LeaderReplication:
         return self.log.visible.position
 
     def start(self) -> None:
+        self._advance()  # an ISR of this node alone commits what it has at once
         self._task = asyncio.get_running_loop().create_task(self._maintain(), name="evstore-isr")
 
     async def stop(self, reason: str) -> None:
@@ -142,6 +147,15 @@ class LeaderReplication:
                 await self._task
 
     # the write gate ----------------------------------------------------------------------------
+    async def serving(self, timeout: float) -> bool:
+        """Wait (bounded) until everything this node had when it took over is committed: only then are its
+        reads linearizable (Raft's leader commits an entry of its own term first, for the same reason)."""
+        self._advance()
+        if not self._serving.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._serving.wait(), timeout)
+        return self._serving.is_set() and self.active
+
     def lease_valid(self) -> bool:
         """True while the lease our leader key lives under is surely alive; once false, false for good (a
         new lease after a loss does not bring the key back)."""
@@ -211,6 +225,9 @@ class LeaderReplication:
                 hw = min(hw, progress.durable if progress else 0)
         if not self.active or not self.log.visible.advance(hw):
             return
+        if hw >= self.head_at_start and not self._serving.is_set():
+            self._serving.set()
+            self.log.commit_point_known()
         if self.metrics is not None:
             self.metrics.committed_position.set(hw)
 
@@ -430,6 +447,8 @@ class Follower:
                 raise
         visible = self.log.visible
         visible.advance(min(committed, storage.head))  # the leader's commit point, as far as we have it
+        # what this node showed before a restart was committed then, and is in its log: it shows at least that now
+        self.log.commit_point_known()
         if not records and visible.position > storage.committed and \
                 time.monotonic() - self._persisted_at > PERSIST_COMMITTED_EVERY:
             self._persisted_at = time.monotonic()  # an idle follower remembers the last commit too

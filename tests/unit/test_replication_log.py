@@ -35,6 +35,7 @@ def clustered_view(log: Log, visible: int) -> Log:
     """The same storage as a clustered node whose visible (committed) position is `visible`."""
     view = Log(log.storage, clustered=True)
     view.visible.advance(visible)
+    view.commit_point_known()
     return view
 
 
@@ -204,3 +205,22 @@ async def test_the_committed_position_survives_a_restart_and_is_never_truncated(
         assert again.head == 2
     finally:
         again.close()
+
+
+async def test_a_restarted_clustered_node_shows_nothing_until_it_knows_the_commit_point(pair, monkeypatch):
+    """It persists its commit point only now and then, so what it persisted may be below what it showed."""
+    import evstore.node.log as log_module
+    from evstore.node.errors import Unavailable
+    leader, _ = pair
+    await leader.append("a", "any", [ev(1), ev(2), ev(3)])
+    await leader.persist_committed(1)  # it showed 3, persisted 1, then crashed
+    restarted = Log(leader.storage, clustered=True)
+    monkeypatch.setattr(log_module, "COMMIT_POINT_WAIT", 0.05)
+    with pytest.raises(Unavailable) as unknown:
+        await restarted.read_stream("a", None, 10, False)
+    assert unknown.value.details["reason"] == "commit_point_unknown"
+    with pytest.raises(Unavailable):
+        await restarted.read_all(None, 10, False, AllFilter())
+    restarted.visible.advance(3)  # its first fetch from the leader tells it the commit point
+    restarted.commit_point_known()
+    assert (await restarted.read_stream("a", None, 10, False)).version == 3
