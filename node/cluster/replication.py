@@ -223,11 +223,15 @@ class LeaderReplication:
             if node != self.me.node:
                 progress = self.progress.get(node)
                 hw = min(hw, progress.durable if progress else 0)
-        if not self.active or not self.log.visible.advance(hw):
+        if not self.active:
             return
+        moved = self.log.visible.advance(hw)
+        # checked even when nothing moved: a log that was all committed already (or is empty) has nothing to wait for
         if hw >= self.head_at_start and not self._serving.is_set():
             self._serving.set()
             self.log.commit_point_known()
+        if not moved:
+            return
         if self.metrics is not None:
             self.metrics.committed_position.set(hw)
 

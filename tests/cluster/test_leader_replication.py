@@ -162,3 +162,13 @@ async def test_a_new_leader_serves_reads_only_once_all_it_took_over_is_committed
         await lead.stop("test over")
         await coordinator.close()
         storage.close()
+
+
+async def test_a_new_leader_with_nothing_to_commit_serves_reads_once_its_isr_fetched(leading):
+    """A fresh store (or one whose whole log was committed before): the commit point does not move, yet
+    everything the leader took over is committed, so reads must not wait for a first write."""
+    lead, log = leading, leading.log
+    await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 1, 0), WAIT)
+    assert await lead.serving(WAIT)
+    page = await asyncio.wait_for(log.read_all(None, 10, False, AllFilter()), WAIT)
+    assert page.records == [] and page.head == 0
