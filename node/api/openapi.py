@@ -342,9 +342,10 @@ def subscription_paths() -> dict:
         "/v1/subscriptions/{name}/connect": {
             "get": operation("connectSubscription", "Consume over a WebSocket", tag, {
                 "101": {"description": "WebSocket: the server sends `{\"events\": [Delivery...]}`; the client sends "
-                                       "`{\"ack\": [ids]}` or `{\"nack\": [ids], \"action\": ...}`. On a follower: "
-                                       "`{\"error\": \"not_leader\", \"leader\": {\"node\", \"url\"}}`, then close "
-                                       "code 4001"},
+                                       "`{\"ack\": [ids]}` or `{\"nack\": [ids], \"action\": ...}`. A follower "
+                                       "relays it to the leader. Close codes: 1000 deleted, 1001 shutting down, "
+                                       "1012 connect again, 4001 `{\"error\": \"not_leader\", \"leader\": "
+                                       "{\"node\", \"url\"}}`"},
                 "426": error("`upgrade_required`: not a WebSocket handshake"),
                 **not_found, **busy, **errors(400, 503)}, parameters=[name]),
         },

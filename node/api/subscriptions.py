@@ -1,8 +1,9 @@
 """Handlers for /v1/subscriptions (persistent subscriptions): parse, call the service, shape the reply.
 
-Delivery runs on the leader. A follower sends every HTTP call to the leader (cluster.forward); a WebSocket
-that connects to a follower is told where the leader is (`{"error": "not_leader", "leader": {"node", "url"}}`)
-and closed with code 4001, so the consumer connects there.
+Delivery runs on the leader. A follower sends every HTTP call to the leader (cluster.forward) and relays a
+WebSocket to the leader's, both ways, so consumers may connect to any node; when the leader goes the relay
+closes (code 1012) and the consumer connects again. A WebSocket relayed to a node that does not lead (any
+more) gets `{"error": "not_leader", "leader": {"node", "url"} | null}` and close code 4001.
 """
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ import functools
 import re
 import uuid
 
+import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 
-from ..errors import InvalidRequest, LogError
+from ..errors import InvalidRequest, LogError, Unavailable
 from ..subscriptions.delivery import NACK_ACTIONS, Delivery, parse_delivery_id
-from ..subscriptions.persistent import CLOSE_NOT_LEADER, Closed, PersistentSubscriptions
+from ..subscriptions.persistent import CLOSE_NOT_LEADER, CLOSE_UPDATED, Closed, PersistentSubscriptions
 from ..subscriptions.settings import parse_settings, subscription_name
 from . import validation as v
-from .cluster import Handler, forward, leader_write
+from .cluster import FORWARD_WAIT, FORWARDED_HEADER, Handler, forward, leader_write
 from .keys import CLUSTER_KEY
+from .middleware import error_response
 from .shape import event_json, json_response, rfc3339
 
 PERSISTENT_KEY = web.AppKey("persistent_subscriptions", PersistentSubscriptions)
@@ -33,6 +36,9 @@ MAX_PARKED_LIST = 1000
 CONSUMER_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _CONSUMER = re.compile(CONSUMER_PATTERN)
 HEARTBEAT = 30.0
+RELAY_HEARTBEAT = 5.0  # a relay notices a leader gone silent (a partition) within two of these
+HANDSHAKE_ERRORS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "subscription_not_found",
+                    409: "too_many_consumers", 503: "unavailable"}
 
 
 def _service(request: web.Request) -> PersistentSubscriptions:
@@ -200,12 +206,17 @@ async def connect(request: web.Request) -> web.StreamResponse:
         raise UpgradeRequired("this is a WebSocket endpoint: connect with a WebSocket client")
     member = request.app.get(CLUSTER_KEY)
     if member is not None and member.role != "leader":
-        leader = member.leader
-        await ws.prepare(request)
-        await _send_closed(ws, Closed(CLOSE_NOT_LEADER, "not_leader", "persistent subscriptions are delivered by "
-                                      "the leader: connect to it", {"node": leader.node, "url": leader.url}
-                                      if leader is not None else None))
-        return ws
+        if FORWARDED_HEADER not in request.headers:
+            leader = await member.wait_for_leader(FORWARD_WAIT)  # 503 while no leader is known
+            if leader.node != member.me.node:
+                return await _relay(request, member, leader)
+        else:  # one hop only: the sender thought this node leads
+            leader = member.leader
+            await ws.prepare(request)
+            await _send_closed(ws, Closed(CLOSE_NOT_LEADER, "not_leader", "persistent subscriptions are delivered "
+                                          "by the leader: connect to it", {"node": leader.node, "url": leader.url}
+                                          if leader is not None else None))
+            return ws
     runtime = await _service(request).runtime(name)
     consumer_id = "ws-" + uuid.uuid4().hex[:12]
     outbox = runtime.connect(consumer_id)  # 409 too_many_consumers before the upgrade
@@ -228,6 +239,55 @@ async def connect(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
     return ws
+
+
+async def _relay(request: web.Request, member, leader) -> web.StreamResponse:
+    """Pass the consumer's WebSocket through to the leader's, both ways, until either side closes."""
+    headers = {key: request.headers[key] for key in ("Authorization",) if key in request.headers}
+    headers[FORWARDED_HEADER] = member.me.node
+    try:
+        upstream = await member.session.ws_connect(leader.url + request.path_qs, headers=headers,
+                                                   heartbeat=RELAY_HEARTBEAT,
+                                                   timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+    except aiohttp.WSServerHandshakeError as exc:
+        status = exc.status if exc.status in HANDSHAKE_ERRORS else 503
+        details = {"retryAfter": 1.0, "reason": "leader_refused"} if status == 503 else {}
+        return error_response(status, HANDSHAKE_ERRORS[status],
+                              f"the leader {leader.node} refused the connection (HTTP {exc.status})", **details)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        raise Unavailable(f"the leader {leader.node} cannot be reached", reason="leader_unreachable") from None
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
+    to_leader: asyncio.Task | None = None
+    try:
+        await ws.prepare(request)
+        to_leader = asyncio.get_running_loop().create_task(_pipe_to_leader(ws, upstream))
+        async for message in upstream:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+        code = upstream.close_code
+        # the leader's own close code when it sent one (deleted, updated, not leader), else "connect again"
+        await ws.close(code=code if code and code not in (1005, 1006) else CLOSE_UPDATED,
+                       message=b"the connection to the leader closed")
+    except (ConnectionError, RuntimeError):
+        pass  # the consumer went away
+    finally:
+        if to_leader is not None:
+            to_leader.cancel()
+        await upstream.close()
+    return ws
+
+
+async def _pipe_to_leader(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await upstream.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await upstream.send_bytes(message.data)
+    finally:
+        await upstream.close()  # the consumer closed: so does the leader's side (its events come again)
 
 
 def _answer(runtime, text: str) -> None:

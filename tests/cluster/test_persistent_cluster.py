@@ -1,8 +1,8 @@
 """Persistent subscriptions on a real 3-node cluster (real etcd, real node processes on loopback): every HTTP
-call works through a follower (sent to the leader), a WebSocket on a follower is told where the leader is,
-and after SIGKILL of the leader (twice, under load) the consumers reconnect to the new leader and delivery resumes with nothing
-skipped (KurrentDB #3535, #1301), each stream in order within each connection, and redeliveries only of
-events after the last checkpoint the followers had seen."""
+call works through a follower (sent to the leader), a WebSocket on a follower is relayed to the leader, and
+after SIGKILL of the leader (twice, under load) the consumers reconnect and delivery resumes on the new leader
+with nothing skipped (KurrentDB #3535, #1301), each stream in order within each connection, and redeliveries
+only of events after the last checkpoint the followers had seen."""
 from __future__ import annotations
 
 import asyncio
@@ -152,6 +152,17 @@ async def wait_full_isr(session, cluster) -> None:
         await asyncio.sleep(0.2)
 
 
+async def wait_info(session, url: str, name: str, predicate) -> dict:
+    """Delivery state lives in the leader's process: poll its info through `url` (bounded)."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:
+        status, info = await get(session, f"{url}/v1/subscriptions/{name}")
+        if status == 200 and predicate(info):
+            return info
+        assert asyncio.get_running_loop().time() < deadline, info
+        await asyncio.sleep(0.1)
+
+
 async def get(session, url: str) -> tuple[int, dict]:
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=15)) as reply:
         return reply.status, await reply.json(content_type=None)
@@ -170,8 +181,19 @@ async def test_consumers_follow_the_leader_through_a_failover_and_nothing_is_ski
             assert reply.status == 201, await reply.text()  # sent on to the leader
         status, info = await get(session, f"{follower_url}/v1/subscriptions/{name}")
         assert (status, info["partitionBy"], info["concurrencyLimit"]) == (200, "stream", CONSUMERS)
-        # a WebSocket on a follower is told where the leader is
+        # a WebSocket on a follower is relayed to the leader, both ways
         async with session.ws_connect(f"{follower_url}/v1/subscriptions/{name}/connect") as ws:
+            async with session.post(f"{follower_url}/v1/streams/{prefix}-probe",
+                                    json={"events": [{"type": "Probe", "data": {}}]}) as reply:
+                assert reply.status == 200
+            (probe,) = (await ws.receive_json(timeout=10))["events"]
+            assert probe["event"]["type"] == "Probe"
+            await ws.send_json({"ack": [probe["deliveryId"]]})
+            await wait_info(session, follower_url, name, lambda i: i["consumers"] == 1 and i["inFlight"] == 0)
+        await wait_info(session, follower_url, name, lambda i: i["consumers"] == 0)
+        # a connection relayed once already is not relayed again: it is told where the leader is
+        async with session.ws_connect(f"{follower_url}/v1/subscriptions/{name}/connect",
+                                      headers={"X-Evstore-Forwarded": "elsewhere"}) as ws:
             told = await ws.receive_json(timeout=10)
             assert told["error"] == "not_leader" and told["leader"]["url"] == urls[leader]
             assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
