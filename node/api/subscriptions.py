@@ -19,7 +19,8 @@ from aiohttp import WSMsgType, web
 
 from ..errors import InvalidRequest, LogError, Unavailable
 from ..subscriptions.delivery import NACK_ACTIONS, Delivery, parse_delivery_id
-from ..subscriptions.persistent import CLOSE_NOT_LEADER, CLOSE_UPDATED, Closed, PersistentSubscriptions
+from ..subscriptions.persistent import (CLOSE_GOING_AWAY, CLOSE_NOT_LEADER, CLOSE_UPDATED, Closed,
+                                        PersistentSubscriptions)
 from ..subscriptions.settings import parse_settings, subscription_name
 from . import validation as v
 from .cluster import FORWARD_WAIT, FORWARDED_HEADER, Handler, forward, leader_write
@@ -28,6 +29,7 @@ from .middleware import error_response
 from .shape import event_json, json_response, rfc3339
 
 PERSISTENT_KEY = web.AppKey("persistent_subscriptions", PersistentSubscriptions)
+RELAYS_KEY = web.AppKey("persistent_subscription_relays", set)  # a follower's relayed WebSockets
 MAX_FETCH = 1000
 DEFAULT_FETCH = 10
 MAX_WAIT = 20.0  # below the follower's forwarding timeout, so a forwarded long poll comes back
@@ -258,6 +260,8 @@ async def _relay(request: web.Request, member, leader) -> web.StreamResponse:
         raise Unavailable(f"the leader {leader.node} cannot be reached", reason="leader_unreachable") from None
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT)
     to_leader: asyncio.Task | None = None
+    relays = request.app[RELAYS_KEY]
+    relays.add(ws)
     try:
         await ws.prepare(request)
         to_leader = asyncio.get_running_loop().create_task(_pipe_to_leader(ws, upstream))
@@ -273,10 +277,18 @@ async def _relay(request: web.Request, member, leader) -> web.StreamResponse:
     except (ConnectionError, RuntimeError):
         pass  # the consumer went away
     finally:
+        relays.discard(ws)
         if to_leader is not None:
             to_leader.cancel()
         await upstream.close()
     return ws
+
+
+async def _close_relays(app: web.Application) -> None:
+    """At shutdown, before aiohttp waits for open connections: relayed consumers go elsewhere."""
+    for ws in list(app[RELAYS_KEY]):
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close(code=CLOSE_GOING_AWAY, message=b"shutting_down")
 
 
 async def _pipe_to_leader(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
@@ -334,6 +346,8 @@ async def _send_error(ws: web.WebSocketResponse, exc: LogError) -> None:
 
 def add_routes(app: web.Application, service: PersistentSubscriptions) -> None:
     app[PERSISTENT_KEY] = service
+    app[RELAYS_KEY] = set()
+    app.on_shutdown.append(_close_relays)
     app.router.add_get("/v1/subscriptions", leader_only(list_all))
     app.router.add_put("/v1/subscriptions/{name}", leader_write(create))
     app.router.add_patch("/v1/subscriptions/{name}", leader_write(update))

@@ -251,3 +251,19 @@ async def test_consumers_follow_the_leader_through_a_failover_and_nothing_is_ski
     assert received.connections > CONSUMERS  # they did reconnect
     print(f"{len(appended)} events, {len(received.deliveries)} deliveries, {redelivered} redelivered, "
           f"{received.connections} connections, checkpoints seen before the kills {checkpoints_seen}")
+
+
+async def test_a_follower_that_stops_closes_its_relayed_consumers_at_once(cluster):
+    leader, _epoch = cluster.wait_leader(30)
+    follower = next(i for i in range(3) if i != leader)
+    url, name = cluster.urls[follower], f"relay-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        async with session.put(f"{url}/v1/subscriptions/{name}", json={"stream": "relayed"}) as reply:
+            assert reply.status == 201
+        async with session.ws_connect(f"{url}/v1/subscriptions/{name}/connect") as ws:
+            await wait_info(session, url, name, lambda i: i["consumers"] == 1)
+            stopping = asyncio.get_running_loop().run_in_executor(None, cluster.node(follower).terminate)
+            assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert ws.close_code == 1001
+            assert await stopping == 0  # a clean exit, without waiting for the consumer to go
+        await wait_info(session, cluster.urls[leader], name, lambda i: i["consumers"] == 0)
