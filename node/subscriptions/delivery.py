@@ -138,8 +138,9 @@ class DeliveryState:
             self._drop_if_idle(consumer)
 
     def _drop_if_idle(self, consumer: Consumer) -> None:
-        if not consumer.push and not consumer.in_flight and consumer.fetching <= 0:
-            self.consumers.pop(consumer.id, None)
+        if not consumer.push and not consumer.in_flight and consumer.fetching <= 0 \
+                and self.consumers.get(consumer.id) is consumer:
+            del self.consumers[consumer.id]
 
     def remove_consumer(self, consumer_id: str) -> None:
         """A consumer left: what it held is retried (it counts as a failure, so a poison event is parked)."""
