@@ -72,8 +72,8 @@ class AsyncEvstoreClient:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _url(self, path: str, params: list[tuple[str, str]] | None = None) -> URL:
-        url = URL(self.url + path, encoded=True)
+    def _url(self, path: str, params: list[tuple[str, str]] | None = None, *, base: str | None = None) -> URL:
+        url = URL((base or self.url) + path, encoded=True)
         return url.update_query(params) if params else url
 
     async def _request(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,

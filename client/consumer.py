@@ -6,10 +6,12 @@ server sends `{"events": [{"deliveryId", "attempt", "event"}]}`; acks go back on
 `{"ack": [ids]}`, nacks as `{"nack": [ids], "action": "retry"|"park"|"skip"}`. `Consumer.ack(...)` and
 `Consumer.nack(...)` take several deliveries at once (one message).
 
-Delivery is at least once. When the socket drops, the consumer connects again (to the same URL: any node
-of a cluster serves it, delivery itself follows the leader) with the bounded backoff of transient
-subscriptions, and deliveries of the old socket that were not yet yielded are dropped: the server
-delivers every un-acked event again. Acking a delivery whose socket has gone returns False (nothing
+Delivery is at least once, and runs on the leader: a follower answers the connection with
+`{"error": "not_leader", "leader": {"node", "url"}}` and closes it, and the consumer connects to that
+URL (back to the client's own URL when the leader cannot be reached, so it follows a failover). When the
+socket drops, the consumer connects again with the bounded backoff of evstore.client.reconnect, and
+deliveries of the old socket that were not yet yielded are dropped: the server delivers every un-acked
+event again. Acking a delivery whose socket has gone returns False (nothing
 sent; the event comes again). A 4xx on connecting (404 subscription_not_found after a delete, 409
 too_many_consumers, 401/403) ends the iteration with that error.
 """
@@ -25,7 +27,7 @@ import orjson
 from . import protocol
 from .errors import ConnectionFailed, EvstoreError, error_from_reply
 from .protocol import loads
-from .subscription import Reconnecting
+from .reconnect import Reconnecting
 
 if TYPE_CHECKING:
     from .async_client import AsyncEvstoreClient
@@ -74,6 +76,7 @@ class Consumer:
         self._policy = Reconnecting(reconnect_timeout=reconnect_timeout, max_backoff=max_backoff)
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._ready: deque[Delivery] = deque()
+        self._leader_url: str | None = None  # set when a follower sent us to the leader
 
     @property
     def stopped(self) -> bool:
@@ -156,18 +159,20 @@ class Consumer:
 
     async def _connect(self) -> None:
         client = self._client
-        url = client._url(protocol.subscription_path(self.name, "/connect"))
+        path = protocol.subscription_path(self.name, "/connect")
         while not self.stopped:
+            base = self._leader_url or client.url
             try:
                 socket = await client._http().ws_connect(
-                    url, heartbeat=PING_INTERVAL, timeout=aiohttp.ClientWSTimeout(ws_close=client.timeout),
-                    max_msg_size=0)
+                    client._url(path, base=base), heartbeat=PING_INTERVAL,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=client.timeout), max_msg_size=0)
             except aiohttp.WSServerHandshakeError as exc:
                 error = _handshake_error(exc)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                error = ConnectionFailed(client.url, f"cannot connect to {client.url}: {exc}")
-                if not self._policy.connected_once:
+                error = ConnectionFailed(base, f"cannot connect to {base}: {exc}")
+                if not self._policy.connected_once and self._leader_url is None:
                     raise error from exc
+                self._leader_url = None  # the leader we were sent to is gone: ask our own node again
             else:
                 self._socket = socket
                 self._policy.connected()
@@ -190,7 +195,6 @@ class Consumer:
         if self.stopped:
             return
         if message is not None and message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            self._policy.healthy()
             self._take(message.data, socket)
             return
         # closed, closing or an error frame: drop what this socket delivered and connect again
@@ -199,6 +203,7 @@ class Consumer:
             self._ready.clear()
         if not socket.closed:
             await socket.close()
+        await self._policy.dropped()
 
     def _take(self, data: str | bytes, socket: Any) -> None:
         try:
@@ -207,7 +212,16 @@ class Consumer:
             return
         if not isinstance(body, dict):
             return
-        for entry in body.get("events") or []:
+        if body.get("error") == "not_leader":
+            # a follower names the leader and closes: the next connection goes there
+            leader = body.get("leader")
+            url = leader.get("url") if isinstance(leader, dict) else None
+            self._leader_url = url.rstrip("/") if isinstance(url, str) and url else None
+            return
+        entries = body.get("events") or []
+        if entries:
+            self._policy.healthy()
+        for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("event"), dict) and "deliveryId" in entry:
                 self._ready.append(Delivery(str(entry["deliveryId"]), entry.get("attempt", 1), entry["event"],
                                             self, socket))

@@ -202,9 +202,9 @@ def delivery_settings(*, buffer_size: int | None = None, ack_timeout: float | No
 
 def all_filter(*, types: Iterable[str] | str | None = None, type_prefix: str | None = None,
                stream_prefix: str | None = None, stream_pattern: str | None = None) -> dict[str, Any]:
-    """A persistent subscription's `filter` (the keys of /v1/all): one type as a string, several as a list."""
+    """A persistent subscription's `filter`: the keys of /v1/all, `type` as a list (OR)."""
     type_list = [types] if isinstance(types, str) else list(types or [])
-    wire = {"type": type_list[0] if len(type_list) == 1 else type_list or None, "typePrefix": type_prefix,
+    wire = {"type": type_list or None, "typePrefix": type_prefix,
             "streamPrefix": stream_prefix, "streamPattern": stream_pattern}
     return {k: v for k, v in wire.items() if v is not None}
 

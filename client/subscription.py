@@ -10,7 +10,10 @@ caughtUp message, a heartbeat (which carries the last position the server scanne
 subscription does not rescan what it skipped) or an SSE `id:`. When the connection drops or the server
 ends the stream, the subscription reconnects with `Last-Event-ID: <position>` (the server resumes after
 it, whatever the start parameters) after a bounded exponential backoff, and an event at or below
-`position` is never yielded twice. Comment lines (`: ...`) are accepted as heartbeats too.
+`position` is never yielded twice. Comment lines (`: ...`) are accepted as heartbeats too. A message
+`{"error": code, "position": P, ...}` (SSE event `closed` or `error`) ends the stream: `unavailable`
+(the node stops or cannot serve now) is resumed like a drop, any other code ends the iteration with its
+typed error.
 
 The first connection reports failure at once (a wrong URL or a stopped node should not hang the
 caller); later ones are retried until `reconnect_timeout` seconds pass without success (None: forever).
@@ -19,100 +22,22 @@ caller); later ones are retried until `reconnect_timeout` seconds pass without s
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from .errors import ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
+from .errors import ERRORS_BY_CODE, ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
 from .protocol import loads
+from .reconnect import Reconnecting
 from .sse import SSEMessage, SSEParser
 
 if TYPE_CHECKING:
     from .async_client import AsyncEvstoreClient
 
-FIRST_BACKOFF = 0.1
-
-
-def backoff_delay(failures: int, *, first: float = FIRST_BACKOFF, cap: float, hinted: float | None = None) -> float:
-    """Seconds to wait before reconnect attempt number `failures` (1-based): the server's retryAfter if it
-    gave one, else first, 2*first, 4*first, ...; never more than `cap`."""
-    delay = hinted if hinted is not None else first * (2 ** max(0, failures - 1))
-    return max(0.0, min(delay, cap))
-
-
-
 
 def message_position(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def transient(error: EvstoreError) -> bool:
-    """Worth another attempt: no connection, 503, or a server fault; a 4xx answer stays what it is."""
-    return isinstance(error, (ConnectionFailed, Unavailable)) or (error.status or 0) >= 500
-
-
-class Reconnecting:
-    """The reconnect policy shared by subscriptions and persistent consumers: bounded backoff,
-    a deadline after the first success, and a sleep that `stop()` cuts short."""
-
-    def __init__(self, *, reconnect_timeout: float | None, max_backoff: float) -> None:
-        self.reconnect_timeout = reconnect_timeout
-        self.max_backoff = max_backoff
-        self.reconnects = 0
-        self.connected_once = False
-        self.stopped = False
-        self._failures = 0
-        self._down_since: float | None = None
-        self._stop_event: asyncio.Event | None = None
-
-    def _stopping(self) -> asyncio.Event:
-        if self._stop_event is None:
-            self._stop_event = asyncio.Event()
-            if self.stopped:
-                self._stop_event.set()
-        return self._stop_event
-
-    def mark_stopped(self) -> None:
-        self.stopped = True
-        if self._stop_event is not None:
-            self._stop_event.set()
-
-    def healthy(self) -> None:
-        """Something arrived: the next drop starts the backoff from the beginning."""
-        self._failures = 0
-        self._down_since = None
-
-    def connected(self) -> None:
-        if self.connected_once:
-            self.reconnects += 1
-        self.connected_once = True
-
-    async def after_failure(self, error: EvstoreError, *, initial_retries: int) -> None:
-        """Wait before the next attempt, or raise `error` when the policy gives up."""
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-        self._failures += 1
-        if not transient(error):
-            raise error
-        if not self.connected_once:
-            # before the first success: only 503 is retried, as for any request of the client
-            if not isinstance(error, Unavailable) or self._failures > initial_retries:
-                raise error
-        elif self.reconnect_timeout is not None and now - self._down_since >= self.reconnect_timeout:
-            raise error
-        hinted = error.retry_after if isinstance(error, Unavailable) else None
-        delay = 0.0 if self._failures == 1 and hinted is None and self.connected_once else \
-            backoff_delay(self._failures, cap=self.max_backoff, hinted=hinted)
-        if self.reconnect_timeout is not None and self.connected_once:
-            delay = min(delay, max(0.0, self._down_since + self.reconnect_timeout - now))
-        if delay > 0:
-            try:
-                await asyncio.wait_for(self._stopping().wait(), delay)
-            except asyncio.TimeoutError:
-                pass
 
 
 class Subscription:
@@ -132,6 +57,7 @@ class Subscription:
         self._parser = SSEParser()
         self._buffer = b""
         self._ready: deque[dict] = deque()
+        self._failure: EvstoreError | None = None
 
     # -- the public face -------------------------------------------------------------------
 
@@ -170,6 +96,10 @@ class Subscription:
 
     async def __anext__(self) -> dict:
         while not self._ready:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                self.stop()
+                raise failure
             if self.stopped:
                 raise StopAsyncIteration
             await self._read_more()
@@ -226,11 +156,13 @@ class Subscription:
             chunk = await response.content.readany()
         except (aiohttp.ClientError, asyncio.TimeoutError):
             chunk = b""
-        if self.stopped:
+        if self.stopped or self._failure is not None:
             return
         if not chunk:  # the connection dropped or the server ended the stream: resume from `position`
             if self._response is response:
                 self._close_response()
+            if self._failure is None:
+                await self._policy.dropped()
             return
         self._policy.healthy()
         self._feed(chunk)
@@ -270,5 +202,19 @@ class Subscription:
             self._advance(message_position(body.get("position")))
         elif body.get("heartbeat") is True or message.event == "heartbeat":
             self._advance(message_position(body.get("position")))
+        elif isinstance(body.get("error"), str):
+            self._server_error(body)
+            return
         if self._include_control:
             self._ready.append(body)
+
+    def _server_error(self, body: dict) -> None:
+        """The server ended the stream with a reason: `unavailable` (the node stops, or cannot serve for
+        now) is resumed elsewhere or later; anything else ends the iteration with its typed error."""
+        error = ERRORS_BY_CODE.get(body["error"], ServerError)(
+            None, body["error"], str(body.get("message") or body["error"]),
+            {k: v for k, v in body.items() if k not in ("error", "message")})
+        if isinstance(error, Unavailable):
+            return
+        self._failure = error
+        self._close_response()

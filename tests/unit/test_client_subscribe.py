@@ -14,8 +14,8 @@ import time
 import pytest
 
 from evstore.client import AsyncEvstoreClient, EvstoreClient, protocol
-from evstore.client.errors import ConnectionFailed, InvalidRequest, Unavailable
-from evstore.client.subscription import backoff_delay
+from evstore.client.errors import ConnectionFailed, InvalidRequest, StreamDeleted, Unavailable
+from evstore.client.reconnect import backoff_delay
 from subscription_double import Double, event, start
 
 WAIT = 10.0
@@ -116,6 +116,19 @@ async def test_a_repeated_event_after_resume_is_dropped(double, client):
         got = await take(sub, 5)
         assert sub.repeats_dropped == 1
     assert [e["position"] for e in got] == [1, 2, 3, 4, 5]
+
+
+async def test_a_closing_node_is_resumed_and_another_error_ends_the_iteration(double, client):
+    double.drop_after = [2, 1]
+    double.end_with = [("closed", {"error": "unavailable", "reason": "shutting_down", "message": "m", "position": 2}),
+                       ("error", {"error": "stream_deleted", "message": "gone", "position": 3})]
+    async with client.subscribe(start="start") as sub:
+        got = await take(sub, 3)
+        with pytest.raises(StreamDeleted):
+            await take(sub, 1)
+        assert sub.stopped
+    assert [e["position"] for e in got] == [1, 2, 3]
+    assert [r["last_event_id"] for r in double.requests] == [None, "2"]
 
 
 async def test_big_integers_in_data_survive(double, client):
