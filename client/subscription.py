@@ -22,15 +22,17 @@ caller); later ones are retried until `reconnect_timeout` seconds pass without s
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from .errors import ERRORS_BY_CODE, ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
-from .protocol import loads
+from .protocol import has_long_number, loads
 from .reconnect import Reconnecting
-from .sse import SSEMessage, SSEParser
+from .sse import SSEParser
 
 if TYPE_CHECKING:
     from .async_client import AsyncEvstoreClient
@@ -169,21 +171,44 @@ class Subscription:
 
     def _feed(self, chunk: bytes) -> None:
         # SSE lines end in LF or CRLF (a lone CR, which the format also allows, is not supported)
-        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        for raw in lines:
-            message = self._parser.feed(raw.rstrip(b"\r").decode("utf-8", "replace"))
-            if message is not None:
-                self._dispatch(message)
+        data = self._buffer + chunk
+        if b"\r" in data:
+            *lines, self._buffer = data.split(b"\n")
+            for raw in lines:
+                self._line(raw.rstrip(b"\r"))
+            return
+        *blocks, self._buffer = data.split(b"\n\n")
+        decode = json.loads if has_long_number(data) else orjson.loads
+        for block in blocks:
+            # the server's own frame, `id: P` then one `data:` line, parsed directly (the catch-up hot path)
+            newline = block.find(b"\n")
+            if block.startswith(b"id: ") and block.startswith(b"data: ", newline + 1) and \
+                    block.find(b"\n", newline + 1) < 0:
+                try:
+                    body = decode(block[newline + 7:])
+                except ValueError:
+                    continue
+                self._dispatch("message", body, block[4:newline].decode("ascii", "replace"))
+                continue
+            for raw in block.split(b"\n"):
+                self._line(raw)
+            self._line(b"")
+
+    def _line(self, raw: bytes) -> None:
+        message = self._parser.feed(raw.decode("utf-8", "replace"))
+        if message is None:
+            return
+        try:
+            body = loads(message.data)
+        except ValueError:
+            return  # not JSON: nothing the contract names; skipped
+        self._dispatch(message.event, body, message.id)
 
     def _advance(self, position: int | None) -> None:
         if position is not None and (self.position is None or position > self.position):
             self.position = position
 
-    def _dispatch(self, message: SSEMessage) -> None:
-        try:
-            body = loads(message.data)
-        except ValueError:
-            return  # not JSON: nothing the contract names; skipped
+    def _dispatch(self, name: str, body: Any, last_id: str | None) -> None:
         if not isinstance(body, dict):
             return
         event = body.get("event")
@@ -195,12 +220,12 @@ class Subscription:
             self._advance(position)
             self._ready.append(body if self._include_control else event)
             return
-        if message.id is not None and message.id.isdigit():
-            self._advance(int(message.id))
+        if last_id is not None and last_id.isdigit():
+            self._advance(int(last_id))
         if body.get("caughtUp") is True:
             self.caught_up = True
             self._advance(message_position(body.get("position")))
-        elif body.get("heartbeat") is True or message.event == "heartbeat":
+        elif body.get("heartbeat") is True or name == "heartbeat":
             self._advance(message_position(body.get("position")))
         elif isinstance(body.get("error"), str):
             self._server_error(body)
