@@ -3,14 +3,16 @@
 `AsyncEvstoreClient.subscribe(...)` returns a `Subscription`. It yields events in log order (each the
 dict the server sends inside `{"event": ...}`); with `include_control=True` it yields every message as
 the server sends it instead: `{"event": {...}}`, `{"caughtUp": True, "position": P}` and
-`{"heartbeat": True, "position": P}`. Either way `caught_up` turns true at the caughtUp message.
+`{"heartbeat": True, "position": P}`. Either way `caught_up` turns true when the caller reaches the
+caughtUp message (everything yielded before it was replayed from the log): with the last replayed event
+when the message had arrived by then, else on the next call; `include_control=True` shows the exact point.
 
-`position` is the resume point: the highest position the subscription has covered, from an event, the
-caughtUp message, a heartbeat (which carries the last position the server scanned, so a filtered
-subscription does not rescan what it skipped) or an SSE `id:`. When the connection drops or the server
-ends the stream, the subscription reconnects with `Last-Event-ID: <position>` (the server resumes after
-it, whatever the start parameters) after a bounded exponential backoff, and an event at or below
-`position` is never yielded twice. Comment lines (`: ...`) are accepted as heartbeats too. A message
+`position` is the highest position the caller has been taken past: the last event yielded, or a later
+one from the caughtUp message or a heartbeat (the last position the server scanned, so a filtered
+subscription does not rescan what it skipped) that followed it; a new subscription with `after=position`
+continues exactly there. When the connection drops or the server ends the stream, the subscription
+reconnects with `Last-Event-ID` set to the last position received (the server resumes after it,
+whatever the start parameters) after a bounded exponential backoff, and never yields an event twice. Comment lines (`: ...`) are accepted as heartbeats too. A message
 `{"error": code, "position": P, ...}` (SSE event `closed` or `error`) ends the stream: `unavailable`
 (the node stops or cannot serve now) is resumed like a drop, any other code ends the iteration with its
 typed error.
@@ -52,13 +54,16 @@ class Subscription:
         self._include_control = include_control
         self._idle_timeout = idle_timeout
         self._policy = Reconnecting(reconnect_timeout=reconnect_timeout, max_backoff=max_backoff)
-        self.position: int | None = None
+        self.position: int | None = None  # what the caller has been given (see `_received` for the wire)
         self.caught_up = False
+        self._received: int | None = None  # the resume point on the wire: Last-Event-ID and repeats
         self.repeats_dropped = 0
         self._response: aiohttp.ClientResponse | None = None
         self._parser = SSEParser()
         self._buffer = b""
-        self._ready: deque[dict] = deque()
+        # (message or None, position covered, caught up) in arrival order; None: nothing to yield, but
+        # `position` and `caught_up` move only when the caller reaches it
+        self._ready: deque[tuple[dict | None, int | None, bool]] = deque()
         self._failure: EvstoreError | None = None
 
     # -- the public face -------------------------------------------------------------------
@@ -97,7 +102,14 @@ class Subscription:
         return self
 
     async def __anext__(self) -> dict:
-        while not self._ready:
+        while True:
+            while self._ready:
+                item = self._take_ready()
+                if item is not None:
+                    # markers right behind it (a caughtUp, heartbeats) are passed with it
+                    while self._ready and self._ready[0][0] is None:
+                        self._take_ready()
+                    return item
             if self._failure is not None:
                 failure, self._failure = self._failure, None
                 self.stop()
@@ -105,7 +117,13 @@ class Subscription:
             if self.stopped:
                 raise StopAsyncIteration
             await self._read_more()
-        return self._ready.popleft()
+
+    def _take_ready(self) -> dict | None:
+        item, position, caught_up = self._ready.popleft()
+        if position is not None and (self.position is None or position > self.position):
+            self.position = position
+        self.caught_up = self.caught_up or caught_up
+        return item
 
     # -- the connection --------------------------------------------------------------------
 
@@ -115,8 +133,8 @@ class Subscription:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.timeout, sock_read=self._idle_timeout)
         while not self.stopped:
             headers = {"Accept": "text/event-stream"}
-            if self.position is not None:
-                headers["Last-Event-ID"] = str(self.position)
+            if self._received is not None:
+                headers["Last-Event-ID"] = str(self._received)
             try:
                 resp = await client._http().get(url, headers=headers, timeout=timeout)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
@@ -205,8 +223,8 @@ class Subscription:
         self._dispatch(message.event, body, message.id)
 
     def _advance(self, position: int | None) -> None:
-        if position is not None and (self.position is None or position > self.position):
-            self.position = position
+        if position is not None and (self._received is None or position > self._received):
+            self._received = position
 
     def _dispatch(self, name: str, body: Any, last_id: str | None) -> None:
         if not isinstance(body, dict):
@@ -214,24 +232,21 @@ class Subscription:
         event = body.get("event")
         if isinstance(event, dict):
             position = message_position(event.get("position"))
-            if position is not None and self.position is not None and position <= self.position:
+            if position is not None and self._received is not None and position <= self._received:
                 self.repeats_dropped += 1
                 return
             self._advance(position)
-            self._ready.append(body if self._include_control else event)
+            self._ready.append((body if self._include_control else event, self._received, False))
             return
         if last_id is not None and last_id.isdigit():
             self._advance(int(last_id))
-        if body.get("caughtUp") is True:
-            self.caught_up = True
-            self._advance(message_position(body.get("position")))
-        elif body.get("heartbeat") is True or name == "heartbeat":
+        caught_up = body.get("caughtUp") is True
+        if caught_up or body.get("heartbeat") is True or name == "heartbeat":
             self._advance(message_position(body.get("position")))
         elif isinstance(body.get("error"), str):
             self._server_error(body)
             return
-        if self._include_control:
-            self._ready.append(body)
+        self._ready.append((body if self._include_control else None, self._received, caught_up))
 
     def _server_error(self, body: dict) -> None:
         """The server ended the stream with a reason: `unavailable` (the node stops, or cannot serve for

@@ -8,6 +8,7 @@ branch yet; tests/integration/test_subscribe_client.py runs the same client agai
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 
@@ -58,6 +59,22 @@ async def test_catch_up_then_live_in_log_order_with_caught_up(double, client):
     assert sub.stopped
     assert double.requests[0]["accept"] == "text/event-stream"
     assert double.requests[0]["query"] == {"start": "start"}
+
+
+async def test_position_and_caught_up_follow_what_the_caller_was_given(double, client):
+    double.heartbeat_after_replay = True
+    async with client.subscribe(start="start") as sub:
+        await take(sub, 2)
+        assert (sub.position, sub.caught_up) == (2, False)  # 3..5 and caughtUp may be buffered already
+        await take(sub, 3)
+        assert sub.position == 5  # caught_up too if the caughtUp message has arrived with event 5
+        await double.append(event(6))
+        await take(sub, 1)
+        assert (sub.position, sub.caught_up) == (6, True)
+    assert sub.stopped
+    async with client.subscribe(after=sub.position) as resumed:  # a saved position continues exactly there
+        await double.append(event(7))
+        assert [e["position"] for e in await take(resumed, 1)] == [7]
 
 
 async def test_include_control_yields_the_messages_as_sent(double, client):
@@ -214,6 +231,11 @@ def test_subscribe_query_takes_one_selector_and_one_start():
                 {"after": -1}, {"from_position": True}, {"payload": [1]}):
         with pytest.raises(ValueError):
             protocol.subscribe_query(**bad)
+
+
+def test_sync_subscribe_and_consume_take_the_async_options():
+    for name in ("subscribe", "consume"):
+        assert inspect.signature(getattr(EvstoreClient, name)) == inspect.signature(getattr(AsyncEvstoreClient, name))
 
 
 # -- the sync client ------------------------------------------------------------------------------
