@@ -77,6 +77,7 @@ class Consumer:
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._ready: deque[Delivery] = deque()
         self._leader_url: str | None = None  # set when a follower sent us to the leader
+        self._closing: asyncio.Future | None = None
 
     @property
     def stopped(self) -> bool:
@@ -92,13 +93,13 @@ class Consumer:
         self._ready.clear()
         socket, self._socket = self._socket, None
         if socket is not None and not socket.closed:
-            asyncio.ensure_future(socket.close())
+            self._closing = asyncio.ensure_future(socket.close())
 
     async def aclose(self) -> None:
-        socket = self._socket
+        """`stop()`, and wait until the socket is closed."""
         self.stop()
-        if socket is not None:
-            await socket.close()
+        if self._closing is not None:
+            await self._closing
 
     async def connect(self) -> "Consumer":
         if self._socket is None and not self.stopped:
