@@ -406,6 +406,13 @@ def subscribe(settings: Settings, start: str | int | None, from_version: int | N
         raise click.BadParameter("must be a JSON object", param_hint="--payload")
     if from_version is not None and start is not None:
         raise click.UsageError("give either --from or --from-version, not both")
+    if from_version is not None and stream is None:
+        raise click.UsageError("--from-version needs --stream")
+    selectors = [name for name, value in (("--stream", stream), ("--type", types), ("--type-prefix", type_prefix),
+                                          ("--stream-prefix", stream_prefix), ("--stream-pattern", stream_pattern),
+                                          ("--payload", payload)) if value]
+    if len(selectors) > 1:
+        raise click.UsageError(f"give one selector, not {' and '.join(selectors)}")
     try:
         subscription = settings.client().subscribe(
             stream=stream, types=list(types) or None, type_prefix=type_prefix, stream_prefix=stream_prefix,

@@ -74,6 +74,8 @@ async def test_subscribe_usage_errors_send_nothing(double, run, args):
     result = await run("subscribe", *args)
     assert result.exit_code == 2, result.output
     assert double.requests == []
+    if args[:2] == ("--stream", "s") and "--type" in args:
+        assert "give one selector, not --stream and --type" in result.stderr
 
 
 async def test_subscribe_to_no_node_exits_3():
