@@ -8,12 +8,12 @@ server sends `{"events": [{"deliveryId", "attempt", "event"}]}`; acks go back on
 
 Delivery is at least once, and runs on the leader: a follower answers the connection with
 `{"error": "not_leader", "leader": {"node", "url"}}` and closes it, and the consumer connects to that
-URL (back to the client's own URL when the leader cannot be reached, so it follows a failover). When the
-socket drops, the consumer connects again with the bounded backoff of evstore.client.reconnect, and
-deliveries of the old socket that were not yet yielded are dropped: the server delivers every un-acked
-event again. Acking a delivery whose socket has gone returns False (nothing
-sent; the event comes again). A 4xx on connecting (404 subscription_not_found after a delete, 409
-too_many_consumers, 401/403) ends the iteration with that error.
+URL (back to the client's own URL, or the next of `nodes`, when the leader cannot be reached, so it
+follows a failover). When the socket drops, the consumer connects again with the bounded backoff of
+evstore.client.reconnect, and deliveries of the old socket that were not yet yielded are dropped: the
+server delivers every un-acked event again. Acking a delivery whose socket has gone returns False
+(nothing sent; the event comes again). A 4xx on connecting (404 subscription_not_found after a delete,
+409 too_many_consumers, 401/403) ends the iteration with that error.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import orjson
 from . import protocol
 from .errors import ConnectionFailed, EvstoreError, error_from_reply
 from .protocol import loads
-from .reconnect import Reconnecting
+from .reconnect import NodeRing, Reconnecting
 
 if TYPE_CHECKING:
     from .async_client import AsyncEvstoreClient
@@ -70,8 +70,9 @@ class Consumer:
     """An async iterator of `Delivery` over one persistent subscription; see the module doc."""
 
     def __init__(self, client: "AsyncEvstoreClient", name: str, *, reconnect_timeout: float | None,
-                 max_backoff: float) -> None:
+                 max_backoff: float, nodes: Iterable[str] = ()) -> None:
         self._client = client
+        self._nodes = NodeRing(client.url, nodes)
         self.name = name
         self._policy = Reconnecting(reconnect_timeout=reconnect_timeout, max_backoff=max_backoff)
         self._socket: aiohttp.ClientWebSocketResponse | None = None
@@ -162,7 +163,7 @@ class Consumer:
         client = self._client
         path = protocol.subscription_path(self.name, "/connect")
         while not self.stopped:
-            base = self._leader_url or client.url
+            base = self._leader_url or self._nodes.current
             try:
                 socket = await client._http().ws_connect(
                     client._url(path, base=base), heartbeat=PING_INTERVAL,
@@ -171,10 +172,14 @@ class Consumer:
                 error = _handshake_error(exc)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
                 error = ConnectionFailed(base, f"cannot connect to {base}: {exc}")
-                if not self._policy.connected_once and self._leader_url is None:
-                    raise error from exc
-                self._leader_url = None  # the leader we were sent to is gone: ask our own node again
+                if self._leader_url is not None:
+                    self._leader_url = None  # the leader we were sent to is gone: ask our nodes again
+                elif not self._nodes.next() and not self._policy.connected_once:
+                    raise error from exc  # the first connection: every node was tried once
+                if not self._policy.connected_once:
+                    continue
             else:
+                self._nodes.reached()
                 self._socket = socket
                 self._policy.connected()
                 if self.stopped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Iterable
 
 from .errors import ConnectionFailed, EvstoreError, Unavailable
 
@@ -95,3 +96,26 @@ class Reconnecting:
             await asyncio.wait_for(self._stop_event.wait(), delay)
         except asyncio.TimeoutError:
             pass
+
+
+class NodeRing:
+    """The node URLs a subscription may use, the client's own first: a node that cannot be reached (or
+    says it is stopping) hands over to the next, since every node of a store serves the same log."""
+
+    def __init__(self, first: str, others: Iterable[str] = ()) -> None:
+        self.urls = list(dict.fromkeys([first.rstrip("/"), *(u.rstrip("/") for u in others)]))
+        self._index = 0
+        self._tried = 1
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._index]
+
+    def next(self) -> bool:
+        """Move to the next node; False once every node was tried since the last success."""
+        self._index = (self._index + 1) % len(self.urls)
+        self._tried += 1
+        return self._tried <= len(self.urls)
+
+    def reached(self) -> None:
+        self._tried = 1

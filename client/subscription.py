@@ -12,13 +12,15 @@ one from the caughtUp message or a heartbeat (the last position the server scann
 subscription does not rescan what it skipped) that followed it; a new subscription with `after=position`
 continues exactly there. When the connection drops or the server ends the stream, the subscription
 reconnects with `Last-Event-ID` set to the last position received (the server resumes after it,
-whatever the start parameters) after a bounded exponential backoff, and never yields an event twice. Comment lines (`: ...`) are accepted as heartbeats too. A message
-`{"error": code, "position": P, ...}` (SSE event `closed` or `error`) ends the stream: `unavailable`
-(the node stops or cannot serve now) is resumed like a drop, any other code ends the iteration with its
-typed error.
+whatever the start parameters) after a bounded exponential backoff, and never yields an event twice.
+Comment lines (`: ...`) are accepted as heartbeats too. A message `{"error": code, "position": P, ...}`
+(SSE event `closed` or `error`) ends the stream: `unavailable` (the node stops or cannot serve now) is
+resumed like a drop, any other code ends the iteration with its typed error.
 
 The first connection reports failure at once (a wrong URL or a stopped node should not hang the
 caller); later ones are retried until `reconnect_timeout` seconds pass without success (None: forever).
+`nodes` names other nodes of the same store: an unreachable or stopping node hands over to the next
+(positions are the same on every node, so the resume is exact).
 `stop()` ends the iteration from anywhere on the client's loop; leaving `async with` stops it too.
 """
 from __future__ import annotations
@@ -26,14 +28,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import aiohttp
 import orjson
 
 from .errors import ERRORS_BY_CODE, ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
 from .protocol import has_long_number, loads
-from .reconnect import Reconnecting
+from .reconnect import NodeRing, Reconnecting
 from .sse import SSEParser
 
 if TYPE_CHECKING:
@@ -48,8 +50,10 @@ class Subscription:
     """An async iterator (and async context manager) over one transient subscription; see the module doc."""
 
     def __init__(self, client: "AsyncEvstoreClient", params: list[tuple[str, str]], *, include_control: bool,
-                 reconnect_timeout: float | None, idle_timeout: float | None, max_backoff: float) -> None:
+                 reconnect_timeout: float | None, idle_timeout: float | None, max_backoff: float,
+                 nodes: Iterable[str] = ()) -> None:
         self._client = client
+        self._nodes = NodeRing(client.url, nodes)
         self._params = params
         self._include_control = include_control
         self._idle_timeout = idle_timeout
@@ -129,20 +133,24 @@ class Subscription:
 
     async def _connect(self) -> None:
         client = self._client
-        url = client._url("/v1/subscribe", self._params)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.timeout, sock_read=self._idle_timeout)
         while not self.stopped:
+            base = self._nodes.current
             headers = {"Accept": "text/event-stream"}
             if self._received is not None:
                 headers["Last-Event-ID"] = str(self._received)
             try:
-                resp = await client._http().get(url, headers=headers, timeout=timeout)
+                resp = await client._http().get(client._url("/v1/subscribe", self._params, base=base),
+                                                headers=headers, timeout=timeout)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                error: EvstoreError = ConnectionFailed(base, f"cannot connect to {base}: {exc}")
+                if not self._nodes.next() and not self._policy.connected_once:
+                    raise error from exc  # the first connection: every node was tried once
                 if not self._policy.connected_once:
-                    raise ConnectionFailed(client.url, f"cannot connect to {client.url}: {exc}") from exc
-                error: EvstoreError = ConnectionFailed(client.url, f"cannot connect to {client.url}: {exc}")
+                    continue
             else:
                 if resp.status < 300 and resp.content_type == "text/event-stream":
+                    self._nodes.reached()
                     self._opened(resp)
                     return
                 payload = await resp.read()
@@ -151,6 +159,8 @@ class Subscription:
                     raise ServerError(resp.status, "not_event_stream",
                                       f"/v1/subscribe answered {resp.content_type}, not text/event-stream")
                 error = error_from_payload(resp.status, payload)
+                if isinstance(error, Unavailable):
+                    self._nodes.next()
             await self._policy.after_failure(error, initial_retries=client.retries)
 
     def _opened(self, resp: aiohttp.ClientResponse) -> None:
@@ -255,6 +265,7 @@ class Subscription:
             None, body["error"], str(body.get("message") or body["error"]),
             {k: v for k, v in body.items() if k not in ("error", "message")})
         if isinstance(error, Unavailable):
+            self._nodes.next()  # e.g. the node is stopping: resume on the next one, if there is another
             return
         self._failure = error
         self._close_response()

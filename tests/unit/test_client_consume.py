@@ -98,6 +98,14 @@ async def test_a_follower_sends_the_consumer_to_the_leader(double):
         await runner.cleanup()
 
 
+async def test_an_unreachable_node_hands_over_to_the_next(double):
+    double.deliveries = [[batch(("d1", 1, 1))]]
+    async with AsyncEvstoreClient("http://127.0.0.1:1", timeout=5, max_retry_delay=0.2) as client:
+        async with client.consume("orders", nodes=[double.url]) as consumer:
+            (delivery,) = await take(consumer, 1)
+    assert delivery.delivery_id == "d1" and double.ws_connections == 1
+
+
 async def test_handshake_errors_are_typed_and_503_is_retried(double, client):
     double.ws_refuse = [404]
     with pytest.raises(SubscriptionNotFound):

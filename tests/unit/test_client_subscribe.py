@@ -148,6 +148,22 @@ async def test_a_closing_node_is_resumed_and_another_error_ends_the_iteration(do
     assert [r["last_event_id"] for r in double.requests] == [None, "2"]
 
 
+async def test_a_stopping_node_hands_over_to_another_node_of_the_store(double):
+    other = Double(events=list(double.events))
+    runner, other_url = await start(other)
+    double.drop_after = [2]
+    double.end_with = [("closed", {"error": "unavailable", "reason": "shutting_down", "message": "m", "position": 2})]
+    try:
+        async with AsyncEvstoreClient("http://127.0.0.1:1", timeout=5, max_retry_delay=0.2) as client:
+            # the first node named is not even reachable: the first connection goes to the next
+            async with client.subscribe(start="start", nodes=[double.url, other_url]) as sub:
+                assert [e["position"] for e in await take(sub, 5)] == [1, 2, 3, 4, 5]
+        assert [r["last_event_id"] for r in double.requests] == [None]
+        assert [r["last_event_id"] for r in other.requests] == ["2"]
+    finally:
+        await runner.cleanup()
+
+
 async def test_big_integers_in_data_survive(double, client):
     double.events = [event(1, data={"big": 123456789012345678901234567890})]
     async with client.subscribe(start="start") as sub:
