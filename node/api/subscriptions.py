@@ -19,8 +19,8 @@ from aiohttp import WSMsgType, web
 
 from ..errors import InvalidRequest, LogError, Unavailable
 from ..subscriptions.delivery import NACK_ACTIONS, Delivery, parse_delivery_id
-from ..subscriptions.persistent import (CLOSE_GOING_AWAY, CLOSE_NOT_LEADER, CLOSE_UPDATED, Closed,
-                                        PersistentSubscriptions)
+from ..subscriptions.persistent import PersistentSubscriptions
+from ..subscriptions.runtime import CLOSE_GOING_AWAY, CLOSE_NOT_LEADER, CLOSE_UPDATED, Closed
 from ..subscriptions.settings import parse_settings, subscription_name
 from . import validation as v
 from .cluster import FORWARD_WAIT, FORWARDED_HEADER, Handler, forward, leader_write

@@ -12,7 +12,8 @@ import pytest
 from evstore.node.errors import Unavailable
 from evstore.node.log import Log
 from evstore.node.storage import Storage
-from evstore.node.subscriptions.persistent import PersistentSubscriptions, checkpoint_stream
+from evstore.node.subscriptions.persistent import PersistentSubscriptions
+from evstore.node.subscriptions.store import checkpoint_stream
 from evstore.node.subscriptions.settings import parse_settings
 from loghelpers import ev
 
