@@ -420,20 +420,25 @@ async def test_partition_by_stream_keeps_each_stream_with_one_consumer_in_order(
 
 
 async def test_metrics_show_each_subscription(shared_node, http):
-    base, name, stream = shared_node.url, unique("metrics"), unique("metered")
+    base, stream = shared_node.url, unique("metered")
+    held, retried = unique("held"), unique("retried")
     await append(http, base, stream, 3)
-    await call(http, "PUT", f"{base}/v1/subscriptions/{name}", {"stream": stream, "startFrom": "start",
-                                                               "ackTimeout": 0.3}, status=201)
-    await fetch_until(http, base, name, 3)
-    await fetch_until(http, base, name, 3, wait=5)  # redelivered after the ack timeout
+    await call(http, "PUT", f"{base}/v1/subscriptions/{held}", {"stream": stream, "startFrom": "start"},
+               status=201)
+    await call(http, "PUT", f"{base}/v1/subscriptions/{retried}", {"stream": stream, "startFrom": "start",
+                                                                   "ackTimeout": 0.2}, status=201)
+    await fetch_until(http, base, held, 3)  # held, not acked
+    await fetch_until(http, base, retried, 3)
+    await fetch_until(http, base, retried, 3, wait=5)  # delivered again after the ack timeout
     async with http.get(f"{base}/metrics") as reply:
         text = await reply.text()
-    label = f'{{subscription="{name}"}}'
-    assert f"evstore_subscription_in_flight{label} 3.0" in text
-    assert f"evstore_subscription_lag{label} 3.0" in text
-    assert f"evstore_subscription_redeliveries_total{label} 3.0" in text
-    assert f"evstore_subscription_parked{label} 0.0" in text
-
+    assert f'evstore_subscription_in_flight{{subscription="{held}"}} 3.0' in text
+    assert f'evstore_subscription_lag{{subscription="{held}"}} 3.0' in text
+    assert f'evstore_subscription_parked{{subscription="{held}"}} 0.0' in text
+    assert f'evstore_subscription_consumers{{subscription="{held}"}} 1.0' in text
+    redelivered = next(line for line in text.splitlines()
+                       if line.startswith(f'evstore_subscription_redeliveries_total{{subscription="{retried}"}}'))
+    assert float(redelivered.split()[-1]) >= 3
 
 async def test_consuming_needs_the_write_role(node_factory, tmp_path):
     tokens = tmp_path / "tokens"
