@@ -12,13 +12,14 @@ from typing import Sequence
 
 from aiohttp import web
 
-from .api import ops, streams
+from .api import ops, streams, subscribe
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
 from .metrics import NodeMetrics
 from .storage import Storage
+from .subscriptions.transient import TransientSubscriptions
 
 log = logging.getLogger("evstore.node")
 
@@ -44,6 +45,8 @@ def create_app(settings: Settings) -> web.Application:
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
     streams.add_routes(app)
+    subscribe.add_routes(app, TransientSubscriptions(app[LOG_KEY], max_subscribers=settings.max_subscribers,
+                                                     metrics=metrics))
     from .api import openapi
     openapi.add_routes(app)
     app.cleanup_ctx.append(_storage_context)
