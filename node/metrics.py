@@ -62,6 +62,9 @@ class NodeMetrics:
             "evstore_subscription_delivery_latency_seconds",
             "Commit (the event's created time) to sent, of events delivered live to transient subscribers",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.subscriber_overflows = Counter("evstore_subscriber_overflows",
+                                            "Transient subscribers whose live buffer overflowed (they read back "
+                                            "from the log)", registry=r)
         self.subscription_lag = Gauge("evstore_subscription_lag", "Events a persistent subscription is behind",
                                       ["subscription"], registry=r)
         self._http_children: dict[tuple[str, str, int], tuple] = {}

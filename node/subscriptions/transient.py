@@ -159,7 +159,6 @@ class Subscription:
         self._attached = False
         self._live = False  # delivering from the buffer (not reading the log)
         self._wake = asyncio.Event()
-        self.overflows = 0
 
     @property
     def scanned(self) -> int:
@@ -193,7 +192,7 @@ class Subscription:
         """Stop buffering: matching records from `position` on are read back from the log instead."""
         if self._lost_from is None:
             self._lost_from = position
-            self.overflows += 1
+            self._hub.overflowed()
         self._detach()
         self._wake.set()
 
@@ -323,6 +322,10 @@ class TransientSubscriptions:
     def _closed(self, subscription: Subscription) -> None:
         self._open.discard(subscription)
         self._gauge()
+
+    def overflowed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.subscriber_overflows.inc()
 
     def _gauge(self) -> None:
         if self._metrics is not None:
