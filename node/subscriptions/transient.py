@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ BUFFER_EVENTS = 1024  # a subscriber's live buffer: at most this many events ...
 BUFFER_BYTES = 8 << 20  # ... and this many bytes of data and metadata (at least one event)
 DEFAULT_MAX_SUBSCRIBERS = 1000
 FANOUT_RETRY = 1.0  # seconds before the fan-out reads again after a failed read
+CLOSE_GRACE = 2.0  # seconds a stopping node gives subscribers to take their last message
 
 _UNPARSED = object()
 
@@ -159,6 +161,7 @@ class Subscription:
         self._attached = False
         self._live = False  # delivering from the buffer (not reading the log)
         self._wake = asyncio.Event()
+        self.serving: asyncio.Task | None = asyncio.current_task()  # cancelled if still open after a shutdown's grace
 
     @property
     def scanned(self) -> int:
@@ -281,6 +284,7 @@ class TransientSubscriptions:
         self._metrics = metrics
         self._open: set[Subscription] = set()
         self._reserved = 0
+        self._all_closed = asyncio.Event()
         self.closing = False
 
     @property
@@ -322,6 +326,8 @@ class TransientSubscriptions:
     def _closed(self, subscription: Subscription) -> None:
         self._open.discard(subscription)
         self._gauge()
+        if self.closing and not self._open:
+            self._all_closed.set()
 
     def overflowed(self) -> None:
         if self._metrics is not None:
@@ -331,9 +337,17 @@ class TransientSubscriptions:
         if self._metrics is not None:
             self._metrics.subscribers.set(len(self._open))
 
-    async def close(self) -> None:
-        """End every subscription (each says so, with its resume position) and stop the fan-out."""
+    async def close(self, *, grace: float = CLOSE_GRACE) -> None:
+        """End every subscription (each says so, with its resume position) and stop the fan-out. Subscribers
+        still open after `grace` seconds (a consumer that stopped reading) have their serving task cancelled."""
         self.closing = True
         for subscription in list(self._open):
             subscription._wake.set()
+        if self._open:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._all_closed.wait()
+        for subscription in list(self._open):
+            if subscription.serving is not None:
+                subscription.serving.cancel()
         await self.fanout.close()

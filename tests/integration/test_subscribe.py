@@ -403,13 +403,25 @@ async def test_auth_bearer_or_a_short_lived_subscription_token(node_factory, htt
 
 async def test_shutdown_tells_subscribers_where_to_resume_and_does_not_wait_for_them(node, http):
     await append(http, node.url, "bye", [ev(), ev()])
-    async with sse(http, node.url, {"start": "start"}) as messages:
+    async with sse(http, node.url, {"start": "start"}) as messages, \
+            websocket(http, node.url, {"start": "start"}) as frames, \
+            sse(http, node.url, {"stream": "stall"}) as stalled:
         await asyncio.wait_for(collect(messages, until_caught_up=True), WAIT)
+        await asyncio.wait_for(collect(frames, until_caught_up=True), WAIT)
+        await asyncio.wait_for(collect(stalled, until_caught_up=True), WAIT)
+        for _ in range(40):  # about 16 MB the third subscriber never reads: its sends block
+            await append(http, node.url, "stall", [ev(p="y" * 4000) for _ in range(100)])
+        await append(http, node.url, "bye", [ev()])
+        await asyncio.wait_for(collect(messages, until_position=4003), WAIT)
+        await asyncio.wait_for(collect(frames, until_position=4003), WAIT)
         started = time.monotonic()
         node.signal(signal.SIGTERM)
-        last = None
+        sse_last = ws_last = None
         async for name, event_id, data in messages:
-            last = (name, event_id, data)
-    assert last[0] == "closed" and last[1] == "2" and last[2]["reason"] == "shutting_down"
-    assert last[2]["position"] == 2
-    assert node.wait_exit(WAIT) == 0 and time.monotonic() - started < 10
+            sse_last = (name, event_id, data)
+        async for kind, _id, data in frames:
+            ws_last = (kind, data)
+        assert node.wait_exit(WAIT) == 0 and time.monotonic() - started < 10
+    assert sse_last[0] == "closed" and sse_last[1] == "4003" and sse_last[2]["reason"] == "shutting_down"
+    assert sse_last[2]["position"] == 4003
+    assert ws_last == ("error", sse_last[2])
