@@ -96,6 +96,15 @@ def message_json(message: Message) -> bytes:
 
 
 def sse_frame(message: Message) -> bytes:
+    if message.kind == "event":
+        item = message.item
+        if item.frame is None:
+            item.frame = _sse_frame(message)
+        return item.frame
+    return _sse_frame(message)
+
+
+def _sse_frame(message: Message) -> bytes:
     data = message_json(message)
     if b"\n" in data or b"\r" in data:  # one data: line per line (JSON whitespace only)
         data = b"\ndata: ".join(data.splitlines())

@@ -39,12 +39,13 @@ _UNPARSED = object()
 class Committed:
     """A committed record as subscribers share it: its data parsed at most once (for payload selectors)
     and its wire form encoded at most once (by the first sender)."""
-    __slots__ = ("record", "size", "wire", "_data")
+    __slots__ = ("record", "size", "wire", "frame", "_data")
 
     def __init__(self, record: Record) -> None:
         self.record = record
         self.size = len(record.data) + len(record.metadata) + 64
-        self.wire: bytes | None = None
+        self.wire: bytes | None = None  # the message as JSON
+        self.frame: bytes | None = None  # the message as one Server-Sent Event
         self._data: Any = _UNPARSED
 
     @property
