@@ -171,10 +171,6 @@ class Subscription:
             return max(self._cursor - 1, self._hub.fanout.position)
         return self._cursor - 1
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
     # called by the fan-out, synchronously -----------------------------------------------------
     def offer(self, items: list[Committed]) -> None:
         selector, buffer = self.selector, self._buffer

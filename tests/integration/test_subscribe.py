@@ -8,7 +8,6 @@ import json
 import random
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
