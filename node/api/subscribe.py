@@ -215,5 +215,5 @@ def add_routes(app: web.Application, subscriptions: TransientSubscriptions) -> N
         await subscriptions.close()
 
     app.on_shutdown.append(stop_subscriptions)
-    app.router.add_get("/v1/subscribe", subscribe)
+    app.router.add_get("/v1/subscribe", subscribe, allow_head=False)  # a HEAD would open a stream with no body
     app.router.add_post("/v1/subscribe/token", subscribe_token)

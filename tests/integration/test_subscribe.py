@@ -328,6 +328,8 @@ async def test_bad_last_event_id_and_a_plain_get_are_400_and_a_hard_deleted_stre
     assert status == 400 and body["field"] == "Last-Event-ID"
     status, body = await get(http, shared_node.url, "/v1/subscribe")
     assert status == 400 and body["field"] == "Accept"
+    async with http.head(shared_node.url + "/v1/subscribe", headers={"Accept": "text/event-stream"}) as resp:
+        assert resp.status == 405
     await append(http, shared_node.url, "gone", [ev()])
     async with http.delete(shared_node.url + "/v1/streams/gone", params={"hard": "true"}) as resp:
         assert resp.status == 204
