@@ -3,6 +3,7 @@ subscriber on a follower sees the whole log exactly once, in order, across a SIG
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 
 import aiohttp
@@ -95,3 +96,44 @@ async def test_subscribers_on_followers_see_every_event_once_across_a_leader_kil
         assert positions(got) == list(range(1, len(log) + 1))  # no gap, no duplicate, in order
         assert [m["event"] for m in got if "event" in m] == log
         assert sum(1 for m in got if "caughtUp" in m) == 1
+
+
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_a_leader_delivers_only_what_the_in_sync_replicas_committed(cluster):
+    leader, _epoch = cluster.wait_leader(LEADER_WAIT)
+    followers = [i for i in range(3) if i != leader]
+    url = cluster.urls[leader]
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=WAIT)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        await append_until_acknowledged(http, cluster, "c", [{"type": "T", "data": {}}])
+        async with sse(http, url, {"heartbeat": "1"}) as messages:
+            _kind, _id, caught_up = await asyncio.wait_for(anext(messages), WAIT)
+            assert caught_up == {"caughtUp": True, "position": 1}
+            for i in followers:
+                cluster.node(i).signal(signal.SIGSTOP)
+            try:
+                pending = asyncio.create_task(http.post(f"{url}/v1/streams/c", json={"events": [{"type": "T"}]}))
+                deadline = asyncio.get_running_loop().time() + WAIT
+                while await metric(http, url, "evstore_head_position") < 2:  # durable on the leader only
+                    assert asyncio.get_running_loop().time() < deadline, "the leader did not write the append"
+                    await asyncio.sleep(0.1)
+                heartbeats = 0
+                async for kind, _id, data in messages:  # a few heartbeats: nothing uncommitted is sent
+                    assert kind == "heartbeat" and data["position"] == 1, data
+                    heartbeats += 1
+                    if heartbeats == 3:
+                        break
+                assert await metric(http, url, "evstore_committed_position") == 1
+            finally:
+                for i in followers:
+                    cluster.node(i).signal(signal.SIGCONT)
+            async for kind, _id, data in messages:  # committed once the followers have it
+                if "event" in data:
+                    assert data["event"]["position"] == 2
+                    break
+            (await pending).release()
