@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from evstore.node.config import ConfigError, load_settings
 from evstore.node.metrics import NodeMetrics
 from evstore.node.subscriptions.selector import Selector
 from evstore.node.subscriptions.transient import Start, TransientSubscriptions
@@ -85,3 +86,11 @@ async def test_the_limit_and_a_clean_close(log):
     assert [(m.kind, m.position) for m in await asyncio.wait_for(anext(batches), WAIT)] == [("closed", 2)]
     first.close()
     await asyncio.wait_for(closing, WAIT)
+
+
+@pytest.mark.parametrize("value", ["0", "100001", "many", "-1"])
+def test_max_subscribers_setting_is_validated(value):
+    with pytest.raises(ConfigError, match="--max-subscribers"):
+        load_settings(["--max-subscribers", value])
+    assert load_settings([], {"EVSTORE_MAX_SUBSCRIBERS": "7"}).max_subscribers == 7
+    assert load_settings([]).max_subscribers == 1000
