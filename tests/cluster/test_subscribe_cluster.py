@@ -9,7 +9,7 @@ import uuid
 import aiohttp
 import pytest
 
-from evstore.client.localcluster import LocalCluster
+from evstore.client.harness.localcluster import LocalCluster
 from subhelpers import positions, sse, websocket
 
 LEASE_TTL = 3
