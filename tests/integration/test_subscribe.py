@@ -426,3 +426,20 @@ async def test_shutdown_tells_subscribers_where_to_resume_and_does_not_wait_for_
     assert sse_last[0] == "closed" and sse_last[1] == "4003" and sse_last[2]["reason"] == "shutting_down"
     assert sse_last[2]["position"] == 4003
     assert ws_last == ("error", sse_last[2])
+
+
+async def test_the_client_library_follows_a_node_across_its_restart(node, http):
+    """evstore.client's subscribe() resumes with Last-Event-ID after the node's shutdown message: each event
+    once, in order, across a restart."""
+    from evstore.client import AsyncEvstoreClient
+
+    async with AsyncEvstoreClient(node.url) as client:
+        async with client.subscribe(start="start", reconnect_timeout=WAIT) as subscription:
+            await append(http, node.url, "follow", [ev(i=i) for i in range(5)])
+            got = [(await asyncio.wait_for(anext(subscription), WAIT))["position"] for _ in range(5)]
+            assert node.terminate() == 0
+            await asyncio.to_thread(node.restart)
+            await append(http, node.url, "follow", [ev(i=i) for i in range(5, 8)])
+            got += [(await asyncio.wait_for(anext(subscription), WAIT))["position"] for _ in range(3)]
+            assert subscription.reconnects >= 1
+    assert got == list(range(1, 9))
