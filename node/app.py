@@ -108,7 +108,28 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+FILES_BESIDES_SUBSCRIBERS = 1024  # other connections, SQLite files, etcd and peer sockets
+
+
+def raise_open_files_limit(subscribers: int) -> None:
+    """Every subscriber holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
+    that --max-subscribers can be reached; warn when it cannot."""
+    import resource
+
+    wanted = subscribers + FILES_BESIDES_SUBSCRIBERS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        log.warning("open files are limited to %d: fewer than --max-subscribers=%d subscribers may connect",
+                    raised, subscribers)
+
+
 async def serve(settings: Settings) -> None:
+    raise_open_files_limit(settings.max_subscribers)
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
