@@ -149,9 +149,10 @@ async def _serve_sse(request: web.Request, subscription: Subscription) -> web.St
         async for batch in batches:
             await response.write(b"".join(sse_frame(m) for m in batch))
             _observe_delivery(request, batch)
-    except LogError as exc:
-        await response.write(b"event: error\nid: %d\ndata: %s\n\n"
-                             % (subscription.scanned, error_json(exc, subscription.scanned)))
+    except LogError as exc:  # e.g. a record failed its checksum: say where to resume (on another node)
+        with contextlib.suppress(ConnectionError):
+            await response.write(b"event: error\nid: %d\ndata: %s\n\n"
+                                 % (subscription.scanned, error_json(exc, subscription.scanned)))
     except ConnectionError:  # the subscriber went away
         return response
     finally:

@@ -443,3 +443,22 @@ async def test_the_client_library_follows_a_node_across_its_restart(node, http):
             got += [(await asyncio.wait_for(anext(subscription), WAIT))["position"] for _ in range(3)]
             assert subscription.reconnects >= 1
     assert got == list(range(1, 9))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_corrupt_record_ends_the_stream_with_an_error_and_the_resume_position(node, http, kind):
+    marker = "needle-7d2a-subscribe"
+    await append(http, node.url, "c", [ev(i=1), ev(i=2)])
+    await append(http, node.url, "c", [{"type": "T", "data": marker}])
+    assert node.terminate() == 0  # a clean stop checkpoints the WAL into evstore.db
+    db = node.data_dir / "evstore.db"
+    blob = bytearray(db.read_bytes())
+    blob[blob.find(marker.encode()) + 3] ^= 0x01
+    db.write_bytes(bytes(blob))
+    await asyncio.to_thread(node.restart)
+    async with subscriber(kind)(http, node.url, {"start": "start"}) as messages:
+        got = [(name, data) async for name, _id, data in messages]
+    name, error = got[-1]
+    assert name == "error" and error["error"] == "unavailable" and error["reason"] == "checksum_mismatch"
+    # a resume point: everything up to it was delivered (a read page holding the bad record fails whole)
+    assert error["position"] < 3 and positions([data for _name, data in got]) == list(range(1, error["position"] + 1))
