@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import sys
 import time
@@ -114,8 +115,6 @@ FILES_BESIDES_SUBSCRIBERS = 1024  # other connections, SQLite files, etcd and pe
 def raise_open_files_limit(subscribers: int) -> None:
     """Every subscriber holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
     that --max-subscribers can be reached; warn when it cannot."""
-    import resource
-
     wanted = subscribers + FILES_BESIDES_SUBSCRIBERS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
