@@ -72,7 +72,7 @@ class SubscriptionRuntime:
         f = self.settings.filter
         self._filter = None if f is None else AllFilter(types=f.types, type_prefix=f.type_prefix,
                                                         stream_prefix=f.stream_prefix,
-                                                        stream_pattern=f.stream_pattern)
+                                                        stream_pattern=f.stream_pattern, include_system=False)
         self._gauges = None
         if metrics is not None:
             label = {"subscription": self.name}
