@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-try:
-    from evstore.client.harness.localcluster import LocalCluster
-except ImportError:  # before the client/ tooling moved into client/harness/
-    from evstore.client.localcluster import LocalCluster
+from evstore.client.harness.localcluster import LocalCluster
 
 LEASE_TTL = 3
 STREAMS = 5
