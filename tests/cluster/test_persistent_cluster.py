@@ -250,13 +250,20 @@ async def test_consumers_follow_the_leader_through_a_failover_and_nothing_is_ski
           f"{received.connections} connections, checkpoints seen before the kills {checkpoints_seen}")
 
 
-async def test_a_follower_that_stops_closes_its_relayed_consumers_at_once(cluster):
+async def test_http_consumers_work_through_a_follower_and_a_stopping_follower_closes_its_relays(cluster):
     leader, _epoch = cluster.wait_leader(30)
     follower = next(i for i in range(3) if i != leader)
     url, name = cluster.urls[follower], f"relay-{uuid.uuid4().hex[:8]}"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         async with session.put(f"{url}/v1/subscriptions/{name}", json={"stream": "relayed"}) as reply:
             assert reply.status == 201
+        async with session.post(f"{url}/v1/streams/relayed", json={"events": [{"type": "T", "data": {}}]}) as reply:
+            assert reply.status == 200
+        async with session.post(f"{url}/v1/subscriptions/{name}/fetch?max=5&wait=5") as reply:
+            (delivery,) = (await reply.json())["events"]  # fetched from the leader through the follower
+        async with session.post(f"{url}/v1/subscriptions/{name}/ack", json={"ids": [delivery["deliveryId"]]}) as reply:
+            assert await reply.json() == {"acked": 1, "unknown": []}
+        await wait_info(session, url, name, lambda i: i["checkpoint"] == 1 and i["inFlight"] == 0)
         async with session.ws_connect(f"{url}/v1/subscriptions/{name}/connect") as ws:
             await wait_info(session, url, name, lambda i: i["consumers"] == 1)
             stopping = asyncio.get_running_loop().run_in_executor(None, cluster.node(follower).terminate)
