@@ -21,8 +21,10 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import re
 import sys
 import time
+import urllib.parse
 import uuid
 from dataclasses import asdict, dataclass, field
 
@@ -146,37 +148,76 @@ async def catch_up(url: str) -> tuple[int, float]:
 
 # -- live delivery ----------------------------------------------------------------------------------------
 
+class _FollowingEnd(asyncio.Protocol):
+    """One SSE subscriber following the end over a bare connection: per arrival it notes only the time and the
+    positions it completed, so that one load-generator core keeps up with many subscribers."""
+
+    def __init__(self, request: bytes, arrivals: list, connected: asyncio.Future) -> None:
+        self._request = request
+        self._arrivals = arrivals
+        self._connected = connected
+        self._buffer = b""
+        self._in_body = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buffer = self._buffer + data
+        if not self._in_body:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self._buffer = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 200"):
+                self._connected.set_exception(RuntimeError(buffer[:200].decode(errors="replace")))
+                return
+            self._in_body = True
+            buffer = buffer[end + 4:]
+            if not self._connected.done():
+                self._connected.set_result(None)
+        complete = buffer.rfind(b"\n\n")
+        if complete < 0:
+            self._buffer = buffer
+            return
+        self._buffer = buffer[complete + 2:]
+        for match in _EVENT_ID.finditer(buffer, 0, complete + 2):
+            self._arrivals.append((int(match.group(1)), now))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(RuntimeError(f"connection lost: {exc}"))
+
+
+_EVENT_ID = re.compile(rb'id: (\d+)\ndata: \{"event"')
+
+
 def _live_worker(url: str, subscribers: int, ready, stop, out) -> None:
     """A process of SSE subscribers following the end: sends back, per subscriber, (position, arrival) pairs
     (time.monotonic is the machine's CLOCK_MONOTONIC, comparable across processes)."""
-    async def follow(session: aiohttp.ClientSession, arrivals: list, connected: asyncio.Event) -> None:
-        frames = SSEFrames()
-        async with session.get(f"{url}/v1/subscribe", params={"start": "end"},
-                               headers={"Accept": "text/event-stream"}) as response:
-            if response.status != 200:
-                raise RuntimeError(f"subscribe answered {response.status}")
-            connected.set()
-            async for chunk in response.content.iter_any():
-                now = time.monotonic()
-                for frame in frames.feed(chunk):
-                    position = frame_position(frame)
-                    if position is not None:
-                        arrivals.append((position, now))
+    parts = urllib.parse.urlsplit(url)
+    request = (f"GET /v1/subscribe?start=end HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+               "Accept: text/event-stream\r\n\r\n").encode()
 
     async def run() -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-            arrivals = [[] for _ in range(subscribers)]
-            connected = [asyncio.Event() for _ in range(subscribers)]
-            tasks = [asyncio.create_task(follow(session, arrivals[i], connected[i])) for i in range(subscribers)]
-            await asyncio.wait_for(asyncio.gather(*(c.wait() for c in connected)), CONNECT_TIMEOUT)
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)  # the parent's stop flag lives in another process: polled
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            out.put(arrivals)
+        loop = asyncio.get_running_loop()
+        arrivals = [[] for _ in range(subscribers)]
+        transports, waits = [], []
+        for i in range(subscribers):
+            connected = loop.create_future()
+            transport, _protocol = await loop.create_connection(
+                lambda i=i, connected=connected: _FollowingEnd(request, arrivals[i], connected),
+                parts.hostname, parts.port)
+            transports.append(transport)
+            waits.append(connected)
+        await asyncio.wait_for(asyncio.gather(*waits), CONNECT_TIMEOUT)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)  # the parent's stop flag lives in another process: polled
+        for transport in transports:
+            transport.close()
+        out.put(arrivals)
 
     asyncio.run(run())
 
