@@ -20,9 +20,10 @@ from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from evstore.operator import manifests, status
-from evstore.operator.kube import Kube, load_configuration
+from evstore.operator.kube import Kube, load_configuration, secret_values
 from evstore.operator.metrics import OperatorMetrics
-from evstore.operator.spec import GROUP, PLURAL, VERSION, SpecError, StoreSpec, parse_spec
+from evstore.operator.spec import (GROUP, PLURAL, TOKEN_ROLES, TOKENS_FILE_KEY, VERSION, SpecError, StoreSpec,
+                                   parse_spec)
 
 FINALIZER = "evstore.io/finalizer"
 REVISION_LABEL = "controller-revision-hash"
@@ -52,6 +53,7 @@ class OperatorDeps:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     dashboards: Callable[[], Mapping[str, str]] = load_dashboards
     new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    new_token: Callable[[str], str] = lambda role: secrets.token_urlsafe(32)
     now: Callable[[], str] = utc_now
 
 
@@ -152,10 +154,32 @@ async def ensure_cluster_secret(state: OperatorState, store: StoreSpec, owner: M
     await apply(kube, generated, body)
 
 
+async def ensure_api_tokens(state: OperatorState, store: StoreSpec, owner: Mapping[str, Any], body: Any) -> None:
+    """The API tokens Secret: the user's must hold the tokens file and an admin token (the operator's)."""
+    kube = state.client()
+    if store.tokens_secret_name is not None:
+        values = secret_values(await kube.get("Secret", store.namespace, store.tokens_secret))
+        missing = [key for key in (TOKENS_FILE_KEY, "admin") if not values.get(key)]
+        if missing:
+            raise SpecError(f"spec.auth.tokensSecretRef: Secret {store.tokens_secret} needs the keys "
+                            f"{TOKENS_FILE_KEY} ('TOKEN ROLE' lines) and admin (the operator's token); "
+                            f"missing: {', '.join(missing)}")
+        return
+    tokens = {role: state.deps.new_token(role) for role in TOKEN_ROLES}
+    await apply(kube, manifests.owned(manifests.api_tokens_secret(store, tokens), owner), body)
+
+
+async def admin_token(state: OperatorState, store: StoreSpec) -> str | None:
+    """The token the operator calls the store's nodes with (None while its Secret is missing)."""
+    values = secret_values(await state.client().get("Secret", store.namespace, store.tokens_secret))
+    return values.get("admin")
+
+
 async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> list[str]:
     kube = state.client()
     owner = manifests.owner_reference(store.name, uid)
     await ensure_cluster_secret(state, store, owner, body)
+    await ensure_api_tokens(state, store, owner, body)
     dashboards = state.deps.dashboards() if store.dashboards else {}
     changed = []
     for child in manifests.desired_children(store, dashboards=dashboards):
@@ -176,7 +200,7 @@ async def observe_cluster(state: OperatorState, store: StoreSpec, replicas: int)
     deps = state.deps
     urls = {pod: deps.cluster_url(store.name, store.namespace, pod)
             for pod in (manifests.pod_name(store.name, i) for i in range(replicas))}
-    views = await status.fetch_cluster_views(urls, deps.fetch_json)
+    views = await status.fetch_cluster_views(urls, deps.fetch_json, await admin_token(state, store))
     if missing := len(urls) - len(views):
         deps.metrics.status_probe_failures.inc(missing)
     return status.merge_cluster_views(views)
@@ -217,7 +241,8 @@ async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str,
         return victim
     leader = outdated[0]["metadata"]["name"]
     if store.replicas > 1:
-        code = await state.deps.post(state.deps.step_down_url(store.name, store.namespace, leader))
+        code = await state.deps.post(state.deps.step_down_url(store.name, store.namespace, leader),
+                                     await admin_token(state, store))
         if code >= 300:
             kopf.warn(body, reason="SwitchoverBlocked",
                       message=f"leader {leader} refused to step down (HTTP {code}); retrying later")
@@ -312,7 +337,8 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 await ensure_children(state, store, uid, body)
             except SpecError as exc:
                 _fail(state, key, body, patch, meta, str(exc))
-                raise kopf.TemporaryError(str(exc), delay=30) from exc
+                # A missing referenced Secret is usually created soon after the store: retry often.
+                raise kopf.TemporaryError(str(exc), delay=10) from exc
             state.failures.pop(key, None)
             state.track(namespace, name, state.phases.get(key) or status.PENDING)
             patch.status["observedGeneration"] = meta.get("generation")

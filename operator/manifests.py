@@ -7,7 +7,7 @@ import json
 from typing import Any, Mapping
 
 from evstore.operator.spec import (API_VERSION, CLUSTER_SECRET_KEY, DATA_DIR, ETCD_CLIENT_PORT, ETCD_MEMBERS,
-                                   ETCD_PEER_PORT, KIND, NODE_PORT, StoreSpec)
+                                   ETCD_PEER_PORT, KIND, NODE_PORT, TOKEN_ROLES, TOKENS_FILE_KEY, StoreSpec)
 
 Manifest = dict[str, Any]
 
@@ -17,6 +17,15 @@ CONFIG_HASH_ANNOTATION = "evstore.io/config-hash"
 SERVICE_ROLE_LABEL = "evstore.io/service"
 NODE_UID = 10001
 DASHBOARD_LABEL = "grafana_dashboard"
+TOKENS_DIR = "/etc/evstore/api-tokens"
+TOKENS_FILE = f"{TOKENS_DIR}/{TOKENS_FILE_KEY}"
+# Pods that may call a store (besides its own pods and the operator) carry this label, valued with
+# the store's name. They still need a token: the NetworkPolicy only narrows who can connect at all.
+CLIENT_LABEL = "evstore.io/client"
+# The chart's operator pods carry these labels (charts/evstore-operator/templates/_helpers.tpl).
+OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "operator", "app.kubernetes.io/part-of": "evstore"}
+# Prometheus pods, in any namespace, scrape /metrics (kube-prometheus-stack labels its pods so).
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -47,6 +56,10 @@ def dashboards_configmap_name(store: str) -> str:
 
 def etcd_name(store: str) -> str:
     return f"{store}-etcd"
+
+
+def network_policy_name(store: str) -> str:
+    return store
 
 
 def pod_name(store: str, ordinal: int) -> str:
@@ -157,6 +170,22 @@ def cluster_secret(spec: StoreSpec, secret_value: str) -> Manifest:
     }
 
 
+def tokens_file(tokens: Mapping[str, str]) -> str:
+    """The node's --api-tokens-file: one 'TOKEN ROLE' line per role."""
+    return "".join(f"{tokens[role]} {role}\n" for role in TOKEN_ROLES)
+
+
+def api_tokens_secret(spec: StoreSpec, tokens: Mapping[str, str]) -> Manifest:
+    """The generated API tokens (only when spec.auth.tokensSecretRef is absent): a key per role for
+    applications and the operator, and the node's tokens file."""
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": _metadata(spec, spec.tokens_secret),
+        "type": "Opaque",
+        "stringData": {**{role: tokens[role] for role in TOKEN_ROLES}, TOKENS_FILE_KEY: tokens_file(tokens)},
+    }
+
+
 def configmap(spec: StoreSpec) -> Manifest:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(spec, configmap_name(spec.name)),
             "data": node_settings(spec)}
@@ -227,13 +256,15 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "name": "evstore",
         "image": spec.image,
         "command": ["evstore", "serve"],
+        "args": [f"--api-tokens-file={TOKENS_FILE}"],
         "envFrom": [{"configMapRef": {"name": configmap_name(spec.name)}}],
         "env": node_env(spec),
         "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
         "startupProbe": _probe("/health/live", 2, 60),
         "livenessProbe": _probe("/health/live", 10, 6),
         "readinessProbe": _probe("/health/ready", 5, 3),
-        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
@@ -262,7 +293,10 @@ def statefulset(spec: StoreSpec) -> Manifest:
         "terminationGracePeriodSeconds": 30,
         "affinity": affinity(spec),
         "containers": [node_container(spec)],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}},
+                    # Only the tokens file: the per-role keys are for applications and the operator.
+                    {"name": "api-tokens", "secret": {"secretName": spec.tokens_secret, "defaultMode": 0o440,
+                                                      "items": [{"key": TOKENS_FILE_KEY, "path": TOKENS_FILE_KEY}]}}],
         "enableServiceLinks": False,
     }
     _add_placement(pod_spec, spec)
@@ -316,6 +350,32 @@ def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Mani
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _metadata(spec, dashboards_configmap_name(spec.name), extra_labels={DASHBOARD_LABEL: "1"}),
             "data": dict(dashboards)}
+
+
+def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)}}
+    if namespace_labels is not None:
+        peer["namespaceSelector"] = {"matchLabels": dict(namespace_labels)}
+    return peer
+
+
+def network_policy(spec: StoreSpec) -> Manifest:
+    """Who may connect to the store's pods: its own pods (replication), the operator, pods labelled
+    `evstore.io/client: <store>` in the namespace, and Prometheus from any namespace (metrics share the
+    API port, so the API behind it still needs a token)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, network_policy_name(spec.name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [_peer(selector_labels(spec.name)), _peer(OPERATOR_POD_LABELS),
+                         _peer({CLIENT_LABEL: spec.name}), _peer(PROMETHEUS_POD_LABELS, {})],
+                "ports": [{"protocol": "TCP", "port": NODE_PORT}],
+            }],
+        },
+    }
 
 
 # ---- managed etcd ------------------------------------------------------------------------------
@@ -391,6 +451,25 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
     }
 
 
+def etcd_network_policy(spec: StoreSpec) -> Manifest:
+    """The managed etcd answers the store's nodes and the operator on the client port, its members on both."""
+    etcd = selector_labels(spec.name, ETCD_COMPONENT)
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
+        "spec": {
+            "podSelector": {"matchLabels": etcd},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [_peer(etcd)], "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT},
+                                                  {"protocol": "TCP", "port": ETCD_PEER_PORT}]},
+                {"from": [_peer(selector_labels(spec.name)), _peer(OPERATOR_POD_LABELS)],
+                 "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT}]},
+            ],
+        },
+    }
+
+
 def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
@@ -401,10 +480,12 @@ def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
 # ---- what to apply -----------------------------------------------------------------------------
 
 def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None) -> list[Manifest]:
-    """Every child the store needs except the generated Secret (its value is random, see cluster_secret)."""
-    children = [configmap(spec), peers_service(spec), client_service(spec)]
+    """Every child the store needs except the generated Secrets (their values are random, see
+    cluster_secret and api_tokens_secret)."""
+    children = [configmap(spec), network_policy(spec), peers_service(spec), client_service(spec)]
     if spec.etcd_managed:
-        children += [etcd_service(spec), etcd_statefulset(spec), etcd_pod_disruption_budget(spec)]
+        children += [etcd_network_policy(spec), etcd_service(spec), etcd_statefulset(spec),
+                     etcd_pod_disruption_budget(spec)]
     children += [statefulset(spec), pod_disruption_budget(spec)]
     if spec.service_monitor:
         children.append(service_monitor(spec))
@@ -422,6 +503,7 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "StatefulSet": ("spec.replicas", "spec.template", "spec.updateStrategy",
                     "spec.persistentVolumeClaimRetentionPolicy"),
     "PodDisruptionBudget": ("spec",),
+    "NetworkPolicy": ("spec",),
     "ServiceMonitor": ("spec",),
 }
 

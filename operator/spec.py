@@ -23,6 +23,10 @@ ETCD_PEER_PORT = 2380
 ETCD_MEMBERS = 3
 DATA_DIR = "/data"
 CLUSTER_SECRET_KEY = "secret"
+# The API tokens Secret: one key per role holding that role's token (what applications mount), and
+# TOKENS_FILE_KEY holding the node's --api-tokens-file ("TOKEN ROLE" lines).
+TOKEN_ROLES = ("admin", "write", "read")
+TOKENS_FILE_KEY = "api-tokens"
 
 DEFAULT_IMAGE = "ghcr.io/evstore/evstore:0.1.0"
 DEFAULT_ETCD_IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"
@@ -65,6 +69,7 @@ class StoreSpec:
     etcd_managed: bool = False
     etcd_image: str = DEFAULT_ETCD_IMAGE
     cluster_secret_ref: SecretRef | None = None
+    tokens_secret_name: str | None = None
     durability_mode: str = "sync"
     sync_interval: float | None = None
     min_in_sync: int | None = None
@@ -77,6 +82,11 @@ class StoreSpec:
     def secret_ref(self) -> SecretRef:
         """Where the cluster secret lives: the user's Secret, or the one the operator generates."""
         return self.cluster_secret_ref or SecretRef(generated_secret_name(self.name), CLUSTER_SECRET_KEY)
+
+    @property
+    def tokens_secret(self) -> str:
+        """The Secret with the API tokens: the user's (spec.auth.tokensSecretRef), or the generated one."""
+        return self.tokens_secret_name or generated_tokens_secret_name(self.name)
 
     @property
     def required_in_sync(self) -> int:
@@ -94,6 +104,10 @@ def majority(replicas: int) -> int:
 
 def generated_secret_name(store: str) -> str:
     return f"{store}-cluster-secret"
+
+
+def generated_tokens_secret_name(store: str) -> str:
+    return f"{store}-api-tokens"
 
 
 def default_image() -> str:
@@ -153,6 +167,12 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
             raise SpecError("spec.clusterSecretRef.name is required")
         secret_ref = SecretRef(str(ref["name"]), str(ref.get("key") or CLUSTER_SECRET_KEY))
 
+    tokens_secret = None
+    if tokens_ref := (spec.get("auth") or {}).get("tokensSecretRef"):
+        if not tokens_ref.get("name"):
+            raise SpecError("spec.auth.tokensSecretRef.name is required")
+        tokens_secret = str(tokens_ref["name"])
+
     return StoreSpec(
         name=name,
         namespace=namespace,
@@ -170,6 +190,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         etcd_managed=bool(managed),
         etcd_image=etcd.get("image") or etcd_image or default_etcd_image(),
         cluster_secret_ref=secret_ref,
+        tokens_secret_name=tokens_secret,
         durability_mode=mode,
         sync_interval=float(sync_interval) if sync_interval is not None else None,
         min_in_sync=min_in_sync,

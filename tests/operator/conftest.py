@@ -21,7 +21,7 @@ from kubernetes_asyncio.client import Configuration
 
 from evstore.operator.handlers import OperatorDeps, build_registry
 from evstore.operator.metrics import OperatorMetrics
-from evs_helpers import NAMESPACE, FakeNodes
+from evs_helpers import NAMESPACE, FakeNodes, token_for
 from kmock_emulator import K8sEmulator, declare_resources
 
 
@@ -36,6 +36,13 @@ async def k8s() -> AsyncIterator[K8sEmulator]:
 async def nodes() -> AsyncIterator[FakeNodes]:
     fake = FakeNodes()
 
+    @aiohttp.web.middleware
+    async def require_admin(request: aiohttp.web.Request, handler):
+        if request.headers.get("Authorization") != f"Bearer {fake.admin_token}":
+            fake.unauthorized.append(request.path)
+            return aiohttp.web.json_response({"error": "unauthorized", "message": "token"}, status=401)
+        return await handler(request)
+
     async def cluster(request: aiohttp.web.Request) -> aiohttp.web.Response:
         pod = request.match_info["pod"]
         fake.asked.append(pod)
@@ -49,7 +56,7 @@ async def nodes() -> AsyncIterator[FakeNodes]:
             fake.on_step_down(request.match_info["pod"])
         return aiohttp.web.json_response({}, status=fake.step_down_status)
 
-    app = aiohttp.web.Application()
+    app = aiohttp.web.Application(middlewares=[require_admin])
     app.router.add_get("/pods/{pod}/v1/cluster", cluster)
     app.router.add_post("/pods/{pod}/v1/cluster/step-down", step_down)
     runner = aiohttp.web.AppRunner(app)
@@ -86,6 +93,7 @@ async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningO
         status_interval=0.3,
         metrics=OperatorMetrics(),
         new_secret=lambda: "generated-test-secret",
+        new_token=token_for,
         dashboards=lambda: {"evstore-overview.json": '{"title": "evstore"}'},
     )
     settings = kopf.OperatorSettings()

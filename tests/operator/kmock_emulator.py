@@ -14,9 +14,14 @@ Gaps of kmock 0.8 closed here (adapted from /work/shared/examples/kmock_emulator
   objects (kmock replays every object, so kopf saw stale duplicates); events between the replay and
   the bus subscription were lost.
 - GET /api/v1/namespaces crashes kmock's path parser; `watch=True` (Python bool) is not recognised.
+
+What the API server does and kmock does not, simulated here:
+- Secrets: `stringData` is write-only; the server merges it base64-encoded into `data` and never
+  returns it (the operator must read `data`, as against a real cluster).
 """
 from __future__ import annotations
 
+import base64
 import datetime
 import itertools
 import uuid
@@ -70,6 +75,10 @@ class K8sEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and isinstance(request.data, dict):
+            if request.resource.plural == "secrets" and "stringData" in request.data:
+                encoded = {k: base64.b64encode(str(v).encode()).decode()
+                           for k, v in (request.data.pop("stringData") or {}).items()}
+                request.data["data"] = {**(request.data.get("data") or {}), **encoded}
             md = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
                 if request.namespace and not md.get("namespace"):
@@ -168,6 +177,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/events": dict(kind="Event", namespaced=True),
     "apps/v1/statefulsets": dict(kind="StatefulSet", namespaced=True, subresources={"status", "scale"}),
     "policy/v1/poddisruptionbudgets": dict(kind="PodDisruptionBudget", namespaced=True),
+    "networking.k8s.io/v1/networkpolicies": dict(kind="NetworkPolicy", namespaced=True),
     "monitoring.coreos.com/v1/servicemonitors": dict(kind="ServiceMonitor", namespaced=True),
     # Discovery only (kopf looks them up; the operator never lists them with scanning disabled).
     "v1/namespaces": dict(kind="Namespace", namespaced=False),

@@ -35,6 +35,7 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("", "services"): {"get", "create", "patch"},
     ("apps", "statefulsets"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("", "pods"): {"list", "delete"},
     ("", "persistentvolumeclaims"): {"list", "delete"},
     ("", "events"): {"create"},
@@ -153,7 +154,7 @@ def test_kubernetes_validate_strict_rejects_an_unknown_field(rendered):
 def test_every_kind_is_expected_and_namespaced_in_the_release_namespace(rendered):
     kinds = {variant: sorted(d["kind"] for d in docs) for variant, docs in rendered.items()}
     assert kinds["default"] == sorted(["CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding",
-                                       "Service", "Deployment", "ConfigMap"])
+                                       "Service", "Deployment", "ConfigMap", "NetworkPolicy"])
     assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "ConfigMap", "ConfigMap"])
     for docs in rendered.values():
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
@@ -298,6 +299,22 @@ def test_scheduling_values_reach_the_pod(rendered):
 
 def sidecar_maps(docs: list[dict], label: str = "grafana_dashboard") -> list[dict]:
     return [d for d in by_kind(docs, "ConfigMap") if label in d["metadata"]["labels"]]
+
+
+def test_network_policy_admits_only_prometheus_on_the_metrics_port(rendered):
+    policy = one(rendered["default"], "NetworkPolicy")
+    deployment = one(rendered["default"], "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+        "ports": [{"protocol": "TCP", "port": 8080}]}]
+    assert one(rendered["custom"], "NetworkPolicy")["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP",
+                                                                                        "port": 9090}]
+    # The stores' NetworkPolicies admit the operator by these labels (operator/manifests.py).
+    from evstore.operator.manifests import OPERATOR_POD_LABELS
+    assert OPERATOR_POD_LABELS.items() <= pod_labels.items()
 
 
 def test_monitoring_objects_are_off_by_default(rendered):

@@ -107,6 +107,8 @@ def _minimal(**spec) -> dict:
     {"storage": {"size": "lots"}},
     {"etcd": {"endpoints": ["etcd-0:2379"]}},
     {"clusterSecretRef": {"key": "secret"}},
+    {"auth": {"tokensSecretRef": {}}},
+    {"auth": {"tokensSecretRef": {"name": ""}}},
     {"monitoring": {"serviceMonitor": "yes"}},
 ])
 def test_invalid_resources_are_rejected(validator, spec):
@@ -118,6 +120,7 @@ def test_invalid_resources_are_rejected(validator, spec):
 def test_valid_bounds_are_accepted(validator):
     validator.validate(_minimal(replicas=1))
     validator.validate(_minimal(replicas=9, durability={"mode": "interval", "minInSync": 5}))
+    validator.validate(_minimal(auth={"tokensSecretRef": {"name": "my-tokens"}}))
 
 
 def test_status_schema_accepts_what_the_operator_writes(validator):

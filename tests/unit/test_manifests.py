@@ -36,6 +36,7 @@ def all_manifests(spec):
     owner = m.owner_reference(spec.name, "1f0e3c1a-0000-4000-8000-000000000001")
     objs = m.desired_children(spec, dashboards={"overview.json": '{"title": "evstore"}'})
     objs.append(m.cluster_secret(spec, "s3cret"))
+    objs.append(m.api_tokens_secret(spec, {r: f"{r}-token-0123456789" for r in ("admin", "write", "read")}))
     return [m.owned(obj, owner) for obj in objs]
 
 
@@ -57,10 +58,11 @@ def test_strict_validation_catches_an_unknown_field():
 
 def test_children_depend_on_the_spec():
     kinds = lambda spec: sorted(f"{o['kind']}/{o['metadata']['name']}" for o in m.desired_children(spec))
-    assert kinds(store()) == ["ConfigMap/orders-config", "PodDisruptionBudget/orders", "Service/orders",
-                              "Service/orders-peers", "StatefulSet/orders"]
+    assert kinds(store()) == ["ConfigMap/orders-config", "NetworkPolicy/orders", "PodDisruptionBudget/orders",
+                              "Service/orders", "Service/orders-peers", "StatefulSet/orders"]
     managed = kinds(store(replicas=3))
     assert "StatefulSet/orders-etcd" in managed and "Service/orders-etcd" in managed
+    assert "NetworkPolicy/orders-etcd" in managed
     assert "PodDisruptionBudget/orders-etcd" in managed
     external = m.desired_children(store(**SPECS["everything"]), dashboards={"a.json": "{}"})
     names = [f"{o['kind']}/{o['metadata']['name']}" for o in external]
@@ -96,6 +98,42 @@ def test_statefulset_runs_the_node_with_the_contracted_settings():
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert "nodeAffinity" in pod["affinity"] and "podAntiAffinity" in pod["affinity"]
     assert container["volumeMounts"][0] == {"name": "data", "mountPath": "/data"}
+
+
+def test_pods_read_their_api_tokens_from_the_tokens_secret():
+    tokens = {"admin": "a" * 16, "write": "w" * 16, "read": "r" * 16}
+    secret = m.api_tokens_secret(store(), tokens)
+    assert secret["metadata"]["name"] == "orders-api-tokens"
+    assert secret["stringData"] == {**tokens, "api-tokens": f"{'a' * 16} admin\n{'w' * 16} write\n{'r' * 16} read\n"}
+    pod = m.statefulset(store())["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["--api-tokens-file=/etc/evstore/api-tokens/api-tokens"]
+    assert {"name": "api-tokens", "mountPath": "/etc/evstore/api-tokens", "readOnly": True} in container["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-tokens")
+    assert volume["secret"] == {"secretName": "orders-api-tokens", "defaultMode": 0o440,
+                                "items": [{"key": "api-tokens", "path": "api-tokens"}]}
+    mine = m.statefulset(store(auth={"tokensSecretRef": {"name": "my-tokens"}}))["spec"]["template"]["spec"]
+    assert next(v for v in mine["volumes"] if v["name"] == "api-tokens")["secret"]["secretName"] == "my-tokens"
+
+
+def test_network_policy_admits_the_store_the_operator_clients_and_prometheus():
+    policy = m.network_policy(store())
+    assert policy["spec"]["podSelector"] == {"matchLabels": m.selector_labels("orders")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 7113}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": m.selector_labels("orders")}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator",
+                                         "app.kubernetes.io/part-of": "evstore"}}},
+        {"podSelector": {"matchLabels": {"evstore.io/client": "orders"}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}, "namespaceSelector": {"matchLabels": {}}},
+    ]
+    etcd = m.etcd_network_policy(store(replicas=3))
+    assert etcd["spec"]["podSelector"] == {"matchLabels": m.selector_labels("orders", "etcd")}
+    sources = [peer for rule in etcd["spec"]["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": m.selector_labels("orders")}} in sources
+    assert {"podSelector": {"matchLabels": m.selector_labels("orders", "etcd")}} in sources
 
 
 def test_configmap_holds_the_shared_settings():
