@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -123,6 +124,8 @@ async def apply(kube: Kube, desired: Mapping[str, Any], body: Any) -> str | None
             return None  # created meanwhile by a concurrent pass; the next pass compares it
         kopf.info(body, reason="Created", message=f"Created {kind} {meta['name']}")
         return "created"
+    if conflict := manifests.foreign_owner(dict(desired), actual):
+        raise SpecError(f"{conflict}; the operator does not take it over (rename or remove it)")
     change = manifests.patch_for(dict(desired), actual)
     if change is None:
         return None
@@ -173,6 +176,22 @@ async def admin_token(state: OperatorState, store: StoreSpec) -> str | None:
     """The token the operator calls the store's nodes with (None while its Secret is missing)."""
     values = secret_values(await state.client().get("Secret", store.namespace, store.tokens_secret))
     return values.get("admin")
+
+
+async def with_running_store_id(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> StoreSpec:
+    """The store with the id its nodes already use (from our ConfigMap), if any: a running store's id
+    is never changed, since old and new pods would elect leaders under two etcd key prefixes."""
+    config = await state.client().get("ConfigMap", store.namespace, manifests.configmap_name(store.name))
+    owners = ((config or {}).get("metadata") or {}).get("ownerReferences") or ()
+    running = ((config or {}).get("data") or {}).get("EVSTORE_STORE_ID")
+    if not running or not any(r.get("uid") == uid for r in owners) or running == store.node_store_id:
+        return store
+    if "." not in running:
+        state.warn_once(body, "StoreIdNotNamespaced",
+                        f"this store keeps its etcd key prefix {running!r} (created before store ids "
+                        f"included the namespace): another store named {store.name!r} in another "
+                        f"namespace must not share its etcd")
+    return dataclasses.replace(store, store_id=running)
 
 
 async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> list[str]:
@@ -313,6 +332,7 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
             except SpecError as exc:
                 _fail(state, key, body, patch, meta, str(exc))
                 raise kopf.PermanentError(str(exc)) from exc
+            store = await with_running_store_id(state, store, uid, body)
 
             # The guard compares with what runs (the StatefulSet), not with the previous spec: a
             # refused request is reverted and must not count as the new baseline.
@@ -376,13 +396,18 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 store = parse_spec(name, namespace, dict(spec))
             except SpecError:
                 return  # reported by reconcile; nothing to observe
+            store = await with_running_store_id(state, store, uid, body)
             old_status = dict(body.get("status") or {})
             kube = state.client()
             generation = int(meta.get("generation") or 0)
             if old_status.get("observedGeneration") == generation and key not in state.failures:
                 # Repair drift (a deleted Service, an edited StatefulSet) only for a spec reconcile
                 # already accepted: a new spec must pass the scale-down guard in reconcile first.
-                await ensure_children(state, store, uid, body)
+                try:
+                    await ensure_children(state, store, uid, body)
+                except SpecError as exc:
+                    state.failures[key] = str(exc)
+                    state.warn_once(body, "InvalidSpec", str(exc))
             sts = await kube.get("StatefulSet", namespace, manifests.statefulset_name(name))
             seen = max(store.replicas, int(((sts or {}).get("status") or {}).get("replicas") or 0))
             cluster = await observe_cluster(state, store, seen)

@@ -132,7 +132,7 @@ def _metadata(spec: StoreSpec, name: str, component: str = NODE_COMPONENT,
 def node_settings(spec: StoreSpec) -> dict[str, str]:
     """The EVSTORE_* settings shared by every pod of the store (the ConfigMap's data)."""
     settings = {
-        "EVSTORE_STORE_ID": spec.name,
+        "EVSTORE_STORE_ID": spec.node_store_id,
         "EVSTORE_DATA_DIR": DATA_DIR,
         "EVSTORE_HOST": "0.0.0.0",
         "EVSTORE_PORT": str(NODE_PORT),
@@ -506,6 +506,25 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "NetworkPolicy": ("spec",),
     "ServiceMonitor": ("spec",),
 }
+
+
+def foreign_owner(desired: Manifest, actual: Mapping[str, Any]) -> str | None:
+    """Why `actual` (an object of the desired kind and name) is not ours to patch, or None if it is:
+    ours when its controller reference is the desired one, or, with no controller, when it carries our
+    labels for this store (an orphan of ours, e.g. after `kubectl delete --cascade=orphan`)."""
+    meta = actual.get("metadata") or {}
+    mine = next(r for r in desired["metadata"]["ownerReferences"] if r.get("controller"))
+    controller = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
+    what = f"{desired['kind']} {desired['metadata']['name']}"
+    if controller is not None:
+        if controller.get("uid") == mine["uid"]:
+            return None
+        return f"{what} exists and belongs to {controller.get('kind')} {controller.get('name')}"
+    found = meta.get("labels") or {}
+    if all(found.get(k) == v for k, v in desired["metadata"]["labels"].items()
+           if k in ("app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/component")):
+        return None
+    return f"{what} exists and is not managed by the evstore operator for this store"
 
 
 def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:

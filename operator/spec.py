@@ -35,6 +35,10 @@ DURABILITY_MODES = ("sync", "interval")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_REPLICAS, MAX_REPLICAS = 1, 9
 
+# Children are named <store>-<suffix>; a store whose name ends like that would take the children of
+# another store ("orders-etcd" is the etcd Service of "orders"), so such names are refused.
+RESERVED_NAME_SUFFIXES = ("-etcd", "-peers")
+
 # The StatefulSet name ends up in the pod's controller-revision-hash label (max 63 characters, the
 # hash takes 11), and "<name>-etcd" is a StatefulSet too: 63 - 11 - len("-etcd") = 47.
 MAX_NAME_LENGTH = 47
@@ -70,6 +74,9 @@ class StoreSpec:
     etcd_image: str = DEFAULT_ETCD_IMAGE
     cluster_secret_ref: SecretRef | None = None
     tokens_secret_name: str | None = None
+    # The node's --store-id (its etcd key prefix); see store_identity. Set by the handler to the id
+    # a running store already uses, which never changes (its nodes would split under two prefixes).
+    store_id: str = ""
     durability_mode: str = "sync"
     sync_interval: float | None = None
     min_in_sync: int | None = None
@@ -82,6 +89,10 @@ class StoreSpec:
     def secret_ref(self) -> SecretRef:
         """Where the cluster secret lives: the user's Secret, or the one the operator generates."""
         return self.cluster_secret_ref or SecretRef(generated_secret_name(self.name), CLUSTER_SECRET_KEY)
+
+    @property
+    def node_store_id(self) -> str:
+        return self.store_id or store_identity(self.namespace, self.name)
 
     @property
     def tokens_secret(self) -> str:
@@ -106,6 +117,12 @@ def generated_secret_name(store: str) -> str:
     return f"{store}-cluster-secret"
 
 
+def store_identity(namespace: str, name: str) -> str:
+    """Unique in the Kubernetes cluster (neither part may contain a '.'), so stores named alike in
+    two namespaces never share etcd keys."""
+    return f"{namespace}.{name}"
+
+
 def generated_tokens_secret_name(store: str) -> str:
     return f"{store}-api-tokens"
 
@@ -126,6 +143,9 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
     if not _DNS_LABEL.match(name) or len(name) > MAX_NAME_LENGTH:
         raise SpecError(f"metadata.name {name!r} must be a DNS label (a-z, 0-9, '-', starting with a letter) "
                         f"of at most {MAX_NAME_LENGTH} characters")
+    if name.endswith(RESERVED_NAME_SUFFIXES):
+        raise SpecError(f"metadata.name {name!r} must not end with {' or '.join(RESERVED_NAME_SUFFIXES)}: "
+                        f"those names belong to the children of the store {name.rsplit('-', 1)[0]!r}")
 
     replicas = _int(spec.get("replicas", 1), "spec.replicas")
     if not MIN_REPLICAS <= replicas <= MAX_REPLICAS:

@@ -135,3 +135,9 @@ def test_status_schema_accepts_what_the_operator_writes(validator):
     resource["status"]["phase"] = "Sleeping"
     with pytest.raises(ValidationError, match="Sleeping"):
         validator.validate(resource)
+
+
+def test_crd_refuses_the_names_the_operator_reserves(crd):
+    from evstore.operator.spec import RESERVED_NAME_SUFFIXES
+    [rule] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    assert rule["rule"] == " && ".join(f"!self.metadata.name.endsWith('{s}')" for s in RESERVED_NAME_SUFFIXES)

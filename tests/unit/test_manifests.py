@@ -139,7 +139,7 @@ def test_network_policy_admits_the_store_the_operator_clients_and_prometheus():
 def test_configmap_holds_the_shared_settings():
     data = m.configmap(store(**SPECS["everything"]))["data"]
     assert data == {
-        "EVSTORE_STORE_ID": "orders", "EVSTORE_DATA_DIR": "/data", "EVSTORE_HOST": "0.0.0.0",
+        "EVSTORE_STORE_ID": "shop.orders", "EVSTORE_DATA_DIR": "/data", "EVSTORE_HOST": "0.0.0.0",
         "EVSTORE_PORT": "7113", "EVSTORE_DURABILITY": "interval", "EVSTORE_LOG_LEVEL": "debug",
         "EVSTORE_DISCOVERY": "zeroconf,dns,etcd", "EVSTORE_DISCOVERY_DNS": "orders-peers.shop.svc",
         "EVSTORE_ETCD_ENDPOINTS": "http://etcd-0.infra.svc:2379,http://etcd-1.infra.svc:2379",
@@ -225,10 +225,51 @@ def test_patch_for_touches_only_what_differs_and_may_change():
     ("orders", {"etcd": {"managed": True, "endpoints": ["http://e:2379"]}}, "not both"),
     ("orders", {"replicas": 3, "durability": {"minInSync": 4}}, "minInSync"),
     ("orders", {"durability": {"mode": "async"}}, "durability.mode"),
+    ("orders-etcd", {}, "children of the store 'orders'"),
+    ("orders-peers", {}, "children of the store 'orders'"),
 ])
 def test_invalid_specs_are_refused(name, spec, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(name, "shop", spec)
+
+
+def test_store_ids_are_unique_across_namespaces_and_accepted_by_the_node():
+    from evstore.node.config import load_settings
+    ids = {parse_spec("orders", ns, {}).node_store_id for ns in ("shop", "shop-eu", "billing")}
+    assert ids == {"shop.orders", "shop-eu.orders", "billing.orders"}
+    longest = parse_spec("o" * 47, "n" * 63, {}).node_store_id
+    for store_id in ids | {longest}:
+        assert load_settings(["--store-id", store_id]).store_id == store_id
+
+
+def test_no_two_stores_share_a_child():
+    """Names that another store's children could take are refused, so every (kind, name) is one store's."""
+    names = ["orders", "orders-etcd", "orders-peers", "orders-0", "orders-config", "orders-dashboards",
+             "orders-cluster-secret", "orders-api-tokens", "o", "o-api"]
+    seen: dict[tuple[str, str], str] = {}
+    for name in names:
+        try:
+            spec = store(name, replicas=3, monitoring={"serviceMonitor": True, "dashboards": True})
+        except SpecError:
+            continue
+        objs = m.desired_children(spec, dashboards={"a.json": "{}"})
+        objs += [m.cluster_secret(spec, "x" * 16), m.api_tokens_secret(spec, {r: r * 16 for r in ("admin", "write", "read")})]
+        keys = [(o["kind"], o["metadata"]["name"]) for o in objs]
+        keys += [("Pod", f"{o['metadata']['name']}-{i}") for o in objs if o["kind"] == "StatefulSet" for i in range(9)]
+        for key in keys:
+            assert seen.setdefault(key, name) == name, f"{key} of {name} is also a child of {seen[key]}"
+
+
+def test_foreign_owner_is_never_ours():
+    owner = m.owner_reference("orders", "uid-1")
+    desired = m.owned(m.etcd_service(store(replicas=3)), owner)
+    assert m.foreign_owner(desired, desired) is None
+    other = m.owned(desired, m.owner_reference("orders-x", "uid-2"))
+    assert "belongs to EventStore orders-x" in m.foreign_owner(desired, other)
+    stranger = {"metadata": {"name": "orders-etcd", "labels": {"app": "mine"}}}
+    assert "not managed by the evstore operator" in m.foreign_owner(desired, stranger)
+    orphan = {"metadata": {"name": "orders-etcd", "labels": dict(desired["metadata"]["labels"])}}
+    assert m.foreign_owner(desired, orphan) is None
 
 
 def test_defaults():
