@@ -29,6 +29,9 @@ from evstore.operator.spec import (GROUP, PLURAL, TOKEN_ROLES, TOKENS_FILE_KEY, 
 FINALIZER = "evstore.io/finalizer"
 REVISION_LABEL = "controller-revision-hash"
 DEFAULT_DASHBOARDS_DIR = "/etc/evstore/dashboards"
+# Set to "true" on an EventStore to generate new Secrets after a generated one was deleted.
+REGENERATE_ANNOTATION = "evstore.io/regenerate-secrets"
+Manifest = dict[str, Any]
 
 
 def load_dashboards() -> dict[str, str]:
@@ -63,6 +66,7 @@ class OperatorState:
     deps: OperatorDeps
     kube: Kube | None = None
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    problems: dict[tuple[str, str], str] = field(default_factory=dict)  # lasting, but not a spec error
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     warned: set[tuple[str, str, str]] = field(default_factory=set)
 
@@ -84,6 +88,7 @@ class OperatorState:
         if phase is None:
             self.phases.pop(key, None)
             self.failures.pop(key, None)
+            self.problems.pop(key, None)
             self.warned = {w for w in self.warned if w[:2] != key}
         else:
             self.phases[key] = phase
@@ -145,31 +150,55 @@ def _paths(patch: Mapping[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-async def ensure_cluster_secret(state: OperatorState, store: StoreSpec, owner: Mapping[str, Any], body: Any) -> None:
+class SecretLost(Exception):
+    """A generated Secret is gone while pods still use its old value: regenerating it would leave the
+    next restarted pod unable to talk to the others (cluster secret) or lock every client out (tokens)."""
+
+
+async def ensure_generated_secret(state: OperatorState, desired: Manifest, body: Any, *,
+                                  in_use: bool, regenerate: bool) -> dict[str, str]:
+    """The values of a generated Secret, created with `desired`'s values when absent (and not in use)."""
+    kube = state.client()
+    meta = desired["metadata"]
+    actual = await kube.get("Secret", meta["namespace"], meta["name"])
+    if actual is None and in_use and not regenerate:
+        raise SecretLost(f"Secret {meta['name']} was deleted while the store's pods use its value; recreate it "
+                         f"with that value, or annotate the EventStore with {REGENERATE_ANNOTATION}=true to "
+                         f"generate new values (every pod restarts)")
+    await apply(kube, desired, body)
+    if actual is None:
+        return dict(desired["stringData"])
+    return secret_values(actual)
+
+
+async def ensure_secrets(state: OperatorState, store: StoreSpec, owner: Mapping[str, Any], body: Any, *,
+                         in_use: bool, regenerate: bool) -> str:
+    """The cluster secret and the API tokens, generated unless the spec names them; their digest."""
     kube = state.client()
     ref = store.secret_ref
     if store.cluster_secret_ref is not None:
-        secret = await kube.get("Secret", store.namespace, ref.name)
-        if secret is None or ref.key not in (secret.get("data") or {}) | (secret.get("stringData") or {}):
+        cluster = secret_values(await kube.get("Secret", store.namespace, ref.name))
+        if ref.key not in cluster:
             raise SpecError(f"spec.clusterSecretRef: Secret {ref.name} with key {ref.key} does not exist")
-        return
-    generated = manifests.owned(manifests.cluster_secret(store, state.deps.new_secret()), owner)
-    await apply(kube, generated, body)
-
-
-async def ensure_api_tokens(state: OperatorState, store: StoreSpec, owner: Mapping[str, Any], body: Any) -> None:
-    """The API tokens Secret: the user's must hold the tokens file and an admin token (the operator's)."""
-    kube = state.client()
+    else:
+        cluster = await ensure_generated_secret(
+            state, manifests.owned(manifests.cluster_secret(store, state.deps.new_secret()), owner), body,
+            in_use=in_use, regenerate=regenerate)
     if store.tokens_secret_name is not None:
-        values = secret_values(await kube.get("Secret", store.namespace, store.tokens_secret))
-        missing = [key for key in (TOKENS_FILE_KEY, "admin") if not values.get(key)]
+        tokens = secret_values(await kube.get("Secret", store.namespace, store.tokens_secret))
+        missing = [key for key in (TOKENS_FILE_KEY, "admin") if not tokens.get(key)]
         if missing:
             raise SpecError(f"spec.auth.tokensSecretRef: Secret {store.tokens_secret} needs the keys "
                             f"{TOKENS_FILE_KEY} ('TOKEN ROLE' lines) and admin (the operator's token); "
                             f"missing: {', '.join(missing)}")
-        return
-    tokens = {role: state.deps.new_token(role) for role in TOKEN_ROLES}
-    await apply(kube, manifests.owned(manifests.api_tokens_secret(store, tokens), owner), body)
+    else:
+        generated = {role: state.deps.new_token(role) for role in TOKEN_ROLES}
+        tokens = await ensure_generated_secret(
+            state, manifests.owned(manifests.api_tokens_secret(store, generated), owner), body,
+            in_use=in_use, regenerate=regenerate)
+    # The pods read only the cluster secret's key and the tokens file.
+    return manifests.secrets_digest({ref.key: cluster.get(ref.key, "")},
+                                    {TOKENS_FILE_KEY: tokens.get(TOKENS_FILE_KEY, "")})
 
 
 async def admin_token(state: OperatorState, store: StoreSpec) -> str | None:
@@ -196,12 +225,22 @@ async def with_running_store_id(state: OperatorState, store: StoreSpec, uid: str
 
 async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> list[str]:
     kube = state.client()
+    key = (store.namespace, store.name)
     owner = manifests.owner_reference(store.name, uid)
-    await ensure_cluster_secret(state, store, owner, body)
-    await ensure_api_tokens(state, store, owner, body)
+    sts = await kube.get("StatefulSet", store.namespace, manifests.statefulset_name(store.name))
+    regenerate = ((body.get("metadata") or {}).get("annotations") or {}).get(REGENERATE_ANNOTATION) == "true"
+    try:
+        digest = await ensure_secrets(state, store, owner, body, in_use=sts is not None, regenerate=regenerate)
+        state.problems.pop(key, None)
+    except SecretLost as lost:
+        digest = None
+        state.problems[key] = str(lost)
+        state.warn_once(body, "SecretMissing", str(lost))
     dashboards = state.deps.dashboards() if store.dashboards else {}
     changed = []
-    for child in manifests.desired_children(store, dashboards=dashboards):
+    for child in manifests.desired_children(store, dashboards=dashboards, secrets=digest or ""):
+        if digest is None and child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name:
+            continue  # keep the running pods as they are until the Secret is back
         try:
             if await apply(kube, manifests.owned(child, owner), body):
                 changed.append(f"{child['kind']}/{child['metadata']['name']}")
@@ -360,6 +399,7 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 # A missing referenced Secret is usually created soon after the store: retry often.
                 raise kopf.TemporaryError(str(exc), delay=10) from exc
             state.failures.pop(key, None)
+            _clear_regenerate(meta, patch)
             state.track(namespace, name, state.phases.get(key) or status.PENDING)
             patch.status["observedGeneration"] = meta.get("generation")
             patch.status["selector"] = manifests.label_selector(manifests.selector_labels(name))
@@ -405,6 +445,7 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 # already accepted: a new spec must pass the scale-down guard in reconcile first.
                 try:
                     await ensure_children(state, store, uid, body)
+                    _clear_regenerate(meta, patch)
                 except SpecError as exc:
                     state.failures[key] = str(exc)
                     state.warn_once(body, "InvalidSpec", str(exc))
@@ -415,7 +456,7 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 await roll_one_pod(state, store, sts, cluster, body)
             observation = status.Observation(generation=generation, replicas=store.replicas,
                                              required_in_sync=store.required_in_sync, sts=sts, cluster=cluster,
-                                             failure=state.failures.get(key))
+                                             failure=state.failures.get(key), problem=state.problems.get(key))
             new_status = status.status_patch(observation, old_status,
                                              deps.now(), manifests.label_selector(manifests.selector_labels(name)))
             _announce_changes(body, old_status, new_status)
@@ -424,6 +465,12 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 patch.status.update(new_status)
 
     return registry
+
+
+def _clear_regenerate(meta: Any, patch: Any) -> None:
+    """The regenerate annotation is a one-shot request: removed once the Secrets were made again."""
+    if ((meta.get("annotations") or {}).get(REGENERATE_ANNOTATION)) is not None:
+        patch.metadata.setdefault("annotations", {})[REGENERATE_ANNOTATION] = None
 
 
 def _fail(state: OperatorState, key: tuple[str, str], body: Any, patch: Any, meta: Any, message: str) -> None:

@@ -152,9 +152,18 @@ def node_settings(spec: StoreSpec) -> dict[str, str]:
     return settings
 
 
-def config_hash(spec: StoreSpec) -> str:
-    """Changes whenever the pods' configuration changes, so the pod template (and revision) changes too."""
-    material = {"settings": node_settings(spec), "secret": [spec.secret_ref.name, spec.secret_ref.key]}
+def secrets_digest(*secrets: Mapping[str, str]) -> str:
+    """A digest of the Secrets' values the pods read (cluster secret, tokens), for config_hash: a new
+    value must restart the pods, which read them only at start. Only a digest leaves this function."""
+    material = json.dumps([dict(sorted(values.items())) for values in secrets]).encode()
+    return hashlib.sha256(b"evstore-secrets\0" + material).hexdigest()
+
+
+def config_hash(spec: StoreSpec, secrets: str = "") -> str:
+    """Changes whenever the pods' configuration changes, so the pod template (and revision) changes too.
+    `secrets` is the secrets_digest of the Secrets' current values."""
+    material = {"settings": node_settings(spec), "secret": [spec.secret_ref.name, spec.secret_ref.key],
+                "tokens": spec.tokens_secret, "secrets": secrets}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -287,7 +296,7 @@ def _pvc_template(spec: StoreSpec, name: str, component: str, size: str) -> dict
     return {"metadata": {"name": name, "labels": labels(spec.name, component)}, "spec": pvc_spec}
 
 
-def statefulset(spec: StoreSpec) -> Manifest:
+def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
         "terminationGracePeriodSeconds": 30,
@@ -315,7 +324,7 @@ def statefulset(spec: StoreSpec) -> Manifest:
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "template": {
                 "metadata": {"labels": labels(spec.name),
-                             "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec)}},
+                             "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec, secrets)}},
                 "spec": pod_spec,
             },
             "volumeClaimTemplates": [_pvc_template(spec, "data", NODE_COMPONENT, spec.storage_size)],
@@ -479,14 +488,15 @@ def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
 
 # ---- what to apply -----------------------------------------------------------------------------
 
-def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None) -> list[Manifest]:
+def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None,
+                     secrets: str = "") -> list[Manifest]:
     """Every child the store needs except the generated Secrets (their values are random, see
     cluster_secret and api_tokens_secret)."""
     children = [configmap(spec), network_policy(spec), peers_service(spec), client_service(spec)]
     if spec.etcd_managed:
         children += [etcd_network_policy(spec), etcd_service(spec), etcd_statefulset(spec),
                      etcd_pod_disruption_budget(spec)]
-    children += [statefulset(spec), pod_disruption_budget(spec)]
+    children += [statefulset(spec, secrets=secrets), pod_disruption_budget(spec)]
     if spec.service_monitor:
         children.append(service_monitor(spec))
     if spec.dashboards and dashboards:

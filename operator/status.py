@@ -109,6 +109,7 @@ class Observation:
     sts: Mapping[str, Any] | None
     cluster: ClusterView = field(default_factory=ClusterView)
     failure: str | None = None
+    problem: str | None = None  # serves as it is, but needs a person (e.g. a deleted Secret)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def compute(obs: Observation) -> tuple[str, list[ConditionState], str]:
 
     if obs.failure:
         phase, message = FAILED, obs.failure
+    elif obs.problem:
+        phase, message = DEGRADED, obs.problem
     elif ready_replicas == 0 and cluster.leader is None:
         phase, message = PENDING, "waiting for the first pod to become ready"
     elif progressing:

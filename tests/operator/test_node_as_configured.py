@@ -38,7 +38,7 @@ def _request(url: str, *, method: str = "GET", token: str | None = None, body: d
         return exc.code, {}
 
 
-def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_secret: str):
+def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_secret: str, wait: bool = True):
     """Pod <ordinal> of the store's StatefulSet as a local process."""
     pod_name = m.pod_name(spec.name, ordinal)
     secrets = {spec.secret_ref.name: {spec.secret_ref.key: cluster_secret},
@@ -50,7 +50,8 @@ def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_sec
                                 secrets=secrets, fields={"metadata.name": pod_name, "status.podIP": "127.0.0.1"})
     local = f"{spec.namespace}-{pod_name}"
     args = mounted_args(pod, container, secrets=secrets, root=tmp_path / local / "mounts")
-    return node_factory(local, args=tuple(args), env=env)
+    node = node_factory(local, args=tuple(args), env=env, start=False)
+    return node.start(wait=wait)
 
 
 def test_a_store_configured_by_the_operator_refuses_requests_without_a_token(node_factory, tmp_path):
@@ -103,3 +104,13 @@ def test_stores_named_alike_in_two_namespaces_share_an_etcd_without_seeing_each_
     assert [_leader(n.url) for n in nodes] == ["orders-0", "orders-0"]
     assert [v["epoch"] for v in views] == [_request(f"{n.url}/v1/cluster", token=TOKENS["admin"])[1]["epoch"]
                                            for n in nodes]
+
+
+def test_a_too_short_cluster_secret_is_refused_without_being_echoed(node_factory, tmp_path, etcd):
+    spec = parse_spec("orders", "shop", {"etcd": {"endpoints": [etcd.client_url]}})
+    node = start_pod(node_factory, tmp_path, spec, 0, "tooshort-s3cr3t", wait=False)
+    code = node.wait_exit(timeout=20)
+    assert code not in (None, 0)
+    log = node.log()
+    assert "EVSTORE_CLUSTER_SECRET" in log and "at least 16 characters" in log
+    assert "tooshort-s3cr3t" not in log

@@ -154,6 +154,16 @@ def test_config_hash_follows_settings_but_not_replicas():
     assert m.config_hash(store(replicas=3)) != m.config_hash(store(replicas=3, logLevel="debug"))
 
 
+def test_config_hash_covers_the_secrets_values_without_carrying_them():
+    spec = store()
+    one = m.secrets_digest({"secret": "a" * 20}, {"api-tokens": "t" * 16 + " admin\n"})
+    other = m.secrets_digest({"secret": "b" * 20}, {"api-tokens": "t" * 16 + " admin\n"})
+    assert one != other and m.config_hash(spec, one) != m.config_hash(spec, other)
+    sts = m.statefulset(spec, secrets=one)
+    assert sts["spec"]["template"]["metadata"]["annotations"]["evstore.io/config-hash"] == m.config_hash(spec, one)
+    assert "a" * 20 not in str(sts) and one not in str(sts)
+
+
 def test_services_headless_peers_and_client():
     peers, client = m.peers_service(store()), m.client_service(store())
     assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
