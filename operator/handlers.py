@@ -23,6 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from evstore.operator import manifests, status
 from evstore.operator.kube import Kube, load_configuration, secret_values
 from evstore.operator.metrics import OperatorMetrics
+from evstore.operator.quantity import parse_quantity
 from evstore.operator.spec import (GROUP, PLURAL, TOKEN_ROLES, TOKENS_FILE_KEY, VERSION, SpecError, StoreSpec,
                                    parse_spec)
 
@@ -116,10 +117,14 @@ def measured(metrics: OperatorMetrics, handler: str) -> Iterator[None]:
 
 # ---- steps ---------------------------------------------------------------------------------------
 
-async def apply(kube: Kube, desired: Mapping[str, Any], body: Any) -> str | None:
-    """Create the object if absent, patch it if it differs; report what was done (for an Event)."""
+async def apply(kube: Kube, desired: Mapping[str, Any], body: Any,
+                seen: Callable[[Mapping[str, Any]], None] | None = None) -> str | None:
+    """Create the object if absent, patch it if it differs; report what was done (for an Event).
+    `seen` is shown the existing object, as read right before the patch."""
     kind, meta = desired["kind"], desired["metadata"]
     actual = await kube.get(kind, meta["namespace"], meta["name"])
+    if actual is not None and seen is not None:
+        seen(actual)
     if actual is None:
         try:
             await kube.create(desired)
@@ -223,7 +228,10 @@ async def with_running_store_id(state: OperatorState, store: StoreSpec, uid: str
     return dataclasses.replace(store, store_id=running)
 
 
-async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> list[str]:
+async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body: Any, *,
+                          repair: bool = False) -> list[str]:
+    """Create or patch every child. `repair`: a pass of the timer (the spec was already accepted), so a
+    StatefulSet of another size was scaled behind the EventStore's back."""
     kube = state.client()
     key = (store.namespace, store.name)
     owner = manifests.owner_reference(store.name, uid)
@@ -236,13 +244,22 @@ async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body
         digest = None
         state.problems[key] = str(lost)
         state.warn_once(body, "SecretMissing", str(lost))
+    if sts is not None:
+        check_storage_class(state, store, sts, body)
+    if manifests.pdb_blocks_writes(store):
+        state.warn_once(body, "DisruptionAllowed",
+                        f"with {store.replicas} replicas and minInSync {store.required_in_sync}, the "
+                        f"PodDisruptionBudget still lets one pod be evicted (or no node could ever be "
+                        f"drained): writes answer 503 while it is down")
     dashboards = state.deps.dashboards() if store.dashboards else {}
     changed = []
     for child in manifests.desired_children(store, dashboards=dashboards, secrets=digest or ""):
         if digest is None and child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name:
             continue  # keep the running pods as they are until the Secret is back
+        is_nodes = child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name
+        seen = (lambda actual: revert_outside_scale(store, actual, body)) if repair and is_nodes else None
         try:
-            if await apply(kube, manifests.owned(child, owner), body):
+            if await apply(kube, manifests.owned(child, owner), body, seen):
                 changed.append(f"{child['kind']}/{child['metadata']['name']}")
         except ApiException as exc:
             if child["kind"] == "ServiceMonitor" and exc.status == 404:
@@ -252,6 +269,59 @@ async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body
                 continue
             raise
     return changed
+
+
+def check_storage_class(state: OperatorState, store: StoreSpec, sts: Mapping[str, Any], body: Any) -> None:
+    """A volume's storage class cannot change: a new class in the spec is refused (the volumes stay)."""
+    templates = (sts.get("spec") or {}).get("volumeClaimTemplates") or [{}]
+    running = (templates[0].get("spec") or {}).get("storageClassName")
+    if store.storage_class != running:
+        state.warn_once(body, "StorageClassChangeRefused",
+                        f"spec.storage.storageClassName {store.storage_class!r} differs from the class the "
+                        f"volumes were created with ({running!r}); volumes keep their class (migrate the "
+                        f"data to a new store to change it)")
+
+
+async def expand_volumes(state: OperatorState, store: StoreSpec, body: Any) -> list[str]:
+    """Grow the nodes' PersistentVolumeClaims to spec.storage.size (volumes can grow, never shrink);
+    the StatefulSet's claim template is immutable, so claims of pods created later are grown here too."""
+    kube = state.client()
+    wanted = parse_quantity(store.storage_size)
+    grown = []
+    for claim in await kube.list("PersistentVolumeClaim", store.namespace, manifests.selector_labels(store.name)):
+        name = claim["metadata"]["name"]
+        size = (((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+        if size is None or parse_quantity(size) == wanted:
+            continue
+        if parse_quantity(size) > wanted:
+            state.warn_once(body, "VolumeShrinkRefused",
+                            f"spec.storage.size {store.storage_size} is smaller than volume {name} ({size}); "
+                            f"volumes cannot shrink")
+            continue
+        try:
+            await kube.patch("PersistentVolumeClaim", store.namespace, name,
+                             {"spec": {"resources": {"requests": {"storage": store.storage_size}}}})
+        except ApiException as exc:
+            state.warn_once(body, "VolumeExpansionFailed",
+                            f"could not grow volume {name} from {size} to {store.storage_size} (HTTP "
+                            f"{exc.status}: does its storage class allow volume expansion?)")
+            continue
+        kopf.info(body, reason="VolumeExpanding", message=f"Growing volume {name} from {size} to {store.storage_size}")
+        grown.append(name)
+    return grown
+
+
+def revert_outside_scale(store: StoreSpec, sts: Mapping[str, Any] | None, body: Any) -> None:
+    """`kubectl scale sts` bypasses the scale-down guard: the next pass puts the size back; say so."""
+    replicas = ((sts or {}).get("spec") or {}).get("replicas")
+    if replicas is None or replicas == store.replicas:
+        return
+    below = (f", below the {store.required_in_sync} in-sync replicas writes need"
+             if replicas < store.required_in_sync else "")
+    kopf.warn(body, reason="StatefulSetScaleReverted",
+              message=f"StatefulSet {sts['metadata']['name']} was scaled to {replicas} outside the EventStore"
+                      f"{below}; reverting to {store.replicas} (scale the EventStore instead: "
+                      f"kubectl scale evs/{store.name} --replicas=N)")
 
 
 async def observe_cluster(state: OperatorState, store: StoreSpec, replicas: int) -> status.ClusterView:
@@ -444,11 +514,12 @@ def build_registry(deps: OperatorDeps | None = None) -> kopf.OperatorRegistry:
                 # Repair drift (a deleted Service, an edited StatefulSet) only for a spec reconcile
                 # already accepted: a new spec must pass the scale-down guard in reconcile first.
                 try:
-                    await ensure_children(state, store, uid, body)
+                    await ensure_children(state, store, uid, body, repair=True)
                     _clear_regenerate(meta, patch)
                 except SpecError as exc:
                     state.failures[key] = str(exc)
                     state.warn_once(body, "InvalidSpec", str(exc))
+                await expand_volumes(state, store, body)
             sts = await kube.get("StatefulSet", namespace, manifests.statefulset_name(name))
             seen = max(store.replicas, int(((sts or {}).get("status") or {}).get("replicas") or 0))
             cluster = await observe_cluster(state, store, seen)

@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+from evstore.operator.quantity import parse_quantity
+
 from evstore.operator.spec import (API_VERSION, CLUSTER_SECRET_KEY, DATA_DIR, ETCD_CLIENT_PORT, ETCD_MEMBERS,
                                    ETCD_PEER_PORT, KIND, NODE_PORT, TOKEN_ROLES, TOKENS_FILE_KEY, StoreSpec)
 
@@ -300,6 +302,8 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
         "terminationGracePeriodSeconds": 30,
+        # The node never calls the Kubernetes API.
+        "automountServiceAccountToken": False,
         "affinity": affinity(spec),
         "containers": [node_container(spec)],
         "volumes": [{"name": "tmp", "emptyDir": {}},
@@ -309,6 +313,8 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
         "enableServiceLinks": False,
     }
     _add_placement(pod_spec, spec)
+    if spec.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = copy.deepcopy(list(spec.topology_spread_constraints))
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _metadata(spec, statefulset_name(spec.name)),
@@ -323,8 +329,9 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
             # PVCs are deleted by the operator, and only when spec.storage.deleteOnResourceDeletion.
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "template": {
-                "metadata": {"labels": labels(spec.name),
-                             "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec, secrets)}},
+                "metadata": {"labels": {**spec.pod_labels, **labels(spec.name)},
+                             "annotations": {**spec.pod_annotations,
+                                             CONFIG_HASH_ANNOTATION: config_hash(spec, secrets)}},
                 "spec": pod_spec,
             },
             "volumeClaimTemplates": [_pvc_template(spec, "data", NODE_COMPONENT, spec.storage_size)],
@@ -332,9 +339,20 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
     }
 
 
+def disruption_floor(spec: StoreSpec) -> int:
+    """Pods a voluntary eviction must leave: enough for the in-sync set, but never all of them, or a
+    node drain could never finish (2 replicas, or minInSync == replicas: writes answer 503 meanwhile)."""
+    return min(spec.required_in_sync, spec.replicas - 1)
+
+
+def pdb_blocks_writes(spec: StoreSpec) -> bool:
+    """True when the budget allows evicting a pod the in-sync set needs (see disruption_floor)."""
+    return spec.replicas > 1 and disruption_floor(spec) < spec.required_in_sync
+
+
 def pod_disruption_budget(spec: StoreSpec) -> Manifest:
     """Voluntary evictions must leave enough pods for the in-sync set; a single node cannot be protected."""
-    budget: dict[str, Any] = ({"minAvailable": spec.required_in_sync} if spec.replicas > 1
+    budget: dict[str, Any] = ({"minAvailable": disruption_floor(spec)} if spec.replicas > 1
                               else {"maxUnavailable": 1})
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _metadata(spec, pdb_name(spec.name)),
@@ -364,7 +382,8 @@ def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Mani
 def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)}}
     if namespace_labels is not None:
-        peer["namespaceSelector"] = {"matchLabels": dict(namespace_labels)}
+        # An empty selector (every namespace) as the API server returns it: {} and not {matchLabels: {}}.
+        peer["namespaceSelector"] = {"matchLabels": dict(namespace_labels)} if namespace_labels else {}
     return peer
 
 
@@ -414,6 +433,11 @@ def etcd_args(spec: StoreSpec) -> list[str]:
         f"--initial-cluster={initial}",
         "--initial-cluster-state=new",
         f"--initial-cluster-token={spec.namespace}-{name}",
+        # Leader, member and ISR keys are rewritten all the time: without compaction the history
+        # grows until the backend quota stops every write.
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=1h",
+        "--quota-backend-bytes=2147483648",
     ]
 
 
@@ -431,11 +455,13 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
         "readinessProbe": {"httpGet": {"path": "/health", "port": "client"}, "periodSeconds": 5,
                            "failureThreshold": 3},
         "volumeMounts": [{"name": "etcd-data", "mountPath": "/var/lib/etcd"}],
+        "resources": copy.deepcopy(dict(spec.etcd_resources)),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
+        "automountServiceAccountToken": False,
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 100,
             "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
@@ -556,15 +582,32 @@ def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
     return patch or None
 
 
-def is_subset(want: Any, have: Any) -> bool:
-    """True when everything in `want` is in `have` (the API server adds defaults, so `have` may hold more)."""
+# Maps whose values are resource quantities, which the API server rewrites in canonical form
+# ("0.5" -> "500m", "1024Mi" -> "1Gi", 2 -> "2").
+QUANTITY_MAPS = frozenset({"requests", "limits", "capacity"})
+
+
+def is_subset(want: Any, have: Any, *, quantities: bool = False) -> bool:
+    """True when everything in `want` is in `have` (the API server adds defaults, so `have` may hold
+    more, and canonicalises quantities, so they are compared by value)."""
     if isinstance(want, Mapping):
-        return isinstance(have, Mapping) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
+        return isinstance(have, Mapping) and all(
+            k in have and is_subset(v, have[k], quantities=quantities or k in QUANTITY_MAPS)
+            for k, v in want.items())
     if isinstance(want, list):
         return isinstance(have, list) and len(want) == len(have) and all(map(is_subset, want, have))
+    if quantities:
+        return same_quantity(want, have)
     if isinstance(want, (int, float)) and isinstance(have, str) or isinstance(want, str) and isinstance(have, int):
         return str(want) == str(have)
     return want == have
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    try:
+        return parse_quantity(a) == parse_quantity(b)
+    except ValueError:
+        return a == b
 
 
 def _get(obj: Mapping[str, Any], path: str) -> Any:
@@ -583,7 +626,12 @@ def _set(obj: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _add_placement(pod_spec: dict[str, Any], spec) -> None:
-    """The store's tolerations and node selector apply to its nodes and its managed etcd alike."""
+    """The store's tolerations, node selector, priority class and image pull secrets apply to its
+    nodes and its managed etcd alike."""
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
     if spec.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
     if spec.node_selector:

@@ -31,6 +31,7 @@ TOKENS_FILE_KEY = "api-tokens"
 DEFAULT_IMAGE = "ghcr.io/evstore/evstore:0.1.0"
 DEFAULT_ETCD_IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"
 DEFAULT_STORAGE_SIZE = "1Gi"
+DEFAULT_ETCD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 DURABILITY_MODES = ("sync", "interval")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_REPLICAS, MAX_REPLICAS = 1, 9
@@ -69,6 +70,12 @@ class StoreSpec:
     affinity: Mapping[str, Any] | None = None
     tolerations: tuple[Mapping[str, Any], ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    priority_class_name: str | None = None
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    etcd_resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_ETCD_RESOURCES))
     etcd_endpoints: tuple[str, ...] = ()
     etcd_managed: bool = False
     etcd_image: str = DEFAULT_ETCD_IMAGE
@@ -193,6 +200,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
             raise SpecError("spec.auth.tokensSecretRef.name is required")
         tokens_secret = str(tokens_ref["name"])
 
+    pod = spec.get("podMetadata") or {}
     return StoreSpec(
         name=name,
         namespace=namespace,
@@ -206,6 +214,12 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         affinity=scheduling.get("affinity"),
         tolerations=tuple(scheduling.get("tolerations") or ()),
         node_selector=dict(scheduling.get("nodeSelector") or {}),
+        priority_class_name=scheduling.get("priorityClassName") or None,
+        topology_spread_constraints=tuple(scheduling.get("topologySpreadConstraints") or ()),
+        image_pull_secrets=tuple(str(s["name"]) for s in spec.get("imagePullSecrets") or () if s.get("name")),
+        pod_labels={str(k): str(v) for k, v in (pod.get("labels") or {}).items()},
+        pod_annotations={str(k): str(v) for k, v in (pod.get("annotations") or {}).items()},
+        etcd_resources=dict(etcd.get("resources") or DEFAULT_ETCD_RESOURCES),
         etcd_endpoints=endpoints,
         etcd_managed=bool(managed),
         etcd_image=etcd.get("image") or etcd_image or default_etcd_image(),

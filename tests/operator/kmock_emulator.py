@@ -18,6 +18,9 @@ Gaps of kmock 0.8 closed here (adapted from /work/shared/examples/kmock_emulator
 What the API server does and kmock does not, simulated here:
 - Secrets: `stringData` is write-only; the server merges it base64-encoded into `data` and never
   returns it (the operator must read `data`, as against a real cluster).
+- Quantities: the server stores resource quantities (under `requests`/`limits`) in canonical form
+  ("0.5" -> "500m", "1024Mi" -> "1Gi", 2 -> "2"); `canonical_quantity` does the same, so a test sees
+  whether the operator patches on every pass because of it.
 """
 from __future__ import annotations
 
@@ -55,6 +58,39 @@ parsing.parse_path = _parse_path
 parsing.guess_k8s = _guess_k8s
 
 
+_BINARY = [("Ei", 2 ** 60), ("Pi", 2 ** 50), ("Ti", 2 ** 40), ("Gi", 2 ** 30), ("Mi", 2 ** 20), ("Ki", 2 ** 10)]
+_DECIMAL = [("E", 18), ("P", 15), ("T", 12), ("G", 9), ("M", 6), ("k", 3), ("", 0), ("m", -3), ("u", -6), ("n", -9)]
+
+
+def canonical_quantity(value: Any) -> str:
+    """A quantity as the API server writes it back: the largest suffix with an integer mantissa, in the
+    input's format (binary SI when it had a binary suffix)."""
+    from decimal import Decimal
+
+    from evstore.operator.quantity import parse_quantity
+    amount = parse_quantity(value)
+    if isinstance(value, str) and value.strip()[-2:] in dict(_BINARY) and amount == amount.to_integral():
+        for suffix, factor in _BINARY:
+            if amount % factor == 0:
+                return f"{int(amount / factor)}{suffix}"
+        return str(int(amount))
+    for suffix, exponent in _DECIMAL:
+        mantissa = amount / (Decimal(10) ** exponent)
+        if mantissa == mantissa.to_integral() and mantissa != 0:
+            return f"{int(mantissa)}{suffix}"
+    return "0"
+
+
+def _canonicalise(obj: Any, inside: bool = False) -> Any:
+    if isinstance(obj, dict):
+        return {k: _canonicalise(v, inside or k in ("requests", "limits")) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonicalise(v, inside) for v in obj]
+    if inside and obj is not None:
+        return canonical_quantity(obj)
+    return obj
+
+
 class K8sEmulator(kmock.KubernetesEmulator):
     _rv = itertools.count(1000)
 
@@ -79,6 +115,9 @@ class K8sEmulator(kmock.KubernetesEmulator):
                 encoded = {k: base64.b64encode(str(v).encode()).decode()
                            for k, v in (request.data.pop("stringData") or {}).items()}
                 request.data["data"] = {**(request.data.get("data") or {}), **encoded}
+            # Built-in kinds only: a custom resource's fields are stored as sent.
+            if "spec" in request.data and request.resource.group != "evstore.io":
+                request.data["spec"] = _canonicalise(request.data["spec"])
             md = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
                 if request.namespace and not md.get("namespace"):

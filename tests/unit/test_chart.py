@@ -37,7 +37,7 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("", "pods"): {"list", "delete"},
-    ("", "persistentvolumeclaims"): {"list", "delete"},
+    ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
 }

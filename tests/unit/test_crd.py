@@ -108,6 +108,8 @@ def _minimal(**spec) -> dict:
     {"etcd": {"endpoints": ["etcd-0:2379"]}},
     {"clusterSecretRef": {"key": "secret"}},
     {"auth": {"tokensSecretRef": {}}},
+    {"imagePullSecrets": [{}]},
+    {"podMetadata": {"labels": {"a": 1}}},
     {"auth": {"tokensSecretRef": {"name": ""}}},
     {"monitoring": {"serviceMonitor": "yes"}},
 ])
@@ -121,6 +123,12 @@ def test_valid_bounds_are_accepted(validator):
     validator.validate(_minimal(replicas=1))
     validator.validate(_minimal(replicas=9, durability={"mode": "interval", "minInSync": 5}))
     validator.validate(_minimal(auth={"tokensSecretRef": {"name": "my-tokens"}}))
+    pod_settings = dict(imagePullSecrets=[{"name": "registry"}],
+                        podMetadata={"labels": {"team": "a"}, "annotations": {"x/y": "z"}},
+                        scheduling={"priorityClassName": "high", "topologySpreadConstraints": [{"maxSkew": 1}]},
+                        etcd={"managed": True, "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": 1}}})
+    validator.validate(_minimal(replicas=3, **pod_settings))
+    parse_spec("x", "default", pod_settings | {"replicas": 3})
 
 
 def test_status_schema_accepts_what_the_operator_writes(validator):

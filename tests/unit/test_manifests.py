@@ -25,6 +25,14 @@ SPECS = {
                                       "nodeSelectorTerms": [{"matchExpressions": [
                                           {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}},
                    "monitoring": {"serviceMonitor": True, "dashboards": True}},
+    "pod-settings": {"replicas": 3, "imagePullSecrets": [{"name": "registry"}],
+                     "podMetadata": {"labels": {"team": "shop", "app.kubernetes.io/instance": "spoofed"},
+                                     "annotations": {"example.com/owner": "shop"}},
+                     "scheduling": {"priorityClassName": "critical", "topologySpreadConstraints": [
+                         {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                          "whenUnsatisfiable": "ScheduleAnyway",
+                          "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "orders"}}}]},
+                     "etcd": {"managed": True, "resources": {"requests": {"cpu": "200m"}}}},
 }
 
 
@@ -127,7 +135,7 @@ def test_network_policy_admits_the_store_the_operator_clients_and_prometheus():
         {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator",
                                          "app.kubernetes.io/part-of": "evstore"}}},
         {"podSelector": {"matchLabels": {"evstore.io/client": "orders"}}},
-        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}, "namespaceSelector": {"matchLabels": {}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}, "namespaceSelector": {}},
     ]
     etcd = m.etcd_network_policy(store(replicas=3))
     assert etcd["spec"]["podSelector"] == {"matchLabels": m.selector_labels("orders", "etcd")}
@@ -175,6 +183,51 @@ def test_pod_disruption_budget_keeps_the_in_sync_set():
     assert m.pod_disruption_budget(store())["spec"]["maxUnavailable"] == 1
     assert m.pod_disruption_budget(store(replicas=3))["spec"]["minAvailable"] == 2
     assert m.pod_disruption_budget(store(replicas=5, durability={"minInSync": 4}))["spec"]["minAvailable"] == 4
+    assert not m.pdb_blocks_writes(store(replicas=3))
+
+
+@pytest.mark.parametrize("spec", [{"replicas": 2}, {"replicas": 3, "durability": {"minInSync": 3}},
+                                  {"replicas": 5, "durability": {"minInSync": 5}}])
+def test_pod_disruption_budget_never_blocks_every_drain(spec):
+    parsed = store(**spec)
+    assert m.pod_disruption_budget(parsed)["spec"]["minAvailable"] == parsed.replicas - 1
+    assert m.pdb_blocks_writes(parsed)
+
+
+def test_pods_take_the_pod_settings_and_no_service_account_token():
+    spec = store(**SPECS["pod-settings"])
+    template = m.statefulset(spec)["spec"]["template"]
+    pod = template["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["imagePullSecrets"] == [{"name": "registry"}] and pod["priorityClassName"] == "critical"
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert template["metadata"]["labels"]["team"] == "shop"
+    assert template["metadata"]["labels"]["app.kubernetes.io/instance"] == "orders", "selector labels win"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "shop"
+    assert "evstore.io/config-hash" in template["metadata"]["annotations"]
+    etcd = m.etcd_statefulset(spec)["spec"]["template"]["spec"]
+    assert etcd["automountServiceAccountToken"] is False
+    assert etcd["imagePullSecrets"] == [{"name": "registry"}] and etcd["priorityClassName"] == "critical"
+    assert "topologySpreadConstraints" not in etcd  # its selector names the node pods
+    assert etcd["containers"][0]["resources"] == {"requests": {"cpu": "200m"}}
+
+
+def test_managed_etcd_compacts_and_has_resources():
+    container = m.etcd_statefulset(store(replicas=3))["spec"]["template"]["spec"]["containers"][0]
+    assert "--auto-compaction-mode=periodic" in container["args"]
+    assert "--auto-compaction-retention=1h" in container["args"]
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def test_quantities_compare_by_value():
+    desired = m.statefulset(store(resources={"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": 2}}))
+    actual = copy.deepcopy(desired)
+    actual["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2"}}
+    assert m.patch_for(desired, actual) is None
+    actual["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "600m"
+    assert m.patch_for(desired, actual) is not None
+    assert m.same_quantity("1e3", "1k") and not m.same_quantity("1Ki", "1k")
 
 
 def test_managed_etcd_members_know_each_other():
