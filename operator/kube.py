@@ -20,6 +20,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "EventStore": ("evstore.io", "v1alpha1", "eventstores"),
+    "Lease": ("coordination.k8s.io", "v1", "leases"),
 }
 
 

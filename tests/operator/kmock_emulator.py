@@ -18,6 +18,8 @@ Gaps of kmock 0.8 closed here (adapted from /work/shared/examples/kmock_emulator
 What the API server does and kmock does not, simulated here:
 - Secrets: `stringData` is write-only; the server merges it base64-encoded into `data` and never
   returns it (the operator must read `data`, as against a real cluster).
+- Optimistic concurrency: an update carrying metadata.resourceVersion that is not the stored one
+  answers 409 Conflict (kmock 0.8 applies it).
 - Quantities: the server stores resource quantities (under `requests`/`limits`) in canonical form
   ("0.5" -> "500m", "1024Mi" -> "1Gi", 2 -> "2"); `canonical_quantity` does the same, so a test sees
   whether the operator patches on every pass because of it.
@@ -130,8 +132,13 @@ class K8sEmulator(kmock.KubernetesEmulator):
                 md.setdefault("generation", 1)
                 md["resourceVersion"] = self._next_rv()
             elif request.action == enums.action.UPDATE:
-                md["resourceVersion"] = self._next_rv()
                 key = (request.resource, request.namespace, request.name)
+                expected = md.get("resourceVersion")
+                if expected and key in self.objects and not self.objects[key].deleted and \
+                        self.objects[key].get("metadata", {}).get("resourceVersion") != expected:
+                    raise kmock.KubernetesError(status=409, reason="Conflict",
+                                                message="the object has been modified")
+                md["resourceVersion"] = self._next_rv()
                 if ("spec" in request.data and request.subresource is None
                         and key in self.objects and not self.objects[key].deleted):
                     current = self.objects[key].get("metadata", {}).get("generation", 1)
@@ -214,6 +221,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/pods": dict(kind="Pod", namespaced=True, subresources={"status"}),
     "v1/persistentvolumeclaims": dict(kind="PersistentVolumeClaim", namespaced=True),
     "v1/events": dict(kind="Event", namespaced=True),
+    "coordination.k8s.io/v1/leases": dict(kind="Lease", namespaced=True),
     "apps/v1/statefulsets": dict(kind="StatefulSet", namespaced=True, subresources={"status", "scale"}),
     "policy/v1/poddisruptionbudgets": dict(kind="PodDisruptionBudget", namespaced=True),
     "networking.k8s.io/v1/networkpolicies": dict(kind="NetworkPolicy", namespaced=True),

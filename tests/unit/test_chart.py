@@ -4,8 +4,9 @@ Proves: `helm lint --strict` passes; `helm template --include-crds` output passe
 `kubernetes-validate --strict` (the ServiceMonitor, a CRD-based kind with no schema there, is checked
 by shape instead); the RBAC is exactly the namespaced least-privilege set the operator needs; the
 operator Deployment runs the shared image as `evstore operator` non-root on a read-only root
-filesystem with a liveness probe on its metrics port; the optional ServiceMonitor and dashboard
-ConfigMaps appear only when enabled and are wired correctly; values.schema.json rejects bad values;
+filesystem with a liveness probe on /healthz (answered by its event loop), as two replicas that elect
+one active through a Lease; a NetworkPolicy admits only Prometheus to the metrics port; the optional
+ServiceMonitor and dashboard ConfigMaps appear only when enabled and are wired correctly; values.schema.json rejects bad values;
 the chart's CRD is byte-identical to crds/eventstore.yaml.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("", "pods"): {"list", "delete"},
     ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
 }
 
@@ -242,9 +244,10 @@ def test_deployment_runs_evstore_operator_on_the_shared_image(rendered, variant,
     env = env_of(container)
     assert env["WATCH_NAMESPACE"] == NAMESPACE
     assert env["EVSTORE_NODE_IMAGE"] == image, "store pods must get the same image as the operator"
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"},
+                                  {"name": "health", "containerPort": 8081, "protocol": "TCP"}]
     probe = container["livenessProbe"]["httpGet"]
-    assert probe["path"] == "/metrics" and probe["port"] in ("metrics", port)
+    assert probe == {"path": "/healthz", "port": "health"}
 
 
 def test_deployment_args_are_accepted_by_the_real_cli(rendered):
@@ -273,7 +276,13 @@ def test_deployment_is_non_root_read_only_and_bounded(rendered):
     deployment = one(rendered["default"], "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = operator_container(rendered["default"])
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one active through the Lease (operator/leadership.py): a roll never leaves none.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EVSTORE_OPERATOR_HEALTH_PORT"]["value"] == "8081"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -389,7 +398,8 @@ def test_dashboards_ship_verbatim_as_labelled_configmaps(rendered, variant, labe
     (("--set-json", 'affinity={"nodeAfinity":{}}'), "nodeAfinity"),
     (("--set", "dashboards.label=not a label"), "label"),
     (("--set", "serviceAccount.create=no"), "create"),
-    (("--set", "replicaCount=2"), "replicaCount"),
+    (("--set", "replicaCount=0"), "replicaCount"),
+    (("--set", "health.port=0"), "port"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_values_schema_rejects_bad_values(helm, args, field):
     result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
