@@ -13,7 +13,7 @@ import socket
 import kopf
 from prometheus_client import start_http_server
 
-from evstore.operator.handlers import OperatorDeps, build_registry
+from evstore.operator.handlers import OperatorDeps, build_registry, operator_memo
 from evstore.operator.health import start_health_server
 from evstore.operator.kube import Kube, load_configuration
 from evstore.operator.leadership import LeaseElector
@@ -57,8 +57,8 @@ async def run_elected(deps: OperatorDeps, *, namespace: str, identity: str, heal
         await elector.acquire()
         stop = asyncio.Event()
         operator = asyncio.create_task(kopf.operator(
-            registry=build_registry(deps), standalone=True, clusterwide=False, namespaces=[namespace],
-            liveness_endpoint=None, stop_flag=stop))
+            registry=build_registry(deps.status_interval), memo=operator_memo(deps), standalone=True,
+            clusterwide=False, namespaces=[namespace], liveness_endpoint=None, stop_flag=stop))
         holding = asyncio.create_task(elector.hold())
         await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
         lost = holding.done()

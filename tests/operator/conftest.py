@@ -19,7 +19,7 @@ import kopf
 import pytest
 from kubernetes_asyncio.client import Configuration
 
-from evstore.operator.handlers import OperatorDeps, build_registry
+from evstore.operator.handlers import OperatorDeps, build_registry, operator_memo
 from evstore.operator.metrics import OperatorMetrics
 from evs_helpers import NAMESPACE, FakeNodes, token_for
 from kmock_emulator import K8sEmulator, declare_resources
@@ -104,8 +104,9 @@ async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningO
     def run() -> None:
         try:
             asyncio.run(kopf.operator(
-                registry=build_registry(deps), settings=settings, standalone=True, clusterwide=False,
-                namespaces=[NAMESPACE], stop_flag=stop, ready_flag=ready, memo=kopf.Memo()))
+                registry=build_registry(deps.status_interval), settings=settings, standalone=True,
+                clusterwide=False, namespaces=[NAMESPACE], stop_flag=stop, ready_flag=ready,
+                memo=operator_memo(deps)))
         except BaseException as exc:  # reported by the fixture
             errors.append(exc)
 
