@@ -12,13 +12,15 @@ from typing import Mapping, Sequence
 ROLES = ("read", "write", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY_MODES = ("sync", "interval")
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-# A DNS name, so that the operator can pass "<namespace>.<name>" (unique in a Kubernetes cluster).
-STORE_ID = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-SECRET_SETTINGS = frozenset({"cluster_secret"})
+_SECRET_SETTINGS = frozenset({"cluster_secret"})
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
+
+# A store id is a DNS name (labels like _ID joined by '.'), so that the operator can pass
+# "<namespace>.<name>", which is unique in a Kubernetes cluster.
+STORE_ID = re.compile(rf"^(?=.{{1,253}}$){_ID.pattern[1:-1]}(\.{_ID.pattern[1:-1]})*$")
 
 
 class ConfigError(ValueError):
@@ -111,8 +113,9 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         return raw[attr][0].strip() if attr in raw else None
 
     def fail(attr: str, what: str) -> ConfigError:
-        shown = "<hidden>" if attr in SECRET_SETTINGS else repr(raw[attr][0])  # never echo a secret
-        return ConfigError(f"{raw[attr][1]}={shown}: {what}")
+        if attr in _SECRET_SETTINGS:  # never echo a secret, not even a wrong one
+            return ConfigError(f"{raw[attr][1]}: {what}")
+        return ConfigError(f"{raw[attr][1]}={raw[attr][0]!r}: {what}")
 
     def integer(attr: str, low: int, high: int) -> int | None:
         text = get(attr)
