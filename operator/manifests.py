@@ -186,6 +186,27 @@ def tokens_file(tokens: Mapping[str, str]) -> str:
     return "".join(f"{tokens[role]} {role}\n" for role in TOKEN_ROLES)
 
 
+MIN_TOKEN_LENGTH = 16  # as the node's --api-tokens-file requires (node/config.py)
+
+
+def tokens_file_problem(text: str, *, admin: str) -> str | None:
+    """What the node would refuse in a user's tokens file (it would not start), or a missing admin
+    line for the operator's token; None when fine. Never quotes a token."""
+    roles: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[1] not in TOKEN_ROLES or len(parts[0]) < MIN_TOKEN_LENGTH:
+            return (f"{TOKENS_FILE_KEY} line {number}: expected 'TOKEN ROLE' with a token of at least "
+                    f"{MIN_TOKEN_LENGTH} characters and a role of {', '.join(TOKEN_ROLES)}")
+        roles[parts[0]] = parts[1]
+    if roles.get(admin.strip()) != "admin":
+        return f"the admin key's token is not an admin line of {TOKENS_FILE_KEY}"
+    return None
+
+
 def api_tokens_secret(spec: StoreSpec, tokens: Mapping[str, str]) -> Manifest:
     """The generated API tokens (only when spec.auth.tokensSecretRef is absent): a key per role for
     applications and the operator, and the node's tokens file."""

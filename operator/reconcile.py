@@ -100,6 +100,8 @@ async def ensure_secrets(state: OperatorState, store: StoreSpec, owner: Mapping[
             raise SpecError(f"spec.auth.tokensSecretRef: Secret {store.tokens_secret} needs the keys "
                             f"{TOKENS_FILE_KEY} ('TOKEN ROLE' lines) and admin (the operator's token); "
                             f"missing: {', '.join(missing)}")
+        if problem := manifests.tokens_file_problem(tokens[TOKENS_FILE_KEY], admin=tokens["admin"]):
+            raise SpecError(f"spec.auth.tokensSecretRef: Secret {store.tokens_secret}: {problem}")
     else:
         generated = {role: state.deps.new_token(role) for role in TOKEN_ROLES}
         tokens = await ensure_generated_secret(

@@ -75,6 +75,10 @@ async def test_no_secret_value_is_logged_or_posted(k8s, operator, nodes, caplog)
     await api(k8s, "POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine"},
         "stringData": {"admin": "bad-admin-value-0123456789", "api-tokens": "short admin\n"}})
+    await eventually(lambda: any("line 1" in e["message"] for e in events(k8s, "orders", "InvalidSpec")),
+                     timeout=30, what="the tokens file refused (the node would not start with it)")
+    await api(k8s, "PATCH", f"/api/v1/namespaces/{NAMESPACE}/secrets/mine", {"data": {
+        "api-tokens": base64.b64encode(b"bad-admin-value-0123456789 admin\n").decode()}})
     await eventually(lambda: get_object(k8s, STS, "orders"), timeout=30, what="statefulset")
     nodes.set_cluster("orders", leader_ordinal=0, replicas=3)
     await simulate_statefulset_ready(k8s, "orders")

@@ -124,6 +124,17 @@ def test_pods_read_their_api_tokens_from_the_tokens_secret():
     assert next(v for v in mine["volumes"] if v["name"] == "api-tokens")["secret"]["secretName"] == "my-tokens"
 
 
+def test_a_users_tokens_file_is_checked_without_quoting_tokens():
+    admin = "a" * 16
+    assert m.tokens_file_problem(f"# mine\n{admin} admin\n{'r' * 16} read\n", admin=admin) is None
+    assert m.tokens_file_problem(m.tokens_file({"admin": admin, "write": "w" * 16, "read": "r" * 16}),
+                                 admin=admin) is None
+    short = m.tokens_file_problem(f"{admin} admin\nshort-token read\n", admin=admin)
+    assert "line 2" in short and "short-token" not in short
+    assert "not an admin line" in m.tokens_file_problem(f"{admin} write\n", admin=admin)
+    assert "not an admin line" in m.tokens_file_problem(f"{'b' * 16} admin\n", admin=admin)
+
+
 def test_network_policy_admits_the_store_the_operator_clients_and_prometheus():
     policy = m.network_policy(store())
     assert policy["spec"]["podSelector"] == {"matchLabels": m.selector_labels("orders")}
