@@ -75,9 +75,9 @@ async def ensure_generated_secret(state: OperatorState, desired: Manifest, body:
                          f"with that value, or annotate the EventStore with {REGENERATE_ANNOTATION}=true to "
                          f"generate new values (every pod restarts)")
     await apply(kube, desired, body)
-    if actual is None:
-        return dict(desired["stringData"])
-    return secret_values(actual)
+    if actual is None:  # read back: a concurrent pass (reconcile and timer) may have created it first
+        actual = await kube.get("Secret", meta["namespace"], meta["name"])
+    return secret_values(actual) or dict(desired["stringData"])
 
 
 async def ensure_secrets(state: OperatorState, store: StoreSpec, owner: Mapping[str, Any], body: Any, *,
