@@ -156,7 +156,8 @@ def test_kubernetes_validate_strict_rejects_an_unknown_field(rendered):
 def test_every_kind_is_expected_and_namespaced_in_the_release_namespace(rendered):
     kinds = {variant: sorted(d["kind"] for d in docs) for variant, docs in rendered.items()}
     assert kinds["default"] == sorted(["CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding",
-                                       "Service", "Deployment", "ConfigMap", "NetworkPolicy"])
+                                       "Service", "Deployment", "ConfigMap", "NetworkPolicy",
+                                       "PodDisruptionBudget"])
     assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "ConfigMap", "ConfigMap"])
     for docs in rendered.values():
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
@@ -295,19 +296,35 @@ def test_deployment_is_non_root_read_only_and_bounded(rendered):
     assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
 
 
-def test_scheduling_values_reach_the_pod(rendered):
+def test_scheduling_values_reach_the_pod(rendered, helm):
     pod = one(rendered["custom"], "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "evstore",
                                    "effect": "NoSchedule"}]
     default_pod = one(rendered["default"], "Deployment")["spec"]["template"]["spec"]
-    assert "nodeSelector" not in default_pod and "tolerations" not in default_pod and "affinity" not in default_pod
+    assert "nodeSelector" not in default_pod and "tolerations" not in default_pod
+    assert list(default_pod["affinity"]) == ["podAntiAffinity"]  # the default spread, see below
+    custom = documents(template(helm, "--set-json", 'affinity={"nodeAffinity":{}}'))
+    assert one(custom, "Deployment")["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {}}
 
 
 # -- monitoring ------------------------------------------------------------------------------------
 
 def sidecar_maps(docs: list[dict], label: str = "grafana_dashboard") -> list[dict]:
     return [d for d in by_kind(docs, "ConfigMap") if label in d["metadata"]["labels"]]
+
+
+def test_replicas_spread_over_nodes_and_a_drain_keeps_one(rendered, helm):
+    deployment = one(rendered["default"], "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": selector}}
+    pdb = one(rendered["default"], "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    single = documents(template(helm, "--set", "replicaCount=1"))
+    assert not by_kind(single, "PodDisruptionBudget")
 
 
 def test_network_policy_admits_only_prometheus_on_the_metrics_port(rendered):
