@@ -38,8 +38,10 @@ def _request(url: str, *, method: str = "GET", token: str | None = None, body: d
         return exc.code, {}
 
 
-def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_secret: str, wait: bool = True):
-    """Pod <ordinal> of the store's StatefulSet as a local process."""
+def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_secret: str, wait: bool = True,
+              local_advertise_url: bool = False):
+    """Pod <ordinal> of the store's StatefulSet as a local process. `local_advertise_url`: peers reach
+    it at its loopback URL instead of the pod DNS name (which resolves only inside the cluster)."""
     pod_name = m.pod_name(spec.name, ordinal)
     secrets = {spec.secret_ref.name: {spec.secret_ref.key: cluster_secret},
                spec.tokens_secret: m.api_tokens_secret(spec, TOKENS)["stringData"]}
@@ -51,6 +53,9 @@ def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_sec
     local = f"{spec.namespace}-{pod_name}"
     args = mounted_args(pod, container, secrets=secrets, root=tmp_path / local / "mounts")
     node = node_factory(local, args=tuple(args), env=env, start=False)
+    if local_advertise_url:
+        assert env["EVSTORE_ADVERTISE_URL"] == f"http://{pod_name}.{spec.name}-peers.{spec.namespace}.svc:7113"
+        node.env["EVSTORE_ADVERTISE_URL"] = node.url
     return node.start(wait=wait)
 
 
@@ -114,3 +119,32 @@ def test_a_too_short_cluster_secret_is_refused_without_being_echoed(node_factory
     log = node.log()
     assert "EVSTORE_CLUSTER_SECRET" in log and "at least 16 characters" in log
     assert "tooshort-s3cr3t" not in log
+
+
+def test_a_three_replica_store_configured_by_the_operator_replicates_and_is_closed(node_factory, tmp_path, etcd):
+    spec = parse_spec("orders", "shop", {"replicas": 3, "etcd": {"endpoints": [etcd.client_url]}})
+    nodes = [start_pod(node_factory, tmp_path, spec, i, "shop-cluster-secret-0123456789", wait=False,
+                       local_advertise_url=True) for i in range(3)]
+    for node in nodes:
+        node.wait_ready(timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        views = [_request(f"{n.url}/v1/cluster", token=TOKENS["admin"])[1] for n in nodes]
+        leaders = {(v.get("leader") or {}).get("node") for v in views}
+        if len(leaders) == 1 and None not in leaders and all(len(v.get("isr") or ()) == 3 for v in views):
+            break
+        assert time.monotonic() < deadline, views
+        time.sleep(0.2)
+    leader = leaders.pop()
+    follower = next(n for n, v in zip(nodes, views) if v["node"] != leader)
+    append = {"events": [{"type": "Placed", "data": {"n": 1}}]}
+    for node in nodes:
+        assert _request(f"{node.url}/v1/streams/order-1", method="POST", body=append)[0] == 401
+        assert _request(f"{node.url}/v1/streams/order-1")[0] == 401
+    status, reply = _request(f"{follower.url}/v1/streams/order-1", method="POST", body=append, token=TOKENS["write"])
+    assert (status, reply.get("position")) == (200, 1), reply  # forwarded to the leader
+    for node in nodes:
+        deadline = time.monotonic() + 20
+        while _request(f"{node.url}/v1/streams/order-1", token=TOKENS["read"])[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
