@@ -584,6 +584,7 @@ class Storage:
                     if not isinstance(exc, LogError):
                         log.exception("write operation failed")
                         exc = Unavailable(f"write failed: {exc}")
+                    exc.observed_position = saved_position  # the log state the refusal was decided on
                     outcomes.append((future, loop, None, exc))
             txn.flush()
             started = time.perf_counter()
