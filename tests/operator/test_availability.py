@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from kubernetes_asyncio.client import Configuration
 
-from evstore.client.localnode import free_port
+from nodeproc import free_port
 from evstore.operator.handlers import OperatorDeps
 from evstore.operator.health import start_health_server
 from evstore.operator.kube import Kube

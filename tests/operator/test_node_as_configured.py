@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from evstore.client.localetcd import EtcdProcess
+from evstore.client.harness.localetcd import EtcdProcess
 from evstore.operator import manifests as m
 from evstore.operator.spec import StoreSpec, parse_spec
 from podenv import container_environment, mounted_args
