@@ -45,6 +45,9 @@ class OperatorDeps:
     dashboards: Callable[[], Mapping[str, str]] = load_dashboards
     new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32)
     new_token: Callable[[str], str] = lambda role: secrets.token_urlsafe(32)
+    # (store, namespace) -> client URLs of its managed etcd, as the operator reaches them.
+    etcd_urls: Callable[[str, str], list[str]] = lambda store, namespace: [
+        f"http://{store}-etcd-{i}.{store}-etcd.{namespace}.svc:2379" for i in range(3)]
     now: Callable[[], str] = utc_now
 
 
@@ -56,6 +59,7 @@ class OperatorState:
     problems: dict[tuple[str, str], str] = field(default_factory=dict)  # lasting, but not a spec error
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     warned: set[tuple[str, str, str]] = field(default_factory=set)
+    etcd_auth_done: set[tuple[str, str]] = field(default_factory=set)
 
     def warn_once(self, body: Any, reason: str, message: str) -> None:
         """A Warning event for a lasting condition: once per store and operator run, not every pass."""
@@ -76,6 +80,7 @@ class OperatorState:
             self.phases.pop(key, None)
             self.failures.pop(key, None)
             self.problems.pop(key, None)
+            self.etcd_auth_done.discard(key)
             self.warned = {w for w in self.warned if w[:2] != key}
         else:
             self.phases[key] = phase

@@ -15,8 +15,9 @@ from kubernetes_asyncio.client import Configuration
 from evstore.operator import manifests, status
 from evstore.operator.context import OperatorDeps, OperatorState, measured
 from evstore.operator.kube import Kube
-from evstore.operator.reconcile import (REGENERATE_ANNOTATION, ensure_children, expand_volumes, observe_cluster,
-                                        roll_one_pod, with_running_store_id)
+from evstore.operator.reconcile import (REGENERATE_ANNOTATION, bootstrap_etcd_auth, ensure_children,
+                                        expand_volumes, observe_cluster, roll_one_pod, with_running_etcd_auth,
+                                        with_running_store_id)
 from evstore.operator.spec import GROUP, PLURAL, VERSION, SpecError, parse_spec
 
 FINALIZER = "evstore.io/finalizer"
@@ -82,6 +83,7 @@ async def reconcile(name: str, namespace: str, uid: str, body: Any, spec: Any, m
             _fail(state, key, body, patch, meta, str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         store = await with_running_store_id(state, store, uid, body)
+        store = await with_running_etcd_auth(state, store, body)
 
         # The guard compares with what runs (the StatefulSet), not with the previous spec: a
         # refused request is reverted and must not count as the new baseline.
@@ -148,6 +150,7 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
         except SpecError:
             return  # reported by reconcile; nothing to observe
         store = await with_running_store_id(state, store, uid, body)
+        store = await with_running_etcd_auth(state, store, body)
         old_status = dict(body.get("status") or {})
         kube = state.client()
         generation = int(meta.get("generation") or 0)
@@ -161,6 +164,7 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
                 state.failures[key] = str(exc)
                 state.warn_once(body, "InvalidSpec", str(exc))
             await expand_volumes(state, store, body)
+            await bootstrap_etcd_auth(state, store, body)
         sts = await kube.get("StatefulSet", namespace, manifests.statefulset_name(name))
         seen = max(store.replicas, int(((sts or {}).get("status") or {}).get("replicas") or 0))
         cluster = await observe_cluster(state, store, seen)

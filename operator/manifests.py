@@ -20,6 +20,10 @@ SERVICE_ROLE_LABEL = "evstore.io/service"
 NODE_UID = 10001
 DASHBOARD_LABEL = "grafana_dashboard"
 TOKENS_DIR = "/etc/evstore/api-tokens"
+# The managed etcd's users: their passwords and etcd's JWT signing key live in one generated Secret.
+ETCD_ROOT_KEY, ETCD_NODE_KEY, ETCD_JWT_KEY = "root-password", "node-password", "jwt-key"
+ETCD_PASSWORD_DIR = "/etc/evstore/etcd"
+ETCD_AUTH_DIR = "/etc/etcd-auth"
 TOKENS_FILE = f"{TOKENS_DIR}/{TOKENS_FILE_KEY}"
 # Pods that may call a store (besides its own pods and the operator) carry this label, valued with
 # the store's name. They still need a token: the NetworkPolicy only narrows who can connect at all.
@@ -62,6 +66,19 @@ def etcd_name(store: str) -> str:
 
 def network_policy_name(store: str) -> str:
     return store
+
+
+def etcd_auth_secret_name(store: str) -> str:
+    return f"{store}-etcd-auth"
+
+
+def etcd_username(spec: StoreSpec) -> str:
+    """The etcd user of the store's nodes, allowed only their key prefix (etcd_key_prefix)."""
+    return spec.node_store_id
+
+
+def etcd_key_prefix(spec: StoreSpec) -> str:
+    return f"/evstore/{spec.node_store_id}/"
 
 
 def pod_name(store: str, ordinal: int) -> str:
@@ -151,6 +168,9 @@ def node_settings(spec: StoreSpec) -> dict[str, str]:
         settings["EVSTORE_SYNC_INTERVAL"] = str(spec.sync_interval)
     if spec.max_body_bytes is not None:
         settings["EVSTORE_MAX_BODY_BYTES"] = str(spec.max_body_bytes)
+    if spec.etcd_auth:
+        settings["EVSTORE_ETCD_USERNAME"] = etcd_username(spec)
+        settings["EVSTORE_ETCD_PASSWORD_FILE"] = f"{ETCD_PASSWORD_DIR}/password"
     return settings
 
 
@@ -215,6 +235,16 @@ def api_tokens_secret(spec: StoreSpec, tokens: Mapping[str, str]) -> Manifest:
         "metadata": _metadata(spec, spec.tokens_secret),
         "type": "Opaque",
         "stringData": {**{role: tokens[role] for role in TOKEN_ROLES}, TOKENS_FILE_KEY: tokens_file(tokens)},
+    }
+
+
+def etcd_auth_secret(spec: StoreSpec, *, root_password: str, node_password: str, jwt_key: str) -> Manifest:
+    """The managed etcd's root password, the nodes' etcd password and etcd's token signing key."""
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": _metadata(spec, etcd_auth_secret_name(spec.name), ETCD_COMPONENT),
+        "type": "Opaque",
+        "stringData": {ETCD_ROOT_KEY: root_password, ETCD_NODE_KEY: node_password, ETCD_JWT_KEY: jwt_key},
     }
 
 
@@ -296,7 +326,9 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "livenessProbe": _probe("/health/live", 10, 6),
         "readinessProbe": _probe("/health/ready", 5, 3),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True}],
+                         {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True}]
+                        + ([{"name": "etcd-password", "mountPath": ETCD_PASSWORD_DIR, "readOnly": True}]
+                           if spec.etcd_auth else []),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
@@ -333,6 +365,10 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
                                                       "items": [{"key": TOKENS_FILE_KEY, "path": TOKENS_FILE_KEY}]}}],
         "enableServiceLinks": False,
     }
+    if spec.etcd_auth:
+        pod_spec["volumes"].append({"name": "etcd-password", "secret": {
+            "secretName": etcd_auth_secret_name(spec.name), "defaultMode": 0o440,
+            "items": [{"key": ETCD_NODE_KEY, "path": "password"}]}})
     _add_placement(pod_spec, spec)
     if spec.topology_spread_constraints:
         pod_spec["topologySpreadConstraints"] = copy.deepcopy(list(spec.topology_spread_constraints))
@@ -459,7 +495,10 @@ def etcd_args(spec: StoreSpec) -> list[str]:
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=1h",
         "--quota-backend-bytes=2147483648",
-    ]
+    ] + ([
+        # Signed tokens (the default "simple" ones are guessable); the key comes from the Secret.
+        f"--auth-token=jwt,priv-key={ETCD_AUTH_DIR}/jwt.key,sign-method=HS256,ttl=10m",
+    ] if spec.etcd_auth else [])
 
 
 def etcd_statefulset(spec: StoreSpec) -> Manifest:
@@ -475,7 +514,9 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
         "livenessProbe": {"tcpSocket": {"port": "client"}, "periodSeconds": 10, "failureThreshold": 6},
         "readinessProbe": {"httpGet": {"path": "/health", "port": "client"}, "periodSeconds": 5,
                            "failureThreshold": 3},
-        "volumeMounts": [{"name": "etcd-data", "mountPath": "/var/lib/etcd"}],
+        "volumeMounts": [{"name": "etcd-data", "mountPath": "/var/lib/etcd"}]
+                        + ([{"name": "etcd-auth", "mountPath": ETCD_AUTH_DIR, "readOnly": True}]
+                           if spec.etcd_auth else []),
         "resources": copy.deepcopy(dict(spec.etcd_resources)),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
@@ -491,6 +532,10 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
         "containers": [container],
         "enableServiceLinks": False,
     }
+    if spec.etcd_auth:
+        pod_spec["volumes"] = [{"name": "etcd-auth", "secret": {
+            "secretName": etcd_auth_secret_name(spec.name), "defaultMode": 0o440,
+            "items": [{"key": ETCD_JWT_KEY, "path": "jwt.key"}]}}]
     _add_placement(pod_spec, spec)
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",

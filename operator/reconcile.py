@@ -11,9 +11,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from evstore.operator import manifests, status
 from evstore.operator.context import OperatorState
+from evstore.operator.etcdauth import EtcdAuthError, ensure_etcd_auth
 from evstore.operator.kube import Kube, secret_values
 from evstore.operator.quantity import parse_quantity
-from evstore.operator.spec import TOKEN_ROLES, TOKENS_FILE_KEY, SpecError, StoreSpec
+from evstore.operator.spec import ETCD_MEMBERS, TOKEN_ROLES, TOKENS_FILE_KEY, SpecError, StoreSpec
 
 REVISION_LABEL = "controller-revision-hash"
 # Set to "true" on an EventStore to generate new Secrets after a generated one was deleted.
@@ -107,9 +108,48 @@ async def ensure_secrets(state: OperatorState, store: StoreSpec, owner: Mapping[
         tokens = await ensure_generated_secret(
             state, manifests.owned(manifests.api_tokens_secret(store, generated), owner), body,
             in_use=in_use, regenerate=regenerate)
-    # The pods read only the cluster secret's key and the tokens file.
+    etcd_password = ""
+    if store.etcd_auth:
+        new = state.deps.new_secret
+        etcd_running = await kube.get("StatefulSet", store.namespace, manifests.etcd_name(store.name))
+        etcd = await ensure_generated_secret(
+            state, manifests.owned(manifests.etcd_auth_secret(store, root_password=new(), node_password=new(),
+                                                              jwt_key=new()), owner), body,
+            in_use=etcd_running is not None, regenerate=regenerate)
+        etcd_password = etcd.get(manifests.ETCD_NODE_KEY, "")
+    # The pods read only the cluster secret's key, the tokens file and their etcd password.
     return manifests.secrets_digest({ref.key: cluster.get(ref.key, "")},
-                                    {TOKENS_FILE_KEY: tokens.get(TOKENS_FILE_KEY, "")})
+                                    {TOKENS_FILE_KEY: tokens.get(TOKENS_FILE_KEY, "")},
+                                    *([{manifests.ETCD_NODE_KEY: etcd_password}] if store.etcd_auth else []))
+
+
+async def bootstrap_etcd_auth(state: OperatorState, store: StoreSpec, body: Any) -> bool:
+    """Once the managed etcd has a quorum of ready members, make it enforce users (etcdauth.py); once
+    per store and operator run. True when etcd enforces users afterwards."""
+    key = (store.namespace, store.name)
+    if not store.etcd_auth or key in state.etcd_auth_done:
+        return key in state.etcd_auth_done
+    kube = state.client()
+    etcd = await kube.get("StatefulSet", store.namespace, manifests.etcd_name(store.name))
+    if int(((etcd or {}).get("status") or {}).get("readyReplicas") or 0) < ETCD_MEMBERS // 2 + 1:
+        return False
+    values = secret_values(await kube.get("Secret", store.namespace, manifests.etcd_auth_secret_name(store.name)))
+    if not values.get(manifests.ETCD_ROOT_KEY):
+        return False
+    try:
+        enabled_now = await ensure_etcd_auth(
+            state.deps.etcd_urls(store.name, store.namespace), root_password=values[manifests.ETCD_ROOT_KEY],
+            user=manifests.etcd_username(store), password=values[manifests.ETCD_NODE_KEY],
+            prefix=manifests.etcd_key_prefix(store))
+    except EtcdAuthError as exc:
+        state.warn_once(body, "EtcdAuthPending", f"the managed etcd does not enforce users yet: {exc}")
+        return False
+    state.etcd_auth_done.add(key)
+    if enabled_now:
+        kopf.info(body, reason="EtcdAuthEnabled",
+                  message=f"The managed etcd enforces users; the nodes' user {manifests.etcd_username(store)} "
+                          f"may use only {manifests.etcd_key_prefix(store)}")
+    return True
 
 
 async def admin_token(state: OperatorState, store: StoreSpec) -> str | None:
@@ -132,6 +172,23 @@ async def with_running_store_id(state: OperatorState, store: StoreSpec, uid: str
                         f"included the namespace): another store named {store.name!r} in another "
                         f"namespace must not share its etcd")
     return dataclasses.replace(store, store_id=running)
+
+
+async def with_running_etcd_auth(state: OperatorState, store: StoreSpec, body: Any) -> StoreSpec:
+    """A managed etcd created before etcd auth keeps running without it: turning it on under running
+    nodes that have no etcd user would cut them off (migrate by recreating the store)."""
+    if not store.etcd_auth:
+        return store
+    etcd = await state.client().get("StatefulSet", store.namespace, manifests.etcd_name(store.name))
+    if etcd is None:
+        return store
+    containers = ((((etcd.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or [{}]
+    if any(str(a).startswith("--auth-token=") for a in containers[0].get("args") or ()):
+        return store
+    state.warn_once(body, "EtcdUnauthenticated",
+                    "the managed etcd was created without authentication and keeps running so; any pod that "
+                    "reaches it may rewrite the store's leadership keys")
+    return dataclasses.replace(store, etcd_auth=False)
 
 
 async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body: Any, *,

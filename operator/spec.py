@@ -79,6 +79,7 @@ class StoreSpec:
     etcd_endpoints: tuple[str, ...] = ()
     etcd_managed: bool = False
     etcd_image: str = DEFAULT_ETCD_IMAGE
+    etcd_auth: bool = False  # the managed etcd enforces users (see reconcile.ensure_etcd_auth)
     cluster_secret_ref: SecretRef | None = None
     tokens_secret_name: str | None = None
     # The node's --store-id (its etcd key prefix); see store_identity. Set by the handler to the id
@@ -222,6 +223,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         etcd_resources=dict(etcd.get("resources") or DEFAULT_ETCD_RESOURCES),
         etcd_endpoints=endpoints,
         etcd_managed=bool(managed),
+        etcd_auth=bool(managed) and etcd.get("auth", True) is not False,
         etcd_image=etcd.get("image") or etcd_image or default_etcd_image(),
         cluster_secret_ref=secret_ref,
         tokens_secret_name=tokens_secret,

@@ -78,7 +78,13 @@ class RunningOperator:
 
 
 @pytest.fixture
-async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningOperator]:
+def deps_overrides() -> dict:
+    """OperatorDeps fields a test module replaces (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
+async def operator(k8s: K8sEmulator, nodes: FakeNodes, deps_overrides: dict) -> AsyncIterator[RunningOperator]:
     """kopf.operator() on its own event loop in a thread, as in production (kopf treats every task of
     its loop that it did not start as hung at shutdown, so it must not share the test's loop)."""
     api_url = str(k8s.url).rstrip("/")
@@ -95,6 +101,7 @@ async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningO
         new_secret=lambda: "generated-test-secret",
         new_token=token_for,
         dashboards=lambda: {"evstore-overview.json": '{"title": "evstore"}'},
+        **deps_overrides,
     )
     settings = kopf.OperatorSettings()
     settings.networking.request_timeout = 10

@@ -109,6 +109,7 @@ def _minimal(**spec) -> dict:
     {"clusterSecretRef": {"key": "secret"}},
     {"auth": {"tokensSecretRef": {}}},
     {"imagePullSecrets": [{}]},
+    {"etcd": {"auth": "yes"}},
     {"podMetadata": {"labels": {"a": 1}}},
     {"auth": {"tokensSecretRef": {"name": ""}}},
     {"monitoring": {"serviceMonitor": "yes"}},

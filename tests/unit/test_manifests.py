@@ -45,6 +45,8 @@ def all_manifests(spec):
     objs = m.desired_children(spec, dashboards={"overview.json": '{"title": "evstore"}'})
     objs.append(m.cluster_secret(spec, "s3cret"))
     objs.append(m.api_tokens_secret(spec, {r: f"{r}-token-0123456789" for r in ("admin", "write", "read")}))
+    if spec.etcd_auth:
+        objs.append(m.etcd_auth_secret(spec, root_password="r" * 20, node_password="n" * 20, jwt_key="k" * 40))
     return [m.owned(obj, owner) for obj in objs]
 
 
