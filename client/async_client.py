@@ -183,10 +183,12 @@ class AsyncEvstoreClient:
 
     async def read_all(self, *, from_position: int | None = None, limit: int | None = None,
                        backward: bool = False, types: Iterable[str] | None = None, type_prefix: str | None = None,
-                       stream_prefix: str | None = None, stream_pattern: str | None = None) -> dict:
-        """One page of $all: {"events": [...], "next": P|None, "head": last position}."""
+                       stream_prefix: str | None = None, stream_pattern: str | None = None,
+                       include_system: bool = False) -> dict:
+        """One page of $all: {"events": [...], "next": P|None, "head": last position}; `$`-streams only with
+        `include_system`."""
         params = protocol.read_all_query(from_position, limit, backward, types, type_prefix, stream_prefix,
-                                         stream_pattern)
+                                         stream_pattern, include_system)
         return await self._request("GET", "/v1/all", params=params)
 
     async def iter_all_pages(self, *, from_position: int | None = None, page_size: int | None = None,

@@ -140,10 +140,12 @@ def read_stream_query(from_version: int | None = None, limit: int | None = None,
 
 def read_all_query(from_position: int | None = None, limit: int | None = None, backward: bool = False,
                    types: Iterable[str] | None = None, type_prefix: str | None = None,
-                   stream_prefix: str | None = None, stream_pattern: str | None = None) -> list[tuple[str, str]]:
+                   stream_prefix: str | None = None, stream_pattern: str | None = None,
+                   include_system: bool = False) -> list[tuple[str, str]]:
     return query(**{"from": from_position, "limit": limit, "direction": "backward" if backward else None,
                     "type": list(types) if types else None, "typePrefix": type_prefix,
-                    "streamPrefix": stream_prefix, "streamPattern": stream_pattern})
+                    "streamPrefix": stream_prefix, "streamPattern": stream_pattern,
+                    "includeSystem": True if include_system else None})
 
 
 SUBSCRIBE_STARTS = ("start", "end")

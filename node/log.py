@@ -84,10 +84,12 @@ class AllFilter:
     type_prefix: str | None = None
     stream_prefix: str | None = None
     stream_pattern: str | None = None
+    include_system: bool = True  # False leaves out `$`-streams (the API's default); positions keep their gaps
 
     @property
     def active(self) -> bool:
-        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern)
+        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern
+                    or not self.include_system)
 
     def sql(self) -> tuple[str, list]:
         clauses, args = [], []
@@ -103,6 +105,8 @@ class AllFilter:
         if self.stream_pattern:
             clauses.append("stream GLOB ?")
             args.append(self.stream_pattern)
+        if not self.include_system:
+            clauses.append("substr(stream, 1, 1) <> '$'")
         return "".join(" AND " + c for c in clauses), args
 
 
