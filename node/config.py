@@ -14,9 +14,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY_MODES = ("sync", "interval")
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_SECRET_SETTINGS = frozenset({"cluster_secret"})
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
 MAX_SUBSCRIBERS = 100_000
+
+# A store id is a DNS name (labels like _ID joined by '.'), so that the operator can pass
+# "<namespace>.<name>", which is unique in a Kubernetes cluster.
+STORE_ID = re.compile(rf"^(?=.{{1,253}}$){_ID.pattern[1:-1]}(\.{_ID.pattern[1:-1]})*$")
 
 
 class ConfigError(ValueError):
@@ -58,7 +63,7 @@ class Settings:
 
 # (attribute, flag, variable, help)
 OPTIONS = [
-    ("store_id", "--store-id", "EVSTORE_STORE_ID", "store identifier (lower-case DNS label), default 'default'"),
+    ("store_id", "--store-id", "EVSTORE_STORE_ID", "store identifier (lower-case DNS name), default 'default'"),
     ("node_id", "--node-id", "EVSTORE_NODE_ID", "node identifier, default the host name"),
     ("data_dir", "--data-dir", "EVSTORE_DATA_DIR", "directory of the log, default ./data"),
     ("host", "--host", "EVSTORE_HOST", "address to listen on, default 127.0.0.1"),
@@ -112,6 +117,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         return raw[attr][0].strip() if attr in raw else None
 
     def fail(attr: str, what: str) -> ConfigError:
+        if attr in _SECRET_SETTINGS:  # never echo a secret, not even a wrong one
+            return ConfigError(f"{raw[attr][1]}: {what}")
         return ConfigError(f"{raw[attr][1]}={raw[attr][0]!r}: {what}")
 
     def integer(attr: str, low: int, high: int) -> int | None:
@@ -139,8 +146,9 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
 
     if (store := get("store_id")) is not None:
-        if not _ID.match(store):
-            raise fail("store_id", "must be a lower-case DNS label (a-z, 0-9, '-', at most 63 characters)")
+        if not STORE_ID.match(store):
+            raise fail("store_id", "must be a lower-case DNS name: DNS labels (a-z, 0-9, '-', at most 63 "
+                       "characters) joined by '.', at most 253 characters")
         values["store_id"] = store
     if (node := get("node_id")) is not None:
         if not NODE_ID.match(node):

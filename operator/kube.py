@@ -1,6 +1,7 @@
 """A small dict-in, dict-out Kubernetes client on kubernetes_asyncio (no generated models)."""
 from __future__ import annotations
 
+import base64
 from typing import Any, Mapping
 
 from kubernetes_asyncio import client as k8s_client
@@ -16,8 +17,10 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
     "StatefulSet": ("apps", "v1", "statefulsets"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "EventStore": ("evstore.io", "v1alpha1", "eventstores"),
+    "Lease": ("coordination.k8s.io", "v1", "leases"),
 }
 
 
@@ -40,6 +43,15 @@ async def load_configuration() -> k8s_client.Configuration:
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config(client_configuration=configuration)
     return configuration
+
+
+def secret_values(secret: Mapping[str, Any] | None) -> dict[str, str]:
+    """A Secret's values, decoded (the API server stores stringData base64-encoded under data)."""
+    if not secret:
+        return {}
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    values.update(secret.get("stringData") or {})
+    return values
 
 
 class Kube:

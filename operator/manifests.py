@@ -6,8 +6,10 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+from evstore.operator.quantity import parse_quantity
+
 from evstore.operator.spec import (API_VERSION, CLUSTER_SECRET_KEY, DATA_DIR, ETCD_CLIENT_PORT, ETCD_MEMBERS,
-                                   ETCD_PEER_PORT, KIND, NODE_PORT, StoreSpec)
+                                   ETCD_PEER_PORT, KIND, NODE_PORT, TOKEN_ROLES, TOKENS_FILE_KEY, StoreSpec)
 
 Manifest = dict[str, Any]
 
@@ -17,6 +19,19 @@ CONFIG_HASH_ANNOTATION = "evstore.io/config-hash"
 SERVICE_ROLE_LABEL = "evstore.io/service"
 NODE_UID = 10001
 DASHBOARD_LABEL = "grafana_dashboard"
+TOKENS_DIR = "/etc/evstore/api-tokens"
+# The managed etcd's users: their passwords and etcd's JWT signing key live in one generated Secret.
+ETCD_ROOT_KEY, ETCD_NODE_KEY, ETCD_JWT_KEY = "root-password", "node-password", "jwt-key"
+ETCD_PASSWORD_DIR = "/etc/evstore/etcd"
+ETCD_AUTH_DIR = "/etc/etcd-auth"
+TOKENS_FILE = f"{TOKENS_DIR}/{TOKENS_FILE_KEY}"
+# Pods that may call a store (besides its own pods and the operator) carry this label, valued with
+# the store's name. They still need a token: the NetworkPolicy only narrows who can connect at all.
+CLIENT_LABEL = "evstore.io/client"
+# The chart's operator pods carry these labels (charts/evstore-operator/templates/_helpers.tpl).
+OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "operator", "app.kubernetes.io/part-of": "evstore"}
+# Prometheus pods, in any namespace, scrape /metrics (kube-prometheus-stack labels its pods so).
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -47,6 +62,23 @@ def dashboards_configmap_name(store: str) -> str:
 
 def etcd_name(store: str) -> str:
     return f"{store}-etcd"
+
+
+def network_policy_name(store: str) -> str:
+    return store
+
+
+def etcd_auth_secret_name(store: str) -> str:
+    return f"{store}-etcd-auth"
+
+
+def etcd_username(spec: StoreSpec) -> str:
+    """The etcd user of the store's nodes, allowed only their key prefix (etcd_key_prefix)."""
+    return spec.node_store_id
+
+
+def etcd_key_prefix(spec: StoreSpec) -> str:
+    return f"/evstore/{spec.node_store_id}/"
 
 
 def pod_name(store: str, ordinal: int) -> str:
@@ -119,7 +151,7 @@ def _metadata(spec: StoreSpec, name: str, component: str = NODE_COMPONENT,
 def node_settings(spec: StoreSpec) -> dict[str, str]:
     """The EVSTORE_* settings shared by every pod of the store (the ConfigMap's data)."""
     settings = {
-        "EVSTORE_STORE_ID": spec.name,
+        "EVSTORE_STORE_ID": spec.node_store_id,
         "EVSTORE_DATA_DIR": DATA_DIR,
         "EVSTORE_HOST": "0.0.0.0",
         "EVSTORE_PORT": str(NODE_PORT),
@@ -136,12 +168,24 @@ def node_settings(spec: StoreSpec) -> dict[str, str]:
         settings["EVSTORE_SYNC_INTERVAL"] = str(spec.sync_interval)
     if spec.max_body_bytes is not None:
         settings["EVSTORE_MAX_BODY_BYTES"] = str(spec.max_body_bytes)
+    if spec.etcd_auth:
+        settings["EVSTORE_ETCD_USERNAME"] = etcd_username(spec)
+        settings["EVSTORE_ETCD_PASSWORD_FILE"] = f"{ETCD_PASSWORD_DIR}/password"
     return settings
 
 
-def config_hash(spec: StoreSpec) -> str:
-    """Changes whenever the pods' configuration changes, so the pod template (and revision) changes too."""
-    material = {"settings": node_settings(spec), "secret": [spec.secret_ref.name, spec.secret_ref.key]}
+def secrets_digest(*secrets: Mapping[str, str]) -> str:
+    """A digest of the Secrets' values the pods read (cluster secret, tokens), for config_hash: a new
+    value must restart the pods, which read them only at start. Only a digest leaves this function."""
+    material = json.dumps([dict(sorted(values.items())) for values in secrets]).encode()
+    return hashlib.sha256(b"evstore-secrets\0" + material).hexdigest()
+
+
+def config_hash(spec: StoreSpec, secrets: str = "") -> str:
+    """Changes whenever the pods' configuration changes, so the pod template (and revision) changes too.
+    `secrets` is the secrets_digest of the Secrets' current values."""
+    material = {"settings": node_settings(spec), "secret": [spec.secret_ref.name, spec.secret_ref.key],
+                "tokens": spec.tokens_secret, "secrets": secrets}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -154,6 +198,53 @@ def cluster_secret(spec: StoreSpec, secret_value: str) -> Manifest:
         "metadata": _metadata(spec, spec.secret_ref.name),
         "type": "Opaque",
         "stringData": {CLUSTER_SECRET_KEY: secret_value},
+    }
+
+
+def tokens_file(tokens: Mapping[str, str]) -> str:
+    """The node's --api-tokens-file: one 'TOKEN ROLE' line per role."""
+    return "".join(f"{tokens[role]} {role}\n" for role in TOKEN_ROLES)
+
+
+MIN_TOKEN_LENGTH = 16  # as the node's --api-tokens-file requires (node/config.py)
+
+
+def tokens_file_problem(text: str, *, admin: str) -> str | None:
+    """What the node would refuse in a user's tokens file (it would not start), or a missing admin
+    line for the operator's token; None when fine. Never quotes a token."""
+    roles: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[1] not in TOKEN_ROLES or len(parts[0]) < MIN_TOKEN_LENGTH:
+            return (f"{TOKENS_FILE_KEY} line {number}: expected 'TOKEN ROLE' with a token of at least "
+                    f"{MIN_TOKEN_LENGTH} characters and a role of {', '.join(TOKEN_ROLES)}")
+        roles[parts[0]] = parts[1]
+    if roles.get(admin.strip()) != "admin":
+        return f"the admin key's token is not an admin line of {TOKENS_FILE_KEY}"
+    return None
+
+
+def api_tokens_secret(spec: StoreSpec, tokens: Mapping[str, str]) -> Manifest:
+    """The generated API tokens (only when spec.auth.tokensSecretRef is absent): a key per role for
+    applications and the operator, and the node's tokens file."""
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": _metadata(spec, spec.tokens_secret),
+        "type": "Opaque",
+        "stringData": {**{role: tokens[role] for role in TOKEN_ROLES}, TOKENS_FILE_KEY: tokens_file(tokens)},
+    }
+
+
+def etcd_auth_secret(spec: StoreSpec, *, root_password: str, node_password: str, jwt_key: str) -> Manifest:
+    """The managed etcd's root password, the nodes' etcd password and etcd's token signing key."""
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": _metadata(spec, etcd_auth_secret_name(spec.name), ETCD_COMPONENT),
+        "type": "Opaque",
+        "stringData": {ETCD_ROOT_KEY: root_password, ETCD_NODE_KEY: node_password, ETCD_JWT_KEY: jwt_key},
     }
 
 
@@ -227,13 +318,17 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "name": "evstore",
         "image": spec.image,
         "command": ["evstore", "serve"],
+        "args": [f"--api-tokens-file={TOKENS_FILE}"],
         "envFrom": [{"configMapRef": {"name": configmap_name(spec.name)}}],
         "env": node_env(spec),
         "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
         "startupProbe": _probe("/health/live", 2, 60),
         "livenessProbe": _probe("/health/live", 10, 6),
         "readinessProbe": _probe("/health/ready", 5, 3),
-        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True}]
+                        + ([{"name": "etcd-password", "mountPath": ETCD_PASSWORD_DIR, "readOnly": True}]
+                           if spec.etcd_auth else []),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
@@ -256,16 +351,27 @@ def _pvc_template(spec: StoreSpec, name: str, component: str, size: str) -> dict
     return {"metadata": {"name": name, "labels": labels(spec.name, component)}, "spec": pvc_spec}
 
 
-def statefulset(spec: StoreSpec) -> Manifest:
+def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
         "terminationGracePeriodSeconds": 30,
+        # The node never calls the Kubernetes API.
+        "automountServiceAccountToken": False,
         "affinity": affinity(spec),
         "containers": [node_container(spec)],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}},
+                    # Only the tokens file: the per-role keys are for applications and the operator.
+                    {"name": "api-tokens", "secret": {"secretName": spec.tokens_secret, "defaultMode": 0o440,
+                                                      "items": [{"key": TOKENS_FILE_KEY, "path": TOKENS_FILE_KEY}]}}],
         "enableServiceLinks": False,
     }
+    if spec.etcd_auth:
+        pod_spec["volumes"].append({"name": "etcd-password", "secret": {
+            "secretName": etcd_auth_secret_name(spec.name), "defaultMode": 0o440,
+            "items": [{"key": ETCD_NODE_KEY, "path": "password"}]}})
     _add_placement(pod_spec, spec)
+    if spec.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = copy.deepcopy(list(spec.topology_spread_constraints))
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _metadata(spec, statefulset_name(spec.name)),
@@ -280,8 +386,9 @@ def statefulset(spec: StoreSpec) -> Manifest:
             # PVCs are deleted by the operator, and only when spec.storage.deleteOnResourceDeletion.
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "template": {
-                "metadata": {"labels": labels(spec.name),
-                             "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec)}},
+                "metadata": {"labels": {**spec.pod_labels, **labels(spec.name)},
+                             "annotations": {**spec.pod_annotations,
+                                             CONFIG_HASH_ANNOTATION: config_hash(spec, secrets)}},
                 "spec": pod_spec,
             },
             "volumeClaimTemplates": [_pvc_template(spec, "data", NODE_COMPONENT, spec.storage_size)],
@@ -289,9 +396,20 @@ def statefulset(spec: StoreSpec) -> Manifest:
     }
 
 
+def disruption_floor(spec: StoreSpec) -> int:
+    """Pods a voluntary eviction must leave: enough for the in-sync set, but never all of them, or a
+    node drain could never finish (2 replicas, or minInSync == replicas: writes answer 503 meanwhile)."""
+    return min(spec.required_in_sync, spec.replicas - 1)
+
+
+def pdb_blocks_writes(spec: StoreSpec) -> bool:
+    """True when the budget allows evicting a pod the in-sync set needs (see disruption_floor)."""
+    return spec.replicas > 1 and disruption_floor(spec) < spec.required_in_sync
+
+
 def pod_disruption_budget(spec: StoreSpec) -> Manifest:
     """Voluntary evictions must leave enough pods for the in-sync set; a single node cannot be protected."""
-    budget: dict[str, Any] = ({"minAvailable": spec.required_in_sync} if spec.replicas > 1
+    budget: dict[str, Any] = ({"minAvailable": disruption_floor(spec)} if spec.replicas > 1
                               else {"maxUnavailable": 1})
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _metadata(spec, pdb_name(spec.name)),
@@ -316,6 +434,33 @@ def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Mani
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _metadata(spec, dashboards_configmap_name(spec.name), extra_labels={DASHBOARD_LABEL: "1"}),
             "data": dict(dashboards)}
+
+
+def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)}}
+    if namespace_labels is not None:
+        # An empty selector (every namespace) as the API server returns it: {} and not {matchLabels: {}}.
+        peer["namespaceSelector"] = {"matchLabels": dict(namespace_labels)} if namespace_labels else {}
+    return peer
+
+
+def network_policy(spec: StoreSpec) -> Manifest:
+    """Who may connect to the store's pods: its own pods (replication), the operator, pods labelled
+    `evstore.io/client: <store>` in the namespace, and Prometheus from any namespace (metrics share the
+    API port, so the API behind it still needs a token)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, network_policy_name(spec.name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [_peer(selector_labels(spec.name)), _peer(OPERATOR_POD_LABELS),
+                         _peer({CLIENT_LABEL: spec.name}), _peer(PROMETHEUS_POD_LABELS, {})],
+                "ports": [{"protocol": "TCP", "port": NODE_PORT}],
+            }],
+        },
+    }
 
 
 # ---- managed etcd ------------------------------------------------------------------------------
@@ -345,7 +490,15 @@ def etcd_args(spec: StoreSpec) -> list[str]:
         f"--initial-cluster={initial}",
         "--initial-cluster-state=new",
         f"--initial-cluster-token={spec.namespace}-{name}",
-    ]
+        # Leader, member and ISR keys are rewritten all the time: without compaction the history
+        # grows until the backend quota stops every write.
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=1h",
+        "--quota-backend-bytes=2147483648",
+    ] + ([
+        # Signed tokens (the default "simple" ones are guessable); the key comes from the Secret.
+        f"--auth-token=jwt,priv-key={ETCD_AUTH_DIR}/jwt.key,sign-method=HS256,ttl=10m",
+    ] if spec.etcd_auth else [])
 
 
 def etcd_statefulset(spec: StoreSpec) -> Manifest:
@@ -361,12 +514,16 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
         "livenessProbe": {"tcpSocket": {"port": "client"}, "periodSeconds": 10, "failureThreshold": 6},
         "readinessProbe": {"httpGet": {"path": "/health", "port": "client"}, "periodSeconds": 5,
                            "failureThreshold": 3},
-        "volumeMounts": [{"name": "etcd-data", "mountPath": "/var/lib/etcd"}],
+        "volumeMounts": [{"name": "etcd-data", "mountPath": "/var/lib/etcd"}]
+                        + ([{"name": "etcd-auth", "mountPath": ETCD_AUTH_DIR, "readOnly": True}]
+                           if spec.etcd_auth else []),
+        "resources": copy.deepcopy(dict(spec.etcd_resources)),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
+        "automountServiceAccountToken": False,
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 100,
             "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
@@ -375,6 +532,10 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
         "containers": [container],
         "enableServiceLinks": False,
     }
+    if spec.etcd_auth:
+        pod_spec["volumes"] = [{"name": "etcd-auth", "secret": {
+            "secretName": etcd_auth_secret_name(spec.name), "defaultMode": 0o440,
+            "items": [{"key": ETCD_JWT_KEY, "path": "jwt.key"}]}}]
     _add_placement(pod_spec, spec)
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -391,6 +552,25 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
     }
 
 
+def etcd_network_policy(spec: StoreSpec) -> Manifest:
+    """The managed etcd answers the store's nodes and the operator on the client port, its members on both."""
+    etcd = selector_labels(spec.name, ETCD_COMPONENT)
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
+        "spec": {
+            "podSelector": {"matchLabels": etcd},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [_peer(etcd)], "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT},
+                                                  {"protocol": "TCP", "port": ETCD_PEER_PORT}]},
+                {"from": [_peer(selector_labels(spec.name)), _peer(OPERATOR_POD_LABELS)],
+                 "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT}]},
+            ],
+        },
+    }
+
+
 def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _metadata(spec, etcd_name(spec.name), ETCD_COMPONENT),
@@ -400,12 +580,15 @@ def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
 
 # ---- what to apply -----------------------------------------------------------------------------
 
-def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None) -> list[Manifest]:
-    """Every child the store needs except the generated Secret (its value is random, see cluster_secret)."""
-    children = [configmap(spec), peers_service(spec), client_service(spec)]
+def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None,
+                     secrets: str = "") -> list[Manifest]:
+    """Every child the store needs except the generated Secrets (their values are random, see
+    cluster_secret and api_tokens_secret)."""
+    children = [configmap(spec), network_policy(spec), peers_service(spec), client_service(spec)]
     if spec.etcd_managed:
-        children += [etcd_service(spec), etcd_statefulset(spec), etcd_pod_disruption_budget(spec)]
-    children += [statefulset(spec), pod_disruption_budget(spec)]
+        children += [etcd_network_policy(spec), etcd_service(spec), etcd_statefulset(spec),
+                     etcd_pod_disruption_budget(spec)]
+    children += [statefulset(spec, secrets=secrets), pod_disruption_budget(spec)]
     if spec.service_monitor:
         children.append(service_monitor(spec))
     if spec.dashboards and dashboards:
@@ -422,8 +605,28 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "StatefulSet": ("spec.replicas", "spec.template", "spec.updateStrategy",
                     "spec.persistentVolumeClaimRetentionPolicy"),
     "PodDisruptionBudget": ("spec",),
+    "NetworkPolicy": ("spec",),
     "ServiceMonitor": ("spec",),
 }
+
+
+def foreign_owner(desired: Manifest, actual: Mapping[str, Any]) -> str | None:
+    """Why `actual` (an object of the desired kind and name) is not ours to patch, or None if it is:
+    ours when its controller reference is the desired one, or, with no controller, when it carries our
+    labels for this store (an orphan of ours, e.g. after `kubectl delete --cascade=orphan`)."""
+    meta = actual.get("metadata") or {}
+    mine = next(r for r in desired["metadata"]["ownerReferences"] if r.get("controller"))
+    controller = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
+    what = f"{desired['kind']} {desired['metadata']['name']}"
+    if controller is not None:
+        if controller.get("uid") == mine["uid"]:
+            return None
+        return f"{what} exists and belongs to {controller.get('kind')} {controller.get('name')}"
+    found = meta.get("labels") or {}
+    if all(found.get(k) == v for k, v in desired["metadata"]["labels"].items()
+           if k in ("app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/component")):
+        return None
+    return f"{what} exists and is not managed by the evstore operator for this store"
 
 
 def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
@@ -445,15 +648,32 @@ def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
     return patch or None
 
 
-def is_subset(want: Any, have: Any) -> bool:
-    """True when everything in `want` is in `have` (the API server adds defaults, so `have` may hold more)."""
+# Maps whose values are resource quantities, which the API server rewrites in canonical form
+# ("0.5" -> "500m", "1024Mi" -> "1Gi", 2 -> "2").
+QUANTITY_MAPS = frozenset({"requests", "limits", "capacity"})
+
+
+def is_subset(want: Any, have: Any, *, quantities: bool = False) -> bool:
+    """True when everything in `want` is in `have` (the API server adds defaults, so `have` may hold
+    more, and canonicalises quantities, so they are compared by value)."""
     if isinstance(want, Mapping):
-        return isinstance(have, Mapping) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
+        return isinstance(have, Mapping) and all(
+            k in have and is_subset(v, have[k], quantities=quantities or k in QUANTITY_MAPS)
+            for k, v in want.items())
     if isinstance(want, list):
         return isinstance(have, list) and len(want) == len(have) and all(map(is_subset, want, have))
+    if quantities:
+        return same_quantity(want, have)
     if isinstance(want, (int, float)) and isinstance(have, str) or isinstance(want, str) and isinstance(have, int):
         return str(want) == str(have)
     return want == have
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    try:
+        return parse_quantity(a) == parse_quantity(b)
+    except ValueError:
+        return a == b
 
 
 def _get(obj: Mapping[str, Any], path: str) -> Any:
@@ -472,7 +692,12 @@ def _set(obj: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _add_placement(pod_spec: dict[str, Any], spec) -> None:
-    """The store's tolerations and node selector apply to its nodes and its managed etcd alike."""
+    """The store's tolerations, node selector, priority class and image pull secrets apply to its
+    nodes and its managed etcd alike."""
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
     if spec.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(list(spec.tolerations))
     if spec.node_selector:

@@ -23,13 +23,22 @@ ETCD_PEER_PORT = 2380
 ETCD_MEMBERS = 3
 DATA_DIR = "/data"
 CLUSTER_SECRET_KEY = "secret"
+# The API tokens Secret: one key per role holding that role's token (what applications mount), and
+# TOKENS_FILE_KEY holding the node's --api-tokens-file ("TOKEN ROLE" lines).
+TOKEN_ROLES = ("admin", "write", "read")
+TOKENS_FILE_KEY = "api-tokens"
 
 DEFAULT_IMAGE = "ghcr.io/evstore/evstore:0.1.0"
 DEFAULT_ETCD_IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"
 DEFAULT_STORAGE_SIZE = "1Gi"
+DEFAULT_ETCD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 DURABILITY_MODES = ("sync", "interval")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_REPLICAS, MAX_REPLICAS = 1, 9
+
+# Children are named <store>-<suffix>; a store whose name ends like that would take the children of
+# another store ("orders-etcd" is the etcd Service of "orders"), so such names are refused.
+RESERVED_NAME_SUFFIXES = ("-etcd", "-peers")
 
 # The StatefulSet name ends up in the pod's controller-revision-hash label (max 63 characters, the
 # hash takes 11), and "<name>-etcd" is a StatefulSet too: 63 - 11 - len("-etcd") = 47.
@@ -61,10 +70,21 @@ class StoreSpec:
     affinity: Mapping[str, Any] | None = None
     tolerations: tuple[Mapping[str, Any], ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    priority_class_name: str | None = None
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    etcd_resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_ETCD_RESOURCES))
     etcd_endpoints: tuple[str, ...] = ()
     etcd_managed: bool = False
     etcd_image: str = DEFAULT_ETCD_IMAGE
+    etcd_auth: bool = False  # the managed etcd enforces users (see reconcile.ensure_etcd_auth)
     cluster_secret_ref: SecretRef | None = None
+    tokens_secret_name: str | None = None
+    # The node's --store-id (its etcd key prefix); see store_identity. Set by the handler to the id
+    # a running store already uses, which never changes (its nodes would split under two prefixes).
+    store_id: str = ""
     durability_mode: str = "sync"
     sync_interval: float | None = None
     min_in_sync: int | None = None
@@ -77,6 +97,15 @@ class StoreSpec:
     def secret_ref(self) -> SecretRef:
         """Where the cluster secret lives: the user's Secret, or the one the operator generates."""
         return self.cluster_secret_ref or SecretRef(generated_secret_name(self.name), CLUSTER_SECRET_KEY)
+
+    @property
+    def node_store_id(self) -> str:
+        return self.store_id or store_identity(self.namespace, self.name)
+
+    @property
+    def tokens_secret(self) -> str:
+        """The Secret with the API tokens: the user's (spec.auth.tokensSecretRef), or the generated one."""
+        return self.tokens_secret_name or generated_tokens_secret_name(self.name)
 
     @property
     def required_in_sync(self) -> int:
@@ -96,6 +125,16 @@ def generated_secret_name(store: str) -> str:
     return f"{store}-cluster-secret"
 
 
+def store_identity(namespace: str, name: str) -> str:
+    """Unique in the Kubernetes cluster (neither part may contain a '.'), so stores named alike in
+    two namespaces never share etcd keys."""
+    return f"{namespace}.{name}"
+
+
+def generated_tokens_secret_name(store: str) -> str:
+    return f"{store}-api-tokens"
+
+
 def default_image() -> str:
     """The node image when spec.image is empty: the chart sets EVSTORE_NODE_IMAGE to its own image."""
     return os.environ.get("EVSTORE_NODE_IMAGE") or DEFAULT_IMAGE
@@ -112,6 +151,9 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
     if not _DNS_LABEL.match(name) or len(name) > MAX_NAME_LENGTH:
         raise SpecError(f"metadata.name {name!r} must be a DNS label (a-z, 0-9, '-', starting with a letter) "
                         f"of at most {MAX_NAME_LENGTH} characters")
+    if name.endswith(RESERVED_NAME_SUFFIXES):
+        raise SpecError(f"metadata.name {name!r} must not end with {' or '.join(RESERVED_NAME_SUFFIXES)}: "
+                        f"those names belong to the children of the store {name.rsplit('-', 1)[0]!r}")
 
     replicas = _int(spec.get("replicas", 1), "spec.replicas")
     if not MIN_REPLICAS <= replicas <= MAX_REPLICAS:
@@ -153,6 +195,13 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
             raise SpecError("spec.clusterSecretRef.name is required")
         secret_ref = SecretRef(str(ref["name"]), str(ref.get("key") or CLUSTER_SECRET_KEY))
 
+    tokens_secret = None
+    if tokens_ref := (spec.get("auth") or {}).get("tokensSecretRef"):
+        if not tokens_ref.get("name"):
+            raise SpecError("spec.auth.tokensSecretRef.name is required")
+        tokens_secret = str(tokens_ref["name"])
+
+    pod = spec.get("podMetadata") or {}
     return StoreSpec(
         name=name,
         namespace=namespace,
@@ -166,10 +215,18 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         affinity=scheduling.get("affinity"),
         tolerations=tuple(scheduling.get("tolerations") or ()),
         node_selector=dict(scheduling.get("nodeSelector") or {}),
+        priority_class_name=scheduling.get("priorityClassName") or None,
+        topology_spread_constraints=tuple(scheduling.get("topologySpreadConstraints") or ()),
+        image_pull_secrets=tuple(str(s["name"]) for s in spec.get("imagePullSecrets") or () if s.get("name")),
+        pod_labels={str(k): str(v) for k, v in (pod.get("labels") or {}).items()},
+        pod_annotations={str(k): str(v) for k, v in (pod.get("annotations") or {}).items()},
+        etcd_resources=dict(etcd.get("resources") or DEFAULT_ETCD_RESOURCES),
         etcd_endpoints=endpoints,
         etcd_managed=bool(managed),
+        etcd_auth=bool(managed) and etcd.get("auth", True) is not False,
         etcd_image=etcd.get("image") or etcd_image or default_etcd_image(),
         cluster_secret_ref=secret_ref,
+        tokens_secret_name=tokens_secret,
         durability_mode=mode,
         sync_interval=float(sync_interval) if sync_interval is not None else None,
         min_in_sync=min_in_sync,

@@ -24,10 +24,10 @@ PHASES = (PENDING, PROGRESSING, READY, DEGRADED, UNAVAILABLE, FAILED)
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
 
-# (url) -> parsed JSON body of GET <url>; raises on any failure.
-FetchJson = Callable[[str], Awaitable[Mapping[str, Any]]]
-# (url) -> HTTP status of POST <url>.
-PostEmpty = Callable[[str], Awaitable[int]]
+# (url, admin token) -> parsed JSON body of GET <url>; raises on any failure.
+FetchJson = Callable[[str, str | None], Awaitable[Mapping[str, Any]]]
+# (url, admin token) -> HTTP status of POST <url>.
+PostEmpty = Callable[[str, str | None], Awaitable[int]]
 
 
 def node_base_url(store: str, namespace: str, pod: str) -> str:
@@ -43,24 +43,29 @@ def step_down_url(store: str, namespace: str, pod: str) -> str:
     return f"{node_base_url(store, namespace, pod)}/v1/cluster/step-down"
 
 
-async def http_get_json(url: str, timeout: float = 3.0) -> Mapping[str, Any]:
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def http_get_json(url: str, token: str | None, timeout: float = 3.0) -> Mapping[str, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(url) as response:
+        async with session.get(url, headers=_auth_headers(token)) as response:
             response.raise_for_status()
             return await response.json()
 
 
-async def http_post(url: str, timeout: float = 10.0) -> int:
+async def http_post(url: str, token: str | None, timeout: float = 10.0) -> int:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.post(url, json={}) as response:
+        async with session.post(url, json={}, headers=_auth_headers(token)) as response:
             return response.status
 
 
-async def fetch_cluster_views(urls: Mapping[str, str], fetch: FetchJson) -> dict[str, Mapping[str, Any]]:
-    """Ask every pod at once; the pods that do not answer are left out."""
+async def fetch_cluster_views(urls: Mapping[str, str], fetch: FetchJson,
+                              token: str | None) -> dict[str, Mapping[str, Any]]:
+    """Ask every pod at once (with the store's admin token); the pods that do not answer are left out."""
     async def one(pod: str, url: str) -> tuple[str, Mapping[str, Any] | None]:
         try:
-            return pod, await fetch(url)
+            return pod, await fetch(url, token)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
             return pod, None
     results = await asyncio.gather(*(one(pod, url) for pod, url in urls.items()))
@@ -104,6 +109,7 @@ class Observation:
     sts: Mapping[str, Any] | None
     cluster: ClusterView = field(default_factory=ClusterView)
     failure: str | None = None
+    problem: str | None = None  # serves as it is, but needs a person (e.g. a deleted Secret)
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ def compute(obs: Observation) -> tuple[str, list[ConditionState], str]:
 
     if obs.failure:
         phase, message = FAILED, obs.failure
+    elif obs.problem:
+        phase, message = DEGRADED, obs.problem
     elif ready_replicas == 0 and cluster.leader is None:
         phase, message = PENDING, "waiting for the first pod to become ready"
     elif progressing:

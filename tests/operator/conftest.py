@@ -19,9 +19,9 @@ import kopf
 import pytest
 from kubernetes_asyncio.client import Configuration
 
-from evstore.operator.handlers import OperatorDeps, build_registry
+from evstore.operator.handlers import OperatorDeps, build_registry, operator_memo
 from evstore.operator.metrics import OperatorMetrics
-from evs_helpers import NAMESPACE, FakeNodes
+from evs_helpers import NAMESPACE, FakeNodes, token_for
 from kmock_emulator import K8sEmulator, declare_resources
 
 
@@ -36,6 +36,13 @@ async def k8s() -> AsyncIterator[K8sEmulator]:
 async def nodes() -> AsyncIterator[FakeNodes]:
     fake = FakeNodes()
 
+    @aiohttp.web.middleware
+    async def require_admin(request: aiohttp.web.Request, handler):
+        if request.headers.get("Authorization") != f"Bearer {fake.admin_token}":
+            fake.unauthorized.append(request.path)
+            return aiohttp.web.json_response({"error": "unauthorized", "message": "token"}, status=401)
+        return await handler(request)
+
     async def cluster(request: aiohttp.web.Request) -> aiohttp.web.Response:
         pod = request.match_info["pod"]
         fake.asked.append(pod)
@@ -49,7 +56,7 @@ async def nodes() -> AsyncIterator[FakeNodes]:
             fake.on_step_down(request.match_info["pod"])
         return aiohttp.web.json_response({}, status=fake.step_down_status)
 
-    app = aiohttp.web.Application()
+    app = aiohttp.web.Application(middlewares=[require_admin])
     app.router.add_get("/pods/{pod}/v1/cluster", cluster)
     app.router.add_post("/pods/{pod}/v1/cluster/step-down", step_down)
     runner = aiohttp.web.AppRunner(app)
@@ -71,7 +78,13 @@ class RunningOperator:
 
 
 @pytest.fixture
-async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningOperator]:
+def deps_overrides() -> dict:
+    """OperatorDeps fields a test module replaces (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
+async def operator(k8s: K8sEmulator, nodes: FakeNodes, deps_overrides: dict) -> AsyncIterator[RunningOperator]:
     """kopf.operator() on its own event loop in a thread, as in production (kopf treats every task of
     its loop that it did not start as hung at shutdown, so it must not share the test's loop)."""
     api_url = str(k8s.url).rstrip("/")
@@ -86,7 +99,9 @@ async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningO
         status_interval=0.3,
         metrics=OperatorMetrics(),
         new_secret=lambda: "generated-test-secret",
+        new_token=token_for,
         dashboards=lambda: {"evstore-overview.json": '{"title": "evstore"}'},
+        **deps_overrides,
     )
     settings = kopf.OperatorSettings()
     settings.networking.request_timeout = 10
@@ -96,8 +111,9 @@ async def operator(k8s: K8sEmulator, nodes: FakeNodes) -> AsyncIterator[RunningO
     def run() -> None:
         try:
             asyncio.run(kopf.operator(
-                registry=build_registry(deps), settings=settings, standalone=True, clusterwide=False,
-                namespaces=[NAMESPACE], stop_flag=stop, ready_flag=ready, memo=kopf.Memo()))
+                registry=build_registry(deps.status_interval), settings=settings, standalone=True,
+                clusterwide=False, namespaces=[NAMESPACE], stop_flag=stop, ready_flag=ready,
+                memo=operator_memo(deps)))
         except BaseException as exc:  # reported by the fixture
             errors.append(exc)
 

@@ -31,10 +31,18 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str 
         await asyncio.sleep(0.05)
 
 
+def token_for(role: str) -> str:
+    """The API token the operator fixture generates for a role (the node accepts only 16+ characters)."""
+    return f"test-{role}-token-0123456789"
+
+
 @dataclass
 class FakeNodes:
-    """Per-pod replies of the stand-in node server."""
+    """Per-pod replies of the stand-in node server. Like a node started with the operator's tokens
+    file, it answers 401 to a request without the admin token (and records it in `unauthorized`)."""
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    admin_token: str = token_for("admin")
+    unauthorized: list[str] = field(default_factory=list)
     step_down_status: int = 200
     step_downs: list[str] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)

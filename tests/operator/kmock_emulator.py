@@ -14,9 +14,19 @@ Gaps of kmock 0.8 closed here (adapted from /work/shared/examples/kmock_emulator
   objects (kmock replays every object, so kopf saw stale duplicates); events between the replay and
   the bus subscription were lost.
 - GET /api/v1/namespaces crashes kmock's path parser; `watch=True` (Python bool) is not recognised.
+
+What the API server does and kmock does not, simulated here:
+- Secrets: `stringData` is write-only; the server merges it base64-encoded into `data` and never
+  returns it (the operator must read `data`, as against a real cluster).
+- Optimistic concurrency: an update carrying metadata.resourceVersion that is not the stored one
+  answers 409 Conflict (kmock 0.8 applies it).
+- Quantities: the server stores resource quantities (under `requests`/`limits`) in canonical form
+  ("0.5" -> "500m", "1024Mi" -> "1Gi", 2 -> "2"); `canonical_quantity` does the same, so a test sees
+  whether the operator patches on every pass because of it.
 """
 from __future__ import annotations
 
+import base64
 import datetime
 import itertools
 import uuid
@@ -50,6 +60,39 @@ parsing.parse_path = _parse_path
 parsing.guess_k8s = _guess_k8s
 
 
+_BINARY = [("Ei", 2 ** 60), ("Pi", 2 ** 50), ("Ti", 2 ** 40), ("Gi", 2 ** 30), ("Mi", 2 ** 20), ("Ki", 2 ** 10)]
+_DECIMAL = [("E", 18), ("P", 15), ("T", 12), ("G", 9), ("M", 6), ("k", 3), ("", 0), ("m", -3), ("u", -6), ("n", -9)]
+
+
+def canonical_quantity(value: Any) -> str:
+    """A quantity as the API server writes it back: the largest suffix with an integer mantissa, in the
+    input's format (binary SI when it had a binary suffix)."""
+    from decimal import Decimal
+
+    from evstore.operator.quantity import parse_quantity
+    amount = parse_quantity(value)
+    if isinstance(value, str) and value.strip()[-2:] in dict(_BINARY) and amount == amount.to_integral():
+        for suffix, factor in _BINARY:
+            if amount % factor == 0:
+                return f"{int(amount / factor)}{suffix}"
+        return str(int(amount))
+    for suffix, exponent in _DECIMAL:
+        mantissa = amount / (Decimal(10) ** exponent)
+        if mantissa == mantissa.to_integral() and mantissa != 0:
+            return f"{int(mantissa)}{suffix}"
+    return "0"
+
+
+def _canonicalise(obj: Any, inside: bool = False) -> Any:
+    if isinstance(obj, dict):
+        return {k: _canonicalise(v, inside or k in ("requests", "limits")) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonicalise(v, inside) for v in obj]
+    if inside and obj is not None:
+        return canonical_quantity(obj)
+    return obj
+
+
 class K8sEmulator(kmock.KubernetesEmulator):
     _rv = itertools.count(1000)
 
@@ -70,6 +113,13 @@ class K8sEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and isinstance(request.data, dict):
+            if request.resource.plural == "secrets" and "stringData" in request.data:
+                encoded = {k: base64.b64encode(str(v).encode()).decode()
+                           for k, v in (request.data.pop("stringData") or {}).items()}
+                request.data["data"] = {**(request.data.get("data") or {}), **encoded}
+            # Built-in kinds only: a custom resource's fields are stored as sent.
+            if "spec" in request.data and request.resource.group != "evstore.io":
+                request.data["spec"] = _canonicalise(request.data["spec"])
             md = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
                 if request.namespace and not md.get("namespace"):
@@ -82,8 +132,13 @@ class K8sEmulator(kmock.KubernetesEmulator):
                 md.setdefault("generation", 1)
                 md["resourceVersion"] = self._next_rv()
             elif request.action == enums.action.UPDATE:
-                md["resourceVersion"] = self._next_rv()
                 key = (request.resource, request.namespace, request.name)
+                expected = md.get("resourceVersion")
+                if expected and key in self.objects and not self.objects[key].deleted and \
+                        self.objects[key].get("metadata", {}).get("resourceVersion") != expected:
+                    raise kmock.KubernetesError(status=409, reason="Conflict",
+                                                message="the object has been modified")
+                md["resourceVersion"] = self._next_rv()
                 if ("spec" in request.data and request.subresource is None
                         and key in self.objects and not self.objects[key].deleted):
                     current = self.objects[key].get("metadata", {}).get("generation", 1)
@@ -166,8 +221,10 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/pods": dict(kind="Pod", namespaced=True, subresources={"status"}),
     "v1/persistentvolumeclaims": dict(kind="PersistentVolumeClaim", namespaced=True),
     "v1/events": dict(kind="Event", namespaced=True),
+    "coordination.k8s.io/v1/leases": dict(kind="Lease", namespaced=True),
     "apps/v1/statefulsets": dict(kind="StatefulSet", namespaced=True, subresources={"status", "scale"}),
     "policy/v1/poddisruptionbudgets": dict(kind="PodDisruptionBudget", namespaced=True),
+    "networking.k8s.io/v1/networkpolicies": dict(kind="NetworkPolicy", namespaced=True),
     "monitoring.coreos.com/v1/servicemonitors": dict(kind="ServiceMonitor", namespaced=True),
     # Discovery only (kopf looks them up; the operator never lists them with scanning disabled).
     "v1/namespaces": dict(kind="Namespace", namespaced=False),

@@ -6,11 +6,15 @@ server on 127.0.0.1 answers /v1/cluster in place of the evstore pods.
 """
 from __future__ import annotations
 
+from evstore.operator.kube import secret_values
 from evs_helpers import (EVS, NAMESPACE, STS, api, create_evs, events, eventually, get_object, patch_evs,
                          simulate_statefulset_ready)
 
 CHILDREN = [
     ("v1/secrets", "orders-cluster-secret"),
+    ("v1/secrets", "orders-api-tokens"),
+    ("networking.k8s.io/v1/networkpolicies", "orders"),
+    ("networking.k8s.io/v1/networkpolicies", "orders-etcd"),
     ("v1/configmaps", "orders-config"),
     ("v1/configmaps", "orders-dashboards"),
     ("v1/services", "orders-peers"),
@@ -48,7 +52,8 @@ async def test_create_makes_every_child_with_owner_references(k8s, operator):
                                                                          "key": "secret"}
     config = get_object(k8s, "v1/configmaps", "orders-config")["data"]
     assert config["EVSTORE_ETCD_ENDPOINTS"].split(",")[0] == "http://orders-etcd-0.orders-etcd.default.svc:2379"
-    assert get_object(k8s, "v1/secrets", "orders-cluster-secret")["stringData"] == {"secret": "generated-test-secret"}
+    assert secret_values(get_object(k8s, "v1/secrets", "orders-cluster-secret")) == {
+        "secret": "generated-test-secret"}
 
     status = (await eventually(lambda: evs(k8s).get("status", {}).get("observedGeneration") == 1
                                and evs(k8s)["status"], what="observedGeneration"))

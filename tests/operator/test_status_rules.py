@@ -81,6 +81,8 @@ def test_scale_down_guard():
 async def test_fetch_cluster_views_over_http_skips_pods_that_fail():
     """A stand-in node on 127.0.0.1 (no evstore pods here) answering /v1/cluster for one pod only."""
     async def cluster(request):
+        if request.headers.get("Authorization") != "Bearer admin-token-0123456789":
+            return aiohttp.web.json_response({"error": "unauthorized"}, status=401)
         if request.match_info["pod"] == "o-0":
             return aiohttp.web.json_response(_view("o-0", 2, role="leader"))
         return aiohttp.web.json_response({"error": "unavailable"}, status=503)
@@ -93,10 +95,12 @@ async def test_fetch_cluster_views_over_http_skips_pods_that_fail():
     await site.start()
     try:
         base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        views = await st.fetch_cluster_views({p: f"{base}/{p}/v1/cluster" for p in ("o-0", "o-1")},
-                                             st.http_get_json)
+        urls = {p: f"{base}/{p}/v1/cluster" for p in ("o-0", "o-1")}
+        views = await st.fetch_cluster_views(urls, st.http_get_json, "admin-token-0123456789")
         assert list(views) == ["o-0"] and views["o-0"]["epoch"] == 2
-        closed = await st.fetch_cluster_views({"o-2": "http://127.0.0.1:9/v1/cluster"}, st.http_get_json)
+        assert await st.fetch_cluster_views(urls, st.http_get_json, None) == {}  # 401 without the token
+        closed = await st.fetch_cluster_views({"o-2": "http://127.0.0.1:9/v1/cluster"}, st.http_get_json,
+                                              "admin-token-0123456789")
         assert closed == {}
     finally:
         await runner.cleanup()

@@ -4,8 +4,9 @@ Proves: `helm lint --strict` passes; `helm template --include-crds` output passe
 `kubernetes-validate --strict` (the ServiceMonitor, a CRD-based kind with no schema there, is checked
 by shape instead); the RBAC is exactly the namespaced least-privilege set the operator needs; the
 operator Deployment runs the shared image as `evstore operator` non-root on a read-only root
-filesystem with a liveness probe on its metrics port; the optional ServiceMonitor and dashboard
-ConfigMaps appear only when enabled and are wired correctly; values.schema.json rejects bad values;
+filesystem with a liveness probe on /healthz (answered by its event loop), as two replicas that elect
+one active through a Lease; a NetworkPolicy admits only Prometheus to the metrics port; the optional
+ServiceMonitor and dashboard ConfigMaps appear only when enabled and are wired correctly; values.schema.json rejects bad values;
 the chart's CRD is byte-identical to crds/eventstore.yaml.
 """
 from __future__ import annotations
@@ -35,9 +36,11 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("", "services"): {"get", "create", "patch"},
     ("apps", "statefulsets"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("", "pods"): {"list", "delete"},
-    ("", "persistentvolumeclaims"): {"list", "delete"},
+    ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
 }
 
@@ -153,7 +156,8 @@ def test_kubernetes_validate_strict_rejects_an_unknown_field(rendered):
 def test_every_kind_is_expected_and_namespaced_in_the_release_namespace(rendered):
     kinds = {variant: sorted(d["kind"] for d in docs) for variant, docs in rendered.items()}
     assert kinds["default"] == sorted(["CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding",
-                                       "Service", "Deployment", "ConfigMap"])
+                                       "Service", "Deployment", "ConfigMap", "NetworkPolicy",
+                                       "PodDisruptionBudget"])
     assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "ConfigMap", "ConfigMap"])
     for docs in rendered.values():
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
@@ -241,9 +245,10 @@ def test_deployment_runs_evstore_operator_on_the_shared_image(rendered, variant,
     env = env_of(container)
     assert env["WATCH_NAMESPACE"] == NAMESPACE
     assert env["EVSTORE_NODE_IMAGE"] == image, "store pods must get the same image as the operator"
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"},
+                                  {"name": "health", "containerPort": 8081, "protocol": "TCP"}]
     probe = container["livenessProbe"]["httpGet"]
-    assert probe["path"] == "/metrics" and probe["port"] in ("metrics", port)
+    assert probe == {"path": "/healthz", "port": "health"}
 
 
 def test_deployment_args_are_accepted_by_the_real_cli(rendered):
@@ -272,7 +277,13 @@ def test_deployment_is_non_root_read_only_and_bounded(rendered):
     deployment = one(rendered["default"], "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = operator_container(rendered["default"])
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one active through the Lease (operator/leadership.py): a roll never leaves none.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EVSTORE_OPERATOR_HEALTH_PORT"]["value"] == "8081"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -285,19 +296,51 @@ def test_deployment_is_non_root_read_only_and_bounded(rendered):
     assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
 
 
-def test_scheduling_values_reach_the_pod(rendered):
+def test_scheduling_values_reach_the_pod(rendered, helm):
     pod = one(rendered["custom"], "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "evstore",
                                    "effect": "NoSchedule"}]
     default_pod = one(rendered["default"], "Deployment")["spec"]["template"]["spec"]
-    assert "nodeSelector" not in default_pod and "tolerations" not in default_pod and "affinity" not in default_pod
+    assert "nodeSelector" not in default_pod and "tolerations" not in default_pod
+    assert list(default_pod["affinity"]) == ["podAntiAffinity"]  # the default spread, see below
+    custom = documents(template(helm, "--set-json", 'affinity={"nodeAffinity":{}}'))
+    assert one(custom, "Deployment")["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {}}
 
 
 # -- monitoring ------------------------------------------------------------------------------------
 
 def sidecar_maps(docs: list[dict], label: str = "grafana_dashboard") -> list[dict]:
     return [d for d in by_kind(docs, "ConfigMap") if label in d["metadata"]["labels"]]
+
+
+def test_replicas_spread_over_nodes_and_a_drain_keeps_one(rendered, helm):
+    deployment = one(rendered["default"], "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                       "labelSelector": {"matchLabels": selector}}
+    pdb = one(rendered["default"], "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    single = documents(template(helm, "--set", "replicaCount=1"))
+    assert not by_kind(single, "PodDisruptionBudget")
+
+
+def test_network_policy_admits_only_prometheus_on_the_metrics_port(rendered):
+    policy = one(rendered["default"], "NetworkPolicy")
+    deployment = one(rendered["default"], "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+        "ports": [{"protocol": "TCP", "port": 8080}]}]
+    assert one(rendered["custom"], "NetworkPolicy")["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP",
+                                                                                        "port": 9090}]
+    # The stores' NetworkPolicies admit the operator by these labels (operator/manifests.py).
+    from evstore.operator.manifests import OPERATOR_POD_LABELS
+    assert OPERATOR_POD_LABELS.items() <= pod_labels.items()
 
 
 def test_monitoring_objects_are_off_by_default(rendered):
@@ -372,7 +415,8 @@ def test_dashboards_ship_verbatim_as_labelled_configmaps(rendered, variant, labe
     (("--set-json", 'affinity={"nodeAfinity":{}}'), "nodeAfinity"),
     (("--set", "dashboards.label=not a label"), "label"),
     (("--set", "serviceAccount.create=no"), "create"),
-    (("--set", "replicaCount=2"), "replicaCount"),
+    (("--set", "replicaCount=0"), "replicaCount"),
+    (("--set", "health.port=0"), "port"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_values_schema_rejects_bad_values(helm, args, field):
     result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)

@@ -107,6 +107,11 @@ def _minimal(**spec) -> dict:
     {"storage": {"size": "lots"}},
     {"etcd": {"endpoints": ["etcd-0:2379"]}},
     {"clusterSecretRef": {"key": "secret"}},
+    {"auth": {"tokensSecretRef": {}}},
+    {"imagePullSecrets": [{}]},
+    {"etcd": {"auth": "yes"}},
+    {"podMetadata": {"labels": {"a": 1}}},
+    {"auth": {"tokensSecretRef": {"name": ""}}},
     {"monitoring": {"serviceMonitor": "yes"}},
 ])
 def test_invalid_resources_are_rejected(validator, spec):
@@ -118,6 +123,13 @@ def test_invalid_resources_are_rejected(validator, spec):
 def test_valid_bounds_are_accepted(validator):
     validator.validate(_minimal(replicas=1))
     validator.validate(_minimal(replicas=9, durability={"mode": "interval", "minInSync": 5}))
+    validator.validate(_minimal(auth={"tokensSecretRef": {"name": "my-tokens"}}))
+    pod_settings = dict(imagePullSecrets=[{"name": "registry"}],
+                        podMetadata={"labels": {"team": "a"}, "annotations": {"x/y": "z"}},
+                        scheduling={"priorityClassName": "high", "topologySpreadConstraints": [{"maxSkew": 1}]},
+                        etcd={"managed": True, "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": 1}}})
+    validator.validate(_minimal(replicas=3, **pod_settings))
+    parse_spec("x", "default", pod_settings | {"replicas": 3})
 
 
 def test_status_schema_accepts_what_the_operator_writes(validator):
@@ -132,3 +144,9 @@ def test_status_schema_accepts_what_the_operator_writes(validator):
     resource["status"]["phase"] = "Sleeping"
     with pytest.raises(ValidationError, match="Sleeping"):
         validator.validate(resource)
+
+
+def test_crd_refuses_the_names_the_operator_reserves(crd):
+    from evstore.operator.spec import RESERVED_NAME_SUFFIXES
+    [rule] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    assert rule["rule"] == " && ".join(f"!self.metadata.name.endsWith('{s}')" for s in RESERVED_NAME_SUFFIXES)

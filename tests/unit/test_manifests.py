@@ -25,6 +25,14 @@ SPECS = {
                                       "nodeSelectorTerms": [{"matchExpressions": [
                                           {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}},
                    "monitoring": {"serviceMonitor": True, "dashboards": True}},
+    "pod-settings": {"replicas": 3, "imagePullSecrets": [{"name": "registry"}],
+                     "podMetadata": {"labels": {"team": "shop", "app.kubernetes.io/instance": "spoofed"},
+                                     "annotations": {"example.com/owner": "shop"}},
+                     "scheduling": {"priorityClassName": "critical", "topologySpreadConstraints": [
+                         {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                          "whenUnsatisfiable": "ScheduleAnyway",
+                          "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "orders"}}}]},
+                     "etcd": {"managed": True, "resources": {"requests": {"cpu": "200m"}}}},
 }
 
 
@@ -36,6 +44,9 @@ def all_manifests(spec):
     owner = m.owner_reference(spec.name, "1f0e3c1a-0000-4000-8000-000000000001")
     objs = m.desired_children(spec, dashboards={"overview.json": '{"title": "evstore"}'})
     objs.append(m.cluster_secret(spec, "s3cret"))
+    objs.append(m.api_tokens_secret(spec, {r: f"{r}-token-0123456789" for r in ("admin", "write", "read")}))
+    if spec.etcd_auth:
+        objs.append(m.etcd_auth_secret(spec, root_password="r" * 20, node_password="n" * 20, jwt_key="k" * 40))
     return [m.owned(obj, owner) for obj in objs]
 
 
@@ -57,10 +68,11 @@ def test_strict_validation_catches_an_unknown_field():
 
 def test_children_depend_on_the_spec():
     kinds = lambda spec: sorted(f"{o['kind']}/{o['metadata']['name']}" for o in m.desired_children(spec))
-    assert kinds(store()) == ["ConfigMap/orders-config", "PodDisruptionBudget/orders", "Service/orders",
-                              "Service/orders-peers", "StatefulSet/orders"]
+    assert kinds(store()) == ["ConfigMap/orders-config", "NetworkPolicy/orders", "PodDisruptionBudget/orders",
+                              "Service/orders", "Service/orders-peers", "StatefulSet/orders"]
     managed = kinds(store(replicas=3))
     assert "StatefulSet/orders-etcd" in managed and "Service/orders-etcd" in managed
+    assert "NetworkPolicy/orders-etcd" in managed
     assert "PodDisruptionBudget/orders-etcd" in managed
     external = m.desired_children(store(**SPECS["everything"]), dashboards={"a.json": "{}"})
     names = [f"{o['kind']}/{o['metadata']['name']}" for o in external]
@@ -98,10 +110,57 @@ def test_statefulset_runs_the_node_with_the_contracted_settings():
     assert container["volumeMounts"][0] == {"name": "data", "mountPath": "/data"}
 
 
+def test_pods_read_their_api_tokens_from_the_tokens_secret():
+    tokens = {"admin": "a" * 16, "write": "w" * 16, "read": "r" * 16}
+    secret = m.api_tokens_secret(store(), tokens)
+    assert secret["metadata"]["name"] == "orders-api-tokens"
+    assert secret["stringData"] == {**tokens, "api-tokens": f"{'a' * 16} admin\n{'w' * 16} write\n{'r' * 16} read\n"}
+    pod = m.statefulset(store())["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["--api-tokens-file=/etc/evstore/api-tokens/api-tokens"]
+    assert {"name": "api-tokens", "mountPath": "/etc/evstore/api-tokens", "readOnly": True} in container["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-tokens")
+    assert volume["secret"] == {"secretName": "orders-api-tokens", "defaultMode": 0o440,
+                                "items": [{"key": "api-tokens", "path": "api-tokens"}]}
+    mine = m.statefulset(store(auth={"tokensSecretRef": {"name": "my-tokens"}}))["spec"]["template"]["spec"]
+    assert next(v for v in mine["volumes"] if v["name"] == "api-tokens")["secret"]["secretName"] == "my-tokens"
+
+
+def test_a_users_tokens_file_is_checked_without_quoting_tokens():
+    admin = "a" * 16
+    assert m.tokens_file_problem(f"# mine\n{admin} admin\n{'r' * 16} read\n", admin=admin) is None
+    assert m.tokens_file_problem(m.tokens_file({"admin": admin, "write": "w" * 16, "read": "r" * 16}),
+                                 admin=admin) is None
+    short = m.tokens_file_problem(f"{admin} admin\nshort-token read\n", admin=admin)
+    assert "line 2" in short and "short-token" not in short
+    assert "not an admin line" in m.tokens_file_problem(f"{admin} write\n", admin=admin)
+    assert "not an admin line" in m.tokens_file_problem(f"{'b' * 16} admin\n", admin=admin)
+
+
+def test_network_policy_admits_the_store_the_operator_clients_and_prometheus():
+    policy = m.network_policy(store())
+    assert policy["spec"]["podSelector"] == {"matchLabels": m.selector_labels("orders")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 7113}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": m.selector_labels("orders")}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator",
+                                         "app.kubernetes.io/part-of": "evstore"}}},
+        {"podSelector": {"matchLabels": {"evstore.io/client": "orders"}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}, "namespaceSelector": {}},
+    ]
+    etcd = m.etcd_network_policy(store(replicas=3))
+    assert etcd["spec"]["podSelector"] == {"matchLabels": m.selector_labels("orders", "etcd")}
+    sources = [peer for rule in etcd["spec"]["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": m.selector_labels("orders")}} in sources
+    assert {"podSelector": {"matchLabels": m.selector_labels("orders", "etcd")}} in sources
+
+
 def test_configmap_holds_the_shared_settings():
     data = m.configmap(store(**SPECS["everything"]))["data"]
     assert data == {
-        "EVSTORE_STORE_ID": "orders", "EVSTORE_DATA_DIR": "/data", "EVSTORE_HOST": "0.0.0.0",
+        "EVSTORE_STORE_ID": "shop.orders", "EVSTORE_DATA_DIR": "/data", "EVSTORE_HOST": "0.0.0.0",
         "EVSTORE_PORT": "7113", "EVSTORE_DURABILITY": "interval", "EVSTORE_LOG_LEVEL": "debug",
         "EVSTORE_DISCOVERY": "zeroconf,dns,etcd", "EVSTORE_DISCOVERY_DNS": "orders-peers.shop.svc",
         "EVSTORE_ETCD_ENDPOINTS": "http://etcd-0.infra.svc:2379,http://etcd-1.infra.svc:2379",
@@ -116,6 +175,16 @@ def test_config_hash_follows_settings_but_not_replicas():
     assert m.config_hash(store(replicas=3)) != m.config_hash(store(replicas=3, logLevel="debug"))
 
 
+def test_config_hash_covers_the_secrets_values_without_carrying_them():
+    spec = store()
+    one = m.secrets_digest({"secret": "a" * 20}, {"api-tokens": "t" * 16 + " admin\n"})
+    other = m.secrets_digest({"secret": "b" * 20}, {"api-tokens": "t" * 16 + " admin\n"})
+    assert one != other and m.config_hash(spec, one) != m.config_hash(spec, other)
+    sts = m.statefulset(spec, secrets=one)
+    assert sts["spec"]["template"]["metadata"]["annotations"]["evstore.io/config-hash"] == m.config_hash(spec, one)
+    assert "a" * 20 not in str(sts) and one not in str(sts)
+
+
 def test_services_headless_peers_and_client():
     peers, client = m.peers_service(store()), m.client_service(store())
     assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
@@ -127,6 +196,51 @@ def test_pod_disruption_budget_keeps_the_in_sync_set():
     assert m.pod_disruption_budget(store())["spec"]["maxUnavailable"] == 1
     assert m.pod_disruption_budget(store(replicas=3))["spec"]["minAvailable"] == 2
     assert m.pod_disruption_budget(store(replicas=5, durability={"minInSync": 4}))["spec"]["minAvailable"] == 4
+    assert not m.pdb_blocks_writes(store(replicas=3))
+
+
+@pytest.mark.parametrize("spec", [{"replicas": 2}, {"replicas": 3, "durability": {"minInSync": 3}},
+                                  {"replicas": 5, "durability": {"minInSync": 5}}])
+def test_pod_disruption_budget_never_blocks_every_drain(spec):
+    parsed = store(**spec)
+    assert m.pod_disruption_budget(parsed)["spec"]["minAvailable"] == parsed.replicas - 1
+    assert m.pdb_blocks_writes(parsed)
+
+
+def test_pods_take_the_pod_settings_and_no_service_account_token():
+    spec = store(**SPECS["pod-settings"])
+    template = m.statefulset(spec)["spec"]["template"]
+    pod = template["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["imagePullSecrets"] == [{"name": "registry"}] and pod["priorityClassName"] == "critical"
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert template["metadata"]["labels"]["team"] == "shop"
+    assert template["metadata"]["labels"]["app.kubernetes.io/instance"] == "orders", "selector labels win"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "shop"
+    assert "evstore.io/config-hash" in template["metadata"]["annotations"]
+    etcd = m.etcd_statefulset(spec)["spec"]["template"]["spec"]
+    assert etcd["automountServiceAccountToken"] is False
+    assert etcd["imagePullSecrets"] == [{"name": "registry"}] and etcd["priorityClassName"] == "critical"
+    assert "topologySpreadConstraints" not in etcd  # its selector names the node pods
+    assert etcd["containers"][0]["resources"] == {"requests": {"cpu": "200m"}}
+
+
+def test_managed_etcd_compacts_and_has_resources():
+    container = m.etcd_statefulset(store(replicas=3))["spec"]["template"]["spec"]["containers"][0]
+    assert "--auto-compaction-mode=periodic" in container["args"]
+    assert "--auto-compaction-retention=1h" in container["args"]
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def test_quantities_compare_by_value():
+    desired = m.statefulset(store(resources={"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": 2}}))
+    actual = copy.deepcopy(desired)
+    actual["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2"}}
+    assert m.patch_for(desired, actual) is None
+    actual["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "600m"
+    assert m.patch_for(desired, actual) is not None
+    assert m.same_quantity("1e3", "1k") and not m.same_quantity("1Ki", "1k")
 
 
 def test_managed_etcd_members_know_each_other():
@@ -187,10 +301,51 @@ def test_patch_for_touches_only_what_differs_and_may_change():
     ("orders", {"etcd": {"managed": True, "endpoints": ["http://e:2379"]}}, "not both"),
     ("orders", {"replicas": 3, "durability": {"minInSync": 4}}, "minInSync"),
     ("orders", {"durability": {"mode": "async"}}, "durability.mode"),
+    ("orders-etcd", {}, "children of the store 'orders'"),
+    ("orders-peers", {}, "children of the store 'orders'"),
 ])
 def test_invalid_specs_are_refused(name, spec, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(name, "shop", spec)
+
+
+def test_store_ids_are_unique_across_namespaces_and_accepted_by_the_node():
+    from evstore.node.config import load_settings
+    ids = {parse_spec("orders", ns, {}).node_store_id for ns in ("shop", "shop-eu", "billing")}
+    assert ids == {"shop.orders", "shop-eu.orders", "billing.orders"}
+    longest = parse_spec("o" * 47, "n" * 63, {}).node_store_id
+    for store_id in ids | {longest}:
+        assert load_settings(["--store-id", store_id]).store_id == store_id
+
+
+def test_no_two_stores_share_a_child():
+    """Names that another store's children could take are refused, so every (kind, name) is one store's."""
+    names = ["orders", "orders-etcd", "orders-peers", "orders-0", "orders-config", "orders-dashboards",
+             "orders-cluster-secret", "orders-api-tokens", "o", "o-api"]
+    seen: dict[tuple[str, str], str] = {}
+    for name in names:
+        try:
+            spec = store(name, replicas=3, monitoring={"serviceMonitor": True, "dashboards": True})
+        except SpecError:
+            continue
+        objs = m.desired_children(spec, dashboards={"a.json": "{}"})
+        objs += [m.cluster_secret(spec, "x" * 16), m.api_tokens_secret(spec, {r: r * 16 for r in ("admin", "write", "read")})]
+        keys = [(o["kind"], o["metadata"]["name"]) for o in objs]
+        keys += [("Pod", f"{o['metadata']['name']}-{i}") for o in objs if o["kind"] == "StatefulSet" for i in range(9)]
+        for key in keys:
+            assert seen.setdefault(key, name) == name, f"{key} of {name} is also a child of {seen[key]}"
+
+
+def test_foreign_owner_is_never_ours():
+    owner = m.owner_reference("orders", "uid-1")
+    desired = m.owned(m.etcd_service(store(replicas=3)), owner)
+    assert m.foreign_owner(desired, desired) is None
+    other = m.owned(desired, m.owner_reference("orders-x", "uid-2"))
+    assert "belongs to EventStore orders-x" in m.foreign_owner(desired, other)
+    stranger = {"metadata": {"name": "orders-etcd", "labels": {"app": "mine"}}}
+    assert "not managed by the evstore operator" in m.foreign_owner(desired, stranger)
+    orphan = {"metadata": {"name": "orders-etcd", "labels": dict(desired["metadata"]["labels"])}}
+    assert m.foreign_owner(desired, orphan) is None
 
 
 def test_defaults():
