@@ -15,6 +15,7 @@ import orjson
 from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
+from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows
 from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
@@ -22,7 +23,8 @@ ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
 METADATA_TYPE = "$metadata"
 TOMBSTONE_TYPE = "$tombstone"
-ALL_SCAN_WINDOW = 32768  # positions a filtered $all read scans before it answers with a cursor
+ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
+LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
 
 
 def metadata_stream(stream: str) -> str:
@@ -37,6 +39,7 @@ class NewEvent:
     metadata: bytes
     given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
     payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
+    flags: int = 0  # content types of data and metadata (storage.DATA_BINARY, storage.METADATA_BINARY)
 
 
 @dataclass(slots=True)
@@ -71,34 +74,6 @@ class StreamInfo:
     updated: int | None
     deleted: str
     metadata: dict
-
-
-@dataclass(slots=True)
-class AllFilter:
-    types: Sequence[str] = ()
-    type_prefix: str | None = None
-    stream_prefix: str | None = None
-    stream_pattern: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern)
-
-    def sql(self) -> tuple[str, list]:
-        clauses, args = [], []
-        if self.types:
-            clauses.append(f"type IN ({','.join('?' * len(self.types))})")
-            args.extend(self.types)
-        if self.type_prefix:
-            clauses.append("substr(type, 1, ?) = ?")
-            args.extend([len(self.type_prefix), self.type_prefix])
-        if self.stream_prefix:
-            clauses.append("substr(stream, 1, ?) = ?")
-            args.extend([len(self.stream_prefix), self.stream_prefix])
-        if self.stream_pattern:
-            clauses.append("stream GLOB ?")
-            args.append(self.stream_pattern)
-        return "".join(" AND " + c for c in clauses), args
 
 
 @dataclass(slots=True)
@@ -337,31 +312,13 @@ class Log:
         return await self.storage.read(read)
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
-        where, args = filters.sql()
         visible = self._horizon()
+        window = ALL_SCAN_WINDOW
 
         def read(conn: sqlite3.Connection) -> AllSlice:
             head = _head(conn) if visible is None else min(_head(conn), visible)
-            if backward:
-                top = head if start is None else min(start, head)
-                bottom = max(1, top - ALL_SCAN_WINDOW + 1) if filters.active else 1
-                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
-                                    f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
-                records = [record_from_row(r).verified() for r in rows]
-                if len(records) == limit:
-                    nxt = records[-1].position - 1 if records[-1].position > 1 else None
-                else:
-                    nxt = bottom - 1 if bottom > 1 else None
-            else:
-                bottom = start or 1
-                top = min(bottom + ALL_SCAN_WINDOW - 1, head) if filters.active else head
-                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
-                                    f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
-                records = [record_from_row(r).verified() for r in rows]
-                if len(records) == limit:
-                    nxt = records[-1].position + 1 if records[-1].position < head else None
-                else:
-                    nxt = top + 1 if top < head else None
+            records, nxt = read_all_page(conn, start=start, limit=limit, backward=backward, filters=filters,
+                                         head=head, window=window)
             return AllSlice(records, nxt, head)
 
         return await self.storage.read(read)
@@ -396,31 +353,27 @@ class Log:
         def read(conn: sqlite3.Connection) -> tuple[list[StreamRow], str | None]:
             now = now_micros()
             found: list[StreamRow] = []
-            cursor = after if after is not None and after >= (prefix or "") else (prefix or "")
-            inclusive = after is None or after < (prefix or "")
-            while len(found) <= limit:
-                sql = ("SELECT stream, version, created, updated, deleted, metadata FROM streams "
-                       f"WHERE stream {'>=' if inclusive else '>'} ? AND version > 0"
-                       + (" AND deleted = 'no'" if visible is None else ""))
-                params: list = [cursor]
-                if prefix:
-                    sql += " AND substr(stream, 1, ?) = ?"
-                    params += [len(prefix), prefix]
-                rows = conn.execute(sql + " ORDER BY stream LIMIT ?", (*params, limit + 1)).fetchall()
-                if not rows:
-                    break
-                for r in rows:
-                    row = StreamRow(*r) if visible is None else _row_as_of(conn, StreamRow(*r), visible)
-                    if row.version == 0:
-                        continue
-                    system = row.stream.startswith("$") and not (prefix or "").startswith("$")
-                    if not system and visibility(row, now).deleted == "no":
-                        found.append(row)
-                cursor, inclusive = rows[-1][0], False
-                if len(rows) <= limit:
-                    break
+            budget, last_seen = LIST_SCAN_BUDGET, None
+            for low, high in stream_name_ranges(prefix):
+                cursor, inclusive = (after, False) if after is not None and after >= low else (low, True)
+                while len(found) <= limit and budget > 0 and (high is None or cursor < high):
+                    rows = stream_rows(conn, cursor, inclusive=inclusive, below=high, limit=limit + 1,
+                                       hide_deleted=visible is None)
+                    if not rows:
+                        break
+                    budget -= len(rows)
+                    for r in rows:
+                        row = StreamRow(*r) if visible is None else _row_as_of(conn, StreamRow(*r), visible)
+                        if row.version > 0 and visibility(row, now).deleted == "no":
+                            found.append(row)
+                    cursor = last_seen = rows[-1][0]
+                    inclusive = False
+                    if len(rows) <= limit:
+                        break
             page = found[:limit]
-            return page, (page[-1].stream if len(found) > limit else None)
+            if len(found) > limit:
+                return page, page[-1].stream
+            return page, (last_seen if budget <= 0 else None)  # out of budget: go on after the last name seen
 
         return await self.storage.read(read)
 
@@ -577,7 +530,7 @@ def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Reco
     by_id = {r.id: r for r in existing}
     records = [by_id.get(e.id) for e in events]
     same = all(r is not None and r.stream == stream and r.type == e.type and r.data == e.data
-               and r.metadata == e.metadata for r, e in zip(records, events))
+               and r.metadata == e.metadata and r.flags == e.flags for r, e in zip(records, events))
     if same and all(b.version == a.version + 1 for a, b in zip(records, records[1:])):
         return AppendResult(stream, records[0].version, records[-1].version, records[-1].position)
     reused = next(e.id for e in events if e.id in by_id)

@@ -28,12 +28,16 @@ from .errors import CorruptRecord, LogError, Unavailable
 log = logging.getLogger("evstore.storage")
 
 DB_FILE = "evstore.db"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 MAX_BATCH_REQUESTS = 2048
 MAX_BATCH_WEIGHT = 50_000  # events: a group commit stops taking requests past this
 SQL_VARIABLE_CHUNK = 500
 
-SCHEMA = """
+# content types of a record's payloads (its `flags`): JSON text as the client sent it, or bytes
+DATA_BINARY = 1
+METADATA_BINARY = 2
+
+TABLES = """
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
     stream   TEXT    NOT NULL,
@@ -44,10 +48,9 @@ CREATE TABLE IF NOT EXISTS events (
     metadata BLOB    NOT NULL,
     created  INTEGER NOT NULL,
     epoch    INTEGER NOT NULL,
-    checksum INTEGER NOT NULL
+    checksum INTEGER NOT NULL,
+    flags    INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(stream, version);
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(id);
 CREATE TABLE IF NOT EXISTS streams (
     stream   TEXT PRIMARY KEY,
     version  INTEGER NOT NULL,
@@ -59,10 +62,20 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
 """
+# A stream's category is its name up to and including the first '-' ('' without one), as KurrentDB's
+# $by_category. Built-in deterministic functions only, so the plain sqlite3 shell can still write the file.
+CATEGORY_SQL = "substr(stream, 1, instr(stream, '-'))"
+INDEXES = f"""
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(stream, version);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(id);
+CREATE INDEX IF NOT EXISTS events_by_type ON events(type, position);
+CREATE INDEX IF NOT EXISTS events_by_category ON events({CATEGORY_SQL}, position);
+"""
+SCHEMA = TABLES + INDEXES
 
-RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
+RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"
 _INTS = struct.Struct("<QQqq")
-_COLUMNS = 10
+_COLUMNS = 11
 
 
 def _value_rows(rows: int, columns: int) -> str:
@@ -91,9 +104,11 @@ class Record:
     created: int  # microseconds since the Unix epoch
     epoch: int
     checksum: int = 0
+    flags: int = 0  # DATA_BINARY | METADATA_BINARY: which payloads are bytes rather than JSON text
 
     def compute_checksum(self) -> int:
-        return sealed_checksum(payload_checksum(self.id, self.stream, self.type, self.data, self.metadata),
+        return sealed_checksum(payload_checksum(self.id, self.stream, self.type, self.data, self.metadata,
+                                                self.flags),
                                self.position, self.version, self.created, self.epoch)
 
     def verified(self) -> "Record":
@@ -103,15 +118,22 @@ class Record:
 
     def row(self) -> tuple:
         return (self.position, self.stream, self.version, self.id, self.type, self.data, self.metadata,
-                self.created, self.epoch, self.checksum)
+                self.created, self.epoch, self.checksum, self.flags)
 
 
-def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes) -> int:
+_FLAG_BYTES = [bytes([flags]) for flags in range(4)]
+
+
+def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes,
+                     flags: int = 0) -> int:
     """CRC32C of what the writer of an event decides: its id, stream, type, data and metadata (after their
-    four lengths). The log computes it before the event reaches the writer thread, to keep that path short."""
+    four lengths), then its content-type byte when it is not 0 (JSON data and metadata): so the records of
+    format 1, which were all JSON, keep their checksums. The log computes it before the event reaches the
+    writer thread, to keep that path short."""
     stream_bytes, type_bytes = stream.encode(), event_type.encode()
     lengths = _LENGTHS.pack(len(stream_bytes), len(type_bytes), len(data), len(metadata))
-    return crc32c.crc32c(b"".join((event_id, lengths, stream_bytes, type_bytes, data, metadata)))
+    crc = crc32c.crc32c(b"".join((event_id, lengths, stream_bytes, type_bytes, data, metadata)))
+    return crc32c.crc32c(_FLAG_BYTES[flags], crc) if flags else crc
 
 
 def seal_payloads(stream: str, events: Iterable) -> int:
@@ -125,6 +147,8 @@ def seal_payloads(stream: str, events: Iterable) -> int:
         type_bytes, data, metadata = e.type.encode(), e.data, e.metadata
         e.payload_crc = crc(join((e.id, pack(stream_length, len(type_bytes), len(data), len(metadata)),
                                   stream_bytes, type_bytes, data, metadata)))
+        if e.flags:
+            e.payload_crc = crc(_FLAG_BYTES[e.flags], e.payload_crc)
         size += len(data) + len(metadata)
     return size
 
@@ -136,7 +160,7 @@ def sealed_checksum(payload_crc: int, position: int, version: int, created: int,
 
 def record_from_row(row: Sequence) -> Record:
     return Record(row[0], row[1], row[2], bytes(row[3]), row[4], bytes(row[5]), bytes(row[6]), row[7], row[8],
-                  row[9])
+                  row[9], row[10])
 
 
 @dataclass(slots=True)
@@ -378,7 +402,7 @@ class WriteTxn:
         for e in events:
             index = len(values)
             add((position, stream, version, bytearray(e.id), e.type, bytearray(e.data), bytearray(e.metadata),
-                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc)))
+                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc), e.flags))
             ids[e.id] = index
             position += 1
             version += 1
@@ -415,7 +439,35 @@ class WriteTxn:
         if created_before is not None:
             sql += " OR created < ?"
             args.append(created_before)
-        return self.conn.execute(sql + ")", args).rowcount
+        removed = self.conn.execute(sql + ")", args).rowcount
+        if removed:  # the newest record may be among them: start-up reads the last `created` from here then
+            self.set_setting("last_created", str(self.now))
+        return removed
+
+
+def open_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema of a new log, or bring a log of format 1 to this format (in one transaction)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone() if "settings" in tables \
+        else None
+    if fmt is not None and fmt[0] not in ("1", FORMAT_VERSION):
+        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 (migrated on open) and "
+                           f"{FORMAT_VERSION}: run the evstore release that wrote it, or restore a backup")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if fmt is not None and fmt[0] == "1":
+            log.warning("migrating %s from log format 1 to %s: adding the content-type column and building the "
+                        "type and category indexes (once; it takes a while on a large log)", path, FORMAT_VERSION)
+            # format-1 records are all JSON (flags 0), whose checksums format 2 computes the same way
+            conn.execute("ALTER TABLE events ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+        for statement in (TABLES + INDEXES).split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT OR REPLACE INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 WriteOp = Callable[[WriteTxn], Any]
@@ -456,15 +508,18 @@ class Storage:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
                        cache_kib=WRITER_CACHE_KIB)
-        conn.executescript(SCHEMA)
-        fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()
-        if fmt is None:
-            conn.execute("INSERT INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
-        elif fmt[0] != FORMAT_VERSION:
-            raise RuntimeError(f"{self.path} has log format {fmt[0]}, this node reads format {FORMAT_VERSION}")
+        try:
+            open_schema(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
-        self.head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
-        self._last_created = conn.execute("SELECT coalesce(max(created), 0) FROM events").fetchone()[0]
+        # O(1) in the log's size: `created` grows with the position (each commit takes a time past the last
+        # one), and a scavenge that removes the newest records keeps that time in the settings
+        last = conn.execute("SELECT position, created FROM events ORDER BY position DESC LIMIT 1").fetchone()
+        self.head, self._last_created = last if last else (0, 0)
+        kept = conn.execute("SELECT value FROM settings WHERE key = 'last_created'").fetchone()
+        self._last_created = max(self._last_created, int(kept[0]) if kept else 0)
         self.epochs = [tuple(r) for r in conn.execute("SELECT epoch, start FROM epochs ORDER BY start")]
         if not self.epochs and self.head:  # a log written before epochs were tracked
             self.epochs = [tuple(r) for r in conn.execute(

@@ -151,9 +151,11 @@ async def test_all_filters_and_cursor_past_scanned_events(log, monkeypatch):
     backward = await log.read_all(None, 2, True, AllFilter())
     assert [r.position for r in backward.records] == [4, 3] and backward.next == 2 and backward.head == 4
     monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", 2)
-    scanned = await log.read_all(None, 10, False, AllFilter(types=["UserJoined"]))
+    indexed = await log.read_all(None, 10, False, AllFilter(types=["UserJoined"]))  # the type index
+    assert [r.position for r in indexed.records] == [3] and indexed.next is None
+    scanned = await log.read_all(None, 10, False, AllFilter(stream_pattern="user-*"))  # no index: a window
     assert scanned.records == [] and scanned.next == 3
-    scanned = await log.read_all(3, 10, False, AllFilter(types=["UserJoined"]))
+    scanned = await log.read_all(3, 10, False, AllFilter(stream_pattern="user-*"))
     assert [r.position for r in scanned.records] == [3] and scanned.next is None
 
 

@@ -1,0 +1,218 @@
+"""Read queries over the storage schema that must not cost in proportion to the log.
+
+Filtered `$all` reads go through the secondary indexes (event type, stream category), as KurrentDB 25.1's
+do: their cost grows with the matches, not with the positions in between. A filter no index answers (a stream
+glob, a stream prefix shorter than a category) scans at most a window of positions and answers with a cursor.
+Stream listings read one name range, bounded above by the prefix.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Sequence
+
+from .storage import CATEGORY_SQL, RECORD_COLUMNS, Record, record_from_row
+
+MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
+
+
+@dataclass(slots=True)
+class AllFilter:
+    types: Sequence[str] = ()
+    type_prefix: str | None = None
+    stream_prefix: str | None = None
+    stream_pattern: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern)
+
+    def sql(self) -> tuple[str, list]:
+        """Every filter as SQL (for the windowed scan)."""
+        return _clauses(self.types, self.type_prefix, self.stream_prefix, self.stream_pattern)
+
+
+def _clauses(types: Sequence[str] = (), type_prefix: str | None = None, stream_prefix: str | None = None,
+             stream_pattern: str | None = None) -> tuple[str, list]:
+    clauses, args = [], []
+    if types:
+        clauses.append(f"type IN ({','.join('?' * len(types))})")
+        args.extend(types)
+    if type_prefix:
+        clauses.append("substr(type, 1, ?) = ?")
+        args.extend([len(type_prefix), type_prefix])
+    if stream_prefix:
+        clauses.append("substr(stream, 1, ?) = ?")
+        args.extend([len(stream_prefix), stream_prefix])
+    if stream_pattern:
+        clauses.append("stream GLOB ?")
+        args.append(stream_pattern)
+    return "".join(" AND " + c for c in clauses), args
+
+
+def prefix_upper(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix` (None: no such string), in SQLite's
+    BINARY order of UTF-8, which is code point order."""
+    chars = list(prefix)
+    while chars:
+        point = ord(chars[-1]) + 1
+        if 0xD800 <= point <= 0xDFFF:  # surrogates are never in a stored (valid UTF-8) name
+            point = 0xE000
+        if point <= 0x10FFFF:
+            chars[-1] = chr(point)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """One run of an index: the positions of the events whose `column` equals `key`, in order."""
+    index: str
+    column: str
+    key: str
+
+
+def _category_of(stream_prefix: str) -> str | None:
+    dash = stream_prefix.find("-")
+    return stream_prefix[:dash + 1] if dash >= 0 else None
+
+
+def _types_with_prefix(conn: sqlite3.Connection, prefix: str) -> list[str] | None:
+    """The distinct types starting with `prefix`, by skipping through the type index (one seek each); None
+    when there are more than MAX_INDEX_SOURCES."""
+    upper = prefix_upper(prefix)
+    bound, args = ("AND type < ?", [upper]) if upper is not None else ("", [])
+    found: list[str] = []
+    row = conn.execute(f"SELECT min(type) FROM events WHERE type >= ? {bound}", (prefix, *args)).fetchone()
+    while row is not None and row[0] is not None:
+        if len(found) == MAX_INDEX_SOURCES:
+            return None
+        found.append(row[0])
+        row = conn.execute(f"SELECT min(type) FROM events WHERE type > ? {bound}", (row[0], *args)).fetchone()
+    return found
+
+
+def _plan(conn: sqlite3.Connection, filters: AllFilter) -> tuple[list[_Source], str, list] | None:
+    """Index runs whose union holds every match, with the SQL of the filters they do not cover; None when no
+    index covers the filter."""
+    if filters.types or filters.type_prefix:
+        if filters.types:
+            types = [t for t in dict.fromkeys(filters.types)
+                     if not filters.type_prefix or t.startswith(filters.type_prefix)]
+        else:
+            types = _types_with_prefix(conn, filters.type_prefix)
+        if types is not None:
+            where, args = _clauses(stream_prefix=filters.stream_prefix, stream_pattern=filters.stream_pattern)
+            return [_Source("events_by_type", "type", t) for t in types], where, args
+    category = _category_of(filters.stream_prefix) if filters.stream_prefix else None
+    if category is not None:
+        where, args = _clauses(filters.types, filters.type_prefix,
+                               filters.stream_prefix if filters.stream_prefix != category else None,
+                               filters.stream_pattern)
+        return [_Source("events_by_category", CATEGORY_SQL, category)], where, args
+    return None
+
+
+def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backward: bool, filters: AllFilter,
+             head: int, window: int) -> tuple[list[Record], int | None]:
+    """One page of `$all` up to `head` (the last position the reader may see): (records, next cursor).
+    With filters, the cursor moves past every position examined, even when few matched."""
+    plan = _plan(conn, filters) if filters.active else None
+    if plan is None:
+        return _scan(conn, start, limit, backward, filters, head, window if filters.active else None)
+    sources, residual, residual_args = plan
+    budget = max(1, window // max(1, len(sources))) if residual else None
+    rows: list[Record] = []
+    if backward:
+        top = head if start is None else min(start, head)
+        cut = 1  # every match in [cut, top] is known
+        for source in sources:
+            rows_s, covered = _index_run(conn, source, 1, top, True, limit, residual, residual_args, budget)
+            rows += rows_s
+            cut = max(cut, covered)
+        rows = sorted((r for r in rows if r.position >= cut), key=_position, reverse=True)[:limit]
+        if len(rows) == limit:
+            return rows, rows[-1].position - 1 if rows[-1].position > 1 else None
+        return rows, cut - 1 if cut > 1 else None
+    bottom = start or 1
+    cut = head  # every match in [bottom, cut] is known
+    for source in sources:
+        rows_s, covered = _index_run(conn, source, bottom, head, False, limit, residual, residual_args, budget)
+        rows += rows_s
+        cut = min(cut, covered)
+    rows = sorted((r for r in rows if r.position <= cut), key=_position)[:limit]
+    if len(rows) == limit:
+        return rows, rows[-1].position + 1 if rows[-1].position < head else None
+    return rows, cut + 1 if cut < head else None
+
+
+def _position(record: Record) -> int:
+    return record.position
+
+
+def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, backward: bool, limit: int,
+               residual: str, residual_args: list, budget: int | None) -> tuple[list[Record], int]:
+    """Matches of one index run within [low, high], nearest first: (up to `limit` records, the position up to
+    which every match of this run is among them). With residual filters, at most `budget` index entries are
+    examined: the run stops at the budget-th entry."""
+    order = "DESC" if backward else ""
+    base = (f"FROM events INDEXED BY {source.index} WHERE {source.column} = ? AND position >= ? "
+            "AND position <= ?")
+    if budget is not None:
+        edge = conn.execute(f"SELECT position {base} ORDER BY position {order} LIMIT 1 OFFSET ?",
+                            (source.key, low, high, budget - 1)).fetchone()
+        if edge is not None:
+            low, high = (edge[0], high) if backward else (low, edge[0])
+    found = [record_from_row(r).verified() for r in conn.execute(
+        f"SELECT {RECORD_COLUMNS} {base}{residual} ORDER BY position {order} LIMIT ?",
+        (source.key, low, high, *residual_args, limit))]
+    if len(found) == limit:
+        return found, found[-1].position
+    return found, low if backward else high
+
+
+def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: bool, filters: AllFilter, head: int,
+          window: int | None) -> tuple[list[Record], int | None]:
+    """Positions in order, at most `window` of them when filtering."""
+    where, args = filters.sql()
+    if backward:
+        top = head if start is None else min(start, head)
+        bottom = max(1, top - window + 1) if window else 1
+        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
+                            f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
+        records = [record_from_row(r).verified() for r in rows]
+        if len(records) == limit:
+            return records, records[-1].position - 1 if records[-1].position > 1 else None
+        return records, bottom - 1 if bottom > 1 else None
+    bottom = start or 1
+    top = min(bottom + window - 1, head) if window else head
+    rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
+                        f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
+    records = [record_from_row(r).verified() for r in rows]
+    if len(records) == limit:
+        return records, records[-1].position + 1 if records[-1].position < head else None
+    return records, top + 1 if top < head else None
+
+
+def stream_name_ranges(prefix: str | None) -> list[tuple[str, str | None]]:
+    """[low, high) name ranges a listing reads: the prefix's range, or, without a `$` prefix, every name but
+    the system streams (which sort between '#' and '%', so skipping them is a range, not a filter)."""
+    if prefix:
+        return [(prefix, prefix_upper(prefix))]
+    return [("", "$"), ("%", None)]
+
+
+_STREAM_COLUMNS = "stream, version, created, updated, deleted, metadata"
+
+
+def stream_rows(conn: sqlite3.Connection, after: str, *, inclusive: bool, below: str | None, limit: int,
+                hide_deleted: bool) -> list[tuple]:
+    """Stream rows with names from `after` (itself too when `inclusive`) up to `below`, in name order."""
+    sql = (f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream {'>=' if inclusive else '>'} ? AND version > 0"
+           + (" AND deleted = 'no'" if hide_deleted else ""))
+    args: list = [after]
+    if below is not None:
+        sql += " AND stream < ?"
+        args.append(below)
+    return conn.execute(sql + " ORDER BY stream LIMIT ?", (*args, limit)).fetchall()
