@@ -138,6 +138,8 @@ def read_params(max_limit: int) -> list[dict]:
 def components() -> dict:
     uuid = {"type": "string", "format": "uuid", "pattern": v.UUID_PATTERN}
     timestamp = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC with microseconds"}
+    base64 = {"type": "string", "format": "byte",
+              "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
     expected = {"oneOf": [{"type": "string", "enum": list(v.EXPECTED_WORDS)}, integer(0)],
                 "description": "any (default), no_stream, stream_exists, or the stream's exact version"}
     metadata_fields = {
@@ -155,8 +157,18 @@ def components() -> dict:
                      ("error", "message")),
         "ExpectedVersion": expected,
         "NewEvent": obj({"id": dict(uuid, description="idempotency key; generated when absent"),
-                         "type": text(v.MAX_TYPE_CHARS), "data": {"description": "any JSON value"},
-                         "metadata": {"type": "object"}}, ("type",), closed=True),
+                         "type": text(v.MAX_TYPE_CHARS),
+                         "data": {"description": f"any JSON value, nested at most {v.MAX_JSON_DEPTH} levels; "
+                                                 "stored and returned as the exact JSON text sent"},
+                         "metadata": {"type": "object", "description": "a JSON object, stored and returned as "
+                                      f"the exact text sent (nested at most {v.MAX_JSON_DEPTH} levels)"},
+                         "dataBase64": dict(base64, description="binary data (protobuf, Avro...) instead of "
+                                            "`data`; returned as `dataBase64`"),
+                         "metadataBase64": dict(base64, description="binary metadata instead of `metadata`; "
+                                                "returned as `metadataBase64`")},
+                        ("type",), closed=True,
+                        **{"not": {"anyOf": [{"required": ["data", "dataBase64"]},
+                                             {"required": ["metadata", "metadataBase64"]}]}}),
         "AppendRequest": obj({"expectedVersion": dict(ref("ExpectedVersion")),
                               "events": {"type": "array", "minItems": 1, "maxItems": v.MAX_EVENTS_PER_APPEND,
                                          "items": ref("NewEvent"),
@@ -165,9 +177,14 @@ def components() -> dict:
         "AppendResult": obj({"stream": {"type": "string"}, "fromVersion": integer(1), "version": integer(1),
                              "position": integer(1)}, ("stream", "fromVersion", "version", "position")),
         "Event": obj({"id": uuid, "stream": {"type": "string"}, "version": integer(1), "position": integer(1),
-                      "type": {"type": "string"}, "data": {"description": "any JSON value"},
-                      "metadata": {"type": "object"}, "created": timestamp},
-                     ("id", "stream", "version", "position", "type", "data", "metadata", "created")),
+                      "type": {"type": "string"},
+                      "data": {"description": "the JSON text sent (absent when the data is binary)"},
+                      "metadata": {"type": "object", "description": "absent when the metadata is binary"},
+                      "dataBase64": dict(base64, description="binary data, when it was sent as `dataBase64`"),
+                      "metadataBase64": dict(base64, description="binary metadata, when sent as "
+                                             "`metadataBase64`"),
+                      "created": timestamp},
+                     ("id", "stream", "version", "position", "type", "created")),
         "StreamPage": obj({"stream": {"type": "string"}, "version": integer(1),
                            "events": {"type": "array", "items": ref("Event")},
                            "next": integer(1, nullable=True, description="`from` of the next page")},
