@@ -92,6 +92,8 @@ def visibility(row: StreamRow, now: int) -> Visibility:
     if meta.get("maxCount"):
         min_version = max(min_version, row.version - meta["maxCount"] + 1)
     created_after = now - meta["maxAge"] * 1_000_000 if meta.get("maxAge") else None
+    if created_after is not None and created_after <= 0:  # older than the Unix epoch: nothing to hide
+        created_after = None
     if row.deleted == "hard":
         deleted = "hard"
     elif row.version > 0 and truncate_before > row.version:
