@@ -16,13 +16,15 @@ from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
 from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows
-from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros,
+from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
 METADATA_TYPE = "$metadata"
 TOMBSTONE_TYPE = "$tombstone"
+# in the metadata a soft delete writes: it, not a truncateBefore past the end alone, makes a stream deleted
+SOFT_DELETED = "$softDeleted"
 ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
 LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
 
@@ -96,11 +98,18 @@ def visibility(row: StreamRow, now: int) -> Visibility:
         created_after = None
     if row.deleted == "hard":
         deleted = "hard"
-    elif row.version > 0 and truncate_before > row.version:
+    elif row.version > 0 and truncate_before > row.version and meta.get(SOFT_DELETED):
         deleted = "soft"
-    else:
+    else:  # a truncateBefore past the end set by the client hides the events, not the stream
         deleted = "no"
-    return Visibility(min_version, created_after, deleted, meta)
+    return Visibility(min_version, created_after, deleted, public_metadata(meta))
+
+
+def public_metadata(meta: dict) -> dict:
+    """Stream metadata as clients see it: without the soft-delete marker."""
+    if SOFT_DELETED not in meta:
+        return meta
+    return {key: value for key, value in meta.items() if key != SOFT_DELETED}
 
 
 def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersion, deleted: str) -> None:
@@ -260,7 +269,7 @@ class Log:
                                     orjson.dumps({"version": row.version}))
                 row.deleted = "hard"
             else:
-                meta = dict(vis.metadata, truncateBefore=row.version + 1)
+                meta = dict(vis.metadata, truncateBefore=row.version + 1, **{SOFT_DELETED: True})
                 row.metadata = orjson.dumps(meta)
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, row.metadata)
             txn.save_stream_row(row)
@@ -344,7 +353,7 @@ class Log:
             row = _stream_row(conn, stream, visible)
             if row is not None and row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
-            return orjson.loads(row.metadata) if row is not None and row.metadata else {}
+            return public_metadata(orjson.loads(row.metadata)) if row is not None and row.metadata else {}
 
         return await self.storage.read(read)
 
@@ -531,14 +540,20 @@ def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Reco
     """A retry of an append that already happened gets the original reply; anything else reusing ids is a 409."""
     by_id = {r.id: r for r in existing}
     records = [by_id.get(e.id) for e in events]
-    same = all(r is not None and r.stream == stream and r.type == e.type and r.data == e.data
-               and r.metadata == e.metadata and r.flags == e.flags for r, e in zip(records, events))
+    same = all(r is not None and _same_event(r, stream, e) for r, e in zip(records, events))
     if same and all(b.version == a.version + 1 for a, b in zip(records, records[1:])):
         return AppendResult(stream, records[0].version, records[-1].version, records[-1].position)
     reused = next(e.id for e in events if e.id in by_id)
 
     raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already used for other content",
                            eventId=str(uuid.UUID(bytes=reused)))
+
+
+def _same_event(found: Record | ScavengedRecord, stream: str, event: NewEvent) -> bool:
+    if isinstance(found, ScavengedRecord):  # only its payload's checksum is left (over id, stream and content)
+        return found.stream == stream and found.payload_crc == event.payload_crc
+    return (found.stream == stream and found.type == event.type and found.data == event.data
+            and found.metadata == event.metadata and found.flags == event.flags)
 
 
 def verify_connection(conn: sqlite3.Connection, progress: Callable[[int, int], None] | None = None) -> dict:

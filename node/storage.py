@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS streams (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS scavenged_ids (
+    id          BLOB PRIMARY KEY,
+    stream      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    position    INTEGER NOT NULL,
+    payload_crc INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 # A stream's category is its name up to and including the first '-' ('' without one), as KurrentDB's
 # $by_category. Built-in deterministic functions only, so the plain sqlite3 shell can still write the file.
@@ -164,6 +171,17 @@ def record_from_row(row: Sequence) -> Record:
 
 
 @dataclass(slots=True)
+class ScavengedRecord:
+    """What is kept of a scavenged event, so that a retry of its append is still answered, not written again:
+    its place and the checksum of its payload (see payload_checksum)."""
+    id: bytes
+    stream: str
+    version: int
+    position: int
+    payload_crc: int
+
+
+@dataclass(slots=True)
 class StreamRow:
     stream: str
     version: int = 0
@@ -245,8 +263,9 @@ class WriteTxn:
     anything."""
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
-                 epochs: list[tuple[int, int]] | None = None) -> None:
+                 epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False) -> None:
         self._conn = conn
+        self.scavenged = scavenged  # the log has scavenged ids to look up (or removes some in this txn)
         self.last_position = last_position
         self.now = now
         self.epoch = epoch
@@ -372,7 +391,19 @@ class WriteTxn:
         self.last_position += count
         return first
 
-    def records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
+    def records_by_ids(self, ids: Sequence[bytes]) -> list[Record | ScavengedRecord]:
+        """The records holding these ids, and what is kept of those a scavenge removed."""
+        found = self._records_by_ids(ids)
+        if self.scavenged and len(found) < len(ids):
+            missing = list(set(ids) - {r.id for r in found})
+            for i in range(0, len(missing), SQL_VARIABLE_CHUNK):
+                chunk = missing[i:i + SQL_VARIABLE_CHUNK]
+                found.extend(ScavengedRecord(bytes(r[0]), *r[1:]) for r in self._conn.execute(
+                    "SELECT id, stream, version, position, payload_crc FROM scavenged_ids "
+                    f"WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
         found: list[Record] = []
         values, buffered = self._events, self._event_ids
         stored = []
@@ -439,8 +470,17 @@ class WriteTxn:
         if created_before is not None:
             sql += " OR created < ?"
             args.append(created_before)
-        removed = self.conn.execute(sql + ")", args).rowcount
-        if removed:  # the newest record may be among them: start-up reads the last `created` from here then
+        condition = sql.removeprefix("DELETE FROM events") + ")"
+        conn = self.conn
+        kept = [(bytes(r[0]), r[1], r[2], r[3], payload_checksum(bytes(r[0]), r[1], r[4], bytes(r[5]),
+                                                               bytes(r[6]), r[7]))
+                for r in conn.execute("SELECT id, stream, version, position, type, data, metadata, flags "
+                                      f"FROM events{condition}", args)]
+        conn.executemany("INSERT OR REPLACE INTO scavenged_ids (id, stream, version, position, payload_crc) "
+                         "VALUES (?, ?, ?, ?, ?)", kept)
+        removed = conn.execute(sql + ")", args).rowcount
+        if removed:
+            self.scavenged = True  # the newest record may be among them: start-up reads the last `created` from here then
             self.set_setting("last_created", str(self.now))
         return removed
 
@@ -460,6 +500,11 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
                         "type and category indexes (once; it takes a while on a large log)", path, FORMAT_VERSION)
             # format-1 records are all JSON (flags 0), whose checksums format 2 computes the same way
             conn.execute("ALTER TABLE events ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+            # format 1 read every stream with truncateBefore past its end as soft deleted; format 2 only those a
+            # delete marked: mark them, so they stay deleted
+            conn.execute("UPDATE streams SET metadata = CAST(json_set(CAST(metadata AS TEXT), '$.\"$softDeleted\"', "
+                         "json('true')) AS BLOB) WHERE deleted = 'no' AND version > 0 AND metadata IS NOT NULL "
+                         "AND json_extract(CAST(metadata AS TEXT), '$.truncateBefore') > version")
         for statement in (TABLES + INDEXES).split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -490,6 +535,7 @@ class Storage:
         self.promised_epoch = 0  # the newest leader epoch this node has followed or led (persisted)
         self.committed = 0  # the cluster's committed position as last persisted here (never truncated)
         self._last_created = 0
+        self._scavenged = False  # scavenged_ids has rows: appends with given ids look there too
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers: ThreadPoolExecutor | None = None
@@ -520,6 +566,7 @@ class Storage:
         self.head, self._last_created = last if last else (0, 0)
         kept = conn.execute("SELECT value FROM settings WHERE key = 'last_created'").fetchone()
         self._last_created = max(self._last_created, int(kept[0]) if kept else 0)
+        self._scavenged = conn.execute("SELECT 1 FROM scavenged_ids LIMIT 1").fetchone() is not None
         self.epochs = [tuple(r) for r in conn.execute("SELECT epoch, start FROM epochs ORDER BY start")]
         if not self.epochs and self.head:  # a log written before epochs were tracked
             self.epochs = [tuple(r) for r in conn.execute(
@@ -619,7 +666,7 @@ class Storage:
         # strictly increasing: the records of one group commit share a `created` no other commit has, which
         # lets replication ship whole commits (never half of an append)
         now = max(now_micros(), self._last_created + 1)
-        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs)
+        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs, scavenged=self._scavenged)
         outcomes: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -660,6 +707,7 @@ class Storage:
             self.epochs = txn.epochs  # before the head: a reader that sees the new head sees its epochs
             self.head = txn.last_position
             self._last_created = max(now, txn.last_created)
+            self._scavenged = txn.scavenged
             self._dirty.set()
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:

@@ -171,8 +171,12 @@ async def test_a_format_1_log_is_migrated_on_open(tmp_path):
         rows.append((position, "legacy-1", position, event_id, event_type, data, b"{}", 1000 + position, 0,
                      v1_checksum(event_id, "legacy-1", event_type, data, b"{}", position, position, 1000 + position,
                                  0)))
+    gone_id = uuid.uuid4().bytes  # a stream soft deleted by format 1 (truncateBefore past its end)
+    rows.append((4, "gone-1", 1, gone_id, "Old", b"{}", b"{}", 1004, 0,
+                 v1_checksum(gone_id, "gone-1", "Old", b"{}", b"{}", 4, 1, 1004, 0)))
     conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
     conn.execute("INSERT INTO streams VALUES ('legacy-1', 3, 1001, 1003, 'no', NULL)")
+    conn.execute("""INSERT INTO streams VALUES ('gone-1', 1, 1004, 1004, 'no', CAST('{"truncateBefore":2}' AS BLOB))""")
     conn.commit()
     conn.close()
 
@@ -180,12 +184,14 @@ async def test_a_format_1_log_is_migrated_on_open(tmp_path):
     storage.open()
     try:
         log = Log(storage)
-        assert await log.verify() == {"checked": 3, "corrupt": []}
+        assert await log.verify() == {"checked": 4, "corrupt": []}
+        gone = await log.stream_info("gone-1")
+        assert (gone.deleted, gone.metadata) == ("soft", {"truncateBefore": 2})
         page = await log.read_all(None, 10, False, AllFilter(types=["Other"]))
         assert [r.position for r in page.records] == [3] and page.records[0].flags == 0
         result = await log.append("legacy-1", 3, [ev("New")])
-        assert result.position == 4
-        assert (await log.read_all(4, 1, False, AllFilter())).records[0].created > 1003
+        assert result.position == 5
+        assert (await log.read_all(5, 1, False, AllFilter())).records[0].created > 1004
     finally:
         storage.close()
     check = sqlite3.connect(data_dir / "evstore.db")
