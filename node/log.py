@@ -15,7 +15,7 @@ import orjson
 from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
-from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows
+from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows, verified_records
 from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
@@ -305,14 +305,14 @@ class Log:
                 top = version if start is None else min(start, version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
                                     f"AND version >= ?{age}{horizon} ORDER BY version DESC LIMIT ?",
-                                    (stream, top, vis.min_version, limit)).fetchall()
+                                    (stream, top, vis.min_version, limit))
             else:
                 bottom = max(start or 1, vis.min_version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
-                                    f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit)).fetchall()
-            records = [record_from_row(r).verified() for r in rows]
+                                    f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit))
+            records, stopped = verified_records(rows, limit)  # a page also stops at a byte budget
             nxt = None
-            if len(records) == limit:
+            if stopped:
                 last = records[-1].version
                 if backward and last - 1 >= vis.min_version:
                     nxt = last - 1

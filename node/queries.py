@@ -9,11 +9,49 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from .storage import CATEGORY_SQL, RECORD_COLUMNS, Record, record_from_row
+from .storage import CATEGORY_SQL, DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, Record, record_from_row
 
 MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # a page stops before its payloads (as returned) pass this; `next` goes on
+_RECORD_OVERHEAD = 200  # bytes of a returned event besides its payloads (id, stream, type, times, keys)
+
+
+def reply_size(record: Record) -> int:
+    """About how many bytes the record takes in a reply (binary payloads grow by a third in base64)."""
+    data, metadata = len(record.data), len(record.metadata)
+    if record.flags & DATA_BINARY:
+        data = data * 4 // 3
+    if record.flags & METADATA_BINARY:
+        metadata = metadata * 4 // 3
+    return data + metadata + len(record.stream) + len(record.type) + _RECORD_OVERHEAD
+
+
+def verified_records(rows: Iterable[Sequence], limit: int, max_bytes: int = MAX_REPLY_BYTES
+                     ) -> tuple[list[Record], bool]:
+    """Verified records from `rows` (a cursor: read only as far as needed) up to `limit` of them or
+    `max_bytes` in a reply (at least one); True when it stopped there, so more may follow."""
+    records: list[Record] = []
+    size = 0
+    for row in rows:
+        record = record_from_row(row).verified()
+        size += reply_size(record)
+        if records and size > max_bytes:
+            return records, True
+        records.append(record)
+        if len(records) == limit:
+            return records, True
+    return records, False
+
+
+def _within_bytes(records: list[Record], max_bytes: int = MAX_REPLY_BYTES) -> tuple[list[Record], bool]:
+    size = 0
+    for i, record in enumerate(records):
+        size += reply_size(record)
+        if i and size > max_bytes:
+            return records[:i], True
+    return records, False
 
 
 @dataclass(slots=True)
@@ -123,26 +161,30 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
         return _scan(conn, start, limit, backward, filters, head, window if filters.active else None)
     sources, residual, residual_args = plan
     budget = max(1, window // max(1, len(sources))) if residual else None
+    share = MAX_REPLY_BYTES // max(1, len(sources))  # of the reply's bytes, for each index run
     rows: list[Record] = []
     if backward:
         top = head if start is None else min(start, head)
         cut = 1  # every match in [cut, top] is known
         for source in sources:
-            rows_s, covered = _index_run(conn, source, 1, top, True, limit, residual, residual_args, budget)
+            rows_s, covered = _index_run(conn, source, 1, top, True, limit, residual, residual_args, budget,
+                                         share)
             rows += rows_s
             cut = max(cut, covered)
-        rows = sorted((r for r in rows if r.position >= cut), key=_position, reverse=True)[:limit]
-        if len(rows) == limit:
+        rows, cut_short = _within_bytes(sorted((r for r in rows if r.position >= cut), key=_position,
+                                               reverse=True)[:limit])
+        if len(rows) == limit or cut_short:
             return rows, rows[-1].position - 1 if rows[-1].position > 1 else None
         return rows, cut - 1 if cut > 1 else None
     bottom = start or 1
     cut = head  # every match in [bottom, cut] is known
     for source in sources:
-        rows_s, covered = _index_run(conn, source, bottom, head, False, limit, residual, residual_args, budget)
+        rows_s, covered = _index_run(conn, source, bottom, head, False, limit, residual, residual_args, budget,
+                                     share)
         rows += rows_s
         cut = min(cut, covered)
-    rows = sorted((r for r in rows if r.position <= cut), key=_position)[:limit]
-    if len(rows) == limit:
+    rows, cut_short = _within_bytes(sorted((r for r in rows if r.position <= cut), key=_position)[:limit])
+    if len(rows) == limit or cut_short:
         return rows, rows[-1].position + 1 if rows[-1].position < head else None
     return rows, cut + 1 if cut < head else None
 
@@ -152,7 +194,7 @@ def _position(record: Record) -> int:
 
 
 def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, backward: bool, limit: int,
-               residual: str, residual_args: list, budget: int | None) -> tuple[list[Record], int]:
+               residual: str, residual_args: list, budget: int | None, max_bytes: int) -> tuple[list[Record], int]:
     """Matches of one index run within [low, high], nearest first: (up to `limit` records, the position up to
     which every match of this run is among them). With residual filters, at most `budget` index entries are
     examined: the run stops at the budget-th entry."""
@@ -164,10 +206,10 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
                             (source.key, low, high, budget - 1)).fetchone()
         if edge is not None:
             low, high = (edge[0], high) if backward else (low, edge[0])
-    found = [record_from_row(r).verified() for r in conn.execute(
+    found, stopped = verified_records(conn.execute(
         f"SELECT {RECORD_COLUMNS} {base}{residual} ORDER BY position {order} LIMIT ?",
-        (source.key, low, high, *residual_args, limit))]
-    if len(found) == limit:
+        (source.key, low, high, *residual_args, limit)), limit, max_bytes)
+    if stopped:
         return found, found[-1].position
     return found, low if backward else high
 
@@ -181,16 +223,16 @@ def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: boo
         bottom = max(1, top - window + 1) if window else 1
         rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
                             f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
-        records = [record_from_row(r).verified() for r in rows]
-        if len(records) == limit:
+        records, stopped = verified_records(rows, limit)
+        if stopped:
             return records, records[-1].position - 1 if records[-1].position > 1 else None
         return records, bottom - 1 if bottom > 1 else None
     bottom = start or 1
     top = min(bottom + window - 1, head) if window else head
     rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
                         f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
-    records = [record_from_row(r).verified() for r in rows]
-    if len(records) == limit:
+    records, stopped = verified_records(rows, limit)
+    if stopped:
         return records, records[-1].position + 1 if records[-1].position < head else None
     return records, top + 1 if top < head else None
 

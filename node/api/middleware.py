@@ -1,6 +1,7 @@
 """Cross-cutting request handling: JSON errors, bearer-token roles, and per-route HTTP metrics."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -16,7 +17,8 @@ from .shape import json_response
 log = logging.getLogger("evstore.api")
 OPEN_PREFIXES = ("/health/", "/metrics")
 HTTP_ERROR_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                    405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+                    405: "method_not_allowed", 408: "request_timeout", 413: "too_large",
+                    415: "unsupported_media_type"}
 ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON_TYPES = frozenset({"application/json"})
@@ -46,6 +48,17 @@ def _check_url_is_utf8(request: web.Request) -> None:
         raise InvalidRequest("the URL has percent-encoded bytes that are not UTF-8", field="url") from None
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, or a 408 (closing the connection) when it takes longer than --body-timeout to come:
+    a client may not hold a request open with a body that trickles or never ends."""
+    timeout = request.app[SETTINGS_KEY].body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {timeout:g} seconds") from None
+
+
 def _check_body_headers(request: web.Request) -> web.Response | None:
     """415 for a body that is not JSON or has an encoding the node cannot undo (no Content-Type: JSON)."""
     if request.method not in BODY_METHODS:
@@ -71,7 +84,10 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         code = HTTP_ERROR_CODES.get(exc.status, "error")
         # A 405 must keep the `Allow` header aiohttp puts on it (RFC 9110).
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, code, exc.text or exc.reason, headers=allow)
+        response = error_response(exc.status, code, exc.text or exc.reason, headers=allow)
+        if exc.status == 408:
+            response.force_close()  # the rest of that body is not worth waiting for
+        return response
     if isinstance(exc, RequestPayloadError):  # aiohttp's parser refused the body (its cause says why)
         cause = exc.__cause__ if isinstance(exc.__cause__, http_exceptions.HttpProcessingError) else exc
         return error_response(400, "invalid_request", f"the body cannot be read: {cause.message}", field="body")
@@ -92,13 +108,28 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
             _observe(request, exc.status, started)
             raise
         response = _error_for(request, exc)
+        _forget_traceback(exc)
     except Exception as exc:
         if _client_gone(request, exc):  # nobody to answer, and not the node's fault: no traceback, no 5xx
+            _forget_traceback(exc)
             _observe(request, CLIENT_CLOSED, started)
             return web.Response(status=400)
         response = _error_for(request, exc)
+        _forget_traceback(exc)
     _observe(request, response.status, started)
     return response
+
+
+def _forget_traceback(exc: BaseException) -> None:
+    """Drop the frames an answered error holds. aiohttp keeps a failed body's exception on the request's
+    payload, and its traceback holds the frame of `request.read()`, whose body buffer and request point
+    back at the payload: a cycle that pins up to a whole body until a full garbage collection (which the
+    node's collector settings make rare)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def _client_gone(request: web.Request, exc: Exception) -> bool:

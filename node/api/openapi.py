@@ -25,6 +25,7 @@ ERROR_DESCRIPTIONS = {
     404: "`stream_not_found`: the stream never existed or was soft deleted.",
     409: "`wrong_expected_version` (with `expectedVersion` and `currentVersion`) or `duplicate_event_id`.",
     410: "`stream_deleted`: the stream was hard deleted; its name can never be used again.",
+    408: "`request_timeout`: the body did not arrive within the node's --body-timeout.",
     413: "`too_large`: the body is larger than the node's limit (`maxBytes`).",
     415: "`unsupported_media_type`: the body has a Content-Type other than application/json (none is read "
          "as JSON) or a Content-Encoding other than gzip, deflate or identity.",
@@ -95,7 +96,7 @@ def operation(op_id: str, summary: str, tag: str, responses: dict, *, parameters
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {"required": True, "content": json_content(body)}
-        op["responses"].update(errors(413, 415))
+        op["responses"].update(errors(408, 413, 415))
     if secured:
         # Open nodes need no token; nodes with tokens configured need one (401 without, 403 if too weak).
         op["security"] = [{}, {"bearerAuth": []}]
