@@ -29,7 +29,7 @@ READ_PARAMS = {"from": v.int_param(1), "limit": v.int_param(1, v.MAX_READ_LIMIT)
 
 async def append(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
-    expected, events = v.append_body(await read_body(request))
+    expected, events = await v.append_body_in_slices(await read_body(request))
     metrics = request.app.get(METRICS_KEY)
     started = time.perf_counter()
     try:

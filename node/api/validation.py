@@ -1,6 +1,7 @@
 """Request parsing: every limit and rule of the HTTP contract, raising InvalidRequest (400) on bad input."""
 from __future__ import annotations
 
+import asyncio
 import binascii
 import re
 import uuid
@@ -142,10 +143,11 @@ _AT_PATH = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
 _UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`")
 
 
-def _decode_error(exc: msgspec.ValidationError) -> InvalidRequest:
-    """A 400 naming the field msgspec's error points at (`$.events[1]` with unknown field `x`: events[1].x)."""
+def _decode_error(exc: msgspec.ValidationError, *, at: str = "") -> InvalidRequest:
+    """A 400 naming the field msgspec's error points at (`$.events[1]` with unknown field `x`: events[1].x);
+    `at` is where the decoded document sits in the body."""
     message, path = _AT_PATH.match(str(exc)).groups()
-    field = (path or "").lstrip(".")
+    field = at + (path or "") if at else (path or "").lstrip(".")
     unknown = _UNKNOWN_FIELD.search(message)
     if unknown:
         field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
@@ -161,53 +163,111 @@ def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
     except msgspec.ValidationError as exc:
         raise _decode_error(exc) from None
     except RecursionError:
-        raise InvalidRequest(f"the body is nested more than {MAX_JSON_DEPTH} levels deep", field="body",
-                             maxDepth=MAX_JSON_DEPTH) from None
-    expected = expected_version(doc.expectedVersion)
-    events = doc.events
+        raise _too_deep("body") from None
+    expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
+    seen: set[bytes] = set()
+    fresh_ids = uuid7_bytes(len(events))
+    return expected, [_new_event(i, event, fresh_ids[i], seen) for i, event in enumerate(events)]
+
+
+class _RawAppendBody(msgspec.Struct, forbid_unknown_fields=True):
+    expectedVersion: Any = ANY
+    events: list[msgspec.Raw] | UnsetType = UNSET
+
+
+_RAW_APPEND_DECODER = msgspec.json.Decoder(_RawAppendBody)
+_EVENT_DECODER = msgspec.json.Decoder(_EventBody)
+SLICE_BYTES = 512 * 1024  # a large body is parsed in slices of about this much, letting other requests run
+
+
+async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
+    """append_body for any body: a large one is checked event by event, yielding to the event loop after
+    each slice of SLICE_BYTES, so that a 16 MiB or 10,000-event append does not hold up other clients."""
+    if len(body) <= SLICE_BYTES:
+        return append_body(body)
+    try:
+        doc = _RAW_APPEND_DECODER.decode(body)  # the outline only: each event stays unparsed bytes
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except (msgspec.DecodeError, RecursionError):
+        return append_body(body)  # raises the precise error of the whole body
+    expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
+    seen: set[bytes] = set()
+    fresh_ids = uuid7_bytes(len(events))
+    parsed, since_yield = [], 0
+    await asyncio.sleep(0)
+    for i, raw in enumerate(events):
+        text = bytes(raw)
+        field = f"events[{i}]"
+        try:
+            orjson.loads(text)
+            if len(text) > SLICE_BYTES:  # one large event: each pass over it is a slice of its own
+                await asyncio.sleep(0)
+            event = _EVENT_DECODER.decode(text)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"{field} is not valid JSON: {exc}", field=field) from None
+        except msgspec.ValidationError as exc:
+            raise _decode_error(exc, at=field) from None
+        except RecursionError:
+            raise _too_deep(field) from None
+        parsed.append(_new_event(i, event, fresh_ids[i], seen))
+        since_yield += len(text)
+        if since_yield >= SLICE_BYTES:
+            since_yield = 0
+            await asyncio.sleep(0)
+    return expected, parsed
+
+
+def _too_deep(field: str) -> InvalidRequest:
+    return InvalidRequest(f"{field} is nested more than {MAX_JSON_DEPTH} levels deep", field=field,
+                          maxDepth=MAX_JSON_DEPTH)
+
+
+def _event_list(events: list | UnsetType) -> list:
     if events is UNSET or not 1 <= len(events) <= MAX_EVENTS_PER_APPEND:
         raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS_PER_APPEND} events", field="events")
-    parsed, seen = [], set()
-    fresh_ids = uuid7_bytes(len(events))
-    for i, event in enumerate(events):
-        given_id = event.id is not UNSET
-        if given_id:  # ids the node makes cannot repeat
-            event_id = event_uuid(event.id, f"events[{i}].id")
-            if event_id in seen:
-                raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
-            seen.add(event_id)
-        else:
-            event_id = fresh_ids[i]
-        event_type_value = event.type
-        if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
-                and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
-            event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
-        flags = 0
-        if event.dataBase64 is not UNSET:
-            if event.data is not UNSET:
-                raise InvalidRequest(f"events[{i}] has both data and dataBase64", field=f"events[{i}].dataBase64")
-            data = base64_payload(event.dataBase64, f"events[{i}].dataBase64")
-            flags |= DATA_BINARY
-        elif event.data is UNSET:
-            data = _NULL
-        else:
-            data = bytes(event.data)
-            check_depth(data, f"events[{i}].data")
-        if event.metadataBase64 is not UNSET:
-            if event.metadata is not UNSET:
-                raise InvalidRequest(f"events[{i}] has both metadata and metadataBase64",
-                                     field=f"events[{i}].metadataBase64")
-            metadata = base64_payload(event.metadataBase64, f"events[{i}].metadataBase64")
-            flags |= METADATA_BINARY
-        elif event.metadata is UNSET:
-            metadata = _EMPTY_OBJECT
-        else:
-            metadata = bytes(event.metadata)
-            if metadata[:1] != b"{":
-                raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
-            check_depth(metadata, f"events[{i}].metadata")
-        parsed.append(NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags))
-    return expected, parsed
+    return events
+
+
+def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes]) -> NewEvent:
+    """The checks of one event of an append (the i-th) and what the log stores of it."""
+    given_id = event.id is not UNSET
+    if given_id:  # ids the node makes cannot repeat
+        event_id = event_uuid(event.id, f"events[{i}].id")
+        if event_id in seen:
+            raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
+        seen.add(event_id)
+    else:
+        event_id = fresh_id
+    event_type_value = event.type
+    if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
+            and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
+        event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
+    flags = 0
+    if event.dataBase64 is not UNSET:
+        if event.data is not UNSET:
+            raise InvalidRequest(f"events[{i}] has both data and dataBase64", field=f"events[{i}].dataBase64")
+        data = base64_payload(event.dataBase64, f"events[{i}].dataBase64")
+        flags |= DATA_BINARY
+    elif event.data is UNSET:
+        data = _NULL
+    else:
+        data = bytes(event.data)
+        check_depth(data, f"events[{i}].data")
+    if event.metadataBase64 is not UNSET:
+        if event.metadata is not UNSET:
+            raise InvalidRequest(f"events[{i}] has both metadata and metadataBase64",
+                                 field=f"events[{i}].metadataBase64")
+        metadata = base64_payload(event.metadataBase64, f"events[{i}].metadataBase64")
+        flags |= METADATA_BINARY
+    elif event.metadata is UNSET:
+        metadata = _EMPTY_OBJECT
+    else:
+        metadata = bytes(event.metadata)
+        if metadata[:1] != b"{":
+            raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
+        check_depth(metadata, f"events[{i}].metadata")
+    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
 
 
 def base64_payload(value: Any, field: str) -> bytes:
