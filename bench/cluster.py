@@ -2,7 +2,7 @@
 `python bench/cluster.py --help`."""
 import sys
 
-from evstore.client.cluster_bench import main
+from evstore.client.bench.cluster import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -6,7 +6,7 @@ return None. Non-2xx replies raise the typed errors of `evstore.client.errors`.
 from __future__ import annotations
 
 import asyncio
-import json
+import weakref
 from typing import Any, AsyncIterator, Iterable, Mapping
 
 import aiohttp
@@ -14,9 +14,10 @@ import orjson
 from yarl import URL
 
 from . import protocol
-from .errors import ConnectionFailed, EvstoreError, Unavailable, error_from_reply
+from .consumer import Consumer
+from .errors import ConnectionFailed, Unavailable, error_from_payload
 from .protocol import EventInput, ExpectedVersion, SubscriptionSettings
-from .sse import SSEParser
+from .subscription import Subscription
 
 DEFAULT_URL = "http://127.0.0.1:7113"
 
@@ -40,6 +41,7 @@ class AsyncEvstoreClient:
         self.max_connections = max_connections
         self._session = session
         self._own_session = session is None
+        self._live: weakref.WeakSet[Subscription | Consumer] = weakref.WeakSet()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -50,6 +52,9 @@ class AsyncEvstoreClient:
         await self.close()
 
     async def close(self) -> None:
+        """Stop every subscription and consumer of this client, then close the HTTP session."""
+        for live in list(self._live):
+            live.stop()
         if self._session is not None and self._own_session:
             await self._session.close()
         self._session = None
@@ -86,8 +91,8 @@ class AsyncEvstoreClient:
                     if resp.status < 300:
                         if resp.status == 204 or not payload:
                             return None
-                        return payload.decode() if raw else orjson.loads(payload)
-                    error = _error(resp.status, payload)
+                        return payload.decode() if raw else protocol.loads(payload)
+                    error = error_from_payload(resp.status, payload)
             except aiohttp.ClientConnectionError as exc:
                 raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
             except asyncio.TimeoutError as exc:
@@ -213,33 +218,35 @@ class AsyncEvstoreClient:
 
     # -- transient subscriptions (Server-Sent Events) ---------------------------------------
 
-    async def subscribe(self, *, stream: str | None = None, type: str | None = None,
-                        stream_pattern: str | None = None, payload: Mapping[str, Any] | None = None,
-                        from_version: int | None = None, from_position: int | None = None,
-                        start: str | None = None) -> AsyncIterator[dict]:
-        """Live messages over SSE: {"event": {...}} in log order and {"caughtUp": True, "position": P}.
+    def subscribe(self, *, stream: str | None = None, types: Iterable[str] | str | None = None,
+                  type_prefix: str | None = None, stream_prefix: str | None = None,
+                  stream_pattern: str | None = None, payload: Mapping[str, Any] | None = None,
+                  include_system: bool = False, from_version: int | None = None,
+                  from_position: int | None = None, after: int | None = None, start: str | None = None,
+                  include_control: bool = False, reconnect_timeout: float | None = None,
+                  idle_timeout: float | None = 60.0, max_backoff: float | None = None) -> Subscription:
+        """A live subscription over SSE: `async with client.subscribe(...) as sub: async for event in sub`.
 
-        Heartbeats are dropped. Runs until the caller stops iterating or the server closes.
+        One selector (stream, types (OR), type_prefix, stream_prefix, stream_pattern, payload: a JSON
+        object contained in data; none: every event) and one start: from_version (with stream),
+        from_position (inclusive), after (exclusive, like eventsourcing's `gt` and kurrentdbclient's
+        `commit_position`), start="start" (the whole log) or "end" (the default: what commits next).
+        Yields events in log order; include_control=True yields the server's messages instead
+        (`{"event"}`, `{"caughtUp", "position"}`, `{"heartbeat", "position"}`). Resumes after a drop
+        from `sub.position` with Last-Event-ID; gives up when reconnecting fails for
+        `reconnect_timeout` s (None: never) and reconnects when nothing, not even a heartbeat, arrives
+        for `idle_timeout` s. See evstore.client.subscription.
         """
-        params = protocol.subscribe_query(stream, type, stream_pattern, payload, from_version, from_position,
-                                          start)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
-        try:
-            async with self._http().get(self._url("/v1/subscribe", params), timeout=timeout,
-                                        headers={"Accept": "text/event-stream"}) as resp:
-                if resp.status >= 300:
-                    raise _error(resp.status, await resp.read())
-                parser = SSEParser()
-                async for raw_line in resp.content:
-                    message = parser.feed(raw_line.decode("utf-8").rstrip("\r\n"))
-                    if message is None:
-                        continue
-                    decoded = json.loads(message.data)
-                    if isinstance(decoded, dict) and decoded.keys() == {"heartbeat"}:
-                        continue
-                    yield decoded
-        except aiohttp.ClientConnectionError as exc:
-            raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+        params = protocol.subscribe_query(stream=stream, types=types, type_prefix=type_prefix,
+                                          stream_prefix=stream_prefix, stream_pattern=stream_pattern,
+                                          payload=payload, include_system=include_system,
+                                          from_version=from_version, from_position=from_position, after=after,
+                                          start=start)
+        subscription = Subscription(self, params, include_control=include_control,
+                                    reconnect_timeout=reconnect_timeout, idle_timeout=idle_timeout,
+                                    max_backoff=self.max_retry_delay if max_backoff is None else max_backoff)
+        self._live.add(subscription)
+        return subscription
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -267,42 +274,79 @@ class AsyncEvstoreClient:
                                   filter: Mapping[str, Any] | None = None, start_from: str | int | None = None,
                                   buffer_size: int | None = None, ack_timeout: float | None = None,
                                   max_retries: int | None = None, concurrency_limit: int | None = None,
-                                  partition_by: str | None = None) -> dict | None:
-        """Create (201) or confirm an identical one (200); other settings -> SubscriptionExists."""
+                                  partition_by: str | None = None,
+                                  extra: Mapping[str, Any] | None = None) -> dict | None:
+        """Create (201) or confirm an identical one (200); other settings -> SubscriptionExists.
+
+        Exactly one of `stream` or `filter` (the keys of /v1/all: type, typePrefix, streamPrefix,
+        streamPattern; `protocol.all_filter` builds it; {} is every event). `extra`: settings this
+        client does not name, sent as given."""
         settings = SubscriptionSettings(stream=stream, filter=filter, start_from=start_from,
                                         buffer_size=buffer_size, ack_timeout=ack_timeout, max_retries=max_retries,
-                                        concurrency_limit=concurrency_limit, partition_by=partition_by)
+                                        concurrency_limit=concurrency_limit, partition_by=partition_by,
+                                        extra=dict(extra or {}))
         return await self._request("PUT", protocol.subscription_path(name), body=settings.body())
+
+    async def update_subscription(self, name: str, *, buffer_size: int | None = None,
+                                  ack_timeout: float | None = None, max_retries: int | None = None,
+                                  concurrency_limit: int | None = None, partition_by: str | None = None,
+                                  extra: Mapping[str, Any] | None = None) -> dict | None:
+        """Change delivery settings (only those given; the checkpoint is kept): PATCH."""
+        body = {**protocol.delivery_settings(buffer_size=buffer_size, ack_timeout=ack_timeout,
+                                             max_retries=max_retries, concurrency_limit=concurrency_limit,
+                                             partition_by=partition_by), **dict(extra or {})}
+        if not body:
+            raise ValueError("update_subscription needs at least one setting to change")
+        return await self._request("PATCH", protocol.subscription_path(name), body=body)
 
     async def get_subscription(self, name: str) -> dict:
         """Settings and stats: checkpoint, head, lag, inFlight, parked, consumers."""
         return await self._request("GET", protocol.subscription_path(name))
 
     async def list_subscriptions(self) -> dict:
+        """Every persistent subscription with its settings and stats."""
         return await self._request("GET", "/v1/subscriptions")
 
     async def delete_subscription(self, name: str) -> None:
+        """204; its connected consumers are closed."""
         await self._request("DELETE", protocol.subscription_path(name))
 
+    def consume(self, name: str, *, reconnect_timeout: float | None = None,
+                max_backoff: float | None = None) -> Consumer:
+        """Deliveries of persistent subscription `name` over its WebSocket:
+        `async with client.consume(name) as consumer: async for delivery in consumer: ...; await delivery.ack()`.
+
+        Reconnects after a drop (un-acked events come again); gives up when reconnecting fails for
+        `reconnect_timeout` s (None: never). See evstore.client.consumer."""
+        consumer = Consumer(self, name, reconnect_timeout=reconnect_timeout,
+                            max_backoff=self.max_retry_delay if max_backoff is None else max_backoff)
+        self._live.add(consumer)
+        return consumer
+
     async def fetch(self, name: str, *, max: int | None = None, wait: float | None = None) -> dict:
-        """Up to `max` deliveries, waiting up to `wait` s: {"events": [{"deliveryId", "attempt", "event"}]}."""
+        """Consume by HTTP: up to `max` deliveries, waiting up to `wait` s:
+        {"events": [{"deliveryId", "attempt", "event"}]}; settle them with ack / nack."""
         timeout = self.timeout + (wait or 0)
         return await self._request("POST", protocol.subscription_path(name, "/fetch"),
                                    params=protocol.query(max=max, wait=wait), timeout=timeout)
 
     async def ack(self, name: str, ids: Iterable[str]) -> dict | None:
+        """Ack deliveries (their deliveryId) fetched by HTTP."""
         return await self._request("POST", protocol.subscription_path(name, "/ack"), body={"ids": list(ids)})
 
     async def nack(self, name: str, ids: Iterable[str], *, action: str = "retry") -> dict | None:
+        """retry (deliver again), park (to the parked list) or skip (count as handled)."""
         if action not in protocol.NACK_ACTIONS:
             raise ValueError(f"action must be one of {', '.join(protocol.NACK_ACTIONS)}")
         return await self._request("POST", protocol.subscription_path(name, "/nack"),
                                    body={"ids": list(ids), "action": action})
 
     async def parked(self, name: str) -> dict:
+        """The parked events of subscription `name`."""
         return await self._request("GET", protocol.subscription_path(name, "/parked"))
 
     async def replay_parked(self, name: str) -> dict | None:
+        """Deliver the parked events again (the checkpoint does not move)."""
         return await self._request("POST", protocol.subscription_path(name, "/parked/replay"))
 
     # -- cluster and operations ------------------------------------------------------------
@@ -320,8 +364,8 @@ class AsyncEvstoreClient:
         except aiohttp.ClientConnectionError as exc:
             raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
         if status not in (200, 503):
-            raise _error(status, payload)
-        body = _decode(payload)
+            raise error_from_payload(status, payload)
+        body = protocol.decode_reply(payload)
         return {**(body if isinstance(body, dict) else {}), "ready": status == 200}
 
     async def metrics(self) -> str:
@@ -345,14 +389,3 @@ class AsyncEvstoreClient:
 
     async def scavenge(self) -> dict | None:
         return await self._request("POST", "/v1/admin/scavenge", timeout=max(self.timeout, 600.0))
-
-
-def _decode(payload: bytes) -> Any:
-    try:
-        return orjson.loads(payload) if payload else None
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _error(status: int, payload: bytes) -> EvstoreError:
-    return error_from_reply(status, _decode(payload), payload.decode("utf-8", "replace"))

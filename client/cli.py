@@ -131,9 +131,9 @@ def bench(args: tuple[str, ...]) -> None:
     """Run the append/read benchmark; with --cluster N, single node vs N-node cluster and failover
     (--help for the options of each)."""
     if any(a == "--cluster" or a.startswith("--cluster=") for a in args):
-        from evstore.client.cluster_bench import main as bench_main
+        from .bench.cluster import main as bench_main
     else:
-        from evstore.client.bench import main as bench_main
+        from .bench.append import main as bench_main
 
     sys.exit(bench_main(list(args)))
 
@@ -400,7 +400,7 @@ def check(settings: Settings, nodes: tuple[str, ...], converge_timeout: float) -
     Exit 0 when consistent, 1 when anything is wrong (each problem is listed)."""
     import asyncio
 
-    from .checker import check_cluster
+    from .harness.checker import check_cluster
 
     urls = [u.rstrip("/") for u in nodes] or [settings.url.rstrip("/")]
     report = asyncio.run(check_cluster(urls, converge_timeout=converge_timeout, token=settings.token))
@@ -423,8 +423,8 @@ def dev_cluster(size: int, base_dir: str | None, keep: bool, store_id: str) -> N
     import threading
     from pathlib import Path
 
-    from .localcluster import LocalCluster
-    from .localetcd import EtcdNotFound, etcd_binary
+    from .harness.localcluster import LocalCluster
+    from .harness.localetcd import EtcdNotFound, etcd_binary
 
     try:
         etcd_binary()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .protocol import decode_reply
+
 
 class EvstoreError(Exception):
     """Base of every error the client raises for a server reply (or a failed connection)."""
@@ -148,3 +150,8 @@ def error_from_reply(status: int, body: Any, text: str = "") -> EvstoreError:
     snippet = " ".join(text.split())[:200] if text else ""
     message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
     return ServerError(status, f"http_{status}", message, {})
+
+
+def error_from_payload(status: int, payload: bytes) -> EvstoreError:
+    """The typed error for a non-2xx reply's raw body."""
+    return error_from_reply(status, decode_reply(payload), payload.decode("utf-8", "replace"))

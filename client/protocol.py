@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 from urllib.parse import quote
 
+import orjson
+
 from ..ids import uuid7
+
+# orjson reads an integer beyond 64 bits as a float; a run of this many digits may be one
+LONG_NUMBER = re.compile(rb"[0-9]{19,}")
 
 EXPECTED_VERSION_WORDS = ("any", "no_stream", "stream_exists")
 ExpectedVersion = Union[str, int]
@@ -23,6 +29,21 @@ class NewEvent:
 
 
 EventInput = Union[NewEvent, Mapping[str, Any]]
+
+
+def loads(payload: str | bytes) -> Any:
+    """A reply's JSON as the server sent it: through orjson, unless it holds a number too long for it
+    (the contract keeps big integers exact), which the standard library reads exactly."""
+    raw = payload.encode() if isinstance(payload, str) else payload
+    return json.loads(raw) if LONG_NUMBER.search(raw) else orjson.loads(raw)
+
+
+def decode_reply(payload: bytes) -> Any:
+    """A reply body's JSON, or None when it is empty or not JSON."""
+    try:
+        return loads(payload) if payload else None
+    except ValueError:
+        return None
 
 
 def path_segment(name: str) -> str:
@@ -119,17 +140,73 @@ def read_all_query(from_position: int | None = None, limit: int | None = None, b
                     "streamPrefix": stream_prefix, "streamPattern": stream_pattern})
 
 
-def subscribe_query(stream: str | None = None, type: str | None = None, stream_pattern: str | None = None,
-                    payload: Mapping[str, Any] | None = None, from_version: int | None = None,
-                    from_position: int | None = None, start: str | None = None) -> list[tuple[str, str]]:
-    selectors = [s for s in (stream, type, stream_pattern, payload) if s is not None]
-    if len(selectors) > 1:
-        raise ValueError("subscribe takes at most one selector: stream, type, stream_pattern or payload")
-    if start is not None and start not in ("start", "end"):
+SUBSCRIBE_STARTS = ("start", "end")
+
+
+def _position_like(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be an integer >= 0")
+
+
+def subscribe_query(*, stream: str | None = None, types: Iterable[str] | str | None = None,
+                    type_prefix: str | None = None, stream_prefix: str | None = None,
+                    stream_pattern: str | None = None, payload: Mapping[str, Any] | None = None,
+                    include_system: bool = False, from_version: int | None = None,
+                    from_position: int | None = None, after: int | None = None,
+                    start: str | None = None) -> list[tuple[str, str]]:
+    """The `/v1/subscribe` query: one selector (`types` may hold several types: OR) and one start.
+    `after=P` is the exclusive form of `from_position` (positions > P, like eventsourcing's `gt`)."""
+    type_list = [types] if isinstance(types, str) else list(types) if types is not None else []
+    chosen = [name for name, value in (("stream", stream), ("types", type_list or None),
+                                       ("type_prefix", type_prefix), ("stream_prefix", stream_prefix),
+                                       ("stream_pattern", stream_pattern), ("payload", payload))
+              if value is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"subscribe takes one selector, not {' and '.join(chosen)}")
+    if payload is not None and not isinstance(payload, Mapping):
+        raise ValueError("payload must be a mapping (a JSON object contained in the events' data)")
+    starts = [name for name, value in (("from_version", from_version), ("from_position", from_position),
+                                       ("after", after), ("start", start)) if value is not None]
+    if len(starts) > 1:
+        raise ValueError(f"subscribe takes one start, not {' and '.join(starts)}")
+    if start is not None and start not in SUBSCRIBE_STARTS:
         raise ValueError("start must be 'start' or 'end'")
-    return query(stream=stream, type=type, streamPattern=stream_pattern,
-                 payload=json.dumps(payload, separators=(",", ":")) if payload is not None else None,
-                 fromVersion=from_version, fromPosition=from_position, start=start)
+    if from_version is not None and stream is None:
+        raise ValueError("from_version needs stream=")
+    for name, value in (("from_version", from_version), ("from_position", from_position), ("after", after)):
+        _position_like(name, value)
+    if after is not None:
+        from_position = after + 1
+    return query(stream=stream, type=type_list or None, typePrefix=type_prefix, streamPrefix=stream_prefix,
+                 streamPattern=stream_pattern,
+                 payload=json.dumps(dict(payload), separators=(",", ":")) if payload is not None else None,
+                 includeSystem=True if include_system else None, fromVersion=from_version,
+                 fromPosition=from_position, start=start)
+
+
+SUBSCRIPTION_STARTS = ("start", "end")
+PARTITIONS = ("none", "stream")
+NACK_ACTIONS = ("retry", "park", "skip")
+
+
+def delivery_settings(*, buffer_size: int | None = None, ack_timeout: float | None = None,
+                      max_retries: int | None = None, concurrency_limit: int | None = None,
+                      partition_by: str | None = None) -> dict[str, Any]:
+    """The settings of a persistent subscription that shape delivery, in wire names; None left out."""
+    if partition_by is not None and partition_by not in PARTITIONS:
+        raise ValueError(f"partition_by must be one of {', '.join(PARTITIONS)}")
+    wire = {"bufferSize": buffer_size, "ackTimeout": ack_timeout, "maxRetries": max_retries,
+            "concurrencyLimit": concurrency_limit, "partitionBy": partition_by}
+    return {k: v for k, v in wire.items() if v is not None}
+
+
+def all_filter(*, types: Iterable[str] | str | None = None, type_prefix: str | None = None,
+               stream_prefix: str | None = None, stream_pattern: str | None = None) -> dict[str, Any]:
+    """A persistent subscription's `filter` (the keys of /v1/all): one type as a string, several as a list."""
+    type_list = [types] if isinstance(types, str) else list(types or [])
+    wire = {"type": type_list[0] if len(type_list) == 1 else type_list or None, "typePrefix": type_prefix,
+            "streamPrefix": stream_prefix, "streamPattern": stream_pattern}
+    return {k: v for k, v in wire.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -149,13 +226,13 @@ class SubscriptionSettings:
     def body(self) -> dict[str, Any]:
         if (self.stream is None) == (self.filter is None):
             raise ValueError("a subscription takes exactly one of stream= or filter=")
+        if self.start_from is not None and self.start_from not in SUBSCRIPTION_STARTS:
+            _position_like("start_from", self.start_from)
         wire = {"stream": self.stream, "filter": dict(self.filter) if self.filter is not None else None,
-                "startFrom": self.start_from, "bufferSize": self.buffer_size, "ackTimeout": self.ack_timeout,
-                "maxRetries": self.max_retries, "concurrencyLimit": self.concurrency_limit,
-                "partitionBy": self.partition_by}
+                "startFrom": self.start_from}
         body = {k: v for k, v in wire.items() if v is not None}
+        body.update(delivery_settings(buffer_size=self.buffer_size, ack_timeout=self.ack_timeout,
+                                      max_retries=self.max_retries, concurrency_limit=self.concurrency_limit,
+                                      partition_by=self.partition_by))
         body.update(self.extra)
         return body
-
-
-NACK_ACTIONS = ("retry", "park", "skip")

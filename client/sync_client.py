@@ -10,9 +10,10 @@ import asyncio
 import functools
 import inspect
 import threading
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Iterator, TypeVar
 
 from .async_client import DEFAULT_URL, AsyncEvstoreClient
+from .consumer import Delivery
 
 T = TypeVar("T")
 
@@ -80,6 +81,118 @@ class EvstoreClient:
         self.close()
 
 
+class _SyncIterator:
+    """A blocking face of an async subscription or consumer living on the client's loop."""
+
+    def __init__(self, client: EvstoreClient, live: Any) -> None:
+        self._client = client
+        self._live = live
+
+    def __enter__(self) -> Any:
+        self._client._run(self._live.connect())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __iter__(self) -> Any:
+        return self
+
+    def _next(self) -> Any:
+        async def step() -> tuple[bool, Any]:
+            try:
+                return True, await self._live.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        if self._client._closed:
+            raise StopIteration
+        more, item = self._client._run(step())
+        if not more:
+            raise StopIteration
+        return item
+
+    def stop(self) -> None:
+        """End the iteration; a `next()` blocked in another thread returns (StopIteration). Safe to call twice."""
+        if not self._client._closed:
+            self._client._loop.call_soon_threadsafe(self._live.stop)
+
+    @property
+    def stopped(self) -> bool:
+        return self._live.stopped
+
+    @property
+    def reconnects(self) -> int:
+        return self._live.reconnects
+
+
+class SyncSubscription(_SyncIterator):
+    """Events of a transient subscription (see evstore.client.subscription), blocking."""
+
+    def __next__(self) -> dict:
+        return self._next()
+
+    @property
+    def position(self) -> int | None:
+        return self._live.position
+
+    @property
+    def caught_up(self) -> bool:
+        return self._live.caught_up
+
+
+class SyncDelivery:
+    """One delivery of a persistent subscription, with blocking `ack()` / `nack(action)`."""
+
+    __slots__ = ("_client", "_delivery")
+
+    def __init__(self, client: EvstoreClient, delivery: Delivery) -> None:
+        self._client = client
+        self._delivery = delivery
+
+    @property
+    def delivery_id(self) -> str:
+        return self._delivery.delivery_id
+
+    @property
+    def attempt(self) -> int:
+        return self._delivery.attempt
+
+    @property
+    def event(self) -> dict:
+        return self._delivery.event
+
+    def ack(self) -> bool:
+        return self._client._run(self._delivery.ack())
+
+    def nack(self, action: str = "retry") -> bool:
+        return self._client._run(self._delivery.nack(action))
+
+    def __repr__(self) -> str:
+        return repr(self._delivery)
+
+
+class SyncConsumer(_SyncIterator):
+    """Deliveries of a persistent subscription (see evstore.client.consumer), blocking."""
+
+    def __next__(self) -> SyncDelivery:
+        return SyncDelivery(self._client, self._next())
+
+    @property
+    def name(self) -> str:
+        return self._live.name
+
+    def ack(self, deliveries: Iterable[SyncDelivery | str]) -> bool:
+        return self._client._run(self._live.ack([_unwrap(d) for d in deliveries]))
+
+    def nack(self, deliveries: Iterable[SyncDelivery | str], *, action: str = "retry") -> bool:
+        return self._client._run(self._live.nack([_unwrap(d) for d in deliveries], action=action))
+
+
+def _unwrap(item: SyncDelivery | str) -> Delivery | str:
+    return item._delivery if isinstance(item, SyncDelivery) else item
+
+
 def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: EvstoreClient, *args: Any, **kwargs: Any) -> Any:
@@ -92,6 +205,22 @@ def _iterating(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: EvstoreClient, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return self._iterate(getattr(self._async, name)(*args, **kwargs))
     return call
+
+
+def _sync_face(name: str, method: Callable[..., Any], face: type[_SyncIterator]) -> Callable[..., Any]:
+    """The blocking counterpart of an async method that returns a subscription or consumer object."""
+    @functools.wraps(method)
+    def call(self: EvstoreClient, *args: Any, **kwargs: Any) -> Any:
+        async def make() -> Any:
+            return getattr(self._async, name)(*args, **kwargs)
+        return face(self, self._run(make()))
+    call.__doc__ = f"Blocking: returns a {face.__name__} (use `with`, iterate, `stop()` from any thread).\n\n" \
+                   f"{method.__doc__}"
+    return call
+
+
+EvstoreClient.subscribe = _sync_face("subscribe", AsyncEvstoreClient.subscribe, SyncSubscription)  # type: ignore
+EvstoreClient.consume = _sync_face("consume", AsyncEvstoreClient.consume, SyncConsumer)  # type: ignore
 
 
 def _mirror_async_methods() -> None:

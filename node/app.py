@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -30,7 +31,7 @@ def create_app(settings: Settings) -> web.Application:
                       metrics=metrics)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
-    app[LOG_KEY] = Log(storage, metrics)
+    app[LOG_KEY] = Log(storage, metrics, clustered=settings.clustered)
     if settings.clustered:
         app[CLUSTER_KEY] = _cluster_member(settings, app[LOG_KEY], metrics)
         from .api import cluster
@@ -72,18 +73,22 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
 
 
 async def _storage_context(app: web.Application):
-    storage = app[LOG_KEY].storage
-    await asyncio.to_thread(storage.open)
-    log.info("log open at %s (head position %d)", storage.path, storage.head)
+    log_ = app[LOG_KEY]
+    await log_.open()
+    log.info("log open at %s (head position %d)", log_.storage.path, log_.head)
     member = app.get(CLUSTER_KEY)
     if member is not None:
         await member.start()
+    trimming = asyncio.get_running_loop().create_task(log_.keep_system_streams_trimmed(), name="evstore-trim")
     app[READY_KEY].update(ready=True, reason="")
     yield
     app[READY_KEY].update(ready=False, reason="shutting down")
+    trimming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await trimming
     if member is not None:
         await member.close()
-    await asyncio.to_thread(storage.close)
+    await log_.close()
     log.info("log closed")
 
 

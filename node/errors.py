@@ -5,6 +5,7 @@ from __future__ import annotations
 class LogError(Exception):
     status = 500
     code = "internal"
+    observed_position: int | None = None  # set by the writer: the head the refused write operation saw
 
     def __init__(self, message: str, **details) -> None:
         super().__init__(message)

@@ -5,6 +5,7 @@ events in `$$<stream>`, a hard delete is a `$tombstone` event there, and a soft 
 """
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
 import orjson
 
 from ..ids import uuid7_bytes
-from .errors import (DuplicateEventId, InvalidRequest, StreamDeleted, StreamNotFound, Unavailable,
+from .errors import (DuplicateEventId, InvalidRequest, LogError, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
+from .position import WatchedPosition
 from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows, verified_records
 from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
@@ -25,6 +27,9 @@ METADATA_TYPE = "$metadata"
 TOMBSTONE_TYPE = "$tombstone"
 # in the metadata a soft delete writes: it, not a truncateBefore past the end alone, makes a stream deleted
 SOFT_DELETED = "$softDeleted"
+COMMIT_POINT_WAIT = 2.0  # how long a read waits for a restarted node to learn the commit point, before a 503
+TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system_streams)
+_STREAM_ROW_COLUMNS = "stream, version, created, updated, deleted, metadata"
 ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
 LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
 
@@ -187,32 +192,81 @@ REPLICA_BATCH_BYTES = 1 << 20
 
 
 class Log:
-    def __init__(self, storage: Storage, metrics=None) -> None:
+    """The log of one node. `visible` is the last position reads may show (committed entries only), `written`
+    the durable local head; both can be awaited. A single node shows what it wrote; a clustered node shows what
+    its role (leader or follower) reports committed, through the same `visible` object."""
+
+    def __init__(self, storage: Storage, metrics=None, *, clustered: bool = False) -> None:
         self.storage = storage
         self.metrics = metrics
-        self.gate: WriteGate | None = None  # set by the cluster on a leader; None on a single node
-        self.horizon: Callable[[], int] | None = None  # last position reads may show; None = the head
+        self.clustered = clustered
+        self._gate: WriteGate | None = None  # a clustered node's role decides (see use_write_gate)
+        self.written = WatchedPosition(storage.head, monotonic=False)
+        self.visible = WatchedPosition(storage.committed if clustered else storage.head)
+        # a clustered node persists its commit point only now and then: after a restart it may have shown more
+        # than it persisted, so it shows nothing until its role has learned the commit point again
+        self._commit_point_known = asyncio.Event()
+        if not clustered:
+            self._commit_point_known.set()
+
+    async def open(self) -> None:
+        """Open the storage; what was committed before a restart is visible at once."""
+        await asyncio.to_thread(self.storage.open)
+        self.written.reset(self.storage.head)
+        self.visible.advance(self.storage.committed if self.clustered else self.storage.head)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.storage.close)
+
+    def use_write_gate(self, gate: WriteGate) -> None:
+        """What a clustered node's current role puts around every write (see WriteGate)."""
+        self._gate = gate
 
     @property
     def head(self) -> int:
         return self.storage.head
 
-    def _horizon(self) -> int | None:
-        """What reads may show: None on a single node (everything), else the committed position."""
-        return None if self.horizon is None else self.visible
+    def commit_point_known(self) -> None:
+        """The role (leader or follower) has learned the cluster's commit point since this node started."""
+        self._commit_point_known.set()
 
-    @property
-    def visible(self) -> int:
-        """The last position reads show: the committed position in a cluster, the head on a single node."""
-        return self.storage.head if self.horizon is None else min(self.horizon(), self.storage.head)
+    async def _horizon(self) -> int | None:
+        """What reads may show: None on a single node (everything durable), else the visible position, once
+        known (bounded wait, then 503)."""
+        if not self.clustered:
+            return None
+        if not self._commit_point_known.is_set():
+            try:
+                await asyncio.wait_for(self._commit_point_known.wait(), COMMIT_POINT_WAIT)
+            except asyncio.TimeoutError:
+                raise Unavailable("this node has not yet learned the cluster's commit point since it started; "
+                                  "retry, or read from another node", reason="commit_point_unknown") from None
+        return self.visible.position
+
+    def _wrote(self) -> None:
+        self.written.reset(self.storage.head)
+        if not self.clustered:
+            self.visible.advance(self.storage.head)
 
     async def _write(self, op: Callable[[WriteTxn], object], weight: int = 1, position_of=None,
                      streams: tuple[str, ...] = ()):
-        gate = self.gate
+        gate = self._gate
         if gate is None:
-            return await self.storage.write(op, weight, streams)
-        async with gate.writing():
+            if self.clustered:
+                raise NotLeader()  # no role yet: nothing is written here
             result = await self.storage.write(op, weight, streams)
+            self._wrote()
+            return result
+        async with gate.writing():
+            try:
+                result = await self.storage.write(op, weight, streams)
+            except LogError as exc:
+                if exc.status < 500 and exc.observed_position:
+                    # a refusal (409, 404, 410) may rest on entries not committed yet: answer it only once they
+                    # are, and only while still leading; otherwise the outcome is a 503
+                    await gate.committed(exc.observed_position)
+                raise
+            self._wrote()
             await gate.committed(position_of(result) if position_of else self.storage.head)
         return result
 
@@ -249,8 +303,6 @@ class Log:
             if row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
             _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, encoded)
-            row.metadata = encoded
-            txn.save_stream_row(row)
             return metadata
 
         return await self._write(op)
@@ -267,12 +319,9 @@ class Log:
             if hard:
                 _write_system_event(txn, metadata_stream(stream), TOMBSTONE_TYPE,
                                     orjson.dumps({"version": row.version}))
-                row.deleted = "hard"
             else:
                 meta = dict(vis.metadata, truncateBefore=row.version + 1, **{SOFT_DELETED: True})
-                row.metadata = orjson.dumps(meta)
-                _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, row.metadata)
-            txn.save_stream_row(row)
+                _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(meta))
 
         await self._write(op)
 
@@ -286,14 +335,48 @@ class Log:
             for row in rows:
                 vis = visibility(row, txn.now)
                 below = row.version + 1 if vis.deleted == "hard" else vis.min_version
-                removed += txn.delete_events(row.stream, below, vis.created_after)
+                removed += txn.delete_events(row.stream, below, vis.created_after, keep_ids=True)
             return {"removed": removed}
 
         return await self.storage.write(op)
 
+    async def trim_system_streams(self) -> int:
+        """Remove the events of `$`-streams (subscription checkpoints, parked events, snapshots) that their
+        `maxCount` hides, as of the visible position. Committed state is the same on every node, so every copy of
+        the log is trimmed alike, and a truncation never needs back what was removed. Unlike `scavenge` it runs on
+        clusters too. The number of events removed."""
+        visible = await self._horizon()
+
+        def op(txn: WriteTxn) -> int:
+            removed = 0
+            rows = [StreamRow(*r) for r in txn.conn.execute(
+                f"SELECT {_STREAM_ROW_COLUMNS} FROM streams WHERE stream >= '$' AND stream < '%' "
+                "AND substr(stream, 1, 2) != '$$' AND metadata IS NOT NULL").fetchall()]
+            for row in rows:
+                at = row if visible is None else _row_as_of(txn.conn, row, visible)
+                keep = orjson.loads(at.metadata).get("maxCount") if at.metadata else None
+                if keep and at.version > keep:
+                    removed += txn.delete_events(row.stream, at.version - keep + 1, None)
+            return removed
+
+        return await self.storage.write(op)
+
+    async def keep_system_streams_trimmed(self, *, every: float = TRIM_EVERY) -> None:
+        """Trim system streams (see trim_system_streams) whenever the visible position moved, at most once per
+        `every` seconds; runs until cancelled."""
+        trimmed_at = -1
+        while True:
+            await self.visible.wait_for(trimmed_at + 1)
+            trimmed_at = self.visible.position
+            try:
+                await self.trim_system_streams()
+            except Unavailable:  # shutting down, or a storage error (logged by the writer): try again later
+                pass
+            await asyncio.sleep(every)  # pacing between trims, not a synchronisation
+
     # reads -----------------------------------------------------------------------------------
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> StreamSlice:
             row = _readable_row(conn, stream, visible)
@@ -323,7 +406,7 @@ class Log:
         return await self.storage.read(read)
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
-        visible = self._horizon()
+        visible = await self._horizon()
         window = ALL_SCAN_WINDOW
 
         def read(conn: sqlite3.Connection) -> AllSlice:
@@ -335,7 +418,7 @@ class Log:
         return await self.storage.read(read)
 
     async def stream_info(self, stream: str) -> StreamInfo:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> StreamInfo:
             row = _stream_row(conn, stream, visible)
@@ -347,7 +430,7 @@ class Log:
         return await self.storage.read(read)
 
     async def get_metadata(self, stream: str) -> dict:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> dict:
             row = _stream_row(conn, stream, visible)
@@ -359,7 +442,7 @@ class Log:
 
     async def list_streams(self, prefix: str | None, after: str | None, limit: int
                            ) -> tuple[list[StreamRow], str | None]:
-        visible = self._horizon()
+        visible = await self._horizon()
 
         def read(conn: sqlite3.Connection) -> tuple[list[StreamRow], str | None]:
             now = now_micros()
@@ -416,15 +499,15 @@ class Log:
             txn.insert_records(records)
             if committed > self.storage.committed:
                 txn.set_setting("committed", str(min(committed, txn.last_position)))
-            rows: dict[str, StreamRow] = {}
-            for r in records:
-                _apply_to_rows(txn, rows, r)
-            for row in rows.values():
-                txn.save_stream_row(row)
+            for i, r in enumerate(records):
+                # a run of one stream's records changes its row as its last record does (system effects aside)
+                if i + 1 == len(records) or records[i + 1].stream != r.stream or r.stream.startswith("$$"):
+                    _account(txn, r.stream, version=r.version, created=r.created, event_type=r.type, data=r.data)
             return txn.last_position
 
         head = await self.storage.write(op, weight=len(records))
         self.storage.committed = max(self.storage.committed, min(committed, head))
+        self.written.reset(head)
         return head
 
     async def persist_committed(self, position: int) -> None:
@@ -439,19 +522,13 @@ class Log:
                               "are committed", reason="truncate_below_committed")
 
         def op(txn: WriteTxn) -> int:
-            touched = txn.truncate_after(position)
-            for stream, lowest_removed in touched:
-                row = txn.stream_row(stream) or StreamRow(stream)
-                row.version = lowest_removed - 1
-                last = txn.conn.execute("SELECT created FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
-                                        (stream,)).fetchone()
-                row.updated = last[0] if last else row.created
-                txn.save_stream_row(row)
-                if stream.startswith("$$"):
-                    _rebuild_stream_state(txn, stream[2:])
+            for stream, lowest_removed in txn.truncate_after(position):
+                _rebuild_row(txn, stream, lowest_removed - 1)
             return txn.last_position
 
-        return await self.storage.write(op)
+        head = await self.storage.write(op)
+        self.written.reset(head)
+        return head
 
     async def promise_epoch(self, epoch: int) -> None:
         """Persist that this node follows or leads `epoch` from now on; it then rejects older epochs."""
@@ -490,42 +567,51 @@ def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> 
     first_position = txn.allocate_positions(len(events))
     first_version = row.version + 1
     txn.insert(row.stream, first_position, first_version, events)
-    row.version += len(events)
-    row.created = row.created or txn.now
-    row.updated = txn.now
+    version = row.version + len(events)
+    _account(txn, row.stream, version=version, created=txn.now, event_type=events[-1].type,
+             data=events[-1].data)
+    return AppendResult(row.stream, first_version, version, first_position + len(events) - 1)
+
+
+def _account(txn: WriteTxn, stream: str, *, version: int, created: int, event_type: str, data: bytes) -> None:
+    """Bring the stream rows up to date with an event just stored: the one code path for the leader's writes,
+    a follower's replicated records and the rebuild after a truncation. A `$$` stream's `$metadata` and
+    `$tombstone` events also set the metadata and delete state of the stream they describe."""
+    row = txn.stream_row(stream) or StreamRow(stream)
+    row.version = version
+    row.created = row.created or created
+    row.updated = created
     txn.save_stream_row(row)
-    return AppendResult(row.stream, first_version, row.version, first_position + len(events) - 1)
-
-
-def _apply_to_rows(txn: WriteTxn, rows: dict[str, StreamRow], r: Record) -> None:
-    """Bring the stream rows up to date with one replicated record (what the leader's write op did)."""
-    row = rows.get(r.stream) or txn.stream_row(r.stream) or StreamRow(r.stream)
-    rows[r.stream] = row
-    row.version = r.version
-    row.created = row.created or r.created
-    row.updated = r.created
-    if r.stream.startswith("$$") and r.type in (METADATA_TYPE, TOMBSTONE_TYPE):
-        target = r.stream[2:]
-        trow = rows.get(target) or txn.stream_row(target) or StreamRow(target)
-        rows[target] = trow
-        if r.type == METADATA_TYPE:
-            trow.metadata = r.data
+    if stream.startswith("$$") and event_type in (METADATA_TYPE, TOMBSTONE_TYPE):
+        target = txn.stream_row(stream[2:]) or StreamRow(stream[2:])
+        if event_type == METADATA_TYPE:
+            target.metadata = data
         else:
-            trow.deleted = "hard"
+            target.deleted = "hard"
+        txn.save_stream_row(target)
 
 
-def _rebuild_stream_state(txn: WriteTxn, stream: str) -> None:
-    """Metadata and hard-delete state of `stream` from what remains in its `$$` stream."""
-    row = txn.stream_row(stream)
-    if row is None:
-        return
-    meta = txn.conn.execute("SELECT data FROM events WHERE stream = ? AND type = ? ORDER BY version DESC LIMIT 1",
-                            (metadata_stream(stream), METADATA_TYPE)).fetchone()
-    row.metadata = bytes(meta[0]) if meta else None
-    tomb = txn.conn.execute("SELECT 1 FROM events WHERE stream = ? AND type = ? LIMIT 1",
-                            (metadata_stream(stream), TOMBSTONE_TYPE)).fetchone()
-    row.deleted = "hard" if tomb else "no"
+def _rebuild_row(txn: WriteTxn, stream: str, version: int) -> None:
+    """The row of `stream` after its events above `version` were truncated: as the remaining events left it."""
+    row = txn.stream_row(stream) or StreamRow(stream)
+    last = txn.conn.execute("SELECT created FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
+                            (stream,)).fetchone()
+    row.version = version
+    row.updated = last[0] if last else row.created
     txn.save_stream_row(row)
+    if not stream.startswith("$$"):
+        return
+    target = txn.stream_row(stream[2:])
+    if target is None:
+        return
+    target.metadata, target.deleted = None, "no"
+    txn.save_stream_row(target)
+    for event_type in (METADATA_TYPE, TOMBSTONE_TYPE):  # the effects of the newest that remain, replayed
+        remaining = txn.conn.execute("SELECT version, created, data FROM events WHERE stream = ? AND type = ? "
+                                     "ORDER BY version DESC LIMIT 1", (stream, event_type)).fetchone()
+        if remaining is not None:
+            _account(txn, stream, version=version, created=row.updated, event_type=event_type,
+                     data=bytes(remaining[2]))
 
 
 def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:

@@ -464,23 +464,27 @@ class WriteTxn:
     def set_setting(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
-    def delete_events(self, stream: str, below_version: int, created_before: int | None) -> int:
+    def delete_events(self, stream: str, below_version: int, created_before: int | None, *,
+                      keep_ids: bool = False) -> int:
+        """Remove the stream's events below a version or created before a time; with `keep_ids`, keep what
+        idempotency needs of them (see ScavengedRecord)."""
         sql = "DELETE FROM events WHERE stream = ? AND (version < ?"
         args: list[Any] = [stream, below_version]
         if created_before is not None:
             sql += " OR created < ?"
             args.append(created_before)
-        condition = sql.removeprefix("DELETE FROM events") + ")"
         conn = self.conn
-        kept = [(bytes(r[0]), r[1], r[2], r[3], payload_checksum(bytes(r[0]), r[1], r[4], bytes(r[5]),
-                                                               bytes(r[6]), r[7]))
-                for r in conn.execute("SELECT id, stream, version, position, type, data, metadata, flags "
-                                      f"FROM events{condition}", args)]
-        conn.executemany("INSERT OR REPLACE INTO scavenged_ids (id, stream, version, position, payload_crc) "
-                         "VALUES (?, ?, ?, ?, ?)", kept)
+        if keep_ids:
+            condition = sql.removeprefix("DELETE FROM events") + ")"
+            kept = [(bytes(r[0]), r[1], r[2], r[3], payload_checksum(bytes(r[0]), r[1], r[4], bytes(r[5]),
+                                                                   bytes(r[6]), r[7]))
+                    for r in conn.execute("SELECT id, stream, version, position, type, data, metadata, flags "
+                                          f"FROM events{condition}", args)]
+            conn.executemany("INSERT OR REPLACE INTO scavenged_ids (id, stream, version, position, payload_crc) "
+                             "VALUES (?, ?, ?, ?, ?)", kept)
+            self.scavenged = self.scavenged or bool(kept)
         removed = conn.execute(sql + ")", args).rowcount
-        if removed:
-            self.scavenged = True  # the newest record may be among them: start-up reads the last `created` from here then
+        if removed:  # the newest record may be among them: start-up reads the last `created` from here then
             self.set_setting("last_created", str(self.now))
         return removed
 
@@ -686,6 +690,7 @@ class Storage:
                     if not isinstance(exc, LogError):
                         log.exception("write operation failed")
                         exc = Unavailable(f"write failed: {exc}")
+                    exc.observed_position = saved_position  # the log state the refusal was decided on
                     outcomes.append((future, loop, None, exc))
             txn.flush()
             started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Tests use the packaged node launcher (evstore.client.localnode)."""
-from evstore.client.localnode import NodeProcess, free_port
+"""Tests use the packaged node launcher (evstore.client.harness.localnode)."""
+from evstore.client.harness.localnode import NodeProcess, free_port
 
 __all__ = ["NodeProcess", "free_port"]

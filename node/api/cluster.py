@@ -60,8 +60,13 @@ def leader_read(handler: Handler) -> Handler:
         consistency = request.query.get("consistency")
         if consistency not in (None, "any", "leader"):
             raise InvalidRequest("consistency must be 'any' or 'leader'", field="consistency")
-        if member is None or consistency != "leader" or member.role == "leader":
+        if member is None or consistency != "leader":
             return await handler(request)
+        if member.role == "leader":
+            if await member.linearizable(FORWARD_WAIT):
+                return await handler(request)
+            if member.role == "leader":
+                raise Unavailable("the new leader is still committing what it took over", reason="taking_over")
         return await forward(request, member, handler, write=False)
     return route
 

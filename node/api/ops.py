@@ -40,7 +40,7 @@ async def metrics(request: web.Request) -> web.Response:
     log = request.app[LOG_KEY]
     registry.storage_bytes.set(log.storage.size_bytes())
     registry.head_position.set(log.head)
-    registry.committed_position.set(log.visible)
+    registry.committed_position.set(log.visible.position)
     return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

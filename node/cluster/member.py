@@ -65,10 +65,8 @@ class ClusterMember:
         self.members: list[MemberInfo] = []
         self.isr: tuple[str, ...] = ()
         self.max_members_seen = 1
-        self.committed = 0
         self._changed = asyncio.Event()
         self._role_changed = asyncio.Event()
-        self._visible_changed = asyncio.Event()
         self._campaign_now = False
         self._handing_over = 0.0  # monotonic deadline: do not run for leader before it (after a step-down)
         self._tasks: list[asyncio.Task] = []
@@ -76,13 +74,11 @@ class ClusterMember:
         self._follow_task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._transition = asyncio.Lock()
-        log_.gate = RejectingGate()
-        log_.horizon = lambda: self.committed
+        log_.use_write_gate(RejectingGate())
 
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.committed = self.log.storage.committed  # what was committed before a restart stays readable
         await self.coordinator.start(self.me)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._discover(), name="evstore-discovery"),
@@ -237,7 +233,7 @@ class ClusterMember:
             await self.coordinator.resign(won.epoch)
             return
         leading = LeaderReplication(self.log, self.coordinator, self.me, won.epoch, state, self.min_in_sync,
-                                    self.config.timing, self.committed, self.metrics, self._deposed,
+                                    self.config.timing, self.log.visible.position, self.metrics, self._deposed,
                                     lease_generation=generation)
         if not leading.lease_valid():
             log.warning("the lease changed while taking over epoch %d: resigning", won.epoch)
@@ -247,8 +243,7 @@ class ClusterMember:
         self.leading = leading
         self.leader = won
         self.isr = state.members
-        self.log.gate = leading
-        self.log.horizon = lambda: leading.hw
+        self.log.use_write_gate(leading)
         self.role = "leader"
         log.info("leading epoch %d with ISR %s (min in sync %d)", won.epoch, list(state.members),
                  self.min_in_sync())
@@ -269,9 +264,7 @@ class ClusterMember:
         if leading is None:
             return
         self.leading = None
-        self.log.gate = RejectingGate()
-        self.committed = leading.hw
-        self.log.horizon = lambda: self.committed
+        self.log.use_write_gate(RejectingGate())
         await leading.stop(reason)
         self.role = "candidate"
         log.warning("no longer leading epoch %d: %s", leading.epoch, reason)
@@ -284,10 +277,8 @@ class ClusterMember:
             log.warning("ignoring leader %s of old epoch %d", leader.node, leader.epoch)
             return
         await self.log.promise_epoch(leader.epoch)
-        follower = Follower(self.log, self.me, leader, self.token, self.session, committed=self.committed,
-                            on_stale=self._refresh_leader, on_progress=self._visible_moved)
+        follower = Follower(self.log, self.me, leader, self.token, self.session, on_stale=self._refresh_leader)
         self.following = follower
-        self.log.horizon = lambda: follower.committed
         self.role = "follower"
         self._follow_task = asyncio.get_running_loop().create_task(follower.run(), name="evstore-follow")
         log.info("following %s (epoch %d)", leader.node, leader.epoch)
@@ -301,8 +292,6 @@ class ClusterMember:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if follower is not None:
-            self.committed = follower.committed
-            self.log.horizon = lambda: self.committed
             self.role = "candidate"
             self._set_role_metrics()
 
@@ -346,21 +335,14 @@ class ClusterMember:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))
 
-    def _visible_moved(self) -> None:
-        self._visible_changed.set()
-        self._visible_changed = asyncio.Event()
+    async def linearizable(self, timeout: float) -> bool:
+        """Wait (bounded) until this node leads and everything it had when it took over is committed."""
+        leading = self.leading
+        return leading is not None and await leading.serving(timeout)
 
     async def wait_visible(self, position: int, timeout: float) -> bool:
         """Wait (bounded) until reads on this node show `position`."""
-        deadline = time.monotonic() + timeout
-        while self.log.visible < position:
-            remaining = deadline - time.monotonic()
-            if self.role != "follower" or remaining <= 0:
-                return False
-            changed = self._visible_changed
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
-        return True
+        return await self.log.visible.wait_for(position, timeout=timeout)
 
     def deposed_by(self, epoch: int) -> None:
         """A follower fetched with a newer epoch than ours: another node leads now."""
@@ -453,7 +435,7 @@ class ClusterMember:
         isr = sorted(self.leading.isr) if self.leading is not None else list(self.isr)
         return {"role": self.role, "leader": {"node": leader.node, "url": leader.url} if leader else None,
                 "epoch": leader.epoch if leader else self.log.storage.promised_epoch,
-                "committedPosition": self.log.visible, "minInSync": self.min_in_sync(), "isr": isr,
+                "committedPosition": self.log.visible.position, "minInSync": self.min_in_sync(), "isr": isr,
                 "members": sorted(members.values(), key=lambda m: m["node"])}
 
 

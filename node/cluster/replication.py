@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import aiohttp
 
 from ..errors import NotLeader, Unavailable
 from ..log import Log
+from ..position import WatchedPosition, first_reached
 from .coordinator import Coordinator, CoordinatorError, IsrState, LeaderInfo, MemberInfo
 from .wire import decode_records, encode_records
 
@@ -94,16 +93,18 @@ class LeaderReplication:
         self.timing = timing
         self.metrics = metrics
         self.on_deposed = on_deposed
-        self.hw = min(committed, log_.storage.head)
+        log_.visible.advance(min(committed, log_.storage.head))
+        # everything the previous leader may have acknowledged is in this log (it was in the ISR): once the ISR
+        # has all of it, it is committed, and reads here are linearizable
+        self.head_at_start = log_.storage.head
+        self._serving = asyncio.Event()
         self.progress: dict[str, Progress] = {}
         self.started = time.monotonic()
         self.active = True
         # the lease the leader key was created under: a later lease does not hold the key
         self.lease_generation = coordinator.lease.generation if lease_generation is None else lease_generation
         self._lease_ok = True
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []
-        self._seq = itertools.count()
-        self._new_data = asyncio.Event()
+        self._wakeups: set[asyncio.Future] = set()  # waits that end early when leadership stops
         self._open = asyncio.Event()
         self._open.set()
         self._inflight = 0
@@ -115,7 +116,13 @@ class LeaderReplication:
         self._tasks: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
+    @property
+    def hw(self) -> int:
+        """The high watermark: what every in-sync replica has durable, the log's visible position."""
+        return self.log.visible.position
+
     def start(self) -> None:
+        self._advance()  # an ISR of this node alone commits what it has at once
         self._task = asyncio.get_running_loop().create_task(self._maintain(), name="evstore-isr")
 
     async def stop(self, reason: str) -> None:
@@ -124,13 +131,9 @@ class LeaderReplication:
             return
         self.active = False
         self._open.set()
-        self._new_data.set()
-        error = Unavailable(f"leadership lost ({reason}); the outcome of this write is unknown: retry it with "
-                            "the same event ids", reason="leadership_lost")
-        for _pos, _seq, future in self._waiters:
-            if not future.done():
-                future.set_exception(error)
-        self._waiters.clear()
+        for wakeup in self._wakeups:
+            if not wakeup.done():
+                wakeup.set_result(None)
         for task in list(self._tasks):
             task.cancel()
         if self.metrics is not None:
@@ -144,6 +147,15 @@ class LeaderReplication:
                 await self._task
 
     # the write gate ----------------------------------------------------------------------------
+    async def serving(self, timeout: float) -> bool:
+        """Wait (bounded) until everything this node had when it took over is committed: only then are its
+        reads linearizable (Raft's leader commits an entry of its own term first, for the same reason)."""
+        self._advance()
+        if not self._serving.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._serving.wait(), timeout)
+        return self._serving.is_set() and self.active
+
     def lease_valid(self) -> bool:
         """True while the lease our leader key lives under is surely alive; once false, false for good (a
         new lease after a loss does not bring the key back)."""
@@ -177,28 +189,29 @@ class LeaderReplication:
                 self._idle.set()
 
     async def committed(self, position: int) -> None:
-        self._wake_fetchers()
         self._advance()
         if not self.active:
             raise Unavailable("leadership lost before the write was acknowledged; its outcome is unknown: "
                               "retry it with the same event ids", reason="leadership_lost")
-        if position > self.hw:
-            future = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiters, (position, next(self._seq), future))
-            try:
-                await asyncio.wait_for(asyncio.shield(future), self.timing.commit_timeout)
-            except asyncio.TimeoutError:
+        if position > self.hw and not await self._wait_until(
+                self.timing.commit_timeout, (self.log.visible, position)):
+            if self.active:
                 raise Unavailable("the in-sync replicas did not confirm the write in time; its outcome is "
-                                  "unknown: retry it with the same event ids", reason="replication_timeout"
-                                  ) from None
+                                  "unknown: retry it with the same event ids", reason="replication_timeout")
         # fencing: a leader that was stalled past its lease must not acknowledge anything
         if not self.active or not self.lease_valid():
             raise Unavailable("leadership lost before the write was acknowledged; its outcome is unknown: "
                               "retry it with the same event ids", reason="leadership_lost")
 
-    def _wake_fetchers(self) -> None:
-        self._new_data.set()
-        self._new_data = asyncio.Event()
+    async def _wait_until(self, timeout: float, *targets: tuple[WatchedPosition, int]) -> bool:
+        """Wait until one of the positions reaches its target: True; False on timeout or when leadership
+        stops meanwhile."""
+        wakeup = asyncio.get_running_loop().create_future()
+        self._wakeups.add(wakeup)
+        try:
+            return await first_reached(list(targets), timeout=timeout, also=wakeup) and self.active
+        finally:
+            self._wakeups.discard(wakeup)
 
     def _advance(self) -> None:
         if len(self.isr) < self.min_in_sync():
@@ -210,16 +223,13 @@ class LeaderReplication:
             if node != self.me.node:
                 progress = self.progress.get(node)
                 hw = min(hw, progress.durable if progress else 0)
-        if hw <= self.hw:
+        if not self.active or not self.log.visible.advance(hw):
             return
-        self.hw = hw
-        self._wake_fetchers()
+        if hw >= self.head_at_start and not self._serving.is_set():
+            self._serving.set()
+            self.log.commit_point_known()
         if self.metrics is not None:
             self.metrics.committed_position.set(hw)
-        while self._waiters and self._waiters[0][0] <= hw:
-            _pos, _seq, future = heapq.heappop(self._waiters)
-            if not future.done():
-                future.set_result(None)
 
     # fetches from followers --------------------------------------------------------------------
     async def fetch(self, node: str, url: str, epoch: int, first: int, prev_epoch: int) -> FetchReply:
@@ -246,9 +256,8 @@ class LeaderReplication:
         if first > storage.head and self.hw <= progress.committed_told:
             # nothing new to ship and nothing new to tell: wait for either (the follower's readers wait
             # for the committed position, so it is news worth an early answer)
-            waiting_on = self._new_data
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(waiting_on.wait(), FETCH_WAIT)
+            await self._wait_until(FETCH_WAIT, (self.log.written, first),
+                                   (self.log.visible, progress.committed_told + 1))
         if not self.active:
             raise EpochMismatch(self.epoch, stale_leader=True)
         progress.head_at_reply = storage.head
@@ -352,9 +361,8 @@ class LeaderReplication:
                 raise NotLeader()
             if time.monotonic() > deadline:
                 raise Unavailable("the in-sync replicas did not catch up in time", reason="step_down_timeout")
-            waiting_on = self._new_data
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(waiting_on.wait(), 0.05)
+            await self._wait_until(min(0.05, max(0.0, deadline - time.monotonic())),
+                                   (self.log.visible, self.log.storage.head))
             self._advance()
 
     def caught_up_followers(self) -> list[Progress]:
@@ -367,19 +375,16 @@ class Follower:
     """Pull the log from one leader (one epoch) until cancelled."""
 
     def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, token: str, session: aiohttp.ClientSession,
-                 committed: int = 0, on_stale: Callable[[], Awaitable[None]] | None = None,
-                 on_progress: Callable[[], None] | None = None) -> None:
+                 on_stale: Callable[[], Awaitable[None]] | None = None) -> None:
         self.log = log_
         self.me = me
         self.leader = leader
         self.token = token
         self.session = session
-        self.committed = committed  # the leader's committed position, as last heard (capped by our head)
         self.leader_head = 0
         self.member_positions: dict[str, int] = {}  # the other followers, as the leader last reported them
         self.last_contact = 0.0
         self.on_stale = on_stale
-        self.on_progress = on_progress  # called whenever `committed` moves
         self._persisted_at = 0.0
 
     async def run(self) -> None:
@@ -440,23 +445,22 @@ class Follower:
             except asyncio.CancelledError:
                 await apply  # never leave a half-known write behind when the leader changes
                 raise
-        visible = max(self.committed, min(committed, storage.head))
-        if visible != self.committed:
-            self.committed = visible
-            if self.on_progress is not None:
-                self.on_progress()
-        if not records and self.committed > storage.committed and \
+        visible = self.log.visible
+        visible.advance(min(committed, storage.head))  # the leader's commit point, as far as we have it
+        # what this node showed before a restart was committed then, and is in its log: it shows at least that now
+        self.log.commit_point_known()
+        if not records and visible.position > storage.committed and \
                 time.monotonic() - self._persisted_at > PERSIST_COMMITTED_EVERY:
             self._persisted_at = time.monotonic()  # an idle follower remembers the last commit too
-            await self.log.persist_committed(self.committed)
+            await self.log.persist_committed(visible.position)
 
     async def _truncate(self, leader_epoch: int, leader_end: int) -> None:
         storage = self.log.storage
         _own_epoch, own_end = storage.end_of_epoch(leader_epoch)
         target = min(leader_end, own_end, storage.head)
-        if target < self.committed:
+        if target < self.log.visible.position:
             log.error("refusing to truncate below the committed position %d (leader asked for %d)",
-                      self.committed, target)
+                      self.log.visible.position, target)
             raise Unavailable("divergence below the committed position")
         log.warning("truncating the log after position %d (uncommitted entries the leader does not have)",
                     target)

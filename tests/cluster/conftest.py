@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evstore.client.localetcd import EtcdCluster, EtcdProcess
+from evstore.client.harness.localetcd import EtcdCluster, EtcdProcess
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import urllib.error
 import urllib.request
 
 from clusterhttp import call, wait_for
-from evstore.client.localcluster import LocalCluster
-from evstore.client.localnode import NodeProcess, free_port
+from evstore.client.harness.localcluster import LocalCluster
+from evstore.client.harness.localnode import NodeProcess, free_port
 
 
 

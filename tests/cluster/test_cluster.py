@@ -9,7 +9,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 
 from clusterhttp import call, wait_for
-from evstore.client.localcluster import LocalCluster
+from evstore.client.harness.localcluster import LocalCluster
 from evstore.node.api.openapi import document
 
 

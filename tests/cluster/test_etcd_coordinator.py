@@ -10,7 +10,7 @@ import time
 import aetcd
 import pytest
 
-from evstore.client.localnode import free_port
+from evstore.client.harness.localnode import free_port
 from evstore.node.cluster.coordinator import CoordinatorError, IsrState, LeaderInfo, LeaseLost, MemberInfo
 from evstore.node.cluster.etcd import EtcdCoordinator
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import asyncio
 
-from evstore.client.checker import check_cluster
-from evstore.client.localcluster import LocalCluster
-from evstore.client.workload import Workload
+from evstore.client.harness.checker import check_cluster
+from evstore.client.harness.localcluster import LocalCluster
+from evstore.client.harness.workload import Workload
 
 
 async def wait_acknowledged(workload: Workload, more_than: int, timeout: float) -> None:

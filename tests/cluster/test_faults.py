@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 from evstore.client.async_client import AsyncEvstoreClient
-from evstore.client.checker import Attempt, History, check_cluster
 from evstore.client.errors import EvstoreError
-from evstore.client.localcluster import LocalCluster
-from evstore.client.workload import Workload, outcome_unknown
+from evstore.client.harness.checker import Attempt, History, check_cluster
+from evstore.client.harness.localcluster import LocalCluster
+from evstore.client.harness.workload import Workload, outcome_unknown
 from evstore.node.cluster.auth import PEER_TOKEN_HEADER, peer_token
 
 LEASE_TTL = 3  # short leases: failover within seconds
@@ -343,3 +343,86 @@ async def test_replication_fetch_without_or_with_a_wrong_peer_token_is_refused(s
         assert await status({PEER_TOKEN_HEADER: peer_token("another secret", cluster.store_id)}) == 401
         # the control: the right token passes authentication (and an incomplete body is then a 400)
         assert await status({PEER_TOKEN_HEADER: good}, {}) == 400
+
+
+# -- reads that tell the truth across faults (issue 11, points 2 and 3) ------------------------------------------
+
+async def read_head(url: str, *, consistency: str | None = None, expect_position: int | None = None
+                    ) -> tuple[int, list[int]] | None:
+    """(head, positions from `expect_position`) of one `$all` read on `url`; None for a 503 or no answer."""
+    params = {"limit": "1"} if expect_position is None else {"from": str(expect_position), "limit": "1"}
+    if consistency:
+        params["consistency"] = consistency
+    if expect_position is None:
+        params["direction"] = "backward"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/v1/all", params={**params, "includeSystem": "true"},
+                                   timeout=aiohttp.ClientTimeout(total=5)) as response:
+                if response.status == 400:  # a node without includeSystem (before subscriptions landed)
+                    async with session.get(url + "/v1/all", params=params,
+                                           timeout=aiohttp.ClientTimeout(total=5)) as again:
+                        response, body = again, await again.json()
+                else:
+                    body = await response.json()
+                if response.status != 200:
+                    assert response.status == 503, body
+                    return None
+                return body["head"], [e["position"] for e in body["events"]]
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return None
+
+
+async def test_leader_reads_right_after_a_failover_show_every_acknowledged_write(start_cluster):
+    cluster = start_cluster()
+    old, _ = cluster.wait_leader(LEADER_WAIT)
+    history = TimedHistory()
+    async with load_on(cluster, history) as load:
+        await load.grows()
+        await in_thread(cluster.node(old).kill)
+        dead_at = time.monotonic()
+        acknowledged = [a.reply["position"] for a in history
+                        if a.status == "ok" and a.answered is not None and a.answered <= dead_at]
+        last_acknowledged = max(acknowledged)
+        survivors = [cluster.node(i).url for i in range(3) if i != old]
+        deadline = time.monotonic() + LEADER_WAIT
+        answers = []
+        while time.monotonic() < deadline and len(answers) < 2:  # the first two answers after the kill
+            for url in survivors:
+                answer = await read_head(url, consistency="leader", expect_position=last_acknowledged)
+                if answer is not None:
+                    answers.append(answer)
+            await asyncio.sleep(POLL)
+        assert answers, f"no leader read answered within {LEADER_WAIT:g}s\n{diagnosis(cluster)}"
+        for head, positions in answers:
+            assert head >= last_acknowledged and positions == [last_acknowledged], \
+                f"a leader read missed the acknowledged position {last_acknowledged}: {answers}"
+        await in_thread(cluster.node(old).restart)
+        await load.grows()
+        await assert_consistent(cluster, load)
+
+
+async def test_a_restarted_follower_never_shows_less_than_before(start_cluster):
+    """A follower persists the commit point only now and then; killed right after it showed an append (read your
+    writes through it), it must not show less after its restart."""
+    cluster = start_cluster()
+    leader, _ = cluster.wait_leader(LEADER_WAIT)
+    follower = cluster.node(next(i for i in range(3) if i != leader))
+    async with aiohttp.ClientSession() as session:
+        for round_ in range(5):
+            for _append in range(2):  # two within a second: the second commit point is not persisted at once
+                body = {"events": [{"id": str(uuid.uuid4()), "type": "T", "data": {"round": round_}}]}
+                async with session.post(follower.url + "/v1/streams/restarts", json=body,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as response:
+                    assert response.status == 200, await response.text()
+                    shown = (await response.json())["position"]  # held until the follower showed it
+            await in_thread(follower.kill)
+            await in_thread(follower.restart, False)  # read as soon as it listens, not once it reports ready
+            deadline = time.monotonic() + LEADER_WAIT
+            after = None
+            while after is None and time.monotonic() < deadline:
+                after = await read_head(follower.url)  # None while it answers 503 or does not listen yet
+                if after is None:
+                    await asyncio.sleep(POLL)
+            assert after is not None and after[0] >= shown, \
+                f"round {round_}: the follower showed {shown}, then {after} after a restart\n{diagnosis(cluster)}"

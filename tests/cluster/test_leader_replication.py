@@ -13,7 +13,7 @@ from evstore.node.cluster.coordinator import MemberInfo
 from evstore.node.cluster.etcd import EtcdCoordinator
 from evstore.node.cluster.replication import EpochMismatch, LeaderReplication, Timing
 from evstore.node.errors import NotLeader
-from evstore.node.log import Log, NewEvent
+from evstore.node.log import AllFilter, Log, NewEvent
 from evstore.node.storage import Storage
 
 WAIT = 15.0
@@ -29,7 +29,7 @@ async def leading(etcd, tmp_path):
     """This process leads a store whose ISR is {leader, follower}, with a real etcd and log."""
     storage = Storage(tmp_path / "leader")
     storage.open()
-    log = Log(storage)
+    log = Log(storage, clustered=True)
     coordinator = EtcdCoordinator((etcd.client_url,), f"t-{uuid.uuid4().hex[:8]}", lease_ttl=2)
     await coordinator.start(LEADER)
     await asyncio.wait_for(coordinator.wait_registered(), WAIT)
@@ -38,7 +38,7 @@ async def leading(etcd, tmp_path):
     state = await coordinator.set_isr(won.epoch, ("follower", "leader"), isr.revision)
     storage.epoch = won.epoch
     lead = LeaderReplication(log, coordinator, LEADER, won.epoch, state, lambda: 2, Timing(2), committed=0)
-    log.gate = lead
+    log.use_write_gate(lead)
     lead.start()
     try:
         yield lead
@@ -97,3 +97,68 @@ async def test_a_leader_that_cannot_renew_its_lease_stops_writing(leading):
     with pytest.raises(NotLeader):
         await log.append("s", "any", [ev()])
     assert log.head == 0  # refused before anything was written
+
+
+async def _refused_and_waiting(lead, refusal: asyncio.Task) -> None:
+    """Until the refused write waits for the state it read to commit (its op ran; the reply is held)."""
+    while len(lead._wakeups) < 2 and not refusal.done():
+        await asyncio.sleep(0.01)  # the writer thread runs the op: no event reaches the test from there
+
+
+async def test_a_409_waits_until_the_version_it_names_is_committed(leading):
+    from evstore.node.errors import WrongExpectedVersion
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    first = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)  # durable on the leader, not yet on the follower
+    refusal = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(_refused_and_waiting(lead, refusal), WAIT)
+    assert not refusal.done() and not first.done()  # version 1 is not committed: no 409 names it yet
+    asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch))
+    assert (await asyncio.wait_for(first, WAIT)).version == 1
+    with pytest.raises(WrongExpectedVersion) as refused:
+        await asyncio.wait_for(refusal, WAIT)
+    assert refused.value.details["currentVersion"] == 1
+
+
+async def test_a_leader_deposed_before_its_state_committed_answers_503_not_409(leading):
+    from evstore.node.errors import Unavailable, WrongExpectedVersion
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    first = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)
+    refusal = asyncio.create_task(log.append("s", "no_stream", [ev()]))
+    await asyncio.wait_for(_refused_and_waiting(lead, refusal), WAIT)
+    await lead.stop("deposed in the test")
+    for task in (first, refusal):
+        with pytest.raises(Unavailable) as answer:
+            await asyncio.wait_for(task, WAIT)
+        assert not isinstance(answer.value, WrongExpectedVersion)
+
+
+async def test_a_new_leader_serves_reads_only_once_all_it_took_over_is_committed(etcd, tmp_path):
+    """It may have entries the old leader acknowledged while it heard an older commit point: Raft's rule."""
+    storage = Storage(tmp_path / "new-leader")
+    storage.open()
+    await Log(storage).append("s", "any", [ev(), ev()])  # written under the old leader, commit point not heard
+    log = Log(storage, clustered=True)
+    coordinator = EtcdCoordinator((etcd.client_url,), f"t-{uuid.uuid4().hex[:8]}", lease_ttl=2)
+    await coordinator.start(LEADER)
+    await asyncio.wait_for(coordinator.wait_registered(), WAIT)
+    won = await coordinator.campaign(LEADER)
+    isr = await coordinator.isr()
+    state = await coordinator.set_isr(won.epoch, ("follower", "leader"), isr.revision)
+    lead = LeaderReplication(log, coordinator, LEADER, won.epoch, state, lambda: 2, Timing(2), committed=0)
+    log.use_write_gate(lead)
+    lead.start()
+    try:
+        assert not await lead.serving(0.05)
+        reads = asyncio.create_task(log.read_all(None, 10, False, AllFilter()))
+        await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 3, storage.epoch_at(2)), WAIT)
+        assert await lead.serving(WAIT)
+        page = await asyncio.wait_for(reads, WAIT)  # held until then: it shows both entries
+        assert [r.position for r in page.records] == [1, 2]
+    finally:
+        await lead.stop("test over")
+        await coordinator.close()
+        storage.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from evstore.client.bench import APPEND_BATCHES, CONCURRENCIES, main
+from evstore.client.bench.append import APPEND_BATCHES, CONCURRENCIES, main
 
 EXPECTED_CASES = [f"append_b{b}_c{c}" for b in APPEND_BATCHES for c in CONCURRENCIES] + \
                  [f"read_b1000_c{c}" for c in CONCURRENCIES]

@@ -8,9 +8,9 @@ import uuid
 from click.testing import CliRunner
 
 from evstore.client import EvstoreClient
-from evstore.client.checker import History, check_cluster
 from evstore.client.cli import cli
-from evstore.client.workload import Workload
+from evstore.client.harness.checker import History, check_cluster
+from evstore.client.harness.workload import Workload
 from nodeproc import free_port
 
 

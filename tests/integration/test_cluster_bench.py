@@ -8,8 +8,8 @@ import tempfile
 
 import pytest
 
-from evstore.client.bench import APPEND_BATCHES, CONCURRENCIES
-from evstore.client.cluster_bench import main
+from evstore.client.bench.append import APPEND_BATCHES, CONCURRENCIES
+from evstore.client.bench.cluster import main
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")
 

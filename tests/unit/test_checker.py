@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from evstore.client.checker import Ev, History, NodeData, Problems, StreamView, analyse
+from evstore.client.harness.checker import Ev, History, NodeData, Problems, StreamView, analyse
 
 
 class Log:

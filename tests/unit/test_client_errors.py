@@ -165,12 +165,11 @@ def test_read_all_query_uses_the_contract_names():
     assert protocol.read_stream_query() == []
 
 
-def test_subscribe_query_takes_one_selector():
-    assert protocol.subscribe_query(payload={"a": 1}, start="start") == [("payload", '{"a":1}'), ("start", "start")]
-    with pytest.raises(ValueError):
-        protocol.subscribe_query(stream="s", type="T")
-    with pytest.raises(ValueError):
-        protocol.subscribe_query(start="middle")
+def test_replies_keep_integers_beyond_64_bits():
+    assert protocol.loads(b'{"big": 123456789012345678901234567890, "n": 1.5}') == {
+        "big": 123456789012345678901234567890, "n": 1.5}
+    assert protocol.loads('{"id": "00000000-0000-0000-0000-000000000001"}')["id"].endswith("1")
+    assert protocol.decode_reply(b"") is None and protocol.decode_reply(b"<html>") is None
 
 
 def test_subscription_settings_body():
@@ -179,9 +178,19 @@ def test_subscription_settings_body():
     assert body == {"stream": "order-1", "startFrom": 0, "bufferSize": 5, "ackTimeout": 1.5, "maxRetries": 2,
                     "concurrencyLimit": 3, "partitionBy": "stream"}
     assert protocol.SubscriptionSettings(filter={"typePrefix": "Or"}).body() == {"filter": {"typePrefix": "Or"}}
-    for bad in (protocol.SubscriptionSettings(), protocol.SubscriptionSettings(stream="s", filter={})):
+    for bad in (protocol.SubscriptionSettings(), protocol.SubscriptionSettings(stream="s", filter={}),
+                protocol.SubscriptionSettings(stream="s", start_from="middle"),
+                protocol.SubscriptionSettings(stream="s", partition_by="type")):
         with pytest.raises(ValueError):
             bad.body()
+
+
+def test_subscription_filter_and_delivery_settings_use_the_wire_names():
+    assert protocol.all_filter(types=["A"], stream_prefix="order-") == {"type": "A", "streamPrefix": "order-"}
+    assert protocol.all_filter(types=["A", "B"], type_prefix="X", stream_pattern="o-*") == {
+        "type": ["A", "B"], "typePrefix": "X", "streamPattern": "o-*"}
+    assert protocol.all_filter() == {}
+    assert protocol.delivery_settings(buffer_size=3, partition_by="none") == {"bufferSize": 3, "partitionBy": "none"}
 
 
 # -- retries ------------------------------------------------------------------------------------

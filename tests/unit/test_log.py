@@ -257,3 +257,27 @@ async def test_truncate_before_past_the_end_is_not_a_delete(log):
     with pytest.raises(WrongExpectedVersion):
         await log.append("tb", "stream_exists", [ev()])
     assert (await log.append("tb", "no_stream", [ev()])).from_version == 4
+
+
+async def test_system_streams_are_trimmed_to_their_max_count_as_of_the_visible_position(log):
+    from evstore.node.log import Log
+    await log.set_metadata("$sub-a-checkpoint", {"maxCount": 2})
+    for n in range(5):
+        await log.append("$sub-a-checkpoint", "any", [ev(data={"n": n})])
+    await log.append("plain", "any", [ev(), ev(), ev()])
+    await log.set_metadata("plain", {"maxCount": 1})  # ordinary streams wait for a scavenge
+
+    async def stored(stream):
+        return await log.storage.read(lambda conn: [r[0] for r in conn.execute(
+            "SELECT version FROM events WHERE stream = ? ORDER BY version", (stream,))])
+
+    clustered = Log(log.storage, clustered=True)  # the same log on a node that has seen only 4 commit
+    clustered.visible.advance(5)  # positions 1..5: the metadata event and checkpoints 1-4
+    clustered.commit_point_known()
+    assert await clustered.trim_system_streams() == 2
+    assert await stored("$sub-a-checkpoint") == [3, 4, 5]
+    assert await log.trim_system_streams() == 1
+    assert await stored("$sub-a-checkpoint") == [4, 5]
+    assert await stored("plain") == [1, 2, 3]
+    page = await log.read_stream("$sub-a-checkpoint", None, 10, False)
+    assert [r.version for r in page.records] == [4, 5]

@@ -31,6 +31,14 @@ async def pair(tmp_path):
         one.storage.close()
 
 
+def clustered_view(log: Log, visible: int) -> Log:
+    """The same storage as a clustered node whose visible (committed) position is `visible`."""
+    view = Log(log.storage, clustered=True)
+    view.visible.advance(visible)
+    view.commit_point_known()
+    return view
+
+
 async def replicate(leader: Log, follower: Log) -> None:
     while follower.head < leader.head:
         records = await leader.records_from(follower.head + 1, max_bytes=1)
@@ -127,14 +135,13 @@ async def test_reads_stop_at_the_horizon(pair):
     leader, _ = pair
     await leader.append("a", "any", [ev(1), ev(2)])
     await leader.append("a", "any", [ev(3)])
-    leader.horizon = lambda: 2
-    page = await leader.read_stream("a", None, 10, False)
+    view = clustered_view(leader, 2)
+    page = await view.read_stream("a", None, 10, False)
     assert (page.version, [r.version for r in page.records]) == (2, [1, 2])
-    assert [r.position for r in (await leader.read_all(None, 10, False, AllFilter())).records] == [1, 2]
-    assert (await leader.read_all(None, 10, False, AllFilter())).head == 2
-    leader.horizon = lambda: 0
+    assert [r.position for r in (await view.read_all(None, 10, False, AllFilter())).records] == [1, 2]
+    assert (await view.read_all(None, 10, False, AllFilter())).head == 2
     with pytest.raises(StreamNotFound):
-        await leader.read_stream("a", None, 10, False)
+        await clustered_view(leader, 0).read_stream("a", None, 10, False)
 
 
 async def test_epochs_and_promises_survive_a_restart(tmp_path):
@@ -167,7 +174,7 @@ async def test_stream_state_past_the_horizon_is_not_shown(pair):
     await leader.set_metadata("a", {"custom": {"v": 2}})
     await leader.append("new", "any", [ev(3, "Late")])
     await leader.delete("a", "any", hard=True)
-    leader.horizon = lambda: committed
+    leader = clustered_view(leader, committed)
     info = await leader.stream_info("a")
     assert (info.version, info.deleted, info.metadata) == (1, "no", {"custom": {"v": 1}})
     assert await leader.get_metadata("a") == {"custom": {"v": 1}}
@@ -216,3 +223,22 @@ async def test_binary_payloads_and_their_content_types_replicate(pair):
     shipped[0].flags = 0  # a content type changed in transit is caught by the checksum
     with pytest.raises(CorruptRecord):
         await follower.apply_replicated(shipped[:1])
+
+
+async def test_a_restarted_clustered_node_shows_nothing_until_it_knows_the_commit_point(pair, monkeypatch):
+    """It persists its commit point only now and then, so what it persisted may be below what it showed."""
+    import evstore.node.log as log_module
+    from evstore.node.errors import Unavailable
+    leader, _ = pair
+    await leader.append("a", "any", [ev(1), ev(2), ev(3)])
+    await leader.persist_committed(1)  # it showed 3, persisted 1, then crashed
+    restarted = Log(leader.storage, clustered=True)
+    monkeypatch.setattr(log_module, "COMMIT_POINT_WAIT", 0.05)
+    with pytest.raises(Unavailable) as unknown:
+        await restarted.read_stream("a", None, 10, False)
+    assert unknown.value.details["reason"] == "commit_point_unknown"
+    with pytest.raises(Unavailable):
+        await restarted.read_all(None, 10, False, AllFilter())
+    restarted.visible.advance(3)  # its first fetch from the leader tells it the commit point
+    restarted.commit_point_known()
+    assert (await restarted.read_stream("a", None, 10, False)).version == 3

@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 import aiohttp
 import orjson
 
-from .localnode import NodeProcess
+from ..harness.localnode import NodeProcess
 
 APPEND_BATCHES = (1, 10, 100)
 CONCURRENCIES = (1, 64)

@@ -10,8 +10,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from evstore.client.localnode import free_port
-from evstore.client.localprocess import LocalProcess
+from .localnode import free_port
+from .localprocess import LocalProcess
 
 
 class EtcdNotFound(RuntimeError):

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Literal, NamedTuple
 
 import aiohttp
 
-from .async_client import AsyncEvstoreClient
-from .errors import EvstoreError, StreamDeleted, StreamNotFound
+from ..async_client import AsyncEvstoreClient
+from ..errors import EvstoreError, StreamDeleted, StreamNotFound
 
 PAGE = 4096
 STREAM_LIST_PAGE = 1000

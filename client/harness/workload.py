@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 
-from ..ids import uuid7_bytes
-from .async_client import AsyncEvstoreClient
+from ...ids import uuid7_bytes
+from ..async_client import AsyncEvstoreClient
 from .checker import Attempt, History
-from .errors import ConnectionFailed, EvstoreError, StreamNotFound, Unavailable
+from ..errors import ConnectionFailed, EvstoreError, StreamNotFound, Unavailable
 
 REQUEST_TIMEOUT = 10.0
 FIRST_BACKOFF = 0.05

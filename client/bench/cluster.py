@@ -3,7 +3,7 @@ against a 3-node cluster (requests to the leader, then to a follower, which forw
 failover time over repeated SIGKILLs of the leader.
 
 Phases, all in one invocation and in this process's process group (a group kill ends every child):
-(a) appends of 1, 10 and 100 events per request at concurrency 1 and 64 (client/bench.py's cases) against
+(a) appends of 1, 10 and 100 events per request at concurrency 1 and 64 (client/bench/append.py's cases) against
 one standalone node; (b) the same cases against a cluster of real node processes and a real etcd on
 127.0.0.1, sent to the leader and then to a follower; (c) on a fresh cluster, with a light load running
 (writers appending with exact expected versions, round-robin over all nodes, retrying unknown outcomes with
@@ -31,12 +31,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from ..ids import uuid7_bytes
-from .bench import (APPEND_BATCHES, CONCURRENCIES, BenchError, CaseResult, EvstoreTarget, LocalNode, Reporter,
-                    _interrupt_on_sigterm, append_body, event_data, ratios)
-from .checker import History, check_cluster
-from .localcluster import LocalCluster
-from .localetcd import EtcdNotFound, etcd_binary
+from ...ids import uuid7_bytes
+from ..harness.checker import History, check_cluster
+from ..harness.localcluster import LocalCluster
+from ..harness.localetcd import EtcdNotFound, etcd_binary
+from .append import (APPEND_BATCHES, CONCURRENCIES, BenchError, CaseResult, EvstoreTarget, LocalNode, Reporter,
+                     _interrupt_on_sigterm, append_body, event_data, ratios)
 
 DEFAULT_LEASE_TTL = 5.0  # the node's own default (node/config.py); stated in the output
 FAILOVER_TIMEOUT = 60.0  # per kill: no write for this long after the kill is a failure, not a measurement
@@ -65,7 +65,7 @@ class ForwardedTarget(EvstoreTarget):
 
 async def append_cases(url: str, label: str, opts: "Options", reporter: Reporter,
                        leader_url: str | None = None) -> list[CaseResult]:
-    """client/bench.py's append cases against `url`; `label` names the target in the results."""
+    """client/bench/append.py's append cases against `url`; `label` names the target in the results."""
     run_id = f"{label}-{uuid.uuid4().hex[:8]}"
     data = event_data(opts.event_size)
     results = []
