@@ -25,6 +25,7 @@ ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
 METADATA_TYPE = "$metadata"
 TOMBSTONE_TYPE = "$tombstone"
+SCAVENGES_STREAM, SCAVENGE_TYPE = "$scavenges", "$scavenge"  # a cluster's scavenges are entries of the log
 # in the metadata a soft delete writes: it, not a truncateBefore past the end alone, makes a stream deleted
 SOFT_DELETED = "$softDeleted"
 COMMIT_POINT_WAIT = 2.0  # how long a read waits for a restarted node to learn the commit point, before a 503
@@ -326,17 +327,38 @@ class Log:
         await self._write(op)
 
     async def scavenge(self) -> dict:
-        """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides."""
-        def op(txn: WriteTxn) -> dict:
-            removed = 0
-            rows = [StreamRow(*r) for r in txn.conn.execute(
-                "SELECT stream, version, created, updated, deleted, metadata FROM streams "
-                "WHERE metadata IS NOT NULL OR deleted = 'hard'")]
-            for row in rows:
-                vis = visibility(row, txn.now)
-                below = row.version + 1 if vis.deleted == "hard" else vis.min_version
-                removed += txn.delete_events(row.stream, below, vis.created_after, keep_ids=True)
-            return {"removed": removed}
+        """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides.
+
+        On a cluster the scavenge is itself a log entry (a `$scavenge` event in `$scavenges`): every node
+        applies it once the entry is visible, with the stream state as of the entry's position and the
+        entry's time, so every copy removes the same events (see apply_scavenges)."""
+        if not self.clustered:
+            return await self.storage.write(lambda txn: {"removed": _scavenge_as_of(txn, None, txn.now)})
+
+        def op(txn: WriteTxn) -> int:
+            _write_system_event(txn, SCAVENGES_STREAM, SCAVENGE_TYPE, b"{}")
+            return txn.last_position
+
+        position = await self._write(op, position_of=lambda p: p)
+        await self.visible.wait_for(position)
+        removed = await self.apply_scavenges()
+        return {"removed": removed, "position": position}
+
+    async def apply_scavenges(self) -> int:
+        """Apply the visible `$scavenge` entries this node has not applied yet (in order, each once: the last
+        one applied is kept in the settings, in the same transaction as its removals). Events removed."""
+        visible = self.visible.position
+
+        def op(txn: WriteTxn) -> int:
+            done = txn.conn.execute("SELECT value FROM settings WHERE key = 'scavenged_through'").fetchone()
+            pending = txn.conn.execute(
+                "SELECT position, created FROM events WHERE stream = ? AND type = ? AND position > ? "
+                "AND position <= ? ORDER BY position",
+                (SCAVENGES_STREAM, SCAVENGE_TYPE, int(done[0]) if done else 0, visible)).fetchall()
+            removed = sum(_scavenge_as_of(txn, position, created) for position, created in pending)
+            if pending:
+                txn.set_setting("scavenged_through", str(pending[-1][0]))
+            return removed
 
         return await self.storage.write(op)
 
@@ -370,6 +392,7 @@ class Log:
             trimmed_at = self.visible.position
             try:
                 await self.trim_system_streams()
+                await self.apply_scavenges()  # scavenges the leader wrote, once they are visible here
             except Unavailable:  # shutting down, or a storage error (logged by the writer): try again later
                 pass
             await asyncio.sleep(every)  # pacing between trims, not a synchronisation
@@ -612,6 +635,19 @@ def _rebuild_row(txn: WriteTxn, stream: str, version: int) -> None:
         if remaining is not None:
             _account(txn, stream, version=version, created=row.updated, event_type=event_type,
                      data=bytes(remaining[2]))
+
+
+def _scavenge_as_of(txn: WriteTxn, position: int | None, now: int) -> int:
+    """Remove what retention hides as of `position` (None: everything written) and time `now`."""
+    removed = 0
+    rows = [StreamRow(*r) for r in txn.conn.execute(
+        f"SELECT {_STREAM_ROW_COLUMNS} FROM streams WHERE metadata IS NOT NULL OR deleted = 'hard'").fetchall()]
+    for row in rows:
+        at = row if position is None else _row_as_of(txn.conn, row, position)
+        vis = visibility(at, now)
+        below = at.version + 1 if vis.deleted == "hard" else vis.min_version
+        removed += txn.delete_events(row.stream, below, vis.created_after, keep_ids=True, through=position)
+    return removed
 
 
 def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:

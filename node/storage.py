@@ -465,11 +465,16 @@ class WriteTxn:
         self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
     def delete_events(self, stream: str, below_version: int, created_before: int | None, *,
-                      keep_ids: bool = False) -> int:
-        """Remove the stream's events below a version or created before a time; with `keep_ids`, keep what
-        idempotency needs of them (see ScavengedRecord)."""
-        sql = "DELETE FROM events WHERE stream = ? AND (version < ?"
-        args: list[Any] = [stream, below_version]
+                      keep_ids: bool = False, through: int | None = None) -> int:
+        """Remove the stream's events below a version or created before a time (at positions up to `through`);
+        with `keep_ids`, keep what idempotency needs of them (see ScavengedRecord)."""
+        sql = "DELETE FROM events WHERE stream = ?"
+        args: list[Any] = [stream]
+        if through is not None:
+            sql += " AND position <= ?"
+            args.append(through)
+        sql += " AND (version < ?"
+        args.append(below_version)
         if created_before is not None:
             sql += " OR created < ?"
             args.append(created_before)

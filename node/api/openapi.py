@@ -231,7 +231,10 @@ def components() -> dict:
                         "members")),
         "VerifyResult": obj({"checked": integer(0), "corrupt": {"type": "array", "items": integer(1)},
                              "error": {"type": "string"}}, ("checked", "corrupt")),
-        "ScavengeResult": obj({"removed": integer(0)}, ("removed",)),
+        "ScavengeResult": obj({"removed": integer(0),
+                               "position": integer(1, description="on a cluster: the log entry of the scavenge, "
+                                                   "which every node applies as of that position")},
+                              ("removed",)),
     }
     return {"schemas": schemas,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
@@ -339,10 +342,7 @@ def paths() -> dict:
         },
         "/v1/admin/scavenge": {
             "post": operation("scavenge", "Remove events retention already hides (admin)", "operations", {
-                "200": ok("Removed", ref("ScavengeResult")),
-                "409": {"description": "`not_supported`: a clustered node does not scavenge (the copies would "
-                                       "differ)", "content": json_content(ref("Error"))},
-                **errors(503)}),
+                "200": ok("Removed", ref("ScavengeResult")), **errors(503)}),
         },
     }
 
