@@ -347,6 +347,8 @@ class Log:
     async def apply_scavenges(self) -> int:
         """Apply the visible `$scavenge` entries this node has not applied yet (in order, each once: the last
         one applied is kept in the settings, in the same transaction as its removals). Events removed."""
+        if not self.clustered:
+            return 0  # a single node scavenges at once and writes no entries
         visible = self.visible.position
 
         def op(txn: WriteTxn) -> int:
