@@ -837,10 +837,13 @@ def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]])
 
 
 def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[Record]]:
-    """All records in position order, in lists of up to `batch`."""
+    """All records in position order, in lists of up to `batch` (of a format-1 file too, read without changing
+    it: its records are all JSON, flags 0)."""
+    has_flags = any(column[1] == "flags" for column in conn.execute("PRAGMA table_info(events)"))
+    columns = RECORD_COLUMNS if has_flags else RECORD_COLUMNS.replace("flags", "0 AS flags")
     after = 0
     while True:
-        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+        rows = conn.execute(f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?",
                             (after, batch)).fetchall()
         if not rows:
             return

@@ -209,3 +209,22 @@ def test_an_unknown_format_is_refused_with_how_to_migrate(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="format 99"):
         Storage(data_dir).open()
+
+
+def test_the_offline_verify_reads_a_format_1_file_without_migrating_it(tmp_path):
+    from evstore.node.verify import verify_data_dir
+
+    data_dir = tmp_path / "v1"
+    data_dir.mkdir()
+    conn = sqlite3.connect(data_dir / "evstore.db")
+    conn.executescript(V1_SCHEMA)
+    event_id = uuid.uuid4().bytes
+    good = v1_checksum(event_id, "s", "T", b"{}", b"{}", 1, 1, 5, 0)
+    conn.execute("INSERT INTO events VALUES (1, 's', 1, ?, 'T', ?, ?, 5, 0, ?)", (event_id, b"{}", b"{}", good))
+    conn.execute("INSERT INTO events VALUES (2, 's', 2, ?, 'T', ?, ?, 6, 0, 7)", (uuid.uuid4().bytes, b"{}", b"{}"))
+    conn.commit()
+    conn.close()
+    assert verify_data_dir(data_dir) == {"checked": 2, "corrupt": [2]}
+    check = sqlite3.connect(data_dir / "evstore.db")
+    assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == "1"
+    check.close()
