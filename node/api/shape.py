@@ -23,13 +23,18 @@ def json_response(payload: Any, status: int = 200, headers: dict | None = None) 
 def rfc3339(micros: int | None) -> str | None:
     if micros is None:
         return None
+    return _rfc3339_micros(micros)
+
+
+@functools.lru_cache(maxsize=8192)
+def _rfc3339_micros(micros: int) -> str:
+    # the events of one group commit share their `created`, so a page of reads formats few distinct times
     seconds, micro = divmod(micros, 1_000_000)
     return f"{_rfc3339_second(seconds)}.{micro:06d}Z"
 
 
 @functools.lru_cache(maxsize=4096)
 def _rfc3339_second(seconds: int) -> str:
-    # events of one group commit share a timestamp, so reads format few distinct seconds
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -50,7 +55,7 @@ def event_json(record: Record) -> dict:
             "type": record.type,
             "data": orjson.Fragment(record.data),
             "metadata": orjson.Fragment(record.metadata),
-            "created": rfc3339(record.created),
+            "created": _rfc3339_micros(record.created),
         }
     event = {"id": uuid_text(record.id), "stream": record.stream, "version": record.version,
              "position": record.position, "type": record.type}
