@@ -198,3 +198,18 @@ async def test_a_rare_type_is_found_in_one_filtered_request(http):
     assert [e["type"] for e in page["events"]] == ["Rare"] and page["next"] is None
     page = (await call(http, "GET", "/v1/all", params={"type": "Rare", "direction": "backward"}))[1]
     assert [e["type"] for e in page["events"]] == ["Rare"] and page["next"] is None
+
+
+async def test_truncate_before_past_the_end_and_retries_after_a_scavenge(http):
+    events = [{"id": str(uuid.uuid4()), "type": "T", "data": i} for i in range(3)]
+    status, first = await call(http, "POST", "/v1/streams/tb", json={"expectedVersion": "no_stream", "events": events})
+    assert status == 200
+    assert (await call(http, "PUT", "/v1/streams/tb/metadata", json={"truncateBefore": 10}))[0] == 200
+    status, page = await call(http, "GET", "/v1/streams/tb")
+    assert (status, page["events"], page["version"]) == (200, [], 3)
+    assert (await call(http, "GET", "/v1/streams/tb/info"))[1]["deleted"] == "no"
+    status, scavenged = await call(http, "POST", "/v1/admin/scavenge")
+    assert status == 200 and scavenged["removed"] >= 3
+    assert await call(http, "POST", "/v1/streams/tb", json={"expectedVersion": "no_stream", "events": events}) == \
+        (200, first)  # the retry is answered from the kept ids, not written again
+    assert (await call(http, "GET", "/v1/streams/tb"))[1]["version"] == 3
