@@ -166,8 +166,8 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
     if backward:
         top = head if start is None else min(start, head)
         cut = 1  # every match in [cut, top] is known
-        for source in sources:
-            rows_s, covered = _index_run(conn, source, 1, top, True, limit, residual, residual_args, budget,
+        for source in sources:  # each run needs only what is above the runs before it have covered
+            rows_s, covered = _index_run(conn, source, cut, top, True, limit, residual, residual_args, budget,
                                          share)
             rows += rows_s
             cut = max(cut, covered)
@@ -178,8 +178,8 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
         return rows, cut - 1 if cut > 1 else None
     bottom = start or 1
     cut = head  # every match in [bottom, cut] is known
-    for source in sources:
-        rows_s, covered = _index_run(conn, source, bottom, head, False, limit, residual, residual_args, budget,
+    for source in sources:  # each run needs only what is below what the runs before it have covered
+        rows_s, covered = _index_run(conn, source, bottom, cut, False, limit, residual, residual_args, budget,
                                      share)
         rows += rows_s
         cut = min(cut, covered)

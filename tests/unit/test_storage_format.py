@@ -228,3 +228,24 @@ def test_the_offline_verify_reads_a_format_1_file_without_migrating_it(tmp_path)
     check = sqlite3.connect(data_dir / "evstore.db")
     assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == "1"
     check.close()
+
+
+async def test_index_reads_of_many_types_merge_in_position_order(log, monkeypatch):
+    types = [f"Kind{i}" for i in range(7)]
+    for i in range(200):
+        await log.append(f"k-{i % 5}", "any", [ev(types[(i * 3) % 7])])
+    for window in (32768, 5):
+        monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", window)
+        for backward in (False, True):
+            for filters, expected in ((AllFilter(type_prefix="Kind"), list(range(1, 201))),
+                                      (AllFilter(types=types[:3]), [i + 1 for i in range(200) if (i * 3) % 7 < 3]),
+                                      (AllFilter(types=types[:3], stream_prefix="k-1"),
+                                       [i + 1 for i in range(200) if (i * 3) % 7 < 3 and i % 5 == 1])):
+                seen, cursor = [], None
+                for _ in range(500):
+                    page = await log.read_all(cursor, 7, backward, filters)
+                    seen += [r.position for r in page.records]
+                    if page.next is None:
+                        break
+                    cursor = page.next
+                assert seen == (expected[::-1] if backward else expected), (filters, backward, window)
