@@ -72,8 +72,8 @@ class AsyncEvstoreClient:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _url(self, path: str, params: list[tuple[str, str]] | None = None) -> URL:
-        url = URL(self.url + path, encoded=True)
+    def _url(self, path: str, params: list[tuple[str, str]] | None = None, *, base: str | None = None) -> URL:
+        url = URL((base or self.url) + path, encoded=True)
         return url.update_query(params) if params else url
 
     async def _request(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
@@ -183,10 +183,12 @@ class AsyncEvstoreClient:
 
     async def read_all(self, *, from_position: int | None = None, limit: int | None = None,
                        backward: bool = False, types: Iterable[str] | None = None, type_prefix: str | None = None,
-                       stream_prefix: str | None = None, stream_pattern: str | None = None) -> dict:
-        """One page of $all: {"events": [...], "next": P|None, "head": last position}."""
+                       stream_prefix: str | None = None, stream_pattern: str | None = None,
+                       include_system: bool = False) -> dict:
+        """One page of $all: {"events": [...], "next": P|None, "head": last position}; `$`-streams only with
+        `include_system`."""
         params = protocol.read_all_query(from_position, limit, backward, types, type_prefix, stream_prefix,
-                                         stream_pattern)
+                                         stream_pattern, include_system)
         return await self._request("GET", "/v1/all", params=params)
 
     async def iter_all_pages(self, *, from_position: int | None = None, page_size: int | None = None,
@@ -224,7 +226,8 @@ class AsyncEvstoreClient:
                   include_system: bool = False, from_version: int | None = None,
                   from_position: int | None = None, after: int | None = None, start: str | None = None,
                   include_control: bool = False, reconnect_timeout: float | None = None,
-                  idle_timeout: float | None = 60.0, max_backoff: float | None = None) -> Subscription:
+                  idle_timeout: float | None = 60.0, max_backoff: float | None = None,
+                  nodes: Iterable[str] = ()) -> Subscription:
         """A live subscription over SSE: `async with client.subscribe(...) as sub: async for event in sub`.
 
         One selector (stream, types (OR), type_prefix, stream_prefix, stream_pattern, payload: a JSON
@@ -235,7 +238,8 @@ class AsyncEvstoreClient:
         (`{"event"}`, `{"caughtUp", "position"}`, `{"heartbeat", "position"}`). Resumes after a drop
         from `sub.position` with Last-Event-ID; gives up when reconnecting fails for
         `reconnect_timeout` s (None: never) and reconnects when nothing, not even a heartbeat, arrives
-        for `idle_timeout` s. See evstore.client.subscription.
+        for `idle_timeout` s; `nodes`: other node URLs of the store to resume on when this one is
+        unreachable or stopping. See evstore.client.subscription.
         """
         params = protocol.subscribe_query(stream=stream, types=types, type_prefix=type_prefix,
                                           stream_prefix=stream_prefix, stream_pattern=stream_pattern,
@@ -244,7 +248,8 @@ class AsyncEvstoreClient:
                                           start=start)
         subscription = Subscription(self, params, include_control=include_control,
                                     reconnect_timeout=reconnect_timeout, idle_timeout=idle_timeout,
-                                    max_backoff=self.max_retry_delay if max_backoff is None else max_backoff)
+                                    max_backoff=self.max_retry_delay if max_backoff is None else max_backoff,
+                                    nodes=nodes)
         self._live.add(subscription)
         return subscription
 
@@ -311,15 +316,16 @@ class AsyncEvstoreClient:
         """204; its connected consumers are closed."""
         await self._request("DELETE", protocol.subscription_path(name))
 
-    def consume(self, name: str, *, reconnect_timeout: float | None = None,
-                max_backoff: float | None = None) -> Consumer:
+    def consume(self, name: str, *, reconnect_timeout: float | None = None, max_backoff: float | None = None,
+                nodes: Iterable[str] = ()) -> Consumer:
         """Deliveries of persistent subscription `name` over its WebSocket:
         `async with client.consume(name) as consumer: async for delivery in consumer: ...; await delivery.ack()`.
 
         Reconnects after a drop (un-acked events come again); gives up when reconnecting fails for
-        `reconnect_timeout` s (None: never). See evstore.client.consumer."""
+        `reconnect_timeout` s (None: never); `nodes`: other node URLs of the store to try when this one
+        is unreachable (a follower sends the consumer to the leader by itself). See evstore.client.consumer."""
         consumer = Consumer(self, name, reconnect_timeout=reconnect_timeout,
-                            max_backoff=self.max_retry_delay if max_backoff is None else max_backoff)
+                            max_backoff=self.max_retry_delay if max_backoff is None else max_backoff, nodes=nodes)
         self._live.add(consumer)
         return consumer
 

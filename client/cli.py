@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from . import output
+from . import output, protocol
 from .async_client import DEFAULT_URL
 from .errors import ConnectionFailed, EvstoreError
 from .events_file import EventsFileError, batched, read_events
@@ -338,6 +338,202 @@ def delete(settings: Settings, stream: str, hard: bool, expected_version: Any) -
     settings.client().delete_stream(stream, expected_version=expected_version, hard=hard)
     click.echo(output.to_json({"stream": stream, "deleted": "hard" if hard else "soft"}) if settings.as_json
                else output.deleted(stream, hard))
+
+
+# -- subscriptions --------------------------------------------------------------------------
+
+def parse_start(text: str) -> str | int:
+    text = text.strip()
+    if text in protocol.SUBSCRIBE_STARTS:
+        return text
+    if text.isdigit():
+        return int(text)
+    raise click.BadParameter("must be start, end or a position (an integer >= 0)")
+
+
+def start_option(name: str, help_text: str) -> Callable[..., Any]:
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        return None if value is None else parse_start(value)
+
+    return click.option(name, "start", default=None, callback=convert, metavar="start|end|POSITION", help=help_text)
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+            click.option("--type", "types", multiple=True, help="Event type (repeatable, OR)."),
+            click.option("--type-prefix", help="Event type prefix."),
+            click.option("--stream-prefix", help="Stream name prefix."),
+            click.option("--stream-pattern", help="Stream name glob, e.g. 'order-*'.")]):
+        command = option(command)
+    return command
+
+
+def delivery_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+            click.option("--buffer-size", type=click.IntRange(min=1), help="Un-acked events per consumer."),
+            click.option("--ack-timeout", type=click.FloatRange(min=0, min_open=True),
+                         help="Seconds before an un-acked event is delivered again."),
+            click.option("--max-retries", type=click.IntRange(min=0), help="Deliveries before an event is parked."),
+            click.option("--concurrency-limit", type=click.IntRange(min=1), help="Consumers at once."),
+            click.option("--partition-by", type=click.Choice(protocol.PARTITIONS),
+                         help="stream: one stream's events to one consumer at a time, in order.")]):
+        command = option(command)
+    return command
+
+
+@cli.command()
+@start_option("--from", "Where to start: start (the whole log), end (default: what commits from now on) or a "
+                        "$all position (inclusive).")
+@click.option("--from-version", type=click.IntRange(min=1), help="With --stream: from this stream version.")
+@click.option("--stream", help="Only this stream.")
+@filter_options
+@click.option("--payload", "payload_text", metavar="JSON", help="Only events whose data contains this JSON object.")
+@click.option("--include-system", is_flag=True, help="Also $-streams (metadata, checkpoints, snapshots).")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--no-follow", is_flag=True, help="Stop once caught up instead of following new events.")
+@json_option
+@pass_settings
+def subscribe(settings: Settings, start: str | int | None, from_version: int | None, stream: str | None,
+              types: tuple[str, ...], type_prefix: str | None, stream_prefix: str | None,
+              stream_pattern: str | None, payload_text: str | None, include_system: bool, count: int | None,
+              no_follow: bool) -> None:
+    """Follow the store live: print each event as it commits (one JSON object per line with --json).
+
+    Select with one of --stream, --type (repeatable), --type-prefix, --stream-prefix, --stream-pattern or
+    --payload (none: every event). A dropped connection is resumed where it stopped. Ctrl-C stops."""
+    payload = json_argument(payload_text, "--payload")
+    if payload is not None and not isinstance(payload, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    if from_version is not None and start is not None:
+        raise click.UsageError("give either --from or --from-version, not both")
+    if from_version is not None and stream is None:
+        raise click.UsageError("--from-version needs --stream")
+    selectors = [name for name, value in (("--stream", stream), ("--type", types), ("--type-prefix", type_prefix),
+                                          ("--stream-prefix", stream_prefix), ("--stream-pattern", stream_pattern),
+                                          ("--payload", payload)) if value]
+    if len(selectors) > 1:
+        raise click.UsageError(f"give one selector, not {' and '.join(selectors)}")
+    try:
+        subscription = settings.client().subscribe(
+            stream=stream, types=list(types) or None, type_prefix=type_prefix, stream_prefix=stream_prefix,
+            stream_pattern=stream_pattern, payload=payload, include_system=include_system,
+            from_version=from_version, from_position=start if isinstance(start, int) else None,
+            start=start if isinstance(start, str) else None, include_control=True)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    seen = 0
+    try:
+        with subscription:
+            for message in subscription:
+                event = message.get("event")
+                if isinstance(event, dict):
+                    click.echo(output.to_json(event) if settings.as_json else output.event_line(event))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+                elif message.get("caughtUp") is True:
+                    if not settings.as_json:
+                        click.echo(output.caught_up(message.get("position"), follow=not no_follow), err=True)
+                    if no_follow:
+                        return
+    except KeyboardInterrupt:
+        return
+
+
+@cli.group()
+def subscriptions() -> None:
+    """Persistent subscriptions: server-side checkpoint, acks, competing consumers, parked events."""
+
+
+@subscriptions.command("create")
+@click.argument("name")
+@click.option("--stream", help="The events of this stream (else the filter options; none: every event).")
+@filter_options
+@start_option("--start-from", "Where delivery starts: start, end or a $all position (left out: the "
+                              "server's default).")
+@delivery_options
+@json_option
+@pass_settings
+def subscriptions_create(settings: Settings, name: str, stream: str | None, types: tuple[str, ...],
+                         type_prefix: str | None, stream_prefix: str | None, stream_pattern: str | None,
+                         start: str | int | None, **delivery: Any) -> None:
+    """Create persistent subscription NAME (again with the same settings: nothing changes)."""
+    selected = protocol.all_filter(types=types, type_prefix=type_prefix, stream_prefix=stream_prefix,
+                                   stream_pattern=stream_pattern)
+    if stream is not None and selected:
+        raise click.UsageError("give either --stream or the filter options, not both")
+    reply = settings.client().create_subscription(name, stream=stream, filter=None if stream else selected,
+                                                  start_from=start, **delivery)
+    asked = {"stream": stream} if stream else {"filter": selected}
+    if start is not None:
+        asked["startFrom"] = start
+    click.echo(output.to_json(reply) if settings.as_json
+               else output.subscription_created(name, {**asked, **(reply if isinstance(reply, dict) else {})}))
+
+
+@subscriptions.command("update")
+@click.argument("name")
+@delivery_options
+@json_option
+@pass_settings
+def subscriptions_update(settings: Settings, name: str, **delivery: Any) -> None:
+    """Change delivery settings of NAME (only those given); its checkpoint is kept."""
+    if all(v is None for v in delivery.values()):
+        raise click.UsageError("give at least one setting to change")
+    reply = settings.client().update_subscription(name, **delivery)
+    changes = protocol.delivery_settings(**delivery)
+    click.echo(output.to_json(reply) if settings.as_json else output.subscription_updated(name, changes))
+
+
+@subscriptions.command("list")
+@json_option
+@pass_settings
+def subscriptions_list(settings: Settings) -> None:
+    """Every persistent subscription with its checkpoint, lag, in-flight and parked counts."""
+    reply = settings.client().list_subscriptions()
+    click.echo(output.to_json(reply) if settings.as_json else output.subscriptions_table(reply))
+
+
+@subscriptions.command("info")
+@click.argument("name")
+@json_option
+@pass_settings
+def subscriptions_info(settings: Settings, name: str) -> None:
+    """Settings and stats of NAME: checkpoint, head, lag, inFlight, parked, consumers."""
+    reply = settings.client().get_subscription(name)
+    click.echo(output.to_json(reply) if settings.as_json else output.subscription_info(reply))
+
+
+@subscriptions.command("delete")
+@click.argument("name")
+@json_option
+@pass_settings
+def subscriptions_delete(settings: Settings, name: str) -> None:
+    """Delete NAME; its connected consumers are closed."""
+    settings.client().delete_subscription(name)
+    click.echo(output.to_json({"subscription": name, "deleted": True}) if settings.as_json
+               else output.subscription_done(name, "deleted", None))
+
+
+@subscriptions.command("parked")
+@click.argument("name")
+@json_option
+@pass_settings
+def subscriptions_parked(settings: Settings, name: str) -> None:
+    """The parked events of NAME (delivered maxRetries times, or nacked with park)."""
+    reply = settings.client().parked(name)
+    click.echo(output.to_json(reply) if settings.as_json else output.parked_events(reply))
+
+
+@subscriptions.command("replay")
+@click.argument("name")
+@json_option
+@pass_settings
+def subscriptions_replay(settings: Settings, name: str) -> None:
+    """Deliver NAME's parked events again (its checkpoint does not move)."""
+    reply = settings.client().replay_parked(name)
+    click.echo(output.to_json(reply) if settings.as_json
+               else output.subscription_done(name, "replaying parked events", reply))
 
 
 # -- verify -----------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ server sends `{"events": [{"deliveryId", "attempt", "event"}]}`; acks go back on
 `{"ack": [ids]}`, nacks as `{"nack": [ids], "action": "retry"|"park"|"skip"}`. `Consumer.ack(...)` and
 `Consumer.nack(...)` take several deliveries at once (one message).
 
-Delivery is at least once. When the socket drops, the consumer connects again (to the same URL: any node
-of a cluster serves it, delivery itself follows the leader) with the bounded backoff of transient
-subscriptions, and deliveries of the old socket that were not yet yielded are dropped: the server
-delivers every un-acked event again. Acking a delivery whose socket has gone returns False (nothing
-sent; the event comes again). A 4xx on connecting (404 subscription_not_found after a delete, 409
-too_many_consumers, 401/403) ends the iteration with that error.
+Delivery is at least once, and runs on the leader: a follower answers the connection with
+`{"error": "not_leader", "leader": {"node", "url"}}` and closes it, and the consumer connects to that
+URL (back to the client's own URL, or the next of `nodes`, when the leader cannot be reached, so it
+follows a failover). When the socket drops, the consumer connects again with the bounded backoff of
+evstore.client.reconnect, and deliveries of the old socket that were not yet yielded are dropped: the
+server delivers every un-acked event again. Acking a delivery whose socket has gone returns False
+(nothing sent; the event comes again). A 4xx on connecting (404 subscription_not_found after a delete,
+409 too_many_consumers, 401/403) ends the iteration with that error.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import orjson
 from . import protocol
 from .errors import ConnectionFailed, EvstoreError, error_from_reply
 from .protocol import loads
-from .subscription import Reconnecting
+from .reconnect import NodeRing, Reconnecting
 
 if TYPE_CHECKING:
     from .async_client import AsyncEvstoreClient
@@ -68,12 +70,15 @@ class Consumer:
     """An async iterator of `Delivery` over one persistent subscription; see the module doc."""
 
     def __init__(self, client: "AsyncEvstoreClient", name: str, *, reconnect_timeout: float | None,
-                 max_backoff: float) -> None:
+                 max_backoff: float, nodes: Iterable[str] = ()) -> None:
         self._client = client
+        self._nodes = NodeRing(client.url, nodes)
         self.name = name
         self._policy = Reconnecting(reconnect_timeout=reconnect_timeout, max_backoff=max_backoff)
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._ready: deque[Delivery] = deque()
+        self._leader_url: str | None = None  # set when a follower sent us to the leader
+        self._closing: asyncio.Future | None = None
 
     @property
     def stopped(self) -> bool:
@@ -89,13 +94,13 @@ class Consumer:
         self._ready.clear()
         socket, self._socket = self._socket, None
         if socket is not None and not socket.closed:
-            asyncio.ensure_future(socket.close())
+            self._closing = asyncio.ensure_future(socket.close())
 
     async def aclose(self) -> None:
-        socket = self._socket
+        """`stop()`, and wait until the socket is closed."""
         self.stop()
-        if socket is not None:
-            await socket.close()
+        if self._closing is not None:
+            await self._closing
 
     async def connect(self) -> "Consumer":
         if self._socket is None and not self.stopped:
@@ -156,19 +161,25 @@ class Consumer:
 
     async def _connect(self) -> None:
         client = self._client
-        url = client._url(protocol.subscription_path(self.name, "/connect"))
+        path = protocol.subscription_path(self.name, "/connect")
         while not self.stopped:
+            base = self._leader_url or self._nodes.current
             try:
                 socket = await client._http().ws_connect(
-                    url, heartbeat=PING_INTERVAL, timeout=aiohttp.ClientWSTimeout(ws_close=client.timeout),
-                    max_msg_size=0)
+                    client._url(path, base=base), heartbeat=PING_INTERVAL,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=client.timeout), max_msg_size=0)
             except aiohttp.WSServerHandshakeError as exc:
                 error = _handshake_error(exc)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                error = ConnectionFailed(client.url, f"cannot connect to {client.url}: {exc}")
+                error = ConnectionFailed(base, f"cannot connect to {base}: {exc}")
+                if self._leader_url is not None:
+                    self._leader_url = None  # the leader we were sent to is gone: ask our nodes again
+                elif not self._nodes.next() and not self._policy.connected_once:
+                    raise error from exc  # the first connection: every node was tried once
                 if not self._policy.connected_once:
-                    raise error from exc
+                    continue
             else:
+                self._nodes.reached()
                 self._socket = socket
                 self._policy.connected()
                 if self.stopped:
@@ -190,7 +201,6 @@ class Consumer:
         if self.stopped:
             return
         if message is not None and message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            self._policy.healthy()
             self._take(message.data, socket)
             return
         # closed, closing or an error frame: drop what this socket delivered and connect again
@@ -199,6 +209,7 @@ class Consumer:
             self._ready.clear()
         if not socket.closed:
             await socket.close()
+        await self._policy.dropped()
 
     def _take(self, data: str | bytes, socket: Any) -> None:
         try:
@@ -207,7 +218,16 @@ class Consumer:
             return
         if not isinstance(body, dict):
             return
-        for entry in body.get("events") or []:
+        if body.get("error") == "not_leader":
+            # a follower names the leader and closes: the next connection goes there
+            leader = body.get("leader")
+            url = leader.get("url") if isinstance(leader, dict) else None
+            self._leader_url = url.rstrip("/") if isinstance(url, str) and url else None
+            return
+        entries = body.get("events") or []
+        if entries:
+            self._policy.healthy()
+        for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("event"), dict) and "deliveryId" in entry:
                 self._ready.append(Delivery(str(entry["deliveryId"]), entry.get("attempt", 1), entry["event"],
                                             self, socket))

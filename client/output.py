@@ -142,3 +142,91 @@ def error_line(error: BaseException) -> str:
     if isinstance(error, EvstoreError):
         return f"error: {error.code}: {error.message}"
     return f"error: {error}"
+
+
+# -- subscriptions ----------------------------------------------------------------------------
+
+EVENT_LINE_DATA_WIDTH = 100
+
+
+def event_line(event: Mapping[str, Any], data_width: int = EVENT_LINE_DATA_WIDTH) -> str:
+    """One delivered event on one line: `1042  order-1@3  OrderShipped  {"sku":"A-1"}`."""
+    return (f"{event.get('position')}  {event.get('stream')}@{event.get('version')}  {event.get('type')}  "
+            f"{compact(event.get('data'), data_width)}")
+
+
+def caught_up(position: Any, follow: bool) -> str:
+    return f"-- caught up at position {position}" + ("; following new events (Ctrl-C stops)" if follow else "")
+
+
+def _setting(entry: Mapping[str, Any], key: str) -> Any:
+    """A subscription field, whether the server lists it at the top or under `settings` / `stats`."""
+    for source in (entry, entry.get("settings") or {}, entry.get("stats") or {}):
+        if isinstance(source, Mapping) and key in source:
+            return source[key]
+    return None
+
+
+def subscription_source(entry: Mapping[str, Any]) -> str:
+    stream = _setting(entry, "stream")
+    if stream is not None:
+        return f"stream {stream}"
+    selected = _setting(entry, "filter") or {}
+    return "all" if not selected else " ".join(f"{k}={compact(v)}" for k, v in selected.items())
+
+
+def subscription_entries(reply: Any) -> list[Mapping[str, Any]]:
+    entries = reply.get("subscriptions") if isinstance(reply, Mapping) else reply
+    return [e for e in entries or [] if isinstance(e, Mapping)]
+
+
+def subscriptions_table(reply: Any) -> str:
+    entries = subscription_entries(reply)
+    if not entries:
+        return "(no subscriptions)"
+    rows = [(_setting(e, "name"), subscription_source(e), _setting(e, "checkpoint"), _setting(e, "head"),
+             _setting(e, "lag"), _setting(e, "inFlight"), _setting(e, "parked"), _consumer_count(e))
+            for e in entries]
+    return table(["NAME", "SOURCE", "CHECKPOINT", "HEAD", "LAG", "IN FLIGHT", "PARKED", "CONSUMERS"], rows)
+
+
+def _consumer_count(entry: Mapping[str, Any]) -> Any:
+    consumers = _setting(entry, "consumers")
+    return len(consumers) if isinstance(consumers, list) else consumers
+
+
+SUBSCRIPTION_FIELDS = ("name", "stream", "filter", "startFrom", "bufferSize", "ackTimeout", "maxRetries",
+                       "concurrencyLimit", "partitionBy", "checkpoint", "head", "lag", "inFlight", "parked",
+                       "consumers")
+
+
+def subscription_info(entry: Mapping[str, Any]) -> str:
+    pairs = [(k, _setting(entry, k)) for k in SUBSCRIPTION_FIELDS if _setting(entry, k) is not None]
+    known = set(SUBSCRIPTION_FIELDS) | {"settings", "stats"}
+    pairs += [(k, v) for k, v in entry.items() if k not in known]
+    consumers = _setting(entry, "consumers")
+    if isinstance(consumers, list):
+        pairs = [(k, len(v) if k == "consumers" else v) for k, v in pairs]
+    return key_values(pairs)
+
+
+def parked_events(reply: Any) -> str:
+    entries = reply.get("events") if isinstance(reply, Mapping) else reply
+    events = [e.get("event", e) for e in entries or [] if isinstance(e, Mapping)]
+    return events_table(events) if events else "(no parked events)"
+
+
+def subscription_created(name: str, reply: Any) -> str:
+    entry = reply if isinstance(reply, Mapping) else {}
+    start = _setting(entry, "startFrom")
+    return f"subscription {name}: ready ({subscription_source(entry)}" + (f", from {start})" if start is not None
+                                                                        else ")")
+
+
+def subscription_updated(name: str, changes: Mapping[str, Any]) -> str:
+    return f"subscription {name}: updated (" + ", ".join(f"{k} {_cell(v)}" for k, v in changes.items()) + ")"
+
+
+def subscription_done(name: str, action: str, reply: Any) -> str:
+    details = ", ".join(f"{k} {_cell(v)}" for k, v in reply.items()) if isinstance(reply, Mapping) and reply else ""
+    return f"subscription {name}: {action}" + (f" ({details})" if details else "")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 from urllib.parse import quote
@@ -11,8 +10,15 @@ import orjson
 
 from ..ids import uuid7
 
-# orjson reads an integer beyond 64 bits as a float; a run of this many digits may be one
-LONG_NUMBER = re.compile(rb"[0-9]{19,}")
+# orjson reads an integer beyond 64 bits as a float; a run of this many digits may be one. Digits are
+# mapped to NUL and the run searched as bytes: a few times faster than a regular expression.
+LONG_NUMBER_DIGITS = 19
+_DIGITS_TO_NUL = bytes(0 if 0x30 <= b <= 0x39 else 1 for b in range(256))
+_LONG_RUN = b"\x00" * LONG_NUMBER_DIGITS
+
+
+def has_long_number(raw: bytes) -> bool:
+    return _LONG_RUN in raw.translate(_DIGITS_TO_NUL)
 
 EXPECTED_VERSION_WORDS = ("any", "no_stream", "stream_exists")
 ExpectedVersion = Union[str, int]
@@ -35,7 +41,7 @@ def loads(payload: str | bytes) -> Any:
     """A reply's JSON as the server sent it: through orjson, unless it holds a number too long for it
     (the contract keeps big integers exact), which the standard library reads exactly."""
     raw = payload.encode() if isinstance(payload, str) else payload
-    return json.loads(raw) if LONG_NUMBER.search(raw) else orjson.loads(raw)
+    return json.loads(raw) if has_long_number(raw) else orjson.loads(raw)
 
 
 def decode_reply(payload: bytes) -> Any:
@@ -134,10 +140,12 @@ def read_stream_query(from_version: int | None = None, limit: int | None = None,
 
 def read_all_query(from_position: int | None = None, limit: int | None = None, backward: bool = False,
                    types: Iterable[str] | None = None, type_prefix: str | None = None,
-                   stream_prefix: str | None = None, stream_pattern: str | None = None) -> list[tuple[str, str]]:
+                   stream_prefix: str | None = None, stream_pattern: str | None = None,
+                   include_system: bool = False) -> list[tuple[str, str]]:
     return query(**{"from": from_position, "limit": limit, "direction": "backward" if backward else None,
                     "type": list(types) if types else None, "typePrefix": type_prefix,
-                    "streamPrefix": stream_prefix, "streamPattern": stream_pattern})
+                    "streamPrefix": stream_prefix, "streamPattern": stream_pattern,
+                    "includeSystem": True if include_system else None})
 
 
 SUBSCRIBE_STARTS = ("start", "end")
@@ -202,9 +210,9 @@ def delivery_settings(*, buffer_size: int | None = None, ack_timeout: float | No
 
 def all_filter(*, types: Iterable[str] | str | None = None, type_prefix: str | None = None,
                stream_prefix: str | None = None, stream_pattern: str | None = None) -> dict[str, Any]:
-    """A persistent subscription's `filter` (the keys of /v1/all): one type as a string, several as a list."""
+    """A persistent subscription's `filter`: the keys of /v1/all, `type` as a list (OR)."""
     type_list = [types] if isinstance(types, str) else list(types or [])
-    wire = {"type": type_list[0] if len(type_list) == 1 else type_list or None, "typePrefix": type_prefix,
+    wire = {"type": type_list or None, "typePrefix": type_prefix,
             "streamPrefix": stream_prefix, "streamPattern": stream_pattern}
     return {k: v for k, v in wire.items() if v is not None}
 

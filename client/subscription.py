@@ -3,135 +3,72 @@
 `AsyncEvstoreClient.subscribe(...)` returns a `Subscription`. It yields events in log order (each the
 dict the server sends inside `{"event": ...}`); with `include_control=True` it yields every message as
 the server sends it instead: `{"event": {...}}`, `{"caughtUp": True, "position": P}` and
-`{"heartbeat": True, "position": P}`. Either way `caught_up` turns true at the caughtUp message.
+`{"heartbeat": True, "position": P}`. Either way `caught_up` turns true when the caller reaches the
+caughtUp message (everything yielded before it was replayed from the log): with the last replayed event
+when the message had arrived by then, else on the next call; `include_control=True` shows the exact point.
 
-`position` is the resume point: the highest position the subscription has covered, from an event, the
-caughtUp message, a heartbeat (which carries the last position the server scanned, so a filtered
-subscription does not rescan what it skipped) or an SSE `id:`. When the connection drops or the server
-ends the stream, the subscription reconnects with `Last-Event-ID: <position>` (the server resumes after
-it, whatever the start parameters) after a bounded exponential backoff, and an event at or below
-`position` is never yielded twice. Comment lines (`: ...`) are accepted as heartbeats too.
+`position` is the highest position the caller has been taken past: the last event yielded, or a later
+one from the caughtUp message or a heartbeat (the last position the server scanned, so a filtered
+subscription does not rescan what it skipped) that followed it; a new subscription with `after=position`
+continues exactly there. When the connection drops or the server ends the stream, the subscription
+reconnects with `Last-Event-ID` set to the last position received (the server resumes after it,
+whatever the start parameters) after a bounded exponential backoff, and never yields an event twice.
+Comment lines (`: ...`) are accepted as heartbeats too. A message `{"error": code, "position": P, ...}`
+(SSE event `closed` or `error`) ends the stream: `unavailable` (the node stops or cannot serve now) is
+resumed like a drop, any other code ends the iteration with its typed error.
 
 The first connection reports failure at once (a wrong URL or a stopped node should not hang the
 caller); later ones are retried until `reconnect_timeout` seconds pass without success (None: forever).
+`nodes` names other nodes of the same store: an unreachable or stopping node hands over to the next
+(positions are the same on every node, so the resume is exact).
 `stop()` ends the iteration from anywhere on the client's loop; leaving `async with` stops it too.
 """
 from __future__ import annotations
 
 import asyncio
-import time
+import json
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import aiohttp
+import orjson
 
-from .errors import ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
-from .protocol import loads
-from .sse import SSEMessage, SSEParser
+from .errors import ERRORS_BY_CODE, ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
+from .protocol import has_long_number, loads
+from .reconnect import NodeRing, Reconnecting
+from .sse import SSEParser
 
 if TYPE_CHECKING:
     from .async_client import AsyncEvstoreClient
-
-FIRST_BACKOFF = 0.1
-
-
-def backoff_delay(failures: int, *, first: float = FIRST_BACKOFF, cap: float, hinted: float | None = None) -> float:
-    """Seconds to wait before reconnect attempt number `failures` (1-based): the server's retryAfter if it
-    gave one, else first, 2*first, 4*first, ...; never more than `cap`."""
-    delay = hinted if hinted is not None else first * (2 ** max(0, failures - 1))
-    return max(0.0, min(delay, cap))
-
-
 
 
 def message_position(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def transient(error: EvstoreError) -> bool:
-    """Worth another attempt: no connection, 503, or a server fault; a 4xx answer stays what it is."""
-    return isinstance(error, (ConnectionFailed, Unavailable)) or (error.status or 0) >= 500
-
-
-class Reconnecting:
-    """The reconnect policy shared by subscriptions and persistent consumers: bounded backoff,
-    a deadline after the first success, and a sleep that `stop()` cuts short."""
-
-    def __init__(self, *, reconnect_timeout: float | None, max_backoff: float) -> None:
-        self.reconnect_timeout = reconnect_timeout
-        self.max_backoff = max_backoff
-        self.reconnects = 0
-        self.connected_once = False
-        self.stopped = False
-        self._failures = 0
-        self._down_since: float | None = None
-        self._stop_event: asyncio.Event | None = None
-
-    def _stopping(self) -> asyncio.Event:
-        if self._stop_event is None:
-            self._stop_event = asyncio.Event()
-            if self.stopped:
-                self._stop_event.set()
-        return self._stop_event
-
-    def mark_stopped(self) -> None:
-        self.stopped = True
-        if self._stop_event is not None:
-            self._stop_event.set()
-
-    def healthy(self) -> None:
-        """Something arrived: the next drop starts the backoff from the beginning."""
-        self._failures = 0
-        self._down_since = None
-
-    def connected(self) -> None:
-        if self.connected_once:
-            self.reconnects += 1
-        self.connected_once = True
-
-    async def after_failure(self, error: EvstoreError, *, initial_retries: int) -> None:
-        """Wait before the next attempt, or raise `error` when the policy gives up."""
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-        self._failures += 1
-        if not transient(error):
-            raise error
-        if not self.connected_once:
-            # before the first success: only 503 is retried, as for any request of the client
-            if not isinstance(error, Unavailable) or self._failures > initial_retries:
-                raise error
-        elif self.reconnect_timeout is not None and now - self._down_since >= self.reconnect_timeout:
-            raise error
-        hinted = error.retry_after if isinstance(error, Unavailable) else None
-        delay = 0.0 if self._failures == 1 and hinted is None and self.connected_once else \
-            backoff_delay(self._failures, cap=self.max_backoff, hinted=hinted)
-        if self.reconnect_timeout is not None and self.connected_once:
-            delay = min(delay, max(0.0, self._down_since + self.reconnect_timeout - now))
-        if delay > 0:
-            try:
-                await asyncio.wait_for(self._stopping().wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-
-
 class Subscription:
     """An async iterator (and async context manager) over one transient subscription; see the module doc."""
 
     def __init__(self, client: "AsyncEvstoreClient", params: list[tuple[str, str]], *, include_control: bool,
-                 reconnect_timeout: float | None, idle_timeout: float | None, max_backoff: float) -> None:
+                 reconnect_timeout: float | None, idle_timeout: float | None, max_backoff: float,
+                 nodes: Iterable[str] = ()) -> None:
         self._client = client
+        self._nodes = NodeRing(client.url, nodes)
         self._params = params
         self._include_control = include_control
         self._idle_timeout = idle_timeout
         self._policy = Reconnecting(reconnect_timeout=reconnect_timeout, max_backoff=max_backoff)
-        self.position: int | None = None
+        self.position: int | None = None  # what the caller has been given (see `_received` for the wire)
         self.caught_up = False
+        self._received: int | None = None  # the resume point on the wire: Last-Event-ID and repeats
         self.repeats_dropped = 0
         self._response: aiohttp.ClientResponse | None = None
         self._parser = SSEParser()
         self._buffer = b""
-        self._ready: deque[dict] = deque()
+        # (message or None, position covered, caught up) in arrival order; None: nothing to yield, but
+        # `position` and `caught_up` move only when the caller reaches it
+        self._ready: deque[tuple[dict | None, int | None, bool]] = deque()
+        self._failure: EvstoreError | None = None
 
     # -- the public face -------------------------------------------------------------------
 
@@ -169,30 +106,51 @@ class Subscription:
         return self
 
     async def __anext__(self) -> dict:
-        while not self._ready:
+        while True:
+            while self._ready:
+                item = self._take_ready()
+                if item is not None:
+                    # markers right behind it (a caughtUp, heartbeats) are passed with it
+                    while self._ready and self._ready[0][0] is None:
+                        self._take_ready()
+                    return item
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                self.stop()
+                raise failure
             if self.stopped:
                 raise StopAsyncIteration
             await self._read_more()
-        return self._ready.popleft()
+
+    def _take_ready(self) -> dict | None:
+        item, position, caught_up = self._ready.popleft()
+        if position is not None and (self.position is None or position > self.position):
+            self.position = position
+        self.caught_up = self.caught_up or caught_up
+        return item
 
     # -- the connection --------------------------------------------------------------------
 
     async def _connect(self) -> None:
         client = self._client
-        url = client._url("/v1/subscribe", self._params)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=client.timeout, sock_read=self._idle_timeout)
         while not self.stopped:
+            base = self._nodes.current
             headers = {"Accept": "text/event-stream"}
-            if self.position is not None:
-                headers["Last-Event-ID"] = str(self.position)
+            if self._received is not None:
+                headers["Last-Event-ID"] = str(self._received)
             try:
-                resp = await client._http().get(url, headers=headers, timeout=timeout)
+                resp = await client._http().get(client._url("/v1/subscribe", self._params, base=base),
+                                                headers=headers, timeout=timeout)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                error: EvstoreError = ConnectionFailed(base, f"cannot connect to {base}: {exc}")
+                if not self._nodes.next() and not self._policy.connected_once:
+                    raise error from exc  # the first connection: every node was tried once
                 if not self._policy.connected_once:
-                    raise ConnectionFailed(client.url, f"cannot connect to {client.url}: {exc}") from exc
-                error: EvstoreError = ConnectionFailed(client.url, f"cannot connect to {client.url}: {exc}")
+                    continue
             else:
                 if resp.status < 300 and resp.content_type == "text/event-stream":
+                    self._nodes.reached()
                     self._opened(resp)
                     return
                 payload = await resp.read()
@@ -201,6 +159,8 @@ class Subscription:
                     raise ServerError(resp.status, "not_event_stream",
                                       f"/v1/subscribe answered {resp.content_type}, not text/event-stream")
                 error = error_from_payload(resp.status, payload)
+                if isinstance(error, Unavailable):
+                    self._nodes.next()
             await self._policy.after_failure(error, initial_retries=client.retries)
 
     def _opened(self, resp: aiohttp.ClientResponse) -> None:
@@ -226,49 +186,86 @@ class Subscription:
             chunk = await response.content.readany()
         except (aiohttp.ClientError, asyncio.TimeoutError):
             chunk = b""
-        if self.stopped:
+        if self.stopped or self._failure is not None:
             return
         if not chunk:  # the connection dropped or the server ended the stream: resume from `position`
             if self._response is response:
                 self._close_response()
+            if self._failure is None:
+                await self._policy.dropped()
             return
         self._policy.healthy()
         self._feed(chunk)
 
     def _feed(self, chunk: bytes) -> None:
         # SSE lines end in LF or CRLF (a lone CR, which the format also allows, is not supported)
-        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        for raw in lines:
-            message = self._parser.feed(raw.rstrip(b"\r").decode("utf-8", "replace"))
-            if message is not None:
-                self._dispatch(message)
+        data = self._buffer + chunk
+        if b"\r" in data:
+            *lines, self._buffer = data.split(b"\n")
+            for raw in lines:
+                self._line(raw.rstrip(b"\r"))
+            return
+        *blocks, self._buffer = data.split(b"\n\n")
+        decode = json.loads if has_long_number(data) else orjson.loads
+        for block in blocks:
+            # the server's own frame, `id: P` then one `data:` line, parsed directly (the catch-up hot path)
+            newline = block.find(b"\n")
+            if block.startswith(b"id: ") and block.startswith(b"data: ", newline + 1) and \
+                    block.find(b"\n", newline + 1) < 0:
+                try:
+                    body = decode(block[newline + 7:])
+                except ValueError:
+                    continue
+                self._dispatch("message", body, block[4:newline].decode("ascii", "replace"))
+                continue
+            for raw in block.split(b"\n"):
+                self._line(raw)
+            self._line(b"")
 
-    def _advance(self, position: int | None) -> None:
-        if position is not None and (self.position is None or position > self.position):
-            self.position = position
-
-    def _dispatch(self, message: SSEMessage) -> None:
+    def _line(self, raw: bytes) -> None:
+        message = self._parser.feed(raw.decode("utf-8", "replace"))
+        if message is None:
+            return
         try:
             body = loads(message.data)
         except ValueError:
             return  # not JSON: nothing the contract names; skipped
+        self._dispatch(message.event, body, message.id)
+
+    def _advance(self, position: int | None) -> None:
+        if position is not None and (self._received is None or position > self._received):
+            self._received = position
+
+    def _dispatch(self, name: str, body: Any, last_id: str | None) -> None:
         if not isinstance(body, dict):
             return
         event = body.get("event")
         if isinstance(event, dict):
             position = message_position(event.get("position"))
-            if position is not None and self.position is not None and position <= self.position:
+            if position is not None and self._received is not None and position <= self._received:
                 self.repeats_dropped += 1
                 return
             self._advance(position)
-            self._ready.append(body if self._include_control else event)
+            self._ready.append((body if self._include_control else event, self._received, False))
             return
-        if message.id is not None and message.id.isdigit():
-            self._advance(int(message.id))
-        if body.get("caughtUp") is True:
-            self.caught_up = True
+        if last_id is not None and last_id.isdigit():
+            self._advance(int(last_id))
+        caught_up = body.get("caughtUp") is True
+        if caught_up or body.get("heartbeat") is True or name == "heartbeat":
             self._advance(message_position(body.get("position")))
-        elif body.get("heartbeat") is True or message.event == "heartbeat":
-            self._advance(message_position(body.get("position")))
-        if self._include_control:
-            self._ready.append(body)
+        elif isinstance(body.get("error"), str):
+            self._server_error(body)
+            return
+        self._ready.append((body if self._include_control else None, self._received, caught_up))
+
+    def _server_error(self, body: dict) -> None:
+        """The server ended the stream with a reason: `unavailable` (the node stops, or cannot serve for
+        now) is resumed elsewhere or later; anything else ends the iteration with its typed error."""
+        error = ERRORS_BY_CODE.get(body["error"], ServerError)(
+            None, body["error"], str(body.get("message") or body["error"]),
+            {k: v for k, v in body.items() if k not in ("error", "message")})
+        if isinstance(error, Unavailable):
+            self._nodes.next()  # e.g. the node is stopping: resume on the next one, if there is another
+            return
+        self._failure = error
+        self._close_response()

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import sys
 import time
@@ -12,13 +13,14 @@ from typing import Sequence
 
 from aiohttp import web
 
-from .api import ops, streams
+from .api import ops, streams, subscribe
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
 from .metrics import NodeMetrics
 from .storage import Storage
+from .subscriptions.transient import TransientSubscriptions
 
 log = logging.getLogger("evstore.node")
 
@@ -44,6 +46,8 @@ def create_app(settings: Settings) -> web.Application:
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
     streams.add_routes(app)
+    subscribe.add_routes(app, TransientSubscriptions(app[LOG_KEY], max_subscribers=settings.max_subscribers,
+                                                     metrics=metrics))
     from .api import openapi
     openapi.add_routes(app)
     app.cleanup_ctx.append(_storage_context)
@@ -106,7 +110,26 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+FILES_BESIDES_SUBSCRIBERS = 1024  # other connections, SQLite files, etcd and peer sockets
+
+
+def raise_open_files_limit(subscribers: int) -> None:
+    """Every subscriber holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
+    that --max-subscribers can be reached; warn when it cannot."""
+    wanted = subscribers + FILES_BESIDES_SUBSCRIBERS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        log.warning("open files are limited to %d: fewer than --max-subscribers=%d subscribers may connect",
+                    raised, subscribers)
+
+
 async def serve(settings: Settings) -> None:
+    raise_open_files_limit(settings.max_subscribers)
     app = create_app(settings)
     # lingering: how long aiohttp still reads (and drops) the rest of a body it answered early, e.g. with a 408
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,

@@ -16,6 +16,7 @@ _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
+MAX_SUBSCRIBERS = 100_000
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,7 @@ class Settings:
     cluster_size: int | None = None
     lease_ttl: float = 5.0
     log_level: str = "info"
+    max_subscribers: int = 1000
 
     @property
     def clustered(self) -> bool:
@@ -83,6 +85,8 @@ OPTIONS = [
      "number of nodes the store is meant to have; the default min-in-sync is its majority"),
     ("lease_ttl", "--lease-ttl", "EVSTORE_LEASE_TTL", "seconds of the etcd lease (failover time), default 5"),
     ("log_level", "--log-level", "EVSTORE_LOG_LEVEL", "debug, info, warning or error"),
+    ("max_subscribers", "--max-subscribers", "EVSTORE_MAX_SUBSCRIBERS",
+     "transient subscribers this node serves at once (more get 503), default 1000"),
 ]
 
 
@@ -199,6 +203,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["cluster_size"] = size
     if (ttl := seconds("lease_ttl", 2, 60)) is not None:
         values["lease_ttl"] = ttl
+    if (subscribers := integer("max_subscribers", 1, MAX_SUBSCRIBERS)) is not None:
+        values["max_subscribers"] = subscribers
     for url in values.get("etcd_endpoints", ()):
         if not re.match(r"^http://[^/\s]+$", url):
             raise fail("etcd_endpoints", "must be comma-separated http://HOST:PORT URLs (TLS to etcd is not "

@@ -58,6 +58,13 @@ class NodeMetrics:
         self.etcd_up = Gauge("evstore_etcd_up", "1 when etcd answers", registry=r)
         # subscriptions
         self.subscribers = Gauge("evstore_subscribers", "Connected transient subscribers", registry=r)
+        self.subscription_delivery_latency = Histogram(
+            "evstore_subscription_delivery_latency_seconds",
+            "Commit (the event's created time) to sent, of events delivered live to transient subscribers",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.subscriber_overflows = Counter("evstore_subscriber_overflows",
+                                            "Transient subscribers whose live buffer overflowed (they read back "
+                                            "from the log)", registry=r)
         self.subscription_lag = Gauge("evstore_subscription_lag", "Events a persistent subscription is behind",
                                       ["subscription"], registry=r)
         self._http_children: dict[tuple[str, str, int], tuple] = {}

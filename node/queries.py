@@ -60,18 +60,26 @@ class AllFilter:
     type_prefix: str | None = None
     stream_prefix: str | None = None
     stream_pattern: str | None = None
+    include_system: bool = True  # False leaves out `$`-streams (the API's default); positions keep their gaps
 
     @property
     def active(self) -> bool:
-        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern)
+        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern
+                    or not self.include_system)
 
     def sql(self) -> tuple[str, list]:
         """Every filter as SQL (for the windowed scan)."""
-        return _clauses(self.types, self.type_prefix, self.stream_prefix, self.stream_pattern)
+        return _clauses(self.types, self.type_prefix, self.stream_prefix, self.stream_pattern,
+                        no_system=not self.include_system)
+
+    @property
+    def system_clause_needed(self) -> bool:
+        """Whether `$`-streams must be filtered out explicitly (a stream prefix without `$` already does)."""
+        return not self.include_system and not (self.stream_prefix and not self.stream_prefix.startswith("$"))
 
 
 def _clauses(types: Sequence[str] = (), type_prefix: str | None = None, stream_prefix: str | None = None,
-             stream_pattern: str | None = None) -> tuple[str, list]:
+             stream_pattern: str | None = None, *, no_system: bool = False) -> tuple[str, list]:
     clauses, args = [], []
     if types:
         clauses.append(f"type IN ({','.join('?' * len(types))})")
@@ -85,6 +93,8 @@ def _clauses(types: Sequence[str] = (), type_prefix: str | None = None, stream_p
     if stream_pattern:
         clauses.append("stream GLOB ?")
         args.append(stream_pattern)
+    if no_system:
+        clauses.append("substr(stream, 1, 1) <> '$'")
     return "".join(" AND " + c for c in clauses), args
 
 
@@ -141,13 +151,14 @@ def _plan(conn: sqlite3.Connection, filters: AllFilter) -> tuple[list[_Source], 
         else:
             types = _types_with_prefix(conn, filters.type_prefix)
         if types is not None:
-            where, args = _clauses(stream_prefix=filters.stream_prefix, stream_pattern=filters.stream_pattern)
+            where, args = _clauses(stream_prefix=filters.stream_prefix, stream_pattern=filters.stream_pattern,
+                                   no_system=filters.system_clause_needed)
             return [_Source("events_by_type", "type", t) for t in types], where, args
     category = _category_of(filters.stream_prefix) if filters.stream_prefix else None
     if category is not None:
         where, args = _clauses(filters.types, filters.type_prefix,
                                filters.stream_prefix if filters.stream_prefix != category else None,
-                               filters.stream_pattern)
+                               filters.stream_pattern, no_system=filters.system_clause_needed)
         return [_Source("events_by_category", CATEGORY_SQL, category)], where, args
     return None
 
@@ -197,21 +208,37 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
                residual: str, residual_args: list, budget: int | None, max_bytes: int) -> tuple[list[Record], int]:
     """Matches of one index run within [low, high], nearest first: (up to `limit` records, the position up to
     which every match of this run is among them). With residual filters, at most `budget` index entries are
-    examined: the run stops at the budget-th entry."""
+    examined, a small window first (most pages fill in it), then the rest of the budget."""
     order = "DESC" if backward else ""
     base = (f"FROM events INDEXED BY {source.index} WHERE {source.column} = ? AND position >= ? "
             "AND position <= ?")
-    if budget is not None:
+    page_sql = f"SELECT {RECORD_COLUMNS} {base}{residual} ORDER BY position {order} LIMIT ?"
+    if budget is None:
+        found, stopped = verified_records(conn.execute(page_sql, (source.key, low, high, *residual_args, limit)),
+                                          limit, max_bytes)
+        return found, (found[-1].position if stopped else low if backward else high)
+    found: list[Record] = []
+    first = min(budget, 4 * limit)
+    for window in (first, budget - first):
+        if window <= 0:
+            break
         edge = conn.execute(f"SELECT position {base} ORDER BY position {order} LIMIT 1 OFFSET ?",
-                            (source.key, low, high, budget - 1)).fetchone()
-        if edge is not None:
-            low, high = (edge[0], high) if backward else (low, edge[0])
-    found, stopped = verified_records(conn.execute(
-        f"SELECT {RECORD_COLUMNS} {base}{residual} ORDER BY position {order} LIMIT ?",
-        (source.key, low, high, *residual_args, limit)), limit, max_bytes)
-    if stopped:
-        return found, found[-1].position
-    return found, low if backward else high
+                            (source.key, low, high, window - 1)).fetchone()
+        run_low, run_high = (low, high) if edge is None else (edge[0], high) if backward else (low, edge[0])
+        more, stopped = verified_records(conn.execute(page_sql, (source.key, run_low, run_high, *residual_args,
+                                                                 limit - len(found))),
+                                         limit - len(found), max(1, max_bytes - sum(map(reply_size, found))))
+        found += more
+        if stopped:
+            return found, found[-1].position
+        if edge is None:  # the run is exhausted within [low, high]
+            return found, low if backward else high
+        if backward:
+            high = edge[0] - 1
+        else:
+            low = edge[0] + 1
+        covered = edge[0]
+    return found, covered
 
 
 def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: bool, filters: AllFilter, head: int,

@@ -432,7 +432,7 @@ async def read_node(client: AsyncEvstoreClient, *, read_streams: bool = True,
     try:
         cursor: int | None = 1
         while cursor is not None:
-            page = await client.read_all(from_position=cursor, limit=PAGE)
+            page = await client.read_all(from_position=cursor, limit=PAGE, include_system=True)
             node.events.extend(to_ev(e) for e in page["events"])
             node.head = int(page["head"])
             following = page.get("next")

@@ -11,6 +11,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, LogError
+from . import subscribe_tokens
 from .keys import METRICS_KEY, SETTINGS_KEY
 from .shape import json_response
 
@@ -150,6 +151,8 @@ def required_role(request: web.Request) -> str | None:
         return None  # /v1/internal/ is for peers, which authenticate with the cluster's peer token
     if path.startswith("/v1/admin/") or path == "/v1/cluster/step-down":
         return "admin"
+    if path == "/v1/subscribe/token":
+        return "read"  # it only grants what a read token already may: subscribing
     return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
 
 
@@ -167,6 +170,8 @@ def _authorize(request: web.Request) -> web.Response | None:
             # header bytes that are not UTF-8 reach here as surrogates: they can match no token
             if hmac.compare_digest(known.encode(), token.strip().encode("utf-8", "surrogateescape")):
                 role = known_role
+    if role is None and (presented := subscribe_tokens.presented(request)) is not None:
+        role = "read" if subscribe_tokens.is_valid(tokens, presented) else None
     if role is None:
         return error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required")
     if ROLE_RANK[role] < ROLE_RANK[needed]:

@@ -11,6 +11,8 @@ from aiohttp import web
 
 import evstore
 
+from ..subscriptions import selector
+from . import subscribe, subscribe_tokens
 from . import validation as v
 from .shape import json_response
 
@@ -138,6 +140,58 @@ def read_params(max_limit: int) -> list[dict]:
     ]
 
 
+def include_system_param() -> dict:
+    return query("includeSystem", {"type": "boolean", "default": False},
+                 "include `$`-streams (metadata, snapshots, subscription state); a stream filter starting with `$` "
+                 "includes them too. Positions keep the gaps they leave")
+
+
+def subscribe_operation() -> dict:
+    text_filter, type_filter = text(v.MAX_STREAM_NAME_BYTES), text(v.MAX_TYPE_CHARS)
+    op = operation("subscribe", "Transient subscription: catch-up, then live (Server-Sent Events or WebSocket)",
+                   "subscriptions", {
+        "101": {"description": "WebSocket (send `Upgrade: websocket`): every message is one JSON text frame"},
+        "200": {"description": (
+            "Server-Sent Events (send `Accept: text/event-stream`). Each message's `data:` is one JSON object: "
+            "`{\"event\": Event}` in log order, `{\"caughtUp\": true, \"position\": P}` once when the replay "
+            "ends, heartbeats `{\"heartbeat\": true, \"position\": P}` (SSE event `heartbeat`) carrying the last "
+            "scanned position, and, when the node stops or cannot read on, `{\"error\", \"message\", "
+            "\"position\"}` (SSE event `closed` or `error`) before it closes. Every SSE message's `id:` is its "
+            "position: a reconnect with `Last-Event-ID` resumes right after it."),
+            "content": {"text/event-stream": {"schema": {"type": "string", "description": "messages as "
+                                                         "#/components/schemas/SubscriptionMessage"}}}},
+        **errors(400, 410, 503)},
+        parameters=[
+            query("stream", text_filter, "selector: only this stream (a `$` name includes that system stream)"),
+            query("type", {"type": "array", "items": type_filter}, "selector: only these event types (repeat: OR)",
+                  style="form", explode=True),
+            query("typePrefix", type_filter, "selector: only types starting with this"),
+            query("streamPrefix", text_filter, "selector: only streams starting with this"),
+            query("streamPattern", text_filter, "selector: only streams matching this glob (as SQLite GLOB)"),
+            query("payload", {"type": "string", "minLength": 1, "maxLength": subscribe.MAX_PAYLOAD_CHARS},
+                  "selector: a JSON object the event's data contains (PostgreSQL jsonb `@>`), at most "
+                  f"{selector.MAX_PAYLOAD_DEPTH} levels deep"),
+            query("fromVersion", integer(1), "start: versions >= V of the `stream` selector"),
+            query("fromPosition", integer(1), "start: positions >= P (as /v1/all?from=P)"),
+            query("start", {"type": "string", "enum": ["start", "end"], "default": "end"},
+                  "start: the whole log, or (default) only what commits after subscribing"),
+            include_system_param(),
+            query("heartbeat", integer(1, subscribe.MAX_HEARTBEAT, default=subscribe.DEFAULT_HEARTBEAT),
+                  "seconds without a message before a heartbeat"),
+            query(subscribe_tokens.QUERY_PARAM, text(256), "a token from POST /v1/subscribe/token, for clients "
+                  "that cannot send Authorization (browsers' EventSource); the cookie "
+                  f"`{subscribe_tokens.COOKIE}` works too"),
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string",
+                                                                                    "pattern": "^[0-9]{1,19}$"},
+             "description": "resume after this position (it overrides the start parameters)"},
+        ])
+    op["description"] = ("Selectors (at most one) and starts (at most one) are checked before the stream starts "
+                         "(400 `invalid_request` with `field`). Only committed events are sent, on any node; a "
+                         "consumer too slow for the live buffer is read back from the log, never skipped. 503 "
+                         "`unavailable` beyond the node's `--max-subscribers`.")
+    return op
+
+
 def components() -> dict:
     uuid = {"type": "string", "format": "uuid", "pattern": v.UUID_PATTERN}
     timestamp = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC with microseconds"}
@@ -235,6 +289,17 @@ def components() -> dict:
                                "position": integer(1, description="on a cluster: the log entry of the scavenge, "
                                                    "which every node applies as of that position")},
                               ("removed",)),
+        "SubscriptionEvent": obj({"event": ref("Event")}, ("event",)),
+        "SubscriptionCaughtUp": obj({"caughtUp": {"type": "boolean", "enum": [True]}, "position": integer(0)},
+                                    ("caughtUp", "position")),
+        "SubscriptionHeartbeat": obj({"heartbeat": {"type": "boolean", "enum": [True]}, "position": integer(0)},
+                                     ("heartbeat", "position")),
+        "SubscriptionEnd": obj({"error": {"type": "string"}, "message": {"type": "string"},
+                                "reason": {"type": "string"}, "position": integer(0)}, ("error", "message", "position")),
+        "SubscriptionMessage": {"oneOf": [ref("SubscriptionEvent"), ref("SubscriptionCaughtUp"),
+                                          ref("SubscriptionHeartbeat"), ref("SubscriptionEnd")]},
+        "SubscribeToken": obj({"token": {"type": "string"}, "expiresIn": integer(1), "expires": timestamp},
+                              ("token", "expiresIn", "expires")),
     }
     return {"schemas": schemas,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
@@ -302,7 +367,23 @@ def paths() -> dict:
                                   style="form", explode=True),
                             query("typePrefix", type_filter, "only types starting with this"),
                             query("streamPrefix", text_filter, "only streams starting with this"),
-                            query("streamPattern", text_filter, "only streams matching this glob")]),
+                            query("streamPattern", text_filter, "only streams matching this glob"),
+                            include_system_param()]),
+        },
+        "/v1/subscribe": {
+            "get": subscribe_operation(),
+        },
+        "/v1/subscribe/token": {
+            "post": operation("subscribeToken", "A short-lived token for GET /v1/subscribe only (read role)",
+                              "subscriptions", {
+                "200": {"description": "The token; also set as the `evstore_subscribe_token` cookie (path "
+                                       "/v1/subscribe, HttpOnly, SameSite=Strict)",
+                        "headers": {"Set-Cookie": {"schema": {"type": "string"}}},
+                        "content": json_content(ref("SubscribeToken"))},
+                **errors(400, 503)},
+                parameters=[query("ttl", integer(subscribe_tokens.MIN_TTL, subscribe_tokens.MAX_TTL,
+                                                 default=subscribe_tokens.DEFAULT_TTL),
+                                  "seconds the token is valid")]),
         },
         "/health/live": {
             "get": operation("live", "The process is up", "operations",
@@ -353,7 +434,7 @@ def document() -> dict:
         "info": {"title": "evstore", "version": evstore.__version__,
                  "description": "Event store HTTP API v1. Errors are `{\"error\", \"message\", ...details}`; "
                                 "a 5xx other than 503 is a bug."},
-        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "operations"}],
+        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "subscriptions"}, {"name": "operations"}],
         "paths": paths(),
         "components": components(),
     }

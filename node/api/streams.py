@@ -99,12 +99,19 @@ async def put_metadata(request: web.Request) -> web.Response:
 
 
 ALL_PARAMS = {**READ_PARAMS, "type": v.text_param(v.MAX_TYPE_CHARS), "typePrefix": v.text_param(v.MAX_TYPE_CHARS),
-              "streamPrefix": v.text_param(), "streamPattern": v.text_param()}
+              "streamPrefix": v.text_param(), "streamPattern": v.text_param(), "includeSystem": v.bool_param}
+
+
+def include_system(q: dict) -> bool:
+    """`$`-streams are left out unless asked for, or named by a stream filter that starts with `$`."""
+    return q.get("includeSystem", False) or any((q.get(name) or "").startswith("$")
+                                                for name in ("stream", "streamPrefix", "streamPattern"))
 
 
 async def read_all(request: web.Request) -> web.Response:
     q = v.query_params(request.query, ALL_PARAMS, repeatable={"type"})
-    filters = AllFilter(q.get("type", ()), q.get("typePrefix"), q.get("streamPrefix"), q.get("streamPattern"))
+    filters = AllFilter(q.get("type", ()), q.get("typePrefix"), q.get("streamPrefix"), q.get("streamPattern"),
+                        include_system=include_system(q))
     started = time.perf_counter()
     page = await _log(request).read_all(q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
                                         q.get("direction") == "backward", filters)

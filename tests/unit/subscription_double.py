@@ -44,11 +44,13 @@ class Double:
     repeat_on_resume: bool = False                       # misbehave: resend the Last-Event-ID event
     refuse_with: list[tuple[int, dict]] = field(default_factory=list)  # per request: status and body
     crlf: bool = False
+    end_with: list[tuple[str, dict]] = field(default_factory=list)  # per connection: a last message (name, data)
     # persistent subscriptions
     ws_sent: list[dict] = field(default_factory=list)    # what consumers sent
     deliveries: list[list[dict]] = field(default_factory=list)  # per connection: the batches to send
     ws_refuse: list[int] = field(default_factory=list)   # per connection attempt: refuse with this status
     ws_connections: int = 0
+    leader_url: str | None = None                        # set: this node is a follower and names the leader
     http: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path_qs, body) of other routes
     replies: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
     _live: asyncio.Condition | None = None
@@ -76,6 +78,8 @@ class Double:
             after = int(last) - (1 if self.repeat_on_resume else 0)
         elif "fromPosition" in request.query:
             after = int(request.query["fromPosition"]) - 1
+        elif "fromVersion" in request.query:  # the double's events have version == position
+            after = int(request.query["fromVersion"]) - 1
         elif request.query.get("start") == "start":
             after = 0
         else:
@@ -100,6 +104,9 @@ class Double:
                 await send(sse({"event": ev}, id=ev["position"]))
                 sent += 1
                 if limit and sent >= limit:
+                    if self.end_with:
+                        name, data = self.end_with.pop(0)
+                        await send(sse(data, id=data.get("position"), name=name))
                     return response  # the connection ends here
             if not caught_up:
                 caught_up = True
@@ -122,6 +129,11 @@ class Double:
             return web.json_response({"error": "x", "message": "refused"}, status=status)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        if self.leader_url is not None:
+            await ws.send_str(json.dumps({"error": "not_leader", "message": "connect to the leader",
+                                          "leader": {"node": "leader", "url": self.leader_url}}))
+            await ws.close(code=4001, message=b"not_leader")
+            return ws
         batches = self.deliveries.pop(0) if self.deliveries else []
         close_after_send = bool(batches) and batches[-1] == {"close": True}
         for batch in batches:
@@ -150,7 +162,7 @@ async def start(double: Double) -> tuple[web.AppRunner, str]:
     app.router.add_get("/v1/subscribe", double.subscribe)
     app.router.add_get("/v1/subscriptions/{name}/connect", double.connect)
     app.router.add_route("*", "/{tail:.*}", double.other)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -83,6 +83,29 @@ async def test_a_dropped_socket_is_reconnected_and_old_deliveries_are_not_acked_
         assert await received(double, 1) == [{"ack": ["d1b"]}]
 
 
+async def test_a_follower_sends_the_consumer_to_the_leader(double):
+    leader = Double(deliveries=[[batch(("d1", 1, 1))]])
+    runner, leader_url = await start(leader)
+    double.leader_url = leader_url
+    try:
+        async with AsyncEvstoreClient(double.url, timeout=5, max_retry_delay=0.2) as client:
+            async with client.consume("orders") as consumer:
+                (delivery,) = await take(consumer, 1)
+                assert await delivery.ack()
+                assert await received(leader, 1) == [{"ack": ["d1"]}]
+        assert (double.ws_connections, leader.ws_connections) == (1, 1)
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_unreachable_node_hands_over_to_the_next(double):
+    double.deliveries = [[batch(("d1", 1, 1))]]
+    async with AsyncEvstoreClient("http://127.0.0.1:1", timeout=5, max_retry_delay=0.2) as client:
+        async with client.consume("orders", nodes=[double.url]) as consumer:
+            (delivery,) = await take(consumer, 1)
+    assert delivery.delivery_id == "d1" and double.ws_connections == 1
+
+
 async def test_handshake_errors_are_typed_and_503_is_retried(double, client):
     double.ws_refuse = [404]
     with pytest.raises(SubscriptionNotFound):

@@ -186,7 +186,8 @@ def test_subscription_settings_body():
 
 
 def test_subscription_filter_and_delivery_settings_use_the_wire_names():
-    assert protocol.all_filter(types=["A"], stream_prefix="order-") == {"type": "A", "streamPrefix": "order-"}
+    assert protocol.all_filter(types=["A"], stream_prefix="order-") == {"type": ["A"], "streamPrefix": "order-"}
+    assert protocol.all_filter(types="A") == {"type": ["A"]}
     assert protocol.all_filter(types=["A", "B"], type_prefix="X", stream_pattern="o-*") == {
         "type": ["A", "B"], "typePrefix": "X", "streamPattern": "o-*"}
     assert protocol.all_filter() == {}

@@ -8,14 +8,15 @@ branch yet; tests/integration/test_subscribe_client.py runs the same client agai
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 
 import pytest
 
 from evstore.client import AsyncEvstoreClient, EvstoreClient, protocol
-from evstore.client.errors import ConnectionFailed, InvalidRequest, Unavailable
-from evstore.client.subscription import backoff_delay
+from evstore.client.errors import ConnectionFailed, InvalidRequest, StreamDeleted, Unavailable
+from evstore.client.reconnect import backoff_delay
 from subscription_double import Double, event, start
 
 WAIT = 10.0
@@ -58,6 +59,22 @@ async def test_catch_up_then_live_in_log_order_with_caught_up(double, client):
     assert sub.stopped
     assert double.requests[0]["accept"] == "text/event-stream"
     assert double.requests[0]["query"] == {"start": "start"}
+
+
+async def test_position_and_caught_up_follow_what_the_caller_was_given(double, client):
+    double.heartbeat_after_replay = True
+    async with client.subscribe(start="start") as sub:
+        await take(sub, 2)
+        assert (sub.position, sub.caught_up) == (2, False)  # 3..5 and caughtUp may be buffered already
+        await take(sub, 3)
+        assert sub.position == 5  # caught_up too if the caughtUp message has arrived with event 5
+        await double.append(event(6))
+        await take(sub, 1)
+        assert (sub.position, sub.caught_up) == (6, True)
+    assert sub.stopped
+    async with client.subscribe(after=sub.position) as resumed:  # a saved position continues exactly there
+        await double.append(event(7))
+        assert [e["position"] for e in await take(resumed, 1)] == [7]
 
 
 async def test_include_control_yields_the_messages_as_sent(double, client):
@@ -116,6 +133,35 @@ async def test_a_repeated_event_after_resume_is_dropped(double, client):
         got = await take(sub, 5)
         assert sub.repeats_dropped == 1
     assert [e["position"] for e in got] == [1, 2, 3, 4, 5]
+
+
+async def test_a_closing_node_is_resumed_and_another_error_ends_the_iteration(double, client):
+    double.drop_after = [2, 1]
+    double.end_with = [("closed", {"error": "unavailable", "reason": "shutting_down", "message": "m", "position": 2}),
+                       ("error", {"error": "stream_deleted", "message": "gone", "position": 3})]
+    async with client.subscribe(start="start") as sub:
+        got = await take(sub, 3)
+        with pytest.raises(StreamDeleted):
+            await take(sub, 1)
+        assert sub.stopped
+    assert [e["position"] for e in got] == [1, 2, 3]
+    assert [r["last_event_id"] for r in double.requests] == [None, "2"]
+
+
+async def test_a_stopping_node_hands_over_to_another_node_of_the_store(double):
+    other = Double(events=list(double.events))
+    runner, other_url = await start(other)
+    double.drop_after = [2]
+    double.end_with = [("closed", {"error": "unavailable", "reason": "shutting_down", "message": "m", "position": 2})]
+    try:
+        async with AsyncEvstoreClient("http://127.0.0.1:1", timeout=5, max_retry_delay=0.2) as client:
+            # the first node named is not even reachable: the first connection goes to the next
+            async with client.subscribe(start="start", nodes=[double.url, other_url]) as sub:
+                assert [e["position"] for e in await take(sub, 5)] == [1, 2, 3, 4, 5]
+        assert [r["last_event_id"] for r in double.requests] == [None]
+        assert [r["last_event_id"] for r in other.requests] == ["2"]
+    finally:
+        await runner.cleanup()
 
 
 async def test_big_integers_in_data_survive(double, client):
@@ -201,6 +247,11 @@ def test_subscribe_query_takes_one_selector_and_one_start():
                 {"after": -1}, {"from_position": True}, {"payload": [1]}):
         with pytest.raises(ValueError):
             protocol.subscribe_query(**bad)
+
+
+def test_sync_subscribe_and_consume_take_the_async_options():
+    for name in ("subscribe", "consume"):
+        assert inspect.signature(getattr(EvstoreClient, name)) == inspect.signature(getattr(AsyncEvstoreClient, name))
 
 
 # -- the sync client ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ REQUIRED = {
         "evstore_append_latency_seconds_bucket", "evstore_read_latency_seconds_bucket",
         "evstore_sync_latency_seconds_bucket", "evstore_leader", "evstore_epoch", "evstore_members",
         "evstore_isr_size", "evstore_replication_lag_events", "evstore_storage_bytes",
-        "evstore_http_requests_total",
+        "evstore_http_requests_total", "evstore_subscribers", "evstore_subscription_delivery_latency_seconds_bucket",
     },
     "evstore-operator.json": {
         "evstore_operator_reconciles_total", "evstore_operator_reconcile_errors_total",

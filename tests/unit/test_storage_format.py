@@ -249,3 +249,25 @@ async def test_index_reads_of_many_types_merge_in_position_order(log, monkeypatc
                         break
                     cursor = page.next
                 assert seen == (expected[::-1] if backward else expected), (filters, backward, window)
+
+
+async def test_index_reads_leave_out_system_streams_unless_asked(log, monkeypatch):
+    await log.append("order-1", "any", [ev("Placed")])
+    await log.append("$snapshot-order-1", "any", [ev("Placed")])  # a system stream with the same type
+    await log.append("order-2", "any", [ev("Placed")])
+    for window in (32768, 1):
+        monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", window)
+        for filters, expected in ((AllFilter(types=["Placed"], include_system=False), [1, 3]),
+                                  (AllFilter(types=["Placed"]), [1, 2, 3]),
+                                  (AllFilter(type_prefix="Pl", include_system=False), [1, 3]),
+                                  (AllFilter(stream_prefix="order-", include_system=False), [1, 3]),
+                                  (AllFilter(stream_prefix="$snapshot-", include_system=False), []),
+                                  (AllFilter(stream_prefix="$snapshot-"), [2])):
+            seen, cursor = [], None
+            for _ in range(10):
+                page = await log.read_all(cursor, 10, False, filters)
+                seen += [r.position for r in page.records]
+                if page.next is None:
+                    break
+                cursor = page.next
+            assert seen == expected, (filters, window)
