@@ -113,6 +113,7 @@ async def _close_persistent_subscriptions(app: web.Application) -> None:
     await app[subscription_routes.PERSISTENT_KEY].close()
 
 
+LINGERING_SECONDS = 2.0
 GC_THRESHOLDS = (50_000, 50, 100)  # Python's defaults are (700, 10, 10)
 
 
@@ -147,7 +148,9 @@ def raise_open_files_limit(subscribers: int) -> None:
 async def serve(settings: Settings) -> None:
     raise_open_files_limit(settings.max_subscribers)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # lingering: how long aiohttp still reads (and drops) the rest of a body it answered early, e.g. with a 408
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
+                           lingering_time=LINGERING_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()

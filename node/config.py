@@ -39,6 +39,8 @@ class Settings:
     durability: str = "sync"
     sync_interval: float = 0.2
     max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
     api_tokens_file: Path | None = None
     api_tokens: Mapping[str, str] = field(default_factory=dict)
     cluster_secret: str | None = None
@@ -72,6 +74,10 @@ OPTIONS = [
     ("durability", "--durability", "EVSTORE_DURABILITY", "sync (reply after fsync, default) or interval"),
     ("sync_interval", "--sync-interval", "EVSTORE_SYNC_INTERVAL", "seconds between syncs with durability interval"),
     ("max_body_bytes", "--max-body-bytes", "EVSTORE_MAX_BODY_BYTES", "largest request body, default 16 MiB"),
+    ("body_timeout", "--body-timeout", "EVSTORE_BODY_TIMEOUT",
+     "seconds a request body may take to arrive (then 408), default 60"),
+    ("keepalive_timeout", "--keepalive-timeout", "EVSTORE_KEEPALIVE_TIMEOUT",
+     "seconds an idle keep-alive connection stays open, default 75"),
     ("api_tokens_file", "--api-tokens-file", "EVSTORE_API_TOKENS_FILE", "file of 'TOKEN ROLE' lines; none = open"),
     ("cluster_secret", "--cluster-secret", "EVSTORE_CLUSTER_SECRET", "shared secret of the cluster's nodes"),
     ("etcd_endpoints", "--etcd-endpoints", "EVSTORE_ETCD_ENDPOINTS", "comma-separated etcd URLs; none = single node"),
@@ -172,6 +178,9 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["sync_interval"] = interval
     if (body := integer("max_body_bytes", MIN_BODY_BYTES, MAX_BODY_BYTES)) is not None:
         values["max_body_bytes"] = body
+    for timeout in ("body_timeout", "keepalive_timeout"):
+        if (limit := seconds(timeout, 0.1, 3600)) is not None:
+            values[timeout] = limit
     if (tokens_file := get("api_tokens_file")) is not None:
         values["api_tokens_file"] = Path(tokens_file)
         values["api_tokens"] = _read_tokens(Path(tokens_file), raw["api_tokens_file"][1])

@@ -17,17 +17,22 @@ from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, LogError, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
 from .position import WatchedPosition
-from .storage import (RECORD_COLUMNS, Record, Storage, StreamRow, WriteTxn, now_micros,
+from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows, verified_records
+from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
 METADATA_TYPE = "$metadata"
 TOMBSTONE_TYPE = "$tombstone"
+SCAVENGES_STREAM, SCAVENGE_TYPE = "$scavenges", "$scavenge"  # a cluster's scavenges are entries of the log
+# in the metadata a soft delete writes: it, not a truncateBefore past the end alone, makes a stream deleted
+SOFT_DELETED = "$softDeleted"
 COMMIT_POINT_WAIT = 2.0  # how long a read waits for a restarted node to learn the commit point, before a 503
 TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system_streams)
 _STREAM_ROW_COLUMNS = "stream, version, created, updated, deleted, metadata"
-ALL_SCAN_WINDOW = 32768  # positions a filtered $all read scans before it answers with a cursor
+ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
+LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
 
 
 def metadata_stream(stream: str) -> str:
@@ -42,6 +47,7 @@ class NewEvent:
     metadata: bytes
     given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
     payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
+    flags: int = 0  # content types of data and metadata (storage.DATA_BINARY, storage.METADATA_BINARY)
 
 
 @dataclass(slots=True)
@@ -79,38 +85,6 @@ class StreamInfo:
 
 
 @dataclass(slots=True)
-class AllFilter:
-    types: Sequence[str] = ()
-    type_prefix: str | None = None
-    stream_prefix: str | None = None
-    stream_pattern: str | None = None
-    include_system: bool = True  # False leaves out `$`-streams (the API's default); positions keep their gaps
-
-    @property
-    def active(self) -> bool:
-        return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern
-                    or not self.include_system)
-
-    def sql(self) -> tuple[str, list]:
-        clauses, args = [], []
-        if self.types:
-            clauses.append(f"type IN ({','.join('?' * len(self.types))})")
-            args.extend(self.types)
-        if self.type_prefix:
-            clauses.append("substr(type, 1, ?) = ?")
-            args.extend([len(self.type_prefix), self.type_prefix])
-        if self.stream_prefix:
-            clauses.append("substr(stream, 1, ?) = ?")
-            args.extend([len(self.stream_prefix), self.stream_prefix])
-        if self.stream_pattern:
-            clauses.append("stream GLOB ?")
-            args.append(self.stream_pattern)
-        if not self.include_system:
-            clauses.append("substr(stream, 1, 1) <> '$'")
-        return "".join(" AND " + c for c in clauses), args
-
-
-@dataclass(slots=True)
 class Visibility:
     """Which events of a stream reads show, from its metadata (retention) and delete state."""
     min_version: int = 1
@@ -126,13 +100,22 @@ def visibility(row: StreamRow, now: int) -> Visibility:
     if meta.get("maxCount"):
         min_version = max(min_version, row.version - meta["maxCount"] + 1)
     created_after = now - meta["maxAge"] * 1_000_000 if meta.get("maxAge") else None
+    if created_after is not None and created_after <= 0:  # older than the Unix epoch: nothing to hide
+        created_after = None
     if row.deleted == "hard":
         deleted = "hard"
-    elif row.version > 0 and truncate_before > row.version:
+    elif row.version > 0 and truncate_before > row.version and meta.get(SOFT_DELETED):
         deleted = "soft"
-    else:
+    else:  # a truncateBefore past the end set by the client hides the events, not the stream
         deleted = "no"
-    return Visibility(min_version, created_after, deleted, meta)
+    return Visibility(min_version, created_after, deleted, public_metadata(meta))
+
+
+def public_metadata(meta: dict) -> dict:
+    """Stream metadata as clients see it: without the soft-delete marker."""
+    if SOFT_DELETED not in meta:
+        return meta
+    return {key: value for key, value in meta.items() if key != SOFT_DELETED}
 
 
 def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersion, deleted: str) -> None:
@@ -338,23 +321,46 @@ class Log:
                 _write_system_event(txn, metadata_stream(stream), TOMBSTONE_TYPE,
                                     orjson.dumps({"version": row.version}))
             else:
-                meta = dict(vis.metadata, truncateBefore=row.version + 1)
+                meta = dict(vis.metadata, truncateBefore=row.version + 1, **{SOFT_DELETED: True})
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(meta))
 
         await self._write(op)
 
     async def scavenge(self) -> dict:
-        """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides."""
-        def op(txn: WriteTxn) -> dict:
-            removed = 0
-            rows = [StreamRow(*r) for r in txn.conn.execute(
-                "SELECT stream, version, created, updated, deleted, metadata FROM streams "
-                "WHERE metadata IS NOT NULL OR deleted = 'hard'")]
-            for row in rows:
-                vis = visibility(row, txn.now)
-                below = row.version + 1 if vis.deleted == "hard" else vis.min_version
-                removed += txn.delete_events(row.stream, below, vis.created_after)
-            return {"removed": removed}
+        """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides.
+
+        On a cluster the scavenge is itself a log entry (a `$scavenge` event in `$scavenges`): every node
+        applies it once the entry is visible, with the stream state as of the entry's position and the
+        entry's time, so every copy removes the same events (see apply_scavenges)."""
+        if not self.clustered:
+            return await self.storage.write(lambda txn: {"removed": _scavenge_as_of(txn, None, txn.now)})
+
+        def op(txn: WriteTxn) -> int:
+            _write_system_event(txn, SCAVENGES_STREAM, SCAVENGE_TYPE, b"{}")
+            return txn.last_position
+
+        position = await self._write(op, position_of=lambda p: p)
+        await self.visible.wait_for(position)
+        removed = await self.apply_scavenges()
+        return {"removed": removed, "position": position}
+
+    async def apply_scavenges(self) -> int:
+        """Apply the visible `$scavenge` entries this node has not applied yet (in order, each once: the last
+        one applied is kept in the settings, in the same transaction as its removals). Events removed."""
+        if not self.clustered:
+            return 0  # a single node scavenges at once and writes no entries
+        visible = self.visible.position
+
+        def op(txn: WriteTxn) -> int:
+            done = txn.conn.execute("SELECT value FROM settings WHERE key = 'scavenged_through'").fetchone()
+            pending = txn.conn.execute(
+                "SELECT position, created FROM events WHERE stream = ? AND type = ? AND position > ? "
+                "AND position <= ? ORDER BY position",
+                (SCAVENGES_STREAM, SCAVENGE_TYPE, int(done[0]) if done else 0, visible)).fetchall()
+            removed = sum(_scavenge_as_of(txn, position, created) for position, created in pending)
+            if pending:
+                txn.set_setting("scavenged_through", str(pending[-1][0]))
+            return removed
 
         return await self.storage.write(op)
 
@@ -388,6 +394,7 @@ class Log:
             trimmed_at = self.visible.position
             try:
                 await self.trim_system_streams()
+                await self.apply_scavenges()  # scavenges the leader wrote, once they are visible here
             except Unavailable:  # shutting down, or a storage error (logged by the writer): try again later
                 pass
             await asyncio.sleep(every)  # pacing between trims, not a synchronisation
@@ -406,14 +413,14 @@ class Log:
                 top = version if start is None else min(start, version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
                                     f"AND version >= ?{age}{horizon} ORDER BY version DESC LIMIT ?",
-                                    (stream, top, vis.min_version, limit)).fetchall()
+                                    (stream, top, vis.min_version, limit))
             else:
                 bottom = max(start or 1, vis.min_version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
-                                    f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit)).fetchall()
-            records = [record_from_row(r).verified() for r in rows]
+                                    f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit))
+            records, stopped = verified_records(rows, limit)  # a page also stops at a byte budget
             nxt = None
-            if len(records) == limit:
+            if stopped:
                 last = records[-1].version
                 if backward and last - 1 >= vis.min_version:
                     nxt = last - 1
@@ -424,31 +431,13 @@ class Log:
         return await self.storage.read(read)
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
-        where, args = filters.sql()
         visible = await self._horizon()
+        window = ALL_SCAN_WINDOW
 
         def read(conn: sqlite3.Connection) -> AllSlice:
             head = _head(conn) if visible is None else min(_head(conn), visible)
-            if backward:
-                top = head if start is None else min(start, head)
-                bottom = max(1, top - ALL_SCAN_WINDOW + 1) if filters.active else 1
-                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
-                                    f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
-                records = [record_from_row(r).verified() for r in rows]
-                if len(records) == limit:
-                    nxt = records[-1].position - 1 if records[-1].position > 1 else None
-                else:
-                    nxt = bottom - 1 if bottom > 1 else None
-            else:
-                bottom = start or 1
-                top = min(bottom + ALL_SCAN_WINDOW - 1, head) if filters.active else head
-                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
-                                    f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
-                records = [record_from_row(r).verified() for r in rows]
-                if len(records) == limit:
-                    nxt = records[-1].position + 1 if records[-1].position < head else None
-                else:
-                    nxt = top + 1 if top < head else None
+            records, nxt = read_all_page(conn, start=start, limit=limit, backward=backward, filters=filters,
+                                         head=head, window=window)
             return AllSlice(records, nxt, head)
 
         return await self.storage.read(read)
@@ -472,7 +461,7 @@ class Log:
             row = _stream_row(conn, stream, visible)
             if row is not None and row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
-            return orjson.loads(row.metadata) if row is not None and row.metadata else {}
+            return public_metadata(orjson.loads(row.metadata)) if row is not None and row.metadata else {}
 
         return await self.storage.read(read)
 
@@ -483,31 +472,27 @@ class Log:
         def read(conn: sqlite3.Connection) -> tuple[list[StreamRow], str | None]:
             now = now_micros()
             found: list[StreamRow] = []
-            cursor = after if after is not None and after >= (prefix or "") else (prefix or "")
-            inclusive = after is None or after < (prefix or "")
-            while len(found) <= limit:
-                sql = ("SELECT stream, version, created, updated, deleted, metadata FROM streams "
-                       f"WHERE stream {'>=' if inclusive else '>'} ? AND version > 0"
-                       + (" AND deleted = 'no'" if visible is None else ""))
-                params: list = [cursor]
-                if prefix:
-                    sql += " AND substr(stream, 1, ?) = ?"
-                    params += [len(prefix), prefix]
-                rows = conn.execute(sql + " ORDER BY stream LIMIT ?", (*params, limit + 1)).fetchall()
-                if not rows:
-                    break
-                for r in rows:
-                    row = StreamRow(*r) if visible is None else _row_as_of(conn, StreamRow(*r), visible)
-                    if row.version == 0:
-                        continue
-                    system = row.stream.startswith("$") and not (prefix or "").startswith("$")
-                    if not system and visibility(row, now).deleted == "no":
-                        found.append(row)
-                cursor, inclusive = rows[-1][0], False
-                if len(rows) <= limit:
-                    break
+            budget, last_seen = LIST_SCAN_BUDGET, None
+            for low, high in stream_name_ranges(prefix):
+                cursor, inclusive = (after, False) if after is not None and after >= low else (low, True)
+                while len(found) <= limit and budget > 0 and (high is None or cursor < high):
+                    rows = stream_rows(conn, cursor, inclusive=inclusive, below=high, limit=limit + 1,
+                                       hide_deleted=visible is None)
+                    if not rows:
+                        break
+                    budget -= len(rows)
+                    for r in rows:
+                        row = StreamRow(*r) if visible is None else _row_as_of(conn, StreamRow(*r), visible)
+                        if row.version > 0 and visibility(row, now).deleted == "no":
+                            found.append(row)
+                    cursor = last_seen = rows[-1][0]
+                    inclusive = False
+                    if len(rows) <= limit:
+                        break
             page = found[:limit]
-            return page, (page[-1].stream if len(found) > limit else None)
+            if len(found) > limit:
+                return page, page[-1].stream
+            return page, (last_seen if budget <= 0 else None)  # out of budget: go on after the last name seen
 
         return await self.storage.read(read)
 
@@ -654,6 +639,19 @@ def _rebuild_row(txn: WriteTxn, stream: str, version: int) -> None:
                      data=bytes(remaining[2]))
 
 
+def _scavenge_as_of(txn: WriteTxn, position: int | None, now: int) -> int:
+    """Remove what retention hides as of `position` (None: everything written) and time `now`."""
+    removed = 0
+    rows = [StreamRow(*r) for r in txn.conn.execute(
+        f"SELECT {_STREAM_ROW_COLUMNS} FROM streams WHERE metadata IS NOT NULL OR deleted = 'hard'").fetchall()]
+    for row in rows:
+        at = row if position is None else _row_as_of(txn.conn, row, position)
+        vis = visibility(at, now)
+        below = at.version + 1 if vis.deleted == "hard" else vis.min_version
+        removed += txn.delete_events(row.stream, below, vis.created_after, keep_ids=True, through=position)
+    return removed
+
+
 def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes) -> None:
 
     row = txn.stream_row(stream) or StreamRow(stream)
@@ -666,14 +664,20 @@ def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Reco
     """A retry of an append that already happened gets the original reply; anything else reusing ids is a 409."""
     by_id = {r.id: r for r in existing}
     records = [by_id.get(e.id) for e in events]
-    same = all(r is not None and r.stream == stream and r.type == e.type and r.data == e.data
-               and r.metadata == e.metadata for r, e in zip(records, events))
+    same = all(r is not None and _same_event(r, stream, e) for r, e in zip(records, events))
     if same and all(b.version == a.version + 1 for a, b in zip(records, records[1:])):
         return AppendResult(stream, records[0].version, records[-1].version, records[-1].position)
     reused = next(e.id for e in events if e.id in by_id)
 
     raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already used for other content",
                            eventId=str(uuid.UUID(bytes=reused)))
+
+
+def _same_event(found: Record | ScavengedRecord, stream: str, event: NewEvent) -> bool:
+    if isinstance(found, ScavengedRecord):  # only its payload's checksum is left (over id, stream and content)
+        return found.stream == stream and found.payload_crc == event.payload_crc
+    return (found.stream == stream and found.type == event.type and found.data == event.data
+            and found.metadata == event.metadata and found.flags == event.flags)
 
 
 def verify_connection(conn: sqlite3.Connection, progress: Callable[[int, int], None] | None = None) -> dict:

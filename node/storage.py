@@ -28,12 +28,16 @@ from .errors import CorruptRecord, LogError, Unavailable
 log = logging.getLogger("evstore.storage")
 
 DB_FILE = "evstore.db"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 MAX_BATCH_REQUESTS = 2048
 MAX_BATCH_WEIGHT = 50_000  # events: a group commit stops taking requests past this
 SQL_VARIABLE_CHUNK = 500
 
-SCHEMA = """
+# content types of a record's payloads (its `flags`): JSON text as the client sent it, or bytes
+DATA_BINARY = 1
+METADATA_BINARY = 2
+
+TABLES = """
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
     stream   TEXT    NOT NULL,
@@ -44,10 +48,9 @@ CREATE TABLE IF NOT EXISTS events (
     metadata BLOB    NOT NULL,
     created  INTEGER NOT NULL,
     epoch    INTEGER NOT NULL,
-    checksum INTEGER NOT NULL
+    checksum INTEGER NOT NULL,
+    flags    INTEGER NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(stream, version);
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(id);
 CREATE TABLE IF NOT EXISTS streams (
     stream   TEXT PRIMARY KEY,
     version  INTEGER NOT NULL,
@@ -58,11 +61,28 @@ CREATE TABLE IF NOT EXISTS streams (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS scavenged_ids (
+    id          BLOB PRIMARY KEY,
+    stream      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    position    INTEGER NOT NULL,
+    payload_crc INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+# A stream's category is its name up to and including the first '-' ('' without one), as KurrentDB's
+# $by_category. Built-in deterministic functions only, so the plain sqlite3 shell can still write the file.
+CATEGORY_SQL = "substr(stream, 1, instr(stream, '-'))"
+INDEXES = f"""
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(stream, version);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(id);
+CREATE INDEX IF NOT EXISTS events_by_type ON events(type, position);
+CREATE INDEX IF NOT EXISTS events_by_category ON events({CATEGORY_SQL}, position);
+"""
+SCHEMA = TABLES + INDEXES
 
-RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum"
+RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"
 _INTS = struct.Struct("<QQqq")
-_COLUMNS = 10
+_COLUMNS = 11
 
 
 def _value_rows(rows: int, columns: int) -> str:
@@ -91,9 +111,11 @@ class Record:
     created: int  # microseconds since the Unix epoch
     epoch: int
     checksum: int = 0
+    flags: int = 0  # DATA_BINARY | METADATA_BINARY: which payloads are bytes rather than JSON text
 
     def compute_checksum(self) -> int:
-        return sealed_checksum(payload_checksum(self.id, self.stream, self.type, self.data, self.metadata),
+        return sealed_checksum(payload_checksum(self.id, self.stream, self.type, self.data, self.metadata,
+                                                self.flags),
                                self.position, self.version, self.created, self.epoch)
 
     def verified(self) -> "Record":
@@ -103,15 +125,22 @@ class Record:
 
     def row(self) -> tuple:
         return (self.position, self.stream, self.version, self.id, self.type, self.data, self.metadata,
-                self.created, self.epoch, self.checksum)
+                self.created, self.epoch, self.checksum, self.flags)
 
 
-def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes) -> int:
+_FLAG_BYTES = [bytes([flags]) for flags in range(4)]
+
+
+def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes,
+                     flags: int = 0) -> int:
     """CRC32C of what the writer of an event decides: its id, stream, type, data and metadata (after their
-    four lengths). The log computes it before the event reaches the writer thread, to keep that path short."""
+    four lengths), then its content-type byte when it is not 0 (JSON data and metadata): so the records of
+    format 1, which were all JSON, keep their checksums. The log computes it before the event reaches the
+    writer thread, to keep that path short."""
     stream_bytes, type_bytes = stream.encode(), event_type.encode()
     lengths = _LENGTHS.pack(len(stream_bytes), len(type_bytes), len(data), len(metadata))
-    return crc32c.crc32c(b"".join((event_id, lengths, stream_bytes, type_bytes, data, metadata)))
+    crc = crc32c.crc32c(b"".join((event_id, lengths, stream_bytes, type_bytes, data, metadata)))
+    return crc32c.crc32c(_FLAG_BYTES[flags], crc) if flags else crc
 
 
 def seal_payloads(stream: str, events: Iterable) -> int:
@@ -125,6 +154,8 @@ def seal_payloads(stream: str, events: Iterable) -> int:
         type_bytes, data, metadata = e.type.encode(), e.data, e.metadata
         e.payload_crc = crc(join((e.id, pack(stream_length, len(type_bytes), len(data), len(metadata)),
                                   stream_bytes, type_bytes, data, metadata)))
+        if e.flags:
+            e.payload_crc = crc(_FLAG_BYTES[e.flags], e.payload_crc)
         size += len(data) + len(metadata)
     return size
 
@@ -136,7 +167,18 @@ def sealed_checksum(payload_crc: int, position: int, version: int, created: int,
 
 def record_from_row(row: Sequence) -> Record:
     return Record(row[0], row[1], row[2], bytes(row[3]), row[4], bytes(row[5]), bytes(row[6]), row[7], row[8],
-                  row[9])
+                  row[9], row[10])
+
+
+@dataclass(slots=True)
+class ScavengedRecord:
+    """What is kept of a scavenged event, so that a retry of its append is still answered, not written again:
+    its place and the checksum of its payload (see payload_checksum)."""
+    id: bytes
+    stream: str
+    version: int
+    position: int
+    payload_crc: int
 
 
 @dataclass(slots=True)
@@ -221,8 +263,9 @@ class WriteTxn:
     anything."""
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
-                 epochs: list[tuple[int, int]] | None = None) -> None:
+                 epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False) -> None:
         self._conn = conn
+        self.scavenged = scavenged  # the log has scavenged ids to look up (or removes some in this txn)
         self.last_position = last_position
         self.now = now
         self.epoch = epoch
@@ -348,7 +391,19 @@ class WriteTxn:
         self.last_position += count
         return first
 
-    def records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
+    def records_by_ids(self, ids: Sequence[bytes]) -> list[Record | ScavengedRecord]:
+        """The records holding these ids, and what is kept of those a scavenge removed."""
+        found = self._records_by_ids(ids)
+        if self.scavenged and len(found) < len(ids):
+            missing = list(set(ids) - {r.id for r in found})
+            for i in range(0, len(missing), SQL_VARIABLE_CHUNK):
+                chunk = missing[i:i + SQL_VARIABLE_CHUNK]
+                found.extend(ScavengedRecord(bytes(r[0]), *r[1:]) for r in self._conn.execute(
+                    "SELECT id, stream, version, position, payload_crc FROM scavenged_ids "
+                    f"WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
         found: list[Record] = []
         values, buffered = self._events, self._event_ids
         stored = []
@@ -378,7 +433,7 @@ class WriteTxn:
         for e in events:
             index = len(values)
             add((position, stream, version, bytearray(e.id), e.type, bytearray(e.data), bytearray(e.metadata),
-                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc)))
+                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc), e.flags))
             ids[e.id] = index
             position += 1
             version += 1
@@ -409,13 +464,64 @@ class WriteTxn:
     def set_setting(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
-    def delete_events(self, stream: str, below_version: int, created_before: int | None) -> int:
-        sql = "DELETE FROM events WHERE stream = ? AND (version < ?"
-        args: list[Any] = [stream, below_version]
+    def delete_events(self, stream: str, below_version: int, created_before: int | None, *,
+                      keep_ids: bool = False, through: int | None = None) -> int:
+        """Remove the stream's events below a version or created before a time (at positions up to `through`);
+        with `keep_ids`, keep what idempotency needs of them (see ScavengedRecord)."""
+        sql = "DELETE FROM events WHERE stream = ?"
+        args: list[Any] = [stream]
+        if through is not None:
+            sql += " AND position <= ?"
+            args.append(through)
+        sql += " AND (version < ?"
+        args.append(below_version)
         if created_before is not None:
             sql += " OR created < ?"
             args.append(created_before)
-        return self.conn.execute(sql + ")", args).rowcount
+        conn = self.conn
+        if keep_ids:
+            condition = sql.removeprefix("DELETE FROM events") + ")"
+            kept = [(bytes(r[0]), r[1], r[2], r[3], payload_checksum(bytes(r[0]), r[1], r[4], bytes(r[5]),
+                                                                   bytes(r[6]), r[7]))
+                    for r in conn.execute("SELECT id, stream, version, position, type, data, metadata, flags "
+                                          f"FROM events{condition}", args)]
+            conn.executemany("INSERT OR REPLACE INTO scavenged_ids (id, stream, version, position, payload_crc) "
+                             "VALUES (?, ?, ?, ?, ?)", kept)
+            self.scavenged = self.scavenged or bool(kept)
+        removed = conn.execute(sql + ")", args).rowcount
+        if removed:  # the newest record may be among them: start-up reads the last `created` from here then
+            self.set_setting("last_created", str(self.now))
+        return removed
+
+
+def open_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema of a new log, or bring a log of format 1 to this format (in one transaction)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone() if "settings" in tables \
+        else None
+    if fmt is not None and fmt[0] not in ("1", FORMAT_VERSION):
+        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 (migrated on open) and "
+                           f"{FORMAT_VERSION}: run the evstore release that wrote it, or restore a backup")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if fmt is not None and fmt[0] == "1":
+            log.warning("migrating %s from log format 1 to %s: adding the content-type column and building the "
+                        "type and category indexes (once; it takes a while on a large log)", path, FORMAT_VERSION)
+            # format-1 records are all JSON (flags 0), whose checksums format 2 computes the same way
+            conn.execute("ALTER TABLE events ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+            # format 1 read every stream with truncateBefore past its end as soft deleted; format 2 only those a
+            # delete marked: mark them, so they stay deleted
+            conn.execute("UPDATE streams SET metadata = CAST(json_set(CAST(metadata AS TEXT), '$.\"$softDeleted\"', "
+                         "json('true')) AS BLOB) WHERE deleted = 'no' AND version > 0 AND metadata IS NOT NULL "
+                         "AND json_extract(CAST(metadata AS TEXT), '$.truncateBefore') > version")
+        for statement in (TABLES + INDEXES).split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT OR REPLACE INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 WriteOp = Callable[[WriteTxn], Any]
@@ -438,6 +544,7 @@ class Storage:
         self.promised_epoch = 0  # the newest leader epoch this node has followed or led (persisted)
         self.committed = 0  # the cluster's committed position as last persisted here (never truncated)
         self._last_created = 0
+        self._scavenged = False  # scavenged_ids has rows: appends with given ids look there too
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers: ThreadPoolExecutor | None = None
@@ -456,15 +563,19 @@ class Storage:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
                        cache_kib=WRITER_CACHE_KIB)
-        conn.executescript(SCHEMA)
-        fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()
-        if fmt is None:
-            conn.execute("INSERT INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
-        elif fmt[0] != FORMAT_VERSION:
-            raise RuntimeError(f"{self.path} has log format {fmt[0]}, this node reads format {FORMAT_VERSION}")
+        try:
+            open_schema(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
-        self.head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
-        self._last_created = conn.execute("SELECT coalesce(max(created), 0) FROM events").fetchone()[0]
+        # O(1) in the log's size: `created` grows with the position (each commit takes a time past the last
+        # one), and a scavenge that removes the newest records keeps that time in the settings
+        last = conn.execute("SELECT position, created FROM events ORDER BY position DESC LIMIT 1").fetchone()
+        self.head, self._last_created = last if last else (0, 0)
+        kept = conn.execute("SELECT value FROM settings WHERE key = 'last_created'").fetchone()
+        self._last_created = max(self._last_created, int(kept[0]) if kept else 0)
+        self._scavenged = conn.execute("SELECT 1 FROM scavenged_ids LIMIT 1").fetchone() is not None
         self.epochs = [tuple(r) for r in conn.execute("SELECT epoch, start FROM epochs ORDER BY start")]
         if not self.epochs and self.head:  # a log written before epochs were tracked
             self.epochs = [tuple(r) for r in conn.execute(
@@ -564,7 +675,7 @@ class Storage:
         # strictly increasing: the records of one group commit share a `created` no other commit has, which
         # lets replication ship whole commits (never half of an append)
         now = max(now_micros(), self._last_created + 1)
-        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs)
+        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs, scavenged=self._scavenged)
         outcomes: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -606,6 +717,7 @@ class Storage:
             self.epochs = txn.epochs  # before the head: a reader that sees the new head sees its epochs
             self.head = txn.last_position
             self._last_created = max(now, txn.last_created)
+            self._scavenged = txn.scavenged
             self._dirty.set()
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:
@@ -725,10 +837,13 @@ def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]])
 
 
 def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[Record]]:
-    """All records in position order, in lists of up to `batch`."""
+    """All records in position order, in lists of up to `batch` (of a format-1 file too, read without changing
+    it: its records are all JSON, flags 0)."""
+    has_flags = any(column[1] == "flags" for column in conn.execute("PRAGMA table_info(events)"))
+    columns = RECORD_COLUMNS if has_flags else RECORD_COLUMNS.replace("flags", "0 AS flags")
     after = 0
     while True:
-        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+        rows = conn.execute(f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?",
                             (after, batch)).fetchall()
         if not rows:
             return

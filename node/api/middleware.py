@@ -1,12 +1,14 @@
 """Cross-cutting request handling: JSON errors, bearer-token roles, and per-route HTTP metrics."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, LogError
 from . import subscribe_tokens
@@ -16,8 +18,15 @@ from .shape import json_response
 log = logging.getLogger("evstore.api")
 OPEN_PREFIXES = ("/health/", "/metrics")
 HTTP_ERROR_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                    405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+                    405: "method_not_allowed", 408: "request_timeout", 413: "too_large",
+                    415: "unsupported_media_type"}
 ROLE_RANK = {"read": 0, "write": 1, "admin": 2}
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+JSON_TYPES = frozenset({"application/json"})
+# what aiohttp decodes itself (br and zstd only with optional packages, and it refuses them in its parser)
+CONTENT_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+CLIENT_CLOSED = 499  # the status metrics count a request under when its client went away mid-body
+_BODY_CUT_SHORT = (http_exceptions.ContentLengthError, http_exceptions.TransferEncodingError)
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **details
@@ -40,6 +49,31 @@ def _check_url_is_utf8(request: web.Request) -> None:
         raise InvalidRequest("the URL has percent-encoded bytes that are not UTF-8", field="url") from None
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, or a 408 (closing the connection) when it takes longer than --body-timeout to come:
+    a client may not hold a request open with a body that trickles or never ends."""
+    timeout = request.app[SETTINGS_KEY].body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {timeout:g} seconds") from None
+
+
+def _check_body_headers(request: web.Request) -> web.Response | None:
+    """415 for a body that is not JSON or has an encoding the node cannot undo (no Content-Type: JSON)."""
+    if request.method not in BODY_METHODS:
+        return None
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in CONTENT_ENCODINGS:
+        return error_response(415, "unsupported_media_type",
+                              f"Content-Encoding {encoding!r} is not supported (gzip, deflate or none)")
+    if "Content-Type" in request.headers and request.body_exists and request.content_type not in JSON_TYPES:
+        return error_response(415, "unsupported_media_type",
+                              f"the body must be application/json, not {request.content_type!r}")
+    return None
+
+
 def _error_for(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, LogError):
         return error_response(exc.status, exc.code, exc.message, **exc.details)
@@ -51,7 +85,13 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         code = HTTP_ERROR_CODES.get(exc.status, "error")
         # A 405 must keep the `Allow` header aiohttp puts on it (RFC 9110).
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, code, exc.text or exc.reason, headers=allow)
+        response = error_response(exc.status, code, exc.text or exc.reason, headers=allow)
+        if exc.status == 408:
+            response.force_close()  # the rest of that body is not worth waiting for
+        return response
+    if isinstance(exc, RequestPayloadError):  # aiohttp's parser refused the body (its cause says why)
+        cause = exc.__cause__ if isinstance(exc.__cause__, http_exceptions.HttpProcessingError) else exc
+        return error_response(400, "invalid_request", f"the body cannot be read: {cause.message}", field="body")
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal", "internal error (a bug: please report it)")
 
@@ -63,16 +103,40 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         _check_url_is_utf8(request)
-        response = _authorize(request) or await handler(request)
+        response = _authorize(request) or _check_body_headers(request) or await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             _observe(request, exc.status, started)
             raise
         response = _error_for(request, exc)
+        _forget_traceback(exc)
     except Exception as exc:
+        if _client_gone(request, exc):  # nobody to answer, and not the node's fault: no traceback, no 5xx
+            _forget_traceback(exc)
+            _observe(request, CLIENT_CLOSED, started)
+            return web.Response(status=400)
         response = _error_for(request, exc)
+        _forget_traceback(exc)
     _observe(request, response.status, started)
     return response
+
+
+def _forget_traceback(exc: BaseException) -> None:
+    """Drop the frames an answered error holds. aiohttp keeps a failed body's exception on the request's
+    payload, and its traceback holds the frame of `request.read()`, whose body buffer and request point
+    back at the payload: a cycle that pins up to a whole body until a full garbage collection (which the
+    node's collector settings make rare)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    cut_short = isinstance(exc, ConnectionError) or (isinstance(exc, RequestPayloadError)
+                                                     and isinstance(exc.__cause__, _BODY_CUT_SHORT))
+    return cut_short and (request.transport is None or request.transport.is_closing())
 
 
 def _observe(request: web.Request, status: int, started: float) -> None:
@@ -105,7 +169,8 @@ def _authorize(request: web.Request) -> web.Response | None:
     role = None
     if scheme.lower() == "bearer":
         for known, known_role in tokens.items():
-            if hmac.compare_digest(known.encode(), token.strip().encode()):
+            # header bytes that are not UTF-8 reach here as surrogates: they can match no token
+            if hmac.compare_digest(known.encode(), token.strip().encode("utf-8", "surrogateescape")):
                 role = known_role
     if role is None and (presented := subscribe_tokens.presented(request)) is not None:
         role = "read" if subscribe_tokens.is_valid(tokens, presented) else None

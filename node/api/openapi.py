@@ -28,7 +28,10 @@ ERROR_DESCRIPTIONS = {
     404: "`stream_not_found`: the stream never existed or was soft deleted.",
     409: "`wrong_expected_version` (with `expectedVersion` and `currentVersion`) or `duplicate_event_id`.",
     410: "`stream_deleted`: the stream was hard deleted; its name can never be used again.",
+    408: "`request_timeout`: the body did not arrive within the node's --body-timeout.",
     413: "`too_large`: the body is larger than the node's limit (`maxBytes`).",
+    415: "`unsupported_media_type`: the body has a Content-Type other than application/json (none is read "
+         "as JSON) or a Content-Encoding other than gzip, deflate or identity.",
     503: "`unavailable`: the node cannot serve this now (not ready, or a record failed its checksum); "
          "retry after `retryAfter` seconds.",
 }
@@ -96,7 +99,7 @@ def operation(op_id: str, summary: str, tag: str, responses: dict, *, parameters
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {"required": True, "content": json_content(body)}
-        op["responses"].update(errors(413))
+        op["responses"].update(errors(408, 413, 415))
     if secured:
         # Open nodes need no token; nodes with tokens configured need one (401 without, 403 if too weak).
         op["security"] = [{}, {"bearerAuth": []}]
@@ -193,6 +196,8 @@ def subscribe_operation() -> dict:
 def components() -> dict:
     uuid = {"type": "string", "format": "uuid", "pattern": v.UUID_PATTERN}
     timestamp = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC with microseconds"}
+    base64 = {"type": "string", "format": "byte",
+              "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
     expected = {"oneOf": [{"type": "string", "enum": list(v.EXPECTED_WORDS)}, integer(0)],
                 "description": "any (default), no_stream, stream_exists, or the stream's exact version"}
     metadata_fields = {
@@ -210,8 +215,18 @@ def components() -> dict:
                      ("error", "message")),
         "ExpectedVersion": expected,
         "NewEvent": obj({"id": dict(uuid, description="idempotency key; generated when absent"),
-                         "type": text(v.MAX_TYPE_CHARS), "data": {"description": "any JSON value"},
-                         "metadata": {"type": "object"}}, ("type",), closed=True),
+                         "type": text(v.MAX_TYPE_CHARS),
+                         "data": {"description": f"any JSON value, nested at most {v.MAX_JSON_DEPTH} levels; "
+                                                 "stored and returned as the exact JSON text sent"},
+                         "metadata": {"type": "object", "description": "a JSON object, stored and returned as "
+                                      f"the exact text sent (nested at most {v.MAX_JSON_DEPTH} levels)"},
+                         "dataBase64": dict(base64, description="binary data (protobuf, Avro...) instead of "
+                                            "`data`; returned as `dataBase64`"),
+                         "metadataBase64": dict(base64, description="binary metadata instead of `metadata`; "
+                                                "returned as `metadataBase64`")},
+                        ("type",), closed=True,
+                        **{"not": {"anyOf": [{"required": ["data", "dataBase64"]},
+                                             {"required": ["metadata", "metadataBase64"]}]}}),
         "AppendRequest": obj({"expectedVersion": dict(ref("ExpectedVersion")),
                               "events": {"type": "array", "minItems": 1, "maxItems": v.MAX_EVENTS_PER_APPEND,
                                          "items": ref("NewEvent"),
@@ -220,9 +235,14 @@ def components() -> dict:
         "AppendResult": obj({"stream": {"type": "string"}, "fromVersion": integer(1), "version": integer(1),
                              "position": integer(1)}, ("stream", "fromVersion", "version", "position")),
         "Event": obj({"id": uuid, "stream": {"type": "string"}, "version": integer(1), "position": integer(1),
-                      "type": {"type": "string"}, "data": {"description": "any JSON value"},
-                      "metadata": {"type": "object"}, "created": timestamp},
-                     ("id", "stream", "version", "position", "type", "data", "metadata", "created")),
+                      "type": {"type": "string"},
+                      "data": {"description": "the JSON text sent (absent when the data is binary)"},
+                      "metadata": {"type": "object", "description": "absent when the metadata is binary"},
+                      "dataBase64": dict(base64, description="binary data, when it was sent as `dataBase64`"),
+                      "metadataBase64": dict(base64, description="binary metadata, when sent as "
+                                             "`metadataBase64`"),
+                      "created": timestamp},
+                     ("id", "stream", "version", "position", "type", "created")),
         "StreamPage": obj({"stream": {"type": "string"}, "version": integer(1),
                            "events": {"type": "array", "items": ref("Event")},
                            "next": integer(1, nullable=True, description="`from` of the next page")},
@@ -266,7 +286,10 @@ def components() -> dict:
                         "members")),
         "VerifyResult": obj({"checked": integer(0), "corrupt": {"type": "array", "items": integer(1)},
                              "error": {"type": "string"}}, ("checked", "corrupt")),
-        "ScavengeResult": obj({"removed": integer(0)}, ("removed",)),
+        "ScavengeResult": obj({"removed": integer(0),
+                               "position": integer(1, description="on a cluster: the log entry of the scavenge, "
+                                                   "which every node applies as of that position")},
+                              ("removed",)),
         "SubscriptionEvent": obj({"event": ref("Event")}, ("event",)),
         "SubscriptionCaughtUp": obj({"caughtUp": {"type": "boolean", "enum": [True]}, "position": integer(0)},
                                     ("caughtUp", "position")),
@@ -568,10 +591,7 @@ def paths() -> dict:
         },
         "/v1/admin/scavenge": {
             "post": operation("scavenge", "Remove events retention already hides (admin)", "operations", {
-                "200": ok("Removed", ref("ScavengeResult")),
-                "409": {"description": "`not_supported`: a clustered node does not scavenge (the copies would "
-                                       "differ)", "content": json_content(ref("Error"))},
-                **errors(503)}),
+                "200": ok("Removed", ref("ScavengeResult")), **errors(503)}),
         },
     }
 

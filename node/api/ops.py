@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import evstore
 
+from .cluster import leader_write
 from .keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY
 from .middleware import error_response
 from .shape import json_response, rfc3339
@@ -72,10 +73,7 @@ async def verify(request: web.Request) -> web.Response:
 
 
 async def scavenge(request: web.Request) -> web.Response:
-    if request.app[SETTINGS_KEY].clustered:
-        # scavenging is per node: in a cluster it would make the copies differ, so it waits for a design
-        # that replicates it
-        return error_response(409, "not_supported", "scavenge is not supported on a clustered node yet")
+    # on a cluster the leader writes the scavenge into the log and every node applies it at that position
     return json_response(await request.app[LOG_KEY].scavenge())
 
 
@@ -88,4 +86,4 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get("/v1/cluster", cluster)
         app.router.add_post("/v1/cluster/step-down", step_down)
     app.router.add_post("/v1/admin/verify", verify)
-    app.router.add_post("/v1/admin/scavenge", scavenge)
+    app.router.add_post("/v1/admin/scavenge", leader_write(scavenge))

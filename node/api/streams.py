@@ -9,6 +9,7 @@ from ..log import ANY, AllFilter, Log
 from . import validation as v
 from .cluster import leader_read, leader_write
 from .keys import LOG_KEY, METRICS_KEY
+from .middleware import read_body
 from .shape import event_json, json_response, rfc3339
 
 
@@ -28,7 +29,7 @@ READ_PARAMS = {"from": v.int_param(1), "limit": v.int_param(1, v.MAX_READ_LIMIT)
 
 async def append(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
-    expected, events = v.append_body(await request.read())
+    expected, events = await v.append_body_in_slices(await read_body(request))
     metrics = request.app.get(METRICS_KEY)
     started = time.perf_counter()
     try:
@@ -93,7 +94,7 @@ async def get_metadata(request: web.Request) -> web.Response:
 
 async def put_metadata(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
-    metadata = v.metadata_body(await request.read())
+    metadata = v.metadata_body(await read_body(request))
     return json_response(await _log(request).set_metadata(stream, metadata))
 
 

@@ -1,16 +1,22 @@
 """Request parsing: every limit and rule of the HTTP contract, raising InvalidRequest (400) on bad input."""
 from __future__ import annotations
 
+import asyncio
+import binascii
 import re
 import uuid
+from itertools import accumulate
 from typing import Any, Callable, Mapping
 
+import msgspec
 import orjson
+from msgspec import UNSET, UnsetType
 from multidict import MultiMapping
 
 from ...ids import uuid7_bytes
 from ..errors import InvalidRequest, ReservedStream
 from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent
+from ..storage import DATA_BINARY, METADATA_BINARY
 
 MAX_STREAM_NAME_BYTES = 512
 MAX_TYPE_CHARS = 256
@@ -19,6 +25,7 @@ MAX_READ_LIMIT = 4096
 DEFAULT_READ_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 MAX_INT = 2**62
+MAX_JSON_DEPTH = 128  # nesting of arrays and objects in data, metadata and stream metadata
 EXPECTED_WORDS = (ANY, NO_STREAM, STREAM_EXISTS)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The canonical 8-4-4-4-12 hex form only: uuid.UUID alone would also take braces, "urn:uuid:" and no hyphens,
@@ -49,6 +56,25 @@ def parse_json_body(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_depth(raw: bytes, *, above: int = MAX_JSON_DEPTH) -> int:
+    """The nesting depth of valid JSON text, or any number <= `above` when it is at most `above` (the
+    common case, answered by counting brackets)."""
+    if raw.count(b"[") + raw.count(b"{") <= above:
+        return 0
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def check_depth(raw: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> None:
+    if json_depth(raw, above=limit) > limit:
+        raise InvalidRequest(f"{field} is nested more than {limit} levels deep", field=field, maxDepth=limit)
 
 
 def require_object(value: Any, field: str, allowed: set[str]) -> dict:
@@ -95,42 +121,162 @@ def event_type(value: Any, field: str) -> str:
     return value
 
 
-EVENT_KEYS = frozenset({"id", "type", "data", "metadata"})
+class _EventBody(msgspec.Struct, forbid_unknown_fields=True):
+    """One event of an append as sent: data and metadata stay the client's exact JSON text (msgspec.Raw)."""
+    type: Any = UNSET
+    id: Any = UNSET
+    data: msgspec.Raw | UnsetType = UNSET
+    metadata: msgspec.Raw | UnsetType = UNSET
+    dataBase64: Any = UNSET
+    metadataBase64: Any = UNSET
+
+
+class _AppendBody(msgspec.Struct, forbid_unknown_fields=True):
+    expectedVersion: Any = ANY
+    events: list[_EventBody] | UnsetType = UNSET
+
+
+_APPEND_DECODER = msgspec.json.Decoder(_AppendBody)
+_NULL = b"null"
+_EMPTY_OBJECT = b"{}"
+_AT_PATH = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
+_UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`")
+
+
+def _decode_error(exc: msgspec.ValidationError, *, at: str = "") -> InvalidRequest:
+    """A 400 naming the field msgspec's error points at (`$.events[1]` with unknown field `x`: events[1].x);
+    `at` is where the decoded document sits in the body."""
+    message, path = _AT_PATH.match(str(exc)).groups()
+    field = at + (path or "") if at else (path or "").lstrip(".")
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+        message = f"unknown field {unknown.group(1)!r}"
+    field = field or "body"
+    return InvalidRequest(f"{field}: {message}", field=field)
 
 
 def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
-    doc = require_object(parse_json_body(body), "body", {"expectedVersion", "events"})
-    expected = expected_version(doc.get("expectedVersion", ANY))
-    events = doc.get("events")
-    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_APPEND:
-        raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS_PER_APPEND} events", field="events")
-    parsed, seen = [], set()
+    parse_json_body(body)  # validates what msgspec only skips in data: UTF-8, number ranges, nesting
+    try:
+        doc = _APPEND_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except RecursionError:
+        raise _too_deep("body") from None
+    expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
+    seen: set[bytes] = set()
     fresh_ids = uuid7_bytes(len(events))
-    for i, event in enumerate(events):
-        if not (isinstance(event, dict) and event.keys() <= EVENT_KEYS):  # the fast path skips building names
-            require_object(event, f"events[{i}]", EVENT_KEYS)
-        given_id = "id" in event
-        if given_id:  # ids the node makes cannot repeat
-            event_id = event_uuid(event["id"], f"events[{i}].id")
-            if event_id in seen:
-                raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
-            seen.add(event_id)
-        else:
-            event_id = fresh_ids[i]
-        metadata = event.get("metadata")
-        if metadata is None and "metadata" not in event:
-            encoded_metadata = b"{}"
-        elif isinstance(metadata, dict):
-            encoded_metadata = orjson.dumps(metadata)
-        else:
-            raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
-        event_type_value = event.get("type")
-        if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
-                and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
-            event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
-        parsed.append(NewEvent(event_id, event_type_value, orjson.dumps(event.get("data")), encoded_metadata,
-                               given_id))
+    return expected, [_new_event(i, event, fresh_ids[i], seen) for i, event in enumerate(events)]
+
+
+class _RawAppendBody(msgspec.Struct, forbid_unknown_fields=True):
+    expectedVersion: Any = ANY
+    events: list[msgspec.Raw] | UnsetType = UNSET
+
+
+_RAW_APPEND_DECODER = msgspec.json.Decoder(_RawAppendBody)
+_EVENT_DECODER = msgspec.json.Decoder(_EventBody)
+SLICE_BYTES = 512 * 1024  # a large body is parsed in slices of about this much, letting other requests run
+
+
+async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
+    """append_body for any body: a large one is checked event by event, yielding to the event loop after
+    each slice of SLICE_BYTES, so that a 16 MiB or 10,000-event append does not hold up other clients."""
+    if len(body) <= SLICE_BYTES:
+        return append_body(body)
+    try:
+        doc = _RAW_APPEND_DECODER.decode(body)  # the outline only: each event stays unparsed bytes
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except (msgspec.DecodeError, RecursionError):
+        return append_body(body)  # raises the precise error of the whole body
+    expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
+    seen: set[bytes] = set()
+    fresh_ids = uuid7_bytes(len(events))
+    parsed, since_yield = [], 0
+    await asyncio.sleep(0)
+    for i, raw in enumerate(events):
+        text = bytes(raw)
+        field = f"events[{i}]"
+        try:
+            orjson.loads(text)
+            if len(text) > SLICE_BYTES:  # one large event: each pass over it is a slice of its own
+                await asyncio.sleep(0)
+            event = _EVENT_DECODER.decode(text)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"{field} is not valid JSON: {exc}", field=field) from None
+        except msgspec.ValidationError as exc:
+            raise _decode_error(exc, at=field) from None
+        except RecursionError:
+            raise _too_deep(field) from None
+        parsed.append(_new_event(i, event, fresh_ids[i], seen))
+        since_yield += len(text)
+        if since_yield >= SLICE_BYTES:
+            since_yield = 0
+            await asyncio.sleep(0)
     return expected, parsed
+
+
+def _too_deep(field: str) -> InvalidRequest:
+    return InvalidRequest(f"{field} is nested more than {MAX_JSON_DEPTH} levels deep", field=field,
+                          maxDepth=MAX_JSON_DEPTH)
+
+
+def _event_list(events: list | UnsetType) -> list:
+    if events is UNSET or not 1 <= len(events) <= MAX_EVENTS_PER_APPEND:
+        raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS_PER_APPEND} events", field="events")
+    return events
+
+
+def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes]) -> NewEvent:
+    """The checks of one event of an append (the i-th) and what the log stores of it."""
+    given_id = event.id is not UNSET
+    if given_id:  # ids the node makes cannot repeat
+        event_id = event_uuid(event.id, f"events[{i}].id")
+        if event_id in seen:
+            raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
+        seen.add(event_id)
+    else:
+        event_id = fresh_id
+    event_type_value = event.type
+    if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
+            and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
+        event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
+    flags = 0
+    if event.dataBase64 is not UNSET:
+        if event.data is not UNSET:
+            raise InvalidRequest(f"events[{i}] has both data and dataBase64", field=f"events[{i}].dataBase64")
+        data = base64_payload(event.dataBase64, f"events[{i}].dataBase64")
+        flags |= DATA_BINARY
+    elif event.data is UNSET:
+        data = _NULL
+    else:
+        data = bytes(event.data)
+        check_depth(data, f"events[{i}].data")
+    if event.metadataBase64 is not UNSET:
+        if event.metadata is not UNSET:
+            raise InvalidRequest(f"events[{i}] has both metadata and metadataBase64",
+                                 field=f"events[{i}].metadataBase64")
+        metadata = base64_payload(event.metadataBase64, f"events[{i}].metadataBase64")
+        flags |= METADATA_BINARY
+    elif event.metadata is UNSET:
+        metadata = _EMPTY_OBJECT
+    else:
+        metadata = bytes(event.metadata)
+        if metadata[:1] != b"{":
+            raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
+        check_depth(metadata, f"events[{i}].metadata")
+    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
+
+
+def base64_payload(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a base64 string (RFC 4648, with padding)", field=field)
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{field} is not valid base64 (RFC 4648, with padding)", field=field) from None
 
 
 def event_uuid(value: Any, field: str) -> bytes:
@@ -152,6 +298,9 @@ def metadata_body(body: bytes) -> dict:
     if doc.get("custom") is not None:
         if not isinstance(doc["custom"], dict):
             raise InvalidRequest("custom must be a JSON object", field="custom")
+        if json_depth(body, above=MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH + 1:  # the body's own level is not custom's
+            raise InvalidRequest(f"custom is nested more than {MAX_JSON_DEPTH} levels deep", field="custom",
+                                 maxDepth=MAX_JSON_DEPTH)
         out["custom"] = doc["custom"]
     return out
 

@@ -301,3 +301,103 @@ def test_oversized_bodies_are_413_and_change_nothing(node_factory):
     reply = request(small, "POST", APPEND, fits)
     assert reply.status == 200, reply.body
     assert reply.json()["version"] == 2
+
+
+# --- hostile input that used to answer 500 (issue 12) -----------------------------------------------
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+DEEP_CASES = [
+    ("data-300-deep", APPEND, "POST", '{"events": [{"type": "T", "data": %s}]}' % nested(300), "events[0].data"),
+    ("data-129-deep", APPEND, "POST", '{"events": [{"type": "T", "data": %s}]}' % nested(129), "events[0].data"),
+    ("data-1000-deep", APPEND, "POST", '{"events": [{"type": "T", "data": %s}]}' % nested(1000), None),
+    ("data-2000-deep", APPEND, "POST", '{"events": [{"type": "T", "data": %s}]}' % nested(2000), "body"),
+    ("metadata-300-deep", APPEND, "POST",
+     '{"events": [{"type": "T", "metadata": {"a": %s}}]}' % nested(299), "events[0].metadata"),
+    ("second-event-deep", APPEND, "POST",
+     '{"events": [{"type": "T"}, {"type": "T", "data": {"x": %s}}]}' % nested(500), "events[1].data"),
+    ("stream-metadata-300-deep", METADATA, "PUT", '{"custom": {"a": %s}}' % nested(300), "custom"),
+    ("stream-metadata-1000-deep", METADATA, "PUT", '{"custom": {"a": %s}}' % nested(1000), None),
+]
+
+
+@pytest.mark.parametrize("path,method,body,field", [c[1:] for c in DEEP_CASES], ids=[c[0] for c in DEEP_CASES])
+def test_deeply_nested_json_is_a_400_with_field(node, path, method, body, field):
+    before = state(node)
+    reply = request(node, method, path, body)
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"] == "invalid_request"
+    if field is not None:  # past the parser's own limit the body as a whole is refused
+        assert reply.json()["field"] == field
+    else:
+        assert reply.json()["field"] in ("body", "custom") or reply.json()["field"].startswith("events[0]")
+    assert state(node) == before
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_returned_as_sent(node):
+    data = nested(128)
+    reply = request(node, "POST", "/v1/streams/deep-ok", '{"events": [{"type": "T", "data": %s}]}' % data)
+    assert reply.status == 200, reply.body
+    page = request(node, "GET", "/v1/streams/deep-ok")
+    assert page.status == 200 and ('"data":' + data).encode() in page.body
+
+
+def test_bad_content_types_and_encodings_change_nothing(node):
+    before = state(node)
+    body = json.dumps(append()).encode()
+    reply = request(node, "POST", APPEND, body, headers={"Content-Type": "text/plain"})
+    assert (reply.status, reply.json()["error"]) == (415, "unsupported_media_type"), reply.body
+    reply = request(node, "PUT", METADATA, b'{"maxCount": 3}', headers={"Content-Type": "application/xml"})
+    assert reply.status == 415, reply.body
+    reply = request(node, "POST", APPEND, body, headers={"Content-Encoding": "gzip"})  # not gzip at all
+    assert reply.status == 400 and reply.json()["error"] == "invalid_request", reply.body
+    reply = request(node, "POST", APPEND, body, headers={"Content-Encoding": "x-unknown"})
+    assert (reply.status, reply.json()["error"]) == (415, "unsupported_media_type"), reply.body
+    assert state(node) == before
+    import gzip
+    reply = request(node, "POST", APPEND, gzip.compress(body), headers={"Content-Encoding": "gzip",
+                                                                          "Content-Type": "application/json; charset=utf-8"})
+    assert reply.status == 200, reply.body
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+    try:  # no Content-Type at all is still read as JSON
+        conn.request("POST", APPEND, body=body)
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def test_a_huge_max_age_is_handled(node):
+    reply = request(node, "PUT", "/v1/streams/aged/metadata", {"maxAge": 10**13})
+    assert reply.status in (200, 400), reply.body
+    request(node, "POST", "/v1/streams/aged", append())
+    assert request(node, "GET", "/v1/streams/aged").status == 200
+    scavenge = request(node, "POST", "/v1/admin/scavenge")
+    assert scavenge.status == 200, scavenge.body
+
+
+def test_a_client_that_disconnects_mid_body_is_not_a_server_error(node):
+    import socket
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(f"POST {APPEND} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100000\r\n\r\n".encode() + b'{"events": [')
+    request(node, "GET", "/health/live")  # the node has surely seen the close by now: one loop later
+    metrics = request(node, "GET", "/metrics").body.decode()
+    assert 'status="500"' not in metrics
+
+
+def test_non_utf8_authorization_is_a_401(node_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("writer-0123456789abcdef write\n")
+    guarded = node_factory("guarded", args=("--api-tokens-file", str(tokens)))
+    import socket
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/all HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xe9\r\n"
+                     b"Connection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert json.loads(payload)["error"] == "unauthorized"

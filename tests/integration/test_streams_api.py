@@ -142,3 +142,74 @@ async def test_bearer_token_roles(node_factory, tmp_path):
         assert (await call(http, "POST", "/v1/admin/verify", headers=writer))[0] == 403
         admin = {"Authorization": "Bearer admin-0123456789abcdef"}
         assert (await call(http, "POST", "/v1/admin/verify", headers=admin))[1] == {"checked": 1, "corrupt": []}
+
+
+async def raw_call(http, method, path, body: bytes):
+    async with http.request(method, path, data=body, headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_data_and_metadata_are_returned_exactly_as_sent(http):
+    """Big integers, long decimals, exponents and the client's own spacing survive: no re-encoding."""
+    data = b'{"n":18446744073709551617, "d":0.1000000000000000000001,"e":1E2,"s":"\\u00e9"}'
+    metadata = b'{"big": -340282366920938463463374607431768211457}'
+    body = b'{"events":[{"type":"Exact","data":' + data + b',"metadata":' + metadata + b'}]}'
+    status, reply = await raw_call(http, "POST", "/v1/streams/exact", body)
+    assert status == 200, reply
+    status, page = await raw_call(http, "GET", "/v1/streams/exact", b"")
+    assert status == 200
+    assert b'"data":' + data + b"," in page and b'"metadata":' + metadata + b"," in page
+    status, page = await raw_call(http, "GET", "/v1/all?type=Exact", b"")
+    assert b'"data":' + data + b"," in page
+
+
+async def test_binary_payloads_round_trip_as_base64(http):
+    import base64
+    payload, meta = bytes(range(256)), b"\x00\xff protobuf"
+    event = {"id": str(uuid.uuid4()), "type": "Bin", "dataBase64": base64.b64encode(payload).decode(),
+             "metadataBase64": base64.b64encode(meta).decode()}
+    status, reply = await call(http, "POST", "/v1/streams/bin", json={"events": [event, {"type": "Json", "data": 1}]})
+    assert status == 200, reply
+    again = await call(http, "POST", "/v1/streams/bin", json={"events": [event]})
+    assert again[0] == 200 and again[1]["version"] == 1  # an idempotent retry of a binary event
+    status, page = await call(http, "GET", "/v1/streams/bin")
+    first, second = page["events"]
+    assert "data" not in first and "metadata" not in first
+    assert base64.b64decode(first["dataBase64"]) == payload and base64.b64decode(first["metadataBase64"]) == meta
+    assert second["data"] == 1 and second["metadata"] == {} and "dataBase64" not in second
+    only_meta = {"type": "M", "data": {"a": 1}, "metadataBase64": base64.b64encode(b"\x01").decode()}
+    assert (await call(http, "POST", "/v1/streams/bin", json={"events": [only_meta]}))[0] == 200
+    last = (await call(http, "GET", "/v1/streams/bin", params={"from": "3"}))[1]["events"][0]
+    assert last["data"] == {"a": 1} and base64.b64decode(last["metadataBase64"]) == b"\x01"
+
+
+async def test_a_rare_type_is_found_in_one_filtered_request(http):
+    """The type index answers a filtered $all read in one request, however many other events come first."""
+    common = {"events": [{"type": "Common", "data": i} for i in range(10_000)]}
+    for _ in range(4):
+        assert (await call(http, "POST", "/v1/streams/busy", json=common))[0] == 200
+    await call(http, "POST", "/v1/streams/rare-1", json={"events": [{"type": "Rare", "data": "needle"}]})
+    await call(http, "POST", "/v1/streams/busy", json={"events": [{"type": "Common"}]})
+    status, page = await call(http, "GET", "/v1/all", params={"type": "Rare"})
+    assert status == 200 and [e["data"] for e in page["events"]] == ["needle"] and page["next"] is None
+    page = (await call(http, "GET", "/v1/all", params={"typePrefix": "Ra"}))[1]
+    assert [e["stream"] for e in page["events"]] == ["rare-1"] and page["next"] is None
+    page = (await call(http, "GET", "/v1/all", params={"streamPrefix": "rare-"}))[1]
+    assert [e["type"] for e in page["events"]] == ["Rare"] and page["next"] is None
+    page = (await call(http, "GET", "/v1/all", params={"type": "Rare", "direction": "backward"}))[1]
+    assert [e["type"] for e in page["events"]] == ["Rare"] and page["next"] is None
+
+
+async def test_truncate_before_past_the_end_and_retries_after_a_scavenge(http):
+    events = [{"id": str(uuid.uuid4()), "type": "T", "data": i} for i in range(3)]
+    status, first = await call(http, "POST", "/v1/streams/tb", json={"expectedVersion": "no_stream", "events": events})
+    assert status == 200
+    assert (await call(http, "PUT", "/v1/streams/tb/metadata", json={"truncateBefore": 10}))[0] == 200
+    status, page = await call(http, "GET", "/v1/streams/tb")
+    assert (status, page["events"], page["version"]) == (200, [], 3)
+    assert (await call(http, "GET", "/v1/streams/tb/info"))[1]["deleted"] == "no"
+    status, scavenged = await call(http, "POST", "/v1/admin/scavenge")
+    assert status == 200 and scavenged["removed"] >= 3
+    assert await call(http, "POST", "/v1/streams/tb", json={"expectedVersion": "no_stream", "events": events}) == \
+        (200, first)  # the retry is answered from the kept ids, not written again
+    assert (await call(http, "GET", "/v1/streams/tb"))[1]["version"] == 3

@@ -151,9 +151,11 @@ async def test_all_filters_and_cursor_past_scanned_events(log, monkeypatch):
     backward = await log.read_all(None, 2, True, AllFilter())
     assert [r.position for r in backward.records] == [4, 3] and backward.next == 2 and backward.head == 4
     monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", 2)
-    scanned = await log.read_all(None, 10, False, AllFilter(types=["UserJoined"]))
+    indexed = await log.read_all(None, 10, False, AllFilter(types=["UserJoined"]))  # the type index
+    assert [r.position for r in indexed.records] == [3] and indexed.next is None
+    scanned = await log.read_all(None, 10, False, AllFilter(stream_pattern="user-*"))  # no index: a window
     assert scanned.records == [] and scanned.next == 3
-    scanned = await log.read_all(3, 10, False, AllFilter(types=["UserJoined"]))
+    scanned = await log.read_all(3, 10, False, AllFilter(stream_pattern="user-*"))
     assert [r.position for r in scanned.records] == [3] and scanned.next is None
 
 
@@ -206,6 +208,55 @@ async def test_concurrent_appends_share_group_commits(tmp_path):
         assert metrics.registry.get_sample_value("evstore_sync_latency_seconds_count") == commits
     finally:
         storage.close()
+
+
+async def test_idempotency_by_id_holds_after_a_scavenge(tmp_path):
+    storage = Storage(tmp_path / "sc")
+    storage.open()
+    events = [ev(data={"n": i}) for i in range(3)]
+    try:
+        log = Log(storage)
+        original = await log.append("sc", "no_stream", events)
+        await log.set_metadata("sc", {"maxCount": 1})
+        assert (await log.scavenge())["removed"] == 2
+        assert await log.append("sc", "no_stream", events) == original  # the retry writes nothing
+        assert log.head == 4
+    finally:
+        storage.close()
+    storage = Storage(tmp_path / "sc")  # the ids of scavenged events are kept on disk
+    storage.open()
+    try:
+        log = Log(storage)
+        assert await log.append("sc", "any", events) == original
+        with pytest.raises(DuplicateEventId):  # a scavenged id with other content
+            await log.append("sc", "any", [ev(data={"other": 1}, event_id=events[0].id)])
+        with pytest.raises(DuplicateEventId):
+            await log.append("elsewhere", "any", [events[0]])
+        assert log.head == 4
+    finally:
+        storage.close()
+
+
+async def test_truncate_before_past_the_end_is_not_a_delete(log):
+    await log.append("tb", "any", [ev(), ev()])
+    await log.set_metadata("tb", {"truncateBefore": 10})
+    page = await log.read_stream("tb", None, 10, False)
+    assert page.records == [] and page.version == 2 and page.next is None
+    info = await log.stream_info("tb")
+    assert (info.deleted, info.metadata) == ("no", {"truncateBefore": 10})
+    assert [r.stream for r in (await log.list_streams("tb", None, 10))[0]] == ["tb"]
+    with pytest.raises(WrongExpectedVersion):
+        await log.append("tb", "no_stream", [ev()])
+    await log.append("tb", "stream_exists", [ev()])
+    await log.delete("tb", "any", hard=False)  # a soft delete still hides the stream
+    with pytest.raises(StreamNotFound):
+        await log.read_stream("tb", None, 10, False)
+    info = await log.stream_info("tb")
+    assert (info.deleted, info.metadata) == ("soft", {"truncateBefore": 4})
+    assert await log.get_metadata("tb") == {"truncateBefore": 4}
+    with pytest.raises(WrongExpectedVersion):
+        await log.append("tb", "stream_exists", [ev()])
+    assert (await log.append("tb", "no_stream", [ev()])).from_version == 4
 
 
 async def test_system_streams_are_trimmed_to_their_max_count_as_of_the_visible_position(log):

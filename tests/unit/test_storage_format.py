@@ -1,0 +1,273 @@
+"""The storage format on real SQLite files: costs that do not grow with the log (start-up, listing by prefix,
+filtered $all reads through the type and category indexes), payloads kept as sent with their content type,
+and the migration of a format-1 log on open."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+
+import crc32c
+import orjson
+import pytest
+
+from evstore.node import storage as storage_module
+from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Storage
+from loghelpers import ev
+
+
+class StepCounter:
+    """Counts the SQLite virtual-machine steps of every connection storage opens (a cost that grows with the
+    rows a statement visits, whatever the machine's speed)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.steps = 0
+        real = storage_module.connect
+
+        def counting(*args, **kwargs):
+            conn = real(*args, **kwargs)
+            conn.set_progress_handler(self._tick, 100)
+            return conn
+
+        monkeypatch.setattr(storage_module, "connect", counting)
+
+    def _tick(self) -> int:
+        self.steps += 100
+        return 0
+
+
+async def fill(log: Log, streams: int, per_stream: int = 1, event_type: str = "Common") -> None:
+    for start in range(0, streams, 500):
+        await asyncio.gather(*(log.append(f"s{i:07d}-x", "any", [ev(event_type) for _ in range(per_stream)])
+                               for i in range(start, min(start + 500, streams))))
+
+
+async def open_steps(tmp_path, monkeypatch, events: int) -> int:
+    data = tmp_path / f"log-{events}"
+    storage = Storage(data)
+    storage.open()
+    log = Log(storage)
+    for _ in range(events // 1000):
+        await log.append("big", "any", [ev() for _ in range(1000)])
+    storage.close()
+    counter = StepCounter(monkeypatch)
+    again = Storage(data)
+    again.open()
+    again.close()
+    monkeypatch.undo()
+    return counter.steps
+
+
+async def test_start_up_does_not_scan_the_log(tmp_path, monkeypatch):
+    small = await open_steps(tmp_path, monkeypatch, 1000)
+    large = await open_steps(tmp_path, monkeypatch, 20_000)
+    assert large < small * 2 + 2000, f"opening 20x the events took {large} steps against {small}"
+
+
+async def test_listing_by_prefix_visits_only_the_page(log, monkeypatch):
+    await fill(log, 3000)
+    await asyncio.gather(*(log.set_metadata(f"s{i:07d}-x", {"maxCount": 5}) for i in range(500)))  # $$ streams
+    counter = StepCounter(monkeypatch)  # reader connections open on the first read, after this
+    rows, nxt = await log.list_streams("a", None, 10)
+    assert rows == [] and nxt is None
+    rows, nxt = await log.list_streams("s0001", None, 10)
+    assert len(rows) == 10 and nxt == rows[-1].stream
+    rows, nxt = await log.list_streams(None, None, 10)  # the $$ streams sort first and are skipped
+    assert len(rows) == 10
+    assert counter.steps < 5000, f"three small listings took {counter.steps} steps over 3000 streams"
+
+
+async def test_filtered_reads_use_the_indexes(log):
+    await log.append("order-1", "any", [ev("Common") for _ in range(5000)])
+    await log.append("user-7", "any", [ev("Rare")])
+    await log.append("order-1", "any", [ev("Common") for _ in range(5000)])
+    plans = []
+    conn = log.storage._reader_conn()
+    conn.set_trace_callback(plans.append)
+    try:
+        for filters in (AllFilter(types=["Rare"]), AllFilter(type_prefix="Ra"), AllFilter(stream_prefix="user-")):
+            page = await log.read_all(None, 10, False, filters)
+            assert [r.position for r in page.records] == [5001] and page.next is None, filters
+            page = await log.read_all(None, 10, True, filters)
+            assert [r.position for r in page.records] == [5001] and page.next is None, filters
+    finally:
+        conn.set_trace_callback(None)
+    details = " ".join(row[3] for row in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT position FROM events INDEXED BY events_by_type WHERE type = 'x' "
+        "AND position >= 1 ORDER BY position"))
+    assert "events_by_type" in details
+
+
+async def test_filtered_read_pages_and_cursor_semantics(log, monkeypatch):
+    for i in range(30):
+        await log.append(f"order-{i % 3}", "any", [ev("OrderPlaced" if i % 2 else "OrderShipped")])
+    seen, cursor = [], None
+    while True:
+        page = await log.read_all(cursor, 4, False, AllFilter(types=["OrderPlaced", "OrderShipped"],
+                                                              stream_prefix="order-"))
+        seen += [r.position for r in page.records]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == list(range(1, 31))
+    monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", 4)
+    seen, cursor, requests = [], None, 0
+    while True:  # a residual filter (the glob) keeps each request within the scan budget
+        page = await log.read_all(cursor, 100, False, AllFilter(types=["OrderPlaced"], stream_pattern="*-1"))
+        requests += 1
+        seen += [r.position for r in page.records]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == [i + 1 for i in range(30) if i % 2 and i % 3 == 1] and requests > 1
+
+
+async def test_payloads_are_stored_as_sent_with_their_content_type(log):
+    exact = b'{"n":18446744073709551617,  "e":1E2}'
+    binary = NewEvent(uuid.uuid4().bytes, "Bin", b"\x00\xff\x10", b"\x01", flags=DATA_BINARY | METADATA_BINARY)
+    await log.append("p", "any", [NewEvent(uuid.uuid4().bytes, "Json", exact, b"{}"), binary])
+    page = await log.read_stream("p", None, 10, False)
+    assert [(r.data, r.metadata, r.flags) for r in page.records] == [
+        (exact, b"{}", 0), (b"\x00\xff\x10", b"\x01", DATA_BINARY | METADATA_BINARY)]
+    flipped = page.records[1]
+    flipped.flags = 0
+    assert flipped.compute_checksum() != flipped.checksum  # the content type is covered by the checksum
+    assert await log.verify() == {"checked": 2, "corrupt": []}
+
+
+V1_SCHEMA = """
+CREATE TABLE events (position INTEGER PRIMARY KEY, stream TEXT NOT NULL, version INTEGER NOT NULL,
+    id BLOB NOT NULL, type TEXT NOT NULL, data BLOB NOT NULL, metadata BLOB NOT NULL, created INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, checksum INTEGER NOT NULL);
+CREATE UNIQUE INDEX events_by_stream ON events(stream, version);
+CREATE UNIQUE INDEX events_by_id ON events(id);
+CREATE TABLE streams (stream TEXT PRIMARY KEY, version INTEGER NOT NULL, created INTEGER, updated INTEGER,
+    deleted TEXT NOT NULL DEFAULT 'no', metadata BLOB) WITHOUT ROWID;
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
+INSERT INTO settings VALUES ('format', '1');
+"""
+
+
+def v1_checksum(event_id, stream, event_type, data, metadata, position, version, created, epoch) -> int:
+    """Format 1's record checksum, written out independently of the code under test."""
+    import struct
+    s, t = stream.encode(), event_type.encode()
+    payload = crc32c.crc32c(event_id + struct.pack("<IIII", len(s), len(t), len(data), len(metadata)) + s + t
+                            + data + metadata)
+    return crc32c.crc32c(struct.pack("<QQqq", position, version, created, epoch), payload)
+
+
+async def test_a_format_1_log_is_migrated_on_open(tmp_path):
+    data_dir = tmp_path / "v1"
+    data_dir.mkdir()
+    conn = sqlite3.connect(data_dir / "evstore.db")
+    conn.executescript(V1_SCHEMA)
+    rows = []
+    for position in (1, 2, 3):
+        event_id, data = uuid.uuid4().bytes, orjson.dumps({"n": position})
+        event_type = "Old" if position < 3 else "Other"
+        rows.append((position, "legacy-1", position, event_id, event_type, data, b"{}", 1000 + position, 0,
+                     v1_checksum(event_id, "legacy-1", event_type, data, b"{}", position, position, 1000 + position,
+                                 0)))
+    gone_id = uuid.uuid4().bytes  # a stream soft deleted by format 1 (truncateBefore past its end)
+    rows.append((4, "gone-1", 1, gone_id, "Old", b"{}", b"{}", 1004, 0,
+                 v1_checksum(gone_id, "gone-1", "Old", b"{}", b"{}", 4, 1, 1004, 0)))
+    conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.execute("INSERT INTO streams VALUES ('legacy-1', 3, 1001, 1003, 'no', NULL)")
+    conn.execute("""INSERT INTO streams VALUES ('gone-1', 1, 1004, 1004, 'no', CAST('{"truncateBefore":2}' AS BLOB))""")
+    conn.commit()
+    conn.close()
+
+    storage = Storage(data_dir)
+    storage.open()
+    try:
+        log = Log(storage)
+        assert await log.verify() == {"checked": 4, "corrupt": []}
+        gone = await log.stream_info("gone-1")
+        assert (gone.deleted, gone.metadata) == ("soft", {"truncateBefore": 2})
+        page = await log.read_all(None, 10, False, AllFilter(types=["Other"]))
+        assert [r.position for r in page.records] == [3] and page.records[0].flags == 0
+        result = await log.append("legacy-1", 3, [ev("New")])
+        assert result.position == 5
+        assert (await log.read_all(5, 1, False, AllFilter())).records[0].created > 1004
+    finally:
+        storage.close()
+    check = sqlite3.connect(data_dir / "evstore.db")
+    assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == \
+        storage_module.FORMAT_VERSION
+    check.close()
+
+
+def test_an_unknown_format_is_refused_with_how_to_migrate(tmp_path):
+    data_dir = tmp_path / "future"
+    data_dir.mkdir()
+    conn = sqlite3.connect(data_dir / "evstore.db")
+    conn.executescript("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+                       "INSERT INTO settings VALUES ('format', '99');")
+    conn.close()
+    with pytest.raises(RuntimeError, match="format 99"):
+        Storage(data_dir).open()
+
+
+def test_the_offline_verify_reads_a_format_1_file_without_migrating_it(tmp_path):
+    from evstore.node.verify import verify_data_dir
+
+    data_dir = tmp_path / "v1"
+    data_dir.mkdir()
+    conn = sqlite3.connect(data_dir / "evstore.db")
+    conn.executescript(V1_SCHEMA)
+    event_id = uuid.uuid4().bytes
+    good = v1_checksum(event_id, "s", "T", b"{}", b"{}", 1, 1, 5, 0)
+    conn.execute("INSERT INTO events VALUES (1, 's', 1, ?, 'T', ?, ?, 5, 0, ?)", (event_id, b"{}", b"{}", good))
+    conn.execute("INSERT INTO events VALUES (2, 's', 2, ?, 'T', ?, ?, 6, 0, 7)", (uuid.uuid4().bytes, b"{}", b"{}"))
+    conn.commit()
+    conn.close()
+    assert verify_data_dir(data_dir) == {"checked": 2, "corrupt": [2]}
+    check = sqlite3.connect(data_dir / "evstore.db")
+    assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == "1"
+    check.close()
+
+
+async def test_index_reads_of_many_types_merge_in_position_order(log, monkeypatch):
+    types = [f"Kind{i}" for i in range(7)]
+    for i in range(200):
+        await log.append(f"k-{i % 5}", "any", [ev(types[(i * 3) % 7])])
+    for window in (32768, 5):
+        monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", window)
+        for backward in (False, True):
+            for filters, expected in ((AllFilter(type_prefix="Kind"), list(range(1, 201))),
+                                      (AllFilter(types=types[:3]), [i + 1 for i in range(200) if (i * 3) % 7 < 3]),
+                                      (AllFilter(types=types[:3], stream_prefix="k-1"),
+                                       [i + 1 for i in range(200) if (i * 3) % 7 < 3 and i % 5 == 1])):
+                seen, cursor = [], None
+                for _ in range(500):
+                    page = await log.read_all(cursor, 7, backward, filters)
+                    seen += [r.position for r in page.records]
+                    if page.next is None:
+                        break
+                    cursor = page.next
+                assert seen == (expected[::-1] if backward else expected), (filters, backward, window)
+
+
+async def test_index_reads_leave_out_system_streams_unless_asked(log, monkeypatch):
+    await log.append("order-1", "any", [ev("Placed")])
+    await log.append("$snapshot-order-1", "any", [ev("Placed")])  # a system stream with the same type
+    await log.append("order-2", "any", [ev("Placed")])
+    for window in (32768, 1):
+        monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", window)
+        for filters, expected in ((AllFilter(types=["Placed"], include_system=False), [1, 3]),
+                                  (AllFilter(types=["Placed"]), [1, 2, 3]),
+                                  (AllFilter(type_prefix="Pl", include_system=False), [1, 3]),
+                                  (AllFilter(stream_prefix="order-", include_system=False), [1, 3]),
+                                  (AllFilter(stream_prefix="$snapshot-", include_system=False), []),
+                                  (AllFilter(stream_prefix="$snapshot-"), [2])):
+            seen, cursor = [], None
+            for _ in range(10):
+                page = await log.read_all(cursor, 10, False, filters)
+                seen += [r.position for r in page.records]
+                if page.next is None:
+                    break
+                cursor = page.next
+            assert seen == expected, (filters, window)

@@ -1,0 +1,56 @@
+"""Append bodies parsed as sent: a large body is checked in slices that let the event loop run, with the
+same result and the same errors (with their fields) as the one-piece parser."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from evstore.node.api import validation as v
+from evstore.node.errors import InvalidRequest
+
+
+def body_of(count: int, *, data: bytes = b'{"p":"' + b"x" * 300 + b'"}', extra: dict[int, bytes] | None = None) -> bytes:
+    events = []
+    for i in range(count):
+        event = b'{"id":"%s","type":"T","data":%s}' % (str(uuid.UUID(int=i + 1)).encode(), data)
+        events.append((extra or {}).get(i, event))
+    return b'{"expectedVersion":"any","events":[' + b",".join(events) + b"]}"
+
+
+async def test_a_large_body_is_parsed_in_slices_with_the_same_result():
+    body = body_of(5000)
+    assert len(body) > 3 * v.SLICE_BYTES
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    sliced = await v.append_body_in_slices(body)
+    task.cancel()
+    assert ticks > 3, "the parser never let the event loop run"
+    whole = v.append_body(body)
+    assert sliced[0] == whole[0]
+    assert [(e.id, e.type, e.data, e.metadata, e.flags) for e in sliced[1]] == \
+        [(e.id, e.type, e.data, e.metadata, e.flags) for e in whole[1]]
+
+
+@pytest.mark.parametrize("bad, field", [
+    (b'{"type":"T","colour":1}', "events[4000].colour"),
+    (b'{"type":5}', "events[4000].type"),
+    (b'{"type":"T","data":"\xff"}', "events[4000]"),
+    (b'{"type":"T","data":1e400}', "events[4000]"),
+    (b'{"type":"T","data":' + b"[" * 200 + b"]" * 200 + b"}", "events[4000].data"),
+    (b'{"type":"T","metadata":[]}', "events[4000].metadata"),
+    (b'"T"', "events[4000]"),
+])
+async def test_errors_in_a_large_body_name_their_field(bad, field):
+    with pytest.raises(InvalidRequest) as caught:
+        await v.append_body_in_slices(body_of(5000, extra={4000: bad}))
+    assert caught.value.details["field"] == field
