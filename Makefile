@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench etcd
+.PHONY: run test install install-test tools clean bench etcd postgres
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,19 @@ etcd:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y etcd-server || ($$SUDO apt-get update && $$SUDO apt-get install -y etcd-server); }
 
+## PostgreSQL for the benchmarks' reference runs (Debian package postgresql; each run initdb's its own server)
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y postgresql || ($$SUDO apt-get update && $$SUDO apt-get install -y postgresql); }
+
 ## Install what the tests need and run the whole suite
-test: install-test tools etcd
+test: install-test tools etcd postgres
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
 
-bench: install-test
+bench: install-test postgres
 	$(PY) bench/append.py
+	$(PY) bench/mixed.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) data

@@ -17,7 +17,8 @@ from ..ids import uuid7_bytes
 from .errors import (DuplicateEventId, InvalidRequest, LogError, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
                      WrongExpectedVersion)
 from .position import WatchedPosition
-from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows, verified_records
+from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
+                      stream_rows)
 from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
 
@@ -63,13 +64,13 @@ class AppendResult:
 class StreamSlice:
     stream: str
     version: int
-    records: list[Record]
+    records: Page
     next: int | None
 
 
 @dataclass(slots=True)
 class AllSlice:
-    records: list[Record]
+    records: Page
     next: int | None
     head: int
 
@@ -400,8 +401,11 @@ class Log:
             await asyncio.sleep(every)  # pacing between trims, not a synchronisation
 
     # reads -----------------------------------------------------------------------------------
-    async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
+    async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool, *,
+                          rendered: bool = False) -> StreamSlice:
+        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent), not records."""
         visible = await self._horizon()
+        take = page_taker(rendered=rendered)
 
         def read(conn: sqlite3.Connection) -> StreamSlice:
             row = _readable_row(conn, stream, visible)
@@ -418,7 +422,7 @@ class Log:
                 bottom = max(start or 1, vis.min_version)
                 rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
                                     f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit))
-            records, stopped = verified_records(rows, limit)  # a page also stops at a byte budget
+            records, stopped = take(rows, limit, MAX_REPLY_BYTES)  # a page also stops at a byte budget
             nxt = None
             if stopped:
                 last = records[-1].version
@@ -430,14 +434,17 @@ class Log:
 
         return await self.storage.read(read)
 
-    async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
+    async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter, *,
+                       rendered: bool = False) -> AllSlice:
+        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent), not records."""
         visible = await self._horizon()
         window = ALL_SCAN_WINDOW
+        take = page_taker(rendered=rendered)
 
         def read(conn: sqlite3.Connection) -> AllSlice:
             head = _head(conn) if visible is None else min(_head(conn), visible)
             records, nxt = read_all_page(conn, start=start, limit=limit, backward=backward, filters=filters,
-                                         head=head, window=window)
+                                         head=head, window=window, take=take)
             return AllSlice(records, nxt, head)
 
         return await self.storage.read(read)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
+from .eventjson import RenderedEvent, render_rows
 from .storage import CATEGORY_SQL, DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, Record, record_from_row
 
 MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
@@ -45,10 +46,24 @@ def verified_records(rows: Iterable[Sequence], limit: int, max_bytes: int = MAX_
     return records, False
 
 
-def _within_bytes(records: list[Record], max_bytes: int = MAX_REPLY_BYTES) -> tuple[list[Record], bool]:
+Page = list[Record] | list[RenderedEvent]
+# what turns a cursor of RECORD_COLUMNS rows into a page: (rows, limit, max_bytes) -> (page, stopped early)
+Take = Callable[[Iterable[Sequence], int, int], tuple[Page, bool]]
+
+
+def page_taker(*, rendered: bool) -> Take:
+    """Records for the node's own use, or events rendered as the reply's JSON (both verified)."""
+    return render_rows if rendered else verified_records
+
+
+def _size(item: Record | RenderedEvent) -> int:
+    return item.size if isinstance(item, RenderedEvent) else reply_size(item)
+
+
+def _within_bytes(records: Page, max_bytes: int = MAX_REPLY_BYTES) -> tuple[Page, bool]:
     size = 0
     for i, record in enumerate(records):
-        size += reply_size(record)
+        size += _size(record)
         if i and size > max_bytes:
             return records[:i], True
     return records, False
@@ -164,22 +179,22 @@ def _plan(conn: sqlite3.Connection, filters: AllFilter) -> tuple[list[_Source], 
 
 
 def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backward: bool, filters: AllFilter,
-             head: int, window: int) -> tuple[list[Record], int | None]:
+             head: int, window: int, take: Take = verified_records) -> tuple[Page, int | None]:
     """One page of `$all` up to `head` (the last position the reader may see): (records, next cursor).
     With filters, the cursor moves past every position examined, even when few matched."""
     plan = _plan(conn, filters) if filters.active else None
     if plan is None:
-        return _scan(conn, start, limit, backward, filters, head, window if filters.active else None)
+        return _scan(conn, start, limit, backward, filters, head, window if filters.active else None, take)
     sources, residual, residual_args = plan
     budget = max(1, window // max(1, len(sources))) if residual else None
     share = MAX_REPLY_BYTES // max(1, len(sources))  # of the reply's bytes, for each index run
-    rows: list[Record] = []
+    rows: Page = []
     if backward:
         top = head if start is None else min(start, head)
         cut = 1  # every match in [cut, top] is known
         for source in sources:  # each run needs only what is above the runs before it have covered
             rows_s, covered = _index_run(conn, source, cut, top, True, limit, residual, residual_args, budget,
-                                         share)
+                                         share, take)
             rows += rows_s
             cut = max(cut, covered)
         rows, cut_short = _within_bytes(sorted((r for r in rows if r.position >= cut), key=_position,
@@ -191,7 +206,7 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
     cut = head  # every match in [bottom, cut] is known
     for source in sources:  # each run needs only what is below what the runs before it have covered
         rows_s, covered = _index_run(conn, source, bottom, cut, False, limit, residual, residual_args, budget,
-                                     share)
+                                     share, take)
         rows += rows_s
         cut = min(cut, covered)
     rows, cut_short = _within_bytes(sorted((r for r in rows if r.position <= cut), key=_position)[:limit])
@@ -200,12 +215,13 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
     return rows, cut + 1 if cut < head else None
 
 
-def _position(record: Record) -> int:
+def _position(record: Record | RenderedEvent) -> int:
     return record.position
 
 
 def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, backward: bool, limit: int,
-               residual: str, residual_args: list, budget: int | None, max_bytes: int) -> tuple[list[Record], int]:
+               residual: str, residual_args: list, budget: int | None, max_bytes: int,
+               take: Take = verified_records) -> tuple[Page, int]:
     """Matches of one index run within [low, high], nearest first: (up to `limit` records, the position up to
     which every match of this run is among them). With residual filters, at most `budget` index entries are
     examined, a small window first (most pages fill in it), then the rest of the budget."""
@@ -214,10 +230,10 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
             "AND position <= ?")
     page_sql = f"SELECT {RECORD_COLUMNS} {base}{residual} ORDER BY position {order} LIMIT ?"
     if budget is None:
-        found, stopped = verified_records(conn.execute(page_sql, (source.key, low, high, *residual_args, limit)),
-                                          limit, max_bytes)
+        found, stopped = take(conn.execute(page_sql, (source.key, low, high, *residual_args, limit)), limit,
+                              max_bytes)
         return found, (found[-1].position if stopped else low if backward else high)
-    found: list[Record] = []
+    found: Page = []
     first = min(budget, 4 * limit)
     for window in (first, budget - first):
         if window <= 0:
@@ -225,9 +241,9 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
         edge = conn.execute(f"SELECT position {base} ORDER BY position {order} LIMIT 1 OFFSET ?",
                             (source.key, low, high, window - 1)).fetchone()
         run_low, run_high = (low, high) if edge is None else (edge[0], high) if backward else (low, edge[0])
-        more, stopped = verified_records(conn.execute(page_sql, (source.key, run_low, run_high, *residual_args,
-                                                                 limit - len(found))),
-                                         limit - len(found), max(1, max_bytes - sum(map(reply_size, found))))
+        more, stopped = take(conn.execute(page_sql, (source.key, run_low, run_high, *residual_args,
+                                                     limit - len(found))),
+                             limit - len(found), max(1, max_bytes - sum(map(_size, found))))
         found += more
         if stopped:
             return found, found[-1].position
@@ -242,7 +258,7 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
 
 
 def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: bool, filters: AllFilter, head: int,
-          window: int | None) -> tuple[list[Record], int | None]:
+          window: int | None, take: Take = verified_records) -> tuple[Page, int | None]:
     """Positions in order, at most `window` of them when filtering."""
     where, args = filters.sql()
     if backward:
@@ -250,7 +266,7 @@ def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: boo
         bottom = max(1, top - window + 1) if window else 1
         rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
                             f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
-        records, stopped = verified_records(rows, limit)
+        records, stopped = take(rows, limit, MAX_REPLY_BYTES)
         if stopped:
             return records, records[-1].position - 1 if records[-1].position > 1 else None
         return records, bottom - 1 if bottom > 1 else None
@@ -258,7 +274,7 @@ def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: boo
     top = min(bottom + window - 1, head) if window else head
     rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
                         f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
-    records, stopped = verified_records(rows, limit)
+    records, stopped = take(rows, limit, MAX_REPLY_BYTES)
     if stopped:
         return records, records[-1].position + 1 if records[-1].position < head else None
     return records, top + 1 if top < head else None

@@ -97,6 +97,7 @@ def _insert_sql(rows: int) -> str:
 
 _ROW_INSERT = _insert_sql(1)
 _LENGTHS = struct.Struct("<IIII")
+CHECKSUM_LENGTHS, CHECKSUM_PLACE = _LENGTHS, _INTS  # the two packed parts of a record's checksum
 
 
 @dataclass(slots=True)

@@ -1,17 +1,19 @@
 """`evstore bench`: append and read throughput of a node, next to the same workload through the
-`eventsourcing` library's own SQLite recorder as the reference.
+`eventsourcing` library's own recorder as the reference: its PostgreSQL recorder (psycopg) against a
+PostgreSQL server the benchmark starts for the run (default durability settings), or its SQLite recorder.
 
-Cases: appends of 1, 10 and 100 events per request at concurrency 1 and 64, then forward reads
-(pages of 1000 over one stream) at concurrency 1 and 64. Each case runs until `--duration`
-seconds or `--requests` requests, whichever comes first. Appends go over bare HTTP/1.1 keep-alive
-connections with pre-encoded requests (one per worker) and reads through aiohttp: the benchmark measures
-the server, not a client library, and the load generator shares the machine's cores with the node.
-Only 127.0.0.1 is contacted.
+Cases: appends of 1, 10 and 100 events per request at concurrency 1 and 64, then forward reads in pages
+of 1000 over one stream (`read_*`) and over `$all` (`readall_*`) at concurrency 1 and 64. Each case runs
+until `--duration` seconds or `--requests` requests, whichever comes first. Appends go over bare HTTP/1.1
+keep-alive connections with pre-encoded requests (one per worker) and reads through aiohttp, each reply
+parsed: the benchmark measures the server, not a client library, and the load generator shares the
+machine's cores with the node. Only 127.0.0.1 is contacted.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -34,12 +36,15 @@ import aiohttp
 import orjson
 
 from ..harness.localnode import NodeProcess
+from ..harness.localpostgres import PostgresNotFound, PostgresProcess, postgres_bin_dir
 
 APPEND_BATCHES = (1, 10, 100)
 CONCURRENCIES = (1, 64)
 READ_PAGE = 1000
+READ_KINDS = ("read", "readall")  # one stream, `$all`
 ALL_CASES = tuple([f"append_b{b}_c{c}" for b in APPEND_BATCHES for c in CONCURRENCIES]
-                  + [f"read_b{READ_PAGE}_c{c}" for c in CONCURRENCIES])
+                  + [f"{kind}_b{READ_PAGE}_c{c}" for kind in READ_KINDS for c in CONCURRENCIES])
+REFERENCES = ("postgres", "sqlite")
 FILL_BATCH = 100
 EVENT_TYPE = "BenchEvent"
 STOP_TIMEOUT = 30.0
@@ -68,7 +73,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 @dataclass
 class CaseResult:
     system: str          # "evstore" or "eventsourcing"
-    kind: str            # "append" or "read"
+    kind: str            # "append", "read" (one stream) or "readall" (`$all`)
     batch: int           # events per append request, or page limit of a read
     concurrency: int
     requests: int = 0
@@ -349,6 +354,14 @@ class EvstoreTarget:
         page = orjson.loads(payload)
         return len(page["events"]), page["next"]
 
+    async def read_all_page(self, start: int, limit: int) -> tuple[int, int | None]:
+        async with self.session.get(self.url + "/v1/all", params={"from": start, "limit": limit}) as reply:
+            payload = await reply.read()
+            if reply.status != 200:
+                raise BenchError(f"read $all: HTTP {reply.status} {payload[:200]!r}")
+        page = orjson.loads(payload)
+        return len(page["events"]), page["next"]
+
     async def append_case(self, batch: int, concurrency: int, data: bytes, duration: float,
                           max_requests: int) -> CaseResult:
         body = append_body(data, batch)
@@ -397,22 +410,51 @@ class EvstoreTarget:
         return await drive_async(CaseResult("evstore", "read", READ_PAGE, concurrency),
                                  Budget(duration, max_requests), one)
 
+    async def read_all_case(self, concurrency: int, duration: float, max_requests: int) -> CaseResult:
+        """Pages of `$all` from its start to its end, over and over."""
+        cursors = [1] * concurrency
 
-# -- the reference: eventsourcing's SQLite application recorder ----------------------------------------
+        async def one(i: int) -> int:
+            count, nxt = await self.read_all_page(cursors[i], READ_PAGE)
+            cursors[i] = nxt if nxt is not None else 1
+            return count
+
+        return await drive_async(CaseResult("evstore", "readall", READ_PAGE, concurrency),
+                                 Budget(duration, max_requests), one)
+
+
+# -- the reference: eventsourcing's application recorders -------------------------------------------
 
 class ReferenceTarget:
-    """The same workload through eventsourcing's SQLiteApplicationRecorder (WAL, one commit per call)."""
+    """The same workload through eventsourcing's PostgresApplicationRecorder (a server started for the run) or
+    SQLiteApplicationRecorder (WAL, one commit per call)."""
 
-    def __init__(self, db_path: Path, max_concurrency: int) -> None:
+    def __init__(self, kind: str, where: Path | object, max_concurrency: int) -> None:
         from eventsourcing.persistence import StoredEvent
-        from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
+        self.kind = kind
         self.StoredEvent = StoredEvent
-        self.datastore = SQLiteDatastore(str(db_path), pool_size=max_concurrency, max_overflow=0,
-                                         pool_timeout=60.0, lock_timeout=60)
-        self.recorder = SQLiteApplicationRecorder(self.datastore)
+        if kind == "postgres":
+            from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+            self.server = where
+            self.datastore = PostgresDatastore("postgres", "127.0.0.1", where.port, where.user, "",
+                                               pool_size=max_concurrency, max_overflow=0)
+            self.recorder = PostgresApplicationRecorder(self.datastore)
+        else:
+            from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+            self.datastore = SQLiteDatastore(str(where), pool_size=max_concurrency, max_overflow=0,
+                                             pool_timeout=60.0, lock_timeout=60)
+            self.recorder = SQLiteApplicationRecorder(self.datastore)
         self.recorder.create_table()
         self.topic = f"bench:{EVENT_TYPE}"
+
+    def settings(self) -> str:
+        if self.kind == "postgres":
+            return "postgres " + " ".join(f"{name}={self.server.setting(name)}" for name in
+                                          ("server_version", "fsync", "synchronous_commit", "wal_sync_method"))
+        return "sqlite " + self.synchronous_mode()
 
     def synchronous_mode(self) -> str:
         with self.datastore.transaction(commit=False) as cursor:
@@ -457,6 +499,18 @@ class ReferenceTarget:
         return drive_threads(CaseResult("eventsourcing", "read", READ_PAGE, concurrency),
                              Budget(duration, max_requests), one)
 
+    def read_all_case(self, concurrency: int, duration: float, max_requests: int) -> CaseResult:
+        """Pages of the recorder's notification log (its `$all`) from the start to the end, over and over."""
+        start = [1] * concurrency
+
+        def one(i: int) -> int:
+            page = self.recorder.select_notifications(start[i], READ_PAGE)
+            start[i] = page[-1].id + 1 if len(page) == READ_PAGE else 1
+            return len(page)
+
+        return drive_threads(CaseResult("eventsourcing", "readall", READ_PAGE, concurrency),
+                             Budget(duration, max_requests), one)
+
 
 # -- orchestration ------------------------------------------------------------------------------------
 
@@ -473,6 +527,7 @@ class Options:
     json: bool
     node_args: list[str]
     cases: frozenset[str] | None = None
+    reference_kind: str = "postgres"
 
     def wants(self, kind: str, batch: int, concurrency: int) -> bool:
         return self.cases is None or f"{kind}_b{batch}_c{concurrency}" in self.cases
@@ -490,7 +545,10 @@ def parse_args(argv: list[str]) -> Options:
                         help="also fill the node to --rss-events stored events and report its RSS (takes minutes)")
     parser.add_argument("--rss-events", type=int, default=1_000_000, help="stored events for --rss (default 1e6)")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
-                        help="skip the eventsourcing SQLite reference run")
+                        help="skip the eventsourcing reference run")
+    parser.add_argument("--reference", choices=REFERENCES, default="postgres", dest="reference_kind",
+                        help="eventsourcing's PostgreSQL recorder against a server started for the run (default; "
+                        "needs Debian's postgresql and psycopg[binary]), or its SQLite recorder")
     parser.add_argument("--quick", action="store_true", help="a tiny run of every case (for tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--node-arg", action="append", default=[], dest="node_args",
@@ -516,7 +574,7 @@ def parse_args(argv: list[str]) -> Options:
     if ns.duration <= 0 or ns.requests <= 0 or ns.event_size < 0 or ns.read_events < 1:
         parser.error("--duration, --requests and --read-events must be positive, --events-size not negative")
     return Options(ns.url, ns.duration, ns.requests, ns.event_size, ns.read_events, ns.rss, ns.rss_events,
-                   ns.reference, ns.json, ns.node_args, cases)
+                   ns.reference, ns.json, ns.node_args, cases, ns.reference_kind)
 
 
 class Reporter:
@@ -611,13 +669,16 @@ async def run_evstore(opts: Options, url: str, pid: int | None, reporter: Report
                 results.append(result)
                 reporter.case(result)
         read_stream = f"bench-{run_id}-read"
-        reads = [c for c in CONCURRENCIES if opts.wants("read", READ_PAGE, c)]
-        if reads:
+        if any(opts.wants(kind, READ_PAGE, c) for kind in READ_KINDS for c in CONCURRENCIES):
             await node.fill(lambda _n: read_stream, opts.read_events, 1, data)
-        for concurrency in reads:
-            result = await node.read_case(read_stream, concurrency, opts.duration, opts.requests)
-            results.append(result)
-            reporter.case(result)
+        for kind in READ_KINDS:
+            for concurrency in [c for c in CONCURRENCIES if opts.wants(kind, READ_PAGE, c)]:
+                if kind == "read":
+                    result = await node.read_case(read_stream, concurrency, opts.duration, opts.requests)
+                else:
+                    result = await node.read_all_case(concurrency, opts.duration, opts.requests)
+                results.append(result)
+                reporter.case(result)
         if opts.rss and pid is not None:
             head = int((await node.metrics()).get("evstore_head_position", 0))
             to_fill = max(0, opts.rss_events - head)
@@ -635,42 +696,56 @@ async def run_evstore(opts: Options, url: str, pid: int | None, reporter: Report
     return results, extra
 
 
-def reference_available() -> bool:
+def reference_available(kind: str) -> str | None:
+    """Why the reference cannot run (None: it can)."""
     try:
         import eventsourcing.sqlite  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return "eventsourcing is not installed (pip install eventsourcing==9.5.6)"
+    if kind == "postgres":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return "psycopg is not installed (pip install 'psycopg[binary]')"
+        try:
+            postgres_bin_dir()
+        except PostgresNotFound as exc:
+            return str(exc)
+    return None
 
 
 def run_reference(opts: Options, reporter: Reporter) -> tuple[list[CaseResult], str]:
     data = event_data(opts.event_size)
-    temp_dir = Path(tempfile.mkdtemp(prefix="evstore-bench-ref-"))
-    try:
-        ref = ReferenceTarget(temp_dir / "eventsourcing.sqlite", max(CONCURRENCIES))
-        try:
-            mode = ref.synchronous_mode()
-            results = []
-            for batch in APPEND_BATCHES:
-                for concurrency in CONCURRENCIES:
-                    if not opts.wants("append", batch, concurrency):
-                        continue
-                    result = ref.append_case(batch, concurrency, data, opts.duration, opts.requests)
-                    results.append(result)
-                    reporter.case(result)
-            read_stream = uuid.uuid4()
-            reads = [c for c in CONCURRENCIES if opts.wants("read", READ_PAGE, c)]
-            if reads:
-                ref.fill_stream(read_stream, opts.read_events, data)
-            for concurrency in reads:
-                result = ref.read_case(read_stream, concurrency, opts.duration, opts.requests)
+    with contextlib.ExitStack() as stack:
+        if opts.reference_kind == "postgres":
+            where = stack.enter_context(PostgresProcess())
+        else:
+            temp_dir = Path(tempfile.mkdtemp(prefix="evstore-bench-ref-"))
+            stack.callback(shutil.rmtree, temp_dir, ignore_errors=True)
+            where = temp_dir / "eventsourcing.sqlite"
+        ref = ReferenceTarget(opts.reference_kind, where, max(CONCURRENCIES))
+        stack.callback(ref.close)
+        mode = ref.settings()
+        results = []
+        for batch in APPEND_BATCHES:
+            for concurrency in CONCURRENCIES:
+                if not opts.wants("append", batch, concurrency):
+                    continue
+                result = ref.append_case(batch, concurrency, data, opts.duration, opts.requests)
                 results.append(result)
                 reporter.case(result)
-            return results, mode
-        finally:
-            ref.close()
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        read_stream = uuid.uuid4()
+        if any(opts.wants(kind, READ_PAGE, c) for kind in READ_KINDS for c in CONCURRENCIES):
+            ref.fill_stream(read_stream, opts.read_events, data)
+        for kind in READ_KINDS:
+            for concurrency in [c for c in CONCURRENCIES if opts.wants(kind, READ_PAGE, c)]:
+                if kind == "read":
+                    result = ref.read_case(read_stream, concurrency, opts.duration, opts.requests)
+                else:
+                    result = ref.read_all_case(concurrency, opts.duration, opts.requests)
+                results.append(result)
+                reporter.case(result)
+        return results, mode
 
 
 def print_summary(reporter: Reporter, ratio: dict, checks: dict) -> None:
@@ -714,12 +789,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"{os.cpu_count()} cpus):")
         evstore_results, extra = asyncio.run(run_evstore(opts, url, pid, reporter))
         reference_results, reference_mode = [], None
-        if opts.reference and not reference_available():
-            reporter.say("eventsourcing is not installed (pip install eventsourcing==9.5.6): reference run skipped")
+        missing = reference_available(opts.reference_kind) if opts.reference else None
+        if missing:
+            reporter.say(f"{missing}: reference run skipped")
         elif opts.reference:
-            reporter.say("eventsourcing SQLiteApplicationRecorder (same workload):")
+            reporter.say(f"eventsourcing {opts.reference_kind} application recorder (same workload):")
             reference_results, reference_mode = run_reference(opts, reporter)
-            reporter.say(f"  reference sqlite: {reference_mode}")
+            reporter.say(f"  reference: {reference_mode}")
     except KeyboardInterrupt:
         print("evstore bench: interrupted", file=sys.stderr)
         return 130
@@ -741,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "settings": {"duration": opts.duration, "requestsPerCase": opts.requests, "eventSize": opts.event_size,
                          "readEvents": opts.read_events, "cpus": os.cpu_count(), "url": url,
-                         "referenceSqlite": reference_mode},
+                         "reference": reference_mode},
             "evstore": [r.to_dict() for r in evstore_results],
             "eventsourcing": [r.to_dict() for r in reference_results],
             "ratio": ratio, "rss": extra.get("rss"), "targets": checks, "errors": errors,

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from aiohttp import web
 
-from ..log import ANY, AllFilter, Log
+from ..eventjson import events_array
+from ..log import ANY, AllFilter, AllSlice, Log, StreamSlice
 from . import validation as v
 from .cluster import leader_read, leader_write
 from .keys import LOG_KEY, METRICS_KEY
 from .middleware import read_body
-from .shape import event_json, json_response, rfc3339
+from .shape import JSON_HEADERS, json_response, rfc3339
 
 
 
@@ -52,10 +54,19 @@ async def read_stream(request: web.Request) -> web.Response:
     q = v.query_params(request.query, READ_PARAMS)
     started = time.perf_counter()
     page = await _log(request).read_stream(stream, q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
-                                           q.get("direction") == "backward")
+                                           q.get("direction") == "backward", rendered=True)
     _observe_read(request, "stream", started, len(page.records))
-    return json_response({"stream": page.stream, "version": page.version,
-                          "events": [event_json(r) for r in page.records], "next": page.next})
+    return web.Response(body=stream_reply(page), headers=JSON_HEADERS)
+
+
+def stream_reply(page: StreamSlice) -> bytes:
+    """The reply's JSON with the page's events spliced in as rendered by the reader thread."""
+    return b'{"stream":%s,"version":%d,"events":%s,"next":%s}' % (
+        orjson.dumps(page.stream), page.version, events_array(page.records), _cursor(page.next))
+
+
+def _cursor(position: int | None) -> bytes:
+    return b"null" if position is None else b"%d" % position
 
 
 async def stream_info(request: web.Request) -> web.Response:
@@ -114,9 +125,13 @@ async def read_all(request: web.Request) -> web.Response:
                         include_system=include_system(q))
     started = time.perf_counter()
     page = await _log(request).read_all(q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
-                                        q.get("direction") == "backward", filters)
+                                        q.get("direction") == "backward", filters, rendered=True)
     _observe_read(request, "all", started, len(page.records))
-    return json_response({"events": [event_json(r) for r in page.records], "next": page.next, "head": page.head})
+    return web.Response(body=all_reply(page), headers=JSON_HEADERS)
+
+
+def all_reply(page: AllSlice) -> bytes:
+    return b'{"events":%s,"next":%s,"head":%d}' % (events_array(page.records), _cursor(page.next), page.head)
 
 
 def _observe_read(request: web.Request, kind: str, started: float, count: int) -> None:

@@ -6,12 +6,13 @@ import json
 from evstore.client.bench.append import APPEND_BATCHES, CONCURRENCIES, main
 
 EXPECTED_CASES = [f"append_b{b}_c{c}" for b in APPEND_BATCHES for c in CONCURRENCIES] + \
-                 [f"read_b1000_c{c}" for c in CONCURRENCIES]
+                 [f"{kind}_b1000_c{c}" for kind in ("read", "readall") for c in CONCURRENCIES]
 
 
 def test_quick_bench_reports_every_case_for_both_systems(capsys):
-    assert main(["--quick", "--json"]) == 0
+    assert main(["--quick", "--json"]) == 0  # the reference: eventsourcing's PostgreSQL recorder, own server
     report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["reference"].startswith("postgres ") and "fsync=on" in report["settings"]["reference"]
 
     assert report["errors"] == 0
     for system in ("evstore", "eventsourcing"):

@@ -1,0 +1,109 @@
+"""Reads rendered straight to JSON in the reader thread (the HTTP read path) return exactly what the records
+path shaped by event_json returns, for every kind of stored event, and still refuse a corrupted record."""
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from evstore.node import queries
+from evstore.node.errors import CorruptRecord
+from evstore.node.eventjson import event_json, events_array
+from evstore.node.log import AllFilter, NewEvent
+from evstore.node.storage import DATA_BINARY, METADATA_BINARY
+
+STREAMS = ["plain-1", "ünï-cödé-Ω", 'quote"back\\slash-2', "tab\tnew\nline-3"]
+TYPES = ["Happened", 'Typ"e\\with\u0001control', "Ω-type"]
+PAYLOADS = [
+    (b'{"n":18446744073709551617,"d":0.1000000000000000000001,"e":1E2}', b"{}", 0),
+    (b'"just a string \\u00e9"', b'{"m":[1,2,{"x":null}]}', 0),
+    (b"\x00\xffbinary\x01", b"{}", DATA_BINARY),
+    (b"[1]", b"\x10\x20meta", METADATA_BINARY),
+    (b"\x00", b"\x01", DATA_BINARY | METADATA_BINARY),
+]
+
+
+def _event(i: int) -> NewEvent:
+    data, metadata, flags = PAYLOADS[i % len(PAYLOADS)]
+    return NewEvent(uuid.uuid4().bytes, TYPES[i % len(TYPES)], data, metadata, flags=flags)
+
+
+def _as_records(page) -> list:
+    return orjson.loads(orjson.dumps([event_json(r) for r in page.records]))
+
+
+def _as_rendered(page) -> list:
+    return orjson.loads(events_array(page.records))
+
+
+@pytest.fixture
+async def filled(log):
+    for n in range(12):
+        await log.append(STREAMS[n % len(STREAMS)], "any", [_event(n * 5 + k) for k in range(5)])
+    return log
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("limit", [1, 7, 1000])
+async def test_rendered_stream_pages_equal_the_records_path(filled, backward, limit):
+    for stream in STREAMS:
+        start, seen = None, 0
+        while True:
+            records = await filled.read_stream(stream, start, limit, backward)
+            rendered = await filled.read_stream(stream, start, limit, backward, rendered=True)
+            assert _as_rendered(rendered) == _as_records(records)
+            assert (rendered.next, rendered.version) == (records.next, records.version)
+            seen += len(records.records)
+            if records.next is None:
+                break
+            start = records.next
+        assert seen == 15
+
+
+@pytest.mark.parametrize("filters", [AllFilter(), AllFilter(include_system=False), AllFilter(types=[TYPES[1]]),
+                                     AllFilter(type_prefix="Ω"), AllFilter(stream_prefix="ünï-"),
+                                     AllFilter(stream_pattern="*line*")], ids=repr)
+@pytest.mark.parametrize("backward", [False, True])
+async def test_rendered_all_pages_equal_the_records_path(filled, filters, backward):
+    start, pages = None, 0
+    while True:
+        records = await filled.read_all(start, 4, backward, filters)
+        rendered = await filled.read_all(start, 4, backward, filters, rendered=True)
+        assert _as_rendered(rendered) == _as_records(records)
+        assert (rendered.next, rendered.head) == (records.next, records.head)
+        pages += 1
+        if records.next is None:
+            break
+        start = records.next
+    assert pages > 1
+
+
+async def test_binary_payloads_come_back_as_base64(filled):
+    events = _as_rendered(await filled.read_all(1, 5, False, AllFilter(), rendered=True))
+    assert "dataBase64" in events[2] and "data" not in events[2]
+    assert "metadataBase64" in events[3] and "metadata" not in events[3]
+    page = await filled.read_all(1, 1, False, AllFilter(), rendered=True)
+    assert b'"n":18446744073709551617,"d":0.1000000000000000000001,"e":1E2' in page.records[0].json
+
+
+async def test_a_rendered_page_stops_at_the_byte_budget(filled, monkeypatch):
+    monkeypatch.setattr(queries, "MAX_REPLY_BYTES", 600)
+    page = await filled.read_all(1, 1000, False, AllFilter(), rendered=True)
+    assert 1 <= len(page.records) < 60 and page.next == page.records[-1].position + 1
+    assert sum(e.size for e in page.records[:-1]) <= 600
+
+
+@pytest.mark.parametrize("read", ["stream", "all", "all_by_type"])
+async def test_a_corrupted_record_is_refused_by_rendered_reads(filled, read):
+    conn = filled.storage._reader_conn()
+    conn.execute("PRAGMA query_only=0")
+    conn.execute("UPDATE events SET data = ? WHERE position = 6", (b'{"tampered":1}',))  # of STREAMS[1]
+    conn.execute("PRAGMA query_only=1")
+    with pytest.raises(CorruptRecord):
+        if read == "stream":
+            await filled.read_stream(STREAMS[1], None, 100, False, rendered=True)
+        elif read == "all":
+            await filled.read_all(None, 100, False, AllFilter(), rendered=True)
+        else:
+            await filled.read_all(None, 100, False, AllFilter(types=[TYPES[2]]), rendered=True)
