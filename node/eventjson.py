@@ -12,7 +12,7 @@ import base64
 import binascii
 import datetime
 import functools
-from dataclasses import dataclass
+import operator
 from typing import Iterable, Sequence
 
 import crc32c
@@ -61,16 +61,21 @@ def event_json(record: Record) -> dict:
     return event
 
 
-@dataclass(slots=True)
-class RenderedEvent:
-    """One event of a page as the JSON bytes of the reply, with what paging needs of it."""
-    position: int
-    version: int
-    json: bytes
+class RenderedEvent(tuple):
+    """One event of a page as the JSON bytes of the reply, with what paging needs of it: (position, version,
+    json). A tuple made by tuple.__new__, because a page makes 1,000 of them and a class's __init__ costs
+    a Python call each."""
+    __slots__ = ()
+    position = property(operator.itemgetter(0))
+    version = property(operator.itemgetter(1))
+    json = property(operator.itemgetter(2))
+
+    def __new__(cls, position: int, version: int, json: bytes) -> "RenderedEvent":
+        return tuple.__new__(cls, (position, version, json))
 
     @property
     def size(self) -> int:
-        return len(self.json)
+        return len(self[2])
 
 
 _FLAG_BYTES = [bytes([flags]) for flags in range(4)]
@@ -85,6 +90,7 @@ def render_rows(rows: Iterable[Sequence], limit: int, max_bytes: int) -> tuple[l
     names: dict[str, tuple[bytes, bytes]] = {}  # stream or type -> (UTF-8, JSON string)
     created_json = _created_json
     out: list[RenderedEvent] = []
+    make = tuple.__new__
     size = 0
     for row in rows:
         position, stream, version, event_id, event_type, data, metadata, created, epoch, checksum, flags = row
@@ -110,11 +116,11 @@ def render_rows(rows: Iterable[Sequence], limit: int, max_bytes: int) -> tuple[l
         size += len(json)
         if out and size > max_bytes:
             return out, True
-        out.append(RenderedEvent(position, version, json))
+        out.append(make(RenderedEvent, (position, version, json)))
         if len(out) == limit:
             return out, True
     return out, False
 
 
 def events_array(events: Sequence[RenderedEvent]) -> bytes:
-    return b"[" + b",".join([e.json for e in events]) + b"]"
+    return b"[" + b",".join([e[2] for e in events]) + b"]"

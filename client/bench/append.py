@@ -83,6 +83,11 @@ class CaseResult:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
     group_commit: dict | None = None
+    server_cpu: float | None = None  # seconds of CPU the server's processes used during the case
+    client_cpu: float | None = None  # seconds of CPU this load generator used during the case
+
+    def cpu_us_per_event(self, seconds: float | None) -> float | None:
+        return round(seconds / self.events * 1e6, 3) if seconds is not None and self.events else None
 
     @property
     def name(self) -> str:
@@ -105,6 +110,8 @@ class CaseResult:
             "eventsPerSecond": round(self.events_per_s, 1), "requestsPerSecond": round(self.requests_per_s, 1),
             "p50Ms": round(percentile(ordered, 0.50) * 1000, 3), "p99Ms": round(percentile(ordered, 0.99) * 1000, 3),
             "groupCommit": self.group_commit,
+            "serverCpuUsPerEvent": self.cpu_us_per_event(self.server_cpu),
+            "clientCpuUsPerEvent": self.cpu_us_per_event(self.client_cpu),
         }
 
 
@@ -216,6 +223,53 @@ class LocalNode(NodeProcess):
                 self.terminate(STOP_TIMEOUT)
         finally:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def process_cpu(pid: int, *, children: bool = False) -> float:
+    """CPU seconds (user + system) of a process from /proc/<pid>/stat; with `children`, of its live children
+    and of those it has reaped too (PostgreSQL: the postmaster's backends)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def fields(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+
+    own = fields(pid)
+    total = int(own[11]) + int(own[12])
+    if children:
+        total += int(own[13]) + int(own[14])
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            for child in listing.read().split():
+                try:
+                    f = fields(int(child))
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+                total += int(f[11]) + int(f[12])
+    return total / ticks
+
+
+class CpuMeter:
+    """CPU time around each case: the server's (from /proc, when this benchmark started it) and this process's
+    own (time.process_time: the load generator, every thread)."""
+
+    def __init__(self, server: Callable[[], float] | None) -> None:
+        self.server = server
+
+    def measure(self, run: Callable[[], CaseResult]) -> CaseResult:
+        client, server = time.process_time(), self.server() if self.server else None
+        result = run()
+        result.client_cpu = time.process_time() - client
+        if server is not None:
+            result.server_cpu = self.server() - server
+        return result
+
+    async def measure_async(self, run: Callable[[], Awaitable[CaseResult]]) -> CaseResult:
+        client, server = time.process_time(), self.server() if self.server else None
+        result = await run()
+        result.client_cpu = time.process_time() - client
+        if server is not None:
+            result.server_cpu = self.server() - server
+        return result
 
 
 def process_memory(pid: int) -> dict:
@@ -594,9 +648,12 @@ class Reporter:
             commit = (f"  per commit: {g['requestsPerCommit']:5.1f} req {g['eventsPerCommit']:7.1f} ev "
                       f"{g['commitMs']:6.2f} ms")
         errors = f"  ERRORS {result.errors}: {result.first_error}" if result.errors else ""
+        cpu = "".join(f"  {label} {value:6.2f} us/ev" for label, value in
+                      (("server cpu", d["serverCpuUsPerEvent"]), ("client cpu", d["clientCpuUsPerEvent"]))
+                      if value is not None)
         self.say(f"  {d['system']:<13} {d['case']:<18} {d['eventsPerSecond']:>11,.0f} ev/s "
                  f"{d['requestsPerSecond']:>9,.0f} req/s  p50 {d['p50Ms']:7.2f} ms  p99 {d['p99Ms']:7.2f} ms"
-                 f"  batch {result.batch:>4}{commit}{errors}")
+                 f"  batch {result.batch:>4}{cpu}{commit}{errors}")
 
     def progress(self, label: str, total: int) -> Callable[[int], None]:
         done, shown, started = 0, -1, time.perf_counter()
@@ -660,12 +717,14 @@ async def run_evstore(opts: Options, url: str, pid: int | None, reporter: Report
     connector = aiohttp.TCPConnector(limit=max_concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         node = EvstoreTarget(session, url, run_id)
+        meter = CpuMeter(None if pid is None else lambda: process_cpu(pid))
         await node.append(f"bench-{run_id}-warmup", append_body(data, 10), 10)
         for batch in APPEND_BATCHES:
             for concurrency in CONCURRENCIES:
                 if not opts.wants("append", batch, concurrency):
                     continue
-                result = await node.append_case(batch, concurrency, data, opts.duration, opts.requests)
+                result = await meter.measure_async(lambda: node.append_case(batch, concurrency, data, opts.duration,
+                                                                            opts.requests))
                 results.append(result)
                 reporter.case(result)
         read_stream = f"bench-{run_id}-read"
@@ -674,9 +733,11 @@ async def run_evstore(opts: Options, url: str, pid: int | None, reporter: Report
         for kind in READ_KINDS:
             for concurrency in [c for c in CONCURRENCIES if opts.wants(kind, READ_PAGE, c)]:
                 if kind == "read":
-                    result = await node.read_case(read_stream, concurrency, opts.duration, opts.requests)
+                    result = await meter.measure_async(lambda: node.read_case(read_stream, concurrency,
+                                                                              opts.duration, opts.requests))
                 else:
-                    result = await node.read_all_case(concurrency, opts.duration, opts.requests)
+                    result = await meter.measure_async(lambda: node.read_all_case(concurrency, opts.duration,
+                                                                                  opts.requests))
                 results.append(result)
                 reporter.case(result)
         if opts.rss and pid is not None:
@@ -726,12 +787,15 @@ def run_reference(opts: Options, reporter: Reporter) -> tuple[list[CaseResult], 
         ref = ReferenceTarget(opts.reference_kind, where, max(CONCURRENCIES))
         stack.callback(ref.close)
         mode = ref.settings()
+        meter = CpuMeter((lambda: process_cpu(where.postmaster_pid, children=True)) if opts.reference_kind == "postgres"
+                         else None)  # the SQLite recorder runs inside this process: its CPU is the client's
         results = []
         for batch in APPEND_BATCHES:
             for concurrency in CONCURRENCIES:
                 if not opts.wants("append", batch, concurrency):
                     continue
-                result = ref.append_case(batch, concurrency, data, opts.duration, opts.requests)
+                result = meter.measure(lambda: ref.append_case(batch, concurrency, data, opts.duration,
+                                                               opts.requests))
                 results.append(result)
                 reporter.case(result)
         read_stream = uuid.uuid4()
@@ -740,9 +804,10 @@ def run_reference(opts: Options, reporter: Reporter) -> tuple[list[CaseResult], 
         for kind in READ_KINDS:
             for concurrency in [c for c in CONCURRENCIES if opts.wants(kind, READ_PAGE, c)]:
                 if kind == "read":
-                    result = ref.read_case(read_stream, concurrency, opts.duration, opts.requests)
+                    result = meter.measure(lambda: ref.read_case(read_stream, concurrency, opts.duration,
+                                                                 opts.requests))
                 else:
-                    result = ref.read_all_case(concurrency, opts.duration, opts.requests)
+                    result = meter.measure(lambda: ref.read_all_case(concurrency, opts.duration, opts.requests))
                 results.append(result)
                 reporter.case(result)
         return results, mode

@@ -86,6 +86,11 @@ class PostgresProcess(LocalProcess):
         except psycopg.OperationalError:
             return False
 
+    @property
+    def postmaster_pid(self) -> int:
+        """The server's own PID (under runuser, `pid` is runuser's), from the data dir's postmaster.pid."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def setting(self, name: str) -> str:
         import psycopg
 
