@@ -16,12 +16,13 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 import aiohttp
 import orjson
 
 from ..harness.localpostgres import PostgresProcess
-from .append import BenchError, LocalNode, event_data, percentile
+from .append import BenchError, LocalNode, event_data, percentile, process_cpu
 
 STREAMS = 8_000
 EVENTS = 30_000
@@ -78,20 +79,32 @@ class Mix:
             self.cond.notify_all()
 
 
-def _stream_names(run: str) -> list[str]:
-    return [f"mix{run}-{i}" for i in range(STREAMS)]
+@dataclass(frozen=True)
+class Scenario:
+    streams: int = STREAMS
+    events: int = EVENTS
+    duration: float = 20.0
+
+    def fill_plan(self) -> list[tuple[int, int]]:
+        """(stream index, events) of the prepopulation: the events spread over the streams as evenly as they go."""
+        per, extra = divmod(self.events, self.streams)
+        return [(i, per + (1 if i < extra else 0)) for i in range(self.streams)]
 
 
-def _fill_plan() -> list[tuple[int, int]]:
-    """(stream index, events) of the prepopulation: EVENTS spread over STREAMS as evenly as they go."""
-    per, extra = divmod(EVENTS, STREAMS)
-    return [(i, per + (1 if i < extra else 0)) for i in range(STREAMS)]
+QUICK = Scenario(streams=200, events=750, duration=0.5)  # for tests
 
 
 # -- evstore over HTTP --------------------------------------------------------------------------------
 
-async def run_evstore(url: str, duration: float, data: bytes) -> dict:
-    names = _stream_names(uuid.uuid4().hex[:6])
+def _cpu_summary(mix: Mix, server: float | None, client: float) -> dict:
+    ops = len(mix.reads.latencies) + len(mix.writes.latencies)
+    return {"serverCpuUsPerOp": round(server / ops * 1e6, 1) if server is not None and ops else None,
+            "clientCpuUsPerOp": round(client / ops * 1e6, 1) if ops else None}
+
+
+async def run_evstore(url: str, scenario: Scenario, data: bytes, server_cpu: Callable[[], float]) -> dict:
+    run = uuid.uuid4().hex[:6]
+    names = [f"mix{run}-{i}" for i in range(scenario.streams)]
     paths = [f"{url}/v1/streams/{urllib.parse.quote(n, safe='')}" for n in names]
     event = b'{"type":"MixEvent","data":' + data + b"}"
     connector = aiohttp.TCPConnector(limit=WRITERS + READERS + FILL_CONCURRENCY)
@@ -103,7 +116,7 @@ async def run_evstore(url: str, duration: float, data: bytes) -> dict:
                 if reply.status != 200:
                     raise BenchError(f"append: HTTP {reply.status} {payload[:200]!r}")
 
-        plan = iter(_fill_plan())
+        plan = iter(scenario.fill_plan())
 
         async def filler() -> None:
             for index, count in plan:
@@ -113,14 +126,14 @@ async def run_evstore(url: str, duration: float, data: bytes) -> dict:
         await asyncio.gather(*(filler() for _ in range(FILL_CONCURRENCY)))
         fill_seconds = time.perf_counter() - filled
 
-        mix = Mix(duration)
+        mix = Mix(scenario.duration)
         wake = asyncio.Event()
 
         async def reader(rng: random.Random) -> None:
             while mix.live():
                 started = time.perf_counter()
                 try:
-                    async with session.get(paths[rng.randrange(STREAMS)], params={"limit": PAGE}) as reply:
+                    async with session.get(paths[rng.randrange(scenario.streams)], params={"limit": PAGE}) as reply:
                         payload = await reply.read()
                         if reply.status != 200:
                             raise BenchError(f"read: HTTP {reply.status} {payload[:200]!r}")
@@ -143,23 +156,24 @@ async def run_evstore(url: str, duration: float, data: bytes) -> dict:
                     return
                 started = time.perf_counter()
                 try:
-                    await post(paths[rng.randrange(STREAMS)], 1)
+                    await post(paths[rng.randrange(scenario.streams)], 1)
                 except (aiohttp.ClientError, asyncio.TimeoutError, BenchError) as exc:
                     mix.done(mix.writes, started, exc)
                     continue
                 mix.done(mix.writes, started)
 
-        began = time.perf_counter()
+        began, server, client = time.perf_counter(), server_cpu(), time.process_time()
         await asyncio.gather(*(reader(random.Random(i)) for i in range(READERS)),
                              *(writer(random.Random(1000 + i)) for i in range(WRITERS)))
         seconds = time.perf_counter() - began
+        cpu = _cpu_summary(mix, server_cpu() - server, time.process_time() - client)
     return {"fillSeconds": round(fill_seconds, 2), "seconds": round(seconds, 2),
-            "read": mix.reads.summary(seconds), "write": mix.writes.summary(seconds)}
+            "read": mix.reads.summary(seconds), "write": mix.writes.summary(seconds), **cpu}
 
 
 # -- eventsourcing's PostgreSQL recorder ----------------------------------------------------------------
 
-def run_postgres(server: PostgresProcess, duration: float, data: bytes) -> dict:
+def run_postgres(server: PostgresProcess, scenario: Scenario, data: bytes) -> dict:
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
@@ -168,12 +182,12 @@ def run_postgres(server: PostgresProcess, duration: float, data: bytes) -> dict:
     try:
         recorder = PostgresApplicationRecorder(datastore)
         recorder.create_table()
-        ids = [uuid.uuid4() for _ in range(STREAMS)]
-        versions = [0] * STREAMS
+        ids = [uuid.uuid4() for _ in range(scenario.streams)]
+        versions = [0] * scenario.streams
         topic = "bench:MixEvent"
         filled = time.perf_counter()
         batch: list = []
-        for index, count in _fill_plan():
+        for index, count in scenario.fill_plan():
             for _ in range(count):
                 versions[index] += 1
                 batch.append(StoredEvent(ids[index], versions[index], topic, data))
@@ -184,14 +198,14 @@ def run_postgres(server: PostgresProcess, duration: float, data: bytes) -> dict:
             recorder.insert_events(batch)
         fill_seconds = time.perf_counter() - filled
 
-        mix = Mix(duration)
+        mix = Mix(scenario.duration)
         lock = threading.Lock()
 
         def reader(rng: random.Random) -> None:
             while mix.live():
                 started = time.perf_counter()
                 try:
-                    recorder.select_events(ids[rng.randrange(STREAMS)], limit=PAGE)
+                    recorder.select_events(ids[rng.randrange(scenario.streams)], limit=PAGE)
                 except Exception as exc:  # the library's own errors: count them, keep going
                     mix.done(mix.reads, started, exc)
                     continue
@@ -199,7 +213,7 @@ def run_postgres(server: PostgresProcess, duration: float, data: bytes) -> dict:
 
         def writer(rng: random.Random) -> None:
             while mix.wait_write_turn():
-                index = rng.randrange(STREAMS)
+                index = rng.randrange(scenario.streams)
                 with lock:  # the next version of the stream, as an aggregate would know it
                     versions[index] += 1
                     version = versions[index]
@@ -213,14 +227,18 @@ def run_postgres(server: PostgresProcess, duration: float, data: bytes) -> dict:
 
         threads = [threading.Thread(target=reader, args=(random.Random(i),)) for i in range(READERS)]
         threads += [threading.Thread(target=writer, args=(random.Random(1000 + i),)) for i in range(WRITERS)]
-        began = time.perf_counter()
+        def server_cpu() -> float:
+            return process_cpu(server.postmaster_pid, children=True)
+
+        began, server_before, client = time.perf_counter(), server_cpu(), time.process_time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         seconds = time.perf_counter() - began
+        cpu = _cpu_summary(mix, server_cpu() - server_before, time.process_time() - client)
         return {"fillSeconds": round(fill_seconds, 2), "seconds": round(seconds, 2),
-                "read": mix.reads.summary(seconds), "write": mix.writes.summary(seconds)}
+                "read": mix.reads.summary(seconds), "write": mix.writes.summary(seconds), **cpu}
     finally:
         datastore.close()
 
@@ -231,23 +249,30 @@ def _line(system: str, op: str, s: dict) -> str:
             f"p99 {s['p99Ms']:7.2f} ms  p99.9 {s['p99.9Ms']:7.2f} ms{errors}")
 
 
+def _cpu_line(system: str, r: dict) -> str:
+    return (f"  {system:<13} cpu per operation: server {r['serverCpuUsPerOp']} us, load generator "
+            f"{r['clientCpuUsPerOp']} us")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/mixed.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of the mixed phase (default 20)")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip eventsourcing's PostgreSQL recorder")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (for tests): 200 streams, 750 events, 0.5 s")
     parser.add_argument("--node-arg", action="append", default=[], dest="node_args")
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    scenario = QUICK if ns.quick else Scenario(duration=ns.duration)
     data = event_data(EVENT_SIZE)
     out = sys.stderr if ns.json else sys.stdout
-    report: dict = {"settings": {"streams": STREAMS, "events": EVENTS, "writers": WRITERS, "readers": READERS,
-                                 "page": PAGE, "eventSize": EVENT_SIZE, "readShare": READ_SHARE,
-                                 "duration": ns.duration}}
+    report: dict = {"settings": {"streams": scenario.streams, "events": scenario.events, "writers": WRITERS,
+                                 "readers": READERS, "page": PAGE, "eventSize": EVENT_SIZE, "readShare": READ_SHARE,
+                                 "duration": scenario.duration}}
     node = LocalNode(ns.node_args)
     try:
         node.start()
-        report["evstore"] = asyncio.run(run_evstore(node.url, ns.duration, data))
+        report["evstore"] = asyncio.run(run_evstore(node.url, scenario, data, lambda: process_cpu(node.pid)))
     except BenchError as exc:
         print(f"bench/mixed.py: {exc}", file=sys.stderr)
         return 1
@@ -255,13 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         node.stop()
     for op in ("read", "write"):
         print(_line("evstore", op, report["evstore"][op]), file=out)
+    print(_cpu_line("evstore", report["evstore"]), file=out)
     if ns.reference:
         with PostgresProcess() as server:
             report["reference"] = " ".join(f"{n}={server.setting(n)}" for n in
                                            ("server_version", "fsync", "synchronous_commit"))
-            report["eventsourcing"] = run_postgres(server, ns.duration, data)
+            report["eventsourcing"] = run_postgres(server, scenario, data)
         for op in ("read", "write"):
             print(_line("eventsourcing", op, report["eventsourcing"][op]), file=out)
+        print(_cpu_line("eventsourcing", report["eventsourcing"]), file=out)
         print(f"  reference: postgres {report['reference']}", file=out)
     if ns.json:
         print(json.dumps(report, indent=2))

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from .localnode import free_port
@@ -56,9 +57,11 @@ class PostgresProcess(LocalProcess):
     def start(self, wait: bool = True) -> "PostgresProcess":
         if self._as_postgres:
             shutil.chown(self.temp_dir, "postgres")
-        subprocess.run(self._run_as([str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", self.user,
-                                     "--auth=trust", "-E", "UTF8", "--no-instructions"]),
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        made = subprocess.run(self._run_as([str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+                                            "--auth=trust", "-E", "UTF8", "--no-instructions"]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+        if made.returncode != 0:  # e.g. user postgres may not enter a private temp dir (TMPDIR)
+            raise RuntimeError(f"initdb in {self.data_dir} failed: {made.stderr.strip()[-2000:]}")
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -98,11 +101,19 @@ class PostgresProcess(LocalProcess):
             return conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT), SIGKILL if it does not exit in time; then remove its directory."""
+        """Fast shutdown (SIGINT to the postmaster itself: runuser does not pass it on), SIGKILL if it does
+        not exit in time; then remove its directory."""
         try:
             if self.running():
-                self.signal(signal.SIGINT)
-                self.wait_exit(30.0)
+                try:
+                    postmaster = self.postmaster_pid
+                except (OSError, ValueError, IndexError):
+                    postmaster = self.proc.pid
+                os.kill(postmaster, signal.SIGINT)
+                if not _gone(postmaster, 30.0):
+                    os.kill(postmaster, signal.SIGKILL)
+                    _gone(postmaster, 10.0)
+                self.wait_exit(10.0)
         finally:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -116,3 +127,14 @@ class PostgresProcess(LocalProcess):
     def __exit__(self, *exc) -> None:
         self.stop()
 
+
+def _gone(pid: int, timeout: float) -> bool:
+    """Whether process `pid` has exited within `timeout` seconds (it is not our child under runuser)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)  # polling a process that is not our child: there is nothing to wait on
+    return False
