@@ -13,7 +13,8 @@ WORKERS = 24
 BATCH = 3
 
 
-async def _load(node, kill_after_acks: int | None, sig: int = signal.SIGKILL, prefix: str = "load"):
+async def _load(node, kill_after_acks: int | None, sig: int = signal.SIGKILL, prefix: str = "load", *,
+                workers: int = WORKERS, batch: int = BATCH):
     """Workers append batches with expected versions to their own streams until the node dies."""
     acked: dict[str, list[tuple[int, str]]] = {}
     attempted: dict[str, list[list[str]]] = {}
@@ -26,7 +27,7 @@ async def _load(node, kill_after_acks: int | None, sig: int = signal.SIGKILL, pr
         acked[stream], attempted[stream] = [], []
         version = 0
         while not killed.is_set():
-            ids = [str(uuid.uuid4()) for _ in range(BATCH)]
+            ids = [str(uuid.uuid4()) for _ in range(batch)]
             attempted[stream].append(ids)
             body = {"expectedVersion": version, "events": [{"id": i, "type": "Loaded", "data": {"w": n}}
                                                             for i in ids]}
@@ -38,7 +39,7 @@ async def _load(node, kill_after_acks: int | None, sig: int = signal.SIGKILL, pr
                 return
             assert reply["fromVersion"] == version + 1
             version = reply["version"]
-            acked[stream].extend((reply["fromVersion"] + k, ids[k]) for k in range(BATCH))
+            acked[stream].extend((reply["fromVersion"] + k, ids[k]) for k in range(batch))
             total += 1
             if kill_after_acks is not None and total >= kill_after_acks and not killed.is_set():
                 killed.set()
@@ -46,7 +47,7 @@ async def _load(node, kill_after_acks: int | None, sig: int = signal.SIGKILL, pr
 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.wait_for(asyncio.gather(*(worker(n, session) for n in range(WORKERS))), 60)
+        await asyncio.wait_for(asyncio.gather(*(worker(n, session) for n in range(workers))), 60)
     return acked, attempted
 
 
@@ -92,6 +93,20 @@ async def test_sigkill_under_concurrent_load_loses_no_acknowledged_event(node):
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{node.url}/v1/streams/after-restart", json={"events": [{"type": "X"}]}) as resp:
             assert (await resp.json())["position"] == len(events) + 1
+
+
+@pytest.mark.timeout(180)
+async def test_sigkill_during_lone_single_event_appends_loses_no_acknowledged_event(node):
+    """The path of the single-event benchmark at concurrency 1 (durability sync): one client, one event per
+    request, each acknowledged only once its group commit is synced."""
+    acked, attempted = await _load(node, kill_after_acks=300, prefix="lone", workers=1, batch=1)
+    node.wait_exit()
+    assert node.proc.returncode == -signal.SIGKILL
+    assert len(acked["lone-0"]) >= 300
+    node.start()
+    events = await _read_everything(node.url)
+    _check(acked, attempted, events)
+    assert [e["version"] for e in events] == list(range(1, len(events) + 1))
 
 
 @pytest.mark.timeout(180)
