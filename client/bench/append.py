@@ -582,6 +582,7 @@ class Options:
     node_args: list[str]
     cases: frozenset[str] | None = None
     reference_kind: str = "postgres"
+    node_pid: int | None = None
 
     def wants(self, kind: str, batch: int, concurrency: int) -> bool:
         return self.cases is None or f"{kind}_b{batch}_c{concurrency}" in self.cases
@@ -590,6 +591,7 @@ class Options:
 def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(prog="evstore bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="benchmark a running node at this http://127.0.0.1 URL instead of starting one")
+    parser.add_argument("--node-pid", type=int, help="with --url: that node's PID, for its CPU time per event")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per case (default 5)")
     parser.add_argument("--requests", type=int, default=1_000_000, help="at most this many requests per case")
     parser.add_argument("--events-size", type=int, default=100, dest="event_size",
@@ -628,7 +630,7 @@ def parse_args(argv: list[str]) -> Options:
     if ns.duration <= 0 or ns.requests <= 0 or ns.event_size < 0 or ns.read_events < 1:
         parser.error("--duration, --requests and --read-events must be positive, --events-size not negative")
     return Options(ns.url, ns.duration, ns.requests, ns.event_size, ns.read_events, ns.rss, ns.rss_events,
-                   ns.reference, ns.json, ns.node_args, cases, ns.reference_kind)
+                   ns.reference, ns.json, ns.node_args, cases, ns.reference_kind, ns.node_pid)
 
 
 class Reporter:
@@ -849,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
             url, pid = node.url, node.pid
             reporter.say(f"node pid {pid} on {url}, data in {node.temp_dir}")
         else:
-            url, pid = opts.url, None
+            url, pid = opts.url, opts.node_pid
         reporter.say(f"evstore (duration {opts.duration}s per case, event data {opts.event_size} bytes, "
                      f"{os.cpu_count()} cpus):")
         evstore_results, extra = asyncio.run(run_evstore(opts, url, pid, reporter))
