@@ -1,4 +1,4 @@
-"""Append/read benchmark of evstore against eventsourcing's SQLite recorder: `python bench/append.py --help`."""
+"""Append/read benchmark of evstore against eventsourcing's PostgreSQL recorder (or its SQLite one): `python bench/append.py --help`."""
 import sys
 
 from evstore.client.bench.append import main
