@@ -16,7 +16,6 @@ import sqlite3
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -548,7 +547,8 @@ class Storage:
         self._scavenged = False  # scavenged_ids has rows: appends with given ids look there too
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._readers: list[threading.Thread] = []
+        self._read_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
@@ -591,7 +591,10 @@ class Storage:
         self._closed = False
         self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
         self._writer.start()
-        self._readers = ThreadPoolExecutor(self.reader_threads, thread_name_prefix="evstore-reader")
+        self._readers = [threading.Thread(target=self._reader_loop, name=f"evstore-reader-{i}", daemon=True)
+                         for i in range(self.reader_threads)]
+        for reader in self._readers:
+            reader.start()
         if self.durability == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="evstore-syncer", daemon=True)
             self._syncer.start()
@@ -613,8 +616,11 @@ class Storage:
         if self._syncer is not None:
             self._dirty.set()
             self._syncer.join()
-        if self._readers is not None:
-            self._readers.shutdown(wait=True)
+        for _reader in self._readers:
+            self._read_queue.put(_STOP)
+        for reader in self._readers:
+            reader.join()  # each finishes the reads queued before its stop
+        self._readers = []
         with self._reader_lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -799,10 +805,29 @@ class Storage:
 
     async def read(self, fn: ReadOp, *args) -> Any:
         """Run fn(conn, *args) on a reader thread in one read transaction (a consistent snapshot)."""
-        if self._closed or self._readers is None:
+        if self._closed or not self._readers:
             raise Unavailable("the node is shutting down")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn, args)
+        future = loop.create_future()
+        self._read_queue.put((fn, args, future, loop))
+        return await future
+
+    def _reader_loop(self) -> None:
+        """Reads from one queue, each result handed back with one call_soon_threadsafe: a ThreadPoolExecutor hop
+        (a concurrent and an asyncio future chained by callbacks) cost a 4-event read more than the read itself."""
+        while True:
+            item = self._read_queue.get()
+            if item is _STOP:
+                return
+            fn, args, future, loop = item
+            try:
+                settled = [(future, self._run_read(fn, args), None)]
+            except BaseException as exc:  # the caller's to handle, as it would be from an executor
+                settled = [(future, None, exc)]
+            try:
+                loop.call_soon_threadsafe(_settle_all, settled)
+            except RuntimeError:  # the caller's loop is closed: nobody waits for this read
+                pass
 
 
 def checkpoint(conn: sqlite3.Connection, stopping: threading.Event | None = None) -> bool:
