@@ -16,6 +16,7 @@ import sqlite3
 import struct
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -549,6 +550,7 @@ class Storage:
         self._writer: threading.Thread | None = None
         self._readers: list[threading.Thread] = []
         self._read_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._read_lock = threading.Lock()  # no read is queued behind the readers' stops
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
@@ -616,11 +618,12 @@ class Storage:
         if self._syncer is not None:
             self._dirty.set()
             self._syncer.join()
-        for _reader in self._readers:
+        with self._read_lock:
+            readers, self._readers = self._readers, []
+        for _reader in readers:
             self._read_queue.put(_STOP)
-        for reader in self._readers:
+        for reader in readers:
             reader.join()  # each finishes the reads queued before its stop
-        self._readers = []
         with self._reader_lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -805,11 +808,12 @@ class Storage:
 
     async def read(self, fn: ReadOp, *args) -> Any:
         """Run fn(conn, *args) on a reader thread in one read transaction (a consistent snapshot)."""
-        if self._closed or not self._readers:
-            raise Unavailable("the node is shutting down")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._read_queue.put((fn, args, future, loop))
+        with self._read_lock:
+            if self._closed or not self._readers:
+                raise Unavailable("the node is shutting down")
+            self._read_queue.put((fn, args, future, loop))
         return await future
 
     def _reader_loop(self) -> None:
@@ -823,11 +827,15 @@ class Storage:
             try:
                 settled = [(future, self._run_read(fn, args), None)]
             except BaseException as exc:  # the caller's to handle, as it would be from an executor
+                # the frames' locals go (their lines stay): a cursor kept alive by the traceback would hold its
+                # statement open, pinning a WAL snapshot that checkpoints then wait for
+                traceback.clear_frames(exc.__traceback__)
                 settled = [(future, None, exc)]
             try:
                 loop.call_soon_threadsafe(_settle_all, settled)
             except RuntimeError:  # the caller's loop is closed: nobody waits for this read
                 pass
+            del item, fn, args, future, settled  # nothing of this read outlives it while the thread waits
 
 
 def checkpoint(conn: sqlite3.Connection, stopping: threading.Event | None = None) -> bool:

@@ -107,3 +107,21 @@ async def test_a_corrupted_record_is_refused_by_rendered_reads(filled, read):
             await filled.read_all(None, 100, False, AllFilter(), rendered=True)
         else:
             await filled.read_all(None, 100, False, AllFilter(types=[TYPES[2]]), rendered=True)
+
+
+async def test_reads_racing_a_close_are_answered_or_refused_never_left_waiting(tmp_path):
+    import asyncio
+
+    from evstore.node.errors import Unavailable
+    from evstore.node.log import Log
+    from evstore.node.storage import Storage
+
+    log = Log(Storage(tmp_path / "data"))
+    await log.open()
+    await log.append("s", "any", [_event(0)])
+    reads = [asyncio.ensure_future(log.read_stream("s", None, 10, False, rendered=True)) for _ in range(200)]
+    closing = asyncio.ensure_future(log.close())
+    reads += [asyncio.ensure_future(log.read_stream("s", None, 10, False)) for _ in range(50)]
+    done = await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), 20)
+    await asyncio.wait_for(closing, 20)
+    assert all(isinstance(r, Unavailable) or len(r.records) == 1 for r in done), done
