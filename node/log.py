@@ -148,7 +148,7 @@ def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersio
         ok = row.version == expected
     if not ok:
         raise WrongExpectedVersion(f"stream {stream!r} is at version {row.version}, expected {expected}",
-                                   expectedVersion=expected, currentVersion=row.version)
+                                   stream=stream, expectedVersion=expected, currentVersion=row.version)
 
 
 def _stream_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow | None:
@@ -344,7 +344,7 @@ class Log:
                 try:
                     check_expected_version(entry.stream, row, entry.expected, vis.deleted)
                 except WrongExpectedVersion as exc:
-                    failures.append({"stream": entry.stream, **exc.details})
+                    failures.append(exc.details)
                 rows.append(row)
             if failures:
                 first = failures[0]

@@ -135,3 +135,22 @@ async def test_ten_thousand_events_across_streams_in_one_request(http):
     status, reply = await call(http, "POST", "/v1/streams", json=body)
     assert status == 200
     assert reply["results"][-1]["position"] - reply["results"][0]["position"] == 100 * 100 - 100
+
+
+async def test_the_async_and_sync_clients_append_to_several_streams(url):
+    from evstore.client import AsyncEvstoreClient, EvstoreClient, NewEvent, StreamAppend, WrongExpectedVersion
+
+    a, b = name("ca"), name("cb")
+    async with AsyncEvstoreClient(url, timeout=10) as client:
+        appends = [StreamAppend(a, [NewEvent("A", {"x": 1})], "no_stream"),
+                   {"stream": b, "events": [{"type": "B"}], "expectedVersion": "no_stream"}]
+        reply = await client.append_many(appends)
+        assert [r["stream"] for r in reply["results"]] == [a, b] and reply["position"] == reply["results"][1]["position"]
+        with pytest.raises(WrongExpectedVersion) as caught:
+            await client.append_many([StreamAppend(a, [NewEvent("A")], 0), StreamAppend(b, [NewEvent("B")], 7)])
+        assert [(f["stream"], f["currentVersion"]) for f in caught.value.failures] == [(a, 1), (b, 1)]
+    with EvstoreClient(url, timeout=10) as client:
+        reply = client.append_many([StreamAppend(a, [NewEvent("A")], 1), StreamAppend(b, [NewEvent("B")], 1)])
+        assert [r["version"] for r in reply["results"]] == [2, 2]
+        with pytest.raises(TypeError):
+            client.append_many(StreamAppend(a, [NewEvent("A")]))
