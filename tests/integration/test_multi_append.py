@@ -98,8 +98,6 @@ async def test_the_same_request_again_returns_the_original_reply(http):
     ({"appends": []}, 400, "invalid_request", "appends"),
     ({"appends": [{"stream": "x", "events": []}]}, 400, "invalid_request", "appends[0].events"),
     ({"appends": [{"events": [{"type": "A"}]}]}, 400, "invalid_request", "appends[0].stream"),
-    ({"appends": [{"stream": "x", "events": [{"type": "A"}]}, {"stream": "x", "events": [{"type": "A"}]}]},
-     400, "invalid_request", "appends[1].stream"),
     ({"appends": [{"stream": "ok", "events": [{"type": "A"}]}, {"stream": "$x", "events": [{"type": "A"}]}]},
      400, "reserved_stream", "appends[1].stream"),
     ({"appends": [{"stream": "x", "expectedVersion": -1, "events": [{"type": "A"}]}]},
@@ -121,6 +119,15 @@ async def test_bad_requests_are_4xx_and_write_nothing(http, body, status, code, 
     got, reply = await call(http, "POST", "/v1/streams", json=body)
     assert (got, reply["error"], reply.get("field")) == (status, code, field), reply
     assert await head(http) == before
+
+
+async def test_a_stream_named_twice_gets_its_entries_in_order(http):
+    a = name("twice")
+    status, reply = await call(http, "POST", "/v1/streams", json={"appends": [
+        {"stream": a, "expectedVersion": "no_stream", "events": [event()]},
+        {"stream": a, "expectedVersion": 1, "events": [event(), event()]}]})
+    assert status == 200, reply
+    assert [(r["fromVersion"], r["version"]) for r in reply["results"]] == [(1, 1), (2, 3)]
 
 
 async def test_a_body_that_is_not_json_is_a_400(http):
