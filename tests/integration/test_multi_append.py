@@ -161,3 +161,24 @@ async def test_the_async_and_sync_clients_append_to_several_streams(url):
         assert [r["version"] for r in reply["results"]] == [2, 2]
         with pytest.raises(TypeError):
             client.append_many(StreamAppend(a, [NewEvent("A")]))
+
+
+def test_the_cli_appends_to_several_streams(url, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from evstore.client.cli import cli
+
+    a, b = name("clia"), name("clib")
+    path = tmp_path / "appends.json"
+    path.write_text(json.dumps({"appends": [{"stream": a, "expectedVersion": "no_stream", "events": [{"type": "A"}]},
+                                            {"stream": b, "events": [{"type": "B"}, {"type": "B"}]}]}))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--url", url, "append-many", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith(f"appended to {a}: version 1")
+    assert f"appended to {b}: versions 1..2" in result.output
+    again = runner.invoke(cli, ["--url", url, "append-many", "--file", "-", "--json"],
+                          input=json.dumps([{"stream": a, "expectedVersion": 0, "events": [{"type": "A"}]}]))
+    assert again.exit_code == 1 and "wrong_expected_version" in again.output

@@ -177,3 +177,34 @@ async def test_the_async_and_sync_clients(url):
         client.delete_snapshot(source)
         with pytest.raises(SnapshotNotFound):
             client.read_snapshot(source)
+
+
+def test_the_cli_puts_gets_lists_and_deletes_snapshots(url, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from evstore.client.cli import cli
+
+    runner = CliRunner()
+
+    def run(*args: str, input: str | bytes | None = None):
+        result = runner.invoke(cli, ["--url", url, *args], input=input)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    source = name("cli")
+    assert "version 3" in run("snapshot", "put", source, "--version", "3", "--type", "S", "--data", '{"a": 1}',
+                              "--metadata", '{"m": true}')
+    (tmp_path / "state.bin").write_bytes(b"\x00\x01bin")
+    run("snapshot", "put", source, "--version", "5", "--type", "S", "--data-file", str(tmp_path / "state.bin"),
+        "--keep", "10")
+    assert json.loads(run("snapshot", "get", source, "--json"))["dataBase64"] == "AAFiaW4="
+    assert json.loads(run("snapshot", "get", source, "--max-version", "4", "--json"))["data"] == {"a": 1}
+    assert "version:" in run("snapshot", "get", source)
+    table = run("snapshot", "get", source, "--all")
+    assert table.splitlines()[0].split()[:2] == ["VERSION", "TYPE"] and len(table.splitlines()) == 3
+    assert source in run("snapshot", "list", "--prefix", source)
+    assert "deleted" in run("snapshot", "delete", source)
+    missing = runner.invoke(cli, ["--url", url, "snapshot", "get", source])
+    assert missing.exit_code == 1 and "snapshot_not_found" in missing.output
