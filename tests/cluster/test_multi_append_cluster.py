@@ -198,3 +198,28 @@ async def test_leader_failover_under_multi_stream_appends_is_all_or_nothing(clus
     assert groups_ok == load.acknowledged > 0
     print(f"{len(history.groups)} multi-stream appends: {groups_ok} acknowledged; {report.summary().splitlines()[0]}; "
           f"errors seen: {load.errors}")
+
+
+async def test_snapshots_replicate_and_every_node_trims_them_alike(cluster):
+    leader, _ = cluster.wait_leader(LEADER_WAIT)
+    follower = next(i for i in range(cluster.size) if i != leader)
+    source = f"snap-{uuid.uuid4().hex[:6]}"
+    async with AsyncEvstoreClient(cluster.node(follower).url, timeout=20) as client:
+        for version in range(1, 6):
+            saved = await client.save_snapshot(source, version=version, type="S", data=b"\x00%d" % version, keep=2)
+        assert (await client.read_snapshot(source))["position"] == saved["position"]  # read-your-writes
+    for url in cluster.urls:
+        async with AsyncEvstoreClient(url, timeout=20) as client:
+            async def trimmed() -> bool:
+                page = await client.read_all(stream_prefix=f"$snapshot-{source}", limit=100)
+                return len(page["events"]) == 2
+
+            page = await client.read_snapshots(source)
+            assert [s["version"] for s in page["snapshots"]] == [4, 5], url
+            assert (await client.read_snapshot(source, max_version=4))["dataBase64"] == "ADQ="
+            for _ in range(200):  # the trim runs about once a second on each node: bounded polling
+                if await trimmed():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the snapshots of {source} were not trimmed on {url}")
