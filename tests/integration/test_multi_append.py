@@ -182,3 +182,14 @@ def test_the_cli_appends_to_several_streams(url, tmp_path):
     again = runner.invoke(cli, ["--url", url, "append-many", "--file", "-", "--json"],
                           input=json.dumps([{"stream": a, "expectedVersion": 0, "events": [{"type": "A"}]}]))
     assert again.exit_code == 1 and "wrong_expected_version" in again.output
+
+
+async def test_the_body_limit_applies_and_a_too_large_request_writes_nothing(node_factory):
+    small = node_factory("small", args=("--max-body-bytes", "2048"))
+    async with aiohttp.ClientSession(base_url=small.url) as http:
+        big = {"appends": [{"stream": f"s{i}", "events": [{"type": "A", "data": "x" * 100}]} for i in range(20)]}
+        status, reply = await call(http, "POST", "/v1/streams", json=big)
+        assert (status, reply["error"], reply["maxBytes"]) == (413, "too_large", 2048)
+        status, info = await call(http, "GET", "/v1/info")
+        assert {"multi-stream-append", "snapshots"} <= set(info["features"])
+        assert (await head(http)) == 0
