@@ -15,6 +15,7 @@ DURABILITY_MODES = ("sync", "interval")
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+_SECRET_SETTINGS = frozenset({"cluster_secret"})
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
 
@@ -125,6 +126,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         return raw[attr][0].strip() if attr in raw else None
 
     def fail(attr: str, what: str) -> ConfigError:
+        if attr in _SECRET_SETTINGS:  # never echo a secret, not even a wrong one
+            return ConfigError(f"{raw[attr][1]}: {what}")
         return ConfigError(f"{raw[attr][1]}={raw[attr][0]!r}: {what}")
 
     def integer(attr: str, low: int, high: int) -> int | None:
