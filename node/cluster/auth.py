@@ -202,8 +202,10 @@ class LeaderRecords:
         return hmac.new(self._key.encode(), _fields(self._store_id, *values).encode(), hashlib.sha256).hexdigest()
 
     def claim(self, node: str, url: str, lease: int) -> bytes:
-        return json.dumps({"node": node, "url": url, "lease": lease,
-                           "claim": self._sign(_CLAIM_LABEL, node, url, lease)}).encode()
+        """A fresh claim (its nonce tells this campaign's claim from a copy of an earlier one)."""
+        nonce = secrets.token_hex(8)
+        return json.dumps({"node": node, "url": url, "lease": lease, "nonce": nonce,
+                           "claim": self._sign(_CLAIM_LABEL, node, url, lease, nonce)}).encode()
 
     def seal(self, node: str, url: str, lease: int, epoch: int) -> bytes:
         return json.dumps({"node": node, "url": url, "lease": lease, "epoch": epoch,
@@ -228,8 +230,8 @@ class LeaderRecords:
                 return LeaderRecord("forged", node, url, "bad signature")
             return LeaderRecord("sealed", node, url)
         if "claim" in data:
-            if signed_lease != lease or not isinstance(signed_lease, int) or \
-                    not _equal(self._sign(_CLAIM_LABEL, node, url, signed_lease), data["claim"]):
+            if signed_lease != lease or not isinstance(signed_lease, int) or not _equal(
+                    self._sign(_CLAIM_LABEL, node, url, signed_lease, data.get("nonce")), data["claim"]):
                 return LeaderRecord("forged", node, url, "bad claim signature")
             return LeaderRecord("claimed", node, url)
         if self.accept_legacy and lease and set(data) == {"node", "url"}:

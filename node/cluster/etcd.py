@@ -447,8 +447,8 @@ class EtcdCoordinator:
 
     async def campaign(self, me: MemberInfo) -> LeaderInfo | None:
         """Claim the key if absent, then seal the claim with the epoch it got (see auth.LeaderRecords). A
-        forged record in the way is removed first (only that version of it), so that it cannot block
-        elections for good."""
+        forged record in the way, or an old claim of this node's that no campaign will seal, is removed
+        first (only that version of the key), so that neither can block elections for good."""
         lease_id = self._require_lease()
         key = self._key("leader")
         claim = self._records.claim(me.node, me.url, lease_id)
@@ -469,9 +469,12 @@ class EtcdCoordinator:
             if not held:
                 return None  # deleted right after our transaction: the next round decides
             kv = held[0][1]
-            if won or kv.lease == lease_id:  # ours (when not won: an earlier answer was lost)
+            # not won, yet our own fresh claim, untouched since it was created: an earlier answer was lost
+            if won or (kv.value == claim and kv.mod_revision == kv.create_revision):
                 break
-            if self._record_of(kv).kind != "forged" or not await self._remove_forged(kv):
+            record = self._record_of(kv)
+            stale_own_claim = record.kind == "claimed" and record.node == me.node
+            if not (record.kind == "forged" or stale_own_claim) or not await self._remove(kv, record.kind):
                 return None
         else:
             return None
@@ -481,8 +484,6 @@ class EtcdCoordinator:
 
     async def _seal(self, me: MemberInfo, kv, lease_id: int) -> LeaderInfo | None:
         key, epoch = self._key("leader"), kv.create_revision
-        if self._record_of(kv).kind == "sealed":  # sealed already (an answer was lost)
-            return LeaderInfo(node=me.node, url=me.url, epoch=epoch)
         sealed = self._records.seal(me.node, me.url, lease_id, epoch)
 
         def txn(c: aetcd.Client):
@@ -500,7 +501,7 @@ class EtcdCoordinator:
             return None
         return LeaderInfo(node=me.node, url=me.url, epoch=epoch)
 
-    async def _remove_forged(self, kv) -> bool:
+    async def _remove(self, kv, kind: str) -> bool:
         key = self._key("leader")
 
         def txn(c: aetcd.Client):
@@ -508,7 +509,7 @@ class EtcdCoordinator:
             return c.transaction(compare=[t.mod(key) == kv.mod_revision], success=[t.delete(key)], failure=[])
         deleted, _ = await self._conn.call(txn)
         if deleted:
-            log.warning("removed the forged leader record of revision %d", kv.mod_revision)
+            log.warning("removed the %s leader record of revision %d", kind, kv.mod_revision)
         return deleted
 
     async def resign(self, epoch: int) -> bool:

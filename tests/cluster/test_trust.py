@@ -24,7 +24,9 @@ from evstore.client.harness.checker import History, check_cluster
 from evstore.client.harness.localcluster import LocalCluster
 from evstore.client.harness.localnode import free_port
 from evstore.client.harness.workload import Workload
-from evstore.node.cluster.auth import PEER_TOKEN_HEADER, PeerAuth, peer_token
+from evstore.node.cluster.auth import PEER_TOKEN_HEADER, LeaderRecords, PeerAuth, peer_token
+from evstore.node.cluster.coordinator import MemberInfo
+from evstore.node.cluster.etcd import EtcdCoordinator
 
 LEASE_TTL = 3
 LEADER_WAIT = 30.0
@@ -205,3 +207,48 @@ async def test_internal_routes_take_only_fresh_signed_requests_and_sign_their_re
     assert metric(node_url, "evstore_peer_auth_rejected_total") >= 7
     digest = hashlib.sha256(body).hexdigest()
     assert digest not in cluster.node(leader).log()
+
+
+# -- the coordinator's reading of the leader key, against a real etcd ------------------------------------
+
+COORDINATOR_SECRET = "coordinator-trust-secret"
+
+
+def coordinator_of(etcd, store: str, rejected: list[str]) -> EtcdCoordinator:
+    return EtcdCoordinator((etcd.client_url,), store, lease_ttl=2, on_rejected_leader=rejected.append,
+                           leader_records=LeaderRecords(COORDINATOR_SECRET, store))
+
+
+async def test_coordinator_ignores_counts_and_removes_forged_and_copied_records(etcd):
+    store = f"t-{uuid.uuid4().hex[:8]}"
+    key = f"/evstore/{store}/leader".encode()
+    rejected: list[str] = []
+    a, b = coordinator_of(etcd, store, rejected), coordinator_of(etcd, store, rejected)
+    me_a, me_b = MemberInfo("a", "http://127.0.0.1:1"), MemberInfo("b", "http://127.0.0.1:2")
+    host, port = "127.0.0.1", etcd.client_port
+    try:
+        for c, me in ((a, me_a), (b, me_b)):
+            await c.start(me)
+            await asyncio.wait_for(c.wait_registered(), 15)
+        async with aetcd.Client(host=host, port=port) as raw:
+            await raw.put(key, orjson.dumps({"node": "intruder", "url": "http://127.0.0.1:9"}))
+            assert await a.leader() is None and rejected == ["unsigned"]
+            won = await a.campaign(me_a)  # the forged record is removed, then a real election
+            assert won is not None and won.node == "a" and await b.leader() == won
+            sealed = (await raw.get(key)).value
+            # the genuine sealed record, copied to a new version of the key (same lease even): refused
+            await raw.delete(key)
+            await raw.put(key, sealed, lease=orjson.loads(sealed)["lease"])
+            assert await b.leader() is None and "signed for another epoch" in rejected
+            await raw.delete(key)
+            # a copy of a's old claim, attached to a's live lease: a removes it and wins a fresh epoch
+            claim = orjson.loads(sealed)
+            stale = LeaderRecords(COORDINATOR_SECRET, store).claim("a", me_a.url, claim["lease"])
+            await raw.put(key, stale, lease=claim["lease"])
+            assert await b.leader() is None and await b.campaign(me_b) is None  # b must not remove a live claim
+            again = await a.campaign(me_a)
+            assert again is not None and again.epoch > won.epoch and await b.leader() == again
+    finally:
+        await a.close()
+        await b.close()
+
