@@ -34,8 +34,10 @@ PEER_TIME_HEADER = "X-Evstore-Peer-Time"
 PEER_NONCE_HEADER = "X-Evstore-Peer-Nonce"
 PEER_SIGNATURE_HEADER = "X-Evstore-Peer-Signature"
 REPLY_SIGNATURE_HEADER = "X-Evstore-Reply-Signature"
-MAX_CLOCK_SKEW = 30.0  # seconds a signed request may be older or newer than the receiver's clock
-NONCE_CACHE_LIMIT = 200_000  # nonces remembered at most (each for 2 * MAX_CLOCK_SKEW); beyond, requests wait
+MAX_CLOCK_SKEW = 15.0  # seconds a signed request may be older or newer than the receiver's clock
+# nonces remembered at most, each until its request is too old anyway (at most 2 * MAX_CLOCK_SKEW): a few
+# thousand fetches a second fit; beyond, requests are refused (and counted) rather than memory grow unbounded
+NONCE_CACHE_LIMIT = 200_000
 
 _PEER_TOKEN_LABEL = "evstore-peer-token-v1\n"
 _ANNOUNCEMENT_LABEL = "evstore-announcement-v1\n"
@@ -78,23 +80,24 @@ class SignedRequest:
 
 
 class NonceCache:
-    """Nonces seen in the last 2 * MAX_CLOCK_SKEW seconds (older signatures are refused by their time)."""
+    """The nonces of accepted requests, each kept until its request would be refused for its age anyway."""
 
     def __init__(self, limit: int = NONCE_CACHE_LIMIT) -> None:
         self._limit = limit
         self._seen: set[str] = set()
-        self._order: collections.deque[tuple[float, str]] = collections.deque()
+        self._order: collections.deque[tuple[float, str]] = collections.deque()  # (expiry, nonce), about sorted
 
-    def add(self, nonce: str, now: float) -> bool:
-        """True when `nonce` is new (and remembers it); False for a replay or when the cache is full."""
-        horizon = now - 2 * MAX_CLOCK_SKEW
-        while self._order and self._order[0][0] < horizon:
+    def add(self, nonce: str, expires: float, now: float) -> str | None:
+        """None when `nonce` is new (and remembers it until `expires`), else why not."""
+        while self._order and self._order[0][0] < now:
             self._seen.discard(self._order.popleft()[1])
-        if nonce in self._seen or len(self._seen) >= self._limit:
-            return False
+        if nonce in self._seen:
+            return "replayed"
+        if len(self._seen) >= self._limit:
+            return "nonce_cache_full"
         self._seen.add(nonce)
-        self._order.append((now, nonce))
-        return True
+        self._order.append((expires, nonce))
+        return None
 
 
 def body_digest(body: bytes) -> str:
@@ -160,9 +163,7 @@ class PeerAuth:
             return "bad_signature"
         if abs(now - sent) > MAX_CLOCK_SKEW:
             return "clock_skew"
-        if not self._nonces.add(nonce, now):
-            return "replayed"
-        return None
+        return self._nonces.add(nonce, sent + MAX_CLOCK_SKEW, now)
 
     def nonce_of(self, headers: Mapping[str, str]) -> str:
         return headers.get(PEER_NONCE_HEADER, "")

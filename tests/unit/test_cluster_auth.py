@@ -101,11 +101,11 @@ def test_a_reply_is_bound_to_its_request():
     assert not auth.verify_reply(signed, 200, headers, b"records")
 
 
-def test_nonce_cache_forgets_after_the_window_and_is_bounded():
+def test_nonce_cache_forgets_expired_nonces_and_is_bounded():
     cache = NonceCache(limit=2)
-    assert cache.add("a", 0.0) and not cache.add("a", 1.0)
-    assert cache.add("b", 1.0) and not cache.add("c", 1.0)  # full
-    assert cache.add("c", 2 * MAX_CLOCK_SKEW + 0.5)  # "a" expired
+    assert cache.add("a", 10.0, 0.0) is None and cache.add("a", 10.0, 1.0) == "replayed"
+    assert cache.add("b", 20.0, 1.0) is None and cache.add("c", 20.0, 1.0) == "nonce_cache_full"
+    assert cache.add("c", 30.0, 10.5) is None  # "a" expired
 
 
 def test_leader_records_bind_epoch_and_lease():
