@@ -473,6 +473,8 @@ class EtcdCoordinator:
             if won or (kv.value == claim and kv.mod_revision == kv.create_revision):
                 break
             record = self._record_of(kv)
+            if record.kind == "sealed" and record.node == me.node and kv.lease == lease_id:
+                return LeaderInfo(node=me.node, url=record.url, epoch=kv.create_revision)  # ours already
             stale_own_claim = record.kind == "claimed" and record.node == me.node
             if not (record.kind == "forged" or stale_own_claim) or not await self._remove(kv, record.kind):
                 return None
@@ -489,13 +491,16 @@ class EtcdCoordinator:
         def txn(c: aetcd.Client):
             t = c.transactions
             return c.transaction(compare=[t.create(key) == epoch, t.mod(key) == kv.mod_revision],
-                                 success=[t.put(key, sealed, lease=lease_id)], failure=[])
+                                 success=[t.put(key, sealed, lease=lease_id)], failure=[t.get(key)])
         try:
-            done, _ = await self._conn.call(txn)
+            done, responses = await self._conn.call(txn)
         except CoordinatorError as e:
             if _grpc_code(e) == grpc.StatusCode.NOT_FOUND:
                 raise LeaseLost(f"lease {lease_id:x} is gone") from e
             raise
+        held = responses[-1] if not done else []
+        if not done and held and held[0][1].value == sealed and held[0][1].create_revision == epoch:
+            done = True  # sealed by this very call: an earlier answer was lost
         if not done:
             log.warning("the leader claim of epoch %d changed before it was sealed: not leading", epoch)
             return None
