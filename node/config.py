@@ -14,7 +14,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY_MODES = ("sync", "interval")
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NODE_ID = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _SECRET_SETTINGS = frozenset({"cluster_secret"})
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
@@ -243,6 +242,9 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         raise ConfigError(f"min in sync ({values['min_in_sync']}) is larger than the cluster size "
                           f"({values['cluster_size']}): no write could ever be acknowledged")
     return Settings(**values)
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _read_secret_file(path: Path, source: str) -> str:
