@@ -205,14 +205,16 @@ class EtcdProcess(LocalProcess):
 class EtcdCluster:
     """`size` etcd members on 127.0.0.1 forming one cluster (data in base_dir/etcd-<i>)."""
 
-    def __init__(self, base_dir: Path, size: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, base_dir: Path, size: int = 3, extra_args: tuple[str, ...] = (),
+                 tls: EtcdTls | None = None, auth_token: str | None = None) -> None:
         base_dir = Path(base_dir)
         token = f"evstore-{uuid.uuid4().hex}"
         names = [f"etcd-{i}" for i in range(size)]
         peer_ports = [free_port() for _ in names]
         initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer_ports))
+        # one TLS certificate (for 127.0.0.1) and one JWT key pair serve every member
         self.members = [EtcdProcess(base_dir / n, name=n, peer_port=p, initial_cluster=initial,
-                                    cluster_token=token, extra_args=extra_args)
+                                    cluster_token=token, extra_args=extra_args, tls=tls, auth_token=auth_token)
                         for n, p in zip(names, peer_ports)]
 
     @property

@@ -13,7 +13,7 @@ import pytest
 
 from evstore.client.async_client import AsyncEvstoreClient
 from evstore.client.harness.localcluster import LocalCluster
-from evstore.client.harness.localetcd import EtcdProcess, jwt_auth_token, make_test_tls
+from evstore.client.harness.localetcd import EtcdCluster, EtcdProcess, jwt_auth_token, make_test_tls
 from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.coordinator import CoordinatorError, MemberInfo
 from evstore.node.cluster.etcd import EtcdAccess, EtcdCoordinator
@@ -149,3 +149,34 @@ async def test_a_node_runs_on_an_etcd_with_tls_and_authentication(tmp_path):
     finally:
         cluster.stop()
         proc.stop()
+
+
+async def test_coordinator_moves_to_another_tls_member_and_authenticates_there(tmp_path):
+    cluster = EtcdCluster(tmp_path / "etcd3", size=3, tls=make_test_tls(tmp_path / "tls"),
+                          auth_token=jwt_auth_token(tmp_path / "jwt"))
+    try:
+        cluster.start()
+        first = cluster.members[0]
+        first.add_prefix_user("store-a", "password-a", "/evstore/a/")
+        first.enable_auth("root-password")
+        c = EtcdCoordinator(cluster.endpoints, "a", lease_ttl=3, leader_records=LeaderRecords(SECRET, "a"),
+                            access=EtcdAccess(username="store-a", password="password-a",
+                                              ca_file=first.tls.ca_file), request_timeout=2)
+        try:
+            await c.start(MemberInfo("n1", "http://127.0.0.1:1"))
+            await asyncio.wait_for(c.wait_registered(), WAIT)
+            won = await c.campaign(MemberInfo("n1", "http://127.0.0.1:1"))
+            in_use = next(m for m in cluster.members if m.client_url == c.endpoint)
+            in_use.stop()
+            deadline = time.monotonic() + WAIT
+            while True:  # the next call moves to another member, with a new channel and a new token
+                try:
+                    assert await c.leader() == won
+                    break
+                except CoordinatorError:
+                    assert time.monotonic() < deadline, "no other etcd member answered"
+            assert c.endpoint != in_use.client_url
+        finally:
+            await c.close()
+    finally:
+        cluster.stop()
