@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 
 from ..cluster.auth import REPLY_SIGNATURE_HEADER
-from ..cluster.member import ClusterMember, NoInSyncFollower
-from ..cluster.replication import EpochMismatch, reply_body, reply_headers
+from ..cluster.member import TAKEOVER_PATH, ClusterMember, NoInSyncFollower
+from ..cluster.replication import FETCH_PATH, EpochMismatch, reply_body, reply_headers
 from ..config import NODE_ID
 from ..errors import InvalidRequest, LogError, NotLeader, Unavailable
 from .keys import CLUSTER_KEY, METRICS_KEY, SETTINGS_KEY
@@ -226,5 +226,5 @@ async def replication_takeover(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/cluster", cluster_status)
     app.router.add_post("/v1/cluster/step-down", step_down)
-    app.router.add_post("/v1/internal/replication/fetch", replication_fetch)
-    app.router.add_post("/v1/internal/replication/takeover", replication_takeover)
+    app.router.add_post(FETCH_PATH, replication_fetch)
+    app.router.add_post(TAKEOVER_PATH, replication_takeover)
