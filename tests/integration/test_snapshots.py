@@ -208,3 +208,26 @@ def test_the_cli_puts_gets_lists_and_deletes_snapshots(url, tmp_path):
     assert "deleted" in run("snapshot", "delete", source)
     missing = runner.invoke(cli, ["--url", url, "snapshot", "get", source])
     assert missing.exit_code == 1 and "snapshot_not_found" in missing.output
+
+
+async def test_a_source_with_a_slash_is_one_path_segment(url):
+    source = name("a/all")
+    async with AsyncEvstoreClient(url, timeout=10) as client:
+        await client.save_snapshot(source, version=1, type="S", data=1)
+        assert (await client.read_snapshot(source))["source"] == source
+        assert [s["source"] for s in (await client.read_snapshots(source))["snapshots"]] == [source]
+        with pytest.raises(SnapshotNotFound):
+            await client.read_snapshot(source.split("/")[0])
+
+
+def test_the_openapi_limits_are_the_parser_limits():
+    from evstore.node.api import validation as v
+    from evstore.node.api.openapi import document
+
+    schemas = document()["components"]["schemas"]
+    appends = schemas["MultiAppendRequest"]["properties"]["appends"]
+    assert (appends["minItems"], appends["maxItems"]) == (1, v.MAX_APPEND_ENTRIES)
+    assert schemas["StreamAppend"]["properties"]["events"]["maxItems"] == v.MAX_EVENTS_PER_APPEND
+    assert schemas["SnapshotRequest"]["additionalProperties"] is False
+    source = document()["paths"]["/v1/snapshots/{source}"]["get"]["parameters"][0]
+    assert source["schema"]["maxLength"] == v.MAX_SOURCE_BYTES == 512 - len("$snapshot-")
