@@ -25,6 +25,7 @@ FORWARDED_HEADER = "X-Evstore-Forwarded"
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
 READ_YOUR_WRITE_WAIT = 2.0  # after forwarding an append, how long to wait for it to become visible here
 FORWARD_TIMEOUT = 30.0  # longer than the leader's commit timeout, so its answer (even a 503) comes back
+FORWARD_CONNECT_TIMEOUT = 2.0  # a leader behind a partition drops the connection attempt: give up on it sooner
 NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)
 PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 
@@ -95,12 +96,13 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
         try:
             async with member.session.request(request.method, leader.url + request.path_qs, data=body,
                                               headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)
+                                              timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT,
+                                                                            sock_connect=FORWARD_CONNECT_TIMEOUT)
                                               ) as response:
                 payload = await response.read()
                 status = response.status
                 content_type = response.headers.get("Content-Type", "application/json")
-        except aiohttp.ClientConnectorError:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
             # nothing reached the leader, so nothing was written: wait for the next leader and send it there
             if time.monotonic() >= deadline:
                 raise Unavailable(f"the leader {leader.node} cannot be reached", reason="leader_unreachable"
