@@ -3,6 +3,7 @@ sending writes (and `consistency=leader` reads) from a follower to the leader.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -11,6 +12,7 @@ from typing import Awaitable, Callable
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..cluster.auth import REPLY_SIGNATURE_HEADER
 from ..cluster.member import TAKEOVER_PATH, ClusterMember, NoInSyncFollower
@@ -94,14 +96,9 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
                 await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
                 continue
         try:
-            async with member.session.request(request.method, leader.url + request.path_qs, data=body,
-                                              headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT,
-                                                                            sock_connect=FORWARD_CONNECT_TIMEOUT)
-                                              ) as response:
-                payload = await response.read()
-                status = response.status
-                content_type = response.headers.get("Content-Type", "application/json")
+            status, payload, response_headers = await _send_unless_leader_changes(member, leader, request, body,
+                                                                                  headers)
+            content_type = response_headers.get("Content-Type", "application/json")
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
             # nothing reached the leader, so nothing was written: wait for the next leader and send it there
             if time.monotonic() >= deadline:
@@ -122,8 +119,34 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
             await _wait_visible(member, payload)
         mime = content_type.split(";")[0].strip() or "application/json"
         return web.Response(status=status, body=payload, content_type=mime,
-                            headers={"Retry-After": response.headers["Retry-After"]}
-                            if "Retry-After" in response.headers else None)
+                            headers={"Retry-After": response_headers["Retry-After"]}
+                            if "Retry-After" in response_headers else None)
+
+
+async def _send_unless_leader_changes(member: ClusterMember, leader, request: web.Request, body: bytes,
+                                      headers: dict) -> tuple[int, bytes, CIMultiDict]:
+    """Send the request on to `leader`; when another leader takes over before it answers (it may be cut off
+    behind a partition that drops the answer), give up on it with a 503 at once: the client retries (a write
+    with the same event ids) and reaches the new leader, instead of waiting for the request to time out."""
+    async def send() -> tuple[int, bytes, CIMultiDict]:
+        timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT, sock_connect=FORWARD_CONNECT_TIMEOUT)
+        async with member.session.request(request.method, leader.url + request.path_qs, data=body,
+                                          headers=headers, timeout=timeout) as response:
+            return response.status, await response.read(), CIMultiDict(response.headers)
+
+    sending = asyncio.ensure_future(send())
+    changed = asyncio.ensure_future(member.wait_for_leader_change(leader, FORWARD_TIMEOUT + 1))
+    try:
+        await asyncio.wait({sending, changed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        changed.cancel()
+    if not sending.done():
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sending
+        raise Unavailable(f"the leader changed while {leader.node} had the request; its outcome is unknown: "
+                          "retry it (a write with the same event ids)", reason="leader_changed")
+    return sending.result()
 
 
 async def _wait_visible(member: ClusterMember, payload: bytes) -> None:

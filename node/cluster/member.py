@@ -26,6 +26,7 @@ TAKEOVER_PATH = "/v1/internal/replication/takeover"
 CAMPAIGN_DELAY = 0.5  # a node not named by a step-down waits this long (plus jitter) before running
 RECHECK_EVERY = 1.0
 STEP_DOWN_TIMEOUT = 10.0
+LEASE_SILENCE = 0.6  # keepalives go every third of the TTL: none answered for this share of it means etcd is away
 LEASE_LOOK_EVERY = 0.25  # a request waiting for a leader looks this often whether etcd is still reachable
 
 
@@ -353,7 +354,8 @@ class ClusterMember:
                 return LeaderInfo(self.me.node, self.me.url, leading.epoch)
             if self.role is Role.FOLLOWER and self.following is not None:
                 return self.following.leader
-            if self.coordinator.lease.lost:
+            lease = self.coordinator.lease
+            if lease.lost or time.monotonic() - lease.last_refresh > LEASE_SILENCE * lease.ttl:
                 # cut off from etcd: no election result can reach this node, so waiting would only hold the
                 # request; answer at once (a client or a load balancer then tries another node)
                 raise Unavailable("this node cannot reach the coordinator (etcd) and follows no leader",
