@@ -10,7 +10,7 @@ With timings (`Attempt.started`/`answered`, and the reads a workload recorded wi
 also proves that answers told the truth: a 409 names a version that was committed (it is in the final log,
 was not the version the append expected, and was not written only after the 409 was sent, nor already
 overtaken by an acknowledged append before it was asked); a `consistency=leader` read shows every append
-acknowledged before it began; one client's reads through one node never go backwards.
+acknowledged before it began; one client's reads through one node (of one consistency) never go backwards.
 
 Reading (`read_node`, `check_cluster`) is separate from judging (`analyse`): the judging functions take
 already-read data, so they are testable without a server.
@@ -421,9 +421,11 @@ def check_answers(node: NodeData, index: LogIndex, history: History, problems: P
         if overtaken:
             problems.add("false-409", f"{what} names currentVersion {current}, but version "
                                       f"{overtaken[-1].reply['version']} was acknowledged before it was sent")
-    last_seen: dict[tuple[str, str, str], Read] = {}
+    # a node's own reads never go backwards; a consistency=leader read is the leader's answer, which a lagging
+    # node's next own read may well be behind, so those are judged against the acknowledged appends instead
+    last_seen: dict[tuple[str, str, str, str | None], Read] = {}
     for read in sorted((r for r in history.reads if r.version is not None), key=lambda r: r.started):
-        key = (read.client, read.node, read.stream)
+        key = (read.client, read.node, read.stream, read.consistency)
         before = last_seen.get(key)
         if before is not None and before.answered <= read.started and read.version < before.version:
             problems.add("read-backwards", f"client {read.client} read {read.stream!r} through {read.node} at "

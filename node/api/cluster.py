@@ -72,7 +72,12 @@ def leader_read(handler: Handler) -> Handler:
             return await handler(request)
         if member.role == "leader":
             if await member.linearizable(FORWARD_WAIT):
-                return await handler(request)
+                response = await handler(request)
+                # the lease held from before the read until after it: no other leader acknowledged anything
+                # meanwhile (this process may have been paused in between)
+                if member.still_linearizable():
+                    return response
+                raise Unavailable("this node's leadership lapsed during the read; retry", reason="leadership_lost")
             if member.role == "leader":
                 raise Unavailable("the new leader is still committing what it took over", reason="taking_over")
         return await forward(request, member, handler, write=False)

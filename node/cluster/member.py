@@ -183,8 +183,11 @@ class ClusterMember:
                 log.info("cluster step: %s", decision)
                 said = decision
             self.decision = decision
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), RECHECK_EVERY)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that arrives as the event
+            # fires, and close() then waits for this task forever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECHECK_EVERY):
+                    await self._changed.wait()
             self._changed.clear()
 
     async def _step(self) -> str:
@@ -385,6 +388,11 @@ class ClusterMember:
         """Wait (bounded) until this node leads and everything it had when it took over is committed."""
         leading = self.leading
         return leading is not None and await leading.serving(timeout)
+
+    def still_linearizable(self) -> bool:
+        """This node still leads under a lease that holds (checked after a leader read, before answering)."""
+        leading = self.leading
+        return leading is not None and leading.still_serving()
 
     async def wait_visible(self, position: int, timeout: float) -> bool:
         """Wait (bounded) until reads on this node show `position`."""

@@ -160,7 +160,12 @@ class LeaderReplication:
         if not self._serving.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._serving.wait(), timeout)
-        return self._serving.is_set() and self.active
+        return self.still_serving()
+
+    def still_serving(self) -> bool:
+        """Reads here are linearizable right now: it took over completely, still leads, and its lease holds (a
+        leader paused past its lease must not answer from its log: another may have acknowledged writes)."""
+        return self._serving.is_set() and self.active and self.lease_valid()
 
     def lease_valid(self) -> bool:
         """True while the lease our leader key lives under is surely alive; once false, false for good (a

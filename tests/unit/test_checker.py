@@ -271,5 +271,10 @@ def test_reads_going_backwards_on_one_node_are_caught():
     second.started, second.answered, second.version = 3.3, 3.4, 2
     other_node = log.history.record_read("c1", "http://n2", "order-1")  # another node may lag: not a problem
     other_node.started, other_node.answered, other_node.version = 3.5, 3.6, 1
+    # nor may a node's own read after a leader read it forwarded (the leader's answer, not this node's log)
+    forwarded = log.history.record_read("c1", "http://n2", "order-1", consistency="leader")
+    forwarded.started, forwarded.answered, forwarded.version = 3.7, 3.8, 3
+    own = log.history.record_read("c1", "http://n2", "order-1")
+    own.started, own.answered, own.version = 3.9, 4.0, 1
     text = kinds(log)
     assert "read 'order-1' through http://n1 at version 3, then at 2" in text and "http://n2" not in text
