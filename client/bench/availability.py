@@ -133,7 +133,10 @@ async def availability_runs(base_dir: Path, *, nodes: int, lease_ttl: float, wri
                     injected = time.monotonic()
                     exclude = () if fault == "etcd-restart" else (leader,)
                     new, _ = await cluster.wait_leader_async(FAULT_TIMEOUT, exclude=exclude)
-                    flowing = await _flowing_again(load, injected, FLOWING, FAULT_TIMEOUT)
+                    # a leader cut off from etcd acknowledges writes until its lease runs out: the window ends
+                    # only once writes sent after the new leader was agreed flow
+                    agreed = max(injected, time.monotonic())
+                    flowing = await _flowing_again(load, agreed, FLOWING, FAULT_TIMEOUT)
                     one.window = longest_gap([a for _s, a in load.acked_sent], began, flowing)
                     one.leader_after = cluster.node_id(new)
                     repaired = time.monotonic()

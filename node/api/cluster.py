@@ -104,7 +104,12 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
             status, payload, response_headers = await _send_unless_leader_changes(member, leader, request, body,
                                                                                   headers)
             content_type = response_headers.get("Content-Type", "application/json")
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+        except aiohttp.ConnectionTimeoutError:
+            # the leader is alive for etcd but does not answer this node (a partition drops the packets): nothing
+            # was sent, and waiting would hold the request for the whole partition; the client tries another node
+            raise Unavailable(f"the leader {leader.node} cannot be reached from this node; nothing was written",
+                              reason="leader_unreachable") from None
+        except aiohttp.ClientConnectorError:
             # nothing reached the leader, so nothing was written: wait for the next leader and send it there
             if time.monotonic() >= deadline:
                 raise Unavailable(f"the leader {leader.node} cannot be reached", reason="leader_unreachable"
