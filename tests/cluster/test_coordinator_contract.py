@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.coordinator import InMemoryCoordinator, IsrState, LeaseLost, MemberInfo
 from evstore.node.cluster.etcd import EtcdCoordinator
 
@@ -30,7 +31,8 @@ async def make(request, tmp_path):
         store = f"contract-{uuid.uuid4().hex[:8]}"
 
         async def start(node: str):
-            c = EtcdCoordinator((etcd.client_url,), store, lease_ttl=TTL)
+            c = EtcdCoordinator((etcd.client_url,), store, lease_ttl=TTL,
+                                leader_records=LeaderRecords("contract-test-secret", store))
             made.append(c)
             await c.start(me(node))
             await asyncio.wait_for(c.wait_registered(), WAIT)

@@ -11,6 +11,7 @@ import uuid
 import orjson
 import pytest
 
+from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.coordinator import MemberInfo
 from evstore.node.cluster.etcd import EtcdCoordinator
 from evstore.node.cluster.replication import LeaderReplication, Timing
@@ -44,7 +45,8 @@ class Leading:
         self.storage.open()
         self.log = Log(self.storage, clustered=True)
         for node in ("leader", *self.live):
-            c = EtcdCoordinator((self.etcd_url,), self.store, lease_ttl=TTL)
+            c = EtcdCoordinator((self.etcd_url,), self.store, lease_ttl=TTL,
+                                leader_records=LeaderRecords("gives-way-test-secret", self.store))
             self.coordinators.append(c)
             await c.start(MemberInfo(node, f"http://127.0.0.1:1/{node}"))
             await asyncio.wait_for(c.wait_registered(), WAIT)
