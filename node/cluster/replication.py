@@ -32,6 +32,9 @@ FETCH_TIMEOUT = 10.0
 FETCH_CONNECT_TIMEOUT = 2.0  # a leader behind a partition drops the connection attempt: try again sooner
 ISR_CHECK_EVERY = 0.2
 PERSIST_COMMITTED_EVERY = 1.0  # an idle follower writes its committed position at most this often
+# a leader gives way this long after a lease TTL without a commit: a follower that died right after its last
+# fetch (a healthy one fetches every FETCH_WAIT) has lost its member key by then, so it does not look live
+GIVE_WAY_MARGIN = FETCH_WAIT + 1.0
 
 
 @dataclass(frozen=True)
@@ -343,7 +346,8 @@ class LeaderReplication:
             # stay (a caught-up follower is added before an unreachable one goes); otherwise it stays eligible
             for node in sorted(self.isr - caught_up):
                 await self._change_isr(remove=node)
-        elif now - self.last_commit_possible(now) >= self.timing.lease_ttl and now >= self._look_again_at:
+        elif now - self.last_commit_possible(now) >= self.timing.lease_ttl + GIVE_WAY_MARGIN \
+                and now >= self._look_again_at:
             await self._give_way_if_someone_can(caught_up)
         for progress in self.progress.values():
             self._observe_lag(progress)
@@ -379,7 +383,8 @@ class LeaderReplication:
                         self.isr, self.isr_revision = frozenset(state.members), state.revision
                         log.info("ISR is now %s (this leader left it to give way)", sorted(self.isr))
         self.gave_way = True
-        self._report_deposed(f"no commit for {self.timing.lease_ttl:g}s (caught up: {sorted(caught_up)}); "
+        self._report_deposed(f"no commit for {self.timing.lease_ttl + GIVE_WAY_MARGIN:g}s (caught up: "
+                             f"{sorted(caught_up)}); "
                              f"giving way to the in-sync followers {eligible}")
 
     async def _change_isr(self, add: str | None = None, remove: str | None = None) -> None:

@@ -14,7 +14,7 @@ import pytest
 from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.coordinator import MemberInfo
 from evstore.node.cluster.etcd import EtcdCoordinator
-from evstore.node.cluster.replication import LeaderReplication, Timing
+from evstore.node.cluster.replication import GIVE_WAY_MARGIN, LeaderReplication, Timing
 from evstore.node.errors import Unavailable
 from evstore.node.log import Log, NewEvent
 from evstore.node.storage import Storage
@@ -108,7 +108,8 @@ async def test_a_leader_that_cannot_commit_gives_way_to_live_in_sync_followers(e
         await until(lambda: lead.gave_way, "the leader to give way")
         took = time.monotonic() - began
         # it had never heard from them: it could not commit from the start, and gives way a lease TTL later
-        assert TTL <= took < TTL + 2, took
+        # (and a margin, by which a dead follower's member key is gone)
+        assert TTL + GIVE_WAY_MARGIN <= took < TTL + GIVE_WAY_MARGIN + 2, took
         assert leading.deposed and "giving way" in leading.deposed[0]
         # it left the ISR to those who can be elected; the ISR did not shrink below minInSync
         assert (await lead.coordinator.isr()).members == ("f1", "f2")
@@ -123,5 +124,24 @@ async def test_a_leader_without_a_live_in_sync_follower_stays_and_refuses_writes
                 await lead.log.append("s", "any", [ev()])
             assert refused.value.details["reason"] == "not_enough_replicas"
             await asyncio.sleep(TTL)  # the leader's own clock decides here: nothing to await but time
+        assert lead.active and not lead.gave_way and not leading.deposed
+        assert (await lead.coordinator.isr()).members == ("f1", "f2", "leader")
+
+
+async def test_a_leader_whose_followers_died_stays_though_their_member_keys_outlive_them_a_while(etcd, tmp_path):
+    """Killed followers keep their member keys until their leases expire: the leader must not give way to them."""
+    async with Leading(etcd.client_url, tmp_path, live=("f1", "f2")) as leading:
+        lead = leading.lead
+        stop = asyncio.Event()
+        followers = [asyncio.create_task(fetching(lead, node, stop)) for node in ("f1", "f2")]
+        await until(lambda: all(n in lead.progress for n in ("f1", "f2")), "both followers to fetch")
+        assert (await lead.log.append("s", "any", [ev()])).position == 1
+        stop.set()  # both die at once: no more fetches, no more keepalives
+        for c in leading.coordinators[1:]:
+            c._keepalive_task.cancel()
+        died = time.monotonic()
+        await until(lambda: time.monotonic() - died > 2 * TTL + GIVE_WAY_MARGIN, "two lease TTLs to pass")
+        for task in followers:
+            task.cancel()
         assert lead.active and not lead.gave_way and not leading.deposed
         assert (await lead.coordinator.isr()).members == ("f1", "f2", "leader")
