@@ -71,17 +71,24 @@ def leader_read(handler: Handler) -> Handler:
         if member is None or consistency != "leader":
             return await handler(request)
         if member.role == "leader":
-            if await member.linearizable(FORWARD_WAIT):
-                response = await handler(request)
-                # the lease held from before the read until after it: no other leader acknowledged anything
-                # meanwhile (this process may have been paused in between)
-                if member.still_linearizable():
-                    return response
-                raise Unavailable("this node's leadership lapsed during the read; retry", reason="leadership_lost")
-            if member.role == "leader":
-                raise Unavailable("the new leader is still committing what it took over", reason="taking_over")
+            return await _linearizable_read(member, handler, request, FORWARD_WAIT)
         return await forward(request, member, handler, write=False)
     return route
+
+
+async def _linearizable_read(member: ClusterMember, handler: Handler, request: web.Request, wait: float
+                             ) -> web.StreamResponse:
+    """Answer a consistency=leader read here, as the leader: only once all it took over is committed, and only
+    if its lease held from before the read until after it (no other leader acknowledged anything meanwhile,
+    even if this process was paused in between)."""
+    if not await member.linearizable(wait):
+        if member.role == "leader":
+            raise Unavailable("the new leader is still committing what it took over", reason="taking_over")
+        raise NotLeader()
+    response = await handler(request)
+    if member.still_linearizable():
+        return response
+    raise Unavailable("this node's leadership lapsed during the read; retry", reason="leadership_lost")
 
 
 async def forward(request: web.Request, member: ClusterMember, handler: Handler, write: bool
@@ -96,8 +103,11 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
         leader = await member.wait_for_leader(max(0.0, deadline - time.monotonic()))
         if leader.node == member.me.node:  # this node leads (again): answer here
             try:
+                if not write:  # a leader read answered here is held to the leader's rules too
+                    return await _linearizable_read(member, handler, request,
+                                                    max(0.0, deadline - time.monotonic()))
                 return await handler(request)
-            except NotLeader:  # lost it before writing anything: wait for the next leader
+            except NotLeader:  # lost it before writing anything (or reading): wait for the next leader
                 await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
                 continue
         try:
