@@ -71,7 +71,11 @@ def leader_read(handler: Handler) -> Handler:
         if member is None or consistency != "leader":
             return await handler(request)
         if member.role == "leader":
-            return await _linearizable_read(member, handler, request, FORWARD_WAIT)
+            try:
+                return await _linearizable_read(member, handler, request, FORWARD_WAIT)
+            except NotLeader:  # it stopped leading meanwhile: the new leader answers
+                if FORWARDED_HEADER in request.headers:
+                    raise
         return await forward(request, member, handler, write=False)
     return route
 
