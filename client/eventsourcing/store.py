@@ -1,0 +1,161 @@
+"""What the recorders need of an evstore node, through the blocking client: stream and `$all` reads,
+single and multi-stream appends, snapshots, and live subscriptions. Turns evstore's errors into the
+eventsourcing exceptions (PEP 249 names) the library's callers expect."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError
+
+from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, InvalidRequest, NewEvent,
+                            StreamNotFound, Unavailable, WrongExpectedVersion)
+from evstore.client import protocol
+
+MAX_READ_LIMIT = 4096
+MAX_EVENTS_PER_APPEND = 10_000
+
+
+@dataclass
+class Append:
+    """One stream's part of an append: its events and the stream version they expect to follow."""
+
+    stream: str
+    expected_version: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        expected: int | str = "no_stream" if self.expected_version == 0 else self.expected_version
+        return {"stream": self.stream, "expectedVersion": expected, "events": self.events}
+
+
+class VersionConflicts(Exception):
+    """An append was refused: `current` maps each failing stream to its current version."""
+
+    def __init__(self, current: Mapping[str, int]):
+        super().__init__(f"wrong expected version on {sorted(current)}")
+        self.current = dict(current)
+
+
+def binary_event(type: str, payload: bytes, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An event whose data is raw bytes (eventsourcing's stored state is not JSON in general)."""
+    return protocol.event_body({"type": type, "dataBase64": base64.b64encode(payload).decode("ascii"),
+                                "metadata": dict(metadata or {})})
+
+
+def event_bytes(event: Mapping[str, Any]) -> bytes:
+    encoded = event.get("dataBase64")
+    if encoded is not None:
+        return base64.b64decode(encoded)
+    raise ProgrammingError(f"event {event.get('id')} of {event.get('stream')!r} has no binary data")
+
+
+class Store:
+    """One node (or cluster) URL and token; thread-safe (the client runs one event loop thread)."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        self.client = EvstoreClient(url, token=token, timeout=timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- appends ---------------------------------------------------------------------------
+
+    def append(self, appends: Sequence[Append]) -> list[dict[str, Any]]:
+        """All `appends` in one commit; one reply per append ({"stream", "fromVersion", "version",
+        "position"}), positions contiguous in request order. VersionConflicts on a failed check."""
+        with translated_errors():
+            try:
+                if len(appends) == 1:
+                    only = appends[0]
+                    return [self.client.append(only.stream, only.events, expected_version=only.body()["expectedVersion"])]
+                reply = self.client._run(self.client.async_client._request(
+                    "POST", "/v1/streams", body={"appends": [a.body() for a in appends]}))
+                return list(reply["results"])
+            except WrongExpectedVersion as exc:
+                failures = exc.details.get("failures")
+                if failures is None:
+                    failures = [{"stream": appends[0].stream, "currentVersion": exc.current_version}]
+                raise VersionConflicts({f["stream"]: int(f.get("currentVersion") or 0) for f in failures}) from None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read_stream(self, stream: str, *, from_version: int | None = None, limit: int = MAX_READ_LIMIT,
+                    backward: bool = False) -> Iterator[dict[str, Any]]:
+        """The stream's events (nothing when it does not exist), page by page."""
+        cursor = from_version
+        with translated_errors():
+            while True:
+                try:
+                    page = self.client.read_stream(stream, from_version=cursor, limit=limit, backward=backward)
+                except StreamNotFound:
+                    return
+                yield from page["events"]
+                cursor = page.get("next")
+                if cursor is None or not page["events"]:
+                    return
+
+    def last_event(self, stream: str) -> dict[str, Any] | None:
+        return next(self.read_stream(stream, limit=1, backward=True), None)
+
+    def first_event(self, stream: str) -> dict[str, Any] | None:
+        return next(self.read_stream(stream, from_version=1, limit=1), None)
+
+    def read_all(self, *, from_position: int | None = None, limit: int = MAX_READ_LIMIT, backward: bool = False,
+                 types: Sequence[str] = (), stream_prefix: str = "") -> Iterator[dict[str, Any]]:
+        """Events of `$all` in order, following `next` (filters may return short pages)."""
+        cursor = from_position
+        with translated_errors():
+            while True:
+                page = self.client.read_all(from_position=cursor, limit=limit, backward=backward,
+                                            types=list(types) or None, stream_prefix=stream_prefix or None)
+                yield from page["events"]
+                following = page.get("next")
+                if following is None or following == cursor:
+                    return
+                cursor = following
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def save_snapshot(self, source: str, *, version: int, type: str, data: Any,
+                      metadata: Mapping[str, Any]) -> None:
+        with translated_errors():
+            self.client.save_snapshot(source, version=version, type=type, data=data, metadata=metadata)
+
+    def read_snapshot(self, source: str, *, max_version: int | None) -> dict[str, Any] | None:
+        with translated_errors():
+            try:
+                return self.client.read_snapshot(source, max_version=max_version)
+            except EvstoreError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    # -- live ------------------------------------------------------------------------------
+
+    def subscribe(self, **selector: Any) -> Any:
+        with translated_errors():
+            return self.client.subscribe(**selector)
+
+
+class translated_errors:
+    """evstore client errors as eventsourcing's PersistenceError family (VersionConflicts passes)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, (VersionConflicts, IntegrityError)) or not isinstance(exc, EvstoreError):
+            return False
+        if isinstance(exc, (ConnectionFailed, Unavailable)):
+            raise OperationalError(str(exc)) from exc
+        if isinstance(exc, InvalidRequest):
+            raise ProgrammingError(str(exc)) from exc
+        if exc.code == "duplicate_event_id":
+            raise IntegrityError(str(exc)) from exc
+        raise InterfaceError(str(exc)) from exc
+
+
+__all__ = ["Append", "Store", "VersionConflicts", "binary_event", "event_bytes", "NewEvent", "MAX_READ_LIMIT",
+           "MAX_EVENTS_PER_APPEND"]
