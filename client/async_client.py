@@ -16,7 +16,7 @@ from yarl import URL
 from . import protocol
 from .consumer import Consumer
 from .errors import ConnectionFailed, Unavailable, error_from_payload
-from .protocol import EventInput, ExpectedVersion, SubscriptionSettings
+from .protocol import AppendInput, EventInput, ExpectedVersion, SubscriptionSettings
 from .subscription import Subscription
 
 DEFAULT_URL = "http://127.0.0.1:7113"
@@ -115,6 +115,13 @@ class AsyncEvstoreClient:
         """Append atomically. Returns {"stream", "fromVersion", "version", "position"}."""
         body = protocol.append_body(events, expected_version)
         return await self._request("POST", protocol.stream_path(stream), body=body)
+
+    async def append_many(self, appends: Iterable[AppendInput]) -> dict:
+        """Append to several streams atomically (all or nothing, contiguous positions): entries are
+        `StreamAppend(stream, events, expected_version)` or mappings {"stream", "events", "expectedVersion"}.
+        Returns {"results": [one append reply per entry], "position": last}. A failed expected version on any
+        stream raises WrongExpectedVersion, whose `failures` names every failing stream."""
+        return await self._request("POST", "/v1/streams", body=protocol.append_many_body(appends))
 
     async def read_stream(self, stream: str, *, from_version: int | None = None, limit: int | None = None,
                           backward: bool = False) -> dict:

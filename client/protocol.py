@@ -118,6 +118,36 @@ def append_body(events: Iterable[EventInput], expected_version: ExpectedVersion 
             "events": [event_body(e) for e in events]}
 
 
+@dataclass(frozen=True)
+class StreamAppend:
+    """One entry of an append to several streams (`append_many`)."""
+
+    stream: str
+    events: Iterable[EventInput]
+    expected_version: ExpectedVersion = "any"
+
+
+AppendInput = Union[StreamAppend, Mapping[str, Any]]
+
+
+def append_many_body(appends: Iterable[AppendInput]) -> dict[str, Any]:
+    """The body of POST /v1/streams: entries are StreamAppend or mappings with `stream`, `events` and
+    `expectedVersion` (or `expected_version`). Ids are fixed here, so every retry of the body is idempotent."""
+    if isinstance(appends, (StreamAppend, Mapping)):
+        raise TypeError("append_many takes a list of appends; wrap a single one in a list")
+    entries = []
+    for entry in appends:
+        if isinstance(entry, StreamAppend):
+            stream, events, expected = entry.stream, entry.events, entry.expected_version
+        elif isinstance(entry, Mapping):
+            stream, events = entry["stream"], entry["events"]
+            expected = entry.get("expectedVersion", entry.get("expected_version", "any"))
+        else:
+            raise TypeError(f"an append is a StreamAppend or a mapping, not {type(entry).__name__}")
+        entries.append({"stream": stream, **append_body(events, expected)})
+    return {"appends": entries}
+
+
 def query(**params: Any) -> list[tuple[str, str]]:
     """Query parameters in wire form: None dropped, bools as true/false, lists repeated."""
     pairs: list[tuple[str, str]] = []

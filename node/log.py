@@ -60,6 +60,24 @@ class AppendResult:
 
 
 @dataclass(slots=True)
+class StreamAppend:
+    """One entry of an append to several streams."""
+    stream: str
+    expected: ExpectedVersion
+    events: Sequence[NewEvent]
+
+
+@dataclass(slots=True)
+class MultiAppendResult:
+    results: list[AppendResult]
+    position: int  # of the last event written
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(r.bytes_written for r in self.results)
+
+
+@dataclass(slots=True)
 class StreamSlice:
     stream: str
     version: int
@@ -130,7 +148,7 @@ def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersio
         ok = row.version == expected
     if not ok:
         raise WrongExpectedVersion(f"stream {stream!r} is at version {row.version}, expected {expected}",
-                                   expectedVersion=expected, currentVersion=row.version)
+                                   stream=stream, expectedVersion=expected, currentVersion=row.version)
 
 
 def _stream_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow | None:
@@ -295,6 +313,55 @@ class Log:
         # within tens of MB even when its appends are large
         return await self._write(op, len(events) + size // 1024, position_of=lambda r: r.position,
                                  streams=(stream,))
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> MultiAppendResult:
+        """Append to several streams in one write operation: all or nothing, at contiguous positions. Every
+        failing expected-version check is named (WrongExpectedVersion with `failures`); a retry of the whole
+        request (the same event ids and content) gets the original reply."""
+        if not appends:
+            raise InvalidRequest("an append to several streams needs at least one entry", field="appends")
+        seen: set[str] = set()
+        for i, entry in enumerate(appends):
+            if entry.stream in seen:
+                raise InvalidRequest(f"appends[{i}].stream {entry.stream!r} is named twice in one request; "
+                                     "put all its events in one entry", field=f"appends[{i}].stream")
+            seen.add(entry.stream)
+            if not entry.events:
+                raise InvalidRequest("an append needs at least one event", field=f"appends[{i}].events")
+        sizes = [seal_payloads(entry.stream, entry.events) for entry in appends]
+
+        def op(txn: WriteTxn) -> MultiAppendResult:
+            given = [e.id for entry in appends for e in entry.events if e.given_id]
+            existing = txn.records_by_ids(given) if given else None
+            if existing:
+                return _original_multi_reply(appends, existing)
+            rows, failures = [], []
+            for entry in appends:
+                row = txn.stream_row(entry.stream) or StreamRow(entry.stream)
+                vis = visibility(row, txn.now)
+                if vis.deleted == "hard":
+                    raise StreamDeleted(f"stream {entry.stream!r} was hard deleted", stream=entry.stream)
+                try:
+                    check_expected_version(entry.stream, row, entry.expected, vis.deleted)
+                except WrongExpectedVersion as exc:
+                    failures.append(exc.details)
+                rows.append(row)
+            if failures:
+                first = failures[0]
+                raise WrongExpectedVersion(
+                    f"{len(failures)} of {len(appends)} streams failed their expected-version check; first: "
+                    f"{first['stream']!r} is at version {first['currentVersion']}, expected {first['expectedVersion']}",
+                    **first, failures=failures)
+            results = []
+            for row, entry, size in zip(rows, appends, sizes):
+                result = _write_events(txn, row, entry.events)
+                result.bytes_written = size
+                results.append(result)
+            return MultiAppendResult(results, results[-1].position)
+
+        count = sum(len(entry.events) for entry in appends)
+        return await self._write(op, count + sum(sizes) // 1024, position_of=lambda r: r.position,
+                                 streams=tuple(seen))
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)
@@ -671,6 +738,20 @@ def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Reco
 
     raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already used for other content",
                            eventId=str(uuid.UUID(bytes=reused)))
+
+
+def _original_multi_reply(appends: Sequence[StreamAppend], existing: list[Record]) -> MultiAppendResult:
+    """A retry of a whole append to several streams gets the original reply: every event id must be known, with
+    the same content; some known and some not (a partial overlap) is a 409."""
+    known = {r.id for r in existing}
+    missing = next((e for entry in appends for e in entry.events if e.id not in known), None)
+    if missing is not None:
+        reused = existing[0].id
+        raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already written, but not every event of "
+                               "this request was: a retry must repeat the original request exactly",
+                               eventId=str(uuid.UUID(bytes=reused)))
+    results = [_original_reply(entry.stream, entry.events, existing) for entry in appends]
+    return MultiAppendResult(results, max(r.position for r in results))
 
 
 def _same_event(found: Record | ScavengedRecord, stream: str, event: NewEvent) -> bool:

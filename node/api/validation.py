@@ -15,7 +15,7 @@ from multidict import MultiMapping
 
 from ...ids import uuid7_bytes
 from ..errors import InvalidRequest, ReservedStream
-from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent
+from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent, StreamAppend
 from ..storage import DATA_BINARY, METADATA_BINARY
 
 MAX_STREAM_NAME_BYTES = 512
@@ -34,18 +34,19 @@ UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 _UUID = re.compile(UUID_PATTERN)
 
 
-def stream_name(raw: str, *, writing: bool = False) -> str:
-    if not raw or len(raw.encode("utf-8", "surrogatepass")) > MAX_STREAM_NAME_BYTES:
-        raise InvalidRequest(f"a stream name is 1 to {MAX_STREAM_NAME_BYTES} bytes of UTF-8", field="stream")
+def stream_name(raw: str, *, writing: bool = False, field: str = "stream", what: str = "stream",
+                max_bytes: int = MAX_STREAM_NAME_BYTES) -> str:
+    if not raw or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise InvalidRequest(f"a {what} name is 1 to {max_bytes} bytes of UTF-8", field=field)
     if _CONTROL.search(raw):
-        raise InvalidRequest("a stream name may not contain control characters", field="stream")
+        raise InvalidRequest(f"a {what} name may not contain control characters", field=field)
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest("a stream name must be valid UTF-8", field="stream") from None
+        raise InvalidRequest(f"a {what} name must be valid UTF-8", field=field) from None
     if writing and raw.startswith("$"):
         raise ReservedStream(f"stream {raw!r} is a system stream: names starting with '$' are read-only",
-                             field="stream")
+                             field=field)
     return raw
 
 
@@ -192,13 +193,17 @@ async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewE
     except (msgspec.DecodeError, RecursionError):
         return append_body(body)  # raises the precise error of the whole body
     expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
-    seen: set[bytes] = set()
+    await asyncio.sleep(0)
+    return expected, await _events_in_slices(events, set(), "")
+
+
+async def _events_in_slices(events: list[msgspec.Raw], seen: set[bytes], at: str) -> list[NewEvent]:
+    """Parse raw events (at `at` in the body), yielding to the event loop after each SLICE_BYTES."""
     fresh_ids = uuid7_bytes(len(events))
     parsed, since_yield = [], 0
-    await asyncio.sleep(0)
     for i, raw in enumerate(events):
         text = bytes(raw)
-        field = f"events[{i}]"
+        field = f"{at}events[{i}]"
         try:
             orjson.loads(text)
             if len(text) > SLICE_BYTES:  # one large event: each pass over it is a slice of its own
@@ -210,12 +215,72 @@ async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewE
             raise _decode_error(exc, at=field) from None
         except RecursionError:
             raise _too_deep(field) from None
-        parsed.append(_new_event(i, event, fresh_ids[i], seen))
+        parsed.append(_new_event(i, event, fresh_ids[i], seen, at=at))
         since_yield += len(text)
         if since_yield >= SLICE_BYTES:
             since_yield = 0
             await asyncio.sleep(0)
-    return expected, parsed
+    return parsed
+
+
+MAX_APPEND_ENTRIES = 1000
+
+
+class _RawStreamAppend(msgspec.Struct, forbid_unknown_fields=True):
+    stream: Any = UNSET
+    expectedVersion: Any = ANY
+    events: list[msgspec.Raw] | UnsetType = UNSET
+
+
+class _MultiAppendBody(msgspec.Struct, forbid_unknown_fields=True):
+    appends: list[_RawStreamAppend] | UnsetType = UNSET
+
+
+_MULTI_APPEND_DECODER = msgspec.json.Decoder(_MultiAppendBody)
+
+
+async def multi_append_body(body: bytes) -> list[StreamAppend]:
+    """`{"appends": [{"stream", "expectedVersion", "events"}, ...]}`: 1 to MAX_APPEND_ENTRIES entries, each a
+    stream clients may write, named once, with 1 or more events; 1 to MAX_EVENTS_PER_APPEND events in all, their
+    ids unique across the request."""
+    if not body:
+        raise InvalidRequest("the request needs a JSON body", field="body")
+    try:
+        doc = _MULTI_APPEND_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except msgspec.DecodeError:
+        parse_json_body(body)  # raises the precise error
+        raise InvalidRequest("the body is not valid JSON", field="body") from None
+    except RecursionError:
+        raise _too_deep("body") from None
+    entries = doc.appends
+    if entries is UNSET or not 1 <= len(entries) <= MAX_APPEND_ENTRIES:
+        raise InvalidRequest(f"appends must be a list of 1 to {MAX_APPEND_ENTRIES} entries", field="appends")
+    total = 0
+    for i, entry in enumerate(entries):
+        if entry.events is UNSET or not entry.events:
+            raise InvalidRequest(f"appends[{i}].events must be a list of 1 or more events",
+                                 field=f"appends[{i}].events")
+        total += len(entry.events)
+    if total > MAX_EVENTS_PER_APPEND:
+        raise InvalidRequest(f"an append to several streams takes at most {MAX_EVENTS_PER_APPEND} events in all, "
+                             f"not {total}", field="appends", maxEvents=MAX_EVENTS_PER_APPEND)
+    names: set[str] = set()
+    parsed: list[StreamAppend] = []
+    seen: set[bytes] = set()
+    for i, entry in enumerate(entries):
+        at = f"appends[{i}]."
+        if not isinstance(entry.stream, str):
+            raise InvalidRequest(f"{at}stream must be a stream name", field=f"{at}stream")
+        stream = stream_name(entry.stream, writing=True, field=f"{at}stream")
+        if stream in names:
+            raise InvalidRequest(f"{at}stream {stream!r} is named twice in one request; put all its events in one "
+                                 "entry", field=f"{at}stream")
+        names.add(stream)
+        expected = expected_version(entry.expectedVersion, f"{at}expectedVersion")
+        parsed.append(StreamAppend(stream, expected, await _events_in_slices(entry.events, seen, at)))
+    return parsed
 
 
 def _too_deep(field: str) -> InvalidRequest:
@@ -229,8 +294,14 @@ def _event_list(events: list | UnsetType) -> list:
     return events
 
 
-def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes]) -> NewEvent:
-    """The checks of one event of an append (the i-th) and what the log stores of it."""
+def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes], *, at: str = "") -> NewEvent:
+    """The checks of one event of an append (the i-th, at `at` in the body) and what the log stores of it."""
+    if at:
+        try:
+            return _new_event(i, event, fresh_id, seen)
+        except InvalidRequest as exc:  # the same checks, the field named where it sits in the body
+            field = at + exc.details["field"]
+            raise InvalidRequest(f"{at}{exc.message}", **{**exc.details, "field": field}) from None
     given_id = event.id is not UNSET
     if given_id:  # ids the node makes cannot repeat
         event_id = event_uuid(event.id, f"events[{i}].id")
