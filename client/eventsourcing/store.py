@@ -12,6 +12,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, InvalidRequest, NewEvent,
                             StreamNotFound, Unavailable, WrongExpectedVersion)
 from evstore.client import protocol
+from evstore.client.protocol import StreamAppend
 
 MAX_READ_LIMIT = 4096
 MAX_EVENTS_PER_APPEND = 10_000
@@ -22,12 +23,11 @@ class Append:
     """One stream's part of an append: its events and the stream version they expect to follow."""
 
     stream: str
-    expected_version: int
+    expected_version: int | str  # a stream version, or one of the contract's words ("any")
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def body(self) -> dict[str, Any]:
-        expected: int | str = "no_stream" if self.expected_version == 0 else self.expected_version
-        return {"stream": self.stream, "expectedVersion": expected, "events": self.events}
+    def expected(self) -> int | str:
+        return "no_stream" if self.expected_version == 0 else self.expected_version  # 0: "no stream" in the contract
 
 
 class VersionConflicts(Exception):
@@ -69,15 +69,13 @@ class Store:
             try:
                 if len(appends) == 1:
                     only = appends[0]
-                    return [self.client.append(only.stream, only.events, expected_version=only.body()["expectedVersion"])]
-                reply = self.client._run(self.client.async_client._request(
-                    "POST", "/v1/streams", body={"appends": [a.body() for a in appends]}))
+                    return [self.client.append(only.stream, only.events, expected_version=only.expected())]
+                reply = self.client.append_many([StreamAppend(a.stream, a.events, a.expected()) for a in appends])
                 return list(reply["results"])
             except WrongExpectedVersion as exc:
-                failures = exc.details.get("failures")
-                if failures is None:
-                    failures = [{"stream": appends[0].stream, "currentVersion": exc.current_version}]
-                raise VersionConflicts({f["stream"]: int(f.get("currentVersion") or 0) for f in failures}) from None
+                stream = appends[0].stream
+                raise VersionConflicts({f.get("stream") or stream: int(f.get("currentVersion") or 0)
+                                        for f in exc.failures}) from None
 
     # -- reads -----------------------------------------------------------------------------
 
