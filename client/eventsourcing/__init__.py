@@ -5,6 +5,7 @@ from .factory import Factory
 from .recorders import (EvstoreAggregateRecorder, EvstoreApplicationRecorder, EvstoreProcessRecorder,
                         EvstoreSubscription, EvstoreTrackingRecorder)
 from .snapshots import EvstoreSnapshotRecorder
+from .store import Append
 
-__all__ = ["Factory", "EvstoreAggregateRecorder", "EvstoreApplicationRecorder", "EvstoreProcessRecorder",
+__all__ = ["Factory", "Append", "EvstoreAggregateRecorder", "EvstoreApplicationRecorder", "EvstoreProcessRecorder",
            "EvstoreSubscription", "EvstoreTrackingRecorder", "EvstoreSnapshotRecorder"]

@@ -292,6 +292,12 @@ class EvstoreTrackingRecorder(EvstoreRecorder, TrackingRecorder):
     def insert_tracking(self, tracking: Tracking) -> None:
         self._append_tracking(tracking, [])
 
+    def record(self, tracking: Tracking, appends: Sequence[Append]) -> list[dict[str, Any]]:
+        """Write a read model's changes (`appends` to its own streams, each with its expected version)
+        atomically with the tracking record: the position is processed once or not at all. IntegrityError
+        when it was already recorded. Returns the append replies, the tracking record's last."""
+        return self._append_tracking(tracking, list(appends))
+
     def _append_tracking(self, tracking: Tracking, appends: list[Append]) -> list[dict[str, Any]]:
         """`appends` (other streams' parts, written atomically with it) plus the tracking record."""
         for attempt in (1, 2):

@@ -9,8 +9,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.tests.projection import (AggregateEventCountersProjectionTestCase, EventCountersView,
                                             EventCountersViewTestCase, EventSourcedProjectionTestCase)
 
-from evstore.eventsourcing import EvstoreTrackingRecorder, Factory
-from evstore.eventsourcing.store import Append
+from evstore.eventsourcing import Append, EvstoreTrackingRecorder, Factory
 
 CREATED = "CreatedEventCounted"
 SUBSEQUENT = "SubsequentEventCounted"
@@ -27,7 +26,7 @@ class EvstoreEventCountersView(EvstoreTrackingRecorder, EventCountersView):
         return sum(1 for e in self.store.read_stream(self._counters()) if e["type"] == type)
 
     def _increment(self, type: str, tracking: Tracking) -> None:
-        self._append_tracking(tracking, [Append(self._counters(), "any", [{"type": type, "data": {}}])])
+        self.record(tracking, [Append(self._counters(), "any", [{"type": type, "data": {}}])])
 
     def get_created_event_counter(self) -> int:
         return self._count(CREATED)
