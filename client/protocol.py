@@ -1,6 +1,7 @@
 """Pure request building for the evstore HTTP API: paths, query parameters, bodies. No I/O here."""
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
@@ -68,8 +69,27 @@ def subscription_path(name: str, suffix: str = "") -> str:
     return f"/v1/subscriptions/{path_segment(name)}{suffix}"
 
 
-def snapshot_path(source: str) -> str:
-    return f"/v1/snapshots/{path_segment(source)}"
+def snapshot_path(source: str, suffix: str = "") -> str:
+    return f"/v1/snapshots/{path_segment(source)}{suffix}"
+
+
+def snapshot_body(*, version: int, type: str, data: Any = None, metadata: Mapping[str, Any] | bytes | None = None,
+                  keep: int | None = None) -> dict[str, Any]:
+    """The body of PUT /v1/snapshots/{source}; bytes payloads go as base64."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError("a snapshot's version must be an integer >= 0")
+    body: dict[str, Any] = {"version": version, "type": type}
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        body["dataBase64"] = base64.b64encode(bytes(data)).decode("ascii")
+    else:
+        body["data"] = data
+    if isinstance(metadata, (bytes, bytearray, memoryview)):
+        body["metadataBase64"] = base64.b64encode(bytes(metadata)).decode("ascii")
+    elif metadata is not None:
+        body["metadata"] = dict(metadata)
+    if keep is not None:
+        body["keep"] = keep
+    return body
 
 
 def check_expected_version(value: ExpectedVersion) -> ExpectedVersion:

@@ -296,49 +296,92 @@ def _event_list(events: list | UnsetType) -> list:
 
 def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes], *, at: str = "") -> NewEvent:
     """The checks of one event of an append (the i-th, at `at` in the body) and what the log stores of it."""
-    if at:
-        try:
-            return _new_event(i, event, fresh_id, seen)
-        except InvalidRequest as exc:  # the same checks, the field named where it sits in the body
-            field = at + exc.details["field"]
-            raise InvalidRequest(f"{at}{exc.message}", **{**exc.details, "field": field}) from None
+    where = f"{at}events[{i}]."
     given_id = event.id is not UNSET
     if given_id:  # ids the node makes cannot repeat
-        event_id = event_uuid(event.id, f"events[{i}].id")
+        event_id = event_uuid(event.id, f"{where}id")
         if event_id in seen:
-            raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
+            raise InvalidRequest(f"{where}id repeats an id of the same request", field=f"{where}id")
         seen.add(event_id)
     else:
         event_id = fresh_id
-    event_type_value = event.type
+    event_type_value, data, metadata, flags = _payloads(event, where)
+    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
+
+
+def _payloads(body: _EventBody | _SnapshotBody, where: str) -> tuple[str, bytes, bytes, int]:
+    """type, data, metadata and content flags of an event or snapshot (at `where` in the body: "" or ending
+    with a dot), with the checks of each."""
+    event_type_value = body.type
     if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
             and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
-        event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
+        event_type(event_type_value, f"{where}type")  # raises with the precise message
     flags = 0
-    if event.dataBase64 is not UNSET:
-        if event.data is not UNSET:
-            raise InvalidRequest(f"events[{i}] has both data and dataBase64", field=f"events[{i}].dataBase64")
-        data = base64_payload(event.dataBase64, f"events[{i}].dataBase64")
+    if body.dataBase64 is not UNSET:
+        if body.data is not UNSET:
+            raise InvalidRequest(f"{where.rstrip('.') or 'the body'} has both data and dataBase64",
+                                 field=f"{where}dataBase64")
+        data = base64_payload(body.dataBase64, f"{where}dataBase64")
         flags |= DATA_BINARY
-    elif event.data is UNSET:
+    elif body.data is UNSET:
         data = _NULL
     else:
-        data = bytes(event.data)
-        check_depth(data, f"events[{i}].data")
-    if event.metadataBase64 is not UNSET:
-        if event.metadata is not UNSET:
-            raise InvalidRequest(f"events[{i}] has both metadata and metadataBase64",
-                                 field=f"events[{i}].metadataBase64")
-        metadata = base64_payload(event.metadataBase64, f"events[{i}].metadataBase64")
+        data = bytes(body.data)
+        check_depth(data, f"{where}data")
+    if body.metadataBase64 is not UNSET:
+        if body.metadata is not UNSET:
+            raise InvalidRequest(f"{where.rstrip('.') or 'the body'} has both metadata and metadataBase64",
+                                 field=f"{where}metadataBase64")
+        metadata = base64_payload(body.metadataBase64, f"{where}metadataBase64")
         flags |= METADATA_BINARY
-    elif event.metadata is UNSET:
+    elif body.metadata is UNSET:
         metadata = _EMPTY_OBJECT
     else:
-        metadata = bytes(event.metadata)
+        metadata = bytes(body.metadata)
         if metadata[:1] != b"{":
-            raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
-        check_depth(metadata, f"events[{i}].metadata")
-    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
+            raise InvalidRequest(f"{where}metadata must be a JSON object", field=f"{where}metadata")
+        check_depth(metadata, f"{where}metadata")
+    return event_type_value, data, metadata, flags
+
+
+# snapshots ---------------------------------------------------------------------------------------
+SNAPSHOT_STREAM_PREFIX_BYTES = len("$snapshot-")
+MAX_SOURCE_BYTES = MAX_STREAM_NAME_BYTES - SNAPSHOT_STREAM_PREFIX_BYTES
+
+
+def snapshot_source(raw: str) -> str:
+    return stream_name(raw, field="source", what="snapshot source", max_bytes=MAX_SOURCE_BYTES)
+
+
+class _SnapshotBody(msgspec.Struct, forbid_unknown_fields=True):
+    version: Any = UNSET
+    type: Any = UNSET
+    data: msgspec.Raw | UnsetType = UNSET
+    metadata: msgspec.Raw | UnsetType = UNSET
+    dataBase64: Any = UNSET
+    metadataBase64: Any = UNSET
+    keep: Any = None
+
+
+_SNAPSHOT_DECODER = msgspec.json.Decoder(_SnapshotBody)
+
+
+def snapshot_body(body: bytes) -> tuple[int, NewEvent, int | None]:
+    """`{"version", "type", "data" | "dataBase64", "metadata" | "metadataBase64", "keep"}`: the snapshot's version,
+    the snapshot (as an event: type, data, metadata, content flags) and the retention to set (None: unchanged)."""
+    parse_json_body(body)  # validates what msgspec only skips in data: UTF-8, number ranges, nesting
+    try:
+        doc = _SNAPSHOT_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except RecursionError:
+        raise _too_deep("body") from None
+    if doc.version is UNSET:
+        raise InvalidRequest("a snapshot needs its version", field="version")
+    version = bounded_int(doc.version, "version", 0)
+    keep = None if doc.keep is None else bounded_int(doc.keep, "keep", 1, MAX_INT)
+    event_type_value, data, metadata, flags = _payloads(doc, "")
+    return version, NewEvent(b"", event_type_value, data, metadata, given_id=False, flags=flags), keep
 
 
 def base64_payload(value: Any, field: str) -> bytes:
