@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
 from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, InvalidRequest, NewEvent,
-                            StreamNotFound, Unavailable, WrongExpectedVersion)
+                            SnapshotNotFound, StreamNotFound, Unavailable, WrongExpectedVersion)
 from evstore.client import protocol
 from evstore.client.protocol import StreamAppend
 
@@ -116,19 +116,30 @@ class Store:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def save_snapshot(self, source: str, *, version: int, type: str, data: Any,
-                      metadata: Mapping[str, Any]) -> None:
+    def save_snapshot(self, source: str, *, version: int, type: str, data: bytes) -> None:
         with translated_errors():
-            self.client.save_snapshot(source, version=version, type=type, data=data, metadata=metadata)
+            self.client.save_snapshot(source, version=version, type=type, data=data)
 
     def read_snapshot(self, source: str, *, max_version: int | None) -> dict[str, Any] | None:
+        """The latest snapshot at or below `max_version`, or None."""
         with translated_errors():
             try:
                 return self.client.read_snapshot(source, max_version=max_version)
-            except EvstoreError as exc:
-                if exc.status == 404:
-                    return None
-                raise
+            except SnapshotNotFound:
+                return None
+
+    def read_snapshots(self, source: str, *, min_version: int | None, max_version: int | None, backward: bool,
+                       limit: int | None) -> list[dict[str, Any]]:
+        """Snapshots with versions in [min_version, max_version], in version order, at most `limit`."""
+        selected: list[dict[str, Any]] = []
+        with translated_errors():
+            for snapshot in self.client.iter_snapshots(source, min_version=min_version, max_version=max_version,
+                                                       backward=backward,
+                                                       page_size=min(limit, MAX_READ_LIMIT) if limit else None):
+                selected.append(snapshot)
+                if limit is not None and len(selected) >= limit:
+                    break
+        return selected
 
     # -- live ------------------------------------------------------------------------------
 
