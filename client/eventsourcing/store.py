@@ -4,6 +4,7 @@ eventsourcing exceptions (PEP 249 names) the library's callers expect."""
 from __future__ import annotations
 
 import base64
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -55,10 +56,33 @@ class Store:
     """One node (or cluster) URL and token; thread-safe (the client runs one event loop thread)."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
-        self.client = EvstoreClient(url, token=token, timeout=timeout)
+        self._client = EvstoreClient(url, token=token, timeout=timeout)
+        self._timeout = timeout
+        self._gate = threading.Condition()
+        self._active = 0
+        self._closing = False
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A client call, refused once closing began: a call sent to the client's loop after it stopped
+        would wait forever, so close() first lets the calls in flight finish."""
+        with self._gate:
+            if self._closing:
+                raise OperationalError("the evstore persistence module was closed")
+            self._active += 1
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        finally:
+            with self._gate:
+                self._active -= 1
+                self._gate.notify_all()
 
     def close(self) -> None:
-        self.client.close()
+        with self._gate:
+            if self._closing:
+                return
+            self._closing = True
+            self._gate.wait_for(lambda: self._active == 0, timeout=self._timeout)
+        self._client.close()
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -69,8 +93,8 @@ class Store:
             try:
                 if len(appends) == 1:
                     only = appends[0]
-                    return [self.client.append(only.stream, only.events, expected_version=only.expected())]
-                reply = self.client.append_many([StreamAppend(a.stream, a.events, a.expected()) for a in appends])
+                    return [self._call("append", only.stream, only.events, expected_version=only.expected())]
+                reply = self._call("append_many", [StreamAppend(a.stream, a.events, a.expected()) for a in appends])
                 return list(reply["results"])
             except WrongExpectedVersion as exc:
                 stream = appends[0].stream
@@ -86,7 +110,7 @@ class Store:
         with translated_errors():
             while True:
                 try:
-                    page = self.client.read_stream(stream, from_version=cursor, limit=limit, backward=backward)
+                    page = self._call("read_stream", stream, from_version=cursor, limit=limit, backward=backward)
                 except StreamNotFound:
                     return
                 yield from page["events"]
@@ -106,7 +130,7 @@ class Store:
         cursor = from_position
         with translated_errors():
             while True:
-                page = self.client.read_all(from_position=cursor, limit=limit, backward=backward,
+                page = self._call("read_all", from_position=cursor, limit=limit, backward=backward,
                                             types=list(types) or None, stream_prefix=stream_prefix or None)
                 yield from page["events"]
                 following = page.get("next")
@@ -118,13 +142,13 @@ class Store:
 
     def save_snapshot(self, source: str, *, version: int, type: str, data: bytes) -> None:
         with translated_errors():
-            self.client.save_snapshot(source, version=version, type=type, data=data)
+            self._call("save_snapshot", source, version=version, type=type, data=data)
 
     def read_snapshot(self, source: str, *, max_version: int | None) -> dict[str, Any] | None:
         """The latest snapshot at or below `max_version`, or None."""
         with translated_errors():
             try:
-                return self.client.read_snapshot(source, max_version=max_version)
+                return self._call("read_snapshot", source, max_version=max_version)
             except SnapshotNotFound:
                 return None
 
@@ -133,19 +157,26 @@ class Store:
         """Snapshots with versions in [min_version, max_version], in version order, at most `limit`."""
         selected: list[dict[str, Any]] = []
         with translated_errors():
-            for snapshot in self.client.iter_snapshots(source, min_version=min_version, max_version=max_version,
-                                                       backward=backward,
-                                                       page_size=min(limit, MAX_READ_LIMIT) if limit else None):
-                selected.append(snapshot)
-                if limit is not None and len(selected) >= limit:
-                    break
-        return selected
+            while True:
+                page = self._call("read_snapshots", source, min_version=min_version, max_version=max_version,
+                                  backward=backward, limit=min(limit, MAX_READ_LIMIT) if limit else None)
+                for snapshot in page.get("snapshots", []):
+                    selected.append(snapshot)
+                    if limit is not None and len(selected) >= limit:
+                        return selected
+                following = page.get("next")
+                if following is None:
+                    return selected
+                if backward:
+                    max_version = following
+                else:
+                    min_version = following
 
     # -- live ------------------------------------------------------------------------------
 
     def subscribe(self, **selector: Any) -> Any:
         with translated_errors():
-            return self.client.subscribe(**selector)
+            return self._call("subscribe", **selector)
 
 
 class translated_errors:
