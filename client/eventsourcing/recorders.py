@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Sequence
 from uuid import UUID
 
@@ -27,6 +27,7 @@ from .store import MAX_READ_LIMIT, Append, Store, VersionConflicts, binary_event
 TRACKING_TYPE = "~tracking"  # not a topic (no module:name), so never an aggregate event's type
 TRACKING_INFIX = "~tracking-"
 BASE_CACHE_SIZE = 100_000
+CATCH_UP_PAGE = MAX_READ_LIMIT
 
 
 class StreamNames:
@@ -119,6 +120,8 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
             groups.setdefault(event.originator_id, []).append(event)
         named: dict[str, list[StoredEvent]] = {}
         for originator_id, events in groups.items():
+            if f"{originator_id}".startswith(TRACKING_INFIX):
+                raise ProgrammingError(f"originator ids starting with {TRACKING_INFIX!r} name tracking streams")
             try:
                 versions.check_contiguous([e.originator_version for e in events])
             except versions.NotContiguous as exc:
@@ -184,17 +187,16 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
             raw = self.store.read_stream(stream, from_version=versions.backward_start(lte, base), limit=page,
                                          backward=True)
         else:
-            span = versions.forward_range(gt, lte, base)
-            raw = self.store.read_stream(stream, from_version=span.start, limit=page)
+            start = versions.forward_start(gt, base)
+            raw = self.store.read_stream(stream, from_version=start, limit=page)
         selected: list[StoredEvent] = []
         for event in raw:
             version = event["metadata"][versions.ORIGINATOR_VERSION_KEY]
             if base is None:
                 base = versions.base_of(version, event["version"])
                 self._bases.put(stream, base)
-                if not desc and gt is not None and versions.forward_range(gt, lte, base).start != span.start \
-                        and version > gt + 1:
-                    return self.select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+                if not desc and versions.forward_start(gt, base) != start and gt is not None and version > gt + 1:
+                    return self.select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)  # started late
             if desc:
                 if lte is not None and version > lte:
                     continue
@@ -209,6 +211,13 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
                                         topic=event["type"], state=event_bytes(event)))
             if limit is not None and len(selected) >= limit:
                 break
+        if base is None and not desc and gt is not None:  # read past the end on a guessed base: check it
+            first = self.store.first_event(stream)
+            if first is not None:
+                base = versions.base_of(first["metadata"][versions.ORIGINATOR_VERSION_KEY], first["version"])
+                self._bases.put(stream, base)
+                if versions.forward_start(gt, base) != start:
+                    return self.select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
         return selected
 
 
@@ -249,36 +258,67 @@ class EvstoreApplicationRecorder(EvstoreAggregateRecorder, ApplicationRecorder):
 
 
 class EvstoreSubscription(Subscription[EvstoreApplicationRecorder]):
-    """Notifications after `gt`, then live: an evstore transient subscription (no polling)."""
+    """Notifications after `gt`, then live, without polling: what is already recorded comes in pages
+    of `$all` (thousands per request), then an evstore transient subscription continues after the
+    last one read (its replay covers whatever commits in between: nothing is skipped or repeated)."""
 
     def __init__(self, recorder: EvstoreApplicationRecorder, gt: int | None = None,
                  topics: Sequence[str] = ()) -> None:
         super().__init__(recorder=recorder, gt=gt, topics=topics)
-        selector: dict[str, Any] = {}
-        prefix = recorder.names.prefix
-        self._wanted = frozenset(topics) if topics and prefix else frozenset()
-        if prefix:
-            selector["stream_prefix"] = prefix
-        elif topics:
-            selector["types"] = list(topics)
-        if gt:
-            selector["after"] = gt
-        else:
-            selector["start"] = "start"
-        self._live = recorder.store.subscribe(**selector)
-        self._live.__enter__()
+        self._buffer: deque[Notification] = deque()
+        self._live: Any = None
+        self._caught_up = False
+        self._lock = threading.Lock()
 
     def stop(self) -> None:
         super().stop()
-        self._live.stop()
+        with self._lock:
+            live = self._live
+        if live is not None:
+            live.stop()
 
     def __next__(self) -> Notification:
         while not self._has_been_stopped:
-            event = next(self._live)  # StopIteration once stopped
-            if event["type"] == TRACKING_TYPE or (self._wanted and event["type"] not in self._wanted):
+            if self._buffer:
+                notification = self._buffer.popleft()
+                self._last_notification_id = notification.id
+                return notification
+            if not self._caught_up:
+                self._catch_up()
                 continue
-            return self._recorder.notification(event)
+            event = next(self._live_subscription())  # StopIteration once stopped
+            if event["type"] == TRACKING_TYPE or (self._topics and event["type"] not in self._topics):
+                continue
+            notification = self._recorder.notification(event)
+            self._last_notification_id = notification.id
+            return notification
         raise StopIteration
+
+    def _catch_up(self) -> None:
+        page = self._recorder.select_notifications(self._last_notification_id or 0, CATCH_UP_PAGE,
+                                                   topics=self._topics, inclusive_of_start=False)
+        self._buffer.extend(page)
+        self._caught_up = len(page) < CATCH_UP_PAGE
+
+    def _live_subscription(self) -> Any:
+        with self._lock:
+            if self._live is None:
+                selector: dict[str, Any] = {}
+                prefix = self._recorder.names.prefix
+                if prefix:
+                    selector["stream_prefix"] = prefix
+                elif self._topics:
+                    selector["types"] = list(self._topics)
+                if self._last_notification_id:
+                    selector["after"] = self._last_notification_id
+                else:
+                    selector["start"] = "start"
+                self._live = self._recorder.store.subscribe(**selector)
+                self._live.__enter__()
+            live = self._live
+        if self._has_been_stopped:
+            live.stop()
+        return live
 
 
 class EvstoreTrackingRecorder(EvstoreRecorder, TrackingRecorder):

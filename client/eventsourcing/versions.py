@@ -13,7 +13,6 @@ expected version) and learn it from the stream's first event when they cannot gu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 ORIGINATOR_VERSION_KEY = "v"
@@ -45,21 +44,13 @@ def check_contiguous(versions: Sequence[int]) -> None:
             raise NotContiguous(f"originator versions {earlier} then {later} in one call")
 
 
-@dataclass(frozen=True)
-class StreamRange:
-    """Which stream versions to read for originator versions in (gt, lte]; the read filters by each
-    event's own originator version, so a range that starts early or ends late only costs a few events."""
-
-    start: int | None
-    end: int | None
-
-
-def forward_range(gt: int | None, lte: int | None, base: int | None) -> StreamRange:
-    """Stream versions covering originator versions > gt (and <= lte), assuming base <= 1 when unknown."""
-    assumed = 1 if base is None else base
-    start = None if gt is None else max(1, gt + 2 - assumed)
-    end = None if lte is None else lte - (0 if base is None else base) + 1
-    return StreamRange(start, end)
+def forward_start(gt: int | None, base: int | None) -> int | None:
+    """The stream version to read forward from for originator versions > gt. With the base unknown it
+    assumes 1 (eventsourcing's default); the read filters by each event's own originator version, and
+    the caller reads again from the right place when the first event shows a larger base."""
+    if gt is None:
+        return None
+    return max(1, gt + 2 - (1 if base is None else base))
 
 
 def backward_start(lte: int | None, base: int | None) -> int | None:
