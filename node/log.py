@@ -318,53 +318,54 @@ class Log:
                                  streams=(stream,))
 
     async def append_many(self, appends: Sequence[StreamAppend]) -> MultiAppendResult:
-        """Append to several streams in one write operation: all or nothing, at contiguous positions. Every
-        failing expected-version check is named (WrongExpectedVersion with `failures`); a retry of the whole
-        request (the same event ids and content) gets the original reply."""
+        """Append to several streams in one write operation: all or nothing, at contiguous positions, the entries
+        in order (a stream named twice gets its entries one after the other; each expected version is checked
+        against the stream as the entries before it leave it). Every failing check is named (WrongExpectedVersion
+        with `failures`); a retry of the whole request (the same event ids and content) gets the original reply."""
         if not appends:
             raise InvalidRequest("an append to several streams needs at least one entry", field="appends")
-        seen: set[str] = set()
         for i, entry in enumerate(appends):
-            if entry.stream in seen:
-                raise InvalidRequest(f"appends[{i}].stream {entry.stream!r} is named twice in one request; "
-                                     "put all its events in one entry", field=f"appends[{i}].stream")
-            seen.add(entry.stream)
             if not entry.events:
                 raise InvalidRequest("an append needs at least one event", field=f"appends[{i}].events")
         sizes = [seal_payloads(entry.stream, entry.events) for entry in appends]
+        streams = tuple(dict.fromkeys(entry.stream for entry in appends))
 
         def op(txn: WriteTxn) -> MultiAppendResult:
             given = [e.id for entry in appends for e in entry.events if e.given_id]
             existing = txn.records_by_ids(given) if given else None
             if existing:
                 return _original_multi_reply(appends, existing)
-            rows, failures = [], []
+            failures = []
+            ahead: dict[str, int] = {}  # events the entries checked so far add to each stream
             for entry in appends:
                 row = txn.stream_row(entry.stream) or StreamRow(entry.stream)
                 vis = visibility(row, txn.now)
                 if vis.deleted == "hard":
                     raise StreamDeleted(f"stream {entry.stream!r} was hard deleted", stream=entry.stream)
+                added = ahead.get(entry.stream, 0)
+                if added:  # as the entries before this one leave the stream: it exists
+                    row = StreamRow(entry.stream, row.version + added)
                 try:
-                    check_expected_version(entry.stream, row, entry.expected, vis.deleted)
+                    check_expected_version(entry.stream, row, entry.expected, "no" if added else vis.deleted)
                 except WrongExpectedVersion as exc:
                     failures.append(exc.details)
-                rows.append(row)
+                ahead[entry.stream] = added + len(entry.events)
             if failures:
                 first = failures[0]
                 raise WrongExpectedVersion(
-                    f"{len(failures)} of {len(appends)} streams failed their expected-version check; first: "
+                    f"{len(failures)} of {len(appends)} entries failed their expected-version check; first: "
                     f"{first['stream']!r} is at version {first['currentVersion']}, expected {first['expectedVersion']}",
                     **first, failures=failures)
             results = []
-            for row, entry, size in zip(rows, appends, sizes):
-                result = _write_events(txn, row, entry.events)
+            for entry, size in zip(appends, sizes):
+                result = _write_events(txn, txn.stream_row(entry.stream) or StreamRow(entry.stream), entry.events)
                 result.bytes_written = size
                 results.append(result)
             return MultiAppendResult(results, results[-1].position)
 
         count = sum(len(entry.events) for entry in appends)
         return await self._write(op, count + sum(sizes) // 1024, position_of=lambda r: r.position,
-                                 streams=tuple(seen))
+                                 streams=streams)
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)

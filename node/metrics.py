@@ -56,6 +56,12 @@ class NodeMetrics:
         self.gossip_rejected = Counter("evstore_gossip_rejected", "Rejected discovery announcements", ["reason"],
                                        registry=r)
         self.etcd_up = Gauge("evstore_etcd_up", "1 when etcd answers", registry=r)
+        self.leader_records_rejected = Counter("evstore_leader_records_rejected",
+                                               "Leader records in etcd ignored because they did not verify",
+                                               ["reason"], registry=r)
+        self.peer_auth_rejected = Counter("evstore_peer_auth_rejected",
+                                          "Peer requests (and peer replies) refused because they did not verify",
+                                          ["reason"], registry=r)
         # subscriptions
         self.subscribers = Gauge("evstore_subscribers", "Connected transient subscribers", registry=r)
         self.subscription_delivery_latency = Histogram(

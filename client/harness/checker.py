@@ -61,6 +61,15 @@ class History:
 
     def __init__(self) -> None:
         self.attempts: list[Attempt] = []
+        self.groups: list[list[Attempt]] = []  # the attempts of each append to several streams
+
+    def record_many(self, entries: Iterable[tuple[str, Iterable[str], int | str]]) -> list[Attempt]:
+        """One append to several streams (POST /v1/streams): an attempt per (stream, event ids, expected
+        version) entry, set to the same outcome by the caller, and judged together: all present or none, at
+        contiguous positions."""
+        group = [self.record(stream, event_ids, expected) for stream, event_ids, expected in entries]
+        self.groups.append(group)
+        return group
 
     def record(self, stream: str, event_ids: Iterable[str], expected_version: int | str,
                status: Status = "unknown", reply: dict | None = None) -> Attempt:
@@ -348,6 +357,16 @@ def check_history(node: NodeData, index: LogIndex, history: History, problems: P
             if present:
                 problems.add("failed-visible", f"{name}: failed {what} is visible: {present} of "
                                                f"{len(positions)} events present")
+
+    for group in history.groups:
+        positions = [index.position_of.get(i) for attempt in group for i in attempt.event_ids]
+        present = sum(p is not None for p in positions)
+        what = (f"append to {len(group)} streams ({', '.join(repr(a.stream) for a in group[:3])}"
+                f"{', ...' if len(group) > 3 else ''}; id {short(group[0].event_ids)})")
+        if 0 < present < len(positions):
+            problems.add("half-visible", f"{name}: {what} is torn: {present} of {len(positions)} events present")
+        elif present and positions != list(range(positions[0], positions[0] + len(positions))):
+            problems.add("half-visible", f"{name}: {what} is not at contiguous positions {positions[:10]}")
 
     known = {i for attempt in history for i in attempt.event_ids}
     foreign = [e for e in events if not e.stream.startswith("$") and e.id not in known]

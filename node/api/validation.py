@@ -241,8 +241,8 @@ _MULTI_APPEND_DECODER = msgspec.json.Decoder(_MultiAppendBody)
 
 async def multi_append_body(body: bytes) -> list[StreamAppend]:
     """`{"appends": [{"stream", "expectedVersion", "events"}, ...]}`: 1 to MAX_APPEND_ENTRIES entries, each a
-    stream clients may write, named once, with 1 or more events; 1 to MAX_EVENTS_PER_APPEND events in all, their
-    ids unique across the request."""
+    stream clients may write with 1 or more events; 1 to MAX_EVENTS_PER_APPEND events in all, their ids unique
+    across the request."""
     if not body:
         raise InvalidRequest("the request needs a JSON body", field="body")
     try:
@@ -266,7 +266,6 @@ async def multi_append_body(body: bytes) -> list[StreamAppend]:
     if total > MAX_EVENTS_PER_APPEND:
         raise InvalidRequest(f"an append to several streams takes at most {MAX_EVENTS_PER_APPEND} events in all, "
                              f"not {total}", field="appends", maxEvents=MAX_EVENTS_PER_APPEND)
-    names: set[str] = set()
     parsed: list[StreamAppend] = []
     seen: set[bytes] = set()
     for i, entry in enumerate(entries):
@@ -274,10 +273,6 @@ async def multi_append_body(body: bytes) -> list[StreamAppend]:
         if not isinstance(entry.stream, str):
             raise InvalidRequest(f"{at}stream must be a stream name", field=f"{at}stream")
         stream = stream_name(entry.stream, writing=True, field=f"{at}stream")
-        if stream in names:
-            raise InvalidRequest(f"{at}stream {stream!r} is named twice in one request; put all its events in one "
-                                 "entry", field=f"{at}stream")
-        names.add(stream)
         expected = expected_version(entry.expectedVersion, f"{at}expectedVersion")
         parsed.append(StreamAppend(stream, expected, await _events_in_slices(entry.events, seen, at)))
     return parsed
@@ -360,7 +355,7 @@ class _SnapshotBody(msgspec.Struct, forbid_unknown_fields=True):
     metadata: msgspec.Raw | UnsetType = UNSET
     dataBase64: Any = UNSET
     metadataBase64: Any = UNSET
-    keep: Any = None
+    keep: Any = UNSET
 
 
 _SNAPSHOT_DECODER = msgspec.json.Decoder(_SnapshotBody)
@@ -379,7 +374,7 @@ def snapshot_body(body: bytes) -> tuple[int, NewEvent, int | None]:
     if doc.version is UNSET:
         raise InvalidRequest("a snapshot needs its version", field="version")
     version = bounded_int(doc.version, "version", 0)
-    keep = None if doc.keep is None else bounded_int(doc.keep, "keep", 1, MAX_INT)
+    keep = None if doc.keep is UNSET else bounded_int(doc.keep, "keep", 1, MAX_INT)
     event_type_value, data, metadata, flags = _payloads(doc, "")
     return version, NewEvent(b"", event_type_value, data, metadata, given_id=False, flags=flags), keep
 

@@ -98,8 +98,6 @@ async def test_the_same_request_again_returns_the_original_reply(http):
     ({"appends": []}, 400, "invalid_request", "appends"),
     ({"appends": [{"stream": "x", "events": []}]}, 400, "invalid_request", "appends[0].events"),
     ({"appends": [{"events": [{"type": "A"}]}]}, 400, "invalid_request", "appends[0].stream"),
-    ({"appends": [{"stream": "x", "events": [{"type": "A"}]}, {"stream": "x", "events": [{"type": "A"}]}]},
-     400, "invalid_request", "appends[1].stream"),
     ({"appends": [{"stream": "ok", "events": [{"type": "A"}]}, {"stream": "$x", "events": [{"type": "A"}]}]},
      400, "reserved_stream", "appends[1].stream"),
     ({"appends": [{"stream": "x", "expectedVersion": -1, "events": [{"type": "A"}]}]},
@@ -121,6 +119,15 @@ async def test_bad_requests_are_4xx_and_write_nothing(http, body, status, code, 
     got, reply = await call(http, "POST", "/v1/streams", json=body)
     assert (got, reply["error"], reply.get("field")) == (status, code, field), reply
     assert await head(http) == before
+
+
+async def test_a_stream_named_twice_gets_its_entries_in_order(http):
+    a = name("twice")
+    status, reply = await call(http, "POST", "/v1/streams", json={"appends": [
+        {"stream": a, "expectedVersion": "no_stream", "events": [event()]},
+        {"stream": a, "expectedVersion": 1, "events": [event(), event()]}]})
+    assert status == 200, reply
+    assert [(r["fromVersion"], r["version"]) for r in reply["results"]] == [(1, 1), (2, 3)]
 
 
 async def test_a_body_that_is_not_json_is_a_400(http):
@@ -154,3 +161,35 @@ async def test_the_async_and_sync_clients_append_to_several_streams(url):
         assert [r["version"] for r in reply["results"]] == [2, 2]
         with pytest.raises(TypeError):
             client.append_many(StreamAppend(a, [NewEvent("A")]))
+
+
+def test_the_cli_appends_to_several_streams(url, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from evstore.client.cli import cli
+
+    a, b = name("clia"), name("clib")
+    path = tmp_path / "appends.json"
+    path.write_text(json.dumps({"appends": [{"stream": a, "expectedVersion": "no_stream", "events": [{"type": "A"}]},
+                                            {"stream": b, "events": [{"type": "B"}, {"type": "B"}]}]}))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--url", url, "append-many", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith(f"appended to {a}: version 1")
+    assert f"appended to {b}: versions 1..2" in result.output
+    again = runner.invoke(cli, ["--url", url, "append-many", "--file", "-", "--json"],
+                          input=json.dumps([{"stream": a, "expectedVersion": 0, "events": [{"type": "A"}]}]))
+    assert again.exit_code == 1 and "wrong_expected_version" in again.output
+
+
+async def test_the_body_limit_applies_and_a_too_large_request_writes_nothing(node_factory):
+    small = node_factory("small", args=("--max-body-bytes", "2048"))
+    async with aiohttp.ClientSession(base_url=small.url) as http:
+        big = {"appends": [{"stream": f"s{i}", "events": [{"type": "A", "data": "x" * 100}]} for i in range(20)]}
+        status, reply = await call(http, "POST", "/v1/streams", json=big)
+        assert (status, reply["error"], reply["maxBytes"]) == (413, "too_large", 2048)
+        status, info = await call(http, "GET", "/v1/info")
+        assert {"multi-stream-append", "snapshots"} <= set(info["features"])
+        assert (await head(http)) == 0

@@ -177,3 +177,57 @@ async def test_the_async_and_sync_clients(url):
         client.delete_snapshot(source)
         with pytest.raises(SnapshotNotFound):
             client.read_snapshot(source)
+
+
+def test_the_cli_puts_gets_lists_and_deletes_snapshots(url, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from evstore.client.cli import cli
+
+    runner = CliRunner()
+
+    def run(*args: str, input: str | bytes | None = None):
+        result = runner.invoke(cli, ["--url", url, *args], input=input)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    source = name("cli")
+    assert "version 3" in run("snapshot", "put", source, "--version", "3", "--type", "S", "--data", '{"a": 1}',
+                              "--metadata", '{"m": true}')
+    (tmp_path / "state.bin").write_bytes(b"\x00\x01bin")
+    run("snapshot", "put", source, "--version", "5", "--type", "S", "--data-file", str(tmp_path / "state.bin"),
+        "--keep", "10")
+    assert json.loads(run("snapshot", "get", source, "--json"))["dataBase64"] == "AAFiaW4="
+    assert json.loads(run("snapshot", "get", source, "--max-version", "4", "--json"))["data"] == {"a": 1}
+    assert "version:" in run("snapshot", "get", source)
+    table = run("snapshot", "get", source, "--all")
+    assert table.splitlines()[0].split()[:2] == ["VERSION", "TYPE"] and len(table.splitlines()) == 3
+    assert source in run("snapshot", "list", "--prefix", source)
+    assert "deleted" in run("snapshot", "delete", source)
+    missing = runner.invoke(cli, ["--url", url, "snapshot", "get", source])
+    assert missing.exit_code == 1 and "snapshot_not_found" in missing.output
+
+
+async def test_a_source_with_a_slash_is_one_path_segment(url):
+    source = name("a/all")
+    async with AsyncEvstoreClient(url, timeout=10) as client:
+        await client.save_snapshot(source, version=1, type="S", data=1)
+        assert (await client.read_snapshot(source))["source"] == source
+        assert [s["source"] for s in (await client.read_snapshots(source))["snapshots"]] == [source]
+        with pytest.raises(SnapshotNotFound):
+            await client.read_snapshot(source.split("/")[0])
+
+
+def test_the_openapi_limits_are_the_parser_limits():
+    from evstore.node.api import validation as v
+    from evstore.node.api.openapi import document
+
+    schemas = document()["components"]["schemas"]
+    appends = schemas["MultiAppendRequest"]["properties"]["appends"]
+    assert (appends["minItems"], appends["maxItems"]) == (1, v.MAX_APPEND_ENTRIES)
+    assert schemas["StreamAppend"]["properties"]["events"]["maxItems"] == v.MAX_EVENTS_PER_APPEND
+    assert schemas["SnapshotRequest"]["additionalProperties"] is False
+    source = document()["paths"]["/v1/snapshots/{source}"]["get"]["parameters"][0]
+    assert source["schema"]["maxLength"] == v.MAX_SOURCE_BYTES == 512 - len("$snapshot-")

@@ -201,3 +201,21 @@ def test_problems_are_capped_per_kind_and_counted():
     assert len(gaps) == 5
     assert report.problems_total > 5
     assert report.problems[-1] == f"... and {report.problems_total - len(report.problems) + 1} more problems"
+
+
+def test_an_append_to_several_streams_is_judged_whole():
+    log = good_log()
+    first, second = log.append("multi-a", 2), log.append("multi-b", 1)
+    whole = History()
+    for attempt in log.history:
+        if attempt.event_ids not in (first, second):
+            whole.attempts.append(attempt)
+    whole.record_many([("multi-a", first, 0), ("multi-b", second, 0)])
+    assert analyse(three_nodes(log), whole).ok
+    torn = History()
+    torn.attempts = [a for a in whole.attempts]
+    torn.groups = [[whole.groups[0][0], torn.record("multi-c", [str(uuid.uuid4())], 0)]]
+    for attempt in torn.groups[0]:
+        attempt.status = "unknown"
+    report = analyse(three_nodes(log), torn)
+    assert not report.ok and "is torn: 2 of 3 events present" in problems_text(report)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from evstore.node.errors import DuplicateEventId, InvalidRequest, StreamDeleted, WrongExpectedVersion
+from evstore.node.errors import DuplicateEventId, StreamDeleted, WrongExpectedVersion
 from evstore.node.log import AllFilter, StreamAppend
 from loghelpers import ev
 
@@ -70,11 +70,17 @@ async def test_a_partial_overlap_of_ids_is_a_conflict(log):
     assert log.head == head
 
 
-async def test_the_same_stream_twice_is_refused(log):
-    with pytest.raises(InvalidRequest) as caught:
-        await log.append_many([StreamAppend("a", "any", [ev()]), StreamAppend("a", "any", [ev()])])
-    assert caught.value.details["field"] == "appends[1].stream"
-    assert log.head == 0
+async def test_a_stream_named_twice_gets_its_entries_in_order(log):
+    await log.append("a", "any", [ev()])
+    done = await log.append_many([StreamAppend("a", 1, [ev(), ev()]), StreamAppend("b", "any", [ev()]),
+                                  StreamAppend("a", 3, [ev()])])
+    assert [(r.stream, r.from_version, r.version, r.position) for r in done.results] == [
+        ("a", 2, 3, 3), ("b", 1, 1, 4), ("a", 4, 4, 5)]
+    with pytest.raises(WrongExpectedVersion) as caught:  # checked as the entries before leave the stream
+        await log.append_many([StreamAppend("c", "no_stream", [ev()]), StreamAppend("c", "no_stream", [ev()])])
+    assert caught.value.details["failures"] == [{"stream": "c", "expectedVersion": "no_stream", "currentVersion": 1}]
+    again = await log.append_many([StreamAppend("c", "no_stream", [ev()]), StreamAppend("c", "stream_exists", [ev()])])
+    assert [r.version for r in again.results] == [1, 2]
 
 
 async def test_concurrent_multi_appends_interleave_whole(log):
