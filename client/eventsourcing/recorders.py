@@ -90,12 +90,12 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
         groups = self._group(stored_events)
         if not groups and tracking is None:
             return []
-        bases = {stream: self._bases.get(stream) for stream in groups}
-        for stream, events in groups.items():
-            if bases[stream] is None:
-                bases[stream] = versions.guessed_base(events[0].originator_version)
+        bases = {key: self._bases.get(self.names.aggregate(key)) for key in groups}
+        for key, events in groups.items():
+            if bases[key] is None:
+                bases[key] = versions.guessed_base(events[0].originator_version)
         for attempt in (1, 2):
-            appends = [self._append_of(stream, events, bases[stream]) for stream, events in groups.items()]
+            appends = [self._append_of(key, events, bases[key]) for key, events in groups.items()]
             tracking_append = self._tracking_append(tracking) if tracking is not None else None
             if tracking_append is not None:
                 appends.append(tracking_append)
@@ -106,11 +106,11 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
                     raise IntegrityError(str(conflicts)) from None
                 self._resolve(conflicts.current, groups, bases, tracking)
                 continue
-            for stream, base in bases.items():
-                self._bases.put(stream, base)  # type: ignore[arg-type]
+            for key, base in bases.items():
+                self._bases.put(self.names.aggregate(key), base)  # type: ignore[arg-type]
             if tracking_append is not None:
                 self._tracked(tracking, replies[-1])  # type: ignore[arg-type]
-            return self._positions(appends, replies, stored_events, groups)
+            return self._positions(replies, stored_events, groups)
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -167,8 +167,9 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
         raise IntegrityError(f"{stream} changed")
 
     @staticmethod
-    def _positions(appends: list[Append], replies: list[dict[str, Any]], stored_events: Sequence[StoredEvent],
+    def _positions(replies: list[dict[str, Any]], stored_events: Sequence[StoredEvent],
                    groups: dict[str, list[StoredEvent]]) -> list[int]:
+        """Each event's `$all` position: an append reply names the position of its last event."""
         by_event: dict[int, int] = {}
         for events, reply in zip(groups.values(), replies):
             first = reply["position"] - len(events) + 1

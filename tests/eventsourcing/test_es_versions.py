@@ -70,3 +70,22 @@ def test_reserved_originator_ids(factories):
     factory.names.originator_id_type = "text"
     with pytest.raises(ProgrammingError):
         factory.application_recorder().insert_events(events("~tracking-app", [1]))
+
+
+def test_with_a_stream_prefix_a_write_after_a_read_needs_no_extra_round_trip(factories):
+    factory = Factory(Environment("Shop", {"EVSTORE_URL": os.environ["EVSTORE_URL"]}))
+    try:
+        assert factory.names.prefix == "Shop-"
+        writer, reader = factory.application_recorder(), factories().application_recorder()
+        oid = uuid4()
+        writer.insert_events(events(oid, [0, 1]))  # 0-based
+        fresh = factory.application_recorder()  # knows nothing of the stream until it reads it
+        assert [e.originator_version for e in fresh.select_events(oid)] == [0, 1]
+        calls = []
+        append = fresh.store.append
+        fresh.store.append = lambda appends: calls.append(appends) or append(appends)  # count requests
+        assert fresh.insert_events(events(oid, [2])) == [3]
+        assert len(calls) == 1  # the read taught it the base: no refused first try
+        assert reader.select_events(oid) == []  # another prefix, another application
+    finally:
+        factory.close()
