@@ -10,8 +10,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
-from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, InvalidRequest, NewEvent,
-                            SnapshotNotFound, StreamNotFound, Unavailable, WrongExpectedVersion)
+from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, Forbidden, InvalidRequest, NewEvent,
+                            SnapshotNotFound, StreamNotFound, Unauthorized, Unavailable, WrongExpectedVersion)
 from evstore.client import protocol
 from evstore.client.protocol import StreamAppend
 
@@ -188,7 +188,7 @@ class translated_errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, (VersionConflicts, IntegrityError)) or not isinstance(exc, EvstoreError):
             return False
-        if isinstance(exc, (ConnectionFailed, Unavailable)):
+        if isinstance(exc, (ConnectionFailed, Unavailable, Unauthorized, Forbidden)):  # as drivers report them
             raise OperationalError(str(exc)) from exc
         if isinstance(exc, InvalidRequest):
             raise ProgrammingError(str(exc)) from exc
