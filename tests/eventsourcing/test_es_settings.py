@@ -39,3 +39,25 @@ def test_token_from_the_environment(node_factory, tmp_path, monkeypatch):
 def test_bad_settings_are_clear_errors(setting, value, message):
     with pytest.raises(OSError, match=message):
         Factory({setting: value})
+
+
+def test_an_unreachable_node_is_operational_error():
+    from uuid import uuid4
+
+    from eventsourcing.persistence import StoredEvent, Tracking
+
+    from evstore.client.harness.localnode import free_port
+
+    factory = Factory({"EVSTORE_URL": f"http://127.0.0.1:{free_port()}", "EVSTORE_TIMEOUT": "5"})
+    try:
+        recorder = factory.process_recorder()
+        with pytest.raises(OperationalError):
+            recorder.insert_events([StoredEvent(uuid4(), 1, "t:T", b"")])
+        with pytest.raises(OperationalError):
+            recorder.select_events(uuid4())
+        with pytest.raises(OperationalError):
+            recorder.max_notification_id()
+        with pytest.raises(OperationalError):
+            recorder.insert_tracking(Tracking("upstream", 1))
+    finally:
+        factory.close()
