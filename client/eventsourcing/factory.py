@@ -12,8 +12,7 @@ application as `<APPLICATION NAME>_<SETTING>`):
 """
 from __future__ import annotations
 
-from eventsourcing.persistence import (AggregateRecorder, ApplicationRecorder, InfrastructureFactory,
-                                       ProcessRecorder, TrackingRecorder)
+from eventsourcing.persistence import AggregateRecorder, ApplicationRecorder, InfrastructureFactory, ProcessRecorder
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from evstore.client import DEFAULT_URL

@@ -10,13 +10,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
-from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, Forbidden, InvalidRequest, NewEvent,
+from evstore.client import (ConnectionFailed, EvstoreClient, EvstoreError, Forbidden, InvalidRequest,
                             SnapshotNotFound, StreamNotFound, Unauthorized, Unavailable, WrongExpectedVersion)
 from evstore.client import protocol
 from evstore.client.protocol import StreamAppend
 
-MAX_READ_LIMIT = 4096
-MAX_EVENTS_PER_APPEND = 10_000
+MAX_READ_LIMIT = 4096  # the contract's largest page
 
 
 @dataclass
@@ -131,7 +130,7 @@ class Store:
         with translated_errors():
             while True:
                 page = self._call("read_all", from_position=cursor, limit=limit, backward=backward,
-                                            types=list(types) or None, stream_prefix=stream_prefix or None)
+                                  types=list(types) or None, stream_prefix=stream_prefix or None)
                 yield from page["events"]
                 following = page.get("next")
                 if following is None or following == cursor:
@@ -197,5 +196,4 @@ class translated_errors:
         raise InterfaceError(str(exc)) from exc
 
 
-__all__ = ["Append", "Store", "VersionConflicts", "binary_event", "event_bytes", "NewEvent", "MAX_READ_LIMIT",
-           "MAX_EVENTS_PER_APPEND"]
+__all__ = ["Append", "Store", "VersionConflicts", "binary_event", "event_bytes", "MAX_READ_LIMIT"]
