@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench etcd
+.PHONY: run test install install-test tools clean bench etcd prometheus
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,15 @@ etcd:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y etcd-server || ($$SUDO apt-get update && $$SUDO apt-get install -y etcd-server); }
 
+## Prometheus and promtool for the alert-rule and dashboard tests (Debian package prometheus), installed only when missing
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y --no-install-recommends prometheus \
+	    || ($$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends prometheus); }
+
 ## Install what the tests need and run the whole suite
-test: install-test tools etcd
+test: install-test tools etcd prometheus
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
 
 bench: install-test

@@ -41,9 +41,8 @@ def create_app(settings: Settings) -> web.Application:
         from .api import cluster
         cluster.add_routes(app)
     else:
-        metrics.leader.set(1)
+        metrics.set_role(leader=True, epoch=0, isr_size=1)
         metrics.members.set(1)
-        metrics.isr_size.set(1)
     app[STARTED_KEY] = time.time()
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
@@ -67,7 +66,7 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
     from .cluster.replication import Timing
 
     coordinator = EtcdCoordinator(settings.etcd_endpoints, settings.store_id, lease_ttl=settings.lease_ttl,
-                                  on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0))
+                                  on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0), metrics=metrics)
 
     async def etcd_members():
         return await coordinator.members()
@@ -152,6 +151,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
                            lingering_time=LINGERING_SECONDS)
     await runner.setup()
+    app[METRICS_KEY].open_connections.set_function(lambda: len(runner.server.connections))
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
     tune_garbage_collector()

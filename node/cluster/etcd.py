@@ -60,13 +60,14 @@ class _Endpoints:
     """The current aetcd client, rotation to the next endpoint on transport errors, and reachability."""
 
     def __init__(self, endpoints: tuple[str, ...], timeout: float,
-                 on_up: Callable[[bool], None] | None) -> None:
+                 on_up: Callable[[bool], None] | None, metrics=None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self._urls = tuple(endpoints)
         self._addresses = [_parse_endpoint(u) for u in self._urls]
         self._timeout = timeout
         self._on_up = on_up
+        self._metrics = metrics
         self._index = 0
         self._client: aetcd.Client | None = None
         self._generation = 0
@@ -107,6 +108,7 @@ class _Endpoints:
         last: BaseException | None = None
         for _ in range(len(self._addresses)):
             async with self.borrow() as (client, generation):
+                started = time.perf_counter()
                 try:
                     result = await operation(client)
                 except asyncio.CancelledError as e:
@@ -122,6 +124,9 @@ class _Endpoints:
                     last = e
                     self.failed(generation)
                     continue
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.etcd_request_latency.observe(time.perf_counter() - started)
             self.set_up(True)
             return result
         self.set_up(False)
@@ -188,11 +193,12 @@ class EtcdCoordinator:
 
     def __init__(self, endpoints: tuple[str, ...], store_id: str, lease_ttl: float = 5.0,
                  on_etcd_up: Callable[[bool], None] | None = None,
-                 request_timeout: float | None = None) -> None:
+                 request_timeout: float | None = None, metrics=None) -> None:
         self.lease = LeaseStatus(ttl=lease_ttl)
         self._grant_ttl = max(1, math.ceil(lease_ttl))  # etcd grants whole seconds
         self._timeout = request_timeout or max(1.0, lease_ttl / 2)
-        self._conn = _Endpoints(tuple(endpoints), self._timeout, on_etcd_up)
+        self._conn = _Endpoints(tuple(endpoints), self._timeout, on_etcd_up, metrics)
+        self._metrics = metrics
         self._prefix = f"/evstore/{store_id}/"
         self._me: MemberInfo | None = None
         self._lease_id: int | None = None
@@ -285,16 +291,22 @@ class EtcdCoordinator:
                         self._lease_id = None
                     await self._register()
                 elif not await self._refresh():
+                    self._renewal_failed()
                     self._mark_lost("expired in etcd")
                     continue  # re-register now, not after another interval
             except CoordinatorError as e:
                 log.debug("etcd keepalive: %s", e)
+                self._renewal_failed()
                 if time.monotonic() - self.lease.last_refresh >= self.lease.ttl:
                     self._mark_lost(f"no keepalive answered for {self.lease.ttl}s")
             except Exception:
                 log.exception("etcd keepalive failed unexpectedly")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), interval)
+
+    def _renewal_failed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.etcd_lease_renewal_failures.inc()
 
     async def _refresh(self) -> bool:
         """One keepalive; False when etcd says the lease no longer exists."""
