@@ -430,10 +430,29 @@ def service_monitor(spec: StoreSpec) -> Manifest:
 
 
 def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Manifest:
-    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar."""
+    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar, each made this store's."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _metadata(spec, dashboards_configmap_name(spec.name), extra_labels={DASHBOARD_LABEL: "1"}),
-            "data": dict(dashboards)}
+            "data": {name: store_dashboard(spec, name, text) for name, text in dashboards.items()}}
+
+
+def store_dashboard(spec: StoreSpec, name: str, text: str) -> str:
+    """A copy of a dashboard for one store: Grafana keys dashboards by uid, so each store's copy gets its own
+    (stable, at most 40 characters) and a title naming the store, and opens on that store."""
+    try:
+        dashboard = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(dashboard, dict):
+        return text
+    digest = hashlib.sha256(f"{spec.namespace}/{spec.name}/{name}".encode()).hexdigest()[:12]
+    dashboard["uid"] = f"{str(dashboard.get('uid') or 'evstore')[:27]}-{digest}"
+    dashboard["title"] = f"{dashboard.get('title', name)} ({spec.namespace}/{spec.name})"
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        if variable.get("name") in ("store", "namespace"):
+            value = spec.name if variable["name"] == "store" else spec.namespace
+            variable["current"] = {"selected": True, "text": [value], "value": [value]}
+    return json.dumps(dashboard, indent=2)
 
 
 def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
