@@ -44,7 +44,9 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
 }
 
-MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "dashboards.enabled=true")
+MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "dashboards.enabled=true",
+              "--set", "prometheusRule.enabled=true")
+NO_SCHEMA = ("ServiceMonitor", "PrometheusRule")  # CRD-based kinds kubernetes-validate has no schema for
 CUSTOM = (
     "--set", "rbac.create=false",
     "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=existing-sa",
@@ -136,7 +138,7 @@ def test_helm_lint_strict_passes(helm, values):
 @pytest.mark.parametrize("variant", ["default", "monitoring", "custom"])
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_rendered_manifests_pass_kubernetes_validate_strict(rendered, variant, version):
-    docs = [d for d in rendered[variant] if d["kind"] != "ServiceMonitor"]  # no schema: checked by shape below
+    docs = [d for d in rendered[variant] if d["kind"] not in NO_SCHEMA]  # checked by shape below
     result = kubernetes_validate(docs, version)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -158,7 +160,8 @@ def test_every_kind_is_expected_and_namespaced_in_the_release_namespace(rendered
     assert kinds["default"] == sorted(["CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding",
                                        "Service", "Deployment", "ConfigMap", "NetworkPolicy",
                                        "PodDisruptionBudget"])
-    assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "ConfigMap", "ConfigMap"])
+    assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "PrometheusRule", "ConfigMap",
+                                                             "ConfigMap"])
     for docs in rendered.values():
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
         for doc in docs:
@@ -345,6 +348,7 @@ def test_network_policy_admits_only_prometheus_on_the_metrics_port(rendered):
 
 def test_monitoring_objects_are_off_by_default(rendered):
     assert not by_kind(rendered["default"], "ServiceMonitor")
+    assert not by_kind(rendered["default"], "PrometheusRule")
     assert not sidecar_maps(rendered["default"])
 
 
@@ -431,3 +435,11 @@ def test_values_yaml_itself_satisfies_the_schema():
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+def test_prometheus_rule_ships_the_checked_rule_file(rendered):
+    """The PrometheusRule's spec is rules/evstore.rules.yaml verbatim: the file promtool checks and tests
+    (tests/observability/test_alert_rules.py)."""
+    rule = one(rendered["monitoring"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["spec"] == yaml.safe_load((CHART / "rules" / "evstore.rules.yaml").read_text())
