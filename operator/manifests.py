@@ -455,6 +455,27 @@ def store_dashboard(spec: StoreSpec, name: str, text: str) -> str:
     return json.dumps(dashboard, indent=2)
 
 
+STORE_ALERTS_GROUP = "evstore.store"
+ALL_STORES_SELECTOR = 'job=~".+-peers"'
+
+
+def prometheus_rule(spec: StoreSpec, rules: Mapping[str, Any]) -> Manifest:
+    """The store alerts of the chart's rule file (rules/evstore.rules.yaml, `rules` parsed), narrowed from
+    every store to this one."""
+    mine = f'namespace="{spec.namespace}", job="{peers_service_name(spec.name)}"'
+    groups = []
+    for group in rules.get("groups", []):
+        if group.get("name") != STORE_ALERTS_GROUP:
+            continue
+        narrowed = copy.deepcopy(group)
+        narrowed["name"] = f"{STORE_ALERTS_GROUP}.{spec.namespace}.{spec.name}"
+        for rule in narrowed["rules"]:
+            rule["expr"] = rule["expr"].replace(ALL_STORES_SELECTOR, mine)
+        groups.append(narrowed)
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": _metadata(spec, spec.name), "spec": {"groups": groups}}
+
+
 def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)}}
     if namespace_labels is not None:
@@ -600,7 +621,7 @@ def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
 # ---- what to apply -----------------------------------------------------------------------------
 
 def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None,
-                     secrets: str = "") -> list[Manifest]:
+                     alert_rules: Mapping[str, Any] | None = None, secrets: str = "") -> list[Manifest]:
     """Every child the store needs except the generated Secrets (their values are random, see
     cluster_secret and api_tokens_secret)."""
     children = [configmap(spec), network_policy(spec), peers_service(spec), client_service(spec)]
@@ -610,6 +631,8 @@ def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = 
     children += [statefulset(spec, secrets=secrets), pod_disruption_budget(spec)]
     if spec.service_monitor:
         children.append(service_monitor(spec))
+        if alert_rules:
+            children.append(prometheus_rule(spec, alert_rules))
     if spec.dashboards and dashboards:
         children.append(dashboards_configmap(spec, dashboards))
     return children
@@ -626,6 +649,7 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "PodDisruptionBudget": ("spec",),
     "NetworkPolicy": ("spec",),
     "ServiceMonitor": ("spec",),
+    "PrometheusRule": ("spec",),
 }
 
 

@@ -39,6 +39,29 @@ def alert_rules() -> list[dict]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
 
 
+def test_the_operator_narrows_the_store_alerts_to_each_store(tmp_path):
+    """spec.monitoring.serviceMonitor: the operator's PrometheusRule for a store holds the store alerts,
+    selecting that store only, and promtool accepts it."""
+    from evstore.operator import manifests
+    from evstore.operator.spec import parse_spec
+
+    rules = yaml.safe_load(RULES.read_text())
+    spec = parse_spec("orders", "shop", {"monitoring": {"serviceMonitor": True}})
+    kinds = [c["kind"] for c in manifests.desired_children(spec, alert_rules=rules)]
+    assert kinds.count("PrometheusRule") == 1 and "PrometheusRule" not in [
+        c["kind"] for c in manifests.desired_children(parse_spec("orders", "shop", {}), alert_rules=rules)]
+    rule = manifests.prometheus_rule(spec, rules)
+    (group,) = rule["spec"]["groups"]
+    assert {r["alert"] for r in group["rules"]} == ISSUE_ALERTS - {"EvstoreOperatorReconcileErrors"}
+    for r in group["rules"]:
+        assert ".+-peers" not in r["expr"] and 'namespace="shop", job="orders-peers"' in r["expr"], r["alert"]
+    narrowed = tmp_path / "orders.rules.yaml"
+    narrowed.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run([promtool(), "check", "rules", str(narrowed)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_promtool_check_rules_accepts_the_file():
     result = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

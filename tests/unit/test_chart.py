@@ -42,6 +42,7 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("", "events"): {"create"},
     ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
+    ("monitoring.coreos.com", "prometheusrules"): {"get", "create", "patch"},
 }
 
 MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "dashboards.enabled=true",
@@ -361,7 +362,10 @@ def test_operator_gets_the_store_dashboard_to_ship_per_store(rendered):
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
-    assert config_map["data"] == {"evstore-overview.json": (CHART / "dashboards" / "evstore-overview.json").read_text()}
+    assert config_map["data"] == {"evstore-overview.json": (CHART / "dashboards" / "evstore-overview.json").read_text(),
+                                  "evstore.rules.yaml": (CHART / "rules" / "evstore.rules.yaml").read_text()}
+    from evstore.operator.context import ALERT_RULES_FILE
+    assert ALERT_RULES_FILE in config_map["data"]  # what the operator narrows per store
     assert "grafana_dashboard" not in config_map["metadata"]["labels"], "Grafana gets the operator's copies"
 
 
@@ -437,9 +441,11 @@ def test_values_yaml_itself_satisfies_the_schema():
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
 
 
-def test_prometheus_rule_ships_the_checked_rule_file(rendered):
-    """The PrometheusRule's spec is rules/evstore.rules.yaml verbatim: the file promtool checks and tests
-    (tests/observability/test_alert_rules.py)."""
+def test_prometheus_rule_ships_the_operators_alerts_from_the_checked_rule_file(rendered):
+    """The chart's PrometheusRule holds the operator group of rules/evstore.rules.yaml (the file promtool
+    checks and tests, tests/observability/test_alert_rules.py); the store alerts come per store from the
+    operator."""
     rule = one(rendered["monitoring"], "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == NAMESPACE
-    assert rule["spec"] == yaml.safe_load((CHART / "rules" / "evstore.rules.yaml").read_text())
+    groups = yaml.safe_load((CHART / "rules" / "evstore.rules.yaml").read_text())["groups"]
+    assert rule["spec"] == {"groups": [g for g in groups if g["name"] == "evstore.operator"]}
