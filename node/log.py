@@ -18,10 +18,10 @@ from .errors import (CorruptRecord, DuplicateEventId, InvalidRequest, LogError, 
                      StreamNotFound, Unavailable, WrongExpectedVersion)
 from .position import WatchedPosition
 from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows, verified_records
-
-T = TypeVar("T")
 from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
                       record_from_row, scan_records, seal_payloads)
+
+T = TypeVar("T")
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int

@@ -26,7 +26,6 @@ GOSSIP_REJECTIONS = ("bad_signature", "other_store", "protocol")
 # statuses created at zero for every public route and method: what the error panels and alerts select
 PRECREATED_STATUSES = ("200", "400", "404", "409", "500", "503")
 INTERNAL_ROUTE_PREFIXES = ("/v1/internal/", "/metrics", "/health/")
-STORAGE_FILES = ("data", "wal")
 
 
 class NodeMetrics:
@@ -141,12 +140,11 @@ class NodeMetrics:
             self.gossip_rejected.labels(reason=reason)
 
     def precreate_http(self, routes: Iterable[tuple[str, str]]) -> None:
-        """Create at zero the request series of every public (method, route) for the statuses panels and
-        alerts select; internal routes (peers, scrapes, probes) appear when used."""
+        """Create at zero the request counts of every public (method, route) for the statuses panels and
+        alerts select; internal routes (peers, scrapes, probes) and latencies appear when used."""
         for method, route in routes:
             if method == "HEAD" or route.startswith(INTERNAL_ROUTE_PREFIXES):
                 continue
-            self.http_latency.labels(method=method, route=route, forwarded="false")
             for status in PRECREATED_STATUSES:
                 self.http_requests.labels(method=method, route=route, status=status, forwarded="false")
 

@@ -44,7 +44,6 @@ async def test_a_fresh_node_exposes_the_failure_series_at_zero(node):
         assert value(found, "evstore_checksum_failures_total", path=path) == 0.0, path
     for result in ("ok", "wrong_expected_version", "unavailable"):
         assert value(found, "evstore_appends_total", result=result) == 0.0, result
-    assert value(found, "evstore_http_request_duration_seconds_count", **APPEND) == 0.0
     assert not any(name == "evstore_http_requests_total" and dict(labels)["route"].startswith("/v1/internal/")
                    for name, labels in found)
     assert value(found, "evstore_min_in_sync") == 1.0 and value(found, "evstore_ready") == 1.0
