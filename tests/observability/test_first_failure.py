@@ -1,7 +1,7 @@
 """The first failure shows: series that panels and alerts select exist at zero on a fresh node and
 operator, and corruption is counted by the path that found it.
 
-Proves: a fresh node's /metrics already has the 503 (and 500, 409, ...) series of the append route, the
+Proves: a fresh node's /metrics already has the 503, 500, 409, 404 and 400 series of the append route, the
 append results and the checksum failures of every path at 0, with the `method` and `forwarded`
 labels; internal routes are not pre-created; the process, GC and volume metrics are there; the operator
 pre-creates its reconcile results; a read of a record corrupted in the real SQLite file answers 503 and
