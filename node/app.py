@@ -66,8 +66,18 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
     from .cluster.member import ClusterConfig, ClusterMember
     from .cluster.replication import Timing
 
-    coordinator = EtcdCoordinator(settings.etcd_endpoints, settings.store_id, lease_ttl=settings.lease_ttl,
-                                  on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0), metrics=metrics)
+    from .cluster.auth import LeaderRecords
+    from .cluster.etcd import EtcdAccess
+
+    coordinator = EtcdCoordinator(
+        settings.etcd_endpoints, settings.store_id, lease_ttl=settings.lease_ttl,
+        on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0),
+        leader_records=LeaderRecords(settings.cluster_secret, settings.store_id,
+                                     accept_legacy=settings.peer_auth_compat),
+        on_rejected_leader=lambda reason: metrics.leader_records_rejected.labels(reason=reason).inc(),
+        access=EtcdAccess(username=settings.etcd_username, password=settings.etcd_password,
+                          ca_file=settings.etcd_ca_file),
+        metrics=metrics)
 
     async def etcd_members():
         return await coordinator.members()
@@ -78,7 +88,7 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
                           etcd_members=etcd_members if "etcd" in settings.discovery else None, metrics=metrics)
     config = ClusterConfig(settings.store_id, settings.node_id, settings.url, settings.cluster_secret,
                            min_in_sync=settings.min_in_sync, cluster_size=settings.cluster_size,
-                           timing=Timing(settings.lease_ttl))
+                           timing=Timing(settings.lease_ttl), peer_auth_compat=settings.peer_auth_compat)
     return ClusterMember(config, log_, coordinator, discovery, metrics)
 
 

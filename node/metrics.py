@@ -23,6 +23,7 @@ CORRUPTION_PATHS = ("read", "replication", "verify")
 APPEND_RESULTS = ("ok", "wrong_expected_version", "duplicate_event_id", "stream_deleted", "unavailable", "error")
 READ_KINDS = ("stream", "all")
 GOSSIP_REJECTIONS = ("bad_signature", "other_store", "protocol")
+PEER_AUTH_REJECTIONS = ("unsigned", "malformed", "bad_signature", "clock_skew", "replayed", "reply_unsigned")
 # statuses created at zero for every public route and method: what the error panels and alerts select (each
 # series costs about 10 µs of every scrape, which holds the event loop: 2xx series appear when first used)
 PRECREATED_STATUSES = ("400", "404", "409", "500", "503")
@@ -104,6 +105,12 @@ class NodeMetrics:
         self.etcd_lease_renewal_failures = Counter("evstore_etcd_lease_renewal_failures",
                                                    "Member lease keepalives that etcd did not answer or refused",
                                                    registry=r)
+        self.leader_records_rejected = Counter("evstore_leader_records_rejected",
+                                               "Leader records in etcd ignored because they did not verify",
+                                               ["reason"], registry=r)
+        self.peer_auth_rejected = Counter("evstore_peer_auth_rejected",
+                                          "Peer requests (and peer replies) refused because they did not verify",
+                                          ["reason"], registry=r)
         # subscriptions
         self.subscribers = Gauge("evstore_subscribers", "Connected transient subscribers", registry=r)
         self.subscription_delivery_latency = Histogram(
@@ -139,6 +146,8 @@ class NodeMetrics:
             self.read_latency.labels(kind=kind)
         for reason in GOSSIP_REJECTIONS:
             self.gossip_rejected.labels(reason=reason)
+        for reason in PEER_AUTH_REJECTIONS:
+            self.peer_auth_rejected.labels(reason=reason)
 
     def precreate_http(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create at zero the request counts of every public (method, route) for the statuses panels and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from typing import Awaitable, Callable
 
@@ -11,12 +12,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from ..cluster.auth import check_peer_token
-from ..cluster.member import ClusterMember, NoInSyncFollower
-from ..cluster.replication import TOKEN_HEADER, EpochMismatch, reply_body, reply_headers
+from ..cluster.auth import REPLY_SIGNATURE_HEADER
+from ..cluster.member import TAKEOVER_PATH, ClusterMember, NoInSyncFollower
+from ..cluster.replication import FETCH_PATH, EpochMismatch, reply_body, reply_headers
 from ..config import NODE_ID
-from ..errors import InvalidRequest, NotLeader, Unavailable
-from .keys import CLUSTER_KEY, SETTINGS_KEY
+from ..errors import InvalidRequest, LogError, NotLeader, Unavailable
+from .keys import CLUSTER_KEY, METRICS_KEY, SETTINGS_KEY
 from .middleware import FORWARDED_HEADER, error_response
 from .shape import json_response, rfc3339
 
@@ -26,7 +27,11 @@ FORWARD_TIMEOUT = 30.0  # longer than the leader's commit timeout, so its answer
 NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)
 PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 
+REJECTION_LOG_EVERY = 10.0  # seconds between warnings about refused peer requests of one reason
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("evstore.api")
+_last_rejection_logged: dict[str, float] = {}
 
 
 def _member(request: web.Request) -> ClusterMember | None:
@@ -150,14 +155,34 @@ async def step_down(request: web.Request) -> web.Response:
     return json_response({"stepDown": True, "leader": new_leader})
 
 
-def _check_peer(request: web.Request) -> None:
-    settings = request.app[SETTINGS_KEY]
-    if not check_peer_token(settings.cluster_secret, settings.store_id, request.headers.get(TOKEN_HEADER)):
-        raise web.HTTPUnauthorized(text="a valid peer token is required")
+def internal(handler: Handler) -> Handler:
+    """An internal route: only a fresh request signed with the cluster secret for this node gets in (see
+    cluster/auth.py PeerAuth); the reply, errors included, is signed for that request."""
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        member = _member(request)
+        peer = member.peer_auth
+        body = await request.read()
+        reason = peer.verify_request(request.method, member.me.url, request.raw_path, body, request.headers)
+        if reason is not None:
+            request.app[METRICS_KEY].peer_auth_rejected.labels(reason=reason).inc()
+            now = time.monotonic()
+            if now - _last_rejection_logged.get(reason, -REJECTION_LOG_EVERY) >= REJECTION_LOG_EVERY:
+                _last_rejection_logged[reason] = now
+                log.warning("refused a peer request to %s from %s: %s", request.path, request.remote, reason)
+            return error_response(401, "unauthorized", "a valid peer signature is required")
+        try:
+            response = await handler(request)
+        except LogError as exc:
+            response = error_response(exc.status, exc.code, exc.message, **exc.details)
+        response.headers[REPLY_SIGNATURE_HEADER] = peer.sign_reply(peer.nonce_of(request.headers), response.status,
+                                                                   response.headers, response.body or b"")
+        return response
+    return route
 
 
+@internal
 async def replication_fetch(request: web.Request) -> web.Response:
-    _check_peer(request)
     member = _member(request)
     try:
         body = orjson.loads(await request.read())
@@ -187,8 +212,8 @@ async def replication_fetch(request: web.Request) -> web.Response:
                         headers=reply_headers(reply))
 
 
+@internal
 async def replication_takeover(request: web.Request) -> web.Response:
-    _check_peer(request)
     try:
         epoch = int(orjson.loads(await request.read())["epoch"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -200,5 +225,5 @@ async def replication_takeover(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/cluster", cluster_status)
     app.router.add_post("/v1/cluster/step-down", step_down)
-    app.router.add_post("/v1/internal/replication/fetch", replication_fetch)
-    app.router.add_post("/v1/internal/replication/takeover", replication_takeover)
+    app.router.add_post(FETCH_PATH, replication_fetch)
+    app.router.add_post(TAKEOVER_PATH, replication_takeover)

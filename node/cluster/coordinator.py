@@ -1,7 +1,8 @@
 """The small interface the cluster needs from a coordination service (etcd here; another could replace it).
 
 Keys live under /evstore/<store>/: `members/<node>` (JSON MemberInfo, under this node's lease), `leader`
-(JSON {"node", "url"}, under the leader's lease; its create revision is the epoch) and `isr` (JSON IsrState,
+(JSON {"node", "url", ...} signed with the cluster secret (auth.LeaderRecords), under the leader's lease; its
+create revision is the epoch) and `isr` (JSON IsrState,
 no lease: it outlives every node so that only in-sync members may run for leader after a full restart).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class LeaderInfo:
     node: str
     url: str
     epoch: int  # the create revision of the leader key: strictly increasing across leaders
+    legacy: bool = False  # an unsigned record of the previous version, honoured only with --peer-auth-compat
 
 
 @dataclass(frozen=True)

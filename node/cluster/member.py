@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -14,7 +15,7 @@ import aiohttp
 
 from ..errors import NotLeader, Unavailable
 from ..log import Log
-from .auth import peer_token
+from .auth import PeerAuth
 from .coordinator import Coordinator, CoordinatorError, LeaderInfo, MemberInfo
 from .replication import Follower, LeaderReplication, Timing
 
@@ -47,6 +48,7 @@ class ClusterConfig:
     min_in_sync: int | None = None
     cluster_size: int | None = None
     timing: Timing = Timing()
+    peer_auth_compat: bool = False  # also speak the previous version's peer protocol (a rolling upgrade)
 
 
 class ClusterMember:
@@ -58,7 +60,7 @@ class ClusterMember:
         self.discovery = discovery
         self.metrics = metrics
         self.me = MemberInfo(config.node_id, config.url)
-        self.token = peer_token(config.secret, config.store_id)
+        self.peer_auth = PeerAuth(config.secret, config.store_id, compat=config.peer_auth_compat)
         self.role = "candidate"
         self.leader: LeaderInfo | None = None  # as etcd last said
         self.leading: LeaderReplication | None = None
@@ -278,7 +280,8 @@ class ClusterMember:
             log.warning("ignoring leader %s of old epoch %d", leader.node, leader.epoch)
             return
         await self.log.promise_epoch(leader.epoch)
-        follower = Follower(self.log, self.me, leader, self.token, self.session, on_stale=self._refresh_leader)
+        follower = Follower(self.log, self.me, leader, self.peer_auth, self.session, on_stale=self._refresh_leader,
+                            metrics=self.metrics)
         self.following = follower
         self.role = "follower"
         self._follow_task = asyncio.get_running_loop().create_task(follower.run(), name="evstore-follow")
@@ -381,10 +384,19 @@ class ClusterMember:
                 if not targets:
                     raise NoInSyncFollower()
                 target = targets[0]
-                async with self.session.post(target.url + TAKEOVER_PATH, json={"epoch": leading.epoch},
-                                             headers={"X-Evstore-Peer-Token": self.token},
+                body = json.dumps({"epoch": leading.epoch}).encode()
+                signed = self.peer_auth.sign_request("POST", target.url, TAKEOVER_PATH, body)
+                headers = {**signed.headers, "Content-Type": "application/json"}
+                if self.peer_auth.compat:  # the follower may still run the previous version
+                    headers.update(self.peer_auth.legacy_headers())
+                async with self.session.post(target.url + TAKEOVER_PATH, data=body, headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    payload = await response.read()
                     if response.status != 200:
+                        raise NoInSyncFollower()
+                    if not self.peer_auth.verify_reply(signed, response.status, response.headers, payload) \
+                            and not self.peer_auth.compat:
+                        log.warning("the takeover reply of %s is not signed with the cluster secret", target.node)
                         raise NoInSyncFollower()
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
                 leading.release_writes()

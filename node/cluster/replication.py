@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,13 +20,13 @@ import aiohttp
 from ..errors import NotLeader, Unavailable
 from ..log import Log
 from ..position import WatchedPosition, first_reached
+from .auth import MAX_CLOCK_SKEW, PeerAuth
 from .coordinator import Coordinator, CoordinatorError, IsrState, LeaderInfo, MemberInfo
 from .wire import decode_records, encode_records
 
 log = logging.getLogger("evstore.replication")
 
 FETCH_PATH = "/v1/internal/replication/fetch"
-TOKEN_HEADER = "X-Evstore-Peer-Token"
 FETCH_WAIT = 0.5  # seconds a fetch waits on the leader for new entries before answering empty
 FETCH_TIMEOUT = 10.0
 ISR_CHECK_EVERY = 0.2
@@ -384,12 +385,14 @@ class LeaderReplication:
 class Follower:
     """Pull the log from one leader (one epoch) until cancelled."""
 
-    def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, token: str, session: aiohttp.ClientSession,
-                 on_stale: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, peer_auth: PeerAuth,
+                 session: aiohttp.ClientSession, on_stale: Callable[[], Awaitable[None]] | None = None,
+                 metrics=None) -> None:
         self.log = log_
         self.me = me
         self.leader = leader
-        self.token = token
+        self.peer_auth = peer_auth
+        self.metrics = metrics
         self.session = session
         self.leader_head = 0
         self.member_positions: dict[str, int] = {}  # the other followers, as the leader last reported them
@@ -422,20 +425,33 @@ class Follower:
     async def _fetch_once(self) -> None:
         storage = self.log.storage
         head = storage.head
-        body = {"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
-                "prevEpoch": storage.epoch_at(head)}
-        async with self.session.post(self.leader.url + FETCH_PATH, json=body, headers={TOKEN_HEADER: self.token},
+        body = json.dumps({"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
+                           "prevEpoch": storage.epoch_at(head)}).encode()
+        # a leader of the previous version (an unsigned record, honoured only in compat mode) knows only its
+        # static token; any other leader gets a signature that is worth nothing for another request
+        signed = None if self.leader.legacy else self.peer_auth.sign_request("POST", self.leader.url, FETCH_PATH,
+                                                                                body)
+        headers = self.peer_auth.legacy_headers() if signed is None else signed.headers
+        async with self.session.post(self.leader.url + FETCH_PATH, data=body,
+                                     headers={**headers, "Content-Type": "application/json"},
                                      timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT)) as response:
             payload = await response.read()
+            if response.status == 401:
+                log.warning("the leader %s refused our peer signature: is the cluster secret the same on every "
+                            "node, and are the clocks within %gs?", self.leader.node, MAX_CLOCK_SKEW)
+                raise Unavailable(f"leader answered 401: {payload[:200]!r}")
+            if signed is not None and not self.peer_auth.verify_reply(signed, response.status, response.headers,
+                                                                      payload):
+                if self.metrics is not None:
+                    self.metrics.peer_auth_rejected.labels(reason="reply_unsigned").inc()
+                raise Unavailable(f"the reply of {self.leader.node} (status {response.status}) is not signed with "
+                                  "the cluster secret: is the secret the same on every node?")
             if response.status == 409:
                 info = await response.json(content_type=None) if payload else {}
                 if info.get("error") == "diverged":
                     await self._truncate(int(info["epoch"]), int(info["end"]))
                     return
                 raise EpochMismatch(int(info.get("leaderEpoch", 0)), stale_leader=False)
-            if response.status == 401:
-                log.warning("the leader %s refused our peer token: is the cluster secret the same on every "
-                            "node?", self.leader.node)
             if response.status != 200:
                 raise Unavailable(f"leader answered {response.status}: {payload[:200]!r}")
             leader_epoch = int(response.headers.get("X-Evstore-Epoch", "0"))
