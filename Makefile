@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench etcd iptables
+.PHONY: run test install install-test tools clean bench etcd iptables prometheus debian-tools
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,20 +31,22 @@ $(HELM):
 
 tools: $(HELM)
 
-## etcd for the cluster tests (Debian package etcd-server), installed only when missing
-etcd:
-	@command -v etcd >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get install -y etcd-server || ($$SUDO apt-get update && $$SUDO apt-get install -y etcd-server); }
+# Debian packages the tests need, as COMMAND:PACKAGE; each is installed only when its command is missing
+DEBIAN_TOOLS := etcd:etcd-server iptables:iptables prometheus:prometheus promtool:prometheus
 
-## iptables for the partition tests (Debian package iptables), installed only when missing
-iptables:
-	@command -v iptables >/dev/null || { \
+## etcd (cluster tests), iptables (partition tests), prometheus and promtool (alert rules, dashboards)
+debian-tools:
+	@missing=""; for tool in $(DEBIAN_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get install -y iptables || ($$SUDO apt-get update && $$SUDO apt-get install -y iptables); }
+	  $$SUDO apt-get install -y --no-install-recommends $$missing \
+	    || ($$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing); fi
+
+etcd iptables prometheus: debian-tools
 
 ## Install what the tests need and run the whole suite
-test: install-test tools etcd iptables
+test: install-test tools debian-tools
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
 
 bench: install-test

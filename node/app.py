@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Sequence
 
+import prometheus_client
 from aiohttp import web
 
 from .api import ops, snapshots, streams, subscribe
@@ -41,9 +42,8 @@ def create_app(settings: Settings) -> web.Application:
         from .api import cluster
         cluster.add_routes(app)
     else:
-        metrics.leader.set(1)
+        metrics.set_role(leader=True, epoch=0, isr_size=1)
         metrics.members.set(1)
-        metrics.isr_size.set(1)
     app[STARTED_KEY] = time.time()
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
@@ -77,7 +77,8 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
                                      accept_legacy=settings.peer_auth_compat),
         on_rejected_leader=lambda reason: metrics.leader_records_rejected.labels(reason=reason).inc(),
         access=EtcdAccess(username=settings.etcd_username, password=settings.etcd_password,
-                          ca_file=settings.etcd_ca_file))
+                          ca_file=settings.etcd_ca_file),
+        metrics=metrics)
 
     async def etcd_members():
         return await coordinator.members()
@@ -157,11 +158,14 @@ def raise_open_files_limit(subscribers: int) -> None:
 
 async def serve(settings: Settings) -> None:
     raise_open_files_limit(settings.max_subscribers)
+    # no `_created` sample beside each counter and histogram: nothing reads them, and they double a scrape
+    prometheus_client.disable_created_metrics()
     app = create_app(settings)
     # lingering: how long aiohttp still reads (and drops) the rest of a body it answered early, e.g. with a 408
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
                            lingering_time=LINGERING_SECONDS)
     await runner.setup()
+    app[METRICS_KEY].open_connections.set_function(lambda: len(runner.server.connections))
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
     tune_garbage_collector()

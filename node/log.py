@@ -9,19 +9,21 @@ import asyncio
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
+from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import orjson
 
 from ..ids import uuid7_bytes
-from .errors import (DuplicateEventId, InvalidRequest, LogError, NotLeader, SnapshotNotFound, StreamDeleted,
-                     StreamNotFound, Unavailable, WrongExpectedVersion)
+from .errors import (CorruptRecord, DuplicateEventId, InvalidRequest, LogError, NotLeader, SnapshotNotFound,
+                     StreamDeleted, StreamNotFound, Unavailable, WrongExpectedVersion)
 from .position import WatchedPosition
 from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snapshot, snapshot_stream,
                         snapshots_between, stored_metadata)
 from .queries import AllFilter, read_all as read_all_page, stream_name_ranges, stream_rows, verified_records
-from .storage import (DATA_BINARY, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
-                      record_from_row, scan_records, seal_payloads)
+from .storage import (DATA_BINARY, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
+                      now_micros, record_from_row, scan_records, seal_payloads)
+
+T = TypeVar("T")
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
@@ -578,6 +580,17 @@ class Log:
             await asyncio.sleep(every)  # pacing between trims, not a synchronisation
 
     # reads -----------------------------------------------------------------------------------
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self.storage.read(read)
+        except CorruptRecord:
+            self._found_corrupt("read")
+            raise
+
+    def _found_corrupt(self, path: str, count: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.checksum_failed(path, count)
+
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool) -> StreamSlice:
         visible = await self._horizon()
 
@@ -606,7 +619,7 @@ class Log:
                     nxt = last + 1
             return StreamSlice(stream, version, records, nxt)
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter) -> AllSlice:
         visible = await self._horizon()
@@ -618,7 +631,7 @@ class Log:
                                          head=head, window=window)
             return AllSlice(records, nxt, head)
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def stream_info(self, stream: str) -> StreamInfo:
         visible = await self._horizon()
@@ -630,7 +643,7 @@ class Log:
             vis = visibility(row, now_micros())
             return StreamInfo(stream, row.version, row.created, row.updated, vis.deleted, vis.metadata)
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def get_metadata(self, stream: str) -> dict:
         visible = await self._horizon()
@@ -641,7 +654,7 @@ class Log:
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
             return public_metadata(orjson.loads(row.metadata)) if row is not None and row.metadata else {}
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def list_streams(self, prefix: str | None, after: str | None, limit: int
                            ) -> tuple[list[StreamRow], str | None]:
@@ -672,7 +685,7 @@ class Log:
                 return page, page[-1].stream
             return page, (last_seen if budget <= 0 else None)  # out of budget: go on after the last name seen
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     # replication -----------------------------------------------------------------------------
     async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
@@ -695,8 +708,12 @@ class Log:
     async def apply_replicated(self, records: Sequence[Record], committed: int = 0) -> int:
         """Store records shipped by the leader, as they are, in one transaction; the new head once durable.
         `committed` (the leader's committed position) is kept with them."""
-        for r in records:
-            r.verified()
+        try:
+            for r in records:
+                r.verified()
+        except CorruptRecord:
+            self._found_corrupt("replication")
+            raise
 
         def op(txn: WriteTxn) -> int:
             txn.insert_records(records)
@@ -749,7 +766,10 @@ class Log:
         setattr(self.storage, name, max(getattr(self.storage, name), value))
 
     async def verify(self, progress: Callable[[int, int], None] | None = None) -> dict:
-        return await self.storage.read(verify_connection, progress)
+        result = await self.storage.read(verify_connection, progress)
+        if result["corrupt"]:
+            self._found_corrupt("verify", len(result["corrupt"]))
+        return result
 
 
 def _readable_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow:

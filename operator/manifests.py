@@ -430,10 +430,50 @@ def service_monitor(spec: StoreSpec) -> Manifest:
 
 
 def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Manifest:
-    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar."""
+    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar, each made this store's."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _metadata(spec, dashboards_configmap_name(spec.name), extra_labels={DASHBOARD_LABEL: "1"}),
-            "data": dict(dashboards)}
+            "data": {name: store_dashboard(spec, name, text) for name, text in dashboards.items()}}
+
+
+def store_dashboard(spec: StoreSpec, name: str, text: str) -> str:
+    """A copy of a dashboard for one store: Grafana keys dashboards by uid, so each store's copy gets its own
+    (stable, at most 40 characters) and a title naming the store, and opens on that store."""
+    try:
+        dashboard = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(dashboard, dict):
+        return text
+    digest = hashlib.sha256(f"{spec.namespace}/{spec.name}/{name}".encode()).hexdigest()[:12]
+    dashboard["uid"] = f"{str(dashboard.get('uid') or 'evstore')[:27]}-{digest}"
+    dashboard["title"] = f"{dashboard.get('title', name)} ({spec.namespace}/{spec.name})"
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        if variable.get("name") in ("store", "namespace"):
+            value = spec.name if variable["name"] == "store" else spec.namespace
+            variable["current"] = {"selected": True, "text": [value], "value": [value]}
+    return json.dumps(dashboard, indent=2)
+
+
+STORE_ALERTS_GROUP = "evstore.store"
+ALL_STORES_SELECTOR = 'job=~".+-peers"'
+
+
+def prometheus_rule(spec: StoreSpec, rules: Mapping[str, Any]) -> Manifest:
+    """The store alerts of the chart's rule file (rules/evstore.rules.yaml, `rules` parsed), narrowed from
+    every store to this one."""
+    mine = f'namespace="{spec.namespace}", job="{peers_service_name(spec.name)}"'
+    groups = []
+    for group in rules.get("groups", []):
+        if group.get("name") != STORE_ALERTS_GROUP:
+            continue
+        narrowed = copy.deepcopy(group)
+        narrowed["name"] = f"{STORE_ALERTS_GROUP}.{spec.namespace}.{spec.name}"
+        for rule in narrowed["rules"]:
+            rule["expr"] = rule["expr"].replace(ALL_STORES_SELECTOR, mine)
+        groups.append(narrowed)
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": _metadata(spec, spec.name), "spec": {"groups": groups}}
 
 
 def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -581,7 +621,7 @@ def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
 # ---- what to apply -----------------------------------------------------------------------------
 
 def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None,
-                     secrets: str = "") -> list[Manifest]:
+                     alert_rules: Mapping[str, Any] | None = None, secrets: str = "") -> list[Manifest]:
     """Every child the store needs except the generated Secrets (their values are random, see
     cluster_secret and api_tokens_secret)."""
     children = [configmap(spec), network_policy(spec), peers_service(spec), client_service(spec)]
@@ -591,6 +631,8 @@ def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = 
     children += [statefulset(spec, secrets=secrets), pod_disruption_budget(spec)]
     if spec.service_monitor:
         children.append(service_monitor(spec))
+        if alert_rules:
+            children.append(prometheus_rule(spec, alert_rules))
     if spec.dashboards and dashboards:
         children.append(dashboards_configmap(spec, dashboards))
     return children
@@ -607,6 +649,7 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "PodDisruptionBudget": ("spec",),
     "NetworkPolicy": ("spec",),
     "ServiceMonitor": ("spec",),
+    "PrometheusRule": ("spec",),
 }
 
 

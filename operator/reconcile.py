@@ -216,7 +216,9 @@ async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body
                         f"drained): writes answer 503 while it is down")
     dashboards = state.deps.dashboards() if store.dashboards else {}
     changed = []
-    for child in manifests.desired_children(store, dashboards=dashboards, secrets=digest or ""):
+    alert_rules = state.deps.alert_rules() if store.service_monitor else {}
+    for child in manifests.desired_children(store, dashboards=dashboards, alert_rules=alert_rules,
+                                            secrets=digest or ""):
         if digest is None and child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name:
             continue  # keep the running pods as they are until the Secret is back
         is_nodes = child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name
@@ -225,9 +227,9 @@ async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body
             if await apply(kube, manifests.owned(child, owner), body, seen):
                 changed.append(f"{child['kind']}/{child['metadata']['name']}")
         except ApiException as exc:
-            if child["kind"] == "ServiceMonitor" and exc.status == 404:
-                state.warn_once(body, "ServiceMonitorUnavailable",
-                                "monitoring.serviceMonitor is set but the ServiceMonitor CRD "
+            if child["kind"] in ("ServiceMonitor", "PrometheusRule") and exc.status == 404:
+                state.warn_once(body, f"{child['kind']}Unavailable",
+                                f"monitoring.serviceMonitor is set but the {child['kind']} CRD "
                                 "(Prometheus Operator) is not installed")
                 continue
             raise

@@ -20,10 +20,9 @@ from ..cluster.replication import FETCH_PATH, EpochMismatch, reply_body, reply_h
 from ..config import NODE_ID
 from ..errors import InvalidRequest, LogError, NotLeader, Unavailable
 from .keys import CLUSTER_KEY, METRICS_KEY, SETTINGS_KEY
-from .middleware import error_response
+from .middleware import FORWARDED_HEADER, error_response
 from .shape import json_response, rfc3339
 
-FORWARDED_HEADER = "X-Evstore-Forwarded"
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
 READ_YOUR_WRITE_WAIT = 2.0  # after forwarding an append, how long to wait for it to become visible here
 FORWARD_TIMEOUT = 30.0  # longer than the leader's commit timeout, so its answer (even a 503) comes back

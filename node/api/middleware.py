@@ -25,6 +25,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON_TYPES = frozenset({"application/json"})
 # what aiohttp decodes itself (br and zstd only with optional packages, and it refuses them in its parser)
 CONTENT_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+FORWARDED_HEADER = "X-Evstore-Forwarded"  # on a request a follower sends on to the leader
 CLIENT_CLOSED = 499  # the status metrics count a request under when its client went away mid-body
 _BODY_CUT_SHORT = (http_exceptions.ContentLengthError, http_exceptions.TransferEncodingError)
 
@@ -103,6 +104,15 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
 async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
     """One layer for every request (one layer, because each costs on the hot path): URL check,
     bearer-token roles, JSON errors, and per-route HTTP metrics."""
+    in_flight = request.app[METRICS_KEY].http_in_flight
+    in_flight.inc()
+    try:
+        return await _answer(request, handler)
+    finally:
+        in_flight.dec()
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         _check_url_is_utf8(request)
@@ -145,7 +155,8 @@ def _client_gone(request: web.Request, exc: Exception) -> bool:
 def _observe(request: web.Request, status: int, started: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS_KEY].observe_http(request.method, route, status, time.perf_counter() - started)
+    request.app[METRICS_KEY].observe_http(request.method, route, status, time.perf_counter() - started,
+                                          forwarded=FORWARDED_HEADER in request.headers)
 
 
 def required_role(request: web.Request) -> str | None:

@@ -129,7 +129,7 @@ class _Endpoints:
     """The current aetcd client, rotation to the next endpoint on transport errors, and reachability."""
 
     def __init__(self, endpoints: tuple[str, ...], timeout: float,
-                 on_up: Callable[[bool], None] | None, access: EtcdAccess = EtcdAccess()) -> None:
+                 on_up: Callable[[bool], None] | None, access: EtcdAccess = EtcdAccess(), metrics=None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self._urls = tuple(endpoints)
@@ -144,6 +144,7 @@ class _Endpoints:
             self._credentials = grpc.ssl_channel_credentials(root_certificates=roots)
         self._timeout = timeout
         self._on_up = on_up
+        self._metrics = metrics
         self._index = 0
         self._client: aetcd.Client | None = None
         self._generation = 0
@@ -188,6 +189,7 @@ class _Endpoints:
             attempts -= 1
             async with self.borrow() as (client, generation):
                 token = client.metadata
+                started = time.perf_counter()
                 try:
                     await client.authenticate()
                     token = client.metadata
@@ -211,6 +213,9 @@ class _Endpoints:
                     last = e
                     self.failed(generation)
                     continue
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.etcd_request_latency.observe(time.perf_counter() - started)
             self.set_up(True)
             return result
         self.set_up(False)
@@ -279,14 +284,15 @@ class EtcdCoordinator:
                  on_etcd_up: Callable[[bool], None] | None = None,
                  request_timeout: float | None = None, *, leader_records: LeaderRecords,
                  on_rejected_leader: Callable[[str], None] | None = None,
-                 access: EtcdAccess = EtcdAccess()) -> None:
+                 access: EtcdAccess = EtcdAccess(), metrics=None) -> None:
         self.lease = LeaseStatus(ttl=lease_ttl)
         self._records = leader_records
         self._on_rejected_leader = on_rejected_leader
         self._rejected_revision = 0  # the mod revision of the last rejected record reported (once each)
         self._grant_ttl = max(1, math.ceil(lease_ttl))  # etcd grants whole seconds
         self._timeout = request_timeout or max(1.0, lease_ttl / 2)
-        self._conn = _Endpoints(tuple(endpoints), self._timeout, on_etcd_up, access)
+        self._conn = _Endpoints(tuple(endpoints), self._timeout, on_etcd_up, access, metrics)
+        self._metrics = metrics
         self._prefix = f"/evstore/{store_id}/"
         self._me: MemberInfo | None = None
         self._lease_id: int | None = None
@@ -379,16 +385,22 @@ class EtcdCoordinator:
                         self._lease_id = None
                     await self._register()
                 elif not await self._refresh():
+                    self._renewal_failed()
                     self._mark_lost("expired in etcd")
                     continue  # re-register now, not after another interval
             except CoordinatorError as e:
                 log.debug("etcd keepalive: %s", e)
+                self._renewal_failed()
                 if time.monotonic() - self.lease.last_refresh >= self.lease.ttl:
                     self._mark_lost(f"no keepalive answered for {self.lease.ttl}s")
             except Exception:
                 log.exception("etcd keepalive failed unexpectedly")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), interval)
+
+    def _renewal_failed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.etcd_lease_renewal_failures.inc()
 
     async def _refresh(self) -> bool:
         """One keepalive; False when etcd says the lease no longer exists."""

@@ -343,9 +343,8 @@ class ClusterMember:
         self._role_changed = asyncio.Event()
         if self.metrics is None:
             return
-        self.metrics.leader.set(1 if self.role is Role.LEADER else 0)
-        self.metrics.epoch.set(self.leader.epoch if self.leader else 0)
-        self.metrics.isr_size.set(len(self.isr))
+        self.metrics.set_role(leader=self.role is Role.LEADER, epoch=self.leader.epoch if self.leader else 0,
+                              isr_size=len(self.isr))
 
     # serving -----------------------------------------------------------------------------------
     async def wait_for_leader(self, timeout: float) -> LeaderInfo:

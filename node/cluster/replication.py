@@ -61,6 +61,7 @@ class Progress:
     committed_told: int = 0  # the committed position this follower last heard from us
     last_fetch: float = 0.0  # monotonic
     last_caught_up: float = 0.0
+    lag_observed: bool = False  # its lag gauges read this progress when scraped
 
 
 @dataclass
@@ -290,12 +291,17 @@ class LeaderReplication:
                           positions={p.node: p.durable for p in self.progress.values()})
 
     def _observe_lag(self, progress: Progress) -> None:
-        if self.metrics is None:
+        """The lag gauges are computed when scraped, from what the follower last reported: a follower that has
+        everything is 0 s behind, however long its long-poll waits; one that is behind is as far behind as the
+        time since it last had all that the leader had shipped."""
+        if self.metrics is None or progress.lag_observed:
             return
-        self.metrics.replication_lag_events.labels(follower=progress.node).set(
-            max(0, self.log.storage.head - progress.durable))
-        self.metrics.replication_lag_seconds.labels(follower=progress.node).set(
-            max(0.0, time.monotonic() - progress.last_caught_up))
+        progress.lag_observed = True
+        storage = self.log.storage
+        self.metrics.replication_lag_events.labels(follower=progress.node).set_function(
+            lambda: max(0, storage.head - progress.durable))
+        self.metrics.replication_lag_seconds.labels(follower=progress.node).set_function(
+            lambda: 0.0 if progress.durable >= storage.head else max(0.0, time.monotonic() - progress.last_caught_up))
 
     # the ISR -----------------------------------------------------------------------------------
     async def _maintain(self) -> None:

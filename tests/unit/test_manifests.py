@@ -1,6 +1,8 @@
 """Pure manifest builders: spec -> dicts that Kubernetes accepts (kubernetes-validate --strict)."""
 from __future__ import annotations
 
+import json
+
 import copy
 
 import kubernetes_validate
@@ -266,7 +268,8 @@ def test_service_monitor_shape():
 
 def test_dashboards_configmap_carries_the_sidecar_label():
     cm = m.dashboards_configmap(store(), {"overview.json": "{}"})
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["data"] == {"overview.json": "{}"}
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and list(cm["data"]) == ["overview.json"]
+    assert json.loads(cm["data"]["overview.json"])["uid"].startswith("evstore-")  # the store's own copy
 
 
 def test_owned_sets_one_controller_reference():
