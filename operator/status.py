@@ -110,6 +110,8 @@ class Observation:
     cluster: ClusterView = field(default_factory=ClusterView)
     failure: str | None = None
     problem: str | None = None  # serves as it is, but needs a person (e.g. a deleted Secret)
+    min_in_sync: int | None = None  # what the operator has the nodes enforce now (below required: rising)
+    scaling: str | None = None  # a scale-up waiting for a roll-out, and why
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,11 @@ def compute(obs: Observation) -> tuple[str, list[ConditionState], str]:
         phase, message = DEGRADED, f"{ready_replicas}/{obs.replicas} pods ready, {in_sync} in sync"
     else:
         phase, message = READY, f"leader {cluster.leader}, {in_sync}/{obs.replicas} replicas in sync"
+    if obs.scaling and phase not in (FAILED, PENDING):
+        message += f"; {obs.scaling}"
+    if obs.min_in_sync is not None and obs.min_in_sync < obs.required_in_sync and phase != FAILED:
+        message += (f"; minInSync is {obs.min_in_sync} until the new replicas catch up, then "
+                    f"{obs.required_in_sync}")
 
     conditions = [
         ConditionState("Ready", phase == READY,
@@ -204,6 +211,7 @@ def status_patch(obs: Observation, old_status: Mapping[str, Any] | None, now: st
         "epoch": obs.cluster.epoch,
         "lastPosition": obs.cluster.committed_position,
         "inSyncReplicas": list(obs.cluster.isr),
+        "minInSync": obs.min_in_sync if obs.min_in_sync is not None else obs.cluster.min_in_sync,
     }
 
 
