@@ -26,8 +26,8 @@ def rolled_out(sts: Mapping[str, Any], desired_template: Mapping[str, Any], is_s
         return False  # the template is about to change: its pods must restart before others join
     if int(status.get("observedGeneration") or 0) < int((sts.get("metadata") or {}).get("generation") or 0):
         return False
-    update, current = status.get("updateRevision"), status.get("currentRevision")
-    return (bool(update) and update == current and int(status.get("replicas") or 0) == replicas
+    # Not currentRevision: with the OnDelete strategy the controller does not advance it.
+    return (bool(status.get("updateRevision")) and int(status.get("replicas") or 0) == replicas
             and int(status.get("updatedReplicas") or 0) == replicas
             and int(status.get("readyReplicas") or 0) == replicas)
 
