@@ -131,9 +131,8 @@ def rollout_pending(sts: Mapping[str, Any] | None) -> bool:
         return True
     if status.get("replicas", 0) != spec_replicas:
         return True
-    update, current = status.get("updateRevision"), status.get("currentRevision")
-    if update and current and update != current:
-        return True
+    # Not currentRevision: with the OnDelete strategy the controller never advances it
+    # (kubernetes/kubernetes#73492); updatedReplicas counts the pods on the update revision.
     return status.get("updatedReplicas", spec_replicas) < spec_replicas
 
 
