@@ -175,22 +175,29 @@ async def with_running_store_id(state: OperatorState, store: StoreSpec, uid: str
 
 
 async def with_running_clustering(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> StoreSpec:
-    """A clustered store stays clustered: restarting its pods as single nodes would let each accept
-    writes on its own copy of the log (and a follower that lags would drop acknowledged events)."""
-    if store.etcd_enabled:
-        return store
+    """A clustered store stays clustered, on its etcd: restarting its pods as single nodes would let
+    each accept writes on its own copy of the log, and pods restarted onto another etcd (one without
+    a single endpoint in common) would elect a second leader there while the others still run."""
     config = await state.client().get("ConfigMap", store.namespace, manifests.configmap_name(store.name))
     owners = ((config or {}).get("metadata") or {}).get("ownerReferences") or ()
     running = ((config or {}).get("data") or {}).get("EVSTORE_ETCD_ENDPOINTS")
     if not running or not any(r.get("uid") == uid for r in owners):
         return store
     endpoints = tuple(running.split(","))
-    state.warn_once(body, "ClusteringKept",
-                    "spec.etcd turns clustering off, but the store runs clustered and stays so (its pods "
-                    "would each accept writes alone); it keeps its etcd")
+    if store.etcd_enabled:
+        if set(manifests.etcd_endpoints(store)) & set(endpoints):
+            return store
+        state.warn_once(body, "EtcdChangeRefused",
+                        "spec.etcd names another etcd than the one the store runs on; the store keeps its "
+                        "etcd (its pods would elect a second leader on the other one during the roll)")
+    else:
+        state.warn_once(body, "ClusteringKept",
+                        "spec.etcd turns clustering off, but the store runs clustered and stays so (its pods "
+                        "would each accept writes alone); it keeps its etcd")
     if list(endpoints) == manifests.managed_etcd_endpoints(store.name, store.namespace):
-        return dataclasses.replace(store, etcd_managed=True, etcd_auth=True)  # see with_running_etcd_auth
-    return dataclasses.replace(store, etcd_endpoints=endpoints)
+        # etcd_auth as a new managed store has it; with_running_etcd_auth turns it off for an old etcd
+        return dataclasses.replace(store, etcd_managed=True, etcd_auth=True, etcd_endpoints=())
+    return dataclasses.replace(store, etcd_endpoints=endpoints, etcd_managed=False, etcd_auth=False)
 
 
 async def with_running_etcd_auth(state: OperatorState, store: StoreSpec, body: Any) -> StoreSpec:
@@ -379,6 +386,10 @@ async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str,
                and not any(p["metadata"].get("deletionTimestamp") for p in pods))
     if not settled:
         return None
+    if store.etcd_managed:  # a pod restarted without its etcd would only wait for it, unready
+        etcd = await kube.get("StatefulSet", store.namespace, manifests.etcd_name(store.name))
+        if int(((etcd or {}).get("status") or {}).get("readyReplicas") or 0) < ETCD_MEMBERS // 2 + 1:
+            return None
     size = int((sts.get("spec") or {}).get("replicas") or 0)  # what runs; a scale-up waits for this roll
     if len(pods) < size:
         return None

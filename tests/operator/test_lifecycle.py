@@ -195,6 +195,7 @@ async def test_image_change_rolls_followers_first_then_switches_leader_over(k8s,
     for i in range(3):
         k8s.objects["v1/pods", NAMESPACE, f"orders-{i}"] = _pod(f"orders-{i}", "rev-1")
     await simulate_statefulset_ready(k8s, "orders", revision="rev-1")
+    await simulate_statefulset_ready(k8s, "orders-etcd")  # pods are restarted only while etcd has a quorum
     await eventually(lambda: evs(k8s)["status"].get("phase") == "Ready", what="phase Ready")
 
     leader_alive_at_step_down = []

@@ -62,7 +62,9 @@ async def test_a_single_node_store_restarts_into_the_cluster_before_it_grows(k8s
     waiting = await eventually(lambda: events(k8s, "orders", "ScaleUpWaiting"), what="ScaleUpWaiting")
     assert "restarts into the cluster first" in waiting[0]["message"]
 
-    # Playing the controller: the new template is revision rev-2; pod 0 is still on rev-1 (OnDelete).
+    # Playing the controllers: etcd is up; the new template is revision rev-2, pod 0 still on rev-1.
+    await eventually(lambda: get_object(k8s, STS, "orders-etcd"), what="the managed etcd")
+    await simulate_statefulset_ready(k8s, "orders-etcd")
     await api(k8s, "PATCH", sts_path("orders") + "/status", {"status": {
         "observedGeneration": sts["metadata"]["generation"], "updateRevision": "rev-2", "updatedReplicas": 0}})
     await eventually(lambda: get_object(k8s, "v1/pods", "orders-0") is None, what="pod 0 restarted")
@@ -93,6 +95,21 @@ async def test_a_clustered_store_is_not_turned_back_into_single_nodes(k8s, opera
     assert kept[0]["type"] == "Warning"
     assert get_object(k8s, CONFIGMAPS, "orders-config")["data"]["EVSTORE_ETCD_ENDPOINTS"] == endpoints
     assert get_object(k8s, STS, "orders-etcd") is not None
+
+
+async def test_a_clustered_store_keeps_its_etcd(k8s, operator):
+    await create_evs(k8s, "orders", etcd={"endpoints": ["http://etcd-a.infra.svc:2379"]})
+    await eventually(lambda: _status(k8s).get("observedGeneration") == 1, what="accepted")
+    await patch_evs(k8s, "orders", {"spec": {"etcd": {"endpoints": ["http://etcd-b.infra.svc:2379"]}}})
+    refused = await eventually(lambda: events(k8s, "orders", "EtcdChangeRefused"), what="EtcdChangeRefused")
+    assert refused[0]["type"] == "Warning"
+    data = get_object(k8s, CONFIGMAPS, "orders-config")["data"]
+    assert data["EVSTORE_ETCD_ENDPOINTS"] == "http://etcd-a.infra.svc:2379"
+    # Another endpoint of the same etcd (one in common) is taken.
+    both = ["http://etcd-a.infra.svc:2379", "http://etcd-a2.infra.svc:2379"]
+    await patch_evs(k8s, "orders", {"spec": {"etcd": {"endpoints": both}}})
+    await eventually(lambda: get_object(k8s, CONFIGMAPS, "orders-config")["data"]["EVSTORE_ETCD_ENDPOINTS"]
+                     == ",".join(both), what="the added endpoint")
 
 
 async def test_a_lower_min_in_sync_applies_at_once(k8s, operator):
