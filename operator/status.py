@@ -210,7 +210,8 @@ def status_patch(obs: Observation, old_status: Mapping[str, Any] | None, now: st
         "epoch": obs.cluster.epoch,
         "lastPosition": obs.cluster.committed_position,
         "inSyncReplicas": list(obs.cluster.isr),
-        "minInSync": obs.min_in_sync if obs.min_in_sync is not None else obs.cluster.min_in_sync,
+        # What the leader enforces (it re-reads the operator's value within about a minute).
+        "minInSync": obs.cluster.min_in_sync if obs.cluster.min_in_sync is not None else obs.min_in_sync,
     }
 
 

@@ -120,3 +120,23 @@ async def test_a_lower_min_in_sync_applies_at_once(k8s, operator):
     await patch_evs(k8s, "orders", {"spec": {"durability": {"minInSync": 3}}})
     await eventually(lambda: _status(k8s).get("observedGeneration") == 3, what="accepted")
     assert _in_sync(k8s) == "1"  # raised only once three replicas are in sync (none answered here)
+
+
+async def test_scaling_down_to_one_lowers_min_in_sync_first(k8s, operator, nodes):
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=2, replicas=3, min_in_sync=2)
+    await simulate_statefulset_ready(k8s, "orders")
+    await eventually(lambda: _status(k8s).get("phase") == "Ready", what="Ready")
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 1}})  # the leader still enforces 2
+    await eventually(lambda: events(k8s, "orders", "ScaleDownRefused"), what="ScaleDownRefused")
+    await eventually(lambda: get_object(k8s, EVS, "orders")["spec"]["replicas"] == 3, what="spec put back")
+    assert get_object(k8s, STS, "orders")["spec"]["replicas"] == 3
+
+    await patch_evs(k8s, "orders", {"spec": {"durability": {"minInSync": 1}}})
+    await eventually(lambda: _in_sync(k8s) == "1", what="minInSync 1 in the ConfigMap")
+    nodes.set_cluster("orders", leader_ordinal=2, replicas=3, min_in_sync=1)  # the nodes re-read the file
+    await eventually(lambda: _status(k8s).get("minInSync") == 1, what="status minInSync 1")
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 1}})
+    await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 1, what="one replica")
+    assert _in_sync(k8s) == "1"
