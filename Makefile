@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench etcd
+.PHONY: run test install install-test tools clean bench etcd iptables
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ etcd:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y etcd-server || ($$SUDO apt-get update && $$SUDO apt-get install -y etcd-server); }
 
+## iptables for the partition tests (Debian package iptables), installed only when missing
+iptables:
+	@command -v iptables >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y iptables || ($$SUDO apt-get update && $$SUDO apt-get install -y iptables); }
+
 ## Install what the tests need and run the whole suite
-test: install-test tools etcd
+test: install-test tools etcd iptables
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
 
 bench: install-test

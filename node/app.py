@@ -13,7 +13,7 @@ from typing import Sequence
 
 from aiohttp import web
 
-from .api import ops, streams, subscribe
+from .api import ops, snapshots, streams, subscribe
 from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.middleware import MIDDLEWARES
@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
     streams.add_routes(app)
+    snapshots.add_routes(app)
     subscribe.add_routes(app, TransientSubscriptions(app[LOG_KEY], max_subscribers=settings.max_subscribers,
                                                      metrics=metrics))
     subscription_routes.add_routes(app, PersistentSubscriptions(app[LOG_KEY], member=app.get(CLUSTER_KEY),

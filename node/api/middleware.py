@@ -60,10 +60,13 @@ async def read_body(request: web.Request) -> bytes:
         raise web.HTTPRequestTimeout(text=f"the body did not arrive within {timeout:g} seconds") from None
 
 
+INTERNAL_PREFIX = "/v1/internal/"
+
+
 def _check_body_headers(request: web.Request) -> web.Response | None:
     """415 for a body that is not JSON or has an encoding the node cannot undo (no Content-Type: JSON)."""
-    if request.method not in BODY_METHODS:
-        return None
+    if request.method not in BODY_METHODS or request.path.startswith(INTERNAL_PREFIX):
+        return None  # peers' requests: their handlers authenticate them first, then read their own body format
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in CONTENT_ENCODINGS:
         return error_response(415, "unsupported_media_type",
@@ -147,8 +150,8 @@ def _observe(request: web.Request, status: int, started: float) -> None:
 
 def required_role(request: web.Request) -> str | None:
     path = request.path
-    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json" or path.startswith("/v1/internal/"):
-        return None  # /v1/internal/ is for peers, which authenticate with the cluster's peer token
+    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json" or path.startswith(INTERNAL_PREFIX):
+        return None  # /v1/internal/ is for peers, which sign every request with the cluster secret
     if path.startswith("/v1/admin/") or path == "/v1/cluster/step-down":
         return "admin"
     if path == "/v1/subscribe/token":

@@ -14,7 +14,7 @@ from .middleware import error_response
 from .shape import json_response, rfc3339
 
 FEATURES = ["streams", "all", "idempotent-appends", "metadata", "soft-delete", "hard-delete", "verify",
-            "scavenge"]
+            "scavenge", "multi-stream-append", "snapshots"]
 
 
 async def live(request: web.Request) -> web.Response:
