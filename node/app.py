@@ -89,6 +89,7 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
                           etcd_members=etcd_members if "etcd" in settings.discovery else None, metrics=metrics)
     config = ClusterConfig(settings.store_id, settings.node_id, settings.url, settings.cluster_secret,
                            min_in_sync=settings.min_in_sync, cluster_size=settings.cluster_size,
+                           min_in_sync_file=settings.min_in_sync_file,
                            timing=Timing(settings.lease_ttl), peer_auth_compat=settings.peer_auth_compat)
     return ClusterMember(config, log_, coordinator, discovery, metrics)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .cluster.insync import InSyncFileError, read_min_in_sync
+
 ROLES = ("read", "write", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY_MODES = ("sync", "interval")
@@ -54,6 +56,7 @@ class Settings:
     discovery_interfaces: tuple[str, ...] = ("127.0.0.1",)
     discovery_dns: str | None = None
     min_in_sync: int | None = None
+    min_in_sync_file: Path | None = None
     cluster_size: int | None = None
     lease_ttl: float = 5.0
     log_level: str = "info"
@@ -98,6 +101,8 @@ OPTIONS = [
      "addresses zeroconf binds to, default 127.0.0.1"),
     ("discovery_dns", "--discovery-dns", "EVSTORE_DISCOVERY_DNS", "DNS name listing the peers (headless Service)"),
     ("min_in_sync", "--min-in-sync", "EVSTORE_MIN_IN_SYNC", "in-sync replicas needed to acknowledge, default majority"),
+    ("min_in_sync_file", "--min-in-sync-file", "EVSTORE_MIN_IN_SYNC_FILE",
+     "file holding min-in-sync as a number, re-read every second (the operator's ConfigMap)"),
     ("cluster_size", "--cluster-size", "EVSTORE_CLUSTER_SIZE",
      "number of nodes the store is meant to have; the default min-in-sync is its majority"),
     ("lease_ttl", "--lease-ttl", "EVSTORE_LEASE_TTL", "seconds of the etcd lease (failover time), default 5"),
@@ -219,6 +224,15 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["discovery_dns"] = dns
     if (min_isr := integer("min_in_sync", 1, 9)) is not None:
         values["min_in_sync"] = min_isr
+    if (in_sync_file := get("min_in_sync_file")) is not None:
+        if "min_in_sync" in values:
+            raise ConfigError("set either --min-in-sync or --min-in-sync-file (EVSTORE_MIN_IN_SYNC, "
+                              "EVSTORE_MIN_IN_SYNC_FILE), not both")
+        try:
+            read_min_in_sync(Path(in_sync_file))
+        except InSyncFileError as exc:
+            raise fail("min_in_sync_file", str(exc)) from None
+        values["min_in_sync_file"] = Path(in_sync_file)
     if (level := get("log_level")) is not None:
         if level.lower() not in LOG_LEVELS:
             raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")

@@ -71,6 +71,7 @@ class OperatorState:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     warned: set[tuple[str, str, str]] = field(default_factory=set)
     etcd_auth_done: set[tuple[str, str]] = field(default_factory=set)
+    scaling: dict[tuple[str, str], str] = field(default_factory=dict)  # a scale-up waiting, and why
 
     def warn_once(self, body: Any, reason: str, message: str) -> None:
         """A Warning event for a lasting condition: once per store and operator run, not every pass."""
@@ -92,6 +93,7 @@ class OperatorState:
             self.failures.pop(key, None)
             self.problems.pop(key, None)
             self.etcd_auth_done.discard(key)
+            self.scaling.pop(key, None)
             self.warned = {w for w in self.warned if w[:2] != key}
         else:
             self.phases[key] = phase

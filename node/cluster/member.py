@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Awaitable
 
 import aiohttp
@@ -18,6 +19,7 @@ from ..errors import NotLeader, Unavailable
 from ..log import Log
 from .auth import PeerAuth
 from .coordinator import Coordinator, CoordinatorError, LeaderInfo, MemberInfo
+from .insync import MinInSyncFile
 from .replication import Follower, LeaderReplication, Timing
 
 log = logging.getLogger("evstore.cluster")
@@ -60,6 +62,7 @@ class ClusterConfig:
     secret: str
     min_in_sync: int | None = None
     cluster_size: int | None = None
+    min_in_sync_file: Path | None = None  # re-read while running (the operator's ConfigMap); wins over the size
     timing: Timing = Timing()
     peer_auth_compat: bool = False  # also speak the previous version's peer protocol (a rolling upgrade)
 
@@ -82,6 +85,7 @@ class ClusterMember:
         self.members: list[MemberInfo] = []
         self.isr: tuple[str, ...] = ()
         self.max_members_seen = 1
+        self.in_sync_file = MinInSyncFile(config.min_in_sync_file) if config.min_in_sync_file else None
         self._changed = asyncio.Event()
         self._role_changed = asyncio.Event()
         self._campaign_now = False
@@ -102,6 +106,8 @@ class ClusterMember:
                        loop.create_task(self._watch(), name="evstore-leader-watch"),
                        loop.create_task(self._control(), name="evstore-control"),
                        loop.create_task(self._refresh_members(), name="evstore-members")]
+        if self.in_sync_file is not None:
+            self._tasks.append(loop.create_task(self._reread_in_sync_file(), name="evstore-min-in-sync"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -131,8 +137,15 @@ class ClusterMember:
     def min_in_sync(self) -> int:
         if self.config.min_in_sync:
             return self.config.min_in_sync
+        if self.in_sync_file is not None:
+            return self.in_sync_file.value
         size = self.config.cluster_size or self.max_members_seen
         return size // 2 + 1
+
+    async def _reread_in_sync_file(self) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_EVERY)  # the kubelet swaps the file in; there is nothing to await
+            self.in_sync_file.refresh()
 
     async def _discover(self) -> None:
         if self.discovery is not None:  # it only proposes peers: etcd decides, so nothing waits for it
