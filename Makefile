@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench etcd postgres
+.PHONY: run test install install-test tools clean bench etcd iptables prometheus debian-tools postgres
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,19 @@ $(HELM):
 
 tools: $(HELM)
 
-## etcd for the cluster tests (Debian package etcd-server), installed only when missing
-etcd:
-	@command -v etcd >/dev/null || { \
+# Debian packages the tests need, as COMMAND:PACKAGE; each is installed only when its command is missing
+DEBIAN_TOOLS := etcd:etcd-server iptables:iptables prometheus:prometheus promtool:prometheus
+
+## etcd (cluster tests), iptables (partition tests), prometheus and promtool (alert rules, dashboards)
+debian-tools:
+	@missing=""; for tool in $(DEBIAN_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get install -y etcd-server || ($$SUDO apt-get update && $$SUDO apt-get install -y etcd-server); }
+	  $$SUDO apt-get install -y --no-install-recommends $$missing \
+	    || ($$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing); fi
+
+etcd iptables prometheus: debian-tools
 
 ## PostgreSQL for the benchmarks' reference runs (Debian package postgresql; each run initdb's its own server)
 postgres:
@@ -44,7 +52,7 @@ postgres:
 	  $$SUDO apt-get install -y postgresql || ($$SUDO apt-get update && $$SUDO apt-get install -y postgresql); }
 
 ## Install what the tests need and run the whole suite
-test: install-test tools etcd postgres
+test: install-test tools debian-tools postgres
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
 
 bench: install-test postgres

@@ -16,7 +16,7 @@ from yarl import URL
 from . import protocol
 from .consumer import Consumer
 from .errors import ConnectionFailed, Unavailable, error_from_payload
-from .protocol import EventInput, ExpectedVersion, SubscriptionSettings
+from .protocol import AppendInput, EventInput, ExpectedVersion, SubscriptionSettings
 from .subscription import Subscription
 
 DEFAULT_URL = "http://127.0.0.1:7113"
@@ -115,6 +115,13 @@ class AsyncEvstoreClient:
         """Append atomically. Returns {"stream", "fromVersion", "version", "position"}."""
         body = protocol.append_body(events, expected_version)
         return await self._request("POST", protocol.stream_path(stream), body=body)
+
+    async def append_many(self, appends: Iterable[AppendInput]) -> dict:
+        """Append to several streams atomically (all or nothing, contiguous positions): entries are
+        `StreamAppend(stream, events, expected_version)` or mappings {"stream", "events", "expectedVersion"}.
+        Returns {"results": [one append reply per entry], "position": last}. A failed expected version on any
+        stream raises WrongExpectedVersion, whose `failures` names every failing stream."""
+        return await self._request("POST", "/v1/streams", body=protocol.append_many_body(appends))
 
     async def read_stream(self, stream: str, *, from_version: int | None = None, limit: int | None = None,
                           backward: bool = False) -> dict:
@@ -255,23 +262,57 @@ class AsyncEvstoreClient:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    async def save_snapshot(self, source: str, *, version: int, type: str, data: Any,
-                            metadata: Mapping[str, Any] | None = None) -> dict | None:
-        body = {"version": version, "type": type, "data": data}
-        if metadata is not None:
-            body["metadata"] = dict(metadata)
+    async def save_snapshot(self, source: str, *, version: int, type: str, data: Any = None,
+                            metadata: Mapping[str, Any] | bytes | None = None, keep: int | None = None) -> dict:
+        """Store a snapshot of `source` at `version` (one already at that version is replaced). `data` and
+        `metadata` given as bytes go as base64 (`dataBase64`/`metadataBase64`) and come back so; `keep`: from now
+        on keep only the latest `keep` snapshots of this source. Returns {"source", "version", "position"}."""
+        body = protocol.snapshot_body(version=version, type=type, data=data, metadata=metadata, keep=keep)
         return await self._request("PUT", protocol.snapshot_path(source), body=body)
 
     async def read_snapshot(self, source: str, *, max_version: int | None = None) -> dict:
-        """The latest snapshot at or below `max_version` (or the latest)."""
+        """The snapshot with the highest version at or below `max_version` (None: the latest):
+        {"source", "version", "type", "data" | "dataBase64", "metadata" | "metadataBase64", "created",
+        "position"}; SnapshotNotFound when there is none."""
         return await self._request("GET", protocol.snapshot_path(source),
                                    params=protocol.query(maxVersion=max_version))
 
+    async def read_snapshots(self, source: str, *, min_version: int | None = None, max_version: int | None = None,
+                             backward: bool = False, limit: int | None = None) -> dict:
+        """One page of every snapshot of `source` with a version from `min_version` to `max_version` (both
+        inclusive), in version order (`backward`: highest first): {"source", "snapshots": [...], "next": V|None}.
+        eventsourcing's select_events(gt, lte, desc, limit) is min_version=gt+1, max_version=lte,
+        backward=desc."""
+        params = protocol.query(minVersion=min_version, maxVersion=max_version,
+                                direction="backward" if backward else None, limit=limit)
+        return await self._request("GET", protocol.snapshot_path(source, "/all"), params=params)
+
+    async def iter_snapshots(self, source: str, *, min_version: int | None = None, max_version: int | None = None,
+                             backward: bool = False, page_size: int | None = None) -> AsyncIterator[dict]:
+        """Every snapshot of `source` in the range, page by page (following `next`)."""
+        while True:
+            page = await self.read_snapshots(source, min_version=min_version, max_version=max_version,
+                                             backward=backward, limit=page_size)
+            for snapshot in page.get("snapshots", []):
+                yield snapshot
+            following = page.get("next")
+            if following is None:
+                return
+            if backward:
+                max_version = following
+            else:
+                min_version = following
+
     async def delete_snapshot(self, source: str) -> None:
+        """Delete every snapshot of `source` (204 also when it had none)."""
         await self._request("DELETE", protocol.snapshot_path(source))
 
-    async def list_snapshots(self, *, prefix: str | None = None) -> dict:
-        return await self._request("GET", "/v1/snapshots", params=protocol.query(prefix=prefix))
+    async def list_snapshots(self, *, prefix: str | None = None, after: str | None = None,
+                             limit: int | None = None) -> dict:
+        """One page of sources with snapshots, in name order, each with its latest snapshot (without payload):
+        {"snapshots": [{"source", "version", "type", "created", "position"}], "next": SOURCE|None}."""
+        return await self._request("GET", "/v1/snapshots", params=protocol.query(prefix=prefix, after=after,
+                                                                                  limit=limit))
 
     # -- persistent subscriptions ----------------------------------------------------------
 

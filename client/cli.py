@@ -340,6 +340,116 @@ def delete(settings: Settings, stream: str, hard: bool, expected_version: Any) -
                else output.deleted(stream, hard))
 
 
+@cli.command("append-many")
+@click.option("--file", "file_path", required=True, type=click.File("r", encoding="utf-8"),
+              help="JSON: {\"appends\": [{\"stream\", \"expectedVersion\"?, \"events\"}]} or just that list; "
+                   "- reads stdin.")
+@json_option
+@pass_settings
+def append_many(settings: Settings, file_path: Any) -> None:
+    """Append to several streams atomically: all entries or none, at contiguous positions."""
+    doc = json_argument(file_path.read(), "--file")
+    entries = doc.get("appends") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "stream" in e and "events" in e
+                                                for e in entries):
+        raise click.BadParameter("expected {\"appends\": [{\"stream\", \"events\", \"expectedVersion\"?}]}",
+                                 param_hint="--file")
+    reply = settings.client().append_many(entries)
+    if settings.as_json:
+        emit_json(reply)
+        return
+    click.echo("\n".join(output.append_result(r) for r in reply["results"]))
+
+
+# -- snapshots ------------------------------------------------------------------------------
+
+@cli.group()
+def snapshot() -> None:
+    """Snapshots of sources (aggregates): save, read, list, delete."""
+
+
+@snapshot.command("put")
+@click.argument("source")
+@click.option("--version", "version", required=True, type=click.IntRange(min=0),
+              help="The version of SOURCE the snapshot is of.")
+@click.option("--type", "snapshot_type", required=True, help="Snapshot type.")
+@click.option("--data", "data_text", help="Snapshot data as JSON (default null).")
+@click.option("--data-file", type=click.File("rb"), help="Snapshot data as raw bytes from a file (- reads stdin).")
+@click.option("--metadata", "metadata_text", help="Metadata as a JSON object.")
+@click.option("--keep", type=click.IntRange(min=1), help="From now on keep only the latest N snapshots of SOURCE.")
+@json_option
+@pass_settings
+def snapshot_put(settings: Settings, source: str, version: int, snapshot_type: str, data_text: str | None,
+                 data_file: Any, metadata_text: str | None, keep: int | None) -> None:
+    """Save a snapshot of SOURCE at --version (one saved at that version before is replaced)."""
+    if data_text is not None and data_file is not None:
+        raise click.UsageError("give --data or --data-file, not both")
+    data = data_file.read() if data_file is not None else json_argument(data_text, "--data")
+    metadata = json_argument(metadata_text, "--metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--metadata")
+    reply = settings.client().save_snapshot(source, version=version, type=snapshot_type, data=data,
+                                            metadata=metadata, keep=keep)
+    click.echo(output.to_json(reply) if settings.as_json
+               else f"saved snapshot of {source} at version {reply['version']}, position {reply['position']}")
+
+
+@snapshot.command("get")
+@click.argument("source")
+@click.option("--max-version", type=click.IntRange(min=0), help="The latest at or below this version.")
+@click.option("--all", "every", is_flag=True, help="Every snapshot of SOURCE, in version order.")
+@json_option
+@pass_settings
+def snapshot_get(settings: Settings, source: str, max_version: int | None, every: bool) -> None:
+    """The latest snapshot of SOURCE (or every one with --all)."""
+    client = settings.client()
+    if not every:
+        found = client.read_snapshot(source, max_version=max_version)
+        click.echo(output.to_json(found) if settings.as_json else output.key_values(
+            [(key, found.get(key)) for key in ("source", "version", "type", "created", "position", "data",
+                                               "dataBase64", "metadata", "metadataBase64") if key in found]))
+        return
+    snapshots = list(client.iter_snapshots(source, max_version=max_version))
+    if settings.as_json:
+        for found in snapshots:
+            emit_json(found)
+        return
+    click.echo(output.table(["VERSION", "TYPE", "CREATED", "POSITION", "DATA"],
+                            [(f["version"], f["type"], f["created"], f["position"],
+                              output.compact(f.get("data", f.get("dataBase64")))) for f in snapshots])
+               if snapshots else "(no snapshots)")
+
+
+@snapshot.command("list")
+@click.option("--prefix", help="Only sources whose name starts with this.")
+@click.option("--after", help="Start after this source (from `next`).")
+@click.option("--limit", type=click.IntRange(1, 1000), help="Sources per page.")
+@json_option
+@pass_settings
+def snapshot_list(settings: Settings, prefix: str | None, after: str | None, limit: int | None) -> None:
+    """Sources with snapshots, in name order, with their latest snapshot."""
+    reply = settings.client().list_snapshots(prefix=prefix, after=after, limit=limit)
+    if settings.as_json:
+        emit_json(reply)
+        return
+    rows = [(s["source"], s["version"], s["type"], s["created"]) for s in reply["snapshots"]]
+    lines = [output.table(["SOURCE", "VERSION", "TYPE", "CREATED"], rows) if rows else "(no snapshots)"]
+    if reply.get("next") is not None:
+        lines.append(f"more: --after {reply['next']}")
+    click.echo("\n".join(lines))
+
+
+@snapshot.command("delete")
+@click.argument("source")
+@json_option
+@pass_settings
+def snapshot_delete(settings: Settings, source: str) -> None:
+    """Delete every snapshot of SOURCE."""
+    settings.client().delete_snapshot(source)
+    click.echo(output.to_json({"source": source, "deleted": True}) if settings.as_json
+               else f"deleted the snapshots of {source}")
+
+
 # -- subscriptions --------------------------------------------------------------------------
 
 def parse_start(text: str) -> str | int:

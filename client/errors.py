@@ -74,6 +74,16 @@ class WrongExpectedVersion(Conflict):
     def current_version(self) -> int | None:
         return self.details.get("currentVersion")
 
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Of an append to several streams: every failing stream, {"stream", "expectedVersion",
+        "currentVersion"}; of a single append, that one."""
+        failures = self.details.get("failures")
+        if isinstance(failures, list):
+            return failures
+        return [{"stream": self.details.get("stream"), "expectedVersion": self.expected_version,
+                 "currentVersion": self.current_version}]
+
 
 class DuplicateEventId(Conflict):
     """409 `duplicate_event_id`: an event id was reused with different content."""

@@ -1,6 +1,7 @@
 """Pure request building for the evstore HTTP API: paths, query parameters, bodies. No I/O here."""
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
@@ -68,8 +69,27 @@ def subscription_path(name: str, suffix: str = "") -> str:
     return f"/v1/subscriptions/{path_segment(name)}{suffix}"
 
 
-def snapshot_path(source: str) -> str:
-    return f"/v1/snapshots/{path_segment(source)}"
+def snapshot_path(source: str, suffix: str = "") -> str:
+    return f"/v1/snapshots/{path_segment(source)}{suffix}"
+
+
+def snapshot_body(*, version: int, type: str, data: Any = None, metadata: Mapping[str, Any] | bytes | None = None,
+                  keep: int | None = None) -> dict[str, Any]:
+    """The body of PUT /v1/snapshots/{source}; bytes payloads go as base64."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError("a snapshot's version must be an integer >= 0")
+    body: dict[str, Any] = {"version": version, "type": type}
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        body["dataBase64"] = base64.b64encode(bytes(data)).decode("ascii")
+    else:
+        body["data"] = data
+    if isinstance(metadata, (bytes, bytearray, memoryview)):
+        body["metadataBase64"] = base64.b64encode(bytes(metadata)).decode("ascii")
+    elif metadata is not None:
+        body["metadata"] = dict(metadata)
+    if keep is not None:
+        body["keep"] = keep
+    return body
 
 
 def check_expected_version(value: ExpectedVersion) -> ExpectedVersion:
@@ -116,6 +136,36 @@ def append_body(events: Iterable[EventInput], expected_version: ExpectedVersion 
         raise TypeError("append takes a list of events; wrap a single event in a list")
     return {"expectedVersion": check_expected_version(expected_version),
             "events": [event_body(e) for e in events]}
+
+
+@dataclass(frozen=True)
+class StreamAppend:
+    """One entry of an append to several streams (`append_many`)."""
+
+    stream: str
+    events: Iterable[EventInput]
+    expected_version: ExpectedVersion = "any"
+
+
+AppendInput = Union[StreamAppend, Mapping[str, Any]]
+
+
+def append_many_body(appends: Iterable[AppendInput]) -> dict[str, Any]:
+    """The body of POST /v1/streams: entries are StreamAppend or mappings with `stream`, `events` and
+    `expectedVersion` (or `expected_version`). Ids are fixed here, so every retry of the body is idempotent."""
+    if isinstance(appends, (StreamAppend, Mapping)):
+        raise TypeError("append_many takes a list of appends; wrap a single one in a list")
+    entries = []
+    for entry in appends:
+        if isinstance(entry, StreamAppend):
+            stream, events, expected = entry.stream, entry.events, entry.expected_version
+        elif isinstance(entry, Mapping):
+            stream, events = entry["stream"], entry["events"]
+            expected = entry.get("expectedVersion", entry.get("expected_version", "any"))
+        else:
+            raise TypeError(f"an append is a StreamAppend or a mapping, not {type(entry).__name__}")
+        entries.append({"stream": stream, **append_body(events, expected)})
+    return {"appends": entries}
 
 
 def query(**params: Any) -> list[tuple[str, str]]:

@@ -11,9 +11,10 @@ import sys
 import time
 from typing import Sequence
 
+import prometheus_client
 from aiohttp import web
 
-from .api import ops, streams, subscribe
+from .api import ops, snapshots, streams, subscribe
 from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.middleware import MIDDLEWARES
@@ -41,13 +42,13 @@ def create_app(settings: Settings) -> web.Application:
         from .api import cluster
         cluster.add_routes(app)
     else:
-        metrics.leader.set(1)
+        metrics.set_role(leader=True, epoch=0, isr_size=1)
         metrics.members.set(1)
-        metrics.isr_size.set(1)
     app[STARTED_KEY] = time.time()
     app[READY_KEY] = {"ready": False, "reason": "starting"}
     ops.add_routes(app)
     streams.add_routes(app)
+    snapshots.add_routes(app)
     subscribe.add_routes(app, TransientSubscriptions(app[LOG_KEY], max_subscribers=settings.max_subscribers,
                                                      metrics=metrics))
     subscription_routes.add_routes(app, PersistentSubscriptions(app[LOG_KEY], member=app.get(CLUSTER_KEY),
@@ -66,8 +67,18 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
     from .cluster.member import ClusterConfig, ClusterMember
     from .cluster.replication import Timing
 
-    coordinator = EtcdCoordinator(settings.etcd_endpoints, settings.store_id, lease_ttl=settings.lease_ttl,
-                                  on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0))
+    from .cluster.auth import LeaderRecords
+    from .cluster.etcd import EtcdAccess
+
+    coordinator = EtcdCoordinator(
+        settings.etcd_endpoints, settings.store_id, lease_ttl=settings.lease_ttl,
+        on_etcd_up=lambda up: metrics.etcd_up.set(1 if up else 0),
+        leader_records=LeaderRecords(settings.cluster_secret, settings.store_id,
+                                     accept_legacy=settings.peer_auth_compat),
+        on_rejected_leader=lambda reason: metrics.leader_records_rejected.labels(reason=reason).inc(),
+        access=EtcdAccess(username=settings.etcd_username, password=settings.etcd_password,
+                          ca_file=settings.etcd_ca_file),
+        metrics=metrics)
 
     async def etcd_members():
         return await coordinator.members()
@@ -78,7 +89,8 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
                           etcd_members=etcd_members if "etcd" in settings.discovery else None, metrics=metrics)
     config = ClusterConfig(settings.store_id, settings.node_id, settings.url, settings.cluster_secret,
                            min_in_sync=settings.min_in_sync, cluster_size=settings.cluster_size,
-                           timing=Timing(settings.lease_ttl))
+                           min_in_sync_file=settings.min_in_sync_file,
+                           timing=Timing(settings.lease_ttl), peer_auth_compat=settings.peer_auth_compat)
     return ClusterMember(config, log_, coordinator, discovery, metrics)
 
 
@@ -147,11 +159,14 @@ def raise_open_files_limit(subscribers: int) -> None:
 
 async def serve(settings: Settings) -> None:
     raise_open_files_limit(settings.max_subscribers)
+    # no `_created` sample beside each counter and histogram: nothing reads them, and they double a scrape
+    prometheus_client.disable_created_metrics()
     app = create_app(settings)
     # lingering: how long aiohttp still reads (and drops) the rest of a body it answered early, e.g. with a 408
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
                            lingering_time=LINGERING_SECONDS)
     await runner.setup()
+    app[METRICS_KEY].open_connections.set_function(lambda: len(runner.server.connections))
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
     tune_garbage_collector()

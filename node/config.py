@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .cluster.insync import InSyncFileError, read_min_in_sync
+
 ROLES = ("read", "write", "admin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY_MODES = ("sync", "interval")
@@ -43,12 +45,18 @@ class Settings:
     keepalive_timeout: float = 75.0
     api_tokens_file: Path | None = None
     api_tokens: Mapping[str, str] = field(default_factory=dict)
-    cluster_secret: str | None = None
+    cluster_secret: str | None = field(default=None, repr=False)
     etcd_endpoints: tuple[str, ...] = ()
+    etcd_ca_file: Path | None = None
+    etcd_username: str | None = None
+    etcd_password_file: Path | None = None
+    etcd_password: str | None = field(default=None, repr=False)
+    peer_auth_compat: bool = False
     discovery: tuple[str, ...] = ("zeroconf", "dns", "etcd")
     discovery_interfaces: tuple[str, ...] = ("127.0.0.1",)
     discovery_dns: str | None = None
     min_in_sync: int | None = None
+    min_in_sync_file: Path | None = None
     cluster_size: int | None = None
     lease_ttl: float = 5.0
     log_level: str = "info"
@@ -80,12 +88,21 @@ OPTIONS = [
      "seconds an idle keep-alive connection stays open, default 75"),
     ("api_tokens_file", "--api-tokens-file", "EVSTORE_API_TOKENS_FILE", "file of 'TOKEN ROLE' lines; none = open"),
     ("cluster_secret", "--cluster-secret", "EVSTORE_CLUSTER_SECRET", "shared secret of the cluster's nodes"),
-    ("etcd_endpoints", "--etcd-endpoints", "EVSTORE_ETCD_ENDPOINTS", "comma-separated etcd URLs; none = single node"),
+    ("etcd_endpoints", "--etcd-endpoints", "EVSTORE_ETCD_ENDPOINTS",
+     "comma-separated etcd URLs (all http:// or all https://); none = single node"),
+    ("etcd_ca_file", "--etcd-ca-file", "EVSTORE_ETCD_CA_FILE", "PEM CA bundle for https:// etcd endpoints"),
+    ("etcd_username", "--etcd-username", "EVSTORE_ETCD_USERNAME", "etcd user (needs --etcd-password-file)"),
+    ("etcd_password_file", "--etcd-password-file", "EVSTORE_ETCD_PASSWORD_FILE",
+     "file holding the etcd user's password"),
+    ("peer_auth_compat", "--peer-auth-compat", "EVSTORE_PEER_AUTH_COMPAT",
+     "true only during a rolling upgrade from a version with static peer tokens; default false"),
     ("discovery", "--discovery", "EVSTORE_DISCOVERY", "discovery methods, default zeroconf,dns,etcd"),
     ("discovery_interfaces", "--discovery-interfaces", "EVSTORE_DISCOVERY_INTERFACES",
      "addresses zeroconf binds to, default 127.0.0.1"),
     ("discovery_dns", "--discovery-dns", "EVSTORE_DISCOVERY_DNS", "DNS name listing the peers (headless Service)"),
     ("min_in_sync", "--min-in-sync", "EVSTORE_MIN_IN_SYNC", "in-sync replicas needed to acknowledge, default majority"),
+    ("min_in_sync_file", "--min-in-sync-file", "EVSTORE_MIN_IN_SYNC_FILE",
+     "file holding min-in-sync as a number, re-read every second (the operator's ConfigMap)"),
     ("cluster_size", "--cluster-size", "EVSTORE_CLUSTER_SIZE",
      "number of nodes the store is meant to have; the default min-in-sync is its majority"),
     ("lease_ttl", "--lease-ttl", "EVSTORE_LEASE_TTL", "seconds of the etcd lease (failover time), default 5"),
@@ -98,7 +115,11 @@ OPTIONS = [
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evstore serve", description="Run one evstore node.")
     for attr, flag, variable, help_text in OPTIONS:
-        parser.add_argument(flag, dest=attr, default=None, help=f"{help_text} [{variable}]")
+        if attr == "peer_auth_compat":  # a switch: `--peer-auth-compat` alone means true
+            parser.add_argument(flag, dest=attr, default=None, nargs="?", const="true",
+                                help=f"{help_text} [{variable}]")
+        else:
+            parser.add_argument(flag, dest=attr, default=None, help=f"{help_text} [{variable}]")
     return parser
 
 
@@ -203,6 +224,15 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["discovery_dns"] = dns
     if (min_isr := integer("min_in_sync", 1, 9)) is not None:
         values["min_in_sync"] = min_isr
+    if (in_sync_file := get("min_in_sync_file")) is not None:
+        if "min_in_sync" in values:
+            raise ConfigError("set either --min-in-sync or --min-in-sync-file (EVSTORE_MIN_IN_SYNC, "
+                              "EVSTORE_MIN_IN_SYNC_FILE), not both")
+        try:
+            read_min_in_sync(Path(in_sync_file))
+        except InSyncFileError as exc:
+            raise fail("min_in_sync_file", str(exc)) from None
+        values["min_in_sync_file"] = Path(in_sync_file)
     if (level := get("log_level")) is not None:
         if level.lower() not in LOG_LEVELS:
             raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -214,9 +244,31 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     if (subscribers := integer("max_subscribers", 1, MAX_SUBSCRIBERS)) is not None:
         values["max_subscribers"] = subscribers
     for url in values.get("etcd_endpoints", ()):
-        if not re.match(r"^http://[^/\s]+$", url):
-            raise fail("etcd_endpoints", "must be comma-separated http://HOST:PORT URLs (TLS to etcd is not "
-                       "supported yet)")
+        if not re.match(r"^https?://[^/\s]+$", url):
+            raise fail("etcd_endpoints", "must be comma-separated http://HOST:PORT or https://HOST:PORT URLs")
+    if len({url.split("://")[0] for url in values.get("etcd_endpoints", ())}) > 1:
+        raise fail("etcd_endpoints", "must be all http:// or all https://")
+    if (ca_file := get("etcd_ca_file")) is not None:
+        path = Path(ca_file)
+        if not path.is_file():
+            raise fail("etcd_ca_file", "is not a readable file")
+        if not any(url.startswith("https://") for url in values.get("etcd_endpoints", ())):
+            raise fail("etcd_ca_file", "is for https:// etcd endpoints only")
+        values["etcd_ca_file"] = path
+    if (username := get("etcd_username")) is not None:
+        if not username or len(username) > 128:
+            raise fail("etcd_username", "must be 1 to 128 characters")
+        values["etcd_username"] = username
+    if (password_file := get("etcd_password_file")) is not None:
+        values["etcd_password_file"] = Path(password_file)
+        values["etcd_password"] = _read_secret_file(Path(password_file), raw["etcd_password_file"][1])
+    if ("etcd_username" in values) != ("etcd_password" in values):
+        raise ConfigError("an etcd username and an etcd password file go together: set both --etcd-username "
+                          "and --etcd-password-file (EVSTORE_ETCD_USERNAME, EVSTORE_ETCD_PASSWORD_FILE) or neither")
+    if (compat := get("peer_auth_compat")) is not None:
+        if compat.lower() not in _BOOLEANS:
+            raise fail("peer_auth_compat", "must be true or false")
+        values["peer_auth_compat"] = _BOOLEANS[compat.lower()]
     if values.get("etcd_endpoints") and not values.get("cluster_secret"):
         raise ConfigError("etcd endpoints are set (a cluster), so a cluster secret is required: set "
                           "EVSTORE_CLUSTER_SECRET or --cluster-secret (at least 16 characters)")
@@ -224,6 +276,21 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         raise ConfigError(f"min in sync ({values['min_in_sync']}) is larger than the cluster size "
                           f"({values['cluster_size']}): no write could ever be acknowledged")
     return Settings(**values)
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _read_secret_file(path: Path, source: str) -> str:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{source}={str(path)!r}: cannot read: {reason}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{source}={str(path)!r}: the file is empty")
+    return secret
 
 
 def _read_tokens(path: Path, source: str) -> dict[str, str]:

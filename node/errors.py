@@ -25,6 +25,10 @@ class StreamNotFound(LogError):
     status, code = 404, "stream_not_found"
 
 
+class SnapshotNotFound(LogError):
+    status, code = 404, "snapshot_not_found"
+
+
 class WrongExpectedVersion(LogError):
     status, code = 409, "wrong_expected_version"
 

@@ -9,18 +9,22 @@ import asyncio
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence
+from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import orjson
 
 from ..ids import uuid7_bytes
-from .errors import (DuplicateEventId, InvalidRequest, LogError, NotLeader, StreamDeleted, StreamNotFound, Unavailable,
-                     WrongExpectedVersion)
+from .errors import (CorruptRecord, DuplicateEventId, InvalidRequest, LogError, NotLeader, SnapshotNotFound,
+                     StreamDeleted, StreamNotFound, Unavailable, WrongExpectedVersion)
 from .position import WatchedPosition
+from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snapshot, snapshot_stream,
+                        snapshots_between, stored_metadata)
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
-from .storage import (RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, now_micros,
-                      record_from_row, scan_records, seal_payloads)
+from .storage import (DATA_BINARY, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
+                      now_micros, record_from_row, scan_records, seal_payloads)
+
+T = TypeVar("T")
 
 ANY, NO_STREAM, STREAM_EXISTS = "any", "no_stream", "stream_exists"
 ExpectedVersion = str | int
@@ -34,6 +38,7 @@ TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system
 _STREAM_ROW_COLUMNS = "stream, version, created, updated, deleted, metadata"
 ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
 LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
+MAX_SNAPSHOT_VERSION = 2**62
 
 
 def metadata_stream(stream: str) -> str:
@@ -58,6 +63,24 @@ class AppendResult:
     version: int
     position: int
     bytes_written: int = field(default=0, compare=False)  # data+metadata stored (0: a retry answered from the log)
+
+
+@dataclass(slots=True)
+class StreamAppend:
+    """One entry of an append to several streams."""
+    stream: str
+    expected: ExpectedVersion
+    events: Sequence[NewEvent]
+
+
+@dataclass(slots=True)
+class MultiAppendResult:
+    results: list[AppendResult]
+    position: int  # of the last event written
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(r.bytes_written for r in self.results)
 
 
 @dataclass(slots=True)
@@ -131,7 +154,7 @@ def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersio
         ok = row.version == expected
     if not ok:
         raise WrongExpectedVersion(f"stream {stream!r} is at version {row.version}, expected {expected}",
-                                   expectedVersion=expected, currentVersion=row.version)
+                                   stream=stream, expectedVersion=expected, currentVersion=row.version)
 
 
 def _stream_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow | None:
@@ -297,6 +320,56 @@ class Log:
         return await self._write(op, len(events) + size // 1024, position_of=lambda r: r.position,
                                  streams=(stream,))
 
+    async def append_many(self, appends: Sequence[StreamAppend]) -> MultiAppendResult:
+        """Append to several streams in one write operation: all or nothing, at contiguous positions, the entries
+        in order (a stream named twice gets its entries one after the other; each expected version is checked
+        against the stream as the entries before it leave it). Every failing check is named (WrongExpectedVersion
+        with `failures`); a retry of the whole request (the same event ids and content) gets the original reply."""
+        if not appends:
+            raise InvalidRequest("an append to several streams needs at least one entry", field="appends")
+        for i, entry in enumerate(appends):
+            if not entry.events:
+                raise InvalidRequest("an append needs at least one event", field=f"appends[{i}].events")
+        sizes = [seal_payloads(entry.stream, entry.events) for entry in appends]
+        streams = tuple(dict.fromkeys(entry.stream for entry in appends))
+
+        def op(txn: WriteTxn) -> MultiAppendResult:
+            given = [e.id for entry in appends for e in entry.events if e.given_id]
+            existing = txn.records_by_ids(given) if given else None
+            if existing:
+                return _original_multi_reply(appends, existing)
+            failures = []
+            ahead: dict[str, int] = {}  # events the entries checked so far add to each stream
+            for entry in appends:
+                row = txn.stream_row(entry.stream) or StreamRow(entry.stream)
+                vis = visibility(row, txn.now)
+                if vis.deleted == "hard":
+                    raise StreamDeleted(f"stream {entry.stream!r} was hard deleted", stream=entry.stream)
+                added = ahead.get(entry.stream, 0)
+                if added:  # as the entries before this one leave the stream: it exists
+                    row = StreamRow(entry.stream, row.version + added)
+                try:
+                    check_expected_version(entry.stream, row, entry.expected, "no" if added else vis.deleted)
+                except WrongExpectedVersion as exc:
+                    failures.append(exc.details)
+                ahead[entry.stream] = added + len(entry.events)
+            if failures:
+                first = failures[0]
+                raise WrongExpectedVersion(
+                    f"{len(failures)} of {len(appends)} entries failed their expected-version check; first: "
+                    f"{first['stream']!r} is at version {first['currentVersion']}, expected {first['expectedVersion']}",
+                    **first, failures=failures)
+            results = []
+            for entry, size in zip(appends, sizes):
+                result = _write_events(txn, txn.stream_row(entry.stream) or StreamRow(entry.stream), entry.events)
+                result.bytes_written = size
+                results.append(result)
+            return MultiAppendResult(results, results[-1].position)
+
+        count = sum(len(entry.events) for entry in appends)
+        return await self._write(op, count + sum(sizes) // 1024, position_of=lambda r: r.position,
+                                 streams=streams)
+
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         encoded = orjson.dumps(metadata)
 
@@ -326,6 +399,113 @@ class Log:
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(meta))
 
         await self._write(op)
+
+    # snapshots (see node/snapshots.py) ------------------------------------------------------
+    async def save_snapshot(self, source: str, version: int, snapshot: NewEvent, *, keep: int | None = None
+                            ) -> Snapshot:
+        """Store a snapshot of `source` at `version` (one at that version already is replaced; an identical one
+        is left as it is). `keep`: from now on keep only the latest `keep` snapshots saved of this source."""
+        stream = snapshot_stream(source)
+        event = NewEvent(uuid7_bytes()[0], snapshot.type, snapshot.data,
+                         stored_metadata(version, snapshot.metadata, snapshot.flags), given_id=False,
+                         flags=snapshot.flags & DATA_BINARY)
+        seal_payloads(stream, [event])
+
+        def op(txn: WriteTxn) -> Snapshot:
+            row = txn.stream_row(stream) or StreamRow(stream)
+            vis = visibility(row, txn.now)
+            meta = orjson.loads(row.metadata) if row.metadata else {}
+            retention_changes = keep is not None and meta.get("maxCount") != keep
+            if row.version > 0 and vis.deleted == "no" and not retention_changes:
+                found = newest_at_or_below(txn.conn, stream, min_event_version=vis.min_version, max_version=version,
+                                           visible=None)
+                if found is not None and found.version == version and same_snapshot(
+                        found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags):
+                    return found
+            if retention_changes:
+                _write_system_event(txn, metadata_stream(stream), METADATA_TYPE,
+                                    orjson.dumps({**meta, "maxCount": keep}))
+            result = _write_events(txn, row, [event])
+            return Snapshot(source, version, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags,
+                            txn.now, result.position)
+
+        return await self._write(op, 1 + len(snapshot.data) // 1024, position_of=lambda s: s.position,
+                                 streams=(stream,))
+
+    async def delete_snapshots(self, source: str) -> None:
+        """Hide every snapshot of `source` (a soft delete of its stream; a scavenge reclaims the space). Saving
+        one again later starts afresh."""
+        stream = snapshot_stream(source)
+
+        def op(txn: WriteTxn) -> None:
+            row = txn.stream_row(stream)
+            if row is None or row.version == 0:
+                return
+            vis = visibility(row, txn.now)
+            if vis.deleted != "no":
+                return
+            meta = dict(vis.metadata, truncateBefore=row.version + 1, **{SOFT_DELETED: True})
+            _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(meta))
+
+        await self._write(op, streams=(stream,))
+
+    async def read_snapshot(self, source: str, max_version: int | None = None) -> Snapshot:
+        """The snapshot of `source` with the highest version at or below `max_version` (None: the latest)."""
+        visible = await self._horizon()
+        stream = snapshot_stream(source)
+
+        def read(conn: sqlite3.Connection) -> Snapshot:
+            vis = _snapshot_visibility(conn, stream, visible)
+            found = None if vis is None else newest_at_or_below(
+                conn, stream, min_event_version=vis.min_version,
+                max_version=MAX_SNAPSHOT_VERSION if max_version is None else max_version, visible=visible)
+            if found is None:
+                below = "" if max_version is None else f" at or below version {max_version}"
+                raise SnapshotNotFound(f"source {source!r} has no snapshot{below}", source=source)
+            return found
+
+        return await self.storage.read(read)
+
+    async def read_snapshots(self, source: str, *, min_version: int = 0, max_version: int | None = None,
+                             backward: bool = False, limit: int) -> tuple[list[Snapshot], int | None]:
+        """Every snapshot of `source` with a version from `min_version` to `max_version`, in version order
+        (`backward`: highest first), at most `limit`; and where the next page starts (its min_version forward,
+        its max_version backward), None after the last."""
+        visible = await self._horizon()
+        stream = snapshot_stream(source)
+        top = MAX_SNAPSHOT_VERSION if max_version is None else max_version
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Snapshot], int | None]:
+            vis = _snapshot_visibility(conn, stream, visible)
+            if vis is None:
+                return [], None
+            found = snapshots_between(conn, stream, min_event_version=vis.min_version, min_version=min_version,
+                                      max_version=top, backward=backward, limit=limit + 1, visible=visible)
+            if len(found) <= limit:
+                return found, None
+            return found[:limit], found[limit].version
+
+        return await self.storage.read(read)
+
+    async def list_snapshots(self, prefix: str | None, after: str | None, limit: int
+                             ) -> tuple[list[Snapshot], str | None]:
+        """The latest snapshot of each source (in name order) with a name starting with `prefix`, after the
+        source `after`; and the source to list after next, None after the last."""
+        rows, nxt = await self.list_streams(SNAPSHOT_PREFIX + (prefix or ""),
+                                            None if after is None else SNAPSHOT_PREFIX + after, limit)
+        visible = await self._horizon()
+
+        def read(conn: sqlite3.Connection) -> list[Snapshot]:
+            latest = []
+            for row in rows:
+                vis = visibility(row, now_micros())
+                found = newest_at_or_below(conn, row.stream, min_event_version=vis.min_version,
+                                           max_version=MAX_SNAPSHOT_VERSION, visible=visible)
+                if found is not None:
+                    latest.append(found)
+            return latest
+
+        return await self.storage.read(read), None if nxt is None else nxt[len(SNAPSHOT_PREFIX):]
 
     async def scavenge(self) -> dict:
         """Remove the events that retention (maxCount, maxAge, truncateBefore, deletes) already hides.
@@ -401,6 +581,17 @@ class Log:
             await asyncio.sleep(every)  # pacing between trims, not a synchronisation
 
     # reads -----------------------------------------------------------------------------------
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self.storage.read(read)
+        except CorruptRecord:
+            self._found_corrupt("read")
+            raise
+
+    def _found_corrupt(self, path: str, count: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.checksum_failed(path, count)
+
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool, *,
                           rendered: bool = False) -> StreamSlice:
         """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent), not records."""
@@ -432,7 +623,7 @@ class Log:
                     nxt = last + 1
             return StreamSlice(stream, version, records, nxt)
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter, *,
                        rendered: bool = False) -> AllSlice:
@@ -447,7 +638,7 @@ class Log:
                                          head=head, window=window, take=take)
             return AllSlice(records, nxt, head)
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def stream_info(self, stream: str) -> StreamInfo:
         visible = await self._horizon()
@@ -459,7 +650,7 @@ class Log:
             vis = visibility(row, now_micros())
             return StreamInfo(stream, row.version, row.created, row.updated, vis.deleted, vis.metadata)
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def get_metadata(self, stream: str) -> dict:
         visible = await self._horizon()
@@ -470,7 +661,7 @@ class Log:
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
             return public_metadata(orjson.loads(row.metadata)) if row is not None and row.metadata else {}
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     async def list_streams(self, prefix: str | None, after: str | None, limit: int
                            ) -> tuple[list[StreamRow], str | None]:
@@ -501,7 +692,7 @@ class Log:
                 return page, page[-1].stream
             return page, (last_seen if budget <= 0 else None)  # out of budget: go on after the last name seen
 
-        return await self.storage.read(read)
+        return await self._read(read)
 
     # replication -----------------------------------------------------------------------------
     async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
@@ -524,8 +715,12 @@ class Log:
     async def apply_replicated(self, records: Sequence[Record], committed: int = 0) -> int:
         """Store records shipped by the leader, as they are, in one transaction; the new head once durable.
         `committed` (the leader's committed position) is kept with them."""
-        for r in records:
-            r.verified()
+        try:
+            for r in records:
+                r.verified()
+        except CorruptRecord:
+            self._found_corrupt("replication")
+            raise
 
         def op(txn: WriteTxn) -> int:
             txn.insert_records(records)
@@ -578,7 +773,10 @@ class Log:
         setattr(self.storage, name, max(getattr(self.storage, name), value))
 
     async def verify(self, progress: Callable[[int, int], None] | None = None) -> dict:
-        return await self.storage.read(verify_connection, progress)
+        result = await self.storage.read(verify_connection, progress)
+        if result["corrupt"]:
+            self._found_corrupt("verify", len(result["corrupt"]))
+        return result
 
 
 def _readable_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow:
@@ -593,6 +791,15 @@ def _readable_row(conn: sqlite3.Connection, stream: str, visible: int | None = N
     if deleted == "soft":
         raise StreamNotFound(f"stream {stream!r} was deleted", stream=stream)
     return row
+
+
+def _snapshot_visibility(conn: sqlite3.Connection, stream: str, visible: int | None) -> Visibility | None:
+    """Which events of a snapshot stream reads show; None when it has none (never saved, or deleted)."""
+    row = _stream_row(conn, stream, visible)
+    if row is None or row.version == 0:
+        return None
+    vis = visibility(row, now_micros())
+    return vis if vis.deleted == "no" else None
 
 
 def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> AppendResult:
@@ -678,6 +885,20 @@ def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Reco
 
     raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already used for other content",
                            eventId=str(uuid.UUID(bytes=reused)))
+
+
+def _original_multi_reply(appends: Sequence[StreamAppend], existing: list[Record]) -> MultiAppendResult:
+    """A retry of a whole append to several streams gets the original reply: every event id must be known, with
+    the same content; some known and some not (a partial overlap) is a 409."""
+    known = {r.id for r in existing}
+    missing = next((e for entry in appends for e in entry.events if e.id not in known), None)
+    if missing is not None:
+        reused = existing[0].id
+        raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already written, but not every event of "
+                               "this request was: a retry must repeat the original request exactly",
+                               eventId=str(uuid.UUID(bytes=reused)))
+    results = [_original_reply(entry.stream, entry.events, existing) for entry in appends]
+    return MultiAppendResult(results, max(r.position for r in results))
 
 
 def _same_event(found: Record | ScavengedRecord, stream: str, event: NewEvent) -> bool:

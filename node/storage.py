@@ -630,13 +630,17 @@ class Storage:
             self._reader_conns.clear()
 
     def size_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
+        return sum(self.size_by_file().values())
+
+    def size_by_file(self) -> dict[str, int]:
+        """Bytes of the database file ("data") and of its write-ahead log with the WAL index ("wal")."""
+        sizes = {"data": 0, "wal": 0}
+        for suffix, kind in (("", "data"), ("-wal", "wal"), ("-shm", "wal")):
             try:
-                total += os.path.getsize(str(self.path) + suffix)
+                sizes[kind] += os.path.getsize(str(self.path) + suffix)
             except OSError:
                 pass
-        return total
+        return sizes
 
     # writes ----------------------------------------------------------------------------------
     async def write(self, op: WriteOp, weight: int = 1, streams: tuple[str, ...] = ()) -> Any:

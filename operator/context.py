@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, Mapping
 
 import kopf
+import yaml
 from kubernetes_asyncio.client import Configuration
 
 from evstore.operator import status
@@ -19,6 +20,7 @@ from evstore.operator.kube import Kube, load_configuration
 from evstore.operator.metrics import OperatorMetrics
 
 DEFAULT_DASHBOARDS_DIR = "/etc/evstore/dashboards"
+ALERT_RULES_FILE = "evstore.rules.yaml"
 
 
 def load_dashboards() -> dict[str, str]:
@@ -27,6 +29,14 @@ def load_dashboards() -> dict[str, str]:
     if not directory.is_dir():
         return {}
     return {p.name: p.read_text() for p in sorted(directory.glob("*.json"))}
+
+
+def load_alert_rules() -> dict:
+    """The alert rules shipped next to the dashboards (the chart mounts rules/evstore.rules.yaml there)."""
+    path = pathlib.Path(os.environ.get("EVSTORE_DASHBOARDS_DIR", DEFAULT_DASHBOARDS_DIR)) / ALERT_RULES_FILE
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def utc_now() -> str:
@@ -43,6 +53,7 @@ class OperatorDeps:
     status_interval: float = 10.0
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     dashboards: Callable[[], Mapping[str, str]] = load_dashboards
+    alert_rules: Callable[[], Mapping[str, Any]] = load_alert_rules
     new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32)
     new_token: Callable[[str], str] = lambda role: secrets.token_urlsafe(32)
     # (store, namespace) -> client URLs of its managed etcd, as the operator reaches them.
@@ -60,6 +71,7 @@ class OperatorState:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     warned: set[tuple[str, str, str]] = field(default_factory=set)
     etcd_auth_done: set[tuple[str, str]] = field(default_factory=set)
+    scaling: dict[tuple[str, str], str] = field(default_factory=dict)  # a scale-up waiting, and why
 
     def warn_once(self, body: Any, reason: str, message: str) -> None:
         """A Warning event for a lasting condition: once per store and operator run, not every pass."""
@@ -81,6 +93,7 @@ class OperatorState:
             self.failures.pop(key, None)
             self.problems.pop(key, None)
             self.etcd_auth_done.discard(key)
+            self.scaling.pop(key, None)
             self.warned = {w for w in self.warned if w[:2] != key}
         else:
             self.phases[key] = phase

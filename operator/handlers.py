@@ -16,8 +16,8 @@ from evstore.operator import manifests, status
 from evstore.operator.context import OperatorDeps, OperatorState, measured
 from evstore.operator.kube import Kube
 from evstore.operator.reconcile import (REGENERATE_ANNOTATION, bootstrap_etcd_auth, ensure_children,
-                                        expand_volumes, observe_cluster, roll_one_pod, with_running_etcd_auth,
-                                        with_running_store_id)
+                                        ensure_min_in_sync, expand_volumes, observe_cluster, roll_one_pod,
+                                        with_running_clustering, with_running_etcd_auth, with_running_store_id)
 from evstore.operator.spec import GROUP, PLURAL, VERSION, SpecError, parse_spec
 
 FINALIZER = "evstore.io/finalizer"
@@ -83,6 +83,7 @@ async def reconcile(name: str, namespace: str, uid: str, body: Any, spec: Any, m
             _fail(state, key, body, patch, meta, str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         store = await with_running_store_id(state, store, uid, body)
+        store = await with_running_clustering(state, store, uid, body)
         store = await with_running_etcd_auth(state, store, body)
 
         # The guard compares with what runs (the StatefulSet), not with the previous spec: a
@@ -150,11 +151,13 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
         except SpecError:
             return  # reported by reconcile; nothing to observe
         store = await with_running_store_id(state, store, uid, body)
+        store = await with_running_clustering(state, store, uid, body)
         store = await with_running_etcd_auth(state, store, body)
         old_status = dict(body.get("status") or {})
         kube = state.client()
         generation = int(meta.get("generation") or 0)
-        if old_status.get("observedGeneration") == generation and key not in state.failures:
+        accepted = old_status.get("observedGeneration") == generation and key not in state.failures
+        if accepted:
             # Repair drift (a deleted Service, an edited StatefulSet) only for a spec reconcile
             # already accepted: a new spec must pass the scale-down guard in reconcile first.
             try:
@@ -168,11 +171,16 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
         sts = await kube.get("StatefulSet", namespace, manifests.statefulset_name(name))
         seen = max(store.replicas, int(((sts or {}).get("status") or {}).get("replicas") or 0))
         cluster = await observe_cluster(state, store, seen)
+        min_in_sync = None
+        if accepted:
+            min_in_sync = await ensure_min_in_sync(state, store, manifests.owner_reference(name, uid), body,
+                                                   sts=sts, cluster=cluster)
         if sts is not None:
             await roll_one_pod(state, store, sts, cluster, body)
         observation = status.Observation(generation=generation, replicas=store.replicas,
                                          required_in_sync=store.required_in_sync, sts=sts, cluster=cluster,
-                                         failure=state.failures.get(key), problem=state.problems.get(key))
+                                         failure=state.failures.get(key), problem=state.problems.get(key),
+                                         min_in_sync=min_in_sync, scaling=state.scaling.get(key))
         new_status = status.status_patch(observation, old_status,
                                          deps.now(), manifests.label_selector(manifests.selector_labels(name)))
         _announce_changes(body, old_status, new_status)

@@ -19,6 +19,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
+    "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules"),
     "EventStore": ("evstore.io", "v1alpha1", "eventstores"),
     "Lease": ("coordination.k8s.io", "v1", "leases"),
 }

@@ -25,6 +25,11 @@ ETCD_ROOT_KEY, ETCD_NODE_KEY, ETCD_JWT_KEY = "root-password", "node-password", "
 ETCD_PASSWORD_DIR = "/etc/evstore/etcd"
 ETCD_AUTH_DIR = "/etc/etcd-auth"
 TOKENS_FILE = f"{TOKENS_DIR}/{TOKENS_FILE_KEY}"
+# minInSync reaches clustered nodes as a mounted ConfigMap file they re-read (see scaling.py): the
+# operator raises it after a scale-up without restarting a pod.
+MIN_IN_SYNC_KEY = "min-in-sync"
+IN_SYNC_DIR = "/etc/evstore/in-sync"
+MIN_IN_SYNC_FILE = f"{IN_SYNC_DIR}/{MIN_IN_SYNC_KEY}"
 # Pods that may call a store (besides its own pods and the operator) carry this label, valued with
 # the store's name. They still need a token: the NetworkPolicy only narrows who can connect at all.
 CLIENT_LABEL = "evstore.io/client"
@@ -50,6 +55,10 @@ def client_service_name(store: str) -> str:
 
 def configmap_name(store: str) -> str:
     return f"{store}-config"
+
+
+def in_sync_configmap_name(store: str) -> str:
+    return f"{store}-in-sync"
 
 
 def pdb_name(store: str) -> str:
@@ -162,7 +171,7 @@ def node_settings(spec: StoreSpec) -> dict[str, str]:
     }
     if endpoints := etcd_endpoints(spec):
         settings["EVSTORE_ETCD_ENDPOINTS"] = ",".join(endpoints)
-    if spec.min_in_sync is not None:
+    if spec.min_in_sync is not None and not spec.etcd_enabled:  # clustered: the in-sync ConfigMap's file
         settings["EVSTORE_MIN_IN_SYNC"] = str(spec.min_in_sync)
     if spec.sync_interval is not None:
         settings["EVSTORE_SYNC_INTERVAL"] = str(spec.sync_interval)
@@ -253,6 +262,12 @@ def configmap(spec: StoreSpec) -> Manifest:
             "data": node_settings(spec)}
 
 
+def in_sync_configmap(spec: StoreSpec, min_in_sync: int) -> Manifest:
+    """The minInSync the clustered nodes enforce now (scaling.next_min_in_sync decides it)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(spec, in_sync_configmap_name(spec.name)),
+            "data": {MIN_IN_SYNC_KEY: str(min_in_sync)}}
+
+
 def _http_port() -> dict[str, Any]:
     return {"name": "http", "port": NODE_PORT, "targetPort": "http", "protocol": "TCP"}
 
@@ -318,7 +333,8 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "name": "evstore",
         "image": spec.image,
         "command": ["evstore", "serve"],
-        "args": [f"--api-tokens-file={TOKENS_FILE}"],
+        "args": [f"--api-tokens-file={TOKENS_FILE}"]
+                + ([f"--min-in-sync-file={MIN_IN_SYNC_FILE}"] if spec.etcd_enabled else []),
         "envFrom": [{"configMapRef": {"name": configmap_name(spec.name)}}],
         "env": node_env(spec),
         "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
@@ -328,7 +344,9 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"},
                          {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True}]
                         + ([{"name": "etcd-password", "mountPath": ETCD_PASSWORD_DIR, "readOnly": True}]
-                           if spec.etcd_auth else []),
+                           if spec.etcd_auth else [])
+                        + ([{"name": "in-sync", "mountPath": IN_SYNC_DIR, "readOnly": True}]
+                           if spec.etcd_enabled else []),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
@@ -351,7 +369,8 @@ def _pvc_template(spec: StoreSpec, name: str, component: str, size: str) -> dict
     return {"metadata": {"name": name, "labels": labels(spec.name, component)}, "spec": pvc_spec}
 
 
-def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
+def statefulset(spec: StoreSpec, *, secrets: str = "", replicas: int | None = None) -> Manifest:
+    """`replicas`: the size to give it now, when a scale-up must wait (scaling.statefulset_replicas)."""
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
         "terminationGracePeriodSeconds": 30,
@@ -369,6 +388,10 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
         pod_spec["volumes"].append({"name": "etcd-password", "secret": {
             "secretName": etcd_auth_secret_name(spec.name), "defaultMode": 0o440,
             "items": [{"key": ETCD_NODE_KEY, "path": "password"}]}})
+    if spec.etcd_enabled:
+        # Not a subPath mount: the kubelet updates only whole ConfigMap volumes in a running pod.
+        pod_spec["volumes"].append({"name": "in-sync", "configMap": {
+            "name": in_sync_configmap_name(spec.name), "items": [{"key": MIN_IN_SYNC_KEY, "path": MIN_IN_SYNC_KEY}]}})
     _add_placement(pod_spec, spec)
     if spec.topology_spread_constraints:
         pod_spec["topologySpreadConstraints"] = copy.deepcopy(list(spec.topology_spread_constraints))
@@ -376,7 +399,7 @@ def statefulset(spec: StoreSpec, *, secrets: str = "") -> Manifest:
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _metadata(spec, statefulset_name(spec.name)),
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": spec.replicas if replicas is None else replicas,
             "serviceName": peers_service_name(spec.name),
             "selector": {"matchLabels": selector_labels(spec.name)},
             # Peers must all start to elect a leader; ordered start would wait for readiness forever.
@@ -430,10 +453,50 @@ def service_monitor(spec: StoreSpec) -> Manifest:
 
 
 def dashboards_configmap(spec: StoreSpec, dashboards: Mapping[str, str]) -> Manifest:
-    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar."""
+    """Grafana dashboards (file name -> JSON text) labelled for the Grafana sidecar, each made this store's."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _metadata(spec, dashboards_configmap_name(spec.name), extra_labels={DASHBOARD_LABEL: "1"}),
-            "data": dict(dashboards)}
+            "data": {name: store_dashboard(spec, name, text) for name, text in dashboards.items()}}
+
+
+def store_dashboard(spec: StoreSpec, name: str, text: str) -> str:
+    """A copy of a dashboard for one store: Grafana keys dashboards by uid, so each store's copy gets its own
+    (stable, at most 40 characters) and a title naming the store, and opens on that store."""
+    try:
+        dashboard = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(dashboard, dict):
+        return text
+    digest = hashlib.sha256(f"{spec.namespace}/{spec.name}/{name}".encode()).hexdigest()[:12]
+    dashboard["uid"] = f"{str(dashboard.get('uid') or 'evstore')[:27]}-{digest}"
+    dashboard["title"] = f"{dashboard.get('title', name)} ({spec.namespace}/{spec.name})"
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        if variable.get("name") in ("store", "namespace"):
+            value = spec.name if variable["name"] == "store" else spec.namespace
+            variable["current"] = {"selected": True, "text": [value], "value": [value]}
+    return json.dumps(dashboard, indent=2)
+
+
+STORE_ALERTS_GROUP = "evstore.store"
+ALL_STORES_SELECTOR = 'job=~".+-peers"'
+
+
+def prometheus_rule(spec: StoreSpec, rules: Mapping[str, Any]) -> Manifest:
+    """The store alerts of the chart's rule file (rules/evstore.rules.yaml, `rules` parsed), narrowed from
+    every store to this one."""
+    mine = f'namespace="{spec.namespace}", job="{peers_service_name(spec.name)}"'
+    groups = []
+    for group in rules.get("groups", []):
+        if group.get("name") != STORE_ALERTS_GROUP:
+            continue
+        narrowed = copy.deepcopy(group)
+        narrowed["name"] = f"{STORE_ALERTS_GROUP}.{spec.namespace}.{spec.name}"
+        for rule in narrowed["rules"]:
+            rule["expr"] = rule["expr"].replace(ALL_STORES_SELECTOR, mine)
+        groups.append(narrowed)
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": _metadata(spec, spec.name), "spec": {"groups": groups}}
 
 
 def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -581,16 +644,19 @@ def etcd_pod_disruption_budget(spec: StoreSpec) -> Manifest:
 # ---- what to apply -----------------------------------------------------------------------------
 
 def desired_children(spec: StoreSpec, *, dashboards: Mapping[str, str] | None = None,
-                     secrets: str = "") -> list[Manifest]:
+                     alert_rules: Mapping[str, Any] | None = None, secrets: str = "",
+                     replicas: int | None = None) -> list[Manifest]:
     """Every child the store needs except the generated Secrets (their values are random, see
-    cluster_secret and api_tokens_secret)."""
+    cluster_secret and api_tokens_secret) and the in-sync ConfigMap (its value follows the cluster)."""
     children = [configmap(spec), network_policy(spec), peers_service(spec), client_service(spec)]
     if spec.etcd_managed:
         children += [etcd_network_policy(spec), etcd_service(spec), etcd_statefulset(spec),
                      etcd_pod_disruption_budget(spec)]
-    children += [statefulset(spec, secrets=secrets), pod_disruption_budget(spec)]
+    children += [statefulset(spec, secrets=secrets, replicas=replicas), pod_disruption_budget(spec)]
     if spec.service_monitor:
         children.append(service_monitor(spec))
+        if alert_rules:
+            children.append(prometheus_rule(spec, alert_rules))
     if spec.dashboards and dashboards:
         children.append(dashboards_configmap(spec, dashboards))
     return children
@@ -607,6 +673,7 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "PodDisruptionBudget": ("spec",),
     "NetworkPolicy": ("spec",),
     "ServiceMonitor": ("spec",),
+    "PrometheusRule": ("spec",),
 }
 
 

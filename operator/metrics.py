@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# created at zero at start, so that rate() and increase() see the first error after a restart
+HANDLERS = ("reconcile", "delete", "status")
+RESULTS = ("ok", "retry", "error")
+
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -20,3 +24,8 @@ class OperatorMetrics:
                                              "Failed asks of a node's /v1/cluster", registry=r)
         self.scale_down_refusals = Counter("evstore_operator_scale_down_refusals",
                                            "Scale-downs reverted because the in-sync set needs the pods", registry=r)
+        for handler in HANDLERS:
+            self.reconcile_errors.labels(handler)
+            self.reconcile_duration.labels(handler)
+            for result in RESULTS:
+                self.reconciles.labels(handler, result)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from evstore.operator import manifests, status
+from evstore.operator import manifests, scaling, status
 from evstore.operator.context import OperatorState
 from evstore.operator.etcdauth import EtcdAuthError, ensure_etcd_auth
 from evstore.operator.kube import Kube, secret_values
@@ -174,6 +174,32 @@ async def with_running_store_id(state: OperatorState, store: StoreSpec, uid: str
     return dataclasses.replace(store, store_id=running)
 
 
+async def with_running_clustering(state: OperatorState, store: StoreSpec, uid: str, body: Any) -> StoreSpec:
+    """A clustered store stays clustered, on its etcd: restarting its pods as single nodes would let
+    each accept writes on its own copy of the log, and pods restarted onto another etcd (one without
+    a single endpoint in common) would elect a second leader there while the others still run."""
+    config = await state.client().get("ConfigMap", store.namespace, manifests.configmap_name(store.name))
+    owners = ((config or {}).get("metadata") or {}).get("ownerReferences") or ()
+    running = ((config or {}).get("data") or {}).get("EVSTORE_ETCD_ENDPOINTS")
+    if not running or not any(r.get("uid") == uid for r in owners):
+        return store
+    endpoints = tuple(running.split(","))
+    if store.etcd_enabled:
+        if set(manifests.etcd_endpoints(store)) & set(endpoints):
+            return store
+        state.warn_once(body, "EtcdChangeRefused",
+                        "spec.etcd names another etcd than the one the store runs on; the store keeps its "
+                        "etcd (its pods would elect a second leader on the other one during the roll)")
+    else:
+        state.warn_once(body, "ClusteringKept",
+                        "spec.etcd turns clustering off, but the store runs clustered and stays so (its pods "
+                        "would each accept writes alone); it keeps its etcd")
+    if list(endpoints) == manifests.managed_etcd_endpoints(store.name, store.namespace):
+        # etcd_auth as a new managed store has it; with_running_etcd_auth turns it off for an old etcd
+        return dataclasses.replace(store, etcd_managed=True, etcd_auth=True, etcd_endpoints=())
+    return dataclasses.replace(store, etcd_endpoints=endpoints, etcd_managed=False, etcd_auth=False)
+
+
 async def with_running_etcd_auth(state: OperatorState, store: StoreSpec, body: Any) -> StoreSpec:
     """A managed etcd created before etcd auth keeps running without it: turning it on under running
     nodes that have no etcd user would cut them off (migrate by recreating the store)."""
@@ -215,23 +241,63 @@ async def ensure_children(state: OperatorState, store: StoreSpec, uid: str, body
                         f"PodDisruptionBudget still lets one pod be evicted (or no node could ever be "
                         f"drained): writes answer 503 while it is down")
     dashboards = state.deps.dashboards() if store.dashboards else {}
+    replicas = store.replicas
+    if digest is not None:
+        template = manifests.owned(manifests.statefulset(store, secrets=digest), owner)["spec"]["template"]
+        replicas = scaling.statefulset_replicas(store.replicas, sts, template, manifests.is_subset)
+    if replicas < store.replicas:
+        state.scaling[key] = (f"scaling up to {store.replicas} replicas once the {replicas} running pods run the "
+                              f"current pod template and are ready")
+        state.warn_once(body, "ScaleUpWaiting", state.scaling[key] + " (a pod from before clustering restarts "
+                        "into the cluster first, so that new pods join its log instead of starting another)")
+    else:
+        state.scaling.pop(key, None)
     changed = []
-    for child in manifests.desired_children(store, dashboards=dashboards, secrets=digest or ""):
+    await ensure_min_in_sync(state, store, owner, body, sts=sts)
+    alert_rules = state.deps.alert_rules() if store.service_monitor else {}
+    for child in manifests.desired_children(store, dashboards=dashboards, alert_rules=alert_rules,
+                                            secrets=digest or "", replicas=replicas):
         if digest is None and child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name:
             continue  # keep the running pods as they are until the Secret is back
         is_nodes = child["kind"] == "StatefulSet" and child["metadata"]["name"] == store.name
-        seen = (lambda actual: revert_outside_scale(store, actual, body)) if repair and is_nodes else None
+        seen = ((lambda actual: revert_outside_scale(dataclasses.replace(store, replicas=replicas), actual, body))
+                if repair and is_nodes else None)
         try:
             if await apply(kube, manifests.owned(child, owner), body, seen):
                 changed.append(f"{child['kind']}/{child['metadata']['name']}")
         except ApiException as exc:
-            if child["kind"] == "ServiceMonitor" and exc.status == 404:
-                state.warn_once(body, "ServiceMonitorUnavailable",
-                                "monitoring.serviceMonitor is set but the ServiceMonitor CRD "
+            if child["kind"] in ("ServiceMonitor", "PrometheusRule") and exc.status == 404:
+                state.warn_once(body, f"{child['kind']}Unavailable",
+                                f"monitoring.serviceMonitor is set but the {child['kind']} CRD "
                                 "(Prometheus Operator) is not installed")
                 continue
             raise
     return changed
+
+
+async def ensure_min_in_sync(state: OperatorState, store: StoreSpec, owner: Mapping[str, Any], body: Any, *,
+                             sts: Mapping[str, Any] | None = None,
+                             cluster: status.ClusterView | None = None) -> int | None:
+    """Write the minInSync the clustered nodes enforce (their mounted in-sync ConfigMap): a new store's
+    from the start, lowered at once, raised only once `cluster` has enough in-sync replicas. The value
+    written, None for a single node."""
+    if not store.etcd_enabled:
+        return None
+    kube = state.client()
+    name = manifests.in_sync_configmap_name(store.name)
+    text = str(((await kube.get("ConfigMap", store.namespace, name) or {}).get("data") or {})
+               .get(manifests.MIN_IN_SYNC_KEY, ""))
+    required = store.required_in_sync
+    if not text.isdigit():
+        running = int(((sts or {}).get("spec") or {}).get("replicas") or 0) if sts is not None else None
+        value = scaling.initial_min_in_sync(required, running)
+    else:
+        in_sync = len(cluster.isr) if cluster is not None and cluster.leader is not None else None
+        value = scaling.next_min_in_sync(required, int(text), in_sync)
+    if text.isdigit() and value != int(text):
+        kopf.info(body, reason="MinInSyncChanged", message=f"minInSync {text} -> {value}")
+    await apply(kube, manifests.owned(manifests.in_sync_configmap(store, value), owner), body)
+    return value
 
 
 def check_storage_class(state: OperatorState, store: StoreSpec, sts: Mapping[str, Any], body: Any) -> None:
@@ -318,11 +384,18 @@ async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str,
                        and not p["metadata"].get("deletionTimestamp")), key=lambda p: p["metadata"]["name"])
     if not outdated:
         return None
-    settled = (len(pods) >= store.replicas and all(_pod_ready(p) for p in pods)
+    settled = (all(_pod_ready(p) for p in pods)
                and not any(p["metadata"].get("deletionTimestamp") for p in pods))
     if not settled:
         return None
-    if store.replicas > 1 and (cluster.leader is None or len(cluster.isr) < store.replicas):
+    if store.etcd_managed:  # a pod restarted without its etcd would only wait for it, unready
+        etcd = await kube.get("StatefulSet", store.namespace, manifests.etcd_name(store.name))
+        if int(((etcd or {}).get("status") or {}).get("readyReplicas") or 0) < ETCD_MEMBERS // 2 + 1:
+            return None
+    size = int((sts.get("spec") or {}).get("replicas") or 0)  # what runs; a scale-up waits for this roll
+    if len(pods) < size:
+        return None
+    if size > 1 and (cluster.leader is None or len(cluster.isr) < size):
         return None  # a restarted follower has not caught up yet
     followers = [p for p in outdated if p["metadata"]["name"] != cluster.leader]
     if followers:
@@ -331,7 +404,7 @@ async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str,
         kopf.info(body, reason="RestartingFollower", message=f"Restarting follower {victim} for revision {revision}")
         return victim
     leader = outdated[0]["metadata"]["name"]
-    if store.replicas > 1:
+    if size > 1:
         code = await state.deps.post(state.deps.step_down_url(store.name, store.namespace, leader),
                                      await admin_token(state, store))
         if code >= 300:

@@ -168,7 +168,8 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
     endpoints = tuple(str(e) for e in etcd.get("endpoints") or ())
     managed = etcd.get("managed")
     if managed is None:
-        managed = replicas > 1 and not endpoints
+        # Clustered even at one replica: scaling then only adds followers to a leader holding the log.
+        managed = not endpoints
     if managed and endpoints:
         raise SpecError("spec.etcd: give either endpoints or managed: true, not both")
     if replicas > 1 and not (managed or endpoints):

@@ -110,6 +110,8 @@ class Observation:
     cluster: ClusterView = field(default_factory=ClusterView)
     failure: str | None = None
     problem: str | None = None  # serves as it is, but needs a person (e.g. a deleted Secret)
+    min_in_sync: int | None = None  # what the operator has the nodes enforce now (below required: rising)
+    scaling: str | None = None  # a scale-up waiting for a roll-out, and why
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,8 @@ def rollout_pending(sts: Mapping[str, Any] | None) -> bool:
         return True
     if status.get("replicas", 0) != spec_replicas:
         return True
-    update, current = status.get("updateRevision"), status.get("currentRevision")
-    if update and current and update != current:
-        return True
+    # Not currentRevision: with the OnDelete strategy the controller never advances it
+    # (kubernetes/kubernetes#73492); updatedReplicas counts the pods on the update revision.
     return status.get("updatedReplicas", spec_replicas) < spec_replicas
 
 
@@ -161,6 +162,11 @@ def compute(obs: Observation) -> tuple[str, list[ConditionState], str]:
         phase, message = DEGRADED, f"{ready_replicas}/{obs.replicas} pods ready, {in_sync} in sync"
     else:
         phase, message = READY, f"leader {cluster.leader}, {in_sync}/{obs.replicas} replicas in sync"
+    if obs.scaling and phase not in (FAILED, PENDING):
+        message += f"; {obs.scaling}"
+    if obs.min_in_sync is not None and obs.min_in_sync < obs.required_in_sync and phase != FAILED:
+        message += (f"; minInSync is {obs.min_in_sync} until the new replicas catch up, then "
+                    f"{obs.required_in_sync}")
 
     conditions = [
         ConditionState("Ready", phase == READY,
@@ -204,6 +210,8 @@ def status_patch(obs: Observation, old_status: Mapping[str, Any] | None, now: st
         "epoch": obs.cluster.epoch,
         "lastPosition": obs.cluster.committed_position,
         "inSyncReplicas": list(obs.cluster.isr),
+        # What the leader enforces (it re-reads the operator's value within about a minute).
+        "minInSync": obs.cluster.min_in_sync if obs.cluster.min_in_sync is not None else obs.min_in_sync,
     }
 
 

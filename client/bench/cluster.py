@@ -103,6 +103,7 @@ class FailoverLoad:
         self._watch_after: float | None = None
         self._first_ok: asyncio.Event | None = None
         self.first_ok_at = 0.0
+        self.acked_sent: list[tuple[float, float]] = []  # (sent, answered) of every acknowledged append
         self._progress = asyncio.Event()
 
     def watch(self, after: float) -> asyncio.Event:
@@ -164,6 +165,7 @@ class FailoverLoad:
 
     def _acknowledged(self, sent: float) -> None:
         self.acknowledged += 1
+        self.acked_sent.append((sent, time.monotonic()))
         self._progress.set()
         first_ok = self._first_ok
         if first_ok is not None and not first_ok.is_set() and self._watch_after is not None \
@@ -288,6 +290,8 @@ class Options:
     check: bool
     keep: bool
     json: bool
+    faults: bool = False
+    fault_rounds: int = 3
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -307,6 +311,11 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--keep", action="store_true", help="keep the data dirs and node logs (path printed)")
     parser.add_argument("--quick", action="store_true", help="a tiny run of every case (for tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.add_argument("--faults", action="store_true",
+                        help="only measure availability under faults: the longest window without an acknowledged "
+                             "write after a leader SIGKILL, the leader cut from its followers, the leader cut from "
+                             "etcd and an etcd restart (nodes and etcd in network namespaces: needs root)")
+    parser.add_argument("--fault-rounds", type=int, default=3, help="rounds of each fault with --faults (default 3)")
     ns = parser.parse_args(argv)
     if ns.quick:
         ns.duration = min(ns.duration, 0.25)
@@ -317,8 +326,10 @@ def parse_args(argv: list[str]) -> Options:
         parser.error("--duration, --requests and --writers must be positive, --events-size and --kills not negative")
     if not 2 <= ns.lease_ttl <= 60:
         parser.error("--lease-ttl must be from 2 to 60 seconds (the node's range)")
+    if ns.fault_rounds < 1:
+        parser.error("--fault-rounds must be positive")
     return Options(ns.duration, ns.requests, ns.event_size, ns.nodes, ns.kills, ns.lease_ttl, ns.writers,
-                   ns.check, ns.keep, ns.json)
+                   ns.check, ns.keep, ns.json, ns.faults, ns.fault_rounds)
 
 
 def print_summary(reporter: Reporter, report: dict) -> None:
@@ -375,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evstore bench --cluster: {exc}", file=sys.stderr)
         return 2
     base_dir = Path(tempfile.mkdtemp(prefix="evstore-bench-cluster-"))
+    if opts.faults:
+        return faults_main(opts, reporter, base_dir)
     node: LocalNode | None = None
     cluster: LocalCluster | None = None
     restore_sigterm = _interrupt_on_sigterm()
@@ -443,6 +456,42 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         print(json.dumps(report, indent=2))
     return 1 if errors or check_failed else 0
+
+
+def faults_main(opts: Options, reporter: Reporter, base_dir: Path) -> int:
+    from .availability import availability_runs
+
+    reporter.say(f"availability under faults: {opts.nodes} nodes and etcd in network namespaces, {opts.writers} "
+                 f"writers (round-robin over all nodes, exact expected versions), lease TTL {opts.lease_ttl:g} s, "
+                 f"{opts.fault_rounds} rounds of each fault:")
+    restore_sigterm = _interrupt_on_sigterm()
+    try:
+        result = asyncio.run(availability_runs(base_dir / "faults", nodes=opts.nodes, lease_ttl=opts.lease_ttl,
+                                               writers=opts.writers, rounds=opts.fault_rounds, check=opts.check,
+                                               reporter=reporter))
+    except KeyboardInterrupt:
+        print("evstore bench --cluster: interrupted", file=sys.stderr)
+        return 130
+    except (BenchError, RuntimeError, TimeoutError) as exc:
+        print(f"evstore bench --cluster --faults: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        restore_sigterm()
+        if opts.keep:
+            reporter.say(f"data dirs and node logs kept in {base_dir}")
+        else:
+            shutil.rmtree(base_dir, ignore_errors=True)
+    report = {"settings": {"nodes": opts.nodes, "leaseTtl": opts.lease_ttl, "writers": opts.writers,
+                           "rounds": opts.fault_rounds, "cpus": os.cpu_count()}, "availability": result.to_dict()}
+    reporter.say(f"\n{'fault':<26} {'max s':>7} {'median s':>9} {'target s':>9}  met")
+    for fault, figures in result.by_fault().items():
+        reporter.say(f"{fault:<26} {figures['maxSeconds']:>7.2f} {figures['medianSeconds']:>9.2f} "
+                     f"{figures['targetSeconds']:>9.0f}  {'yes' if figures['met'] else 'NO'}")
+    if opts.json:
+        print(json.dumps(report, indent=2))
+    if result.skipped:
+        return 2
+    return 1 if result.check is not None and not result.check["ok"] else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ id once. Given the `History` of a workload's appends it also proves: every ackno
 exactly once where its reply said; every append with an unknown outcome all-or-nothing; no failed append
 visible; no event nobody appended.
 
+With timings (`Attempt.started`/`answered`, and the reads a workload recorded with `History.record_read`) it
+also proves that answers told the truth: a 409 names a version that was committed (it is in the final log,
+was not the version the append expected, and was not written only after the 409 was sent, nor already
+overtaken by an acknowledged append before it was asked); a `consistency=leader` read shows every append
+acknowledged before it began; one client's reads through one node (of one consistency) never go backwards.
+
 Reading (`read_node`, `check_cluster`) is separate from judging (`analyse`): the judging functions take
 already-read data, so they are testable without a server.
 
@@ -48,12 +54,29 @@ class Attempt:
     expected_version: int | str
     status: Status = "unknown"
     reply: dict | None = None
+    started: float = field(default_factory=time.monotonic)  # when its first request was sent
+    answered: float | None = None  # when the definite answer came
 
     def succeeded(self, reply: dict) -> None:
-        self.status, self.reply = "ok", reply
+        self.status, self.reply, self.answered = "ok", reply, time.monotonic()
 
     def rejected(self, reply: dict | None = None) -> None:
-        self.status, self.reply = "failed", reply
+        self.status, self.reply, self.answered = "failed", reply, time.monotonic()
+
+
+@dataclass(eq=False)
+class Read:
+    """One read of a stream's version by one client through one node (`version` None until it answered)."""
+    client: str
+    node: str
+    stream: str
+    consistency: str | None = None  # "leader" for a linearizable read
+    started: float = field(default_factory=time.monotonic)
+    answered: float | None = None
+    version: int | None = None
+
+    def returned(self, version: int) -> None:
+        self.version, self.answered = version, time.monotonic()
 
 
 class History:
@@ -61,6 +84,21 @@ class History:
 
     def __init__(self) -> None:
         self.attempts: list[Attempt] = []
+        self.groups: list[list[Attempt]] = []  # the attempts of each append to several streams
+        self.reads: list[Read] = []
+
+    def record_many(self, entries: Iterable[tuple[str, Iterable[str], int | str]]) -> list[Attempt]:
+        """One append to several streams (POST /v1/streams): an attempt per (stream, event ids, expected
+        version) entry, set to the same outcome by the caller, and judged together: all present or none, at
+        contiguous positions."""
+        group = [self.record(stream, event_ids, expected) for stream, event_ids, expected in entries]
+        self.groups.append(group)
+        return group
+
+    def record_read(self, client: str, node: str, stream: str, consistency: str | None = None) -> Read:
+        read = Read(client, node, stream, consistency)
+        self.reads.append(read)
+        return read
 
     def record(self, stream: str, event_ids: Iterable[str], expected_version: int | str,
                status: Status = "unknown", reply: dict | None = None) -> Attempt:
@@ -349,6 +387,16 @@ def check_history(node: NodeData, index: LogIndex, history: History, problems: P
                 problems.add("failed-visible", f"{name}: failed {what} is visible: {present} of "
                                                f"{len(positions)} events present")
 
+    for group in history.groups:
+        positions = [index.position_of.get(i) for attempt in group for i in attempt.event_ids]
+        present = sum(p is not None for p in positions)
+        what = (f"append to {len(group)} streams ({', '.join(repr(a.stream) for a in group[:3])}"
+                f"{', ...' if len(group) > 3 else ''}; id {short(group[0].event_ids)})")
+        if 0 < present < len(positions):
+            problems.add("half-visible", f"{name}: {what} is torn: {present} of {len(positions)} events present")
+        elif present and positions != list(range(positions[0], positions[0] + len(positions))):
+            problems.add("half-visible", f"{name}: {what} is not at contiguous positions {positions[:10]}")
+
     known = {i for attempt in history for i in attempt.event_ids}
     foreign = [e for e in events if not e.stream.startswith("$") and e.id not in known]
     for e in foreign[:3]:
@@ -356,6 +404,59 @@ def check_history(node: NodeData, index: LogIndex, history: History, problems: P
     if len(foreign) > 3:
         problems.add("foreign", f"{name}: {len(foreign)} events in all were never appended by the workload")
     return counts
+
+
+def check_answers(node: NodeData, index: LogIndex, history: History, problems: Problems) -> None:
+    """Did the answers tell the truth, judged against the final log (issue 11, points 1-3)?"""
+    versions = {stream: len(events) for stream, events in index.by_stream.items()}
+    by_stream_acked: dict[str, list[Attempt]] = {}
+    owner: dict[str, Attempt] = {}
+    for attempt in history:
+        for event_id in attempt.event_ids:
+            owner[event_id] = attempt
+        if attempt.status == "ok" and attempt.reply and attempt.answered is not None:
+            by_stream_acked.setdefault(attempt.stream, []).append(attempt)
+    for attempts in by_stream_acked.values():
+        attempts.sort(key=lambda a: a.answered)
+    for attempt in history:
+        reply = attempt.reply or {}
+        current = reply.get("currentVersion")
+        if attempt.status != "failed" or reply.get("error") != "wrong_expected_version" or not isinstance(current, int):
+            continue
+        what = f"the 409 to the append to {attempt.stream!r} expecting version {attempt.expected_version}"
+        final = versions.get(attempt.stream, 0)
+        if current == attempt.expected_version:
+            problems.add("false-409", f"{what} names currentVersion {current}, the version it expected")
+        elif current > final:
+            problems.add("false-409", f"{what} names currentVersion {current}, never committed (the stream ends "
+                                      f"at version {final})")
+        elif current > 0:
+            writer = owner.get(index.by_stream[attempt.stream][current - 1].id)
+            if writer is not None and attempt.answered is not None and writer.started > attempt.answered:
+                problems.add("false-409", f"{what} names currentVersion {current}, written by an append sent "
+                                          f"{writer.started - attempt.answered:.3f}s after the 409 was answered")
+        overtaken = [a for a in by_stream_acked.get(attempt.stream, ())
+                     if a.answered < attempt.started and a.reply.get("version", 0) > current]
+        if overtaken:
+            problems.add("false-409", f"{what} names currentVersion {current}, but version "
+                                      f"{overtaken[-1].reply['version']} was acknowledged before it was sent")
+    # a node's own reads never go backwards; a consistency=leader read is the leader's answer, which a lagging
+    # node's next own read may well be behind, so those are judged against the acknowledged appends instead
+    last_seen: dict[tuple[str, str, str, str | None], Read] = {}
+    for read in sorted((r for r in history.reads if r.version is not None), key=lambda r: r.started):
+        key = (read.client, read.node, read.stream, read.consistency)
+        before = last_seen.get(key)
+        if before is not None and before.answered <= read.started and read.version < before.version:
+            problems.add("read-backwards", f"client {read.client} read {read.stream!r} through {read.node} at "
+                                           f"version {before.version}, then at {read.version}")
+        last_seen[key] = read
+        if read.consistency == "leader":
+            acked = [a.reply.get("version", 0) for a in by_stream_acked.get(read.stream, ())
+                     if a.answered < read.started]
+            if acked and read.version < max(acked):
+                problems.add("stale-leader-read", f"a consistency=leader read of {read.stream!r} through "
+                                                  f"{read.node} returned version {read.version}, but version "
+                                                  f"{max(acked)} was acknowledged before it began")
 
 
 def placement_problem(attempt: Attempt, found: list[Ev | None]) -> str | None:
@@ -391,6 +492,7 @@ def analyse(nodes: list[NodeData], history: History | None = None, problems: Pro
                     node_counts = check_history(node, index, history, problems)
                     if i == 0:
                         counts = node_counts
+                        check_answers(node, index, history, problems)
     reference_node = readable[0] if readable else None
     return Report(
         ok=problems.total == 0,

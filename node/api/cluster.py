@@ -3,31 +3,38 @@ sending writes (and `consistency=leader` reads) from a follower to the leader.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import time
 from typing import Awaitable, Callable
 
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
-from ..cluster.auth import check_peer_token
-from ..cluster.member import ClusterMember, NoInSyncFollower
-from ..cluster.replication import TOKEN_HEADER, EpochMismatch, reply_body, reply_headers
+from ..cluster.auth import REPLY_SIGNATURE_HEADER
+from ..cluster.member import TAKEOVER_PATH, ClusterMember, NoInSyncFollower
+from ..cluster.replication import FETCH_PATH, EpochMismatch, reply_body, reply_headers
 from ..config import NODE_ID
-from ..errors import InvalidRequest, NotLeader, Unavailable
-from .keys import CLUSTER_KEY, SETTINGS_KEY
-from .middleware import error_response
+from ..errors import InvalidRequest, LogError, NotLeader, Unavailable
+from .keys import CLUSTER_KEY, METRICS_KEY, SETTINGS_KEY
+from .middleware import FORWARDED_HEADER, error_response
 from .shape import json_response, rfc3339
 
-FORWARDED_HEADER = "X-Evstore-Forwarded"
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
 READ_YOUR_WRITE_WAIT = 2.0  # after forwarding an append, how long to wait for it to become visible here
 FORWARD_TIMEOUT = 30.0  # longer than the leader's commit timeout, so its answer (even a 503) comes back
+FORWARD_CONNECT_TIMEOUT = 2.0  # a leader behind a partition drops the connection attempt: give up on it sooner
 NOT_LEADER_PAUSE = 0.05  # between resends to a node that says it does not lead (yet)
 PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 
+REJECTION_LOG_EVERY = 10.0  # seconds between warnings about refused peer requests of one reason
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("evstore.api")
+_last_rejection_logged: dict[str, float] = {}
 
 
 def _member(request: web.Request) -> ClusterMember | None:
@@ -63,12 +70,28 @@ def leader_read(handler: Handler) -> Handler:
         if member is None or consistency != "leader":
             return await handler(request)
         if member.role == "leader":
-            if await member.linearizable(FORWARD_WAIT):
-                return await handler(request)
-            if member.role == "leader":
-                raise Unavailable("the new leader is still committing what it took over", reason="taking_over")
+            try:
+                return await _linearizable_read(member, handler, request, FORWARD_WAIT)
+            except NotLeader:  # it stopped leading meanwhile: the new leader answers
+                if FORWARDED_HEADER in request.headers:
+                    raise
         return await forward(request, member, handler, write=False)
     return route
+
+
+async def _linearizable_read(member: ClusterMember, handler: Handler, request: web.Request, wait: float
+                             ) -> web.StreamResponse:
+    """Answer a consistency=leader read here, as the leader: only once all it took over is committed, and only
+    if its lease held from before the read until after it (no other leader acknowledged anything meanwhile,
+    even if this process was paused in between)."""
+    if not await member.linearizable(wait):
+        if member.role == "leader":
+            raise Unavailable("the new leader is still committing what it took over", reason="taking_over")
+        raise NotLeader()
+    response = await handler(request)
+    if member.still_linearizable():
+        return response
+    raise Unavailable("this node's leadership lapsed during the read; retry", reason="leadership_lost")
 
 
 async def forward(request: web.Request, member: ClusterMember, handler: Handler, write: bool
@@ -83,18 +106,22 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
         leader = await member.wait_for_leader(max(0.0, deadline - time.monotonic()))
         if leader.node == member.me.node:  # this node leads (again): answer here
             try:
+                if not write:  # a leader read answered here is held to the leader's rules too
+                    return await _linearizable_read(member, handler, request,
+                                                    max(0.0, deadline - time.monotonic()))
                 return await handler(request)
-            except NotLeader:  # lost it before writing anything: wait for the next leader
+            except NotLeader:  # lost it before writing anything (or reading): wait for the next leader
                 await member.wait_for_leader_change(leader, max(0.0, deadline - time.monotonic()))
                 continue
         try:
-            async with member.session.request(request.method, leader.url + request.path_qs, data=body,
-                                              headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)
-                                              ) as response:
-                payload = await response.read()
-                status = response.status
-                content_type = response.headers.get("Content-Type", "application/json")
+            status, payload, response_headers = await _send_unless_leader_changes(member, leader, request, body,
+                                                                                  headers)
+            content_type = response_headers.get("Content-Type", "application/json")
+        except aiohttp.ConnectionTimeoutError:
+            # the leader is alive for etcd but does not answer this node (a partition drops the packets): nothing
+            # was sent, and waiting would hold the request for the whole partition; the client tries another node
+            raise Unavailable(f"the leader {leader.node} cannot be reached from this node; nothing was written",
+                              reason="leader_unreachable") from None
         except aiohttp.ClientConnectorError:
             # nothing reached the leader, so nothing was written: wait for the next leader and send it there
             if time.monotonic() >= deadline:
@@ -115,8 +142,34 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
             await _wait_visible(member, payload)
         mime = content_type.split(";")[0].strip() or "application/json"
         return web.Response(status=status, body=payload, content_type=mime,
-                            headers={"Retry-After": response.headers["Retry-After"]}
-                            if "Retry-After" in response.headers else None)
+                            headers={"Retry-After": response_headers["Retry-After"]}
+                            if "Retry-After" in response_headers else None)
+
+
+async def _send_unless_leader_changes(member: ClusterMember, leader, request: web.Request, body: bytes,
+                                      headers: dict) -> tuple[int, bytes, CIMultiDict]:
+    """Send the request on to `leader`; when another leader takes over before it answers (it may be cut off
+    behind a partition that drops the answer), give up on it with a 503 at once: the client retries (a write
+    with the same event ids) and reaches the new leader, instead of waiting for the request to time out."""
+    async def send() -> tuple[int, bytes, CIMultiDict]:
+        timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT, sock_connect=FORWARD_CONNECT_TIMEOUT)
+        async with member.session.request(request.method, leader.url + request.path_qs, data=body,
+                                          headers=headers, timeout=timeout) as response:
+            return response.status, await response.read(), CIMultiDict(response.headers)
+
+    sending = asyncio.ensure_future(send())
+    changed = asyncio.ensure_future(member.wait_for_leader_change(leader, FORWARD_TIMEOUT + 1))
+    try:
+        await asyncio.wait({sending, changed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        changed.cancel()
+    if not sending.done():
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sending
+        raise Unavailable(f"the leader changed while {leader.node} had the request; its outcome is unknown: "
+                          "retry it (a write with the same event ids)", reason="leader_changed")
+    return sending.result()
 
 
 async def _wait_visible(member: ClusterMember, payload: bytes) -> None:
@@ -151,14 +204,34 @@ async def step_down(request: web.Request) -> web.Response:
     return json_response({"stepDown": True, "leader": new_leader})
 
 
-def _check_peer(request: web.Request) -> None:
-    settings = request.app[SETTINGS_KEY]
-    if not check_peer_token(settings.cluster_secret, settings.store_id, request.headers.get(TOKEN_HEADER)):
-        raise web.HTTPUnauthorized(text="a valid peer token is required")
+def internal(handler: Handler) -> Handler:
+    """An internal route: only a fresh request signed with the cluster secret for this node gets in (see
+    cluster/auth.py PeerAuth); the reply, errors included, is signed for that request."""
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        member = _member(request)
+        peer = member.peer_auth
+        body = await request.read()
+        reason = peer.verify_request(request.method, member.me.url, request.raw_path, body, request.headers)
+        if reason is not None:
+            request.app[METRICS_KEY].peer_auth_rejected.labels(reason=reason).inc()
+            now = time.monotonic()
+            if now - _last_rejection_logged.get(reason, -REJECTION_LOG_EVERY) >= REJECTION_LOG_EVERY:
+                _last_rejection_logged[reason] = now
+                log.warning("refused a peer request to %s from %s: %s", request.path, request.remote, reason)
+            return error_response(401, "unauthorized", "a valid peer signature is required")
+        try:
+            response = await handler(request)
+        except LogError as exc:
+            response = error_response(exc.status, exc.code, exc.message, **exc.details)
+        response.headers[REPLY_SIGNATURE_HEADER] = peer.sign_reply(peer.nonce_of(request.headers), response.status,
+                                                                   response.headers, response.body or b"")
+        return response
+    return route
 
 
+@internal
 async def replication_fetch(request: web.Request) -> web.Response:
-    _check_peer(request)
     member = _member(request)
     try:
         body = orjson.loads(await request.read())
@@ -188,8 +261,8 @@ async def replication_fetch(request: web.Request) -> web.Response:
                         headers=reply_headers(reply))
 
 
+@internal
 async def replication_takeover(request: web.Request) -> web.Response:
-    _check_peer(request)
     try:
         epoch = int(orjson.loads(await request.read())["epoch"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -201,5 +274,5 @@ async def replication_takeover(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/cluster", cluster_status)
     app.router.add_post("/v1/cluster/step-down", step_down)
-    app.router.add_post("/v1/internal/replication/fetch", replication_fetch)
-    app.router.add_post("/v1/internal/replication/takeover", replication_takeover)
+    app.router.add_post(FETCH_PATH, replication_fetch)
+    app.router.add_post(TAKEOVER_PATH, replication_takeover)

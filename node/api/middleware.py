@@ -25,6 +25,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON_TYPES = frozenset({"application/json"})
 # what aiohttp decodes itself (br and zstd only with optional packages, and it refuses them in its parser)
 CONTENT_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+FORWARDED_HEADER = "X-Evstore-Forwarded"  # on a request a follower sends on to the leader
 CLIENT_CLOSED = 499  # the status metrics count a request under when its client went away mid-body
 _BODY_CUT_SHORT = (http_exceptions.ContentLengthError, http_exceptions.TransferEncodingError)
 
@@ -60,10 +61,13 @@ async def read_body(request: web.Request) -> bytes:
         raise web.HTTPRequestTimeout(text=f"the body did not arrive within {timeout:g} seconds") from None
 
 
+INTERNAL_PREFIX = "/v1/internal/"
+
+
 def _check_body_headers(request: web.Request) -> web.Response | None:
     """415 for a body that is not JSON or has an encoding the node cannot undo (no Content-Type: JSON)."""
-    if request.method not in BODY_METHODS:
-        return None
+    if request.method not in BODY_METHODS or request.path.startswith(INTERNAL_PREFIX):
+        return None  # peers' requests: their handlers authenticate them first, then read their own body format
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in CONTENT_ENCODINGS:
         return error_response(415, "unsupported_media_type",
@@ -100,6 +104,15 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
 async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
     """One layer for every request (one layer, because each costs on the hot path): URL check,
     bearer-token roles, JSON errors, and per-route HTTP metrics."""
+    in_flight = request.app[METRICS_KEY].http_in_flight
+    in_flight.inc()
+    try:
+        return await _answer(request, handler)
+    finally:
+        in_flight.dec()
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         _check_url_is_utf8(request)
@@ -142,13 +155,14 @@ def _client_gone(request: web.Request, exc: Exception) -> bool:
 def _observe(request: web.Request, status: int, started: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS_KEY].observe_http(request.method, route, status, time.perf_counter() - started)
+    request.app[METRICS_KEY].observe_http(request.method, route, status, time.perf_counter() - started,
+                                          forwarded=FORWARDED_HEADER in request.headers)
 
 
 def required_role(request: web.Request) -> str | None:
     path = request.path
-    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json" or path.startswith("/v1/internal/"):
-        return None  # /v1/internal/ is for peers, which authenticate with the cluster's peer token
+    if path.startswith(OPEN_PREFIXES) or path == "/v1/openapi.json" or path.startswith(INTERNAL_PREFIX):
+        return None  # /v1/internal/ is for peers, which sign every request with the cluster secret
     if path.startswith("/v1/admin/") or path == "/v1/cluster/step-down":
         return "admin"
     if path == "/v1/subscribe/token":

@@ -115,12 +115,17 @@ STREAM_DESCRIPTION = (f"1 to {v.MAX_STREAM_NAME_BYTES} bytes of UTF-8 without co
                       "fit only when they are ASCII).")
 
 
-def stream_param(writing: bool) -> dict:
+def writable_stream_schema() -> Schema:
+    # `$`-prefixed names are system streams: readable, never writable (400 reserved_stream).
     schema = text(v.MAX_STREAM_NAME_BYTES)
+    schema["pattern"] = f"^[^$\\u0000-\\u001f\\u007f-\\u009f]{NO_CONTROL}*$"
+    return schema
+
+
+def stream_param(writing: bool) -> dict:
+    schema = writable_stream_schema() if writing else text(v.MAX_STREAM_NAME_BYTES)
     description = STREAM_DESCRIPTION
     if writing:
-        # `$`-prefixed names are system streams: readable, never writable (400 reserved_stream).
-        schema["pattern"] = f"^[^$\\u0000-\\u001f\\u007f-\\u009f]{NO_CONTROL}*$"
         description += " Names starting with `$` are system streams and cannot be written (400 reserved_stream)."
     return {"name": "stream", "in": "path", "required": True, "description": description, "schema": schema}
 
@@ -211,7 +216,13 @@ def components() -> dict:
                       "field": {"type": "string"}, "expectedVersion": expected,
                       "currentVersion": integer(0), "retryAfter": {"type": "number", "minimum": 0},
                       "reason": {"type": "string"}, "stream": {"type": "string"}, "eventId": uuid,
-                      "position": integer(1), "maxBytes": integer(1)},
+                      "position": integer(1), "maxBytes": integer(1), "maxEvents": integer(1),
+                      "source": {"type": "string"},
+                      "failures": {"type": "array", "description": "of an append to several streams: every "
+                                   "stream whose expected version failed", "items": obj(
+                                       {"stream": {"type": "string"}, "expectedVersion": expected,
+                                        "currentVersion": integer(0)},
+                                       ("stream", "expectedVersion", "currentVersion"))}},
                      ("error", "message")),
         "ExpectedVersion": expected,
         "NewEvent": obj({"id": dict(uuid, description="idempotency key; generated when absent"),
@@ -234,6 +245,52 @@ def components() -> dict:
                              ("events",), closed=True),
         "AppendResult": obj({"stream": {"type": "string"}, "fromVersion": integer(1), "version": integer(1),
                              "position": integer(1)}, ("stream", "fromVersion", "version", "position")),
+        "StreamAppend": obj({"stream": writable_stream_schema(),
+                             "expectedVersion": dict(ref("ExpectedVersion")),
+                             "events": {"type": "array", "minItems": 1, "maxItems": v.MAX_EVENTS_PER_APPEND,
+                                        "items": ref("NewEvent")}},
+                            ("stream", "events"), closed=True),
+        "MultiAppendRequest": obj({"appends": {
+            "type": "array", "minItems": 1, "maxItems": v.MAX_APPEND_ENTRIES, "items": ref("StreamAppend"),
+            "description": f"applied in order (a stream named twice gets its entries one after the other, each "
+                           "expected version checked against the stream as the entries before it leave it); at most "
+                           f"{v.MAX_EVENTS_PER_APPEND} events in all, their ids different across the request"}},
+            ("appends",), closed=True),
+        "MultiAppendResult": obj({"results": {"type": "array", "items": ref("AppendResult"),
+                                              "description": "one per entry, in the request's order"},
+                                  "position": integer(1, description="of the last event written")},
+                                 ("results", "position")),
+        "SnapshotRequest": obj({"version": integer(0, description="the version of the source the snapshot is of"),
+                                "type": text(v.MAX_TYPE_CHARS),
+                                "data": {"description": "any JSON value, stored and returned as the exact text "
+                                                        f"sent (nested at most {v.MAX_JSON_DEPTH} levels)"},
+                                "metadata": {"type": "object", "description": "a JSON object of your own"},
+                                "dataBase64": dict(base64, description="binary data instead of `data`"),
+                                "metadataBase64": dict(base64, description="binary metadata instead of `metadata`"),
+                                "keep": integer(1, description="from now on keep only the latest N snapshots "
+                                                               "saved of this source (default: all)")},
+                               ("version", "type"), closed=True,
+                               **{"not": {"anyOf": [{"required": ["data", "dataBase64"]},
+                                                    {"required": ["metadata", "metadataBase64"]}]}}),
+        "SnapshotSaved": obj({"source": {"type": "string"}, "version": integer(0), "position": integer(1)},
+                             ("source", "version", "position")),
+        "Snapshot": obj({"source": {"type": "string"}, "version": integer(0), "type": {"type": "string"},
+                         "data": {"description": "the JSON text sent (absent when the data is binary)"},
+                         "metadata": {"type": "object", "description": "absent when the metadata is binary"},
+                         "dataBase64": base64, "metadataBase64": base64, "created": timestamp,
+                         "position": integer(1, description="of the log entry that holds it")},
+                        ("source", "version", "type", "created", "position")),
+        "SnapshotPage": obj({"source": {"type": "string"}, "snapshots": {"type": "array", "items": ref("Snapshot")},
+                             "next": integer(0, nullable=True, description="`minVersion` (forward) or `maxVersion` "
+                                             "(backward) of the next page")},
+                            ("source", "snapshots", "next")),
+        "SnapshotList": obj({"snapshots": {"type": "array", "items": obj(
+                                 {"source": {"type": "string"}, "version": integer(0), "type": {"type": "string"},
+                                  "created": timestamp, "position": integer(1)},
+                                 ("source", "version", "type", "created", "position"),
+                                 description="the latest snapshot of a source, without its payload")},
+                             "next": {"type": "string", "nullable": True, "description": "`after` of the next page"}},
+                            ("snapshots", "next")),
         "Event": obj({"id": uuid, "stream": {"type": "string"}, "version": integer(1), "position": integer(1),
                       "type": {"type": "string"},
                       "data": {"description": "the JSON text sent (absent when the data is binary)"},
@@ -473,6 +530,53 @@ def subscription_paths() -> dict:
     }
 
 
+def snapshot_paths() -> dict:
+    source = {"name": "source", "in": "path", "required": True,
+              "description": f"1 to {v.MAX_SOURCE_BYTES} bytes of UTF-8 without control characters, as one "
+                             "URL-encoded path segment (its snapshots live in the system stream "
+                             "`$snapshot-<source>`)",
+              "schema": text(v.MAX_SOURCE_BYTES)}
+    not_found = {"404": error("`snapshot_not_found`")}
+    tag = "snapshots"
+    to_reads = {target: {"operationId": target, "parameters": {"source": "$request.path.source"}}
+                for target in ("readSnapshot", "readSnapshots", "deleteSnapshots")}
+    return {
+        "/v1/snapshots": {
+            "get": operation("listSnapshots", "Sources with snapshots in name order, with their latest", tag, {
+                "200": ok("A page of sources", ref("SnapshotList")), **errors(400, 503)},
+                parameters=[query("prefix", text(v.MAX_SOURCE_BYTES), "only sources starting with this"),
+                            query("after", text(v.MAX_SOURCE_BYTES), "only sources after this one (`next`)"),
+                            query("limit", integer(1, v.MAX_LIST_LIMIT, default=v.DEFAULT_READ_LIMIT),
+                                  "most sources in the reply"), consistency_param()]),
+        },
+        "/v1/snapshots/{source}": {
+            "put": operation("saveSnapshot", "Save a snapshot of a source at a version (one saved at that "
+                                             "version before is replaced)", tag, {
+                "200": with_links(ok("Saved (an identical snapshot already saved is left as it is)",
+                                     ref("SnapshotSaved")), to_reads),
+                **errors(400, 503)}, parameters=[source], body=ref("SnapshotRequest")),
+            "get": operation("readSnapshot", "The snapshot with the highest version at or below maxVersion", tag, {
+                "200": ok("The snapshot", ref("Snapshot")), **not_found, **errors(400, 503)},
+                parameters=[source, query("maxVersion", integer(0), "highest version wanted (default: the latest)"),
+                            consistency_param()]),
+            "delete": operation("deleteSnapshots", "Delete every snapshot of a source", tag, {
+                "204": {"description": "Deleted (also when there were none)"}, **errors(400, 503)},
+                parameters=[source]),
+        },
+        "/v1/snapshots/{source}/all": {
+            "get": operation("readSnapshots", "Every snapshot of a source, in version order", tag, {
+                "200": ok("A page of snapshots (the latest saved at each version)", ref("SnapshotPage")),
+                **errors(400, 503)},
+                parameters=[source, query("minVersion", integer(0), "lowest version (inclusive)"),
+                            query("maxVersion", integer(0), "highest version (inclusive)"),
+                            query("direction", {"type": "string", "enum": ["forward", "backward"],
+                                                "default": "forward"}, "version order"),
+                            query("limit", integer(1, v.MAX_READ_LIMIT, default=v.DEFAULT_READ_LIMIT),
+                                  "most snapshots in the reply"), consistency_param()]),
+        },
+    }
+
+
 def paths() -> dict:
     read, write = stream_param(False), stream_param(True)
     text_filter = text(v.MAX_STREAM_NAME_BYTES)
@@ -518,6 +622,15 @@ def paths() -> dict:
                 parameters=[write], body=ref("StreamMetadataRequest")),
         },
         "/v1/streams": {
+            "post": operation("appendToStreams", "Append to several streams atomically", "streams", {
+                "200": ok("Appended: all entries at contiguous positions (or the original reply of a retried "
+                          "request with the same ids)", ref("MultiAppendResult")),
+                "409": error("`wrong_expected_version`: `failures` names every failing stream (the first one's "
+                             "`stream`, `expectedVersion` and `currentVersion` are also at the top level); nothing "
+                             "is written. Or `duplicate_event_id`: some of the ids were written before, but not "
+                             "this very request"),
+                **errors(400, 410, 503)},
+                body=ref("MultiAppendRequest")),
             "get": operation("listStreams", "Streams in name order", "streams", {
                 "200": ok("A page of streams", ref("StreamList")), **errors(400, 503)},
                 parameters=[query("prefix", text_filter, "only names starting with this"),
@@ -525,6 +638,7 @@ def paths() -> dict:
                             query("limit", integer(1, v.MAX_LIST_LIMIT, default=v.DEFAULT_READ_LIMIT),
                                   "most streams in the reply"), consistency_param()]),
         },
+        **snapshot_paths(),
         "/v1/all": {
             "get": operation("readAll", "Read the log of all streams, optionally filtered", "all", {
                 "200": ok("A page of events", ref("AllPage")), **errors(400, 503)},
@@ -602,7 +716,8 @@ def document() -> dict:
         "info": {"title": "evstore", "version": evstore.__version__,
                  "description": "Event store HTTP API v1. Errors are `{\"error\", \"message\", ...details}`; "
                                 "a 5xx other than 503 is a bug."},
-        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "subscriptions"}, {"name": "operations"}],
+        "tags": [{"name": "streams"}, {"name": "all"}, {"name": "subscriptions"}, {"name": "snapshots"},
+                 {"name": "operations"}],
         "paths": paths(),
         "components": components(),
     }

@@ -1,6 +1,7 @@
 """Operations endpoints: health, metrics, node info, cluster view, admin verify and scavenge."""
 from __future__ import annotations
 
+import os
 import time
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from .middleware import error_response
 from .shape import json_response, rfc3339
 
 FEATURES = ["streams", "all", "idempotent-appends", "metadata", "soft-delete", "hard-delete", "verify",
-            "scavenge"]
+            "scavenge", "multi-stream-append", "snapshots"]
 
 
 async def live(request: web.Request) -> web.Response:
@@ -39,10 +40,38 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[METRICS_KEY]
     log = request.app[LOG_KEY]
-    registry.storage_bytes.set(log.storage.size_bytes())
+    sizes = log.storage.size_by_file()
+    registry.storage_bytes.set(sum(sizes.values()))
+    for file, size in sizes.items():
+        registry.storage_file_bytes.labels(file=file).set(size)
+    try:
+        volume = os.statvfs(request.app[SETTINGS_KEY].data_dir)
+    except OSError:
+        pass
+    else:
+        registry.volume_free_bytes.set(volume.f_bavail * volume.f_frsize)
+        registry.volume_total_bytes.set(volume.f_blocks * volume.f_frsize)
     registry.head_position.set(log.head)
     registry.committed_position.set(log.visible.position)
+    registry.ready.set(1 if _is_ready(request) else 0)
+    member = request.app.get(CLUSTER_KEY)
+    registry.min_in_sync.set(member.min_in_sync() if member is not None else 1)
     return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _is_ready(request: web.Request) -> bool:
+    if not request.app[READY_KEY].get("ready"):
+        return False
+    member = request.app.get(CLUSTER_KEY)
+    return member is None or member.ready()[0]
+
+
+async def _precreate_metrics(app: web.Application) -> None:
+    """Every route is added by now: create the series panels and alerts select at zero (see NodeMetrics)."""
+    metrics = app[METRICS_KEY]
+    metrics.build_info.labels(version=evstore.__version__).set(1)
+    metrics.precreate_http((route.method, route.resource.canonical) for route in app.router.routes()
+                           if route.resource is not None)
 
 
 async def info(request: web.Request) -> web.Response:
@@ -66,10 +95,7 @@ async def step_down(request: web.Request) -> web.Response:
 
 
 async def verify(request: web.Request) -> web.Response:
-    result = await request.app[LOG_KEY].verify()
-    if result["corrupt"]:
-        request.app[METRICS_KEY].checksum_failures.inc(len(result["corrupt"]))
-    return json_response(result)
+    return json_response(await request.app[LOG_KEY].verify())  # the log counts what it finds
 
 
 async def scavenge(request: web.Request) -> web.Response:
@@ -78,6 +104,7 @@ async def scavenge(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.on_startup.append(_precreate_metrics)
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)

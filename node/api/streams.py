@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
+from typing import Awaitable
 
 import orjson
 from aiohttp import web
 
 from ..eventjson import events_array
-from ..log import ANY, AllFilter, AllSlice, Log, StreamSlice
+from ..log import ANY, AllFilter, AllSlice, AppendResult, Log, StreamSlice
 from . import validation as v
 from .cluster import leader_read, leader_write
 from .keys import LOG_KEY, METRICS_KEY
@@ -32,10 +33,28 @@ READ_PARAMS = {"from": v.int_param(1), "limit": v.int_param(1, v.MAX_READ_LIMIT)
 async def append(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
     expected, events = await v.append_body_in_slices(await read_body(request))
+    result = await _counted(request, _log(request).append(stream, expected, events), len(events))
+    return json_response(_append_reply(result))
+
+
+async def append_many(request: web.Request) -> web.Response:
+    appends = await v.multi_append_body(await read_body(request))
+    count = sum(len(entry.events) for entry in appends)
+    result = await _counted(request, _log(request).append_many(appends), count)
+    return json_response({"results": [_append_reply(r) for r in result.results], "position": result.position})
+
+
+def _append_reply(result: AppendResult) -> dict:
+    return {"stream": result.stream, "fromVersion": result.from_version, "version": result.version,
+            "position": result.position}
+
+
+async def _counted(request: web.Request, appending: Awaitable, events: int):
+    """Await an append, counting it in the metrics (one append, however many streams it writes)."""
     metrics = request.app.get(METRICS_KEY)
     started = time.perf_counter()
     try:
-        result = await _log(request).append(stream, expected, events)
+        result = await appending
     except Exception as exc:
         if metrics is not None:
             metrics.appends.labels(result=getattr(exc, "code", "error")).inc()
@@ -43,10 +62,9 @@ async def append(request: web.Request) -> web.Response:
     if metrics is not None:
         metrics.append_latency.observe(time.perf_counter() - started)
         metrics.appends_ok.inc()
-        metrics.events_appended.inc(len(events))
+        metrics.events_appended.inc(events)
         metrics.bytes_appended.inc(result.bytes_written)
-    return json_response({"stream": result.stream, "fromVersion": result.from_version, "version": result.version,
-                          "position": result.position})
+    return result
 
 
 async def read_stream(request: web.Request) -> web.Response:
@@ -144,6 +162,7 @@ def _observe_read(request: web.Request, kind: str, started: float, count: int) -
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/all", leader_read(read_all))
     app.router.add_get("/v1/streams", leader_read(list_streams))
+    app.router.add_post("/v1/streams", leader_write(append_many))
     app.router.add_post("/v1/streams/{stream}", leader_write(append))
     app.router.add_get("/v1/streams/{stream}", leader_read(read_stream))
     app.router.add_delete("/v1/streams/{stream}", leader_write(delete_stream))

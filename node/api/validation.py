@@ -15,7 +15,7 @@ from multidict import MultiMapping
 
 from ...ids import uuid7_bytes
 from ..errors import InvalidRequest, ReservedStream
-from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent
+from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent, StreamAppend
 from ..storage import DATA_BINARY, METADATA_BINARY
 
 MAX_STREAM_NAME_BYTES = 512
@@ -34,18 +34,19 @@ UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 _UUID = re.compile(UUID_PATTERN)
 
 
-def stream_name(raw: str, *, writing: bool = False) -> str:
-    if not raw or len(raw.encode("utf-8", "surrogatepass")) > MAX_STREAM_NAME_BYTES:
-        raise InvalidRequest(f"a stream name is 1 to {MAX_STREAM_NAME_BYTES} bytes of UTF-8", field="stream")
+def stream_name(raw: str, *, writing: bool = False, field: str = "stream", what: str = "stream",
+                max_bytes: int = MAX_STREAM_NAME_BYTES) -> str:
+    if not raw or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise InvalidRequest(f"a {what} name is 1 to {max_bytes} bytes of UTF-8", field=field)
     if _CONTROL.search(raw):
-        raise InvalidRequest("a stream name may not contain control characters", field="stream")
+        raise InvalidRequest(f"a {what} name may not contain control characters", field=field)
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest("a stream name must be valid UTF-8", field="stream") from None
+        raise InvalidRequest(f"a {what} name must be valid UTF-8", field=field) from None
     if writing and raw.startswith("$"):
         raise ReservedStream(f"stream {raw!r} is a system stream: names starting with '$' are read-only",
-                             field="stream")
+                             field=field)
     return raw
 
 
@@ -192,13 +193,17 @@ async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewE
     except (msgspec.DecodeError, RecursionError):
         return append_body(body)  # raises the precise error of the whole body
     expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
-    seen: set[bytes] = set()
+    await asyncio.sleep(0)
+    return expected, await _events_in_slices(events, set(), "")
+
+
+async def _events_in_slices(events: list[msgspec.Raw], seen: set[bytes], at: str) -> list[NewEvent]:
+    """Parse raw events (at `at` in the body), yielding to the event loop after each SLICE_BYTES."""
     fresh_ids = uuid7_bytes(len(events))
     parsed, since_yield = [], 0
-    await asyncio.sleep(0)
     for i, raw in enumerate(events):
         text = bytes(raw)
-        field = f"events[{i}]"
+        field = f"{at}events[{i}]"
         try:
             orjson.loads(text)
             if len(text) > SLICE_BYTES:  # one large event: each pass over it is a slice of its own
@@ -210,12 +215,67 @@ async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewE
             raise _decode_error(exc, at=field) from None
         except RecursionError:
             raise _too_deep(field) from None
-        parsed.append(_new_event(i, event, fresh_ids[i], seen))
+        parsed.append(_new_event(i, event, fresh_ids[i], seen, at=at))
         since_yield += len(text)
         if since_yield >= SLICE_BYTES:
             since_yield = 0
             await asyncio.sleep(0)
-    return expected, parsed
+    return parsed
+
+
+MAX_APPEND_ENTRIES = 1000
+
+
+class _RawStreamAppend(msgspec.Struct, forbid_unknown_fields=True):
+    stream: Any = UNSET
+    expectedVersion: Any = ANY
+    events: list[msgspec.Raw] | UnsetType = UNSET
+
+
+class _MultiAppendBody(msgspec.Struct, forbid_unknown_fields=True):
+    appends: list[_RawStreamAppend] | UnsetType = UNSET
+
+
+_MULTI_APPEND_DECODER = msgspec.json.Decoder(_MultiAppendBody)
+
+
+async def multi_append_body(body: bytes) -> list[StreamAppend]:
+    """`{"appends": [{"stream", "expectedVersion", "events"}, ...]}`: 1 to MAX_APPEND_ENTRIES entries, each a
+    stream clients may write with 1 or more events; 1 to MAX_EVENTS_PER_APPEND events in all, their ids unique
+    across the request."""
+    if not body:
+        raise InvalidRequest("the request needs a JSON body", field="body")
+    try:
+        doc = _MULTI_APPEND_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except msgspec.DecodeError:
+        parse_json_body(body)  # raises the precise error
+        raise InvalidRequest("the body is not valid JSON", field="body") from None
+    except RecursionError:
+        raise _too_deep("body") from None
+    entries = doc.appends
+    if entries is UNSET or not 1 <= len(entries) <= MAX_APPEND_ENTRIES:
+        raise InvalidRequest(f"appends must be a list of 1 to {MAX_APPEND_ENTRIES} entries", field="appends")
+    total = 0
+    for i, entry in enumerate(entries):
+        if entry.events is UNSET or not entry.events:
+            raise InvalidRequest(f"appends[{i}].events must be a list of 1 or more events",
+                                 field=f"appends[{i}].events")
+        total += len(entry.events)
+    if total > MAX_EVENTS_PER_APPEND:
+        raise InvalidRequest(f"an append to several streams takes at most {MAX_EVENTS_PER_APPEND} events in all, "
+                             f"not {total}", field="appends", maxEvents=MAX_EVENTS_PER_APPEND)
+    parsed: list[StreamAppend] = []
+    seen: set[bytes] = set()
+    for i, entry in enumerate(entries):
+        at = f"appends[{i}]."
+        if not isinstance(entry.stream, str):
+            raise InvalidRequest(f"{at}stream must be a stream name", field=f"{at}stream")
+        stream = stream_name(entry.stream, writing=True, field=f"{at}stream")
+        expected = expected_version(entry.expectedVersion, f"{at}expectedVersion")
+        parsed.append(StreamAppend(stream, expected, await _events_in_slices(entry.events, seen, at)))
+    return parsed
 
 
 def _too_deep(field: str) -> InvalidRequest:
@@ -229,45 +289,94 @@ def _event_list(events: list | UnsetType) -> list:
     return events
 
 
-def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes]) -> NewEvent:
-    """The checks of one event of an append (the i-th) and what the log stores of it."""
+def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes], *, at: str = "") -> NewEvent:
+    """The checks of one event of an append (the i-th, at `at` in the body) and what the log stores of it."""
+    where = f"{at}events[{i}]."
     given_id = event.id is not UNSET
     if given_id:  # ids the node makes cannot repeat
-        event_id = event_uuid(event.id, f"events[{i}].id")
+        event_id = event_uuid(event.id, f"{where}id")
         if event_id in seen:
-            raise InvalidRequest(f"events[{i}].id repeats an id of the same request", field=f"events[{i}].id")
+            raise InvalidRequest(f"{where}id repeats an id of the same request", field=f"{where}id")
         seen.add(event_id)
     else:
         event_id = fresh_id
-    event_type_value = event.type
+    event_type_value, data, metadata, flags = _payloads(event, where)
+    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
+
+
+def _payloads(body: _EventBody | _SnapshotBody, where: str) -> tuple[str, bytes, bytes, int]:
+    """type, data, metadata and content flags of an event or snapshot (at `where` in the body: "" or ending
+    with a dot), with the checks of each."""
+    event_type_value = body.type
     if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
             and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
-        event_type(event_type_value, f"events[{i}].type")  # raises with the precise message
+        event_type(event_type_value, f"{where}type")  # raises with the precise message
     flags = 0
-    if event.dataBase64 is not UNSET:
-        if event.data is not UNSET:
-            raise InvalidRequest(f"events[{i}] has both data and dataBase64", field=f"events[{i}].dataBase64")
-        data = base64_payload(event.dataBase64, f"events[{i}].dataBase64")
+    if body.dataBase64 is not UNSET:
+        if body.data is not UNSET:
+            raise InvalidRequest(f"{where.rstrip('.') or 'the body'} has both data and dataBase64",
+                                 field=f"{where}dataBase64")
+        data = base64_payload(body.dataBase64, f"{where}dataBase64")
         flags |= DATA_BINARY
-    elif event.data is UNSET:
+    elif body.data is UNSET:
         data = _NULL
     else:
-        data = bytes(event.data)
-        check_depth(data, f"events[{i}].data")
-    if event.metadataBase64 is not UNSET:
-        if event.metadata is not UNSET:
-            raise InvalidRequest(f"events[{i}] has both metadata and metadataBase64",
-                                 field=f"events[{i}].metadataBase64")
-        metadata = base64_payload(event.metadataBase64, f"events[{i}].metadataBase64")
+        data = bytes(body.data)
+        check_depth(data, f"{where}data")
+    if body.metadataBase64 is not UNSET:
+        if body.metadata is not UNSET:
+            raise InvalidRequest(f"{where.rstrip('.') or 'the body'} has both metadata and metadataBase64",
+                                 field=f"{where}metadataBase64")
+        metadata = base64_payload(body.metadataBase64, f"{where}metadataBase64")
         flags |= METADATA_BINARY
-    elif event.metadata is UNSET:
+    elif body.metadata is UNSET:
         metadata = _EMPTY_OBJECT
     else:
-        metadata = bytes(event.metadata)
+        metadata = bytes(body.metadata)
         if metadata[:1] != b"{":
-            raise InvalidRequest(f"events[{i}].metadata must be a JSON object", field=f"events[{i}].metadata")
-        check_depth(metadata, f"events[{i}].metadata")
-    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
+            raise InvalidRequest(f"{where}metadata must be a JSON object", field=f"{where}metadata")
+        check_depth(metadata, f"{where}metadata")
+    return event_type_value, data, metadata, flags
+
+
+# snapshots ---------------------------------------------------------------------------------------
+SNAPSHOT_STREAM_PREFIX_BYTES = len("$snapshot-")
+MAX_SOURCE_BYTES = MAX_STREAM_NAME_BYTES - SNAPSHOT_STREAM_PREFIX_BYTES
+
+
+def snapshot_source(raw: str) -> str:
+    return stream_name(raw, field="source", what="snapshot source", max_bytes=MAX_SOURCE_BYTES)
+
+
+class _SnapshotBody(msgspec.Struct, forbid_unknown_fields=True):
+    version: Any = UNSET
+    type: Any = UNSET
+    data: msgspec.Raw | UnsetType = UNSET
+    metadata: msgspec.Raw | UnsetType = UNSET
+    dataBase64: Any = UNSET
+    metadataBase64: Any = UNSET
+    keep: Any = UNSET
+
+
+_SNAPSHOT_DECODER = msgspec.json.Decoder(_SnapshotBody)
+
+
+def snapshot_body(body: bytes) -> tuple[int, NewEvent, int | None]:
+    """`{"version", "type", "data" | "dataBase64", "metadata" | "metadataBase64", "keep"}`: the snapshot's version,
+    the snapshot (as an event: type, data, metadata, content flags) and the retention to set (None: unchanged)."""
+    parse_json_body(body)  # validates what msgspec only skips in data: UTF-8, number ranges, nesting
+    try:
+        doc = _SNAPSHOT_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _decode_error(exc) from None
+    except RecursionError:
+        raise _too_deep("body") from None
+    if doc.version is UNSET:
+        raise InvalidRequest("a snapshot needs its version", field="version")
+    version = bounded_int(doc.version, "version", 0)
+    keep = None if doc.keep is UNSET else bounded_int(doc.keep, "keep", 1, MAX_INT)
+    event_type_value, data, metadata, flags = _payloads(doc, "")
+    return version, NewEvent(b"", event_type_value, data, metadata, given_id=False, flags=flags), keep
 
 
 def base64_payload(value: Any, field: str) -> bytes:

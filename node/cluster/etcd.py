@@ -3,6 +3,11 @@
 aetcd talks to one host at a time, so `_Endpoints` keeps one client and moves to the next endpoint (with a
 fresh gRPC channel, which also skips gRPC's reconnect backoff) on a transport error. Every aetcd/gRPC error
 leaves this module as a CoordinatorError.
+
+aetcd 1.0 opens only insecure channels and fetches an auth token once, never renewing it (after the token's
+TTL, or an etcd restart, every call fails with `invalid auth token`). `_Client` adds what it lacks: a TLS
+channel (`https://` endpoints, CA from EtcdAccess.ca_file) and authentication on first use and again
+whenever etcd refuses the token.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
@@ -19,6 +26,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
+from .auth import LeaderRecord, LeaderRecords
 from .coordinator import CoordinatorError, IsrState, LeaderInfo, LeaseLost, LeaseStatus, MemberInfo
 
 log = logging.getLogger(__name__)
@@ -49,28 +57,98 @@ def _is_request_error(error: BaseException) -> bool:
     return _grpc_code(error) in _REQUEST_ERROR_CODES or isinstance(error, aetcd.exceptions.RevisionCompactedError)
 
 
-def _parse_endpoint(url: str) -> tuple[str, int]:
+def _parse_endpoint(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http":
-        raise ValueError(f"etcd endpoint {url!r}: only http:// endpoints are supported")
-    return parts.hostname or "127.0.0.1", parts.port or 2379
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"etcd endpoint {url!r}: only http:// and https:// endpoints are supported")
+    return parts.scheme, parts.hostname or "127.0.0.1", parts.port or 2379
+
+
+def _token_rejected(error: BaseException) -> bool:
+    """etcd no longer accepts the auth token sent (expired, or etcd restarted): authenticate again."""
+    if _grpc_code(error) != grpc.StatusCode.UNAUTHENTICATED:
+        return False
+    text = str(error)
+    return "auth token" in text or "user name is empty" in text
+
+
+@dataclass(frozen=True)
+class EtcdAccess:
+    """How to reach etcd when it enforces authentication and/or TLS (both optional)."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None  # PEM roots for https:// endpoints; None = the system's
+
+    def __post_init__(self) -> None:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("an etcd username needs a password, and a password a username")
+
+
+class _Client(aetcd.Client):
+    """aetcd's client over a TLS channel when asked, authenticating on first use and when the token is
+    refused. Call `authenticate()` before an operation (it returns at once while a token is held)."""
+
+    def __init__(self, host: str, port: int, *, timeout: float, options: dict, access: EtcdAccess,
+                 credentials: grpc.ChannelCredentials | None) -> None:
+        super().__init__(host=host, port=port, timeout=timeout, options=options)  # credentials: kept here
+        self._access = access
+        self._credentials = credentials
+        self._auth_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Build the channel and stubs; nothing is sent yet (the token comes with authenticate())."""
+        if self._connected.is_set():
+            return
+        target, options = f"{self._host}:{self._port}", list(self._options.items())
+        self.channel = (grpc.aio.secure_channel(target, self._credentials, options=options)
+                        if self._credentials is not None else grpc.aio.insecure_channel(target, options=options))
+        self.auth_stub = rpc.AuthStub(self.channel)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._connected.set()
+
+    async def authenticate(self) -> None:
+        if self._access.username is None or self.metadata is not None:
+            return
+        async with self._auth_lock:
+            if self.metadata is None:
+                await self.connect()
+                reply = await self.auth_stub.Authenticate(
+                    rpc.AuthenticateRequest(name=self._access.username, password=self._access.password),
+                    timeout=self._timeout)
+                self.metadata = (("token", reply.token),)
+
+    def forget_token(self, token: tuple | None) -> None:
+        if self.metadata is token:  # not one another task fetched meanwhile
+            self.metadata = None
 
 
 class _Endpoints:
     """The current aetcd client, rotation to the next endpoint on transport errors, and reachability."""
 
     def __init__(self, endpoints: tuple[str, ...], timeout: float,
-                 on_up: Callable[[bool], None] | None) -> None:
+                 on_up: Callable[[bool], None] | None, access: EtcdAccess = EtcdAccess(), metrics=None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self._urls = tuple(endpoints)
-        self._addresses = [_parse_endpoint(u) for u in self._urls]
+        parsed = [_parse_endpoint(u) for u in self._urls]
+        if len({scheme for scheme, _, _ in parsed}) > 1:
+            raise ValueError("etcd endpoints must be all http:// or all https://")
+        self._addresses = [(host, port) for _, host, port in parsed]
+        self._access = access
+        self._credentials = None
+        if parsed[0][0] == "https":
+            roots = Path(access.ca_file).read_bytes() if access.ca_file is not None else None
+            self._credentials = grpc.ssl_channel_credentials(root_certificates=roots)
         self._timeout = timeout
         self._on_up = on_up
+        self._metrics = metrics
         self._index = 0
         self._client: aetcd.Client | None = None
         self._generation = 0
-        self._users: dict[aetcd.Client, int] = {}
+        self._users: dict[_Client, int] = {}
         self._closing: set[asyncio.Task] = set()
         self._up: bool | None = None
         self._closed = False
@@ -80,14 +158,15 @@ class _Endpoints:
         return self._urls[self._index]
 
     @contextlib.asynccontextmanager
-    async def borrow(self) -> AsyncIterator[tuple[aetcd.Client, int]]:
+    async def borrow(self) -> AsyncIterator[tuple[_Client, int]]:
         """The current client and its generation (to tell, on failure, whether someone already moved on).
         A replaced client is closed only once nobody uses it: closing a channel cancels the calls on it."""
         if self._closed:
             raise CoordinatorError("the etcd coordinator is closed")
         if self._client is None:
             host, port = self._addresses[self._index]
-            self._client = aetcd.Client(host=host, port=port, timeout=self._timeout, options=_CHANNEL_OPTIONS)
+            self._client = _Client(host, port, timeout=self._timeout, options=_CHANNEL_OPTIONS, access=self._access,
+                                   credentials=self._credentials)
             self._generation += 1
         client, generation = self._client, self._generation
         self._users[client] = self._users.get(client, 0) + 1
@@ -105,9 +184,15 @@ class _Endpoints:
         """Run `operation` on the current endpoint, moving on to the next one after a transport error, each
         endpoint once. Operations must tolerate being applied twice (a lost answer is not a lost request)."""
         last: BaseException | None = None
-        for _ in range(len(self._addresses)):
+        attempts, token_renewed = len(self._addresses), False
+        while attempts > 0:
+            attempts -= 1
             async with self.borrow() as (client, generation):
+                token = client.metadata
+                started = time.perf_counter()
                 try:
+                    await client.authenticate()
+                    token = client.metadata
                     result = await operation(client)
                 except asyncio.CancelledError as e:
                     if _really_cancelled():
@@ -115,6 +200,12 @@ class _Endpoints:
                     last = e  # gRPC cancels the calls of a channel closed under them (by close())
                     continue
                 except Exception as e:
+                    if _token_rejected(e) and not token_renewed:
+                        token_renewed = True  # once per call: a token refused at once again is a real refusal
+                        attempts += 1
+                        client.forget_token(token)
+                        log.info("etcd %s refused the auth token: authenticating again", self.url)
+                        continue
                     if _is_request_error(e):
                         self.set_up(True)
                         raise CoordinatorError(f"etcd {self.url}: {e}") from e
@@ -122,6 +213,9 @@ class _Endpoints:
                     last = e
                     self.failed(generation)
                     continue
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.etcd_request_latency.observe(time.perf_counter() - started)
             self.set_up(True)
             return result
         self.set_up(False)
@@ -188,11 +282,17 @@ class EtcdCoordinator:
 
     def __init__(self, endpoints: tuple[str, ...], store_id: str, lease_ttl: float = 5.0,
                  on_etcd_up: Callable[[bool], None] | None = None,
-                 request_timeout: float | None = None) -> None:
+                 request_timeout: float | None = None, *, leader_records: LeaderRecords,
+                 on_rejected_leader: Callable[[str], None] | None = None,
+                 access: EtcdAccess = EtcdAccess(), metrics=None) -> None:
         self.lease = LeaseStatus(ttl=lease_ttl)
+        self._records = leader_records
+        self._on_rejected_leader = on_rejected_leader
+        self._rejected_revision = 0  # the mod revision of the last rejected record reported (once each)
         self._grant_ttl = max(1, math.ceil(lease_ttl))  # etcd grants whole seconds
         self._timeout = request_timeout or max(1.0, lease_ttl / 2)
-        self._conn = _Endpoints(tuple(endpoints), self._timeout, on_etcd_up)
+        self._conn = _Endpoints(tuple(endpoints), self._timeout, on_etcd_up, access, metrics)
+        self._metrics = metrics
         self._prefix = f"/evstore/{store_id}/"
         self._me: MemberInfo | None = None
         self._lease_id: int | None = None
@@ -285,16 +385,22 @@ class EtcdCoordinator:
                         self._lease_id = None
                     await self._register()
                 elif not await self._refresh():
+                    self._renewal_failed()
                     self._mark_lost("expired in etcd")
                     continue  # re-register now, not after another interval
             except CoordinatorError as e:
                 log.debug("etcd keepalive: %s", e)
+                self._renewal_failed()
                 if time.monotonic() - self.lease.last_refresh >= self.lease.ttl:
                     self._mark_lost(f"no keepalive answered for {self.lease.ttl}s")
             except Exception:
                 log.exception("etcd keepalive failed unexpectedly")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), interval)
+
+    def _renewal_failed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.etcd_lease_renewal_failures.inc()
 
     async def _refresh(self) -> bool:
         """One keepalive; False when etcd says the lease no longer exists."""
@@ -322,10 +428,24 @@ class EtcdCoordinator:
 
     # --- leadership
 
-    @staticmethod
-    def _leader_from(kv) -> LeaderInfo:
-        data = json.loads(kv.value)
-        return LeaderInfo(node=data["node"], url=data["url"], epoch=kv.create_revision)
+    def _record_of(self, kv) -> LeaderRecord:
+        record = self._records.read(kv.value, create_revision=kv.create_revision, lease=kv.lease)
+        if record.kind == "forged" and kv.mod_revision != self._rejected_revision:
+            self._rejected_revision = kv.mod_revision
+            # node and url are whatever the writer put there: shown shortened, for finding the writer
+            log.warning("ignoring the leader record at revision %d: %s (it names node %r, url %r)",
+                        kv.mod_revision, record.reason, record.node[:64], record.url[:128])
+            if self._on_rejected_leader is not None:
+                self._on_rejected_leader(record.reason)
+        return record
+
+    def _leader_from(self, kv) -> LeaderInfo | None:
+        """The leader a record names; None for a claim (an election being decided) and for a forged record."""
+        record = self._record_of(kv)
+        if record.kind not in ("sealed", "legacy"):
+            return None
+        return LeaderInfo(node=record.node, url=record.url, epoch=kv.create_revision,
+                          legacy=record.kind == "legacy")
 
     async def leader(self) -> LeaderInfo | None:
         leader, _ = await self._leader_at_revision()
@@ -338,27 +458,76 @@ class EtcdCoordinator:
         return leader, found.header.revision
 
     async def campaign(self, me: MemberInfo) -> LeaderInfo | None:
+        """Claim the key if absent, then seal the claim with the epoch it got (see auth.LeaderRecords). A
+        forged record in the way, or an old claim of this node's that no campaign will seal, is removed
+        first (only that version of the key), so that neither can block elections for good."""
         lease_id = self._require_lease()
         key = self._key("leader")
-        value = json.dumps({"node": me.node, "url": me.url}).encode()
+        claim = self._records.claim(me.node, me.url, lease_id)
 
         def txn(c: aetcd.Client):
             t = c.transactions
             return c.transaction(compare=[t.version(key) == 0],
-                                 success=[t.put(key, value, lease=lease_id), t.get(key)],
+                                 success=[t.put(key, claim, lease=lease_id), t.get(key)],
                                  failure=[t.get(key)])
+        for _attempt in range(2):
+            try:
+                won, responses = await self._conn.call(txn)
+            except CoordinatorError as e:
+                if _grpc_code(e) == grpc.StatusCode.NOT_FOUND:
+                    raise LeaseLost(f"lease {lease_id:x} is gone") from e
+                raise
+            held = responses[-1]  # [(value, Get)] or [] from the get
+            if not held:
+                return None  # deleted right after our transaction: the next round decides
+            kv = held[0][1]
+            # not won, yet our own fresh claim, untouched since it was created: an earlier answer was lost
+            if won or (kv.value == claim and kv.mod_revision == kv.create_revision):
+                break
+            record = self._record_of(kv)
+            if record.kind == "sealed" and record.node == me.node and kv.lease == lease_id:
+                return LeaderInfo(node=me.node, url=record.url, epoch=kv.create_revision)  # ours already
+            stale_own_claim = record.kind == "claimed" and record.node == me.node
+            if not (record.kind == "forged" or stale_own_claim) or not await self._remove(kv, record.kind):
+                return None
+        else:
+            return None
+        if self.lease.lost or self._lease_id != lease_id:
+            raise LeaseLost("the lease was replaced during the campaign: the key goes with the old one")
+        return await self._seal(me, kv, lease_id)
+
+    async def _seal(self, me: MemberInfo, kv, lease_id: int) -> LeaderInfo | None:
+        key, epoch = self._key("leader"), kv.create_revision
+        sealed = self._records.seal(me.node, me.url, lease_id, epoch)
+
+        def txn(c: aetcd.Client):
+            t = c.transactions
+            return c.transaction(compare=[t.create(key) == epoch, t.mod(key) == kv.mod_revision],
+                                 success=[t.put(key, sealed, lease=lease_id)], failure=[t.get(key)])
         try:
-            won, responses = await self._conn.call(txn)
+            done, responses = await self._conn.call(txn)
         except CoordinatorError as e:
             if _grpc_code(e) == grpc.StatusCode.NOT_FOUND:
                 raise LeaseLost(f"lease {lease_id:x} is gone") from e
             raise
-        held = responses[-1]  # [(value, Get)] or [] from the get
-        if not won and not (held and held[0][1].lease == lease_id):  # ours already: an answer was lost
+        held = responses[-1] if not done else []
+        if not done and held and held[0][1].value == sealed and held[0][1].create_revision == epoch:
+            done = True  # sealed by this very call: an earlier answer was lost
+        if not done:
+            log.warning("the leader claim of epoch %d changed before it was sealed: not leading", epoch)
             return None
-        if self.lease.lost or self._lease_id != lease_id:
-            raise LeaseLost("the lease was replaced during the campaign: the key goes with the old one")
-        return self._leader_from(held[0][1])
+        return LeaderInfo(node=me.node, url=me.url, epoch=epoch)
+
+    async def _remove(self, kv, kind: str) -> bool:
+        key = self._key("leader")
+
+        def txn(c: aetcd.Client):
+            t = c.transactions
+            return c.transaction(compare=[t.mod(key) == kv.mod_revision], success=[t.delete(key)], failure=[])
+        deleted, _ = await self._conn.call(txn)
+        if deleted:
+            log.warning("removed the %s leader record of revision %d", kind, kv.mod_revision)
+        return deleted
 
     async def resign(self, epoch: int) -> bool:
         key = self._key("leader")
@@ -410,7 +579,14 @@ class EtcdCoordinator:
             await done.wait()  # keep the request side open: closing it ends the watch
 
         async with self._conn.borrow() as (client, generation):
-            call = rpc.WatchStub(client.channel).Watch(requests(), metadata=_REQUIRE_LEADER)
+            try:
+                await client.authenticate()
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in _REQUEST_ERROR_CODES:
+                    self._conn.failed(generation)
+                raise CoordinatorError(f"etcd authentication on {self._conn.url}: {e.details()}") from e
+            token = client.metadata
+            call = rpc.WatchStub(client.channel).Watch(requests(), metadata=_REQUIRE_LEADER + (token or ()))
             try:
                 async for response in call:
                     self._conn.set_up(True)
@@ -424,7 +600,9 @@ class EtcdCoordinator:
                         else:
                             yield self._leader_from(event.kv), event.kv.mod_revision
             except grpc.aio.AioRpcError as e:
-                if e.code() not in _REQUEST_ERROR_CODES:
+                if _token_rejected(e):
+                    client.forget_token(token)
+                elif e.code() not in _REQUEST_ERROR_CODES:
                     self._conn.failed(generation)
                 raise CoordinatorError(f"etcd watch on {self._conn.url}: {e.details()}") from e
             except grpc.aio.BaseError as e:

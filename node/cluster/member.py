@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Awaitable
 
 import aiohttp
 
 from ..errors import NotLeader, Unavailable
 from ..log import Log
-from .auth import peer_token
+from .auth import PeerAuth
 from .coordinator import Coordinator, CoordinatorError, LeaderInfo, MemberInfo
+from .insync import MinInSyncFile
 from .replication import Follower, LeaderReplication, Timing
 
 log = logging.getLogger("evstore.cluster")
@@ -24,6 +28,18 @@ TAKEOVER_PATH = "/v1/internal/replication/takeover"
 CAMPAIGN_DELAY = 0.5  # a node not named by a step-down waits this long (plus jitter) before running
 RECHECK_EVERY = 1.0
 STEP_DOWN_TIMEOUT = 10.0
+LEASE_SILENCE = 0.6  # keepalives go every third of the TTL: none answered for this share of it means etcd is away
+LEASE_LOOK_EVERY = 0.25  # a request waiting for a leader looks this often whether etcd is still reachable
+
+
+class Role(str, enum.Enum):
+    """What this node does in the cluster (a str, so that /v1/cluster shows it as it is)."""
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    FOLLOWER = "follower"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class RejectingGate:
@@ -46,7 +62,9 @@ class ClusterConfig:
     secret: str
     min_in_sync: int | None = None
     cluster_size: int | None = None
+    min_in_sync_file: Path | None = None  # re-read while running (the operator's ConfigMap); wins over the size
     timing: Timing = Timing()
+    peer_auth_compat: bool = False  # also speak the previous version's peer protocol (a rolling upgrade)
 
 
 class ClusterMember:
@@ -58,14 +76,16 @@ class ClusterMember:
         self.discovery = discovery
         self.metrics = metrics
         self.me = MemberInfo(config.node_id, config.url)
-        self.token = peer_token(config.secret, config.store_id)
-        self.role = "candidate"
+        self.peer_auth = PeerAuth(config.secret, config.store_id, compat=config.peer_auth_compat)
+        self.role = Role.CANDIDATE
+        self.decision = ""  # what the last control step decided (see _step)
         self.leader: LeaderInfo | None = None  # as etcd last said
         self.leading: LeaderReplication | None = None
         self.following: Follower | None = None
         self.members: list[MemberInfo] = []
         self.isr: tuple[str, ...] = ()
         self.max_members_seen = 1
+        self.in_sync_file = MinInSyncFile(config.min_in_sync_file) if config.min_in_sync_file else None
         self._changed = asyncio.Event()
         self._role_changed = asyncio.Event()
         self._campaign_now = False
@@ -86,6 +106,8 @@ class ClusterMember:
                        loop.create_task(self._watch(), name="evstore-leader-watch"),
                        loop.create_task(self._control(), name="evstore-control"),
                        loop.create_task(self._refresh_members(), name="evstore-members")]
+        if self.in_sync_file is not None:
+            self._tasks.append(loop.create_task(self._reread_in_sync_file(), name="evstore-min-in-sync"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -115,8 +137,15 @@ class ClusterMember:
     def min_in_sync(self) -> int:
         if self.config.min_in_sync:
             return self.config.min_in_sync
+        if self.in_sync_file is not None:
+            return self.in_sync_file.value
         size = self.config.cluster_size or self.max_members_seen
         return size // 2 + 1
+
+    async def _reread_in_sync_file(self) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_EVERY)  # the kubelet swaps the file in; there is nothing to await
+            self.in_sync_file.refresh()
 
     async def _discover(self) -> None:
         if self.discovery is not None:  # it only proposes peers: etcd decides, so nothing waits for it
@@ -152,103 +181,122 @@ class ClusterMember:
             await asyncio.sleep(RECHECK_EVERY)  # periodic refresh
 
     async def _control(self) -> None:
+        said = None
         while True:
             try:
-                await self._step()
+                decision = await self._step()
             except asyncio.CancelledError:
                 raise
             except CoordinatorError as exc:
-                log.warning("coordinator unavailable: %s", exc)
+                decision = f"coordinator unavailable: {exc}"
             except Exception:
                 log.exception("cluster control step failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), RECHECK_EVERY)
+                decision = "the control step failed"
+            if decision != said:  # each decision logged once, as Patroni's run_cycle() does
+                log.info("cluster step: %s", decision)
+                said = decision
+            self.decision = decision
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that arrives as the event
+            # fires, and close() then waits for this task forever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECHECK_EVERY):
+                    await self._changed.wait()
             self._changed.clear()
 
-    async def _step(self) -> None:
+    async def _step(self) -> str:
+        """One pass of the control loop: what it decided, as a sentence (logged when it changes, asserted in
+        tests)."""
         async with self._transition:
             leader = self.leader
+            stopped = ""
             if self.leading is not None:
                 if leader is None or leader.node != self.me.node or leader.epoch != self.leading.epoch:
-                    await self._stop_leading("the leader key is not ours any more")
-                elif not self.leading.active or not self.leading.lease_valid():
-                    await self._stop_leading("lease expired")
+                    stopped = "the leader key is not ours any more"
+                elif not self.leading.active:
+                    stopped = self.leading.stop_reason or "leadership stopped"
+                elif not self.leading.lease_valid():
+                    stopped = "lease expired"
                 else:
-                    return
+                    return f"leading epoch {self.leading.epoch}"
+                await self._stop_leading(stopped)
+                stopped = f"stopped leading ({stopped}); "
             if leader is None:
                 await self._stop_following()
-                await self._maybe_campaign()
-            elif leader.node == self.me.node:
+                return stopped + await self._maybe_campaign()
+            if leader.node == self.me.node:
                 # our key, but we are not leading under it (a restart, or leadership dropped while etcd was
                 # away): remove it so that a fresh election, with a new epoch, follows at once
                 await self._stop_following()
                 await self.coordinator.resign(leader.epoch)
-            elif self.following is None or self.following.leader != leader:
+                return stopped + f"resigned the leader key of epoch {leader.epoch}, which this node no longer leads"
+            if self.following is None or self.following.leader != leader:
                 await self._follow(leader)
+                if self.following is None:
+                    return stopped + f"ignoring {leader.node}: epoch {leader.epoch} is older than this node's"
+            return stopped + f"following {leader.node} (epoch {leader.epoch})"
 
     # running for leader ------------------------------------------------------------------------
-    async def _maybe_campaign(self) -> None:
-        self.role = "candidate"
+    async def _maybe_campaign(self) -> str:
+        self.role = Role.CANDIDATE
         if not self._campaign_now:
             if time.monotonic() < self._handing_over:
-                return
+                return "no leader; not running yet: this node has just handed leadership over"
             await asyncio.sleep(CAMPAIGN_DELAY * random.random())  # jitter: fewer lost transactions
         self._campaign_now = False
         isr = await self.coordinator.isr()
         if isr.revision and self.me.node not in isr.members:
-            log.debug("not in the ISR %s: not running for leader", isr.members)
-            return
+            return f"no leader; not running: not in the ISR {list(isr.members)}"
         if self.coordinator.lease.lost:
-            return
+            return "no leader; not running: this node holds no etcd lease"
         won = await self.coordinator.campaign(self.me)
         generation = self.coordinator.lease.generation  # the lease the key was just created under
         if won is None:
-            return
+            return "no leader; ran for leader and lost"
         if self.metrics is not None:
             self.metrics.elections.inc()
-        await self._lead(won, generation)
+        return await self._lead(won, generation)
 
-    async def _lead(self, won: LeaderInfo, generation: int) -> None:
+    async def _lead(self, won: LeaderInfo, generation: int) -> str:
         if won.epoch <= self.log.storage.promised_epoch:
             # etcd's revisions went backwards (it lost its data): leading would write entries that the
             # followers reject as old. Refuse loudly rather than fork the log.
             log.error("won epoch %d, but this node already followed or led epoch %d: etcd lost its data? "
                       "not leading", won.epoch, self.log.storage.promised_epoch)
             await self.coordinator.resign(won.epoch)
-            return
+            return f"won epoch {won.epoch} but resigned: this node already knew epoch {self.log.storage.promised_epoch}"
         isr = await self.coordinator.isr()
         if isr.revision and self.me.node not in isr.members:
             # we read the ISR before running, then stalled while another leader dropped us from it: having
             # the key now, nobody else can change the ISR, so this read is the truth
-            log.warning("won epoch %d but the ISR %s no longer has this node: resigning", won.epoch, isr.members)
             await self.coordinator.resign(won.epoch)
-            return
+            return f"won epoch {won.epoch} but resigned: the ISR {list(isr.members)} no longer has this node"
         await self.log.promise_epoch(won.epoch)
         self.log.storage.epoch = won.epoch
         live = {m.node for m in await self.coordinator.members()} | {self.me.node}
         self.max_members_seen = max(self.max_members_seen, len(live), len(isr.members))
-        members = tuple(sorted((set(isr.members) & live) | {self.me.node}))
+        members = (set(isr.members) & live) | {self.me.node}
+        if len(members) < self.min_in_sync():  # never below min_in_sync: who is not live now stays eligible
+            members |= set(isr.members)
+        members = tuple(sorted(members))
         state = await self.coordinator.set_isr(won.epoch, members, isr.revision)
         if state is None:
-            log.warning("won epoch %d but could not write the ISR: resigning", won.epoch)
             await self.coordinator.resign(won.epoch)
-            return
+            return f"won epoch {won.epoch} but resigned: could not write the ISR"
         leading = LeaderReplication(self.log, self.coordinator, self.me, won.epoch, state, self.min_in_sync,
                                     self.config.timing, self.log.visible.position, self.metrics, self._deposed,
                                     lease_generation=generation)
         if not leading.lease_valid():
-            log.warning("the lease changed while taking over epoch %d: resigning", won.epoch)
             await self.coordinator.resign(won.epoch)
-            return
+            return f"won epoch {won.epoch} but resigned: the lease changed while taking over"
         leading.start()
         self.leading = leading
         self.leader = won
         self.isr = state.members
         self.log.use_write_gate(leading)
-        self.role = "leader"
-        log.info("leading epoch %d with ISR %s (min in sync %d)", won.epoch, list(state.members),
-                 self.min_in_sync())
+        self.role = Role.LEADER
         self._set_role_metrics()
+        return f"won the election: leading epoch {won.epoch} with ISR {list(state.members)} " \
+               f"(min in sync {self.min_in_sync()})"
 
     def _deposed(self, leading: LeaderReplication, reason: str) -> None:
         if leading is not self.leading:  # a late report from an epoch we no longer lead
@@ -267,7 +315,9 @@ class ClusterMember:
         self.leading = None
         self.log.use_write_gate(RejectingGate())
         await leading.stop(reason)
-        self.role = "candidate"
+        if leading.gave_way:  # it could not commit: let the in-sync followers elect one of themselves first
+            self._handing_over = time.monotonic() + 3 * CAMPAIGN_DELAY + self.config.timing.lease_ttl
+        self.role = Role.CANDIDATE
         log.warning("no longer leading epoch %d: %s", leading.epoch, reason)
         self._set_role_metrics()
 
@@ -278,9 +328,10 @@ class ClusterMember:
             log.warning("ignoring leader %s of old epoch %d", leader.node, leader.epoch)
             return
         await self.log.promise_epoch(leader.epoch)
-        follower = Follower(self.log, self.me, leader, self.token, self.session, on_stale=self._refresh_leader)
+        follower = Follower(self.log, self.me, leader, self.peer_auth, self.session, on_stale=self._refresh_leader,
+                            metrics=self.metrics)
         self.following = follower
-        self.role = "follower"
+        self.role = Role.FOLLOWER
         self._follow_task = asyncio.get_running_loop().create_task(follower.run(), name="evstore-follow")
         log.info("following %s (epoch %d)", leader.node, leader.epoch)
         self._set_role_metrics()
@@ -293,7 +344,7 @@ class ClusterMember:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if follower is not None:
-            self.role = "candidate"
+            self.role = Role.CANDIDATE
             self._set_role_metrics()
 
     async def _refresh_leader(self) -> None:
@@ -305,9 +356,8 @@ class ClusterMember:
         self._role_changed = asyncio.Event()
         if self.metrics is None:
             return
-        self.metrics.leader.set(1 if self.role == "leader" else 0)
-        self.metrics.epoch.set(self.leader.epoch if self.leader else 0)
-        self.metrics.isr_size.set(len(self.isr))
+        self.metrics.set_role(leader=self.role is Role.LEADER, epoch=self.leader.epoch if self.leader else 0,
+                              isr_size=len(self.isr))
 
     # serving -----------------------------------------------------------------------------------
     async def wait_for_leader(self, timeout: float) -> LeaderInfo:
@@ -315,15 +365,21 @@ class ClusterMember:
         deadline = time.monotonic() + timeout
         while True:
             leading = self.leading
-            if self.role == "leader" and leading is not None and leading.active and leading.lease_valid():
+            if self.role is Role.LEADER and leading is not None and leading.active and leading.lease_valid():
                 return LeaderInfo(self.me.node, self.me.url, leading.epoch)
-            if self.role == "follower" and self.following is not None:
+            if self.role is Role.FOLLOWER and self.following is not None:
                 return self.following.leader
+            lease = self.coordinator.lease
+            if lease.lost or time.monotonic() - lease.last_refresh > LEASE_SILENCE * lease.ttl:
+                # cut off from etcd: no election result can reach this node, so waiting would only hold the
+                # request; answer at once (a client or a load balancer then tries another node)
+                raise Unavailable("this node cannot reach the coordinator (etcd) and follows no leader",
+                                  reason="no_leader")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable("no leader is known right now", reason="no_leader")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._role_changed.wait(), remaining)
+            with contextlib.suppress(asyncio.TimeoutError):  # woken by a role change, or to look at the lease
+                await asyncio.wait_for(self._role_changed.wait(), min(remaining, LEASE_LOOK_EVERY))
 
     def next_role_change(self) -> Awaitable[bool]:
         """Completes at this node's next role change; take it before reading `role`, so none is missed."""
@@ -333,9 +389,9 @@ class ClusterMember:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             current = self.leader
-            if self.role == "leader" and self.leading is not None and self.leading.epoch != old.epoch:
+            if self.role is Role.LEADER and self.leading is not None and self.leading.epoch != old.epoch:
                 return
-            if current is not None and current != old and self.role == "follower":
+            if current is not None and current != old and self.role is Role.FOLLOWER:
                 return
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))
@@ -344,6 +400,11 @@ class ClusterMember:
         """Wait (bounded) until this node leads and everything it had when it took over is committed."""
         leading = self.leading
         return leading is not None and await leading.serving(timeout)
+
+    def still_linearizable(self) -> bool:
+        """This node still leads under a lease that holds (checked after a leader read, before answering)."""
+        leading = self.leading
+        return leading is not None and leading.still_serving()
 
     async def wait_visible(self, position: int, timeout: float) -> bool:
         """Wait (bounded) until reads on this node show `position`."""
@@ -355,9 +416,9 @@ class ClusterMember:
             self._deposed(self.leading, f"a follower knows the newer epoch {epoch}")
 
     def ready(self) -> tuple[bool, str]:
-        if self.role == "leader":
+        if self.role is Role.LEADER:
             return True, ""
-        if self.role == "follower" and self.following is not None and self.following.last_contact:
+        if self.role is Role.FOLLOWER and self.following is not None and self.following.last_contact:
             return True, ""
         return False, "no leader" if self.leader is None else "connecting to the leader"
 
@@ -382,10 +443,19 @@ class ClusterMember:
                 if not targets:
                     raise NoInSyncFollower()
                 target = targets[0]
-                async with self.session.post(target.url + TAKEOVER_PATH, json={"epoch": leading.epoch},
-                                             headers={"X-Evstore-Peer-Token": self.token},
+                body = json.dumps({"epoch": leading.epoch}).encode()
+                signed = self.peer_auth.sign_request("POST", target.url, TAKEOVER_PATH, body)
+                headers = {**signed.headers, "Content-Type": "application/json"}
+                if self.peer_auth.compat:  # the follower may still run the previous version
+                    headers.update(self.peer_auth.legacy_headers())
+                async with self.session.post(target.url + TAKEOVER_PATH, data=body, headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    payload = await response.read()
                     if response.status != 200:
+                        raise NoInSyncFollower()
+                    if not self.peer_auth.verify_reply(signed, response.status, response.headers, payload) \
+                            and not self.peer_auth.compat:
+                        log.warning("the takeover reply of %s is not signed with the cluster secret", target.node)
                         raise NoInSyncFollower()
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
                 leading.release_writes()
@@ -426,8 +496,8 @@ class ClusterMember:
                              lastSeen=wall - (now - p.last_fetch))
         if leader is not None and leader.node in members:
             members[leader.node]["role"] = "leader"
-        members[self.me.node] = {"node": self.me.node, "url": self.me.url, "role": self.role, "position": head,
-                                 "inSync": self.me.node in self.isr, "lag": 0, "lastSeen": wall}
+        members[self.me.node] = {"node": self.me.node, "url": self.me.url, "role": self.role.value,
+                                 "position": head, "inSync": self.me.node in self.isr, "lag": 0, "lastSeen": wall}
         if self.following is not None:
             for node, position in self.following.member_positions.items():
                 if node in members and node != self.me.node:
@@ -438,7 +508,7 @@ class ClusterMember:
                          if self.following.last_contact else None)
             members[self.me.node]["lag"] = max(0, self.following.leader_head - head)
         isr = sorted(self.leading.isr) if self.leading is not None else list(self.isr)
-        return {"role": self.role, "leader": {"node": leader.node, "url": leader.url} if leader else None,
+        return {"role": self.role.value, "leader": {"node": leader.node, "url": leader.url} if leader else None,
                 "epoch": leader.epoch if leader else self.log.storage.promised_epoch,
                 "committedPosition": self.log.visible.position, "minInSync": self.min_in_sync(), "isr": isr,
                 "members": sorted(members.values(), key=lambda m: m["node"])}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,17 +20,21 @@ import aiohttp
 from ..errors import NotLeader, Unavailable
 from ..log import Log
 from ..position import WatchedPosition, first_reached
+from .auth import MAX_CLOCK_SKEW, PeerAuth
 from .coordinator import Coordinator, CoordinatorError, IsrState, LeaderInfo, MemberInfo
 from .wire import decode_records, encode_records
 
 log = logging.getLogger("evstore.replication")
 
 FETCH_PATH = "/v1/internal/replication/fetch"
-TOKEN_HEADER = "X-Evstore-Peer-Token"
 FETCH_WAIT = 0.5  # seconds a fetch waits on the leader for new entries before answering empty
 FETCH_TIMEOUT = 10.0
+FETCH_CONNECT_TIMEOUT = 2.0  # a leader behind a partition drops the connection attempt: try again sooner
 ISR_CHECK_EVERY = 0.2
 PERSIST_COMMITTED_EVERY = 1.0  # an idle follower writes its committed position at most this often
+# a leader gives way this long after a lease TTL without a commit: a follower that died right after its last
+# fetch (a healthy one fetches every FETCH_WAIT) has lost its member key by then, so it does not look live
+GIVE_WAY_MARGIN = FETCH_WAIT + 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Progress:
     committed_told: int = 0  # the committed position this follower last heard from us
     last_fetch: float = 0.0  # monotonic
     last_caught_up: float = 0.0
+    lag_observed: bool = False  # its lag gauges read this progress when scraped
 
 
 @dataclass
@@ -112,7 +118,10 @@ class LeaderReplication:
         self._idle.set()
         self._isr_lock = asyncio.Lock()
         self._adding: set[str] = set()
+        self._look_again_at = 0.0  # monotonic: when to look again for a follower to give way to
         self._deposed_reported = False
+        self.stop_reason = ""
+        self.gave_way = False  # stopped because it could not commit while live in-sync followers could
         self._tasks: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
@@ -130,6 +139,7 @@ class LeaderReplication:
         if not self.active:
             return
         self.active = False
+        self.stop_reason = reason
         self._open.set()
         for wakeup in self._wakeups:
             if not wakeup.done():
@@ -154,7 +164,12 @@ class LeaderReplication:
         if not self._serving.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._serving.wait(), timeout)
-        return self._serving.is_set() and self.active
+        return self.still_serving()
+
+    def still_serving(self) -> bool:
+        """Reads here are linearizable right now: it took over completely, still leads, and its lease holds (a
+        leader paused past its lease must not answer from its log: another may have acknowledged writes)."""
+        return self._serving.is_set() and self.active and self.lease_valid()
 
     def lease_valid(self) -> bool:
         """True while the lease our leader key lives under is surely alive; once false, false for good (a
@@ -179,6 +194,10 @@ class LeaderReplication:
         if len(self.isr) < self.min_in_sync():
             raise Unavailable(f"only {len(self.isr)} in-sync replicas, {self.min_in_sync()} needed",
                               reason="not_enough_replicas", isr=sorted(self.isr))
+        reachable = self.caught_up_members()
+        if len(reachable) < self.min_in_sync():  # it could not commit: say so at once instead of in 12 s
+            raise Unavailable(f"only {len(reachable)} in-sync replicas are caught up, {self.min_in_sync()} needed",
+                              reason="not_enough_replicas", isr=sorted(self.isr), caughtUp=sorted(reachable))
         self._inflight += 1
         self._idle.clear()
         try:
@@ -272,12 +291,17 @@ class LeaderReplication:
                           positions={p.node: p.durable for p in self.progress.values()})
 
     def _observe_lag(self, progress: Progress) -> None:
-        if self.metrics is None:
+        """The lag gauges are computed when scraped, from what the follower last reported: a follower that has
+        everything is 0 s behind, however long its long-poll waits; one that is behind is as far behind as the
+        time since it last had all that the leader had shipped."""
+        if self.metrics is None or progress.lag_observed:
             return
-        self.metrics.replication_lag_events.labels(follower=progress.node).set(
-            max(0, self.log.storage.head - progress.durable))
-        self.metrics.replication_lag_seconds.labels(follower=progress.node).set(
-            max(0.0, time.monotonic() - progress.last_caught_up))
+        progress.lag_observed = True
+        storage = self.log.storage
+        self.metrics.replication_lag_events.labels(follower=progress.node).set_function(
+            lambda: max(0, storage.head - progress.durable))
+        self.metrics.replication_lag_seconds.labels(follower=progress.node).set_function(
+            lambda: 0.0 if progress.durable >= storage.head else max(0.0, time.monotonic() - progress.last_caught_up))
 
     # the ISR -----------------------------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -291,23 +315,83 @@ class LeaderReplication:
             if self._deposed_reported:
                 return
 
+    def caught_up_members(self, now: float | None = None) -> frozenset[str]:
+        """The ISR members that caught up within the lag timeout (this node always): those a commit can count
+        on now. The others are unreachable or too slow."""
+        now = time.monotonic() if now is None else now
+        members = {self.me.node}
+        for node in self.isr - {self.me.node}:
+            progress = self.progress.get(node)
+            caught_up = progress.last_caught_up if progress else 0.0
+            if now - max(caught_up, self.started) <= self.timing.lag_timeout:
+                members.add(node)
+        return frozenset(members)
+
+    def last_commit_possible(self, now: float) -> float:
+        """The last moment at which min_in_sync ISR members (this node included) had caught up, so that the
+        commit point could advance (`now` while it still can). A leader that could not commit for a lease TTL
+        gives way to a live in-sync follower."""
+        needed = self.min_in_sync() - 1  # followers needed besides this node
+        if needed <= 0:
+            return now
+        caught_up = sorted((max(self.progress[n].last_caught_up if n in self.progress else 0.0, self.started)
+                            for n in self.isr - {self.me.node}), reverse=True)
+        return caught_up[needed - 1] if len(caught_up) >= needed else self.started
+
     async def _maintain_once(self) -> None:
         await asyncio.sleep(ISR_CHECK_EVERY)  # a periodic check, not a synchronisation
         if not self.lease_valid():
-            if self.on_deposed is not None:
-                self.on_deposed(self, "lease expired")
-            self._deposed_reported = True
+            self._report_deposed("lease expired")
             return
         if self.hw > self.log.storage.committed:
             await self.log.persist_committed(self.hw)
         now = time.monotonic()
-        for node in sorted(self.isr - {self.me.node}):
-            progress = self.progress.get(node)
-            caught_up = progress.last_caught_up if progress else self.started
-            if now - max(caught_up, self.started) > self.timing.lag_timeout:
+        caught_up = self.caught_up_members(now)
+        if len(caught_up) >= self.min_in_sync():
+            # the ISR never shrinks below min_in_sync: a lagging member leaves only while enough caught-up ones
+            # stay (a caught-up follower is added before an unreachable one goes); otherwise it stays eligible
+            for node in sorted(self.isr - caught_up):
                 await self._change_isr(remove=node)
+        elif now - self.last_commit_possible(now) >= self.timing.lease_ttl + GIVE_WAY_MARGIN \
+                and now >= self._look_again_at:
+            await self._give_way_if_someone_can(caught_up)
         for progress in self.progress.values():
             self._observe_lag(progress)
+
+    def _report_deposed(self, reason: str) -> None:
+        if self.on_deposed is not None:
+            self.on_deposed(self, reason)
+        self._deposed_reported = True
+
+    async def _give_way_if_someone_can(self, caught_up: frozenset[str]) -> None:
+        """This leader has not been able to commit for a lease TTL. When a live in-sync follower exists (its
+        member key is alive in etcd, and as an ISR member it has everything committed), leave the ISR (if it
+        stays at min_in_sync or more) and stop leading, so that the followers elect one of themselves. Else
+        stay: writes are answered 503 at once, and nobody else could do better."""
+        try:
+            live = {m.node for m in await self.coordinator.members()}
+        except CoordinatorError as exc:
+            log.debug("cannot tell which followers are live: %s", exc)
+            return
+        eligible = sorted((self.isr & live) - {self.me.node})
+        if not eligible:
+            self._look_again_at = time.monotonic() + self.timing.lease_ttl  # stay, and do not flap
+            return
+        async with self._isr_lock:
+            rest = tuple(sorted(self.isr - {self.me.node}))
+            if self.active and len(rest) >= self.min_in_sync():
+                try:
+                    state = await self.coordinator.set_isr(self.epoch, rest, self.isr_revision)
+                except CoordinatorError as exc:
+                    log.warning("could not leave the ISR before giving way: %s", exc)
+                else:
+                    if state is not None:
+                        self.isr, self.isr_revision = frozenset(state.members), state.revision
+                        log.info("ISR is now %s (this leader left it to give way)", sorted(self.isr))
+        self.gave_way = True
+        self._report_deposed(f"no commit for {self.timing.lease_ttl + GIVE_WAY_MARGIN:g}s (caught up: "
+                             f"{sorted(caught_up)}); "
+                             f"giving way to the in-sync followers {eligible}")
 
     async def _change_isr(self, add: str | None = None, remove: str | None = None) -> None:
         try:
@@ -326,8 +410,8 @@ class LeaderReplication:
                     return
                 members.add(add)
             if remove is not None:
-                if remove not in members:
-                    return
+                if remove not in members or len(members) - 1 < self.min_in_sync():
+                    return  # never below min_in_sync: the member stays eligible for leader
                 members.discard(remove)
             try:
                 state = await self.coordinator.set_isr(self.epoch, tuple(sorted(members)), self.isr_revision)
@@ -378,12 +462,14 @@ class LeaderReplication:
 class Follower:
     """Pull the log from one leader (one epoch) until cancelled."""
 
-    def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, token: str, session: aiohttp.ClientSession,
-                 on_stale: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, peer_auth: PeerAuth,
+                 session: aiohttp.ClientSession, on_stale: Callable[[], Awaitable[None]] | None = None,
+                 metrics=None) -> None:
         self.log = log_
         self.me = me
         self.leader = leader
-        self.token = token
+        self.peer_auth = peer_auth
+        self.metrics = metrics
         self.session = session
         self.leader_head = 0
         self.member_positions: dict[str, int] = {}  # the other followers, as the leader last reported them
@@ -416,20 +502,34 @@ class Follower:
     async def _fetch_once(self) -> None:
         storage = self.log.storage
         head = storage.head
-        body = {"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
-                "prevEpoch": storage.epoch_at(head)}
-        async with self.session.post(self.leader.url + FETCH_PATH, json=body, headers={TOKEN_HEADER: self.token},
-                                     timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT)) as response:
+        body = json.dumps({"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
+                           "prevEpoch": storage.epoch_at(head)}).encode()
+        # a leader of the previous version (an unsigned record, honoured only in compat mode) knows only its
+        # static token; any other leader gets a signature that is worth nothing for another request
+        signed = None if self.leader.legacy else self.peer_auth.sign_request("POST", self.leader.url, FETCH_PATH,
+                                                                                body)
+        headers = self.peer_auth.legacy_headers() if signed is None else signed.headers
+        async with self.session.post(self.leader.url + FETCH_PATH, data=body,
+                                     headers={**headers, "Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT,
+                                                                   sock_connect=FETCH_CONNECT_TIMEOUT)) as response:
             payload = await response.read()
+            if response.status == 401:
+                log.warning("the leader %s refused our peer signature: is the cluster secret the same on every "
+                            "node, and are the clocks within %gs?", self.leader.node, MAX_CLOCK_SKEW)
+                raise Unavailable(f"leader answered 401: {payload[:200]!r}")
+            if signed is not None and not self.peer_auth.verify_reply(signed, response.status, response.headers,
+                                                                      payload):
+                if self.metrics is not None:
+                    self.metrics.peer_auth_rejected.labels(reason="reply_unsigned").inc()
+                raise Unavailable(f"the reply of {self.leader.node} (status {response.status}) is not signed with "
+                                  "the cluster secret: is the secret the same on every node?")
             if response.status == 409:
                 info = await response.json(content_type=None) if payload else {}
                 if info.get("error") == "diverged":
                     await self._truncate(int(info["epoch"]), int(info["end"]))
                     return
                 raise EpochMismatch(int(info.get("leaderEpoch", 0)), stale_leader=False)
-            if response.status == 401:
-                log.warning("the leader %s refused our peer token: is the cluster secret the same on every "
-                            "node?", self.leader.node)
             if response.status != 200:
                 raise Unavailable(f"leader answered {response.status}: {payload[:200]!r}")
             leader_epoch = int(response.headers.get("X-Evstore-Epoch", "0"))

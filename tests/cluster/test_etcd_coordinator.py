@@ -12,11 +12,13 @@ import pytest
 
 from evstore.client.harness.localnode import free_port
 from evstore.node.cluster.coordinator import CoordinatorError, IsrState, LeaderInfo, LeaseLost, MemberInfo
+from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.etcd import EtcdCoordinator
 
 TTL = 2.0  # about the smallest lease TTL etcd grants
 WAIT = 15.0  # bound on anything that waits for a TTL or for etcd to come back
 STORE = "store1"
+RECORDS = LeaderRecords("coordinator-test-secret", STORE)
 
 
 def me(node: str) -> MemberInfo:
@@ -29,7 +31,7 @@ async def coordinator():
     made: list[EtcdCoordinator] = []
 
     async def make(endpoints, node: str, **kwargs) -> EtcdCoordinator:
-        c = EtcdCoordinator(tuple(endpoints), STORE, lease_ttl=TTL, **kwargs)
+        c = EtcdCoordinator(tuple(endpoints), STORE, lease_ttl=TTL, leader_records=RECORDS, **kwargs)
         made.append(c)
         await c.start(me(node))
         await asyncio.wait_for(c.wait_registered(), WAIT)
@@ -228,7 +230,8 @@ async def test_set_isr_is_a_compare_and_swap_under_the_epoch(etcd, coordinator):
 
 async def test_errors_surface_as_coordinator_errors():
     ups: list[bool] = []
-    c = EtcdCoordinator((f"http://127.0.0.1:{free_port()}",), STORE, lease_ttl=TTL, on_etcd_up=ups.append)
+    c = EtcdCoordinator((f"http://127.0.0.1:{free_port()}",), STORE, lease_ttl=TTL, on_etcd_up=ups.append,
+                        leader_records=RECORDS)
     try:
         await c.start(me("a"))  # tolerated: the keepalive keeps trying
         assert c.lease.lost

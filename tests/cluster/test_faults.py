@@ -23,7 +23,6 @@ from evstore.client.errors import EvstoreError
 from evstore.client.harness.checker import Attempt, History, check_cluster
 from evstore.client.harness.localcluster import LocalCluster
 from evstore.client.harness.workload import Workload, outcome_unknown
-from evstore.node.cluster.auth import PEER_TOKEN_HEADER, peer_token
 
 LEASE_TTL = 3  # short leases: failover within seconds
 WRITERS = 16
@@ -325,25 +324,7 @@ async def test_step_down_under_load_hands_over_with_no_failed_write(start_cluste
     assert report.ok, f"{report.summary()}\n{diagnosis(cluster)}"
 
 
-# -- (f) the replication endpoint needs the peer token -------------------------------------------------
-
-async def test_replication_fetch_without_or_with_a_wrong_peer_token_is_refused(start_cluster):
-    cluster = start_cluster(nodes=1)
-    leader, epoch = cluster.wait_leader(LEADER_WAIT)
-    url = cluster.node(leader).url + FETCH_PATH
-    body = {"node": "intruder", "url": "http://127.0.0.1:1", "epoch": epoch, "from": 1, "prevEpoch": 0}
-    good = peer_token(cluster.secret, cluster.store_id)
-    async with aiohttp.ClientSession() as session:
-        async def status(headers: dict[str, str], payload=body) -> int:
-            async with session.post(url, json=payload, headers=headers) as response:
-                return response.status
-
-        assert await status({}) == 401
-        assert await status({PEER_TOKEN_HEADER: "0" * len(good)}) == 401
-        assert await status({PEER_TOKEN_HEADER: peer_token("another secret", cluster.store_id)}) == 401
-        # the control: the right token passes authentication (and an incomplete body is then a 400)
-        assert await status({PEER_TOKEN_HEADER: good}, {}) == 400
-
+# -- (f) the replication endpoint's peer authentication: tests/cluster/test_trust.py
 
 # -- reads that tell the truth across faults (issue 11, points 2 and 3) ------------------------------------------
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from evstore.node.cluster.coordinator import MemberInfo
+from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.etcd import EtcdCoordinator
 from evstore.node.cluster.replication import EpochMismatch, LeaderReplication, Timing
 from evstore.node.errors import NotLeader
@@ -30,7 +31,9 @@ async def leading(etcd, tmp_path):
     storage = Storage(tmp_path / "leader")
     storage.open()
     log = Log(storage, clustered=True)
-    coordinator = EtcdCoordinator((etcd.client_url,), f"t-{uuid.uuid4().hex[:8]}", lease_ttl=2)
+    store = f"t-{uuid.uuid4().hex[:8]}"
+    coordinator = EtcdCoordinator((etcd.client_url,), store, lease_ttl=2,
+                                  leader_records=LeaderRecords("replication-test-secret", store))
     await coordinator.start(LEADER)
     await asyncio.wait_for(coordinator.wait_registered(), WAIT)
     won = await coordinator.campaign(LEADER)
@@ -142,7 +145,9 @@ async def test_a_new_leader_serves_reads_only_once_all_it_took_over_is_committed
     storage.open()
     await Log(storage).append("s", "any", [ev(), ev()])  # written under the old leader, commit point not heard
     log = Log(storage, clustered=True)
-    coordinator = EtcdCoordinator((etcd.client_url,), f"t-{uuid.uuid4().hex[:8]}", lease_ttl=2)
+    store = f"t-{uuid.uuid4().hex[:8]}"
+    coordinator = EtcdCoordinator((etcd.client_url,), store, lease_ttl=2,
+                                  leader_records=LeaderRecords("replication-test-secret", store))
     await coordinator.start(LEADER)
     await asyncio.wait_for(coordinator.wait_registered(), WAIT)
     won = await coordinator.campaign(LEADER)

@@ -117,7 +117,7 @@ async def test_operations_endpoints(http, node):
     status, text = await call(http, "GET", "/metrics")
     for name in ("evstore_appends_total", "evstore_events_appended_total", "evstore_append_latency_seconds_bucket",
                  "evstore_sync_latency_seconds_count", "evstore_group_commit_requests_count",
-                 "evstore_storage_bytes", 'evstore_http_requests_total{method="POST",route="/v1/streams/{stream}"'):
+                 "evstore_storage_bytes", 'evstore_http_requests_total{forwarded="false",method="POST",route="/v1/streams/{stream}"'):
         assert name in text, name
     status, reply = await call(http, "GET", "/v1/nothing-here")
     assert (status, reply["error"]) == (404, "not_found")

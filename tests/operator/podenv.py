@@ -41,20 +41,25 @@ def container_environment(container: Mapping[str, Any], *, configmaps: Mapping[s
 
 
 def mounted_args(pod_spec: Mapping[str, Any], container: Mapping[str, Any], *,
-                 secrets: Mapping[str, Mapping[str, str]], root: Path) -> list[str]:
-    """The container's args with each Secret volume written under `root` and its mountPath replaced."""
+                 secrets: Mapping[str, Mapping[str, str]], root: Path,
+                 configmaps: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """The container's args with each Secret and ConfigMap volume written under `root` and its
+    mountPath replaced (rewrite a ConfigMap's file later to play the kubelet updating it)."""
     volumes = {v["name"]: v for v in pod_spec.get("volumes") or ()}
     args = list(container.get("args") or ())
     for mount in container.get("volumeMounts") or ():
-        secret = volumes.get(mount["name"], {}).get("secret")  # "data" is a volumeClaimTemplate
-        if secret is None:
+        volume = volumes.get(mount["name"], {})  # "data" is a volumeClaimTemplate
+        if "secret" in volume:
+            source, values = volume["secret"], secrets[volume["secret"]["secretName"]]
+        elif "configMap" in volume:
+            source, values = volume["configMap"], (configmaps or {})[volume["configMap"]["name"]]
+        else:
             continue
         directory = root / mount["name"]
         directory.mkdir(parents=True, exist_ok=True)
-        values = secrets[secret["secretName"]]
-        for item in secret.get("items") or [{"key": k, "path": k} for k in values]:
+        for item in source.get("items") or [{"key": k, "path": k} for k in values]:
             target = directory / item["path"]
             target.write_text(values[item["key"]])
-            target.chmod(secret.get("defaultMode", 0o644))
+            target.chmod(source.get("defaultMode", 0o644))
         args = [a.replace(mount["mountPath"], str(directory)) for a in args]
     return args

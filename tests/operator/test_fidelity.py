@@ -5,7 +5,8 @@ StatefulSet controller and no volume provisioner, so the tests create the claims
 """
 from __future__ import annotations
 
-from evs_helpers import (EVS, NAMESPACE, STS, api, create_evs, events, eventually, get_object, patch_evs, sts_path)
+from evs_helpers import (EVS, NAMESPACE, STS, api, create_evs, events, eventually, get_object, patch_evs,
+                         simulate_statefulset_ready, sts_path)
 
 PVC = "v1/persistentvolumeclaims"
 
@@ -68,6 +69,9 @@ async def test_kubectl_scale_of_the_statefulset_is_reverted_with_a_warning(k8s, 
     await eventually(lambda: get_object(k8s, EVS, "orders")
                      .get("status", {}).get("observedGeneration") == 1, what="accepted")
     await api(k8s, "PATCH", sts_path("orders"), {"spec": {"replicas": 1}})
+    # Playing the StatefulSet controller: two pods removed, the one left up to date and ready (the
+    # operator grows a StatefulSet only when its pods run the current template).
+    await simulate_statefulset_ready(k8s, "orders")
     await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 3, what="reverted")
     warning = (await eventually(lambda: events(k8s, "orders", "StatefulSetScaleReverted"), what="event"))[0]
     assert warning["type"] == "Warning"

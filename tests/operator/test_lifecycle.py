@@ -65,14 +65,26 @@ async def test_create_makes_every_child_with_owner_references(k8s, operator):
                      what="Created event for StatefulSet orders")
 
 
-async def test_single_node_without_etcd(k8s, operator):
+async def test_a_single_replica_store_runs_clustered(k8s, operator):
+    """Clustered from the first pod (etcd and the in-sync ConfigMap), so scaling only adds followers."""
     await create_evs(k8s, "solo")
     sts = await eventually(lambda: get_object(k8s, STS, "solo"), what="statefulset")
     assert sts["spec"]["replicas"] == 1
     config = await eventually(lambda: get_object(k8s, "v1/configmaps", "solo-config"), what="configmap")
-    assert "EVSTORE_ETCD_ENDPOINTS" not in config["data"]
-    assert get_object(k8s, STS, "solo-etcd") is None
+    assert config["data"]["EVSTORE_ETCD_ENDPOINTS"].startswith("http://solo-etcd-0.solo-etcd.")
+    assert get_object(k8s, STS, "solo-etcd") is not None
+    assert get_object(k8s, "v1/configmaps", "solo-in-sync")["data"] == {"min-in-sync": "1"}
     assert get_object(k8s, "monitoring.coreos.com/v1/servicemonitors", "solo") is None
+
+
+async def test_a_single_node_without_etcd_only_when_asked(k8s, operator):
+    await create_evs(k8s, "solo", etcd={"managed": False})
+    sts = await eventually(lambda: get_object(k8s, STS, "solo"), what="statefulset")
+    assert sts["spec"]["replicas"] == 1
+    config = await eventually(lambda: get_object(k8s, "v1/configmaps", "solo-config"), what="configmap")
+    assert "EVSTORE_ETCD_ENDPOINTS" not in config["data"]
+    assert get_object(k8s, STS, "solo-etcd") is None and get_object(k8s, "v1/configmaps", "solo-in-sync") is None
+    assert not any(a.startswith("--min-in-sync-file") for a in sts["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 async def test_spec_change_updates_statefulset_and_config(k8s, operator):
@@ -89,10 +101,11 @@ async def test_spec_change_updates_statefulset_and_config(k8s, operator):
                      == "debug", what="log level in the ConfigMap")
     await eventually(lambda: events(k8s, "orders", "Updated"), what="Updated events")
 
+    assert get_object(k8s, STS, "orders-etcd") is not None  # clustered from the first pod
+    # Playing the StatefulSet controller: the pod was recreated on the new template (OnDelete).
+    await simulate_statefulset_ready(k8s, "orders", revision="rev-2")
     await patch_evs(k8s, "orders", {"spec": {"replicas": 3}})
     await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 3, what="3 replicas")
-    # More than one replica needs etcd: without endpoints, the operator deploys one.
-    await eventually(lambda: get_object(k8s, STS, "orders-etcd"), what="managed etcd")
     await eventually(lambda: events(k8s, "orders", "ScalingUp"), what="ScalingUp event")
     await eventually(lambda: evs(k8s)["status"].get("observedGeneration") == 3, what="observedGeneration 3")
 
@@ -182,6 +195,7 @@ async def test_image_change_rolls_followers_first_then_switches_leader_over(k8s,
     for i in range(3):
         k8s.objects["v1/pods", NAMESPACE, f"orders-{i}"] = _pod(f"orders-{i}", "rev-1")
     await simulate_statefulset_ready(k8s, "orders", revision="rev-1")
+    await simulate_statefulset_ready(k8s, "orders-etcd")  # pods are restarted only while etcd has a quorum
     await eventually(lambda: evs(k8s)["status"].get("phase") == "Ready", what="phase Ready")
 
     leader_alive_at_step_down = []

@@ -16,6 +16,7 @@ import pytest
 
 from evstore.client.harness.localetcd import EtcdProcess
 from evstore.operator import manifests as m
+from evstore.operator import scaling
 from evstore.operator.spec import StoreSpec, parse_spec
 from podenv import container_environment, mounted_args
 
@@ -39,19 +40,25 @@ def _request(url: str, *, method: str = "GET", token: str | None = None, body: d
 
 
 def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_secret: str, wait: bool = True,
-              local_advertise_url: bool = False):
+              local_advertise_url: bool = False, min_in_sync: int | None = None):
     """Pod <ordinal> of the store's StatefulSet as a local process. `local_advertise_url`: peers reach
-    it at its loopback URL instead of the pod DNS name (which resolves only inside the cluster)."""
+    it at its loopback URL instead of the pod DNS name (which resolves only inside the cluster).
+    `min_in_sync`: the in-sync ConfigMap's value (default: what the operator gives a new store); the
+    pod's copy of the file is `in_sync_file(tmp_path, spec, ordinal)`."""
     pod_name = m.pod_name(spec.name, ordinal)
     secrets = {spec.secret_ref.name: {spec.secret_ref.key: cluster_secret},
                spec.tokens_secret: m.api_tokens_secret(spec, TOKENS)["stringData"]}
+    configmaps = {m.configmap_name(spec.name): m.configmap(spec)["data"]}
+    if spec.etcd_enabled:
+        value = scaling.initial_min_in_sync(spec.required_in_sync, None) if min_in_sync is None else min_in_sync
+        configmaps[m.in_sync_configmap_name(spec.name)] = m.in_sync_configmap(spec, value)["data"]
     pod = m.statefulset(spec)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["evstore", "serve"]
-    env = container_environment(container, configmaps={m.configmap_name(spec.name): m.configmap(spec)["data"]},
+    env = container_environment(container, configmaps=configmaps,
                                 secrets=secrets, fields={"metadata.name": pod_name, "status.podIP": "127.0.0.1"})
     local = f"{spec.namespace}-{pod_name}"
-    args = mounted_args(pod, container, secrets=secrets, root=tmp_path / local / "mounts")
+    args = mounted_args(pod, container, secrets=secrets, configmaps=configmaps, root=tmp_path / local / "mounts")
     node = node_factory(local, args=tuple(args), env=env, start=False)
     if local_advertise_url:
         assert env["EVSTORE_ADVERTISE_URL"] == f"http://{pod_name}.{spec.name}-peers.{spec.namespace}.svc:7113"
@@ -59,8 +66,14 @@ def start_pod(node_factory, tmp_path, spec: StoreSpec, ordinal: int, cluster_sec
     return node.start(wait=wait)
 
 
+def in_sync_file(tmp_path, spec: StoreSpec, ordinal: int):
+    """Where start_pod mounted the pod's in-sync ConfigMap file (write it to play the kubelet)."""
+    return tmp_path / f"{spec.namespace}-{m.pod_name(spec.name, ordinal)}" / "mounts" / "in-sync" / m.MIN_IN_SYNC_KEY
+
+
 def test_a_store_configured_by_the_operator_refuses_requests_without_a_token(node_factory, tmp_path):
-    node = start_pod(node_factory, tmp_path, parse_spec("orders", "shop", {}), 0, "cluster-secret-0123456789ab")
+    node = start_pod(node_factory, tmp_path, parse_spec("orders", "shop", {"etcd": {"managed": False}}), 0,
+                     "cluster-secret-0123456789ab")
     url = node.url
     append = {"events": [{"type": "Placed", "data": {}}]}
     assert _request(f"{url}/v1/streams/order-1")[0] == 401

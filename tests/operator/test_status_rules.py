@@ -29,10 +29,11 @@ def test_highest_epoch_wins_over_a_deposed_leader():
     assert st.merge_cluster_views({}) == st.ClusterView()
 
 
-def _sts(replicas=3, ready=3, rev=("a", "a"), generation=1, observed=1):
+def _sts(replicas=3, ready=3, rev=("a", "a"), generation=1, observed=1, updated=None):
     return {"metadata": {"generation": generation}, "spec": {"replicas": replicas},
             "status": {"observedGeneration": observed, "replicas": replicas, "readyReplicas": ready,
-                       "updatedReplicas": replicas, "currentRevision": rev[0], "updateRevision": rev[1]}}
+                       "updatedReplicas": replicas if updated is None else updated,
+                       "currentRevision": rev[0], "updateRevision": rev[1]}}
 
 
 def _phase(sts, cluster, failure=None, replicas=3):
@@ -44,7 +45,9 @@ def test_phases():
     healthy = st.ClusterView(leader="o-0", epoch=1, isr=("o-0", "o-1", "o-2"), min_in_sync=2)
     assert _phase(_sts(), healthy) == st.READY
     assert _phase(_sts(ready=0), st.ClusterView()) == st.PENDING
-    assert _phase(_sts(rev=("a", "b")), healthy) == st.PROGRESSING
+    assert _phase(_sts(rev=("a", "b"), updated=2), healthy) == st.PROGRESSING
+    # Every pod on the update revision: done, though OnDelete never advances currentRevision.
+    assert _phase(_sts(rev=("a", "b")), healthy) == st.READY
     assert _phase(_sts(generation=2, observed=1), healthy) == st.PROGRESSING
     assert _phase(_sts(ready=2), healthy) == st.DEGRADED
     assert _phase(_sts(), st.ClusterView(leader="o-0", isr=("o-0", "o-1"), min_in_sync=2)) == st.DEGRADED

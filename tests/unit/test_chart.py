@@ -42,9 +42,12 @@ EXPECTED_RULES = {  # exactly the calls in operator/ (kube.py get/create/patch/l
     ("", "events"): {"create"},
     ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
+    ("monitoring.coreos.com", "prometheusrules"): {"get", "create", "patch"},
 }
 
-MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "dashboards.enabled=true")
+MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "dashboards.enabled=true",
+              "--set", "prometheusRule.enabled=true")
+NO_SCHEMA = ("ServiceMonitor", "PrometheusRule")  # CRD-based kinds kubernetes-validate has no schema for
 CUSTOM = (
     "--set", "rbac.create=false",
     "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=existing-sa",
@@ -136,7 +139,7 @@ def test_helm_lint_strict_passes(helm, values):
 @pytest.mark.parametrize("variant", ["default", "monitoring", "custom"])
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_rendered_manifests_pass_kubernetes_validate_strict(rendered, variant, version):
-    docs = [d for d in rendered[variant] if d["kind"] != "ServiceMonitor"]  # no schema: checked by shape below
+    docs = [d for d in rendered[variant] if d["kind"] not in NO_SCHEMA]  # checked by shape below
     result = kubernetes_validate(docs, version)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -158,7 +161,8 @@ def test_every_kind_is_expected_and_namespaced_in_the_release_namespace(rendered
     assert kinds["default"] == sorted(["CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding",
                                        "Service", "Deployment", "ConfigMap", "NetworkPolicy",
                                        "PodDisruptionBudget"])
-    assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "ConfigMap", "ConfigMap"])
+    assert kinds["monitoring"] == sorted(kinds["default"] + ["ServiceMonitor", "PrometheusRule", "ConfigMap",
+                                                             "ConfigMap"])
     for docs in rendered.values():
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
         for doc in docs:
@@ -345,6 +349,7 @@ def test_network_policy_admits_only_prometheus_on_the_metrics_port(rendered):
 
 def test_monitoring_objects_are_off_by_default(rendered):
     assert not by_kind(rendered["default"], "ServiceMonitor")
+    assert not by_kind(rendered["default"], "PrometheusRule")
     assert not sidecar_maps(rendered["default"])
 
 
@@ -357,7 +362,10 @@ def test_operator_gets_the_store_dashboard_to_ship_per_store(rendered):
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
-    assert config_map["data"] == {"evstore-overview.json": (CHART / "dashboards" / "evstore-overview.json").read_text()}
+    assert config_map["data"] == {"evstore-overview.json": (CHART / "dashboards" / "evstore-overview.json").read_text(),
+                                  "evstore.rules.yaml": (CHART / "rules" / "evstore.rules.yaml").read_text()}
+    from evstore.operator.context import ALERT_RULES_FILE
+    assert ALERT_RULES_FILE in config_map["data"]  # what the operator narrows per store
     assert "grafana_dashboard" not in config_map["metadata"]["labels"], "Grafana gets the operator's copies"
 
 
@@ -431,3 +439,13 @@ def test_values_yaml_itself_satisfies_the_schema():
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+def test_prometheus_rule_ships_the_operators_alerts_from_the_checked_rule_file(rendered):
+    """The chart's PrometheusRule holds the operator group of rules/evstore.rules.yaml (the file promtool
+    checks and tests, tests/observability/test_alert_rules.py); the store alerts come per store from the
+    operator."""
+    rule = one(rendered["monitoring"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == NAMESPACE
+    groups = yaml.safe_load((CHART / "rules" / "evstore.rules.yaml").read_text())["groups"]
+    assert rule["spec"] == {"groups": [g for g in groups if g["name"] == "evstore.operator"]}

@@ -201,3 +201,97 @@ def test_problems_are_capped_per_kind_and_counted():
     assert len(gaps) == 5
     assert report.problems_total > 5
     assert report.problems[-1] == f"... and {report.problems_total - len(report.problems) + 1} more problems"
+
+
+def test_an_append_to_several_streams_is_judged_whole():
+    log = good_log()
+    first, second = log.append("multi-a", 2), log.append("multi-b", 1)
+    whole = History()
+    for attempt in log.history:
+        if attempt.event_ids not in (first, second):
+            whole.attempts.append(attempt)
+    whole.record_many([("multi-a", first, 0), ("multi-b", second, 0)])
+    assert analyse(three_nodes(log), whole).ok
+    torn = History()
+    torn.attempts = [a for a in whole.attempts]
+    torn.groups = [[whole.groups[0][0], torn.record("multi-c", [str(uuid.uuid4())], 0)]]
+    for attempt in torn.groups[0]:
+        attempt.status = "unknown"
+    report = analyse(three_nodes(log), torn)
+    assert not report.ok and "is torn: 2 of 3 events present" in problems_text(report)
+
+# -- answers that must tell the truth (issue 11, points 1-3) ------------------------------------------
+
+def timed_log() -> Log:
+    """order-1 at versions 1..3, acknowledged at t=1, 2, 3 (each sent 0.5 s before)."""
+    log = Log()
+    for t in (1.0, 2.0, 3.0):
+        log.append("order-1")
+        attempt = log.history.attempts[-1]
+        attempt.started, attempt.answered = t - 0.5, t
+    return log
+
+
+def refused(log: Log, expected: int, current: int, started: float, answered: float) -> None:
+    attempt = log.history.record("order-1", [str(uuid.uuid4())], expected)
+    attempt.rejected({"status": 409, "error": "wrong_expected_version", "currentVersion": current})
+    attempt.started, attempt.answered = started, answered
+
+
+def kinds(log: Log) -> str:
+    return problems_text(analyse(three_nodes(log), log.history))
+
+
+def test_a_truthful_409_and_truthful_reads_pass():
+    log = timed_log()
+    refused(log, expected=1, current=2, started=2.2, answered=2.3)  # version 2 was there, 3 not yet sent
+    read = log.history.record_read("c1", "http://n0", "order-1", consistency="leader")
+    read.started, read.answered, read.version = 3.1, 3.2, 3
+    later = log.history.record_read("c1", "http://n0", "order-1")
+    later.started, later.answered, later.version = 3.3, 3.4, 3
+    report = analyse(three_nodes(log), log.history)
+    assert report.ok, report.summary()
+
+
+def test_a_409_naming_a_version_never_committed_is_caught():
+    log = timed_log()
+    refused(log, expected=3, current=4, started=3.5, answered=3.6)
+    assert "never committed" in kinds(log)
+
+
+def test_a_409_naming_the_expected_version_or_one_written_later_is_caught():
+    log = timed_log()
+    refused(log, expected=2, current=2, started=2.2, answered=2.3)
+    refused(log, expected=1, current=3, started=1.2, answered=1.3)  # version 3 was sent at 2.5
+    text = kinds(log)
+    assert "the version it expected" in text and "written by an append sent" in text
+
+
+def test_a_409_older_than_an_acknowledged_version_is_caught():
+    log = timed_log()
+    refused(log, expected=1, current=2, started=3.5, answered=3.6)  # version 3 was acknowledged at 3
+    assert "was acknowledged before it was sent" in kinds(log)
+
+
+def test_a_leader_read_missing_an_acknowledged_append_is_caught():
+    log = timed_log()
+    read = log.history.record_read("c1", "http://n1", "order-1", consistency="leader")
+    read.started, read.answered, read.version = 2.5, 2.6, 1  # version 2 was acknowledged at 2
+    assert "consistency=leader read" in kinds(log)
+
+
+def test_reads_going_backwards_on_one_node_are_caught():
+    log = timed_log()
+    first = log.history.record_read("c1", "http://n1", "order-1")
+    first.started, first.answered, first.version = 3.1, 3.2, 3
+    second = log.history.record_read("c1", "http://n1", "order-1")
+    second.started, second.answered, second.version = 3.3, 3.4, 2
+    other_node = log.history.record_read("c1", "http://n2", "order-1")  # another node may lag: not a problem
+    other_node.started, other_node.answered, other_node.version = 3.5, 3.6, 1
+    # nor may a node's own read after a leader read it forwarded (the leader's answer, not this node's log)
+    forwarded = log.history.record_read("c1", "http://n2", "order-1", consistency="leader")
+    forwarded.started, forwarded.answered, forwarded.version = 3.7, 3.8, 3
+    own = log.history.record_read("c1", "http://n2", "order-1")
+    own.started, own.answered, own.version = 3.9, 4.0, 1
+    text = kinds(log)
+    assert "read 'order-1' through http://n1 at version 3, then at 2" in text and "http://n2" not in text

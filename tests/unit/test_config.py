@@ -62,3 +62,49 @@ def test_node_refuses_to_start_with_a_clear_message(tmp_path):
                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert out.returncode == 2
     assert "--port='99999': must be an integer from 1 to 65535" in out.stderr
+
+
+# -- etcd access and peer authentication (issue 10, points 5 and 10) --------------------------------------
+
+SECRET_ARGS = ["--cluster-secret", "s" * 16]
+
+
+def test_etcd_tls_and_credentials(tmp_path):
+    ca, password = tmp_path / "ca.pem", tmp_path / "password"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    password.write_text("etcd-password\n")
+    s = load_settings([*SECRET_ARGS, "--etcd-endpoints", "https://etcd-0:2379,https://etcd-1:2379",
+                       "--etcd-ca-file", str(ca), "--etcd-username", "orders"],
+                      {"EVSTORE_ETCD_PASSWORD_FILE": str(password)})
+    assert s.etcd_endpoints == ("https://etcd-0:2379", "https://etcd-1:2379")
+    assert (s.etcd_ca_file, s.etcd_username, s.etcd_password) == (ca, "orders", "etcd-password")
+    assert "etcd-password" not in repr(s) and "s" * 16 not in repr(s)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--etcd-endpoints", "http://a:2379,https://b:2379"], "all http:// or all https://"),
+    (["--etcd-endpoints", "http://a:2379", "--etcd-ca-file", "CA"], "https:// etcd endpoints only"),
+    (["--etcd-endpoints", "https://a:2379", "--etcd-ca-file", "/nonexistent/ca.pem"], "not a readable file"),
+    (["--etcd-endpoints", "http://a:2379", "--etcd-username", "orders"], "go together"),
+    (["--etcd-endpoints", "http://a:2379", "--etcd-password-file", "/nonexistent/pw"], "cannot read"),
+    (["--peer-auth-compat", "maybe"], "true or false"),
+])
+def test_invalid_etcd_access_is_named(tmp_path, extra, words):
+    (tmp_path / "CA").write_text("x")
+    extra = [str(tmp_path / "CA") if a == "CA" else a for a in extra]
+    with pytest.raises(ConfigError) as info:
+        load_settings([*SECRET_ARGS, *extra], {})
+    assert words in str(info.value)
+
+
+def test_peer_auth_compat_switch():
+    assert load_settings([], {}).peer_auth_compat is False
+    assert load_settings(["--peer-auth-compat"], {}).peer_auth_compat is True
+    assert load_settings(["--peer-auth-compat", "false"], {"EVSTORE_PEER_AUTH_COMPAT": "true"}).peer_auth_compat is False
+    assert load_settings([], {"EVSTORE_PEER_AUTH_COMPAT": "true"}).peer_auth_compat is True
+
+
+def test_a_wrong_secret_is_not_echoed():
+    with pytest.raises(ConfigError) as info:
+        load_settings(["--cluster-secret", "too-short-xyz"], {})
+    assert "too-short-xyz" not in str(info.value) and "16 characters" in str(info.value)

@@ -42,10 +42,18 @@ REQUIRED = {
         "evstore_appends_total", "evstore_events_appended_total",
         "evstore_append_latency_seconds_bucket", "evstore_read_latency_seconds_bucket",
         "evstore_sync_latency_seconds_bucket", "evstore_leader", "evstore_epoch", "evstore_members",
-        "evstore_isr_size", "evstore_replication_lag_events", "evstore_storage_bytes",
+        "evstore_isr_size", "evstore_replication_lag_events",
         "evstore_http_requests_total", "evstore_subscribers", "evstore_subscription_delivery_latency_seconds_bucket",
         "evstore_subscription_lag", "evstore_subscription_in_flight", "evstore_subscription_parked",
         "evstore_subscription_redeliveries_total",
+        # what an on-call engineer needs (issue 14)
+        "up", "evstore_ready", "evstore_build_info", "evstore_start_time_seconds", "evstore_min_in_sync",
+        "evstore_leader_changed_timestamp_seconds", "evstore_volume_free_bytes", "evstore_volume_total_bytes",
+        "evstore_storage_file_bytes", "process_cpu_seconds_total", "process_resident_memory_bytes",
+        "process_open_fds", "python_gc_collections_total", "evstore_http_open_connections",
+        "evstore_http_requests_in_flight", "evstore_etcd_request_duration_seconds_bucket",
+        "evstore_etcd_lease_renewal_failures_total", "evstore_gossip_rejected_total",
+        "evstore_checksum_failures_total", "evstore_replication_lag_seconds",
     },
     "evstore-operator.json": {
         "evstore_operator_reconciles_total", "evstore_operator_reconcile_errors_total",
@@ -69,9 +77,13 @@ def exported_names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
+# series Prometheus itself adds to every scrape target
+SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
 @pytest.fixture(scope="module")
 def known_metrics() -> set[str]:
-    return exported_names(NodeMetrics().registry) | exported_names(OperatorMetrics().registry)
+    return exported_names(NodeMetrics().registry) | exported_names(OperatorMetrics().registry) | SCRAPE_SERIES
 
 
 def as_promql(expr: str) -> str:
@@ -174,7 +186,8 @@ def test_dashboard_structure(path):
         for target in panel["targets"]:
             assert target["datasource"] == DATASOURCE, panel["title"]
         for var in re.findall(r"\$\{?(\w+)", " ".join(t["expr"] for t in panel["targets"])):
-            assert var.startswith("__") or var in variables, f"{panel['title']!r} uses undefined ${var}"
+            # $1 is a label_replace() group: Grafana leaves names it does not know alone
+            assert var.startswith("__") or var.isdigit() or var in variables, f"{panel['title']!r} uses undefined ${var}"
 
 
 STORE_SELECTOR = 'job=~"($store)-peers"'
@@ -219,3 +232,63 @@ def test_panels_do_not_overlap_and_fit_the_grid(path):
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
                 cells[(x, y)] = panel["title"]
+
+
+def _overview_panels() -> dict[str, dict]:
+    return {p["title"]: p for p in all_panels(load(DASHBOARDS / "evstore-overview.json")["panels"])}
+
+
+def test_stats_are_instant_and_per_store():
+    """A stat over a range names every value the range saw (the old and the new leader after a failover):
+    stats ask for the instant, and split by store when several stores are shown."""
+    for panel in _overview_panels().values():
+        if panel["type"] in ("stat", "table"):
+            for target in panel["targets"]:
+                assert target["instant"] is True and target["range"] is False, panel["title"]
+        if panel["type"] == "stat":
+            expr = panel["targets"][0]["expr"]
+            assert re.match(r"^(time\(\) - )?(max|min|sum) by \(namespace, job", expr), (panel["title"], expr)
+
+
+def test_leader_flag_and_epoch_are_separate_panels():
+    panels = _overview_panels()
+    assert [metric_names(t["expr"]) for t in panels["Leader flag"]["targets"]] == [{"evstore_leader"}]
+    assert [metric_names(t["expr"]) for t in panels["Epoch"]["targets"]] == [{"evstore_epoch"}]
+
+
+def test_http_panels_count_each_client_request_once_and_leave_internal_routes_out():
+    for title in ("HTTP errors per second", "HTTP 5xx ratio", "HTTP request duration p99 by route",
+                  "Client requests per second"):
+        for target in _overview_panels()[title]["targets"]:
+            selectors = re.findall(r"evstore_http_\w+\{([^}]*)}", target["expr"])
+            assert selectors, title
+            for selector in selectors:
+                assert 'forwarded="false"' in selector, (title, selector)
+                assert 'route!~"/v1/internal/.*|/metrics|/health/.*"' in selector, (title, selector)
+
+
+def test_pods_table_shows_each_pods_status():
+    table = _overview_panels()["Pods"]
+    used = set().union(*(metric_names(t["expr"]) for t in table["targets"]))
+    assert {"up", "evstore_ready", "evstore_leader", "evstore_epoch", "evstore_head_position",
+            "evstore_replication_lag_events", "evstore_build_info", "evstore_start_time_seconds"} <= used
+    assert all(t["format"] == "table" for t in table["targets"])
+
+
+def test_per_store_dashboards_get_their_own_uid():
+    """The operator ships the overview once per store: two stores' copies must not share a uid."""
+    from evstore.operator import manifests
+    from evstore.operator.spec import parse_spec
+
+    text = (DASHBOARDS / "evstore-overview.json").read_text()
+    uids, titles = set(), set()
+    for name, namespace in (("orders", "shop"), ("orders", "billing"), ("payments", "shop")):
+        spec = parse_spec(name, namespace, {"monitoring": {"dashboards": True}})
+        data = manifests.dashboards_configmap(spec, {"evstore-overview.json": text})["data"]
+        dashboard = json.loads(data["evstore-overview.json"])
+        assert len(dashboard["uid"]) <= 40
+        uids.add(dashboard["uid"])
+        titles.add(dashboard["title"])
+        store = {v["name"]: v for v in dashboard["templating"]["list"]}["store"]
+        assert store["current"]["value"] == [name]
+    assert len(uids) == 3 and len(titles) == 3

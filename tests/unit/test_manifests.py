@@ -1,6 +1,8 @@
 """Pure manifest builders: spec -> dicts that Kubernetes accepts (kubernetes-validate --strict)."""
 from __future__ import annotations
 
+import json
+
 import copy
 
 import kubernetes_validate
@@ -68,8 +70,10 @@ def test_strict_validation_catches_an_unknown_field():
 
 def test_children_depend_on_the_spec():
     kinds = lambda spec: sorted(f"{o['kind']}/{o['metadata']['name']}" for o in m.desired_children(spec))
-    assert kinds(store()) == ["ConfigMap/orders-config", "NetworkPolicy/orders", "PodDisruptionBudget/orders",
-                              "Service/orders", "Service/orders-peers", "StatefulSet/orders"]
+    assert kinds(store(etcd={"managed": False})) == [
+        "ConfigMap/orders-config", "NetworkPolicy/orders", "PodDisruptionBudget/orders",
+        "Service/orders", "Service/orders-peers", "StatefulSet/orders"]
+    assert "StatefulSet/orders-etcd" in kinds(store())  # clustered even at one replica
     managed = kinds(store(replicas=3))
     assert "StatefulSet/orders-etcd" in managed and "Service/orders-etcd" in managed
     assert "NetworkPolicy/orders-etcd" in managed
@@ -117,7 +121,8 @@ def test_pods_read_their_api_tokens_from_the_tokens_secret():
     assert secret["stringData"] == {**tokens, "api-tokens": f"{'a' * 16} admin\n{'w' * 16} write\n{'r' * 16} read\n"}
     pod = m.statefulset(store())["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["args"] == ["--api-tokens-file=/etc/evstore/api-tokens/api-tokens"]
+    assert container["args"] == ["--api-tokens-file=/etc/evstore/api-tokens/api-tokens",
+                                 "--min-in-sync-file=/etc/evstore/in-sync/min-in-sync"]
     assert {"name": "api-tokens", "mountPath": "/etc/evstore/api-tokens", "readOnly": True} in container["volumeMounts"]
     volume = next(v for v in pod["volumes"] if v["name"] == "api-tokens")
     assert volume["secret"] == {"secretName": "orders-api-tokens", "defaultMode": 0o440,
@@ -164,8 +169,10 @@ def test_configmap_holds_the_shared_settings():
         "EVSTORE_PORT": "7113", "EVSTORE_DURABILITY": "interval", "EVSTORE_LOG_LEVEL": "debug",
         "EVSTORE_DISCOVERY": "zeroconf,dns,etcd", "EVSTORE_DISCOVERY_DNS": "orders-peers.shop.svc",
         "EVSTORE_ETCD_ENDPOINTS": "http://etcd-0.infra.svc:2379,http://etcd-1.infra.svc:2379",
-        "EVSTORE_MIN_IN_SYNC": "3", "EVSTORE_SYNC_INTERVAL": "0.05", "EVSTORE_MAX_BODY_BYTES": "1048576"}
-    single = m.configmap(store())["data"]
+        "EVSTORE_SYNC_INTERVAL": "0.05", "EVSTORE_MAX_BODY_BYTES": "1048576"}
+    # Clustered, minInSync is the in-sync ConfigMap's file (re-read), not a variable read at start.
+    assert m.in_sync_configmap(store(**SPECS["everything"]), 3)["data"] == {"min-in-sync": "3"}
+    single = m.configmap(store(etcd={"managed": False}))["data"]
     assert "EVSTORE_ETCD_ENDPOINTS" not in single and "EVSTORE_MIN_IN_SYNC" not in single
     assert single["EVSTORE_DISCOVERY"] == "zeroconf,dns"
 
@@ -266,7 +273,8 @@ def test_service_monitor_shape():
 
 def test_dashboards_configmap_carries_the_sidecar_label():
     cm = m.dashboards_configmap(store(), {"overview.json": "{}"})
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["data"] == {"overview.json": "{}"}
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and list(cm["data"]) == ["overview.json"]
+    assert json.loads(cm["data"]["overview.json"])["uid"].startswith("evstore-")  # the store's own copy
 
 
 def test_owned_sets_one_controller_reference():
@@ -351,6 +359,7 @@ def test_foreign_owner_is_never_ours():
 def test_defaults():
     spec = store()
     assert (spec.replicas, spec.storage_size, spec.durability_mode, spec.log_level) == (1, "1Gi", "sync", "info")
-    assert not spec.etcd_managed and not spec.delete_pvcs_on_deletion
+    assert spec.etcd_managed and not spec.delete_pvcs_on_deletion  # clustered even at one replica
+    assert not store(etcd={"managed": False}).etcd_managed
     assert store(replicas=3).etcd_managed and store(replicas=3).required_in_sync == 2
     assert spec.secret_ref.name == "orders-cluster-secret"

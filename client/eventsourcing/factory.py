@@ -1,0 +1,87 @@
+"""The infrastructure factory: `PERSISTENCE_MODULE=evstore.eventsourcing`.
+
+Settings, read from the environment like eventsourcing's own modules (so each may be given per
+application as `<APPLICATION NAME>_<SETTING>`):
+
+- `EVSTORE_URL` (default http://127.0.0.1:7113) and `EVSTORE_TOKEN`: as for the evstore CLI;
+- `EVSTORE_STREAM_PREFIX`: prepended to every stream this application writes; defaults to
+  `<application name>-` for a named application (so applications sharing a store keep apart
+  notification logs) and to nothing otherwise;
+- `EVSTORE_TIMEOUT`: seconds per request (default 30);
+- `ORIGINATOR_ID_TYPE`: `uuid` (default) or `text`, as in the SQLite and PostgreSQL modules.
+"""
+from __future__ import annotations
+
+from eventsourcing.persistence import AggregateRecorder, ApplicationRecorder, InfrastructureFactory, ProcessRecorder
+from eventsourcing.utils import Environment, EnvType, resolve_topic
+
+from evstore.client import DEFAULT_URL
+
+from .recorders import (EvstoreAggregateRecorder, EvstoreApplicationRecorder, EvstoreProcessRecorder,
+                        EvstoreTrackingRecorder, StreamNames)
+from .snapshots import EvstoreSnapshotRecorder
+from .store import Store
+
+
+class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
+    EVSTORE_URL = "EVSTORE_URL"
+    EVSTORE_TOKEN = "EVSTORE_TOKEN"
+    EVSTORE_STREAM_PREFIX = "EVSTORE_STREAM_PREFIX"
+    EVSTORE_TIMEOUT = "EVSTORE_TIMEOUT"
+    ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
+
+    aggregate_recorder_class = EvstoreAggregateRecorder
+    snapshot_recorder_class = EvstoreSnapshotRecorder
+    application_recorder_class = EvstoreApplicationRecorder
+    tracking_recorder_class = EvstoreTrackingRecorder
+    process_recorder_class = EvstoreProcessRecorder
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        timeout_text = self.env.get(self.EVSTORE_TIMEOUT) or "30"
+        try:
+            timeout = float(timeout_text)
+        except ValueError:
+            raise OSError(f"{self.EVSTORE_TIMEOUT} must be a number of seconds, not {timeout_text!r}") from None
+        id_type = (self.env.get(self.ORIGINATOR_ID_TYPE) or "uuid").lower()
+        if id_type not in ("uuid", "text"):
+            raise OSError(f"Invalid {self.ORIGINATOR_ID_TYPE} {id_type!r}, must be 'uuid' or 'text'")
+        prefix = self.env.get(self.EVSTORE_STREAM_PREFIX)
+        if prefix is None:
+            prefix = f"{self.env.name}-" if self.env.name else ""
+        if prefix.startswith("$"):
+            raise OSError(f"{self.EVSTORE_STREAM_PREFIX} must not start with $ (system streams)")
+        self.names = StreamNames(prefix, originator_id_type=id_type)
+        self.store = Store(self.env.get(self.EVSTORE_URL) or DEFAULT_URL, token=self.env.get(self.EVSTORE_TOKEN),
+                           timeout=timeout)
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        if purpose == "snapshots":
+            return self.snapshot_recorder_class(self.store, self.names)
+        return self.aggregate_recorder_class(self.store, self.names)
+
+    def application_recorder(self) -> ApplicationRecorder:
+        topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
+        cls = resolve_topic(topic) if topic else self.application_recorder_class
+        return cls(self.store, self.names)
+
+    def tracking_recorder(self, tracking_recorder_class: type[EvstoreTrackingRecorder] | None = None
+                          ) -> EvstoreTrackingRecorder:
+        if tracking_recorder_class is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            tracking_recorder_class = resolve_topic(topic) if topic else self.tracking_recorder_class
+        assert tracking_recorder_class is not None
+        if not issubclass(tracking_recorder_class, EvstoreTrackingRecorder):
+            raise TypeError(f"{tracking_recorder_class} is not an evstore tracking recorder")
+        return tracking_recorder_class(self.store, self.names)
+
+    def process_recorder(self) -> ProcessRecorder:
+        topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
+        cls = resolve_topic(topic) if topic else self.process_recorder_class
+        return cls(self.store, self.names)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+__all__ = ["Factory"]

@@ -1,0 +1,63 @@
+"""Settings from the environment: EVSTORE_TOKEN reaches a node that requires tokens, per application
+(`<NAME>_EVSTORE_TOKEN`) as eventsourcing's environments allow; bad settings are clear errors."""
+from __future__ import annotations
+
+from uuid import UUID
+
+import pytest
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import OperationalError
+
+from evstore.eventsourcing import Factory
+
+
+class Orders(Application[UUID]):
+    pass
+
+
+def test_token_from_the_environment(node_factory, tmp_path, monkeypatch):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("writer-secret-0123456789 write\n")
+    node = node_factory("secured", args=("--api-tokens-file", str(tokens)))
+    monkeypatch.setenv("EVSTORE_URL", node.url)
+    with pytest.raises(OperationalError, match="unauthorized"):
+        Orders().save(Aggregate())
+    monkeypatch.setenv("ORDERS_EVSTORE_TOKEN", "writer-secret-0123456789")
+    app = Orders()
+    try:
+        assert [r.notification.id for r in app.save(Aggregate())] == [1]
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("ORIGINATOR_ID_TYPE", "int", "ORIGINATOR_ID_TYPE"),
+    ("EVSTORE_TIMEOUT", "soon", "EVSTORE_TIMEOUT"),
+    ("EVSTORE_STREAM_PREFIX", "$orders-", "system streams"),
+])
+def test_bad_settings_are_clear_errors(setting, value, message):
+    with pytest.raises(OSError, match=message):
+        Factory({setting: value})
+
+
+def test_an_unreachable_node_is_operational_error():
+    from uuid import uuid4
+
+    from eventsourcing.persistence import StoredEvent, Tracking
+
+    from evstore.client.harness.localnode import free_port
+
+    factory = Factory({"EVSTORE_URL": f"http://127.0.0.1:{free_port()}", "EVSTORE_TIMEOUT": "5"})
+    try:
+        recorder = factory.process_recorder()
+        with pytest.raises(OperationalError):
+            recorder.insert_events([StoredEvent(uuid4(), 1, "t:T", b"")])
+        with pytest.raises(OperationalError):
+            recorder.select_events(uuid4())
+        with pytest.raises(OperationalError):
+            recorder.max_notification_id()
+        with pytest.raises(OperationalError):
+            recorder.insert_tracking(Tracking("upstream", 1))
+    finally:
+        factory.close()
