@@ -63,6 +63,17 @@ class Committed:
         return self._data
 
 
+class Rendered:
+    """A caught-up event read as the reply's JSON (eventjson.RenderedEvent): its wire form is made in the reader
+    thread, as for paged reads."""
+    __slots__ = ("position", "wire", "frame")
+
+    def __init__(self, event) -> None:
+        self.position = event.position
+        self.wire = b'{"event":' + event.json + b"}"
+        self.frame: bytes | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     kind: str  # "event", "caughtUp", "heartbeat" or "closed" (the node is shutting down)
@@ -216,9 +227,14 @@ class Subscription:
         while not self._hub.closing:
             floor = self._attach()
             while self._cursor <= floor:  # catch up from the log; what commits past floor is buffered
-                page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter)
-                found = [Message("event", r.position, Committed(r)) for r in page.records
-                         if r.position >= self._cursor and self._matches(r)]
+                if self.selector.payload is None:  # the log's filter is the whole selector: read rendered JSON
+                    page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter, rendered=True)
+                    found = [Message("event", e.position, Rendered(e)) for e in page.records
+                             if e.position >= self._cursor]
+                else:
+                    page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter)
+                    found = [Message("event", r.position, Committed(r)) for r in page.records
+                             if r.position >= self._cursor and self._matches(r)]
                 self._cursor = max(self._cursor, (page.next - 1 if page.next is not None else page.head) + 1)
                 if found:
                     yield found
