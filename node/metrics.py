@@ -115,7 +115,7 @@ class NodeMetrics:
         self.subscribers = Gauge("evstore_subscribers", "Connected transient subscribers", registry=r)
         self.subscription_delivery_latency = Histogram(
             "evstore_subscription_delivery_latency_seconds",
-            "Commit (the event's created time) to sent, of events delivered live to transient subscribers",
+            "Commit (the events' created time) to sent, per group commit delivered live to a transient subscriber",
             buckets=LATENCY_BUCKETS, registry=r)
         self.subscriber_overflows = Counter("evstore_subscriber_overflows",
                                             "Transient subscribers whose live buffer overflowed (they read back "

@@ -145,14 +145,23 @@ class Fanout:
                         scanned = target
                         records = [r for r in records if r.position <= target]
                     items = [Committed(r) for r in records]
+                    matched: dict = {}
                     for subscriber in list(self._subscribers):  # a copy: an overflow detaches
-                        subscriber.offer(items)
+                        subscriber.offer(items, matched)
                     self.position = scanned
             except Exception as exc:  # e.g. a record that fails its checksum: subscribers read it themselves
                 log.warning("subscription fan-out could not read past %d: %s", self.position, exc)
                 for subscriber in list(self._subscribers):
                     subscriber.lose_from(self.position + 1)
                 await asyncio.sleep(FANOUT_RETRY)
+
+
+def _hashable(selector: Selector) -> Selector | None:
+    try:
+        hash(selector)
+    except TypeError:  # a payload selector (a dict): matched per subscriber
+        return None
+    return selector
 
 
 class Subscription:
@@ -162,6 +171,7 @@ class Subscription:
                  buffer_events: int, buffer_bytes: int) -> None:
         self._hub = hub
         self.selector = selector
+        self._selector_key = _hashable(selector)
         self._filter = catch_up_filter(selector)
         self._cursor = first  # the next position this subscriber may deliver
         self._heartbeat = heartbeat
@@ -183,20 +193,25 @@ class Subscription:
         return self._cursor - 1
 
     # called by the fan-out, synchronously -----------------------------------------------------
-    def offer(self, items: list[Committed]) -> None:
-        selector, buffer = self.selector, self._buffer
-        added = False
-        for item in items:
-            record = item.record
-            if not selector.matches_stream(record.stream, record.type) or not selector.matches_data(item.data):
-                continue
+    def offer(self, items: list[Committed], matched: dict | None = None) -> None:
+        """Buffer what of `items` this subscriber selects. `matched` (selector -> its items) is shared by the
+        subscribers of one offer, so subscribers with equal selectors match the records once."""
+        key = self._selector_key
+        found = matched.get(key) if matched is not None and key is not None else None
+        if found is None:
+            selector = self.selector
+            found = [item for item in items if selector.matches_stream(item.record.stream, item.record.type)
+                     and selector.matches_data(item.data)]
+            if matched is not None and key is not None:
+                matched[key] = found
+        buffer = self._buffer
+        for item in found:
             if buffer and (len(buffer) >= self._max_events or self._buffered_bytes + item.size > self._max_bytes):
                 self.lose_from(item.position)
                 return
             buffer.append(item)
             self._buffered_bytes += item.size
-            added = True
-        if added:
+        if found:
             self._wake.set()
 
     def lose_from(self, position: int) -> None:
