@@ -128,10 +128,14 @@ def serve(args: tuple[str, ...]) -> None:
 @cli.command(context_settings=FORWARD, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
-    """Run the append/read benchmark; with --cluster N, single node vs N-node cluster and failover
-    (--help for the options of each)."""
+    """Run the append/read benchmark; with --cluster N, single node vs N-node cluster and failover; with
+    --subscriptions, catch-up, live delivery, idle subscribers and a persistent subscription (--help for the
+    options of each)."""
     if any(a == "--cluster" or a.startswith("--cluster=") for a in args):
         from .bench.cluster import main as bench_main
+    elif "--subscriptions" in args:
+        from .bench.subscribe import main as bench_main
+        args = tuple(a for a in args if a != "--subscriptions")
     else:
         from .bench.append import main as bench_main
 

@@ -309,7 +309,21 @@ async def idle(url: str, pid: int | None, subscribers: int) -> tuple[float, floa
         after = process_memory(pid)["rssMb"] if pid else 0.0
         for response in responses:
             response.close()
+        await wait_subscribers_gone(session, url)
     return before, after
+
+
+async def wait_subscribers_gone(session: aiohttp.ClientSession, url: str) -> None:
+    """Until the node has noticed every closed subscriber (it counts them against --max-subscribers)."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while time.monotonic() < deadline:
+        async with session.get(f"{url}/metrics") as response:
+            text = await response.text()
+        if any(line.split()[-1] in ("0", "0.0") for line in text.splitlines()
+               if line.startswith("evstore_subscribers ")):
+            return
+        await asyncio.sleep(0.1)  # the node's count lives in another process: polled
+    raise RuntimeError("the node still counts the closed idle subscribers")
 
 
 # -- persistent subscription ------------------------------------------------------------------------------
@@ -352,8 +366,11 @@ async def persistent(url: str, events: int, consumers: int = 4) -> float:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            async with session.delete(f"{url}/v1/subscriptions/{name}"):
-                pass
+            try:  # a slow delete must not lose the measurement; it is reported
+                async with session.delete(f"{url}/v1/subscriptions/{name}", timeout=aiohttp.ClientTimeout(total=30)):
+                    pass
+            except asyncio.TimeoutError:
+                print(f"warning: deleting the subscription {name} did not answer within 30 s", file=sys.stderr)
     return events / seconds
 
 
@@ -384,6 +401,16 @@ async def run(opts: argparse.Namespace, url: str, pid: int | None) -> Results:
         results.idle_rss_mb = after - before
         say(f"idle: {opts.idle_subscribers} subscribers, node RSS {before:.1f} -> {after:.1f} MB "
             f"(+{after - before:.1f} MB)")
+    # live next, before the large fill: the fill leaves the node checkpointing its WAL for a while (measured
+    # after it, p99 was 9-23 ms instead of 7-8 ms; bench/RESULTS.md)
+    if "live" in cases:
+        results.live_subscribers, results.live_rate = opts.live_subscribers, opts.live_rate
+        found = await live(url, opts.live_subscribers, opts.live_rate, opts.live_seconds)
+        results.live_deliveries, results.live_missing = found["deliveries"], found["missing"]
+        results.live_p50_ms, results.live_p99_ms, results.live_max_ms = found["p50_ms"], found["p99_ms"], found["max_ms"]
+        say(f"live: {opts.live_subscribers} subscribers at {opts.live_rate} ev/s: {found['deliveries']:,} deliveries, "
+            f"{found['missing']} missing, p50 {found['p50_ms']:.2f} ms, p99 {found['p99_ms']:.2f} ms, "
+            f"max {found['max_ms']:.1f} ms")
     if "catchup" in cases:
         say(f"filling {opts.events:,} events ...")
         await fill(url, opts.events, "catchup")
@@ -395,14 +422,6 @@ async def run(opts: argparse.Namespace, url: str, pid: int | None) -> Results:
         results.catchup_ratio = results.catchup_events_per_s / results.paging_events_per_s
         say(f"catch-up: paging $all {results.paging_events_per_s:,.0f} ev/s ({paged:,} events), one subscription "
             f"{results.catchup_events_per_s:,.0f} ev/s ({caught:,}): ratio {results.catchup_ratio:.2f}")
-    if "live" in cases:
-        results.live_subscribers, results.live_rate = opts.live_subscribers, opts.live_rate
-        found = await live(url, opts.live_subscribers, opts.live_rate, opts.live_seconds)
-        results.live_deliveries, results.live_missing = found["deliveries"], found["missing"]
-        results.live_p50_ms, results.live_p99_ms, results.live_max_ms = found["p50_ms"], found["p99_ms"], found["max_ms"]
-        say(f"live: {opts.live_subscribers} subscribers at {opts.live_rate} ev/s: {found['deliveries']:,} deliveries, "
-            f"{found['missing']} missing, p50 {found['p50_ms']:.2f} ms, p99 {found['p99_ms']:.2f} ms, "
-            f"max {found['max_ms']:.1f} ms")
     if "persistent" in cases:
         await fill(url, opts.persistent_events, "persist")
         results.persistent_events = opts.persistent_events
