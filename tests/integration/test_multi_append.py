@@ -7,6 +7,8 @@ import uuid
 import aiohttp
 import pytest
 
+from httphelpers import call
+
 
 @pytest.fixture(scope="module")
 def url(shared_node):
@@ -17,12 +19,6 @@ def url(shared_node):
 async def http(url):
     async with aiohttp.ClientSession(base_url=url) as session:
         yield session
-
-
-async def call(http, method, path, **kwargs):
-    async with http.request(method, path, **kwargs) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else await resp.text()
-        return resp.status, body
 
 
 def name(prefix: str) -> str:

@@ -9,6 +9,8 @@ import pytest
 
 from evstore.client import AsyncEvstoreClient, EvstoreClient, SnapshotNotFound
 
+from httphelpers import call
+
 
 @pytest.fixture(scope="module")
 def url(shared_node):
@@ -19,12 +21,6 @@ def url(shared_node):
 async def http(url):
     async with aiohttp.ClientSession(base_url=url) as session:
         yield session
-
-
-async def call(http, method, path, **kwargs):
-    async with http.request(method, path, **kwargs) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else await resp.text()
-        return resp.status, body
 
 
 def name(prefix: str = "agg") -> str:

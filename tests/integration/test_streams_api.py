@@ -6,17 +6,13 @@ import uuid
 import aiohttp
 import pytest
 
+from httphelpers import call
+
 
 @pytest.fixture
 async def http(node):
     async with aiohttp.ClientSession(base_url=node.url) as session:
         yield session
-
-
-async def call(http, method, path, **kwargs):
-    async with http.request(method, path, **kwargs) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else await resp.text()
-        return resp.status, body
 
 
 async def test_append_read_and_conflict_codes(http):
