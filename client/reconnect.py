@@ -93,7 +93,8 @@ class Reconnecting:
         if self._stop_event is None:
             self._stop_event = asyncio.Event()
         try:
-            await asyncio.wait_for(self._stop_event.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._stop_event.wait()
         except asyncio.TimeoutError:
             pass
 

@@ -262,7 +262,8 @@ class Log:
             return None
         if not self._commit_point_known.is_set():
             try:
-                await asyncio.wait_for(self._commit_point_known.wait(), COMMIT_POINT_WAIT)
+                async with asyncio.timeout(COMMIT_POINT_WAIT):
+                    await self._commit_point_known.wait()
             except asyncio.TimeoutError:
                 raise Unavailable("this node has not yet learned the cluster's commit point since it started; "
                                   "retry, or read from another node", reason="commit_point_unknown") from None

@@ -65,10 +65,15 @@ class WatchedPosition:
         if self._position >= position:
             return True
         future = self.reached(position)
+        # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for loses a cancel that arrives as the
+        # position does (the waiting task then runs on, and whoever cancelled it waits for it forever)
         try:
-            await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
             return False
+        finally:
+            future.cancel()
         return True
 
 

@@ -265,7 +265,8 @@ def _really_cancelled() -> bool:
 
 async def _close_quietly(client: aetcd.Client) -> None:
     try:
-        await asyncio.wait_for(client.close(), 5)
+        async with asyncio.timeout(5):
+            await client.close()
     except asyncio.CancelledError:
         raise
     except Exception as e:
@@ -321,7 +322,7 @@ class EtcdCoordinator:
         self._keepalive_task = asyncio.create_task(self._keep_alive(), name=f"etcd-keepalive-{me.node}")
 
     async def wait_registered(self) -> None:
-        """Return once this node holds a live lease with its member key (bound it with asyncio.wait_for)."""
+        """Return once this node holds a live lease with its member key (bound it with asyncio.timeout)."""
         await self._registered.wait()
 
     async def close(self) -> None:
@@ -396,7 +397,8 @@ class EtcdCoordinator:
             except Exception:
                 log.exception("etcd keepalive failed unexpectedly")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._closed.wait()
 
     def _renewal_failed(self) -> None:
         if self._metrics is not None:
@@ -567,7 +569,8 @@ class EtcdCoordinator:
             except CoordinatorError as e:
                 log.debug("leader watch: %s", e)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), retry_interval)
+                async with asyncio.timeout(retry_interval):
+                    await self._closed.wait()
 
     async def _leader_events(self, start_revision: int) -> AsyncIterator[tuple[LeaderInfo | None, int]]:
         """(leader or None, mod revision) for every change of the leader key from start_revision on."""

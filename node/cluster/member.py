@@ -379,7 +379,8 @@ class ClusterMember:
             if remaining <= 0:
                 raise Unavailable("no leader is known right now", reason="no_leader")
             with contextlib.suppress(asyncio.TimeoutError):  # woken by a role change, or to look at the lease
-                await asyncio.wait_for(self._role_changed.wait(), min(remaining, LEASE_LOOK_EVERY))
+                async with asyncio.timeout(min(remaining, LEASE_LOOK_EVERY)):
+                    await self._role_changed.wait()
 
     def next_role_change(self) -> Awaitable[bool]:
         """Completes at this node's next role change; take it before reading `role`, so none is missed."""
@@ -394,7 +395,8 @@ class ClusterMember:
             if current is not None and current != old and self.role is Role.FOLLOWER:
                 return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._role_changed.wait(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._role_changed.wait()
 
     async def linearizable(self, timeout: float) -> bool:
         """Wait (bounded) until this node leads and everything it had when it took over is committed."""

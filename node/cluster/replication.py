@@ -163,7 +163,8 @@ class LeaderReplication:
         self._advance()
         if not self._serving.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._serving.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._serving.wait()
         return self.still_serving()
 
     def still_serving(self) -> bool:
@@ -443,7 +444,8 @@ class LeaderReplication:
     async def drain(self, timeout: float) -> None:
         """Wait until every admitted write finished and the whole log is committed."""
         deadline = time.monotonic() + timeout
-        await asyncio.wait_for(self._idle.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
         while self.hw < self.log.storage.head:
             if not self.active:
                 raise NotLeader()

@@ -139,7 +139,8 @@ class PersistentSubscriptions:
         if self._loaded.is_set():
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._loaded.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._loaded.wait()
         if not self._leads():
             raise NotLeader()
         if not self._loaded.is_set():

@@ -109,7 +109,8 @@ class SubscriptionRuntime:
 
     async def write_final_checkpoint(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._write_checkpoint(self.state.checkpoint), FINAL_CHECKPOINT_WAIT)
+            async with asyncio.timeout(FINAL_CHECKPOINT_WAIT):
+                await self._write_checkpoint(self.state.checkpoint)
 
     def _poke(self) -> None:
         """Something changed: hand events to push consumers, wake whoever waits, update the gauges."""

@@ -29,6 +29,19 @@ async def test_wait_for_is_bounded_and_true_once_reached():
     assert await asyncio.wait_for(waiting, 5)
 
 
+async def test_a_bounded_wait_that_is_cancelled_as_its_position_arrives_ends_cancelled():
+    # Python 3.11's asyncio.wait_for returned the result instead (a cancel lost): a subscription's maintenance
+    # loop then kept running, and a node's shutdown waited for it forever
+    position = WatchedPosition()
+    for _ in range(3):
+        waiting = asyncio.create_task(position.wait_for(position.position + 1, timeout=60))
+        await asyncio.sleep(0)  # it waits
+        position.advance(position.position + 1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+
 async def test_a_monotonic_position_refuses_to_move_back_and_a_head_may():
     with pytest.raises(ValueError):
         WatchedPosition(5).reset(4)

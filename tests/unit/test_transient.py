@@ -17,8 +17,10 @@ from loghelpers import ev
 WAIT = 30.0
 
 
-async def consume(subscription, *, until: int, pause: float = 0.0) -> tuple[list[int], list[str]]:
-    """Event positions (until one >= `until`) and the kinds of the other messages."""
+async def consume(subscription, *, until: int, pause: float = 0.0, live: asyncio.Event | None = None,
+                  hold: asyncio.Task | None = None) -> tuple[list[int], list[str]]:
+    """Event positions (until one >= `until`) and the kinds of the other messages. With `live`: set it at
+    caughtUp, then read nothing more until `hold` is done (a consumer that stalls while live)."""
     got, others = [], []
     async for batch in subscription.batches():
         for message in batch:
@@ -26,6 +28,9 @@ async def consume(subscription, *, until: int, pause: float = 0.0) -> tuple[list
                 got.append(message.position)
             else:
                 others.append(message.kind)
+        if live is not None and "caughtUp" in others and not live.is_set():
+            live.set()
+            await hold
         if got and got[-1] >= until:
             return got, others
         if pause:
@@ -40,9 +45,13 @@ async def test_tiny_buffers_overflow_yet_every_subscriber_sees_each_event_once_i
     for _ in range(50):
         await log.append("pre", "any", [ev() for _ in range(10)])
 
+    slow_is_live = asyncio.Event()
+
     async def writer() -> int:
         last = 0
         for i in range(100):
+            if i == 50:  # the rest while the slow subscriber is live and stalled: its buffer overflows for sure
+                await slow_is_live.wait()
             last = (await log.append(f"s-{i % 3}", "any", [ev("Odd" if i % 2 else "Even")] * 1)).position
             await asyncio.sleep(0)
         return last
@@ -54,7 +63,7 @@ async def test_tiny_buffers_overflow_yet_every_subscriber_sees_each_event_once_i
     assert hub.count == 3 and metrics.subscribers._value.get() == 3
     head = 500 + 100
     results = await asyncio.wait_for(asyncio.gather(
-        consume(everything, until=head), consume(odd, until=head), consume(slow, until=head, pause=0.01)), WAIT)
+        consume(everything, until=head), consume(odd, until=head), consume(slow, until=head, pause=0.01, live=slow_is_live, hold=writing)), WAIT)
     assert await writing == head
     (all_positions, all_other), (odd_positions, _), (slow_positions, _) = results
     assert all_positions == list(range(1, head + 1)) and all_other.count("caughtUp") == 1
