@@ -63,7 +63,8 @@ async def test_tiny_buffers_overflow_yet_every_subscriber_sees_each_event_once_i
     assert hub.count == 3 and metrics.subscribers._value.get() == 3
     head = 500 + 100
     results = await asyncio.wait_for(asyncio.gather(
-        consume(everything, until=head), consume(odd, until=head), consume(slow, until=head, pause=0.01, live=slow_is_live, hold=writing)), WAIT)
+        consume(everything, until=head), consume(odd, until=head),
+        consume(slow, until=head, pause=0.01, live=slow_is_live, hold=writing)), WAIT)
     assert await writing == head
     (all_positions, all_other), (odd_positions, _), (slow_positions, _) = results
     assert all_positions == list(range(1, head + 1)) and all_other.count("caughtUp") == 1
