@@ -226,26 +226,42 @@ class LocalNode(NodeProcess):
 
 
 def process_cpu(pid: int, *, children: bool = False) -> float:
-    """CPU seconds (user + system) of a process from /proc/<pid>/stat; with `children`, of its live children
-    and of those it has reaped too (PostgreSQL: the postmaster's backends)."""
+    """CPU seconds (user + system) of a process; with `children`, of its live children and of those it has
+    reaped too (PostgreSQL: the postmaster's backends). Live processes are read from each thread's
+    /proc/<pid>/task/<tid>/schedstat (nanoseconds): /proc/<pid>/stat counts in clock ticks (10 ms), and a
+    short run of a few hundred cheap operations can then read as 0. Reaped children exist only as ticks."""
     ticks = os.sysconf("SC_CLK_TCK")
 
-    def fields(p: int) -> list[str]:
+    def stat_fields(p: int) -> list[str]:
         with open(f"/proc/{p}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()
 
-    own = fields(pid)
-    total = int(own[11]) + int(own[12])
+    def live_seconds(p: int) -> float:
+        """Every live thread's run time, or the ticks of /proc/<p>/stat where schedstat is not kept; the ticks
+        also count threads that ended, so the larger of the two."""
+        fields = stat_fields(p)
+        from_ticks = (int(fields[11]) + int(fields[12])) / ticks
+        nanoseconds = 0
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    with open(f"/proc/{p}/task/{tid}/schedstat") as schedstat:
+                        nanoseconds += int(schedstat.read().split()[0])
+        except FileNotFoundError:
+            return from_ticks
+        return max(from_ticks, nanoseconds / 1e9)
+
+    total = live_seconds(pid)
     if children:
-        total += int(own[13]) + int(own[14])
+        own = stat_fields(pid)
+        total += (int(own[13]) + int(own[14])) / ticks
         with open(f"/proc/{pid}/task/{pid}/children") as listing:
             for child in listing.read().split():
                 try:
-                    f = fields(int(child))
+                    total += live_seconds(int(child))
                 except (FileNotFoundError, ProcessLookupError):
                     continue
-                total += int(f[11]) + int(f[12])
-    return total / ticks
+    return total
 
 
 class CpuMeter:
