@@ -231,25 +231,25 @@ def process_cpu(pid: int, *, children: bool = False) -> float:
     /proc/<pid>/task/<tid>/schedstat (nanoseconds): /proc/<pid>/stat counts in clock ticks (10 ms), and a
     short run of a few hundred cheap operations can then read as 0. Reaped children exist only as ticks."""
     ticks = os.sysconf("SC_CLK_TCK")
+    schedstat_kept = os.path.exists("/proc/self/schedstat")
 
     def stat_fields(p: int) -> list[str]:
         with open(f"/proc/{p}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()
 
     def live_seconds(p: int) -> float:
-        """Every live thread's run time, or the ticks of /proc/<p>/stat where schedstat is not kept; the ticks
-        also count threads that ended, so the larger of the two."""
-        fields = stat_fields(p)
-        from_ticks = (int(fields[11]) + int(fields[12])) / ticks
+        """Its live threads' run time (a benchmark takes differences: a thread that ends inside a measured
+        window takes its time with it, and the node's and PostgreSQL's threads live as long as their process);
+        the ticks of /proc/<p>/stat on a kernel that keeps no schedstat."""
+        if not schedstat_kept:
+            fields = stat_fields(p)
+            return (int(fields[11]) + int(fields[12])) / ticks
         nanoseconds = 0
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                    with open(f"/proc/{p}/task/{tid}/schedstat") as schedstat:
-                        nanoseconds += int(schedstat.read().split()[0])
-        except FileNotFoundError:
-            return from_ticks
-        return max(from_ticks, nanoseconds / 1e9)
+        for tid in os.listdir(f"/proc/{p}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                with open(f"/proc/{p}/task/{tid}/schedstat") as schedstat:
+                    nanoseconds += int(schedstat.read().split()[0])
+        return nanoseconds / 1e9
 
     total = live_seconds(pid)
     if children:
