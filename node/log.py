@@ -553,17 +553,27 @@ class Log:
         clusters too. The number of events removed."""
         visible = await self._horizon()
 
-        def op(txn: WriteTxn) -> int:
-            removed = 0
-            rows = [StreamRow(*r) for r in txn.conn.execute(
+        def due(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            """(stream, first version to keep) of each system stream with events its maxCount hides."""
+            rows = [StreamRow(*r) for r in conn.execute(
                 f"SELECT {_STREAM_ROW_COLUMNS} FROM streams WHERE stream >= '$' AND stream < '%' "
                 "AND substr(stream, 1, 2) != '$$' AND metadata IS NOT NULL").fetchall()]
+            found = []
             for row in rows:
-                at = row if visible is None else _row_as_of(txn.conn, row, visible)
+                at = row if visible is None else _row_as_of(conn, row, visible)
                 keep = orjson.loads(at.metadata).get("maxCount") if at.metadata else None
-                if keep and at.version > keep:
-                    removed += txn.delete_events(row.stream, at.version - keep + 1, None)
-            return removed
+                if keep and at.version > keep and conn.execute(
+                        "SELECT 1 FROM events WHERE stream = ? AND version <= ? LIMIT 1",
+                        (row.stream, at.version - keep)).fetchone():
+                    found.append((row.stream, at.version - keep + 1))
+            return found
+
+        # most passes find nothing: decide with a read, so an idle trim is no transaction of the writer's
+        if not await self.storage.read(due):
+            return 0
+
+        def op(txn: WriteTxn) -> int:
+            return sum(txn.delete_events(stream, below, None) for stream, below in due(txn.conn))
 
         return await self.storage.write(op)
 

@@ -210,6 +210,24 @@ async def test_concurrent_appends_share_group_commits(tmp_path):
         storage.close()
 
 
+async def test_trimming_with_nothing_to_trim_writes_no_transaction(tmp_path):
+    # the node trims system streams once a second while the log moves: an idle trim must not count as a
+    # request in the group-commit metrics (the benchmark compares them with the requests it sent)
+    from evstore.node.metrics import NodeMetrics
+
+    metrics = NodeMetrics()
+    storage = Storage(tmp_path / "trim", metrics=metrics)
+    storage.open()
+    try:
+        log = Log(storage, metrics)
+        await log.append("plain", "any", [ev(), ev()])
+        assert await log.trim_system_streams() == 0
+        assert metrics.registry.get_sample_value("evstore_group_commit_requests_sum") == 1
+        assert metrics.registry.get_sample_value("evstore_group_commit_requests_count") == 1
+    finally:
+        storage.close()
+
+
 async def test_idempotency_by_id_holds_after_a_scavenge(tmp_path):
     storage = Storage(tmp_path / "sc")
     storage.open()
