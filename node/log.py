@@ -216,6 +216,20 @@ class WriteGate(Protocol):
 REPLICA_BATCH_BYTES = 1 << 20
 
 
+def records_from_store(conn: sqlite3.Connection, first: int, max_bytes: int) -> list[Record]:
+    """Log.records_from, read from SQLite."""
+    records: list[Record] = []
+    size = 0
+    for row in conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? ORDER BY position",
+                            (first,)):
+        record = record_from_row(row)
+        if size >= max_bytes and record.created != records[-1].created:
+            break
+        records.append(record)
+        size += len(record.data) + len(record.metadata) + len(record.stream) + 64
+    return records
+
+
 class Log:
     """The log of one node. `visible` is the last position reads may show (committed entries only), `written`
     the durable local head; both can be awaited. A single node shows what it wrote; a clustered node shows what
@@ -706,22 +720,18 @@ class Log:
         return await self._read(read)
 
     # replication -----------------------------------------------------------------------------
+    def keep_recent_commits(self, on: bool) -> None:
+        """Keep the latest group commits in memory to ship them (while leading), or stop."""
+        self.storage.recent.keep(on)
+
     async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
         """Records from position `first` on, about `max_bytes` of them, ending at a group-commit boundary
-        (whole commits only, so an append is never half-shipped)."""
-        def read(conn: sqlite3.Connection) -> list[Record]:
-            records: list[Record] = []
-            size = 0
-            for row in conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? ORDER BY position",
-                                    (first,)):
-                record = record_from_row(row)
-                if size >= max_bytes and record.created != records[-1].created:
-                    break
-                records.append(record)
-                size += len(record.data) + len(record.metadata) + len(record.stream) + 64
-            return records
-
-        return await self.storage.read(read)
+        (whole commits only, so an append is never half-shipped). From the writer's recent commits when they
+        hold `first` (a caught-up follower's next fetch), else from the store."""
+        recent = self.storage.recent.records_from(first, max_bytes)
+        if recent is not None:
+            return recent
+        return await self.storage.read(records_from_store, first, max_bytes)
 
     async def apply_replicated(self, records: Sequence[Record], committed: int = 0) -> int:
         """Store records shipped by the leader, as they are, in one transaction; the new head once durable.

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -95,7 +96,6 @@ def _insert_sql(rows: int) -> str:
     return f"INSERT INTO events ({RECORD_COLUMNS}) VALUES {_value_rows(rows, _COLUMNS)}"
 
 
-_ROW_INSERT = _insert_sql(1)
 _LENGTHS = struct.Struct("<IIII")
 CHECKSUM_LENGTHS, CHECKSUM_PLACE = _LENGTHS, _INTS  # the two packed parts of a record's checksum
 
@@ -253,6 +253,87 @@ def _stream_select_sql(names: int) -> str:
     return f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream IN ({','.join('?' * names)})"
 
 
+RECENT_COMMITS_BYTES = 8 << 20
+RECENT_COMMITS_MAX = 4096
+
+
+class RecentCommits:
+    """The records of the latest group commits, kept in memory as the writer wrote them, so that replication
+    ships a follower its next entries without reading them back from SQLite (at the tail, where caught-up
+    followers fetch, a read back cost the leader a reader-thread round trip per fetch, on the critical path of
+    every acknowledgement). Whole commits, contiguous up to the head; the writer empties it whenever SQL of its
+    own removed, inserted or rolled back records (scavenges, trims, truncation, replicated inserts).
+    Kept only while switched on (by a leader: nothing else ships its log)."""
+
+    def __init__(self, *, max_bytes: int = RECENT_COMMITS_BYTES, max_commits: int = RECENT_COMMITS_MAX,
+                 on: bool = False) -> None:
+        self.on = on
+        self.max_bytes = max_bytes
+        self.max_commits = max_commits
+        self._commits: deque[tuple[int, int, list, int]] = deque()  # (first, last position, values, bytes)
+        self._bytes = 0
+        self._lock = threading.Lock()  # the writer thread adds, the event loop reads
+
+    def clear(self) -> None:
+        with self._lock:
+            self._commits.clear()
+            self._bytes = 0
+
+    def keep(self, on: bool) -> None:
+        """Start (True) or stop keeping commits; either way it starts empty."""
+        self.on = on
+        self.clear()
+
+    def add(self, flushed: list[list], last_position: int) -> None:
+        """One commit's records (flat values, _COLUMNS per record, in position order) ending at `last_position`."""
+        if not self.on:
+            return
+        values = flushed[0] if len(flushed) == 1 else [v for part in flushed for v in part]
+        first = values[0]
+        if values[-_COLUMNS] != last_position or (last_position - first + 1) * _COLUMNS != len(values):
+            self.clear()  # not one contiguous run ending at the head: keep nothing rather than a hole
+            return
+        size = sum(len(values[i + 5]) + len(values[i + 6]) + len(values[i + 1]) + 64
+                   for i in range(0, len(values), _COLUMNS))
+        with self._lock:
+            if self._commits and self._commits[-1][1] + 1 != first:
+                self._commits.clear()
+                self._bytes = 0
+            self._commits.append((first, last_position, values, size))
+            self._bytes += size
+            while len(self._commits) > 1 and (self._bytes > self.max_bytes or len(self._commits) > self.max_commits):
+                self._bytes -= self._commits.popleft()[3]
+
+    def records_from(self, first: int, max_bytes: int) -> list[Record] | None:
+        """As Log.records_from: the records from `first` to the end of its commit, then whole commits while
+        fewer than `max_bytes` were taken; None when `first` is not in memory (read the store instead)."""
+        with self._lock:
+            commits = self._commits
+            if not commits or not commits[0][0] <= first <= commits[-1][1]:
+                return None
+            index = len(commits) - 1
+            while commits[index][0] > first:
+                index -= 1
+            taken: list[tuple[list, int]] = []
+            size = 0
+            for k in range(index, len(commits)):
+                start, _last, values, commit_bytes = commits[k]
+                if taken and size >= max_bytes:
+                    break
+                if k == index and first > start:
+                    offset = (first - start) * _COLUMNS
+                    commit_bytes = sum(len(values[i + 5]) + len(values[i + 6]) + len(values[i + 1]) + 64
+                                       for i in range(offset, len(values), _COLUMNS))
+                else:
+                    offset = 0
+                taken.append((values, offset))
+                size += commit_bytes
+        return [Record(values[i], values[i + 1], values[i + 2], bytes(values[i + 3]), values[i + 4],
+                       bytes(values[i + 5]), bytes(values[i + 6]), values[i + 7], values[i + 8], values[i + 9],
+                       values[i + 10])
+                for values, offset in taken for i in range(offset, len(values), _COLUMNS)]
+
+
 class WriteTxn:
     """What a write operation may do inside the writer's transaction.
 
@@ -280,6 +361,8 @@ class WriteTxn:
         self._op_marks: tuple[int, int] = (0, 0)
         self._op_undo: list[tuple[str, Any, bool]] = []
         self._op_savepoint = False
+        self.flushed: list[list] = []  # the flat values of the records written, in position order
+        self.rewrote_events = False  # SQL of an op removed, inserted or rolled back records: `flushed` is not all
 
     # op boundaries (the writer calls these around each op) ----------------------------------------
     def begin_op(self) -> None:
@@ -296,6 +379,7 @@ class WriteTxn:
         if self._op_savepoint:
             self._conn.execute("ROLLBACK TO op")
             self._conn.execute("RELEASE op")
+            self.rewrote_events = True  # records it flushed may be among what was rolled back
             events_mark = epochs_mark = 0  # the buffers were empty when the savepoint was taken
         else:
             events_mark, epochs_mark = self._op_marks
@@ -337,6 +421,7 @@ class WriteTxn:
             if values:
                 for offset, rows in _row_chunks(len(values) // _COLUMNS):
                     execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
+                self.flushed.append(values)
                 self._events = []
                 self._event_ids = {}
             if self._dirty:
@@ -442,6 +527,9 @@ class WriteTxn:
     def insert_records(self, records: Sequence[Record]) -> None:
         """Insert records exactly as another node wrote them (replication): positions, epochs, checksums."""
         conn = self.conn
+        self.rewrote_events = True
+        values: list = []
+        add = values.extend
         for r in records:
             if r.position <= self.last_position:
                 raise LogError(f"replicated entry at position {r.position} is not after the head "
@@ -449,11 +537,16 @@ class WriteTxn:
             self.note_epoch(r.epoch, r.position)
             self.last_position = r.position
             self.last_created = max(self.last_created, r.created)
-        conn.executemany(_ROW_INSERT, [r.row() for r in records])
+            # as in `insert`: bytearrays bind without an adapter lookup, multi-row INSERTs cost fewer statements
+            add((r.position, r.stream, r.version, bytearray(r.id), r.type, bytearray(r.data), bytearray(r.metadata),
+                 r.created, r.epoch, r.checksum, r.flags))
+        for offset, rows in _row_chunks(len(records)):
+            conn.execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
 
     def truncate_after(self, position: int) -> list[tuple[str, int]]:
         """Delete every record after `position`; the (stream, lowest removed version) of each stream touched."""
         conn = self.conn
+        self.rewrote_events = True
         touched = conn.execute("SELECT stream, min(version) FROM events WHERE position > ? GROUP BY stream",
                                (position,)).fetchall()
         conn.execute("DELETE FROM events WHERE position > ?", (position,))
@@ -490,6 +583,7 @@ class WriteTxn:
                              "VALUES (?, ?, ?, ?, ?)", kept)
             self.scavenged = self.scavenged or bool(kept)
         removed = conn.execute(sql + ")", args).rowcount
+        self.rewrote_events = self.rewrote_events or bool(removed)
         if removed:  # the newest record may be among them: start-up reads the last `created` from here then
             self.set_setting("last_created", str(self.now))
         return removed
@@ -540,6 +634,7 @@ class Storage:
         self.metrics = metrics
         self.reader_threads = reader_threads
         self.head = 0  # last durable position; written only by the writer thread
+        self.recent = RecentCommits()
         self.epoch = 0  # the epoch this node writes new entries with (its leader epoch)
         self.epochs: list[tuple[int, int]] = []  # (epoch, first position) runs; replaced, never mutated
         self.promised_epoch = 0  # the newest leader epoch this node has followed or led (persisted)
@@ -729,6 +824,10 @@ class Storage:
             outcomes = [(future, loop, None, failure) for _op, future, loop, _weight, _streams in batch]
         else:
             self.epochs = txn.epochs  # before the head: a reader that sees the new head sees its epochs
+            if txn.rewrote_events:
+                self.recent.clear()
+            elif txn.flushed:  # before the head too: a fetch that sees the new head finds it here
+                self.recent.add(txn.flushed, txn.last_position)
             self.head = txn.last_position
             self._last_created = max(now, txn.last_created)
             self._scavenged = txn.scavenged

@@ -131,6 +131,7 @@ class LeaderReplication:
         return self.log.visible.position
 
     def start(self) -> None:
+        self.log.keep_recent_commits(True)
         self._advance()  # an ISR of this node alone commits what it has at once
         self._task = asyncio.get_running_loop().create_task(self._maintain(), name="evstore-isr")
 
@@ -140,6 +141,7 @@ class LeaderReplication:
             return
         self.active = False
         self.stop_reason = reason
+        self.log.keep_recent_commits(False)
         self._open.set()
         for wakeup in self._wakeups:
             if not wakeup.done():
