@@ -257,6 +257,12 @@ RECENT_COMMITS_BYTES = 8 << 20
 RECENT_COMMITS_MAX = 4096
 
 
+def _shipped_bytes(values: list, offset: int = 0) -> int:
+    """What the flat records from `offset` count against a replication budget (as Log.records_from counts)."""
+    return sum(len(values[i + 5]) + len(values[i + 6]) + len(values[i + 1]) + 64
+               for i in range(offset, len(values), _COLUMNS))
+
+
 class RecentCommits:
     """The records of the latest group commits, kept in memory as the writer wrote them, so that replication
     ships a follower its next entries without reading them back from SQLite (at the tail, where caught-up
@@ -293,8 +299,7 @@ class RecentCommits:
         if values[-_COLUMNS] != last_position or (last_position - first + 1) * _COLUMNS != len(values):
             self.clear()  # not one contiguous run ending at the head: keep nothing rather than a hole
             return
-        size = sum(len(values[i + 5]) + len(values[i + 6]) + len(values[i + 1]) + 64
-                   for i in range(0, len(values), _COLUMNS))
+        size = _shipped_bytes(values)
         with self._lock:
             if self._commits and self._commits[-1][1] + 1 != first:
                 self._commits.clear()
@@ -320,17 +325,10 @@ class RecentCommits:
                 start, _last, values, commit_bytes = commits[k]
                 if taken and size >= max_bytes:
                     break
-                if k == index and first > start:
-                    offset = (first - start) * _COLUMNS
-                    commit_bytes = sum(len(values[i + 5]) + len(values[i + 6]) + len(values[i + 1]) + 64
-                                       for i in range(offset, len(values), _COLUMNS))
-                else:
-                    offset = 0
+                offset = (first - start) * _COLUMNS if k == index else 0
                 taken.append((values, offset))
-                size += commit_bytes
-        return [Record(values[i], values[i + 1], values[i + 2], bytes(values[i + 3]), values[i + 4],
-                       bytes(values[i + 5]), bytes(values[i + 6]), values[i + 7], values[i + 8], values[i + 9],
-                       values[i + 10])
+                size += _shipped_bytes(values, offset) if offset else commit_bytes
+        return [record_from_row(values[i:i + _COLUMNS])
                 for values, offset in taken for i in range(offset, len(values), _COLUMNS)]
 
 

@@ -192,40 +192,36 @@ async def test_verify_reports_a_corrupted_record(log):
     assert await log.verify() == {"checked": 2, "corrupt": [2]}
 
 
-async def test_concurrent_appends_share_group_commits(tmp_path):
+@pytest.fixture
+async def metered_log(tmp_path):
+    """A log on a fresh SQLite file with the node's metrics; (log, metrics)."""
     from evstore.node.metrics import NodeMetrics
 
     metrics = NodeMetrics()
-    storage = Storage(tmp_path / "gc", metrics=metrics)
+    storage = Storage(tmp_path / "metered", metrics=metrics)
     storage.open()
-    try:
-        log = Log(storage, metrics)
-        await asyncio.gather(*(log.append(f"g-{i}", "any", [ev()]) for i in range(64)))
-        commits = metrics.registry.get_sample_value("evstore_group_commit_requests_count")
-        requests = metrics.registry.get_sample_value("evstore_group_commit_requests_sum")
-        assert requests == 64
-        assert commits < 32, f"64 concurrent appends took {commits} commits: no group commit"
-        assert metrics.registry.get_sample_value("evstore_sync_latency_seconds_count") == commits
-    finally:
-        storage.close()
+    yield Log(storage, metrics), metrics
+    storage.close()
 
 
-async def test_trimming_with_nothing_to_trim_writes_no_transaction(tmp_path):
+async def test_concurrent_appends_share_group_commits(metered_log):
+    log, metrics = metered_log
+    await asyncio.gather(*(log.append(f"g-{i}", "any", [ev()]) for i in range(64)))
+    commits = metrics.registry.get_sample_value("evstore_group_commit_requests_count")
+    requests = metrics.registry.get_sample_value("evstore_group_commit_requests_sum")
+    assert requests == 64
+    assert commits < 32, f"64 concurrent appends took {commits} commits: no group commit"
+    assert metrics.registry.get_sample_value("evstore_sync_latency_seconds_count") == commits
+
+
+async def test_trimming_with_nothing_to_trim_writes_no_transaction(metered_log):
     # the node trims system streams once a second while the log moves: an idle trim must not count as a
     # request in the group-commit metrics (the benchmark compares them with the requests it sent)
-    from evstore.node.metrics import NodeMetrics
-
-    metrics = NodeMetrics()
-    storage = Storage(tmp_path / "trim", metrics=metrics)
-    storage.open()
-    try:
-        log = Log(storage, metrics)
-        await log.append("plain", "any", [ev(), ev()])
-        assert await log.trim_system_streams() == 0
-        assert metrics.registry.get_sample_value("evstore_group_commit_requests_sum") == 1
-        assert metrics.registry.get_sample_value("evstore_group_commit_requests_count") == 1
-    finally:
-        storage.close()
+    log, metrics = metered_log
+    await log.append("plain", "any", [ev(), ev()])
+    assert await log.trim_system_streams() == 0
+    assert metrics.registry.get_sample_value("evstore_group_commit_requests_sum") == 1
+    assert metrics.registry.get_sample_value("evstore_group_commit_requests_count") == 1
 
 
 async def test_idempotency_by_id_holds_after_a_scavenge(tmp_path):
