@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 
-.PHONY: run test install install-test tools clean bench etcd iptables prometheus debian-tools postgres
+.PHONY: run test test-unit install install-test tools clean bench etcd iptables prometheus debian-tools postgres
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ postgres:
 ## Install what the tests need and run the whole suite
 test: install-test tools debian-tools postgres
 	HELM=$(abspath $(HELM)) $(PY) -m pytest tests
+
+## The fast subset for the inner loop: the unit tests (no etcd, helm or PostgreSQL needed)
+test-unit: install-test
+	$(PY) -m pytest tests/unit
 
 bench: install-test postgres
 	$(PY) bench/append.py
