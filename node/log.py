@@ -21,8 +21,8 @@ from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snap
                         snapshots_between, stored_metadata)
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
-from .storage import (DATA_BINARY, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
-                      now_micros, record_from_row, scan_records, seal_payloads)
+from .storage import (DATA_BINARY, DATA_SQL, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
+                      faulty_reply_texts, now_micros, record_from_row, scan_records, seal_payloads)
 
 T = TypeVar("T")
 
@@ -54,6 +54,9 @@ class NewEvent:
     given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
     payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
     flags: int = 0  # content types of data and metadata (storage.DATA_BINARY, storage.METADATA_BINARY)
+    head: bytes = b""  # the reply text up to the version, its CRC32C, and the payloads' spans in it (seal_payloads)
+    head_crc: int = 0
+    spans: Sequence[int] = ()
 
 
 @dataclass(slots=True)
@@ -189,7 +192,7 @@ def _row_as_of(conn: sqlite3.Connection, row: StreamRow, visible: int) -> Stream
             at.version = lowest - 1
     meta_last = _last_position(conn, metadata_stream(row.stream))
     if meta_last is not None and meta_last > visible:
-        meta = conn.execute("SELECT data FROM events WHERE stream = ? AND type = ? AND position <= ? "
+        meta = conn.execute(f"SELECT {DATA_SQL} FROM events WHERE stream = ? AND type = ? AND position <= ? "
                             "ORDER BY version DESC LIMIT 1",
                             (metadata_stream(row.stream), METADATA_TYPE, visible)).fetchone()
         at.metadata = bytes(meta[0]) if meta else None
@@ -631,14 +634,14 @@ class Log:
             age = "" if vis.created_after is None else f" AND created >= {int(vis.created_after)}"
             if backward:
                 top = version if start is None else min(start, version)
-                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version <= ? "
+                rows = conn.execute(f"SELECT {take.columns} FROM events WHERE stream = ? AND version <= ? "
                                     f"AND version >= ?{age}{horizon} ORDER BY version DESC LIMIT ?",
                                     (stream, top, vis.min_version, limit))
             else:
                 bottom = max(start or 1, vis.min_version)
-                rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?"
+                rows = conn.execute(f"SELECT {take.columns} FROM events WHERE stream = ? AND version >= ?"
                                     f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit))
-            records, stopped = take(rows, limit, MAX_REPLY_BYTES)  # a page also stops at a byte budget
+            records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)  # a page also stops at a byte budget
             nxt = None
             if stopped:
                 last = records[-1].version
@@ -867,7 +870,7 @@ def _rebuild_row(txn: WriteTxn, stream: str, version: int) -> None:
     target.metadata, target.deleted = None, "no"
     txn.save_stream_row(target)
     for event_type in (METADATA_TYPE, TOMBSTONE_TYPE):  # the effects of the newest that remain, replayed
-        remaining = txn.conn.execute("SELECT version, created, data FROM events WHERE stream = ? AND type = ? "
+        remaining = txn.conn.execute(f"SELECT version, created, {DATA_SQL} FROM events WHERE stream = ? AND type = ? "
                                      "ORDER BY version DESC LIMIT 1", (stream, event_type)).fetchone()
         if remaining is not None:
             _account(txn, stream, version=version, created=row.updated, event_type=event_type,
@@ -940,6 +943,7 @@ def verify_connection(conn: sqlite3.Connection, progress: Callable[[int, int], N
             checked += len(records)
             if progress is not None:
                 progress(checked, total)
+        corrupt = sorted(set(corrupt).union(faulty_reply_texts(conn)))
     except sqlite3.DatabaseError as exc:
         return {"checked": checked, "corrupt": corrupt, "error": f"database file damaged: {exc}"}
     return {"checked": checked, "corrupt": corrupt}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from .eventjson import RenderedEvent, render_rows
-from .storage import CATEGORY_SQL, DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, Record, record_from_row
+from .storage import CATEGORY_SQL, DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, REPLY_COLUMNS, Record, record_from_row
 
 MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a page stops before its payloads (as returned) pass this; `next` goes on
@@ -47,13 +47,23 @@ def verified_records(rows: Iterable[Sequence], limit: int, max_bytes: int = MAX_
 
 
 Page = list[Record] | list[RenderedEvent]
-# what turns a cursor of RECORD_COLUMNS rows into a page: (rows, limit, max_bytes) -> (page, stopped early)
-Take = Callable[[Iterable[Sequence], int, int], tuple[Page, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """What a read selects (`columns`) and what turns a cursor of those rows into a page:
+    (rows, limit, max_bytes) -> (page, stopped early)."""
+    columns: str
+    pages: Callable[[Iterable[Sequence], int, int], tuple[Page, bool]]
+
+
+RECORDS = Take(RECORD_COLUMNS, verified_records)
+REPLY_TEXTS = Take(REPLY_COLUMNS, render_rows)
 
 
 def page_taker(*, rendered: bool) -> Take:
-    """Records for the node's own use, or events rendered as the reply's JSON (both verified)."""
-    return render_rows if rendered else verified_records
+    """Records for the node's own use, or events as the reply's stored JSON (both verified)."""
+    return REPLY_TEXTS if rendered else RECORDS
 
 
 def _size(item: Record | RenderedEvent) -> int:
@@ -179,7 +189,7 @@ def _plan(conn: sqlite3.Connection, filters: AllFilter) -> tuple[list[_Source], 
 
 
 def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backward: bool, filters: AllFilter,
-             head: int, window: int, take: Take = verified_records) -> tuple[Page, int | None]:
+             head: int, window: int, take: Take = RECORDS) -> tuple[Page, int | None]:
     """One page of `$all` up to `head` (the last position the reader may see): (records, next cursor).
     With filters, the cursor moves past every position examined, even when few matched."""
     plan = _plan(conn, filters) if filters.active else None
@@ -221,16 +231,16 @@ def _position(record: Record | RenderedEvent) -> int:
 
 def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, backward: bool, limit: int,
                residual: str, residual_args: list, budget: int | None, max_bytes: int,
-               take: Take = verified_records) -> tuple[Page, int]:
+               take: Take = RECORDS) -> tuple[Page, int]:
     """Matches of one index run within [low, high], nearest first: (up to `limit` records, the position up to
     which every match of this run is among them). With residual filters, at most `budget` index entries are
     examined, a small window first (most pages fill in it), then the rest of the budget."""
     order = "DESC" if backward else ""
     base = (f"FROM events INDEXED BY {source.index} WHERE {source.column} = ? AND position >= ? "
             "AND position <= ?")
-    page_sql = f"SELECT {RECORD_COLUMNS} {base}{residual} ORDER BY position {order} LIMIT ?"
+    page_sql = f"SELECT {take.columns} {base}{residual} ORDER BY position {order} LIMIT ?"
     if budget is None:
-        found, stopped = take(conn.execute(page_sql, (source.key, low, high, *residual_args, limit)), limit,
+        found, stopped = take.pages(conn.execute(page_sql, (source.key, low, high, *residual_args, limit)), limit,
                               max_bytes)
         return found, (found[-1].position if stopped else low if backward else high)
     found: Page = []
@@ -241,7 +251,7 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
         edge = conn.execute(f"SELECT position {base} ORDER BY position {order} LIMIT 1 OFFSET ?",
                             (source.key, low, high, window - 1)).fetchone()
         run_low, run_high = (low, high) if edge is None else (edge[0], high) if backward else (low, edge[0])
-        more, stopped = take(conn.execute(page_sql, (source.key, run_low, run_high, *residual_args,
+        more, stopped = take.pages(conn.execute(page_sql, (source.key, run_low, run_high, *residual_args,
                                                      limit - len(found))),
                              limit - len(found), max(1, max_bytes - sum(map(_size, found))))
         found += more
@@ -258,23 +268,23 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
 
 
 def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: bool, filters: AllFilter, head: int,
-          window: int | None, take: Take = verified_records) -> tuple[Page, int | None]:
+          window: int | None, take: Take = RECORDS) -> tuple[Page, int | None]:
     """Positions in order, at most `window` of them when filtering."""
     where, args = filters.sql()
     if backward:
         top = head if start is None else min(start, head)
         bottom = max(1, top - window + 1) if window else 1
-        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position <= ? AND position >= ?"
+        rows = conn.execute(f"SELECT {take.columns} FROM events WHERE position <= ? AND position >= ?"
                             f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
-        records, stopped = take(rows, limit, MAX_REPLY_BYTES)
+        records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)
         if stopped:
             return records, records[-1].position - 1 if records[-1].position > 1 else None
         return records, bottom - 1 if bottom > 1 else None
     bottom = start or 1
     top = min(bottom + window - 1, head) if window else head
-    rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? AND position <= ?"
+    rows = conn.execute(f"SELECT {take.columns} FROM events WHERE position >= ? AND position <= ?"
                         f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
-    records, stopped = take(rows, limit, MAX_REPLY_BYTES)
+    records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)
     if stopped:
         return records, records[-1].position + 1 if records[-1].position < head else None
     return records, top + 1 if top < head else None

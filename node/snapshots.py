@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .storage import DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, Record, record_from_row
+from .storage import DATA_BINARY, METADATA_BINARY, METADATA_SQL, RECORD_COLUMNS, Record, record_from_row
 
 SNAPSHOT_PREFIX = "$snapshot-"
-_VERSION = "json_extract(metadata, '$.version')"
+_VERSION = f"json_extract({METADATA_SQL}, '$.version')"
 
 
 def snapshot_stream(source: str) -> str:
@@ -82,7 +82,7 @@ def snapshots_between(conn: sqlite3.Connection, stream: str, *, min_event_versio
     horizon = "" if visible is None else f" AND position <= {int(visible)}"
     order = "DESC" if backward else "ASC"
     rows = conn.execute(
-        f"SELECT {RECORD_COLUMNS} FROM (SELECT {RECORD_COLUMNS}, {_VERSION} AS snapshot_version, "
+        f"SELECT {RECORD_COLUMNS} FROM (SELECT *, {_VERSION} AS snapshot_version, "
         f"row_number() OVER (PARTITION BY {_VERSION} ORDER BY version DESC) AS newest FROM events "
         f"WHERE stream = ? AND version >= ?{horizon} AND {_VERSION} BETWEEN ? AND ?) WHERE newest = 1 "
         f"ORDER BY snapshot_version {order} LIMIT ?",

@@ -3,11 +3,13 @@
 The writer drains a queue of pending write operations, runs each inside a savepoint of one
 transaction, commits (and so syncs) once, and only then resolves every waiting future. Readers use
 their own connections in a thread pool, so the event loop never blocks on disk. Every record carries a
-CRC32C over its bytes, checked on every read and by `verify`.
+CRC32C over its bytes, checked whenever it is read as a record and by `verify`; each row also holds the
+event's reply JSON (node/replyjson.py) with a CRC32C of its own, checked on every read that returns it.
 """
 from __future__ import annotations
 
 import asyncio
+import binascii
 import functools
 import logging
 import os
@@ -25,18 +27,15 @@ from typing import Any, Callable, Iterable, Sequence
 import crc32c
 
 from .errors import CorruptRecord, LogError, Unavailable
+from .replyjson import DATA_BINARY, METADATA_BINARY, created_tail, json_head, json_name, record_json
 
 log = logging.getLogger("evstore.storage")
 
 DB_FILE = "evstore.db"
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 MAX_BATCH_REQUESTS = 2048
 MAX_BATCH_WEIGHT = 50_000  # events: a group commit stops taking requests past this
 SQL_VARIABLE_CHUNK = 500
-
-# content types of a record's payloads (its `flags`): JSON text as the client sent it, or bytes
-DATA_BINARY = 1
-METADATA_BINARY = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS events (
@@ -50,7 +49,13 @@ CREATE TABLE IF NOT EXISTS events (
     created  INTEGER NOT NULL,
     epoch    INTEGER NOT NULL,
     checksum INTEGER NOT NULL,
-    flags    INTEGER NOT NULL DEFAULT 0
+    flags    INTEGER NOT NULL DEFAULT 0,
+    json     BLOB    NOT NULL DEFAULT x'',
+    json_crc INTEGER NOT NULL DEFAULT 0,
+    data_at  INTEGER NOT NULL DEFAULT 0,
+    data_len INTEGER NOT NULL DEFAULT 0,
+    meta_at  INTEGER NOT NULL DEFAULT 0,
+    meta_len INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS streams (
     stream   TEXT PRIMARY KEY,
@@ -81,9 +86,20 @@ CREATE INDEX IF NOT EXISTS events_by_category ON events({CATEGORY_SQL}, position
 """
 SCHEMA = TABLES + INDEXES
 
-RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"
+# Since format 3 each row also holds the event's reply JSON (replyjson), with its own CRC32C. A JSON payload is
+# stored only there (its column is empty) and read back by its span; a binary one keeps its raw bytes too.
+DATA_SQL = "CASE WHEN flags & 1 THEN data ELSE substr(json, data_at + 1, data_len) END"
+METADATA_SQL = "CASE WHEN flags & 2 THEN metadata ELSE substr(json, meta_at + 1, meta_len) END"
+# a record's fields, in Record's order
+RECORD_COLUMNS = f"position, stream, version, id, type, {DATA_SQL}, {METADATA_SQL}, created, epoch, checksum, flags"
+# an event as the reply renders it, with what paging needs
+REPLY_COLUMNS = "position, version, json, json_crc"
+# a row as the writer inserts it
+STORED_COLUMNS = ("position, stream, version, id, type, data, metadata, created, epoch, checksum, flags, "
+                  "json, json_crc, data_at, data_len, meta_at, meta_len")
 _INTS = struct.Struct("<QQqq")
-_COLUMNS = 11
+_COLUMNS = 17  # values of one stored row
+_EMPTY = bytearray()  # the data or metadata column of a JSON payload (it lives in `json`)
 
 
 def _value_rows(rows: int, columns: int) -> str:
@@ -93,7 +109,7 @@ def _value_rows(rows: int, columns: int) -> str:
 @functools.cache
 def _insert_sql(rows: int) -> str:
     """One multi-row INSERT per row count (SQLite's statement cache keeps them prepared)."""
-    return f"INSERT INTO events ({RECORD_COLUMNS}) VALUES {_value_rows(rows, _COLUMNS)}"
+    return f"INSERT INTO events ({STORED_COLUMNS}) VALUES {_value_rows(rows, _COLUMNS)}"
 
 
 _LENGTHS = struct.Struct("<IIII")
@@ -145,18 +161,35 @@ def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes,
 
 
 def seal_payloads(stream: str, events: Iterable) -> int:
-    """Set `payload_crc` (see payload_checksum) on each event of one stream; return their data and metadata
-    bytes. One pass with the stream encoded once: appends of 100 events run this for every event."""
+    """Set `payload_crc` (see payload_checksum) on each event of one stream, and the head of its reply text
+    (`head`, `head_crc`, `spans`: see replyjson.json_head); return their data and metadata bytes. One pass with
+    the stream encoded once, off the writer thread: appends of 100 events run this for every event."""
     stream_bytes = stream.encode()
     stream_length = len(stream_bytes)
-    pack, crc, join = _LENGTHS.pack, crc32c.crc32c, b"".join
+    stream_json = json_name(stream)
+    after_id = b'","stream":' + stream_json + b',"type":'
+    data_at = len(b'{"id":"') + 36 + len(after_id) + len(b',"data":')  # plus the type's length
+    type_names: dict[str, tuple[bytes, bytes]] = {}
+    pack, crc, join, hexlify = _LENGTHS.pack, crc32c.crc32c, b"".join, binascii.hexlify
     size = 0
     for e in events:
-        type_bytes, data, metadata = e.type.encode(), e.data, e.metadata
-        e.payload_crc = crc(join((e.id, pack(stream_length, len(type_bytes), len(data), len(metadata)),
+        event_id, data, metadata, flags = e.id, e.data, e.metadata, e.flags
+        names = type_names.get(e.type)
+        if names is None:
+            names = type_names[e.type] = (e.type.encode(), json_name(e.type))
+        type_bytes, type_json = names
+        e.payload_crc = crc(join((event_id, pack(stream_length, len(type_bytes), len(data), len(metadata)),
                                   stream_bytes, type_bytes, data, metadata)))
-        if e.flags:
-            e.payload_crc = crc(_FLAG_BYTES[e.flags], e.payload_crc)
+        if flags:
+            e.payload_crc = crc(_FLAG_BYTES[flags], e.payload_crc)
+            head, *spans = json_head(event_id, stream_json, type_json, data, metadata, flags)
+        else:  # json_head's text, built in one join (the common case, once per event)
+            h = hexlify(event_id)
+            head = join((b'{"id":"', h[:8], b"-", h[8:12], b"-", h[12:16], b"-", h[16:20], b"-", h[20:], after_id,
+                         type_json, b',"data":', data, b',"metadata":', metadata, b',"version":'))
+            at = data_at + len(type_json)
+            spans = (at, len(data), at + len(data) + 12, len(metadata))
+        e.head, e.head_crc, e.spans = head, crc(head), spans
         size += len(data) + len(metadata)
     return size
 
@@ -167,8 +200,33 @@ def sealed_checksum(payload_crc: int, position: int, version: int, created: int,
 
 
 def record_from_row(row: Sequence) -> Record:
+    """The record of a row of RECORD_COLUMNS."""
     return Record(row[0], row[1], row[2], bytes(row[3]), row[4], bytes(row[5]), bytes(row[6]), row[7], row[8],
                   row[9], row[10])
+
+
+def record_from_stored(values: Sequence, i: int = 0) -> Record:
+    """The record of the stored row (STORED_COLUMNS) at `values[i:]`: its JSON payloads are spans of its text."""
+    flags, text = values[i + 10], values[i + 11]
+    data = values[i + 5] if flags & DATA_BINARY else text[values[i + 13]:values[i + 13] + values[i + 14]]
+    metadata = values[i + 6] if flags & METADATA_BINARY else text[values[i + 15]:values[i + 15] + values[i + 16]]
+    return Record(values[i], values[i + 1], values[i + 2], bytes(values[i + 3]), values[i + 4], bytes(data),
+                  bytes(metadata), values[i + 7], values[i + 8], values[i + 9], flags)
+
+
+def stored_row(record: Record) -> tuple:
+    """A record as the writer stores it (STORED_COLUMNS), its reply text built here: for records that arrive
+    whole (replication, migration)."""
+    text, text_crc, data_at, data_len, meta_at, meta_len = record_json(
+        record.id, record.stream, record.type, record.data, record.metadata, record.flags, record.version,
+        record.position, record.created)
+    flags = record.flags
+    # bytearrays, not bytes: sqlite3 binds a bytearray directly but looks up an adapter for every bytes value
+    return (record.position, record.stream, record.version, bytearray(record.id), record.type,
+            bytearray(record.data) if flags & DATA_BINARY else _EMPTY,
+            bytearray(record.metadata) if flags & METADATA_BINARY else _EMPTY,
+            record.created, record.epoch, record.checksum, flags, bytearray(text), text_crc,
+            data_at, data_len, meta_at, meta_len)
 
 
 @dataclass(slots=True)
@@ -259,8 +317,13 @@ RECENT_COMMITS_MAX = 4096
 
 def _shipped_bytes(values: list, offset: int = 0) -> int:
     """What the flat records from `offset` count against a replication budget (as Log.records_from counts)."""
-    return sum(len(values[i + 5]) + len(values[i + 6]) + len(values[i + 1]) + 64
-               for i in range(offset, len(values), _COLUMNS))
+    return sum(_payload_bytes(values, i) + len(values[i + 1]) + 64 for i in range(offset, len(values), _COLUMNS))
+
+
+def _payload_bytes(values: list, i: int) -> int:
+    flags = values[i + 10]
+    return ((len(values[i + 5]) if flags & DATA_BINARY else values[i + 14])
+            + (len(values[i + 6]) if flags & METADATA_BINARY else values[i + 16]))
 
 
 class RecentCommits:
@@ -328,8 +391,7 @@ class RecentCommits:
                 offset = (first - start) * _COLUMNS if k == index else 0
                 taken.append((values, offset))
                 size += _shipped_bytes(values, offset) if offset else commit_bytes
-        return [record_from_row(values[i:i + _COLUMNS])
-                for values, offset in taken for i in range(offset, len(values), _COLUMNS)]
+        return [record_from_stored(values, i) for values, offset in taken for i in range(offset, len(values), _COLUMNS)]
 
 
 class WriteTxn:
@@ -496,7 +558,7 @@ class WriteTxn:
             if index is None:
                 stored.append(event_id)
             else:
-                found.append(record_from_row(values[index:index + _COLUMNS]))
+                found.append(record_from_stored(values, index))
         for i in range(0, len(stored), SQL_VARIABLE_CHUNK):
             chunk = stored[i:i + SQL_VARIABLE_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -505,7 +567,8 @@ class WriteTxn:
         return found
 
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
-        """Buffer events (objects with id, type, data, metadata and payload_crc) as consecutive records."""
+        """Buffer events (sealed by seal_payloads: payload_crc, and their reply text's head and spans) as
+        consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
         # this loop runs once per event on the writer, so it stays lean. bytearray, not bytes: sqlite3 binds a
@@ -513,11 +576,19 @@ class WriteTxn:
         values = self._events
         add, ids = values.extend, self._event_ids
         pack, crc = _INTS.pack, crc32c.crc32c
+        created = created_tail(now)
         position, version = first_position, first_version
         for e in events:
             index = len(values)
-            add((position, stream, version, bytearray(e.id), e.type, bytearray(e.data), bytearray(e.metadata),
-                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc), e.flags))
+            tail = b'%d,"position":%d' % (version, position) + created
+            text = bytearray(e.head)
+            text += tail
+            flags = e.flags
+            add((position, stream, version, bytearray(e.id), e.type,
+                 bytearray(e.data) if flags & DATA_BINARY else _EMPTY,
+                 bytearray(e.metadata) if flags & METADATA_BINARY else _EMPTY,
+                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc), flags,
+                 text, crc(tail, e.head_crc), *e.spans))
             ids[e.id] = index
             position += 1
             version += 1
@@ -535,9 +606,7 @@ class WriteTxn:
             self.note_epoch(r.epoch, r.position)
             self.last_position = r.position
             self.last_created = max(self.last_created, r.created)
-            # as in `insert`: bytearrays bind without an adapter lookup, multi-row INSERTs cost fewer statements
-            add((r.position, r.stream, r.version, bytearray(r.id), r.type, bytearray(r.data), bytearray(r.metadata),
-                 r.created, r.epoch, r.checksum, r.flags))
+            add(stored_row(r))  # multi-row INSERTs, as in `insert`: fewer statements
         for offset, rows in _row_chunks(len(records)):
             conn.execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
 
@@ -575,8 +644,8 @@ class WriteTxn:
             condition = sql.removeprefix("DELETE FROM events") + ")"
             kept = [(bytes(r[0]), r[1], r[2], r[3], payload_checksum(bytes(r[0]), r[1], r[4], bytes(r[5]),
                                                                    bytes(r[6]), r[7]))
-                    for r in conn.execute("SELECT id, stream, version, position, type, data, metadata, flags "
-                                          f"FROM events{condition}", args)]
+                    for r in conn.execute(f"SELECT id, stream, version, position, type, {DATA_SQL}, {METADATA_SQL}, "
+                                          f"flags FROM events{condition}", args)]
             conn.executemany("INSERT OR REPLACE INTO scavenged_ids (id, stream, version, position, payload_crc) "
                              "VALUES (?, ?, ?, ?, ?)", kept)
             self.scavenged = self.scavenged or bool(kept)
@@ -592,9 +661,9 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone() if "settings" in tables \
         else None
-    if fmt is not None and fmt[0] not in ("1", FORMAT_VERSION):
-        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 (migrated on open) and "
-                           f"{FORMAT_VERSION}: run the evstore release that wrote it, or restore a backup")
+    if fmt is not None and fmt[0] not in ("1", "2", FORMAT_VERSION):
+        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 and 2 (migrated on open) "
+                           f"and {FORMAT_VERSION}: run the evstore release that wrote it, or restore a backup")
     conn.execute("BEGIN IMMEDIATE")
     try:
         if fmt is not None and fmt[0] == "1":
@@ -607,6 +676,10 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("UPDATE streams SET metadata = CAST(json_set(CAST(metadata AS TEXT), '$.\"$softDeleted\"', "
                          "json('true')) AS BLOB) WHERE deleted = 'no' AND version > 0 AND metadata IS NOT NULL "
                          "AND json_extract(CAST(metadata AS TEXT), '$.truncateBefore') > version")
+        if fmt is not None and fmt[0] in ("1", "2"):
+            log.warning("migrating %s from log format %s to %s: storing each event's reply JSON (once; about "
+                        "10 s per million events)", path, fmt[0], FORMAT_VERSION)
+            _add_reply_texts(conn)
         for statement in (TABLES + INDEXES).split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -615,6 +688,30 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+_LEGACY_RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"
+_REPLY_TEXT_COLUMNS = ("json BLOB NOT NULL DEFAULT x''", "json_crc INTEGER NOT NULL DEFAULT 0",
+                       "data_at INTEGER NOT NULL DEFAULT 0", "data_len INTEGER NOT NULL DEFAULT 0",
+                       "meta_at INTEGER NOT NULL DEFAULT 0", "meta_len INTEGER NOT NULL DEFAULT 0")
+
+
+def _add_reply_texts(conn: sqlite3.Connection, batch: int = 5000) -> None:
+    """Format 2 to 3, inside the caller's transaction: the reply text of every record, its JSON payloads kept
+    there only (their checksums are unchanged: the record's fields are)."""
+    for column in _REPLY_TEXT_COLUMNS:
+        conn.execute(f"ALTER TABLE events ADD COLUMN {column}")
+    after = 0
+    while True:
+        rows = conn.execute(f"SELECT {_LEGACY_RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position "
+                            "LIMIT ?", (after, batch)).fetchall()
+        if not rows:
+            return
+        stored = [stored_row(record_from_row(row)) for row in rows]
+        conn.executemany("UPDATE events SET data = ?, metadata = ?, json = ?, json_crc = ?, data_at = ?, "
+                         "data_len = ?, meta_at = ?, meta_len = ? WHERE position = ?",
+                         [(*row[5:7], *row[11:], row[0]) for row in stored])
+        after = rows[-1][0]
 
 
 WriteOp = Callable[[WriteTxn], Any]
@@ -972,10 +1069,15 @@ def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]])
 
 
 def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[Record]]:
-    """All records in position order, in lists of up to `batch` (of a format-1 file too, read without changing
-    it: its records are all JSON, flags 0)."""
-    has_flags = any(column[1] == "flags" for column in conn.execute("PRAGMA table_info(events)"))
-    columns = RECORD_COLUMNS if has_flags else RECORD_COLUMNS.replace("flags", "0 AS flags")
+    """All records in position order, in lists of up to `batch` (of a format-1 or 2 file too, read without
+    changing it: format 1's records are all JSON, flags 0)."""
+    columns = {column[1] for column in conn.execute("PRAGMA table_info(events)")}
+    if "json" in columns:
+        columns = RECORD_COLUMNS
+    elif "flags" in columns:
+        columns = _LEGACY_RECORD_COLUMNS
+    else:
+        columns = _LEGACY_RECORD_COLUMNS.replace("flags", "0 AS flags")
     after = 0
     while True:
         rows = conn.execute(f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?",
@@ -985,3 +1087,22 @@ def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[R
         records = [record_from_row(r) for r in rows]
         after = records[-1].position
         yield records
+
+
+def faulty_reply_texts(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[int]:
+    """Positions whose stored reply text (format 3) is not its record's, or fails its own checksum."""
+    if not any(column[1] == "json" for column in conn.execute("PRAGMA table_info(events)")):
+        return
+    after = 0
+    while True:
+        rows = conn.execute(f"SELECT {RECORD_COLUMNS}, json, json_crc FROM events WHERE position > ? "
+                            "ORDER BY position LIMIT ?", (after, batch)).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            record, text, text_crc = record_from_row(row), bytes(row[11]), row[12]
+            if crc32c.crc32c(text) != text_crc or record_json(
+                    record.id, record.stream, record.type, record.data, record.metadata, record.flags,
+                    record.version, record.position, record.created)[0] != text:
+                yield record.position
+        after = rows[-1][0]

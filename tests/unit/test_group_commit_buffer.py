@@ -181,14 +181,14 @@ async def stream_versions_all(log: Log, stream: str) -> list[tuple[int, int]]:
 
 
 def _sealed(event: NewEvent, stream: str) -> NewEvent:
-    from evstore.node.storage import payload_checksum
-    event.payload_crc = payload_checksum(event.id, stream, event.type, event.data, event.metadata)
+    from evstore.node.storage import seal_payloads
+    seal_payloads(stream, [event])
     return event
 
 
 async def test_an_insert_failing_midway_leaves_no_buffered_id_behind(log):
-    good, bad = _sealed(ev(), "s"), ev()
-    bad.data = "not bytes"  # the writer cannot bind it: the op fails after buffering `good`
+    good, bad = _sealed(ev(), "s"), _sealed(ev(), "s")
+    bad.head = None  # the writer cannot build its text: the op fails after buffering `good`
 
     def half_insert(txn: WriteTxn) -> None:
         txn.insert("s", txn.allocate_positions(2), 1, [good, bad])

@@ -187,7 +187,8 @@ async def test_verify_reports_a_corrupted_record(log):
     assert await log.verify() == {"checked": 2, "corrupt": []}
     conn = log.storage._reader_conn()
     conn.execute("PRAGMA query_only=0")
-    conn.execute("UPDATE events SET data = ? WHERE position = 2", (b'"payload-twp"',))
+    text = conn.execute("SELECT json FROM events WHERE position = 2").fetchone()[0]
+    conn.execute("UPDATE events SET json = ? WHERE position = 2", (text.replace(b'"payload-two"', b'"payload-twp"'),))
     conn.execute("PRAGMA query_only=1")
     assert await log.verify() == {"checked": 2, "corrupt": [2]}
 

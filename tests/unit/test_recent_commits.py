@@ -9,7 +9,7 @@ import pytest
 
 from evstore.node.errors import WrongExpectedVersion
 from evstore.node.log import Log, records_from_store
-from evstore.node.storage import RecentCommits, Storage
+from evstore.node.storage import Record, RecentCommits, Storage, stored_row
 from loghelpers import ev
 
 BUDGETS = (1, 300, 5_000, 1 << 20)
@@ -118,7 +118,7 @@ def test_it_keeps_only_the_latest_commits_within_its_bounds():
     def commit(first: int, count: int) -> list[list]:
         values = []
         for position in range(first, first + count):
-            values += [position, "s", position, bytearray(16), "T", bytearray(b"{}"), bytearray(b"{}"), 7, 1, 0, 0]
+            values += stored_row(Record(position, "s", position, bytes(16), "T", b"{}", b"{}", 7, 1))
         return [values]
 
     for n in range(5):

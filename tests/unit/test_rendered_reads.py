@@ -98,7 +98,8 @@ async def test_a_rendered_page_stops_at_the_byte_budget(filled, monkeypatch):
 async def test_a_corrupted_record_is_refused_by_rendered_reads(filled, read):
     conn = filled.storage._reader_conn()
     conn.execute("PRAGMA query_only=0")
-    conn.execute("UPDATE events SET data = ? WHERE position = 6", (b'{"tampered":1}',))  # of STREAMS[1]
+    text = conn.execute("SELECT json FROM events WHERE position = 6").fetchone()[0]  # of STREAMS[1]
+    conn.execute("UPDATE events SET json = ? WHERE position = 6", (text.replace(b'"data":{', b'"data":{"x":1,'),))
     conn.execute("PRAGMA query_only=1")
     with pytest.raises(CorruptRecord):
         if read == "stream":

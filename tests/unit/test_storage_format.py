@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from evstore.node import storage as storage_module
-from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.eventjson import event_json
+from evstore.node.log import AllFilter, Log, NewEvent, StreamAppend
 from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Storage
 from loghelpers import ev
 
@@ -198,6 +199,78 @@ async def test_a_format_1_log_is_migrated_on_open(tmp_path):
     assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == \
         storage_module.FORMAT_VERSION
     check.close()
+
+
+V2_SCHEMA = (V1_SCHEMA.replace("checksum INTEGER NOT NULL);",
+                               "checksum INTEGER NOT NULL, flags INTEGER NOT NULL DEFAULT 0);")
+             .replace("('format', '1')", "('format', '2')"))
+
+
+def v2_checksum(event_id, stream, event_type, data, metadata, flags, position, version, created, epoch) -> int:
+    """Format 2's: format 1's, with the content-type byte after the payload when it is not 0."""
+    import struct
+    s, t = stream.encode(), event_type.encode()
+    payload = crc32c.crc32c(event_id + struct.pack("<IIII", len(s), len(t), len(data), len(metadata)) + s + t
+                            + data + metadata)
+    if flags:
+        payload = crc32c.crc32c(bytes([flags]), payload)
+    return crc32c.crc32c(struct.pack("<QQqq", position, version, created, epoch), payload)
+
+
+async def test_a_format_2_log_is_migrated_on_open_and_reads_the_same(tmp_path):
+    data_dir = tmp_path / "v2"
+    data_dir.mkdir()
+    conn = sqlite3.connect(data_dir / "evstore.db")
+    conn.executescript(V2_SCHEMA)
+    payloads = [(b'{"n":18446744073709551617, "s":"caf\xc3\xa9"}', b"{}", 0), (b"\x00\xff", b'{"m":1}', DATA_BINARY),
+                (b"[1]", b"\x01", METADATA_BINARY), (b"\x02", b"\x03", DATA_BINARY | METADATA_BINARY)]
+    for position, (data, metadata, flags) in enumerate(payloads, start=1):
+        event_id = uuid.uuid4().bytes
+        conn.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                     (position, 'old-"1"', position, event_id, "T\u00e9", data, metadata, 1_700_000_000_000_000 + position,
+                      0, v2_checksum(event_id, 'old-"1"', "T\u00e9", data, metadata, flags, position, position,
+                                     1_700_000_000_000_000 + position, 0), flags))
+    conn.execute("""INSERT INTO streams VALUES ('old-"1"', 4, 1, 4, 'no', NULL)""")
+    conn.commit()
+    conn.close()
+
+    storage = Storage(data_dir)
+    storage.open()
+    try:
+        log = Log(storage)
+        assert await log.verify() == {"checked": 4, "corrupt": []}
+        records = (await log.read_stream('old-"1"', None, 10, False)).records
+        assert [(r.data, r.metadata, r.flags) for r in records] == payloads
+        rendered = (await log.read_stream('old-"1"', None, 10, False, rendered=True)).records
+        assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records]
+    finally:
+        storage.close()
+    check = sqlite3.connect(data_dir / "evstore.db")
+    assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == "3"
+    # a JSON payload is kept once, in the reply text; a binary one also as its raw bytes
+    assert check.execute("SELECT length(data), length(metadata) FROM events ORDER BY position").fetchall() == \
+        [(0, 0), (2, 0), (0, 1), (1, 1)]
+    check.close()
+
+
+async def test_every_event_is_stored_with_the_reply_text_its_record_renders(log):
+    for data, metadata, flags in [(b'{"a": [1, 2.50]}', b"{}", 0), (b"\x00", b'"m"', DATA_BINARY),
+                                  (b"1E2", b"\xff", METADATA_BINARY)]:
+        await log.append('q-\u2603"\\', "any", [NewEvent(uuid.uuid4().bytes, "T\n", data, metadata, flags=flags)])
+    await log.append_many([StreamAppend("m-1", "any", [ev(), ev()]), StreamAppend("m-2", "any", [ev()])])
+    records = (await log.read_all(None, 100, False, AllFilter())).records
+    rendered = (await log.read_all(None, 100, False, AllFilter(), rendered=True)).records
+    assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 6
+
+
+async def test_verify_finds_a_reply_text_that_is_not_its_records(log):
+    await log.append("v", "any", [ev("Kind"), ev("Kind")])
+    conn = log.storage._reader_conn()
+    conn.execute("PRAGMA query_only=0")
+    text = conn.execute("SELECT json FROM events WHERE position = 2").fetchone()[0].replace(b'"Kind"', b'"Kine"')
+    conn.execute("UPDATE events SET json = ?, json_crc = ? WHERE position = 2", (text, crc32c.crc32c(text)))
+    conn.execute("PRAGMA query_only=1")
+    assert await log.verify() == {"checked": 2, "corrupt": [2]}
 
 
 def test_an_unknown_format_is_refused_with_how_to_migrate(tmp_path):
