@@ -1,7 +1,13 @@
 """Append/read benchmark of evstore against eventsourcing's PostgreSQL recorder (or its SQLite one): `python bench/append.py --help`."""
+import os
 import sys
 
-from evstore.client.bench.append import main
+# this file's directory comes first on sys.path, where bench/eventsourcing.py would shadow the eventsourcing
+# library (the reference runs would be skipped)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+
+from evstore.client.bench.append import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
