@@ -93,7 +93,7 @@ METADATA_SQL = "CASE WHEN flags & 2 THEN metadata ELSE substr(json, meta_at + 1,
 # a record's fields, in Record's order
 RECORD_COLUMNS = f"position, stream, version, id, type, {DATA_SQL}, {METADATA_SQL}, created, epoch, checksum, flags"
 # an event as the reply renders it, with what paging needs
-REPLY_COLUMNS = "position, version, json, json_crc"
+REPLY_COLUMNS = "position, json, json_crc"
 # a row as the writer inserts it
 STORED_COLUMNS = ("position, stream, version, id, type, data, metadata, created, epoch, checksum, flags, "
                   "json, json_crc, data_at, data_len, meta_at, meta_len")

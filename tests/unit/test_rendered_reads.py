@@ -126,3 +126,21 @@ async def test_reads_racing_a_close_are_answered_or_refused_never_left_waiting(t
     done = await asyncio.wait_for(asyncio.gather(*reads, return_exceptions=True), 20)
     await asyncio.wait_for(closing, 20)
     assert all(isinstance(r, Unavailable) or len(r.records) == 1 for r in done), done
+
+
+async def test_a_rendered_event_reads_its_version_from_its_own_tail(log):
+    tricky = b'{"x":",\\"version\\":7,\\"position\\":9,\\"created\\":\\"","version":5,"position":6}'
+    for i in range(3):
+        await log.append("tricky-1", "any", [NewEvent(uuid.uuid4().bytes, "T", tricky, tricky)])
+    page = await log.read_stream("tricky-1", None, 10, False, rendered=True)
+    assert [(e.version, e.position) for e in page.records] == [(1, 1), (2, 2), (3, 3)]
+
+
+async def test_a_byte_budget_that_falls_past_the_first_chunk_of_rows(log, monkeypatch):
+    await log.append("many-1", "any", [NewEvent(uuid.uuid4().bytes, "T", b"[1]", b"{}") for _ in range(700)])
+    sizes = [e.size for e in (await log.read_stream("many-1", None, 1000, False, rendered=True)).records]
+    budget = sum(sizes[:300]) + sizes[300] // 2
+    monkeypatch.setattr("evstore.node.log.MAX_REPLY_BYTES", budget)
+    page = await log.read_stream("many-1", None, 1000, False, rendered=True)
+    assert len(page.records) == 300 and page.next == 301
+    assert [e.version for e in page.records] == list(range(1, 301))
