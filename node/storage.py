@@ -678,7 +678,7 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
                          "AND json_extract(CAST(metadata AS TEXT), '$.truncateBefore') > version")
         if fmt is not None and fmt[0] in ("1", "2"):
             log.warning("migrating %s from log format %s to %s: storing each event's reply JSON (once; about "
-                        "10 s per million events)", path, fmt[0], FORMAT_VERSION)
+                        "20 s per million events on a small machine)", path, fmt[0], FORMAT_VERSION)
             _add_reply_texts(conn)
         for statement in (TABLES + INDEXES).split(";"):
             if statement.strip():
