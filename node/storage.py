@@ -189,7 +189,10 @@ def seal_payloads(stream: str, events: Iterable) -> int:
                          type_json, b',"data":', data, b',"metadata":', metadata, b',"version":'))
             at = data_at + len(type_json)
             spans = (at, len(data), at + len(data) + 12, len(metadata))
-        e.head, e.head_crc, e.spans = head, crc(head), spans
+        # what the writer's row takes as it is (bytearrays: sqlite3 binds them without an adapter lookup)
+        e.head, e.head_crc, e.spans = bytearray(head), crc(head), tuple(spans)
+        e.fixed = (bytearray(event_id), e.type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
+                   bytearray(metadata) if flags & METADATA_BINARY else _EMPTY)
         size += len(data) + len(metadata)
     return size
 
@@ -567,12 +570,11 @@ class WriteTxn:
         return found
 
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
-        """Buffer events (sealed by seal_payloads: payload_crc, and their reply text's head and spans) as
-        consecutive records."""
+        """Buffer events (sealed by seal_payloads: payload_crc, their reply text's head and spans, and the
+        row's fixed values) as consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
-        # this loop runs once per event on the writer, so it stays lean. bytearray, not bytes: sqlite3 binds a
-        # bytearray directly but looks up an adapter for every bytes value, which costs more than the copy
+        # this loop runs once per event on the writer, so it stays lean: what it can, seal_payloads prepared
         values = self._events
         add, ids = values.extend, self._event_ids
         pack, crc = _INTS.pack, crc32c.crc32c
@@ -580,15 +582,9 @@ class WriteTxn:
         position, version = first_position, first_version
         for e in events:
             index = len(values)
-            tail = b'%d,"position":%d' % (version, position) + created
-            text = bytearray(e.head)
-            text += tail
-            flags = e.flags
-            add((position, stream, version, bytearray(e.id), e.type,
-                 bytearray(e.data) if flags & DATA_BINARY else _EMPTY,
-                 bytearray(e.metadata) if flags & METADATA_BINARY else _EMPTY,
-                 now, epoch, crc(pack(position, version, now, epoch), e.payload_crc), flags,
-                 text, crc(tail, e.head_crc), *e.spans))
+            tail = b'%d,"position":%d%b' % (version, position, created)
+            add((position, stream, version, *e.fixed, now, epoch, crc(pack(position, version, now, epoch), e.payload_crc),
+                 e.flags, e.head + tail, crc(tail, e.head_crc), *e.spans))
             ids[e.id] = index
             position += 1
             version += 1
