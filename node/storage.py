@@ -1067,10 +1067,10 @@ def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]])
 def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[Record]]:
     """All records in position order, in lists of up to `batch` (of a format-1 or 2 file too, read without
     changing it: format 1's records are all JSON, flags 0)."""
-    columns = {column[1] for column in conn.execute("PRAGMA table_info(events)")}
-    if "json" in columns:
+    names = {column[1] for column in conn.execute("PRAGMA table_info(events)")}
+    if "json" in names:
         columns = RECORD_COLUMNS
-    elif "flags" in columns:
+    elif "flags" in names:
         columns = _LEGACY_RECORD_COLUMNS
     else:
         columns = _LEGACY_RECORD_COLUMNS.replace("flags", "0 AS flags")
