@@ -48,8 +48,8 @@ class RenderedEvent(tuple):
     position = property(operator.itemgetter(0))
     json = property(operator.itemgetter(1))
 
-    def __new__(cls, position: int, json: bytes, json_crc: int | None = None) -> "RenderedEvent":
-        return tuple.__new__(cls, (position, json, crc32c.crc32c(json) if json_crc is None else json_crc))
+    def __new__(cls, position: int, json: bytes, json_crc: int) -> "RenderedEvent":
+        return tuple.__new__(cls, (position, json, json_crc))
 
     @property
     def version(self) -> int:

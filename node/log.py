@@ -22,7 +22,7 @@ from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snap
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
 from .storage import (DATA_BINARY, DATA_SQL, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
-                      faulty_reply_texts, now_micros, record_from_row, scan_records, seal_payloads)
+                      checked_batches, now_micros, record_from_row, seal_payloads)
 
 T = TypeVar("T")
 
@@ -939,14 +939,11 @@ def verify_connection(conn: sqlite3.Connection, progress: Callable[[int, int], N
     total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     checked, corrupt = 0, []
     try:
-        for records in scan_records(conn):
-            for record in records:
-                if record.compute_checksum() != record.checksum:
-                    corrupt.append(record.position)
-            checked += len(records)
+        for count, found in checked_batches(conn):
+            corrupt += found
+            checked += count
             if progress is not None:
                 progress(checked, total)
-        corrupt = sorted(set(corrupt).union(faulty_reply_texts(conn)))
     except sqlite3.DatabaseError as exc:
         return {"checked": checked, "corrupt": corrupt, "error": f"database file damaged: {exc}"}
     return {"checked": checked, "corrupt": corrupt}

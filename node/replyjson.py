@@ -76,7 +76,7 @@ def created_tail(micros: int) -> bytes:
 
 
 def json_tail(version: int, position: int, created: int) -> bytes:
-    return b'%d,"position":%d' % (version, position) + created_tail(created)
+    return b'%d,"position":%d%b' % (version, position, created_tail(created))  # as WriteTxn.insert makes it
 
 
 def record_json(event_id: bytes, stream: str, event_type: str, data: bytes, metadata: bytes, flags: int,

@@ -37,7 +37,12 @@ MAX_BATCH_REQUESTS = 2048
 MAX_BATCH_WEIGHT = 50_000  # events: a group commit stops taking requests past this
 SQL_VARIABLE_CHUNK = 500
 
-TABLES = """
+# format 3's: the event's reply text (replyjson), its CRC32C, and the spans of the JSON payloads in it
+_REPLY_TEXT_COLUMNS = ("json BLOB NOT NULL DEFAULT x''", "json_crc INTEGER NOT NULL DEFAULT 0",
+                       "data_at INTEGER NOT NULL DEFAULT 0", "data_len INTEGER NOT NULL DEFAULT 0",
+                       "meta_at INTEGER NOT NULL DEFAULT 0", "meta_len INTEGER NOT NULL DEFAULT 0")
+_COLUMN_BREAK = ",\n    "
+TABLES = f"""
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
     stream   TEXT    NOT NULL,
@@ -50,12 +55,7 @@ CREATE TABLE IF NOT EXISTS events (
     epoch    INTEGER NOT NULL,
     checksum INTEGER NOT NULL,
     flags    INTEGER NOT NULL DEFAULT 0,
-    json     BLOB    NOT NULL DEFAULT x'',
-    json_crc INTEGER NOT NULL DEFAULT 0,
-    data_at  INTEGER NOT NULL DEFAULT 0,
-    data_len INTEGER NOT NULL DEFAULT 0,
-    meta_at  INTEGER NOT NULL DEFAULT 0,
-    meta_len INTEGER NOT NULL DEFAULT 0
+    {_COLUMN_BREAK.join(_REPLY_TEXT_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS streams (
     stream   TEXT PRIMARY KEY,
@@ -95,8 +95,8 @@ RECORD_COLUMNS = f"position, stream, version, id, type, {DATA_SQL}, {METADATA_SQ
 # an event as the reply renders it, with what paging needs
 REPLY_COLUMNS = "position, json, json_crc"
 # a row as the writer inserts it
-STORED_COLUMNS = ("position, stream, version, id, type, data, metadata, created, epoch, checksum, flags, "
-                  "json, json_crc, data_at, data_len, meta_at, meta_len")
+_PLAIN_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"  # format 2's
+STORED_COLUMNS = f"{_PLAIN_COLUMNS}, json, json_crc, data_at, data_len, meta_at, meta_len"
 _INTS = struct.Struct("<QQqq")
 _COLUMNS = 17  # values of one stored row
 _EMPTY = bytearray()  # the data or metadata column of a JSON payload (it lives in `json`)
@@ -686,28 +686,16 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
-_LEGACY_RECORD_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"
-_REPLY_TEXT_COLUMNS = ("json BLOB NOT NULL DEFAULT x''", "json_crc INTEGER NOT NULL DEFAULT 0",
-                       "data_at INTEGER NOT NULL DEFAULT 0", "data_len INTEGER NOT NULL DEFAULT 0",
-                       "meta_at INTEGER NOT NULL DEFAULT 0", "meta_len INTEGER NOT NULL DEFAULT 0")
-
-
 def _add_reply_texts(conn: sqlite3.Connection, batch: int = 5000) -> None:
     """Format 2 to 3, inside the caller's transaction: the reply text of every record, its JSON payloads kept
     there only (their checksums are unchanged: the record's fields are)."""
     for column in _REPLY_TEXT_COLUMNS:
         conn.execute(f"ALTER TABLE events ADD COLUMN {column}")
-    after = 0
-    while True:
-        rows = conn.execute(f"SELECT {_LEGACY_RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position "
-                            "LIMIT ?", (after, batch)).fetchall()
-        if not rows:
-            return
+    for rows in _row_batches(conn, _PLAIN_COLUMNS, batch):
         stored = [stored_row(record_from_row(row)) for row in rows]
         conn.executemany("UPDATE events SET data = ?, metadata = ?, json = ?, json_crc = ?, data_at = ?, "
                          "data_len = ?, meta_at = ?, meta_len = ? WHERE position = ?",
                          [(*row[5:7], *row[11:], row[0]) for row in stored])
-        after = rows[-1][0]
 
 
 WriteOp = Callable[[WriteTxn], Any]
@@ -1064,41 +1052,36 @@ def _settle_all(settled: list[tuple[asyncio.Future, Any, BaseException | None]])
             future.set_result(result)
 
 
-def scan_records(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[Record]]:
-    """All records in position order, in lists of up to `batch` (of a format-1 or 2 file too, read without
-    changing it: format 1's records are all JSON, flags 0)."""
-    names = {column[1] for column in conn.execute("PRAGMA table_info(events)")}
-    if "json" in names:
-        columns = RECORD_COLUMNS
-    elif "flags" in names:
-        columns = _LEGACY_RECORD_COLUMNS
-    else:
-        columns = _LEGACY_RECORD_COLUMNS.replace("flags", "0 AS flags")
+def _row_batches(conn: sqlite3.Connection, columns: str, batch: int) -> Iterable[list]:
+    """Every row of `columns` (the first is the position), in position order, in lists of up to `batch`."""
     after = 0
     while True:
         rows = conn.execute(f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?",
                             (after, batch)).fetchall()
         if not rows:
             return
-        records = [record_from_row(r) for r in rows]
-        after = records[-1].position
-        yield records
-
-
-def faulty_reply_texts(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[int]:
-    """Positions whose stored reply text (format 3) is not its record's, or fails its own checksum."""
-    if not any(column[1] == "json" for column in conn.execute("PRAGMA table_info(events)")):
-        return
-    after = 0
-    while True:
-        rows = conn.execute(f"SELECT {RECORD_COLUMNS}, json, json_crc FROM events WHERE position > ? "
-                            "ORDER BY position LIMIT ?", (after, batch)).fetchall()
-        if not rows:
-            return
-        for row in rows:
-            record, text, text_crc = record_from_row(row), bytes(row[11]), row[12]
-            if crc32c.crc32c(text) != text_crc or record_json(
-                    record.id, record.stream, record.type, record.data, record.metadata, record.flags,
-                    record.version, record.position, record.created)[0] != text:
-                yield record.position
+        yield rows
         after = rows[-1][0]
+
+
+def checked_batches(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[tuple[int, list[int]]]:
+    """One pass over every record, in position order: (records checked, positions found corrupt) per batch. A
+    record is corrupt when its checksum fails, or (format 3) when its stored reply text fails its own checksum or
+    is not the text the record renders. A format-1 or 2 file is read without changing it (format 1's records are
+    all JSON, flags 0)."""
+    names = {column[1] for column in conn.execute("PRAGMA table_info(events)")}
+    if "json" not in names:
+        columns = _PLAIN_COLUMNS if "flags" in names else _PLAIN_COLUMNS.replace("flags", "0 AS flags")
+        for rows in _row_batches(conn, columns, batch):
+            records = [record_from_row(row) for row in rows]
+            yield len(rows), [r.position for r in records if r.compute_checksum() != r.checksum]
+        return
+    for rows in _row_batches(conn, f"{RECORD_COLUMNS}, json, json_crc", batch):
+        corrupt = []
+        for row in rows:
+            record, text = record_from_row(row), bytes(row[11])
+            if (record.compute_checksum() != record.checksum or crc32c.crc32c(text) != row[12]
+                    or record_json(record.id, record.stream, record.type, record.data, record.metadata, record.flags,
+                                   record.version, record.position, record.created)[0] != text):
+                corrupt.append(record.position)
+        yield len(rows), corrupt

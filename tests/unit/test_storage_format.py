@@ -152,12 +152,8 @@ INSERT INTO settings VALUES ('format', '1');
 
 
 def v1_checksum(event_id, stream, event_type, data, metadata, position, version, created, epoch) -> int:
-    """Format 1's record checksum, written out independently of the code under test."""
-    import struct
-    s, t = stream.encode(), event_type.encode()
-    payload = crc32c.crc32c(event_id + struct.pack("<IIII", len(s), len(t), len(data), len(metadata)) + s + t
-                            + data + metadata)
-    return crc32c.crc32c(struct.pack("<QQqq", position, version, created, epoch), payload)
+    """Format 1's record checksum: format 2's (below) of a JSON event, which format 1's all are."""
+    return v2_checksum(event_id, stream, event_type, data, metadata, 0, position, version, created, epoch)
 
 
 async def test_a_format_1_log_is_migrated_on_open(tmp_path):
@@ -207,7 +203,8 @@ V2_SCHEMA = (V1_SCHEMA.replace("checksum INTEGER NOT NULL);",
 
 
 def v2_checksum(event_id, stream, event_type, data, metadata, flags, position, version, created, epoch) -> int:
-    """Format 2's: format 1's, with the content-type byte after the payload when it is not 0."""
+    """Format 2's record checksum, written out independently of the code under test: format 1's, with the
+    content-type byte after the payload when it is not 0."""
     import struct
     s, t = stream.encode(), event_type.encode()
     payload = crc32c.crc32c(event_id + struct.pack("<IIII", len(s), len(t), len(data), len(metadata)) + s + t
