@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
+LEASE_MARGIN = 0.5  # seconds: a leader stops writing this long before its lease could have expired in etcd
+
 
 class CoordinatorError(Exception):
     """The coordinator could not be reached or answered with an error; the caller retries or steps down."""
@@ -49,6 +51,11 @@ class LeaseStatus:
     last_refresh: float = 0.0  # time.monotonic() when the last successful keepalive was *sent*
     lost: bool = False
     generation: int = 0  # counts the leases granted: a leader holds its key under one generation only
+
+    def surely_alive(self) -> bool:
+        """True while etcd cannot yet have expired the lease: a keepalive it answered was sent less than the
+        TTL ago, with half a second to spare for clock steps between the two machines' timers."""
+        return not self.lost and time.monotonic() < self.last_refresh + self.ttl - LEASE_MARGIN
 
 
 class Coordinator(Protocol):

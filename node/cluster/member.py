@@ -248,6 +248,10 @@ class ClusterMember:
             return f"no leader; not running: not in the ISR {list(isr.members)}"
         if self.coordinator.lease.lost:
             return "no leader; not running: this node holds no etcd lease"
+        if not self.coordinator.lease.surely_alive():
+            # a key won now would be resigned at once (_lead checks the lease): each such round would burn an
+            # epoch and make the followers chase a leader that never leads
+            return "no leader; not running: this node's etcd lease is not surely alive (no recent keepalive)"
         won = await self.coordinator.campaign(self.me)
         generation = self.coordinator.lease.generation  # the lease the key was just created under
         if won is None:

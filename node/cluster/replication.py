@@ -179,8 +179,7 @@ class LeaderReplication:
         new lease after a loss does not bring the key back)."""
         if self._lease_ok:
             lease = self.coordinator.lease
-            self._lease_ok = (not lease.lost and lease.generation == self.lease_generation
-                              and time.monotonic() < lease.last_refresh + lease.ttl - 0.5)
+            self._lease_ok = lease.generation == self.lease_generation and lease.surely_alive()
         return self._lease_ok
 
     def _check_can_write(self) -> None:

@@ -4,6 +4,7 @@ why and resigns its key."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -59,12 +60,29 @@ async def test_one_wins_and_says_so_the_other_follows(members):
     await until(lambda: a.decision == f"leading epoch {a.leading.epoch}", "a's steady decision")
 
 
-async def test_a_leader_whose_lease_lapses_says_why_and_resigns_its_key(members):
+async def test_a_leader_whose_lease_lapses_says_why_and_resigns_its_key(members, caplog):
+    caplog.set_level(logging.INFO, logger="evstore.cluster")
     a = await members("a")
     await until(lambda: a.role is Role.LEADER, "a to lead")
     epoch = a.leading.epoch
     a.coordinator.freeze()  # no keepalive: the lease is no longer surely alive
-    await until(lambda: a.role is not Role.LEADER, "a to stop leading")
-    await until(lambda: "stopped leading (lease expired)" in a.decision or a.decision.startswith("no leader"),
-                "a's decision")
-    assert await a.coordinator.leader() is None or (await a.coordinator.leader()).epoch != epoch
+    await until(lambda: a.decision.startswith("no leader; not running: this node's etcd lease is not surely alive"),
+                "a to stop running for leader")
+    decisions = [r.getMessage().removeprefix("cluster step: ") for r in caplog.records
+                 if r.getMessage().startswith("cluster step: ")]  # each decision is logged once, when it changes
+    assert (f"stopped leading (lease expired); resigned the leader key of epoch {epoch}, which this node no longer "
+            f"leads") in decisions
+    assert await a.coordinator.leader() is None
+    assert not [d for d in decisions[decisions.index(f"leading epoch {epoch}") + 1:] if "won" in d], \
+        "a node without a live lease ran for leader (each win burns an epoch)"
+
+
+async def test_a_node_whose_keepalive_lapsed_runs_again_once_it_is_refreshed(members):
+    a = await members("a")
+    await until(lambda: a.role is Role.LEADER, "a to lead")
+    epoch = a.leading.epoch
+    a.coordinator.freeze()
+    await until(lambda: a.decision.startswith("no leader; not running"), "a to stop running for leader")
+    a.coordinator.refresh()  # etcd answered a keepalive again
+    await until(lambda: a.role is Role.LEADER, "a to lead again")
+    assert a.leading.epoch > epoch
