@@ -56,7 +56,7 @@ class NewEvent:
     flags: int = 0  # content types of data and metadata (storage.DATA_BINARY, storage.METADATA_BINARY)
     # set by seal_payloads: the reply text up to the version, its CRC32C, the payloads' spans in it, and the
     # values of the stored row that do not depend on the event's place (id, type, raw data, raw metadata)
-    head: bytearray = field(default_factory=bytearray)
+    head: bytearray | bytes = b""
     head_crc: int = 0
     spans: tuple[int, ...] = ()
     fixed: tuple = ()

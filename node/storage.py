@@ -171,6 +171,7 @@ def seal_payloads(stream: str, events: Iterable) -> int:
     data_at = len(b'{"id":"') + 36 + len(after_id) + len(b',"data":')  # plus the type's length
     type_names: dict[str, tuple[bytes, bytes]] = {}
     pack, crc, join, hexlify = _LENGTHS.pack, crc32c.crc32c, b"".join, binascii.hexlify
+    join_into_bytearray = _EMPTY.join  # the head as the bytearray the writer extends, without a copy
     size = 0
     for e in events:
         event_id, data, metadata, flags = e.id, e.data, e.metadata, e.flags
@@ -182,15 +183,16 @@ def seal_payloads(stream: str, events: Iterable) -> int:
                                   stream_bytes, type_bytes, data, metadata)))
         if flags:
             e.payload_crc = crc(_FLAG_BYTES[flags], e.payload_crc)
-            head, *spans = json_head(event_id, stream_json, type_json, data, metadata, flags)
+            text, *spans = json_head(event_id, stream_json, type_json, data, metadata, flags)
+            head, spans = bytearray(text), tuple(spans)
         else:  # json_head's text, built in one join (the common case, once per event)
-            h = hexlify(event_id)
-            head = join((b'{"id":"', h[:8], b"-", h[8:12], b"-", h[12:16], b"-", h[16:20], b"-", h[20:], after_id,
-                         type_json, b',"data":', data, b',"metadata":', metadata, b',"version":'))
+            h = hexlify(event_id, b"-", 4)  # 8-8-8-8 hex digits: two slices fewer to make the UUID's 8-4-4-4-12
+            head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
+                                        type_json, b',"data":', data, b',"metadata":', metadata, b',"version":'))
             at = data_at + len(type_json)
             spans = (at, len(data), at + len(data) + 12, len(metadata))
         # what the writer's row takes as it is (bytearrays: sqlite3 binds them without an adapter lookup)
-        e.head, e.head_crc, e.spans = bytearray(head), crc(head), tuple(spans)
+        e.head, e.head_crc, e.spans = head, crc(head), spans
         e.fixed = (bytearray(event_id), e.type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
                    bytearray(metadata) if flags & METADATA_BINARY else _EMPTY)
         size += len(data) + len(metadata)

@@ -291,28 +291,31 @@ def _event_list(events: list | UnsetType) -> list:
 
 def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes], *, at: str = "") -> NewEvent:
     """The checks of one event of an append (the i-th, at `at` in the body) and what the log stores of it."""
-    where = f"{at}events[{i}]."
     given_id = event.id is not UNSET
     if given_id:  # ids the node makes cannot repeat
+        where = f"{at}events[{i}]."
         event_id = event_uuid(event.id, f"{where}id")
         if event_id in seen:
             raise InvalidRequest(f"{where}id repeats an id of the same request", field=f"{where}id")
         seen.add(event_id)
     else:
         event_id = fresh_id
-    event_type_value, data, metadata, flags = _payloads(event, where)
+    event_type_value, data, metadata, flags = _payloads(event, at, i)
     return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
 
 
-def _payloads(body: _EventBody | _SnapshotBody, where: str) -> tuple[str, bytes, bytes, int]:
-    """type, data, metadata and content flags of an event or snapshot (at `where` in the body: "" or ending
-    with a dot), with the checks of each."""
+def _payloads(body: _EventBody | _SnapshotBody, at: str = "",
+              i: int | None = None) -> tuple[str, bytes, bytes, int]:
+    """type, data, metadata and content flags of an event (the i-th of the events at `at` in the body) or of a
+    snapshot (i None), with the checks of each. Field names for errors are made only when one is raised: this
+    runs for every event of an append."""
     event_type_value = body.type
     if not (isinstance(event_type_value, str) and 0 < len(event_type_value) <= MAX_TYPE_CHARS
             and (event_type_value.isprintable() or not _CONTROL.search(event_type_value))):
-        event_type(event_type_value, f"{where}type")  # raises with the precise message
+        event_type(event_type_value, f"{_field_prefix(at, i)}type")  # raises with the precise message
     flags = 0
     if body.dataBase64 is not UNSET:
+        where = _field_prefix(at, i)
         if body.data is not UNSET:
             raise InvalidRequest(f"{where.rstrip('.') or 'the body'} has both data and dataBase64",
                                  field=f"{where}dataBase64")
@@ -322,8 +325,10 @@ def _payloads(body: _EventBody | _SnapshotBody, where: str) -> tuple[str, bytes,
         data = _NULL
     else:
         data = bytes(body.data)
-        check_depth(data, f"{where}data")
+        if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:  # json_depth's own shortcut, without two calls
+            check_depth(data, f"{_field_prefix(at, i)}data")
     if body.metadataBase64 is not UNSET:
+        where = _field_prefix(at, i)
         if body.metadata is not UNSET:
             raise InvalidRequest(f"{where.rstrip('.') or 'the body'} has both metadata and metadataBase64",
                                  field=f"{where}metadataBase64")
@@ -334,9 +339,16 @@ def _payloads(body: _EventBody | _SnapshotBody, where: str) -> tuple[str, bytes,
     else:
         metadata = bytes(body.metadata)
         if metadata[:1] != b"{":
+            where = _field_prefix(at, i)
             raise InvalidRequest(f"{where}metadata must be a JSON object", field=f"{where}metadata")
-        check_depth(metadata, f"{where}metadata")
+        if metadata.count(b"[") + metadata.count(b"{") > MAX_JSON_DEPTH:
+            check_depth(metadata, f"{_field_prefix(at, i)}metadata")
     return event_type_value, data, metadata, flags
+
+
+def _field_prefix(at: str, i: int | None) -> str:
+    """Where an event's fields sit in the body ("events[3]." in `at`), or "" for a snapshot's."""
+    return "" if i is None else f"{at}events[{i}]."
 
 
 # snapshots ---------------------------------------------------------------------------------------
@@ -375,7 +387,7 @@ def snapshot_body(body: bytes) -> tuple[int, NewEvent, int | None]:
         raise InvalidRequest("a snapshot needs its version", field="version")
     version = bounded_int(doc.version, "version", 0)
     keep = None if doc.keep is UNSET else bounded_int(doc.keep, "keep", 1, MAX_INT)
-    event_type_value, data, metadata, flags = _payloads(doc, "")
+    event_type_value, data, metadata, flags = _payloads(doc)
     return version, NewEvent(b"", event_type_value, data, metadata, given_id=False, flags=flags), keep
 
 
