@@ -6,11 +6,12 @@ PostgreSQL server spends). The text holds the event's fields in a fixed order:
 
     {"id":"…","stream":…,"type":…,"data":…,"metadata":…,"version":V,"position":P,"created":"…"}
 
-Everything up to `"version":` is known before the writer takes the event (the head, with its CRC32C), so the
-writer only appends the tail with the version, position and commit time it assigns, and extends the CRC over
-the tail. JSON payloads appear in the text as the client sent them, and the record reads them back from there
-(by their spans), so they are stored once; binary payloads appear as base64 (`dataBase64`/`metadataBase64`)
-and the record keeps their raw bytes too.
+Everything up to `"version":` is known before the writer takes the event (the head), so the writer only appends
+the tail with the version, position and commit time it assigns, and computes the whole text's CRC32C (one call
+either way: a CRC of the head in the event loop, extended over the tail, cost a call more). JSON payloads
+appear in the text as the client sent them, and the record reads them back from there (by their spans), so
+they are stored once; binary payloads appear as base64 (`dataBase64`/`metadataBase64`) and the record keeps
+their raw bytes too.
 """
 from __future__ import annotations
 

@@ -161,40 +161,42 @@ def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes,
 
 
 def seal_payloads(stream: str, events: Iterable) -> int:
-    """Set `payload_crc` (see payload_checksum) on each event of one stream, and the head of its reply text
-    (`head`, `head_crc`, `spans`: see replyjson.json_head); return their data and metadata bytes. One pass with
-    the stream encoded once, off the writer thread: appends of 100 events run this for every event."""
+    """Set `payload_crc` (see payload_checksum) on each event of one stream, the head of its reply text and the
+    spans of its payloads in it (`head`, `spans`: see replyjson.json_head), and the row's values that do not
+    depend on the event's place (`fixed`); return their data and metadata bytes. One pass with the stream encoded
+    once, off the writer thread: appends of 100 events run this for every event."""
     stream_bytes = stream.encode()
     stream_length = len(stream_bytes)
     stream_json = json_name(stream)
     after_id = b'","stream":' + stream_json + b',"type":'
     data_at = len(b'{"id":"') + 36 + len(after_id) + len(b',"data":')  # plus the type's length
-    type_names: dict[str, tuple[bytes, bytes]] = {}
+    type_names: dict[str, tuple[bytes, bytes, int]] = {}
     pack, crc, join, hexlify = _LENGTHS.pack, crc32c.crc32c, b"".join, binascii.hexlify
     join_into_bytearray = _EMPTY.join  # the head as the bytearray the writer extends, without a copy
     size = 0
     for e in events:
-        event_id, data, metadata, flags = e.id, e.data, e.metadata, e.flags
-        names = type_names.get(e.type)
+        event_id, event_type, data, metadata, flags = e.id, e.type, e.data, e.metadata, e.flags
+        names = type_names.get(event_type)
         if names is None:
-            names = type_names[e.type] = (e.type.encode(), json_name(e.type))
-        type_bytes, type_json = names
+            type_json = json_name(event_type)
+            names = type_names[event_type] = (event_type.encode(), type_json + b',"data":',
+                                              data_at + len(type_json))
+        type_bytes, type_and_data_key, at = names
         e.payload_crc = crc(join((event_id, pack(stream_length, len(type_bytes), len(data), len(metadata)),
                                   stream_bytes, type_bytes, data, metadata)))
+        # what the writer's row takes as it is (bytearrays: sqlite3 binds them without an adapter lookup)
         if flags:
             e.payload_crc = crc(_FLAG_BYTES[flags], e.payload_crc)
-            text, *spans = json_head(event_id, stream_json, type_json, data, metadata, flags)
-            head, spans = bytearray(text), tuple(spans)
+            text, *spans = json_head(event_id, stream_json, json_name(event_type), data, metadata, flags)
+            e.head, e.spans = bytearray(text), tuple(spans)
+            e.fixed = (bytearray(event_id), event_type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
+                       bytearray(metadata) if flags & METADATA_BINARY else _EMPTY)
         else:  # json_head's text, built in one join (the common case, once per event)
             h = hexlify(event_id, b"-", 4)  # 8-8-8-8 hex digits: two slices fewer to make the UUID's 8-4-4-4-12
-            head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
-                                        type_json, b',"data":', data, b',"metadata":', metadata, b',"version":'))
-            at = data_at + len(type_json)
-            spans = (at, len(data), at + len(data) + 12, len(metadata))
-        # what the writer's row takes as it is (bytearrays: sqlite3 binds them without an adapter lookup)
-        e.head, e.head_crc, e.spans = head, crc(head), spans
-        e.fixed = (bytearray(event_id), e.type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
-                   bytearray(metadata) if flags & METADATA_BINARY else _EMPTY)
+            e.head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
+                                          type_and_data_key, data, b',"metadata":', metadata, b',"version":'))
+            e.spans = (at, len(data), at + len(data) + 12, len(metadata))
+            e.fixed = (bytearray(event_id), event_type, _EMPTY, _EMPTY)
         size += len(data) + len(metadata)
     return size
 
@@ -584,9 +586,9 @@ class WriteTxn:
         position, version = first_position, first_version
         for e in events:
             index = len(values)
-            tail = b'%d,"position":%d%b' % (version, position, created)
+            text = e.head + b'%d,"position":%d%b' % (version, position, created)
             add((position, stream, version, *e.fixed, now, epoch, crc(pack(position, version, now, epoch), e.payload_crc),
-                 e.flags, e.head + tail, crc(tail, e.head_crc), *e.spans))
+                 e.flags, text, crc(text), *e.spans))
             ids[e.id] = index
             position += 1
             version += 1
