@@ -52,8 +52,8 @@ class NewEvent:
     data: bytes
     metadata: bytes
     given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
-    payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
     flags: int = 0  # content types of data and metadata (storage.DATA_BINARY, storage.METADATA_BINARY)
+    payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
     # set by seal_payloads: the reply text up to the version, the payloads' spans in it, and the values of the
     # stored row that do not depend on the event's place (id, type, raw data, raw metadata)
     head: bytearray | bytes = b""

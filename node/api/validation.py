@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import re
-import uuid
 from itertools import accumulate
 from typing import Any, Callable, Mapping
 
@@ -31,7 +30,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The canonical 8-4-4-4-12 hex form only: uuid.UUID alone would also take braces, "urn:uuid:" and no hyphens,
 # which the OpenAPI document (format uuid) does not allow.
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_UUID = re.compile(UUID_PATTERN)
 
 
 def stream_name(raw: str, *, writing: bool = False, field: str = "stream", what: str = "stream",
@@ -67,10 +65,13 @@ _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 def json_depth(raw: bytes, *, above: int = MAX_JSON_DEPTH) -> int:
     """The nesting depth of valid JSON text, or any number <= `above` when it is at most `above` (the
     common case, answered by counting brackets)."""
-    if raw.count(b"[") + raw.count(b"{") <= above:
+    if len(raw) <= 2 * above + 1 or raw.count(b"[") + raw.count(b"{") <= above:  # each level takes two brackets
         return 0
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+_SHALLOW_BYTES = 2 * MAX_JSON_DEPTH + 1  # JSON text this short cannot nest deeper than MAX_JSON_DEPTH
 
 
 def check_depth(raw: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> None:
@@ -301,7 +302,7 @@ def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes], *, 
     else:
         event_id = fresh_id
     event_type_value, data, metadata, flags = _payloads(event, at, i)
-    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags=flags)
+    return NewEvent(event_id, event_type_value, data, metadata, given_id, flags)  # positional: a faster call
 
 
 def _payloads(body: _EventBody | _SnapshotBody, at: str = "",
@@ -325,7 +326,7 @@ def _payloads(body: _EventBody | _SnapshotBody, at: str = "",
         data = _NULL
     else:
         data = bytes(body.data)
-        if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:  # json_depth's own shortcut, without two calls
+        if len(data) > _SHALLOW_BYTES and data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:  # as json_depth
             check_depth(data, f"{_field_prefix(at, i)}data")
     if body.metadataBase64 is not UNSET:
         where = _field_prefix(at, i)
@@ -341,7 +342,7 @@ def _payloads(body: _EventBody | _SnapshotBody, at: str = "",
         if metadata[:1] != b"{":
             where = _field_prefix(at, i)
             raise InvalidRequest(f"{where}metadata must be a JSON object", field=f"{where}metadata")
-        if metadata.count(b"[") + metadata.count(b"{") > MAX_JSON_DEPTH:
+        if len(metadata) > _SHALLOW_BYTES and metadata.count(b"[") + metadata.count(b"{") > MAX_JSON_DEPTH:
             check_depth(metadata, f"{_field_prefix(at, i)}metadata")
     return event_type_value, data, metadata, flags
 
@@ -401,10 +402,17 @@ def base64_payload(value: Any, field: str) -> bytes:
 
 
 def event_uuid(value: Any, field: str) -> bytes:
-    if not isinstance(value, str) or not _UUID.fullmatch(value):
-        raise InvalidRequest(f"{field} must be a UUID string like 0f8fad5b-d9cb-469f-a165-70867728950e",
-                             field=field)
-    return uuid.UUID(value).bytes
+    """The 16 bytes of a UUID in the canonical form (UUID_PATTERN). Checked by its hyphens and bytes.fromhex, which
+    takes 32 hex digits and otherwise fails or gives fewer than 16 bytes (it skips whitespace): a third of the
+    cost of the pattern and uuid.UUID, once per event of an append with client-made ids."""
+    if isinstance(value, str) and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+        try:
+            raw = bytes.fromhex(value.replace("-", ""))
+        except ValueError:
+            raw = b""
+        if len(raw) == 16:
+            return raw
+    raise InvalidRequest(f"{field} must be a UUID string like 0f8fad5b-d9cb-469f-a165-70867728950e", field=field)
 
 
 METADATA_KEYS = {"maxCount", "maxAge", "truncateBefore", "custom"}

@@ -54,3 +54,34 @@ async def test_errors_in_a_large_body_name_their_field(bad, field):
     with pytest.raises(InvalidRequest) as caught:
         await v.append_body_in_slices(body_of(5000, extra={4000: bad}))
     assert caught.value.details["field"] == field
+
+
+def test_event_ids_are_taken_exactly_in_the_canonical_form():
+    """event_uuid checks by hyphens and bytes.fromhex instead of UUID_PATTERN: the same strings pass, with their
+    bytes (random edits of valid ids: each character replaced by a hex digit, a hyphen, whitespace, a non-ASCII
+    digit, or removed or doubled)."""
+    import random
+    import re
+
+    pattern = re.compile(v.UUID_PATTERN)
+    rng = random.Random(7)
+    replacements = list("0aF-g ") + ["\t", "\u0660", "\uff10", "\n", "", "00", "--"]
+    tried = accepted = 0
+    for _ in range(20_000):
+        text = str(uuid.UUID(int=rng.getrandbits(128)))
+        if rng.random() < 0.5:
+            text = text.upper()
+        for _edit in range(rng.choice((0, 1, 1, 2))):
+            at = rng.randrange(len(text))
+            text = text[:at] + rng.choice(replacements) + text[at + 1:]
+        tried += 1
+        if pattern.fullmatch(text):
+            accepted += 1
+            assert v.event_uuid(text, "id") == uuid.UUID(text).bytes
+        else:
+            with pytest.raises(InvalidRequest):
+                v.event_uuid(text, "id")
+    assert 0.2 * tried < accepted < 0.9 * tried  # both kinds were tried
+    for other in (None, 7, ["x"], {"a": 1}, b"0f8fad5b-d9cb-469f-a165-70867728950e"):
+        with pytest.raises(InvalidRequest):
+            v.event_uuid(other, "id")
