@@ -94,11 +94,16 @@ METADATA_SQL = "CASE WHEN flags & 2 THEN metadata ELSE substr(json, meta_at + 1,
 RECORD_COLUMNS = f"position, stream, version, id, type, {DATA_SQL}, {METADATA_SQL}, created, epoch, checksum, flags"
 # an event as the reply renders it, with what paging needs
 REPLY_COLUMNS = "position, json, json_crc"
-# a row as the writer inserts it
 _PLAIN_COLUMNS = "position, stream, version, id, type, data, metadata, created, epoch, checksum, flags"  # format 2's
-STORED_COLUMNS = f"{_PLAIN_COLUMNS}, json, json_crc, data_at, data_len, meta_at, meta_len"
-_INTS = struct.Struct("<QQqq")
+# A row as the writer inserts it: first what depends on the event's place in the log, then the event's own values
+# in the order seal_payloads prepares them (NewEvent.fixed), so that the writer adds each row in two pieces.
+STORED_COLUMNS = ("position, version, checksum, json, json_crc, created, epoch, stream, "
+                  "id, type, data, metadata, flags, data_at, data_len, meta_at, meta_len")
+# where each value sits in a stored row
+(_AT_POSITION, _AT_VERSION, _AT_CHECKSUM, _AT_TEXT, _AT_TEXT_CRC, _AT_CREATED, _AT_EPOCH, _AT_STREAM, _AT_ID, _AT_TYPE,
+ _AT_DATA, _AT_METADATA, _AT_FLAGS, _AT_DATA_AT, _AT_DATA_LEN, _AT_META_AT, _AT_META_LEN) = range(17)
 _COLUMNS = 17  # values of one stored row
+_INTS = struct.Struct("<QQqq")
 _EMPTY = bytearray()  # the data or metadata column of a JSON payload (it lives in `json`)
 
 
@@ -161,10 +166,10 @@ def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes,
 
 
 def seal_payloads(stream: str, events: Iterable) -> int:
-    """Set `payload_crc` (see payload_checksum) on each event of one stream, the head of its reply text and the
-    spans of its payloads in it (`head`, `spans`: see replyjson.json_head), and the row's values that do not
-    depend on the event's place (`fixed`); return their data and metadata bytes. One pass with the stream encoded
-    once, off the writer thread: appends of 100 events run this for every event."""
+    """Set `payload_crc` (see payload_checksum) on each event of one stream, the head of its reply text (`head`,
+    see replyjson.json_head), and the stored row's values that do not depend on the event's place (`fixed`, from
+    the id to the payloads' spans in the text: see STORED_COLUMNS); return their data and metadata bytes. One pass
+    with the stream encoded once, off the writer thread: appends of 100 events run this for every event."""
     stream_bytes = stream.encode()
     stream_length = len(stream_bytes)
     stream_json = json_name(stream)
@@ -188,15 +193,15 @@ def seal_payloads(stream: str, events: Iterable) -> int:
         if flags:
             e.payload_crc = crc(_FLAG_BYTES[flags], e.payload_crc)
             text, *spans = json_head(event_id, stream_json, json_name(event_type), data, metadata, flags)
-            e.head, e.spans = bytearray(text), tuple(spans)
+            e.head = bytearray(text)
             e.fixed = (bytearray(event_id), event_type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
-                       bytearray(metadata) if flags & METADATA_BINARY else _EMPTY)
+                       bytearray(metadata) if flags & METADATA_BINARY else _EMPTY, flags, *spans)
         else:  # json_head's text, built in one join (the common case, once per event)
             h = hexlify(event_id, b"-", 4)  # 8-8-8-8 hex digits: two slices fewer to make the UUID's 8-4-4-4-12
             e.head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
                                           type_and_data_key, data, b',"metadata":', metadata, b',"version":'))
-            e.spans = (at, len(data), at + len(data) + 12, len(metadata))
-            e.fixed = (bytearray(event_id), event_type, _EMPTY, _EMPTY)
+            e.fixed = (bytearray(event_id), event_type, _EMPTY, _EMPTY, 0, at, len(data), at + len(data) + 12,
+                       len(metadata))
         size += len(data) + len(metadata)
     return size
 
@@ -214,11 +219,18 @@ def record_from_row(row: Sequence) -> Record:
 
 def record_from_stored(values: Sequence, i: int = 0) -> Record:
     """The record of the stored row (STORED_COLUMNS) at `values[i:]`: its JSON payloads are spans of its text."""
-    flags, text = values[i + 10], values[i + 11]
-    data = values[i + 5] if flags & DATA_BINARY else text[values[i + 13]:values[i + 13] + values[i + 14]]
-    metadata = values[i + 6] if flags & METADATA_BINARY else text[values[i + 15]:values[i + 15] + values[i + 16]]
-    return Record(values[i], values[i + 1], values[i + 2], bytes(values[i + 3]), values[i + 4], bytes(data),
-                  bytes(metadata), values[i + 7], values[i + 8], values[i + 9], flags)
+    flags, text = values[i + _AT_FLAGS], values[i + _AT_TEXT]
+    if flags & DATA_BINARY:
+        data = values[i + _AT_DATA]
+    else:
+        data = text[values[i + _AT_DATA_AT]:values[i + _AT_DATA_AT] + values[i + _AT_DATA_LEN]]
+    if flags & METADATA_BINARY:
+        metadata = values[i + _AT_METADATA]
+    else:
+        metadata = text[values[i + _AT_META_AT]:values[i + _AT_META_AT] + values[i + _AT_META_LEN]]
+    return Record(values[i + _AT_POSITION], values[i + _AT_STREAM], values[i + _AT_VERSION], bytes(values[i + _AT_ID]),
+                  values[i + _AT_TYPE], bytes(data), bytes(metadata), values[i + _AT_CREATED], values[i + _AT_EPOCH],
+                  values[i + _AT_CHECKSUM], flags)
 
 
 def stored_row(record: Record) -> tuple:
@@ -229,11 +241,11 @@ def stored_row(record: Record) -> tuple:
         record.position, record.created)
     flags = record.flags
     # bytearrays, not bytes: sqlite3 binds a bytearray directly but looks up an adapter for every bytes value
-    return (record.position, record.stream, record.version, bytearray(record.id), record.type,
+    return (record.position, record.version, record.checksum, bytearray(text), text_crc, record.created, record.epoch,
+            record.stream, bytearray(record.id), record.type,
             bytearray(record.data) if flags & DATA_BINARY else _EMPTY,
             bytearray(record.metadata) if flags & METADATA_BINARY else _EMPTY,
-            record.created, record.epoch, record.checksum, flags, bytearray(text), text_crc,
-            data_at, data_len, meta_at, meta_len)
+            flags, data_at, data_len, meta_at, meta_len)
 
 
 @dataclass(slots=True)
@@ -324,13 +336,14 @@ RECENT_COMMITS_MAX = 4096
 
 def _shipped_bytes(values: list, offset: int = 0) -> int:
     """What the flat records from `offset` count against a replication budget (as Log.records_from counts)."""
-    return sum(_payload_bytes(values, i) + len(values[i + 1]) + 64 for i in range(offset, len(values), _COLUMNS))
+    return sum(_payload_bytes(values, i) + len(values[i + _AT_STREAM]) + 64
+               for i in range(offset, len(values), _COLUMNS))
 
 
 def _payload_bytes(values: list, i: int) -> int:
-    flags = values[i + 10]
-    return ((len(values[i + 5]) if flags & DATA_BINARY else values[i + 14])
-            + (len(values[i + 6]) if flags & METADATA_BINARY else values[i + 16]))
+    flags = values[i + _AT_FLAGS]
+    return ((len(values[i + _AT_DATA]) if flags & DATA_BINARY else values[i + _AT_DATA_LEN])
+            + (len(values[i + _AT_METADATA]) if flags & METADATA_BINARY else values[i + _AT_META_LEN]))
 
 
 class RecentCommits:
@@ -365,8 +378,8 @@ class RecentCommits:
         if not self.on:
             return
         values = flushed[0] if len(flushed) == 1 else [v for part in flushed for v in part]
-        first = values[0]
-        if values[-_COLUMNS] != last_position or (last_position - first + 1) * _COLUMNS != len(values):
+        first = values[_AT_POSITION]
+        if values[_AT_POSITION - _COLUMNS] != last_position or (last_position - first + 1) * _COLUMNS != len(values):
             self.clear()  # not one contiguous run ending at the head: keep nothing rather than a hole
             return
         size = _shipped_bytes(values)
@@ -451,7 +464,7 @@ class WriteTxn:
         else:
             events_mark, epochs_mark = self._op_marks
         for i in range(events_mark, len(self._events), _COLUMNS):
-            self._event_ids.pop(bytes(self._events[i + 3]), None)
+            self._event_ids.pop(bytes(self._events[i + _AT_ID]), None)
         del self._events[events_mark:]
         del self._new_epochs[epochs_mark:]
         for stream, previous, was_dirty in reversed(self._op_undo):
@@ -574,8 +587,8 @@ class WriteTxn:
         return found
 
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
-        """Buffer events (sealed by seal_payloads: payload_crc, their reply text's head and spans, and the
-        row's fixed values) as consecutive records."""
+        """Buffer events (sealed by seal_payloads: payload_crc, their reply text's head, and the row's fixed
+        values) as consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
         # this loop runs once per event on the writer, so it stays lean: what it can, seal_payloads prepared
@@ -587,8 +600,9 @@ class WriteTxn:
         for e in events:
             index = len(values)
             text = e.head + b'%d,"position":%d%b' % (version, position, created)
-            add((position, stream, version, *e.fixed, now, epoch, crc(pack(position, version, now, epoch), e.payload_crc),
-                 e.flags, text, crc(text), *e.spans))
+            add((position, version, crc(pack(position, version, now, epoch), e.payload_crc), text, crc(text), now,
+                 epoch, stream))
+            add(e.fixed)
             ids[e.id] = index
             position += 1
             version += 1
@@ -699,7 +713,8 @@ def _add_reply_texts(conn: sqlite3.Connection, batch: int = 5000) -> None:
         stored = [stored_row(record_from_row(row)) for row in rows]
         conn.executemany("UPDATE events SET data = ?, metadata = ?, json = ?, json_crc = ?, data_at = ?, "
                          "data_len = ?, meta_at = ?, meta_len = ? WHERE position = ?",
-                         [(*row[5:7], *row[11:], row[0]) for row in stored])
+                         [(row[_AT_DATA], row[_AT_METADATA], row[_AT_TEXT], row[_AT_TEXT_CRC], *row[_AT_DATA_AT:],
+                           row[_AT_POSITION]) for row in stored])
 
 
 WriteOp = Callable[[WriteTxn], Any]
