@@ -197,9 +197,14 @@ def seal_payloads(stream: str, events: Iterable) -> int:
             e.fixed = (bytearray(event_id), event_type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
                        bytearray(metadata) if flags & METADATA_BINARY else _EMPTY, flags, *spans)
         else:  # json_head's text, built in one join (the common case, once per event)
-            h = hexlify(event_id, b"-", 4)  # 8-8-8-8 hex digits: two slices fewer to make the UUID's 8-4-4-4-12
-            e.head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
-                                          type_and_data_key, data, b',"metadata":', metadata, b',"version":'))
+            id_text = e.id_text
+            if id_text:
+                e.head = join_into_bytearray((b'{"id":"', id_text, after_id, type_and_data_key, data,
+                                              b',"metadata":', metadata, b',"version":'))
+            else:  # 8-8-8-8 hex digits: two slices fewer to make the UUID's 8-4-4-4-12
+                h = hexlify(event_id, b"-", 4)
+                e.head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
+                                              type_and_data_key, data, b',"metadata":', metadata, b',"version":'))
             e.fixed = (bytearray(event_id), event_type, _EMPTY, _EMPTY, 0, at, len(data), at + len(data) + 12,
                        len(metadata))
         size += len(data) + len(metadata)

@@ -34,3 +34,10 @@ def test_uuid7_are_time_ordered_across_calls():
     time.sleep(0.002)  # the ids must differ in their millisecond field, which needs a millisecond to pass
     second = uuid7()
     assert first.bytes[:6] < second.bytes[:6]
+
+
+def test_uuid_texts_are_the_canonical_texts():
+    from evstore.ids import uuid_texts
+    for count in (1, 2, 3, 17, 100):
+        ids = [uuid.uuid4().bytes for _ in range(count)] + uuid7_bytes(count)
+        assert uuid_texts(ids) == [str(uuid.UUID(bytes=raw)).encode() for raw in ids]

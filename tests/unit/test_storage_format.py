@@ -260,6 +260,24 @@ async def test_every_event_is_stored_with_the_reply_text_its_record_renders(log)
     assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 6
 
 
+async def test_events_parsed_from_a_body_are_stored_with_the_text_their_records_render(log):
+    """The API hands the log each id's text (node-made ids' texts made for the whole body, a client's own text in
+    lower case); the stored text is still exactly the record's."""
+    from evstore.node.api.validation import append_body
+    given = [str(uuid.uuid4()).upper(), str(uuid.uuid4())]
+    bodies = [{"events": [{"type": "A", "data": {"n": n}} for n in range(5)]},  # node-made ids, with texts
+              {"events": [{"type": "B", "id": i, "data": [i]} for i in given]},  # the client's, one upper case
+              {"events": [{"type": "C", "id": str(uuid.uuid4()), "data": 1}, {"type": "C", "data": 2}]}]  # mixed
+    for body in bodies:
+        _expected, events = append_body(orjson.dumps(body))
+        await log.append("parsed-1", "any", events)
+    records = (await log.read_all(None, 100, False, AllFilter())).records
+    rendered = (await log.read_all(None, 100, False, AllFilter(), rendered=True)).records
+    assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 9
+    assert [str(uuid.UUID(bytes=r.id)) for r in records[5:7]] == [i.lower() for i in given]
+    assert await log.verify() == {"checked": 9, "corrupt": []}
+
+
 async def test_verify_finds_a_reply_text_that_is_not_its_records(log):
     await log.append("v", "any", [ev("Kind"), ev("Kind")])
     conn = log.storage._reader_conn()
