@@ -53,7 +53,7 @@ class NewEvent:
     metadata: bytes
     given_id: bool = True  # False when the node made the id up: it cannot repeat, so no lookup is needed
     flags: int = 0  # content types of data and metadata (storage.DATA_BINARY, storage.METADATA_BINARY)
-    id_text: bytes = b""  # the id's canonical text, when the caller has it (else the log makes it from `id`)
+    id_text: bytes = b""  # the id's canonical text, when the caller has it (else seal_payloads makes it from `id`)
     payload_crc: int = 0  # set by the log before the event goes to the writer (see storage.payload_checksum)
     # set by seal_payloads: the reply text up to the version, and the values of the stored row that do not depend
     # on the event's place (storage.STORED_COLUMNS from the id on)

@@ -9,7 +9,6 @@ event's reply JSON (node/replyjson.py) with a CRC32C of its own, checked on ever
 from __future__ import annotations
 
 import asyncio
-import binascii
 import functools
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import crc32c
 
+from ..ids import uuid_texts
 from .errors import CorruptRecord, LogError, Unavailable
 from .replyjson import DATA_BINARY, METADATA_BINARY, created_tail, json_head, json_name, record_json
 
@@ -165,9 +165,9 @@ def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes,
     return crc32c.crc32c(_FLAG_BYTES[flags], crc) if flags else crc
 
 
-def seal_payloads(stream: str, events: Iterable) -> int:
-    """Set `payload_crc` (see payload_checksum) on each event of one stream, the head of its reply text (`head`,
-    see replyjson.json_head), and the stored row's values that do not depend on the event's place (`fixed`, from
+def seal_payloads(stream: str, events: Sequence) -> int:
+    """Set `payload_crc` (see payload_checksum) on each event of one stream, its id's text if the caller had none
+    (`id_text`), the head of its reply text (`head`, see replyjson.json_head), and the stored row's values that do not depend on the event's place (`fixed`, from
     the id to the payloads' spans in the text: see STORED_COLUMNS); return their data and metadata bytes. One pass
     with the stream encoded once, off the writer thread: appends of 100 events run this for every event."""
     stream_bytes = stream.encode()
@@ -176,8 +176,12 @@ def seal_payloads(stream: str, events: Iterable) -> int:
     after_id = b'","stream":' + stream_json + b',"type":'
     data_at = len(b'{"id":"') + 36 + len(after_id) + len(b',"data":')  # plus the type's length
     type_names: dict[str, tuple[bytes, bytes, int]] = {}
-    pack, crc, join, hexlify = _LENGTHS.pack, crc32c.crc32c, b"".join, binascii.hexlify
+    pack, crc, join = _LENGTHS.pack, crc32c.crc32c, b"".join
     join_into_bytearray = _EMPTY.join  # the head as the bytearray the writer extends, without a copy
+    untold = [e for e in events if not e.id_text]  # node-made ids: their texts made together (see uuid_texts)
+    if untold:
+        for e, id_text in zip(untold, uuid_texts([e.id for e in untold])):
+            e.id_text = id_text
     size = 0
     for e in events:
         event_id, event_type, data, metadata, flags = e.id, e.type, e.data, e.metadata, e.flags
@@ -197,14 +201,8 @@ def seal_payloads(stream: str, events: Iterable) -> int:
             e.fixed = (bytearray(event_id), event_type, bytearray(data) if flags & DATA_BINARY else _EMPTY,
                        bytearray(metadata) if flags & METADATA_BINARY else _EMPTY, flags, *spans)
         else:  # json_head's text, built in one join (the common case, once per event)
-            id_text = e.id_text
-            if id_text:
-                e.head = join_into_bytearray((b'{"id":"', id_text, after_id, type_and_data_key, data,
-                                              b',"metadata":', metadata, b',"version":'))
-            else:  # 8-8-8-8 hex digits: two slices fewer to make the UUID's 8-4-4-4-12
-                h = hexlify(event_id, b"-", 4)
-                e.head = join_into_bytearray((b'{"id":"', h[:13], b"-", h[13:22], b"-", h[22:26], h[27:], after_id,
-                                              type_and_data_key, data, b',"metadata":', metadata, b',"version":'))
+            e.head = join_into_bytearray((b'{"id":"', e.id_text, after_id, type_and_data_key, data,
+                                          b',"metadata":', metadata, b',"version":'))
             e.fixed = (bytearray(event_id), event_type, _EMPTY, _EMPTY, 0, at, len(data), at + len(data) + 12,
                        len(metadata))
         size += len(data) + len(metadata)

@@ -12,7 +12,7 @@ import orjson
 from msgspec import UNSET, UnsetType
 from multidict import MultiMapping
 
-from ...ids import uuid7_bytes, uuid_texts
+from ...ids import uuid7_bytes
 from ..errors import InvalidRequest, ReservedStream
 from ..log import ANY, NO_STREAM, STREAM_EXISTS, ExpectedVersion, NewEvent, StreamAppend
 from ..storage import DATA_BINARY, METADATA_BINARY
@@ -168,8 +168,8 @@ def append_body(body: bytes) -> tuple[ExpectedVersion, list[NewEvent]]:
         raise _too_deep("body") from None
     expected, events = expected_version(doc.expectedVersion), _event_list(doc.events)
     seen: set[bytes] = set()
-    fresh_ids, fresh_texts = _fresh_ids(len(events), texts=events[0].id is UNSET)  # clients send all ids or none
-    return expected, [_new_event(i, event, fresh_ids[i], fresh_texts[i], seen) for i, event in enumerate(events)]
+    fresh_ids = uuid7_bytes(len(events))
+    return expected, [_new_event(i, event, fresh_ids[i], seen) for i, event in enumerate(events)]
 
 
 class _RawAppendBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -200,7 +200,7 @@ async def append_body_in_slices(body: bytes) -> tuple[ExpectedVersion, list[NewE
 
 async def _events_in_slices(events: list[msgspec.Raw], seen: set[bytes], at: str) -> list[NewEvent]:
     """Parse raw events (at `at` in the body), yielding to the event loop after each SLICE_BYTES."""
-    fresh_ids, fresh_texts = _fresh_ids(len(events), texts=False)  # not parsed yet: whether they have ids is unknown
+    fresh_ids = uuid7_bytes(len(events))
     parsed, since_yield = [], 0
     for i, raw in enumerate(events):
         text = bytes(raw)
@@ -216,7 +216,7 @@ async def _events_in_slices(events: list[msgspec.Raw], seen: set[bytes], at: str
             raise _decode_error(exc, at=field) from None
         except RecursionError:
             raise _too_deep(field) from None
-        parsed.append(_new_event(i, event, fresh_ids[i], fresh_texts[i], seen, at=at))
+        parsed.append(_new_event(i, event, fresh_ids[i], seen, at=at))
         since_yield += len(text)
         if since_yield >= SLICE_BYTES:
             since_yield = 0
@@ -290,15 +290,7 @@ def _event_list(events: list | UnsetType) -> list:
     return events
 
 
-def _fresh_ids(count: int, *, texts: bool) -> tuple[list[bytes], list[bytes]]:
-    """Ids for the events of an append that come without one, and their texts if asked (b"" each otherwise: the
-    log makes the text of an event that has none)."""
-    fresh_ids = uuid7_bytes(count)
-    return fresh_ids, uuid_texts(fresh_ids) if texts else [b""] * count
-
-
-def _new_event(i: int, event: _EventBody, fresh_id: bytes, fresh_text: bytes, seen: set[bytes], *,
-               at: str = "") -> NewEvent:
+def _new_event(i: int, event: _EventBody, fresh_id: bytes, seen: set[bytes], *, at: str = "") -> NewEvent:
     """The checks of one event of an append (the i-th, at `at` in the body) and what the log stores of it."""
     given_id = event.id is not UNSET
     if given_id:  # ids the node makes cannot repeat
@@ -307,9 +299,9 @@ def _new_event(i: int, event: _EventBody, fresh_id: bytes, fresh_text: bytes, se
         if event_id in seen:
             raise InvalidRequest(f"{where}id repeats an id of the same request", field=f"{where}id")
         seen.add(event_id)
-        id_text = event.id.lower().encode()  # checked by event_uuid: 36 ASCII characters
+        id_text = event.id.lower().encode()  # the client's text, checked by event_uuid: 36 ASCII characters
     else:
-        event_id, id_text = fresh_id, fresh_text
+        event_id, id_text = fresh_id, b""  # the log makes the texts of node-made ids, a body's together
     event_type_value, data, metadata, flags = _payloads(event, at, i)
     return NewEvent(event_id, event_type_value, data, metadata, given_id, flags, id_text)  # positional: faster
 

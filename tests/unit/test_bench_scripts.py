@@ -29,7 +29,7 @@ def test_a_bench_script_imports_the_eventsourcing_library_not_its_neighbour(scri
 
 def test_the_instruction_count_loops_run():
     """bench/append_instructions.py's measured loops, once each, without valgrind (which CI need not have)."""
-    for part in ("api", "ids", "seal", "log"):
+    for part in ("api", "ids", "seal", "log", "logids"):
         done = subprocess.run([sys.executable, str(BENCH / "append_instructions.py"), "--inner", part, "2"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr[-2000:]
