@@ -78,30 +78,36 @@ class AsyncEvstoreClient:
 
     async def _request(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
                        body: Any = None, timeout: float | None = None, raw: bool = False) -> Any:
-        url = self._url(path, params)
         data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        client_timeout = aiohttp.ClientTimeout(total=timeout or self.timeout)
         attempt = 0
         while True:
-            try:
-                async with self._http().request(method, url, data=data, headers=headers,
-                                                timeout=client_timeout) as resp:
-                    payload = await resp.read()
-                    if resp.status < 300:
-                        if resp.status == 204 or not payload:
-                            return None
-                        return payload.decode() if raw else protocol.loads(payload)
-                    error = error_from_payload(resp.status, payload)
-            except aiohttp.ClientConnectionError as exc:
-                raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
-            except asyncio.TimeoutError as exc:
-                raise ConnectionFailed(self.url, f"no reply from {self.url} within "
-                                                 f"{timeout or self.timeout}s") from exc
+            status, payload = await self._exchange(method, path, params=params, data=data,
+                                                   timeout=timeout or self.timeout)
+            if status < 300:
+                if status == 204 or not payload:
+                    return None
+                return payload.decode() if raw else protocol.loads(payload)
+            error = error_from_payload(status, payload)
             if not isinstance(error, Unavailable) or attempt >= self.retries:
                 raise error
-            await asyncio.sleep(self._retry_delay(error, attempt))
+            await self._pause(self._retry_delay(error, attempt))
             attempt += 1
+
+    async def _exchange(self, method: str, path: str, *, params: list[tuple[str, str]] | None,
+                        data: bytes | None, timeout: float) -> tuple[int, bytes]:
+        """One HTTP request: the reply's status and body. ConnectionFailed when no reply came."""
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            async with self._http().request(method, self._url(path, params), data=data, headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                return resp.status, await resp.read()
+        except aiohttp.ClientConnectionError as exc:
+            raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise ConnectionFailed(self.url, f"no reply from {self.url} within {timeout}s") from exc
+
+    async def _pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     def _retry_delay(self, error: Unavailable, attempt: int) -> float:
         hinted = error.retry_after
@@ -403,13 +409,8 @@ class AsyncEvstoreClient:
 
     async def health_ready(self) -> dict:
         """{"ready": bool, ...server body}. A not-ready node (503) is an answer here, not an error."""
-        try:
-            async with self._http().get(self._url("/health/ready"),
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                payload = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectionError as exc:
-            raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+        status, payload = await self._exchange("GET", "/health/ready", params=None, data=None,
+                                               timeout=self.timeout)
         if status not in (200, 503):
             raise error_from_payload(status, payload)
         body = protocol.decode_reply(payload)

@@ -1,8 +1,11 @@
-"""Blocking evstore client: the async client run on a private event loop in a daemon thread.
+"""Blocking evstore client.
 
 Every public method of `AsyncEvstoreClient` exists here with the same signature; coroutine
-methods return their result, async iterators become plain iterators. Works from plain scripts
-and from code that already runs an event loop (the loop is never shared).
+methods return their result, async iterators become plain iterators. Requests are sent from the
+calling thread (`blocking.BlockingTransport`: the async client's own methods, over blocking
+connections); subscriptions and consumers run the async client on a private event loop in a daemon
+thread. Works from plain scripts and from code that already runs an event loop (the loop is never
+shared).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import threading
 from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Iterator, TypeVar
 
 from .async_client import DEFAULT_URL, AsyncEvstoreClient
+from .blocking import BlockingTransport, complete
 from .consumer import Delivery
 
 T = TypeVar("T")
@@ -24,6 +28,8 @@ class EvstoreClient:
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
                  retries: int = 5, max_retry_delay: float = 5.0, max_connections: int = 100) -> None:
         self._async = AsyncEvstoreClient(url, token=token, timeout=timeout, retries=retries,
+                                         max_retry_delay=max_retry_delay, max_connections=max_connections)
+        self._direct = BlockingTransport(url, token=token, timeout=timeout, retries=retries,
                                          max_retry_delay=max_retry_delay, max_connections=max_connections)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="evstore-client", daemon=True)
@@ -45,22 +51,26 @@ class EvstoreClient:
             raise RuntimeError("EvstoreClient is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
-        async def step() -> tuple[bool, Any]:
-            try:
-                return True, await agen.__anext__()
-            except StopAsyncIteration:
-                return False, None
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """The async client's method `name`, run on this thread through the blocking transport."""
+        if self._closed:
+            raise RuntimeError("EvstoreClient is closed")
+        return complete(getattr(self._direct, name)(*args, **kwargs))
 
+    def _iterate_direct(self, name: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """The async client's async generator `name`, stepped on this thread."""
+        if self._closed:
+            raise RuntimeError("EvstoreClient is closed")
+        agen = getattr(self._direct, name)(*args, **kwargs)
         try:
             while True:
-                more, item = self._run(step())
-                if not more:
+                try:
+                    item = complete(agen.__anext__())
+                except StopAsyncIteration:
                     return
                 yield item
         finally:
-            if not self._closed:
-                self._run(agen.aclose())  # type: ignore[attr-defined]
+            complete(agen.aclose())
 
     def close(self) -> None:
         """Close the HTTP session and stop the loop thread. Safe to call twice."""
@@ -70,6 +80,7 @@ class EvstoreClient:
             asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
         finally:
             self._closed = True
+            self._direct.close_connections()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
@@ -196,14 +207,14 @@ def _unwrap(item: SyncDelivery | str) -> Delivery | str:
 def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: EvstoreClient, *args: Any, **kwargs: Any) -> Any:
-        return self._run(getattr(self._async, name)(*args, **kwargs))
+        return self._call(name, *args, **kwargs)
     return call
 
 
 def _iterating(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: EvstoreClient, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        return self._iterate(getattr(self._async, name)(*args, **kwargs))
+        return self._iterate_direct(name, *args, **kwargs)
     return call
 
 

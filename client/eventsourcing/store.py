@@ -52,7 +52,7 @@ def event_bytes(event: Mapping[str, Any]) -> bytes:
 
 
 class Store:
-    """One node (or cluster) URL and token; thread-safe (the client runs one event loop thread)."""
+    """One node (or cluster) URL and token; thread-safe (requests are sent from the calling thread)."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
         self._client = EvstoreClient(url, token=token, timeout=timeout)

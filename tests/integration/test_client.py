@@ -1,7 +1,12 @@
-"""The Python client against a real node process on 127.0.0.1 (one node per module, unique stream names)."""
+"""The Python client against a real node process on 127.0.0.1 (one node per module, unique stream names).
+The blocking client's own transport (client/blocking.py) is tested at the end."""
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
+import threading
+import time
 import uuid
 
 import aiohttp
@@ -11,6 +16,7 @@ from aiohttp import web
 from evstore.client import (AsyncEvstoreClient, DuplicateEventId, EvstoreClient, Forbidden, InvalidRequest,
                             NewEvent, ReservedStream, StreamDeleted, StreamNotFound, Unauthorized, Unavailable,
                             WrongExpectedVersion)
+from evstore.client.blocking import complete
 from evstore.client.errors import ConnectionFailed
 
 
@@ -338,3 +344,131 @@ async def test_concurrent_appends_share_one_client(client):
     replies = await asyncio.gather(*(client.append(stream, events(2)) for _ in range(20)))
     assert sorted(r["version"] for r in replies) == list(range(2, 41, 2))
     assert (await client.read_stream(stream, limit=100))["version"] == 40
+
+
+# -- the blocking client's transport: requests sent from the calling thread ---------------------
+
+async def test_a_blocking_append_retried_after_503_sends_the_same_ids_and_writes_once(shared_node):
+    stream = unique("blocking-retry")
+    async with FlakyProxy(shared_node.url, failures=2) as proxy:
+        def append() -> dict:
+            with EvstoreClient(proxy.url, retries=3) as flaky:
+                return flaky.append(stream, events(3), expected_version="no_stream")
+        reply = await asyncio.to_thread(append)
+    assert len(proxy.bodies) == 3
+    assert proxy.bodies[0] == proxy.bodies[1] == proxy.bodies[2], "every attempt carries the same event ids"
+    assert (reply["fromVersion"], reply["version"]) == (1, 3)
+    with EvstoreClient(shared_node.url) as c:
+        assert c.read_stream(stream)["version"] == 3, "the first attempt was written; the retries wrote nothing"
+
+
+async def test_blocking_retries_are_bounded_and_other_errors_not_retried(shared_node):
+    async with FlakyProxy(shared_node.url, failures=100, forward_failed=False) as proxy:
+        def info() -> None:
+            with EvstoreClient(proxy.url, retries=2) as flaky:
+                flaky.info()
+        with pytest.raises(Unavailable) as unavailable:
+            await asyncio.to_thread(info)
+    assert len(proxy.bodies) == 3
+    assert unavailable.value.retry_after == 0.01
+
+    stream = unique("blocking-conflict")
+    async with FlakyProxy(shared_node.url, failures=0) as proxy:
+        def conflict() -> None:
+            with EvstoreClient(proxy.url, retries=3) as through:
+                through.append(stream, events(1))
+                through.append(stream, events(1), expected_version=0)
+        with pytest.raises(WrongExpectedVersion) as wrong:
+            await asyncio.to_thread(conflict)
+    assert wrong.value.current_version == 1
+    assert len(proxy.bodies) == 2
+
+
+def test_blocking_connection_refused_is_typed():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: connecting is refused
+        with EvstoreClient(f"http://127.0.0.1:{port}", timeout=5) as c:
+            with pytest.raises(ConnectionFailed, match="cannot connect"):
+                c.info()
+
+
+def test_a_server_that_never_answers_is_a_connection_failure_within_the_timeout():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        with EvstoreClient(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.3, retries=0) as c:
+            started = time.monotonic()
+            with pytest.raises(ConnectionFailed, match="no reply"):
+                c.info()
+            assert time.monotonic() - started < 10
+
+
+def test_a_keep_alive_connection_the_server_closed_is_replaced(node_factory):
+    node = node_factory("keepalive", args=("--keepalive-timeout", "0.2"))
+    stream = unique("keepalive")
+    with EvstoreClient(node.url) as c:
+        c.append(stream, events(1))
+        idle = c._direct._pool._idle
+        assert len(idle) == 1 and idle[0].sock is not None
+        readable, _, _ = select.select([idle[0].sock], [], [], 10)  # the server's close arrives as EOF
+        assert readable, "the node closes an idle connection after its keep-alive timeout"
+        assert idle[0].sock.recv(1, socket.MSG_PEEK) == b""
+        reply = c.append(stream, events(1), expected_version=1)
+        assert reply["version"] == 2, "written once, on a new connection"
+        assert c.read_stream(stream)["version"] == 2
+
+
+def test_blocking_calls_send_the_token(node_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-token-0123456789 read\n")
+    node = node_factory("auth", args=("--api-tokens-file", str(tokens)))
+    with EvstoreClient(node.url) as anonymous:
+        with pytest.raises(Unauthorized):
+            anonymous.read_all()
+    with EvstoreClient(node.url, token="reader-token-0123456789") as reader:
+        assert reader.read_all()["events"] == []
+
+
+def test_query_values_with_spaces_plus_signs_and_unicode_are_sent_exactly(shared_node):
+    prefix = unique("query") + " a+b/ç"
+    with EvstoreClient(shared_node.url) as c:
+        c.append(prefix + "-1", events(2, type_="Type with space+plus é"))
+        c.append(prefix + "-2", events(1, type_="Other"))
+        found = list(c.iter_all(stream_prefix=prefix, types=["Type with space+plus é"], page_size=1))
+        assert [(e["stream"], e["type"]) for e in found] == [(prefix + "-1", "Type with space+plus é")] * 2
+        assert [s["stream"] for s in c.iter_streams(prefix=prefix)] == [prefix + "-1", prefix + "-2"]
+
+
+def test_threads_share_one_blocking_client(shared_node):
+    stream = unique("threads")
+    with EvstoreClient(shared_node.url, max_connections=4) as c:
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(10):
+                    c.append(stream, events(2))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        assert c.read_stream(stream, limit=1000)["version"] == 320
+        assert len(c._direct._pool._idle) <= 4, "at most max_connections are kept idle"
+
+
+def test_complete_refuses_a_coroutine_that_waits_for_something_else():
+    class Suspends:
+        def __await__(self):
+            yield  # what awaiting a future of an event loop does
+
+    async def waits() -> None:
+        await Suspends()
+
+    with pytest.raises(RuntimeError, match="other than its own request"):
+        complete(waits())
