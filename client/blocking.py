@@ -52,6 +52,7 @@ class ConnectionPool:
         self._size = size
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def take(self, *, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """A connection, and whether it was used before."""
@@ -66,13 +67,15 @@ class ConnectionPool:
 
     def give_back(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
-            if len(self._idle) < self._size:
+            if not self._closed and len(self._idle) < self._size:
                 self._idle.append(connection)
                 return
         connection.close()
 
     def close(self) -> None:
+        """Close the idle connections; a request still in flight closes its own when it ends."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import threading
-from typing import Any, AsyncIterator, Callable, Coroutine, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Coroutine, Iterable, Iterator, TypeVar
 
 from .async_client import DEFAULT_URL, AsyncEvstoreClient
 from .blocking import BlockingTransport, complete
@@ -73,7 +73,7 @@ class EvstoreClient:
             complete(agen.aclose())
 
     def close(self) -> None:
-        """Close the HTTP session and stop the loop thread. Safe to call twice."""
+        """Close the connections and the loop thread's HTTP session, and stop that thread. Safe to call twice."""
         if self._closed:
             return
         try:
