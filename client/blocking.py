@@ -11,6 +11,7 @@ trivial call's client CPU; bench/RESULTS.md, "The blocking client's requests").
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import threading
 import time
@@ -22,9 +23,10 @@ from .errors import ConnectionFailed
 
 T = TypeVar("T")
 
-# A reused keep-alive connection the server has closed meanwhile (its idle timeout) fails like this,
-# before any reply: the request is sent again once, on a new connection.
+# A reused keep-alive connection the server closed just as it was taken fails like this before any reply;
+# an idempotent request is then sent again on another connection (as aiohttp does), any other is not.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 def complete(step: Coroutine[Any, Any, T] | Any) -> T:
@@ -47,7 +49,7 @@ class ConnectionPool:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self._host = parts.hostname
-        self._port = parts.port
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")
         self._size = size
         self._idle: list[http.client.HTTPConnection] = []
@@ -56,14 +58,18 @@ class ConnectionPool:
 
     def take(self, *, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """A connection, and whether it was used before."""
-        with self._lock:
-            connection = self._idle.pop() if self._idle else None
-        if connection is None:
-            return self._connection_type(self._host, self._port, timeout=timeout), False
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        return connection, True
+        while True:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                return self._connection_type(self._host, self._port, timeout=timeout), False
+            if connection.sock is not None and select.select([connection.sock], [], [], 0)[0]:
+                connection.close()  # readable while idle: the server closed it (or sent what nobody asked for)
+                continue
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            return connection, True
 
     def give_back(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -104,20 +110,24 @@ class BlockingTransport(AsyncEvstoreClient):
         while True:
             connection, reused = self._pool.take(timeout=timeout)
             try:
-                connection.request(method, target, body=data, headers=headers)
-                response = connection.getresponse()
+                try:
+                    connection.request(method, target, body=data, headers=headers)
+                    response = connection.getresponse()
+                except _STALE_CONNECTION:
+                    if reused and method in _IDEMPOTENT:
+                        connection.close()
+                        continue
+                    raise
                 payload = response.read()
-            except _STALE_CONNECTION as exc:
-                connection.close()
-                if reused:
-                    continue
-                raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
             except socket.timeout as exc:
                 connection.close()
                 raise ConnectionFailed(self.url, f"no reply from {self.url} within {timeout}s") from exc
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 raise ConnectionFailed(self.url, f"cannot connect to {self.url}: {exc}") from exc
+            except BaseException:
+                connection.close()
+                raise
             if response.will_close:
                 connection.close()
             else:

@@ -472,3 +472,71 @@ def test_complete_refuses_a_coroutine_that_waits_for_something_else():
 
     with pytest.raises(RuntimeError, match="other than its own request"):
         complete(waits())
+
+
+class ScriptedServer:
+    """A raw HTTP/1.1 server on loopback, one connection at a time, doing to each request what `script`
+    says in turn: "answer" (200, `{}`, keep-alive) or "drop" (read the request, close without a reply,
+    as a server closing an idle connection just as a request arrives)."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.requests: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while self.script:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(10)
+                buffered = b""
+                while self.script:
+                    while b"\r\n\r\n" not in buffered:
+                        chunk = connection.recv(65536)
+                        if not chunk:
+                            break
+                        buffered += chunk
+                    if b"\r\n\r\n" not in buffered:
+                        break
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    while len(buffered) < length:
+                        buffered += connection.recv(65536)
+                    buffered = buffered[length:]
+                    self.requests.append(head.split(b"\r\n")[0].decode())
+                    if self.script.pop(0) == "drop":
+                        break
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: 2\r\n\r\n{}")
+
+    def __enter__(self) -> "ScriptedServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+def test_a_reused_connection_closed_without_a_reply_resends_a_get_but_not_a_post():
+    with ScriptedServer(["answer", "drop", "answer"]) as server:
+        with EvstoreClient(server.url, retries=0) as c:
+            c.info()
+            assert c.info() == {}, "the GET is sent again on a new connection"
+    assert server.requests == ["GET /v1/info HTTP/1.1"] * 3
+
+    with ScriptedServer(["answer", "drop", "answer"]) as server:
+        with EvstoreClient(server.url, retries=0) as c:
+            c.info()
+            with pytest.raises(ConnectionFailed):
+                c.step_down()
+            assert c.info() == {}
+    assert server.requests == ["GET /v1/info HTTP/1.1", "POST /v1/cluster/step-down HTTP/1.1",
+                               "GET /v1/info HTTP/1.1"], "a POST the server may have read is not sent twice"
