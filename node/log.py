@@ -323,14 +323,19 @@ class Log:
 
         def op(txn: WriteTxn) -> AppendResult:
             given = [e.id for e in events if e.given_id]
-            existing = txn.records_by_ids(given) if given else None
+            existing = txn.records_by_ids(given, before_insert=True) if given else None
             if existing:
                 return _original_reply(stream, events, existing)
             row = txn.stream_row(stream) or StreamRow(stream)
-            vis = visibility(row, txn.now)
-            if vis.deleted == "hard":
-                raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
-            check_expected_version(stream, row, expected, vis.deleted)
+            try:
+                vis = visibility(row, txn.now)
+                if vis.deleted == "hard":
+                    raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+                check_expected_version(stream, row, expected, vis.deleted)
+            except LogError:
+                if given and (existing := txn.records_by_ids(given)):  # a retry is answered as one, not refused
+                    return _original_reply(stream, events, existing)
+                raise
             result = _write_events(txn, row, events)
             result.bytes_written = size
             return result
@@ -355,30 +360,15 @@ class Log:
 
         def op(txn: WriteTxn) -> MultiAppendResult:
             given = [e.id for entry in appends for e in entry.events if e.given_id]
-            existing = txn.records_by_ids(given) if given else None
+            existing = txn.records_by_ids(given, before_insert=True) if given else None
             if existing:
                 return _original_multi_reply(appends, existing)
-            failures = []
-            ahead: dict[str, int] = {}  # events the entries checked so far add to each stream
-            for entry in appends:
-                row = txn.stream_row(entry.stream) or StreamRow(entry.stream)
-                vis = visibility(row, txn.now)
-                if vis.deleted == "hard":
-                    raise StreamDeleted(f"stream {entry.stream!r} was hard deleted", stream=entry.stream)
-                added = ahead.get(entry.stream, 0)
-                if added:  # as the entries before this one leave the stream: it exists
-                    row = StreamRow(entry.stream, row.version + added)
-                try:
-                    check_expected_version(entry.stream, row, entry.expected, "no" if added else vis.deleted)
-                except WrongExpectedVersion as exc:
-                    failures.append(exc.details)
-                ahead[entry.stream] = added + len(entry.events)
-            if failures:
-                first = failures[0]
-                raise WrongExpectedVersion(
-                    f"{len(failures)} of {len(appends)} entries failed their expected-version check; first: "
-                    f"{first['stream']!r} is at version {first['currentVersion']}, expected {first['expectedVersion']}",
-                    **first, failures=failures)
+            try:
+                _check_entries(txn, appends)
+            except LogError:
+                if given and (existing := txn.records_by_ids(given)):  # a retry is answered as one, not refused
+                    return _original_multi_reply(appends, existing)
+                raise
             results = []
             for entry, size in zip(appends, sizes):
                 result = _write_events(txn, txn.stream_row(entry.stream) or StreamRow(entry.stream), entry.events)
@@ -898,6 +888,32 @@ def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes
     event = NewEvent(uuid7_bytes()[0], event_type, data, b"{}", given_id=False)
     seal_payloads(stream, [event])
     _write_events(txn, row, [event])
+
+
+def _check_entries(txn: WriteTxn, appends: Sequence[StreamAppend]) -> None:
+    """The checks of an append to several streams: no stream hard deleted, and every expected version as the
+    entries before it leave its stream (every failing one named)."""
+    failures = []
+    ahead: dict[str, int] = {}  # events the entries checked so far add to each stream
+    for entry in appends:
+        row = txn.stream_row(entry.stream) or StreamRow(entry.stream)
+        vis = visibility(row, txn.now)
+        if vis.deleted == "hard":
+            raise StreamDeleted(f"stream {entry.stream!r} was hard deleted", stream=entry.stream)
+        added = ahead.get(entry.stream, 0)
+        if added:  # as the entries before this one leave the stream: it exists
+            row = StreamRow(entry.stream, row.version + added)
+        try:
+            check_expected_version(entry.stream, row, entry.expected, "no" if added else vis.deleted)
+        except WrongExpectedVersion as exc:
+            failures.append(exc.details)
+        ahead[entry.stream] = added + len(entry.events)
+    if failures:
+        first = failures[0]
+        raise WrongExpectedVersion(
+            f"{len(failures)} of {len(appends)} entries failed their expected-version check; first: "
+            f"{first['stream']!r} is at version {first['currentVersion']}, expected {first['expectedVersion']}",
+            **first, failures=failures)
 
 
 def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Record]) -> AppendResult:

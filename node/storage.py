@@ -298,8 +298,19 @@ def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
     return conn
 
 
+Outcome = tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]  # an op's, for its future
+
+
 class FlushFailed(Exception):
     """Writing the buffered rows of a group commit failed: the whole commit is rolled back."""
+
+    def __init__(self, message: str, *, stored_id: bool = False) -> None:
+        super().__init__(message)
+        self.stored_id = stored_id  # an event id already in the log: the group is run again, checking ids first
+
+
+def _reuses_stored_id(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.IntegrityError) and "events.id" in str(exc)
 
 
 _MISSING = object()
@@ -428,9 +439,12 @@ class WriteTxn:
     anything."""
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
-                 epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False) -> None:
+                 epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False,
+                 look_up_stored_ids: bool = True) -> None:
         self._conn = conn
         self.scavenged = scavenged  # the log has scavenged ids to look up (or removes some in this txn)
+        # False: an insert's lookup of its ids may skip the stored records (see records_by_ids)
+        self.look_up_stored_ids = look_up_stored_ids
         self.last_position = last_position
         self.now = now
         self.epoch = epoch
@@ -514,7 +528,7 @@ class WriteTxn:
                     execute(_stream_upsert_sql(count), params[offset * 6:(offset + count) * 6])
                 self._dirty = set()
         except sqlite3.Error as exc:
-            raise FlushFailed(str(exc)) from exc
+            raise FlushFailed(str(exc), stored_id=_reuses_stored_id(exc)) from exc
 
     # stream rows ------------------------------------------------------------------------------
     def prefetch_rows(self, streams: Iterable[str]) -> None:
@@ -560,9 +574,14 @@ class WriteTxn:
         self.last_position += count
         return first
 
-    def records_by_ids(self, ids: Sequence[bytes]) -> list[Record | ScavengedRecord]:
-        """The records holding these ids, and what is kept of those a scavenge removed."""
-        found = self._records_by_ids(ids)
+    def records_by_ids(self, ids: Sequence[bytes], *, before_insert: bool = False) -> list[Record | ScavengedRecord]:
+        """The records holding these ids, and what is kept of those a scavenge removed. `before_insert`: the
+        lookup of an op that inserts these ids unless found, which may skip the records stored before this
+        transaction (unless `look_up_stored_ids`): client-made ids are random, a lookup in an id index larger than
+        the writer's cache costs a page read per id on every append, and inserting a stored id fails the flush
+        anyway (FlushFailed.stored_id), after which the writer runs the group again with every lookup made."""
+        complete = self.look_up_stored_ids or not before_insert
+        found = self._records_by_ids(ids, stored=complete)
         if self.scavenged and len(found) < len(ids):
             missing = list(set(ids) - {r.id for r in found})
             for i in range(0, len(missing), SQL_VARIABLE_CHUNK):
@@ -570,20 +589,22 @@ class WriteTxn:
                 found.extend(ScavengedRecord(bytes(r[0]), *r[1:]) for r in self._conn.execute(
                     "SELECT id, stream, version, position, payload_crc FROM scavenged_ids "
                     f"WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        if found and not complete and len(found) < len(ids):  # some known: a retry or a reuse, which needs all
+            return self.records_by_ids(ids)
         return found
 
-    def _records_by_ids(self, ids: Sequence[bytes]) -> list[Record]:
+    def _records_by_ids(self, ids: Sequence[bytes], *, stored: bool) -> list[Record]:
         found: list[Record] = []
         values, buffered = self._events, self._event_ids
-        stored = []
+        unbuffered = []
         for event_id in ids:
             index = buffered.get(event_id)
-            if index is None:
-                stored.append(event_id)
-            else:
+            if index is not None:
                 found.append(record_from_stored(values, index))
-        for i in range(0, len(stored), SQL_VARIABLE_CHUNK):
-            chunk = stored[i:i + SQL_VARIABLE_CHUNK]
+            elif stored:
+                unbuffered.append(event_id)
+        for i in range(0, len(unbuffered), SQL_VARIABLE_CHUNK):
+            chunk = unbuffered[i:i + SQL_VARIABLE_CHUNK]
             marks = ",".join("?" * len(chunk))
             found.extend(record_from_row(r) for r in self._conn.execute(
                 f"SELECT {RECORD_COLUMNS} FROM events WHERE id IN ({marks})", chunk))
@@ -885,29 +906,15 @@ class Storage:
         # strictly increasing: the records of one group commit share a `created` no other commit has, which
         # lets replication ship whole commits (never half of an append)
         now = max(now_micros(), self._last_created + 1)
-        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs, scavenged=self._scavenged)
-        outcomes: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            txn.prefetch_rows(stream for item in batch for stream in item[4])
-            for op, future, loop, _weight, _streams in batch:
-                saved_position, saved_epochs = txn.last_position, txn.epochs
-                txn.begin_op()
-                try:
-                    result = op(txn)
-                    txn.end_op()
-                    outcomes.append((future, loop, result, None))
-                except FlushFailed:
+            try:
+                txn, outcomes = self._run_ops(conn, batch, now, look_up_stored_ids=False)
+            except FlushFailed as exc:
+                if not exc.stored_id:
                     raise
-                except Exception as exc:  # the op's own error: undo its writes only
-                    txn.undo_op()
-                    txn.last_position, txn.epochs = saved_position, saved_epochs
-                    if not isinstance(exc, LogError):
-                        log.exception("write operation failed")
-                        exc = Unavailable(f"write failed: {exc}")
-                    exc.observed_position = saved_position  # the log state the refusal was decided on
-                    outcomes.append((future, loop, None, exc))
-            txn.flush()
+                # a retry of an append committed before (or an id reused): run the group again, with lookups
+                conn.execute("ROLLBACK")
+                txn, outcomes = self._run_ops(conn, batch, now, look_up_stored_ids=True)
             started = time.perf_counter()
             conn.execute("COMMIT")
             if self.metrics is not None:
@@ -938,6 +945,36 @@ class Storage:
             by_loop.setdefault(loop, []).append((future, result, error))
         for loop, settled in by_loop.items():  # one wake-up of each loop per batch, not one per request
             loop.call_soon_threadsafe(_settle_all, settled)
+
+    def _run_ops(self, conn: sqlite3.Connection, batch: list, now: int, *, look_up_stored_ids: bool
+                 ) -> tuple[WriteTxn, list[Outcome]]:
+        """Begin the group's transaction and run its ops in it, each op's own error undoing only that op; the
+        transaction is left open, everything written, for the caller to commit. Raises FlushFailed when
+        writing what the ops buffered fails."""
+        txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs, scavenged=self._scavenged,
+                       look_up_stored_ids=look_up_stored_ids)
+        outcomes: list[Outcome] = []
+        conn.execute("BEGIN IMMEDIATE")
+        txn.prefetch_rows(stream for item in batch for stream in item[4])
+        for op, future, loop, _weight, _streams in batch:
+            saved_position, saved_epochs = txn.last_position, txn.epochs
+            txn.begin_op()
+            try:
+                result = op(txn)
+                txn.end_op()
+                outcomes.append((future, loop, result, None))
+            except FlushFailed:
+                raise
+            except Exception as exc:  # the op's own error: undo its writes only
+                txn.undo_op()
+                txn.last_position, txn.epochs = saved_position, saved_epochs
+                if not isinstance(exc, LogError):
+                    log.exception("write operation failed")
+                    exc = Unavailable(f"write failed: {exc}")
+                exc.observed_position = saved_position  # the log state the refusal was decided on
+                outcomes.append((future, loop, None, exc))
+        txn.flush()
+        return txn, outcomes
 
     def _sync_loop(self) -> None:
         """Durability `interval`: commits are not synced one by one; the WAL is synced here periodically."""

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from evstore.node.errors import DuplicateEventId, StreamDeleted, StreamNotFound, WrongExpectedVersion
-from evstore.node.log import AllFilter, Log
+from evstore.node.log import AllFilter, Log, NewEvent
 from evstore.node.storage import Storage
 from loghelpers import ev
 
@@ -81,6 +81,51 @@ async def test_same_id_with_other_content_is_a_duplicate(log):
     with pytest.raises(DuplicateEventId):  # a partial overlap is not a retry
         await log.append("d", "any", [ev(data={"a": 1}, event_id=event_id), ev()])
     assert log.head == 1
+
+
+async def test_retries_and_reused_ids_in_one_group_commit_with_new_appends(log):
+    """An append's lookup of its ids skips the stored records (the id index refuses a stored id when the group
+    is written, and the writer then runs the group again with every lookup): answers are the same as with them."""
+    kept = [ev(data={"n": 1}), ev(data={"n": 2})]
+    original = await log.append("kept", "no_stream", kept)
+    other = await log.append("kept-multi", "no_stream", [ev()])
+    fresh = [log.append(f"fresh-{i}", "any", [ev(), ev()]) for i in range(30)]
+    results = await asyncio.gather(
+        *fresh[:10],
+        log.append("kept", "no_stream", kept),  # a retry whose expected version no longer holds
+        *fresh[10:20],
+        log.append("kept", "any", [ev(data={"n": 9}, event_id=kept[0].id)]),  # the same id, other content
+        log.append("kept", "any", [kept[0], ev()]),  # a partial overlap
+        *fresh[20:],
+        return_exceptions=True)
+    assert results[10] == original
+    assert isinstance(results[21], DuplicateEventId) and isinstance(results[22], DuplicateEventId)
+    written = [r for i, r in enumerate(results) if i not in (10, 21, 22)]
+    assert all(not isinstance(r, Exception) for r in written), written
+    assert sorted(r.position for r in written) == list(range(other.position + 2, other.position + 61, 2))
+    assert log.head == other.position + 60
+    page = await log.read_all(None, 1000, False, AllFilter())
+    assert len({r.id for r in page.records}) == len(page.records) == log.head
+
+
+async def test_a_group_run_again_for_a_stored_id_keeps_the_ops_that_used_sql(log):
+    """The ops of a group run again after a stored id was found include those that flushed the group's rows to
+    run SQL of their own (a snapshot compared with the stored one): each is applied once."""
+    snapshot = NewEvent(b"", "State", b'{"n":1}', b"{}", given_id=False)
+    kept = [ev()]
+    original = await log.append("kept", "any", kept)
+    await log.save_snapshot("order-1", 1, snapshot)
+    head = log.head
+    results = await asyncio.gather(log.append("fresh-a", "any", [ev()]),
+                                   log.save_snapshot("order-1", 1, snapshot),  # the same again: found, not written
+                                   log.save_snapshot("order-1", 2, snapshot),
+                                   log.append("kept", "any", kept),
+                                   log.append("fresh-b", "any", [ev()]))
+    assert results[3] == original
+    assert results[1].version == 1 and results[1].position == head
+    assert log.head == head + 3
+    page = await log.read_all(None, 1000, False, AllFilter())
+    assert [r.stream for r in page.records][-3:] == ["fresh-a", "$snapshot-order-1", "fresh-b"]
 
 
 async def test_read_forward_backward_paging(log):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
+import orjson
 import pytest
 
 from evstore.node.api import validation as v
@@ -53,6 +55,63 @@ async def test_a_large_body_is_parsed_in_slices_with_the_same_result():
 async def test_errors_in_a_large_body_name_their_field(bad, field):
     with pytest.raises(InvalidRequest) as caught:
         await v.append_body_in_slices(body_of(5000, extra={4000: bad}))
+    assert caught.value.details["field"] == field
+
+
+def test_ids_checked_together_are_taken_as_one_by_one():
+    """event_uuids (an append's client-made ids at once) accepts exactly the lists whose every text event_uuid
+    accepts, with the same bytes."""
+    import random
+
+    rng = random.Random(11)
+    replacements = list("0aF-g ") + ["\t", "\u0660", "\uff10", "\n", "", "00", "--"]
+    accepted = refused = 0
+    for _ in range(5_000):
+        texts = []
+        for _i in range(rng.choice((1, 2, 3, 8))):
+            text = str(uuid.UUID(int=rng.getrandbits(128)))
+            if rng.random() < 0.5:
+                text = text.upper()
+            if rng.random() < 0.15:
+                at = rng.randrange(len(text))
+                text = text[:at] + rng.choice(replacements) + text[at + 1:]
+            texts.append(text if rng.random() > 0.01 else 7)
+        try:
+            one_by_one = [v.event_uuid(text, "id") for text in texts]
+        except InvalidRequest:
+            one_by_one = None
+        assert v.event_uuids(texts) == one_by_one, texts
+        accepted, refused = accepted + (one_by_one is not None), refused + (one_by_one is None)
+    assert accepted > 1000 and refused > 1000
+
+
+@pytest.mark.parametrize("ids", ["all", "some", "none"])
+async def test_a_small_body_is_parsed_as_the_event_by_event_parser_does(ids):
+    texts = [str(uuid.uuid4()).upper() if i % 3 == 0 else str(uuid.uuid4()) for i in range(12)]
+    events = [{"type": f"T{i}", "data": {"n": i}, **({"metadata": {"m": i}} if i % 2 else {}),
+               **({"id": texts[i]} if ids == "all" or (ids == "some" and i % 4) else {})} for i in range(12)]
+    body = orjson.dumps({"expectedVersion": 3, "events": events})
+    expected, whole = v.append_body(body)
+    by_event = await v._events_in_slices([msgspec.Raw(orjson.dumps(e)) for e in events], set(), "")
+    assert expected == 3
+
+    def shape(e):
+        return (e.id if e.given_id else None, e.given_id, e.id_text, e.type, e.data, e.metadata, e.flags)
+
+    assert [shape(e) for e in whole] == [shape(e) for e in by_event]
+    assert [e.id_text for e in whole if e.given_id] == [t.lower().encode() for t, e in zip(texts, events) if "id" in e]
+    assert len({e.id for e in whole}) == 12
+
+
+@pytest.mark.parametrize("events, field", [
+    ([{"type": "T", "id": str(uuid.UUID(int=1))}, {"type": 5}, {"type": "T", "id": "nope"}], "events[1].type"),
+    ([{"type": "T", "id": str(uuid.UUID(int=1))}, {"type": "T", "id": "nope"}], "events[1].id"),
+    ([{"type": "T", "id": str(uuid.UUID(int=1))}, {"type": "T", "id": str(uuid.UUID(int=1)).upper()}], "events[1].id"),
+    ([{"type": "T", "id": str(uuid.UUID(int=1))}, {"type": "T"}, {"type": "T", "id": 7}], "events[2].id"),
+])
+def test_the_first_failing_event_of_a_small_body_is_named(events, field):
+    with pytest.raises(InvalidRequest) as caught:
+        v.append_body(orjson.dumps({"events": events}))
     assert caught.value.details["field"] == field
 
 
