@@ -2,6 +2,7 @@
 bench/eventsourcing.py would shadow the eventsourcing library (and the reference runs would be skipped)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-WRAPPERS = ["append.py", "mixed.py", "cluster.py", "subscribe.py", "eventsourcing.py"]
+WRAPPERS = ["append.py", "mixed.py", "cluster.py", "subscribe.py", "eventsourcing.py", "growth.py"]
 
 
 @pytest.mark.parametrize("script", WRAPPERS)
@@ -33,3 +34,31 @@ def test_the_instruction_count_loops_run():
         done = subprocess.run([sys.executable, str(BENCH / "append_instructions.py"), "--inner", part, "2"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_growth_benchmark_measures_every_id_mode(tmp_path):
+    """bench/growth.py on a small log: a node per id mode, filled and measured at each size, ratios at the end."""
+    done = subprocess.run([sys.executable, str(BENCH / "growth.py"), "--sizes", "1000,3000", "--fill-batch", "500",
+                           "--duration", "0.3", "--cases", "append_b1_c1,append_b10_c4", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert [(p["mode"], p["events"] >= size) for p, size in zip(report["points"], [1000, 3000] * 3)] == [
+        ("node", True), ("node", True), ("client", True), ("client", True), ("client-v7", True), ("client-v7", True)]
+    for point in report["points"]:
+        for case in point["cases"].values():
+            assert case["events"] > 0 and case["errors"] == 0 and case["bytesWrittenPerEvent"] > 0
+    assert [line.split(" at ")[0] for line in report["ratios"]] == ["client/node", "client-v7/node"] * 2
+
+
+def test_the_growth_benchmark_sends_the_ids_of_its_mode():
+    """node: no ids; client: random version-4 UUIDs; client-v7: time-ordered version-7 ones, all different."""
+    import uuid
+    from evstore.client.bench.growth import Bodies
+    for mode, version in (("node", None), ("client", 4), ("client-v7", 7)):
+        events = json.loads(Bodies(data=b'{"n":1}', mode=mode).body(50))["events"]
+        ids = [event.get("id") for event in events]
+        if version is None:
+            assert ids == [None] * 50
+        else:
+            assert {uuid.UUID(text).version for text in ids} == {version} and len(set(ids)) == 50
