@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,15 +19,10 @@ import time
 from typing import Callable
 
 from evstore.client import EvstoreClient
+from evstore.client.harness.localnode import free_port
 
 ROUNDS = 2
 WARM_UP = 50
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_live(port: int) -> None:

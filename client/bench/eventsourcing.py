@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from ..harness.localnode import NodeProcess
+from ..harness.localnode import NodeProcess, free_port
 
 PHASES = ("create", "append", "read", "follow")
 SYSTEMS = ("evstore", "sqlite", "postgres")
@@ -55,12 +54,6 @@ class Item(Aggregate):
 
 class Inventory(Application[UUID]):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- stores ------------------------------------------------------------------------------------------
