@@ -62,3 +62,25 @@ def test_the_growth_benchmark_sends_the_ids_of_its_mode():
             assert ids == [None] * 50
         else:
             assert {uuid.UUID(text).version for text in ids} == {version} and len(set(ids)) == 50
+
+
+def test_the_id_merge_measurement_runs_on_a_copy_of_a_log(tmp_path):
+    """bench/id_merge.py on a small log: the id table built from the log's ids, each batch measured, the
+    original database left as it was."""
+    import os
+    import sqlite3
+    db = tmp_path / "evstore.db"
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("CREATE TABLE events (position INTEGER PRIMARY KEY, id BLOB NOT NULL)")
+        conn.executemany("INSERT INTO events VALUES (?, ?)", ((n, os.urandom(16)) for n in range(1, 2001)))
+    conn.close()
+    before = db.read_bytes()
+    done = subprocess.run([sys.executable, str(BENCH / "id_merge.py"), str(tmp_path), "--batches", "10,500"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("built event_ids of 2,000 ids")
+    assert [line.split(":")[0] for line in lines[1:]] == ["merge of 10 sorted random ids",
+                                                          "merge of 500 sorted random ids"]
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["evstore.db"]
