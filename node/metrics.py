@@ -50,6 +50,10 @@ class NodeMetrics:
                                         buckets=BATCH_BUCKETS, registry=r)
         self.batch_events = Histogram("evstore_group_commit_events", "Events per group commit",
                                       buckets=BATCH_BUCKETS, registry=r)
+        self.group_commit_reruns = Counter(
+            "evstore_group_commit_reruns", "Group commits run a second time, with every event id looked up in the "
+            "log, because one of their appends carried an id the log already held (a retry, or an id reused)",
+            registry=r)
         self.storage_bytes = Gauge("evstore_storage_bytes", "Bytes used by the log on disk", registry=r)
         self.storage_file_bytes = Gauge("evstore_storage_file_bytes", "Bytes of the log's files on disk: the "
                                         "database (data) and its write-ahead log with its index (wal)", ["file"],

@@ -302,7 +302,8 @@ Outcome = tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | 
 
 
 class FlushFailed(Exception):
-    """Writing the buffered rows of a group commit failed: the whole commit is rolled back."""
+    """Writing the buffered rows of a group commit failed: the whole commit is rolled back, then either run again
+    with every id looked up (`stored_id`) or failed."""
 
     def __init__(self, message: str, *, stored_id: bool = False) -> None:
         super().__init__(message)
@@ -310,7 +311,10 @@ class FlushFailed(Exception):
 
 
 def _reuses_stored_id(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.IntegrityError) and "events.id" in str(exc)
+    """The UNIQUE constraint of the id index failed (SQLite names the index's column in the message)."""
+    return (isinstance(exc, sqlite3.IntegrityError)
+            and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+            and "events.id" in str(exc))
 
 
 _MISSING = object()
@@ -576,10 +580,11 @@ class WriteTxn:
 
     def records_by_ids(self, ids: Sequence[bytes], *, before_insert: bool = False) -> list[Record | ScavengedRecord]:
         """The records holding these ids, and what is kept of those a scavenge removed. `before_insert`: the
-        lookup of an op that inserts these ids unless found, which may skip the records stored before this
-        transaction (unless `look_up_stored_ids`): client-made ids are random, a lookup in an id index larger than
-        the writer's cache costs a page read per id on every append, and inserting a stored id fails the flush
-        anyway (FlushFailed.stored_id), after which the writer runs the group again with every lookup made."""
+        lookup of an op that inserts these ids unless found, which may skip the records in the events table (those
+        stored before this transaction, and those an op's own SQL flushed in it) unless `look_up_stored_ids`:
+        client-made ids are random, a lookup in an id index larger than the writer's cache costs a page read per
+        id on every append, and inserting a stored id fails the flush anyway (FlushFailed.stored_id), after which
+        the writer runs the group again with every lookup made. Scavenged ids are always looked up."""
         complete = self.look_up_stored_ids or not before_insert
         found = self._records_by_ids(ids, stored=complete)
         if self.scavenged and len(found) < len(ids):
@@ -914,6 +919,8 @@ class Storage:
                     raise
                 # a retry of an append committed before (or an id reused): run the group again, with lookups
                 conn.execute("ROLLBACK")
+                if self.metrics is not None:
+                    self.metrics.group_commit_reruns.inc()
                 txn, outcomes = self._run_ops(conn, batch, now, look_up_stored_ids=True)
             started = time.perf_counter()
             conn.execute("COMMIT")

@@ -341,3 +341,20 @@ async def test_system_streams_are_trimmed_to_their_max_count_as_of_the_visible_p
     assert await stored("plain") == [1, 2, 3]
     page = await log.read_stream("$sub-a-checkpoint", None, 10, False)
     assert [r.version for r in page.records] == [4, 5]
+
+
+async def test_a_group_commit_runs_again_only_for_an_id_the_log_holds(metered_log):
+    """Fresh client-made ids are not looked up in the log and cost no second pass, nor does a retry its expected
+    version refuses (it looks its ids up before refusing); a retry that would be written does, once
+    (evstore_group_commit_reruns_total). Both get the original reply."""
+    log, metrics = metered_log
+    reruns = "evstore_group_commit_reruns_total"
+    kept = [ev(), ev()]
+    original = await log.append("kept", "no_stream", kept)
+    await asyncio.gather(*(log.append(f"fresh-{i}", "any", [ev(), ev()]) for i in range(20)))
+    assert metrics.registry.get_sample_value(reruns) == 0
+    assert await log.append("kept", "no_stream", kept) == original
+    assert metrics.registry.get_sample_value(reruns) == 0
+    assert await log.append("kept", "any", kept) == original
+    assert metrics.registry.get_sample_value(reruns) == 1
+    assert log.head == original.position + 40
