@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DB_FILE = "evstore.db"
-WRITER_CACHE_KIB = 16 * 1024
+from evstore.node.storage import DB_FILE, WRITER_CACHE_KIB
 
 
 def measure(db: Path, batches: list[int]) -> list[str]:

@@ -72,9 +72,8 @@ def random_uuid_texts(count: int) -> list[bytes]:
     raw = bytearray(os.urandom(16 * count))
     raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])
     raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])
-    digits = raw.hex().encode()
-    return [b"-".join((digits[i:i + 8], digits[i + 8:i + 12], digits[i + 12:i + 16], digits[i + 16:i + 20],
-                       digits[i + 20:i + 32])) for i in range(0, 32 * count, 32)]
+    ids = bytes(raw)
+    return uuid_texts([ids[offset:offset + 16] for offset in range(0, 16 * count, 16)])
 
 
 @dataclass
