@@ -52,10 +52,14 @@ class Mix:
     """Keeps writes at (1 - READ_SHARE) of all operations: a writer waits until enough reads have been done."""
 
     def __init__(self, duration: float) -> None:
-        self.deadline = time.perf_counter() + duration
+        self.duration = duration
+        self.deadline = float("inf")  # set by start(), once every reader and writer is ready
         self.reads = OpStats()
         self.writes = OpStats()
         self.cond = threading.Condition()
+
+    def start(self) -> None:
+        self.deadline = time.perf_counter() + self.duration
 
     def live(self) -> bool:
         return time.perf_counter() < self.deadline
@@ -163,6 +167,7 @@ async def run_evstore(url: str, scenario: Scenario, data: bytes, server_cpu: Cal
                 mix.done(mix.writes, started)
 
         began, server, client = time.perf_counter(), server_cpu(), time.process_time()
+        mix.start()
         await asyncio.gather(*(reader(random.Random(i)) for i in range(READERS)),
                              *(writer(random.Random(1000 + i)) for i in range(WRITERS)))
         seconds = time.perf_counter() - began
@@ -200,8 +205,11 @@ def run_postgres(server: PostgresProcess, scenario: Scenario, data: bytes) -> di
 
         mix = Mix(scenario.duration)
         lock = threading.Lock()
+        # the window opens only when every thread runs: starting 28 threads under the GIL can take longer than it
+        ready = threading.Barrier(READERS + WRITERS, action=mix.start)
 
         def reader(rng: random.Random) -> None:
+            ready.wait(timeout=60)
             while mix.live():
                 started = time.perf_counter()
                 try:
@@ -212,6 +220,7 @@ def run_postgres(server: PostgresProcess, scenario: Scenario, data: bytes) -> di
                 mix.done(mix.reads, started)
 
         def writer(rng: random.Random) -> None:
+            ready.wait(timeout=60)
             while mix.wait_write_turn():
                 index = rng.randrange(scenario.streams)
                 with lock:  # the next version of the stream, as an aggregate would know it

@@ -17,11 +17,11 @@ def test_quick_mixed_bench_reports_both_systems(capsys):
     for system in ("evstore", "eventsourcing"):
         result = report[system]
         reads, writes = result["read"], result["write"]
-        assert reads["ops"] > 0 and writes["ops"] > 0 and reads["errors"] == writes["errors"] == 0, system
-        assert writes["ops"] <= 0.15 * (reads["ops"] + writes["ops"]) + 1, system  # 85 % of operations are reads
+        assert reads["ops"] > 0 and writes["ops"] > 0 and reads["errors"] == writes["errors"] == 0, (system, result)
+        assert writes["ops"] <= 0.15 * (reads["ops"] + writes["ops"]) + 1, (system, result)  # 85 % are reads
         for op in (reads, writes):
-            assert 0 < op["p50Ms"] <= op["p99Ms"] <= op["p99.9Ms"], system
-        assert result["serverCpuUsPerOp"] > 0 and result["clientCpuUsPerOp"] > 0, system
+            assert 0 < op["p50Ms"] <= op["p99Ms"] <= op["p99.9Ms"], (system, result)
+        assert result["serverCpuUsPerOp"] > 0 and result["clientCpuUsPerOp"] > 0, (system, result)
 
 
 
