@@ -22,7 +22,8 @@ from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snap
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
 from .storage import (DATA_BINARY, DATA_SQL, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
-                      checked_batches, now_micros, record_from_row, seal_payloads)
+                      checked_batches, now_micros, record_from_row, records_of_rows, row_accounts, row_count, row_record, rows_from_store,
+                      rows_of_records, seal_payloads, verify_rows)
 
 T = TypeVar("T")
 
@@ -221,20 +222,6 @@ class WriteGate(Protocol):
 REPLICA_BATCH_BYTES = 1 << 20
 
 
-def records_from_store(conn: sqlite3.Connection, first: int, max_bytes: int) -> list[Record]:
-    """Log.records_from, read from SQLite."""
-    records: list[Record] = []
-    size = 0
-    for row in conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE position >= ? ORDER BY position",
-                            (first,)):
-        record = record_from_row(row)
-        if size >= max_bytes and record.created != records[-1].created:
-            break
-        records.append(record)
-        size += len(record.data) + len(record.metadata) + len(record.stream) + 64
-    return records
-
-
 class Log:
     """The log of one node. `visible` is the last position reads may show (committed entries only), `written`
     the durable local head; both can be awaited. A single node shows what it wrote; a clustered node shows what
@@ -322,20 +309,17 @@ class Log:
         size = seal_payloads(stream, events)
 
         def op(txn: WriteTxn) -> AppendResult:
-            given = [e.id for e in events if e.given_id]
-            existing = txn.records_by_ids(given, before_insert=True) if given else None
-            if existing:
-                return _original_reply(stream, events, existing)
             row = txn.stream_row(stream) or StreamRow(stream)
-            try:
+
+            def check() -> None:
                 vis = visibility(row, txn.now)
                 if vis.deleted == "hard":
                     raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
                 check_expected_version(stream, row, expected, vis.deleted)
-            except LogError:
-                if given and (existing := txn.records_by_ids(given)):  # a retry is answered as one, not refused
-                    return _original_reply(stream, events, existing)
-                raise
+
+            existing = _stored_retry(txn, [e.id for e in events if e.given_id], check)
+            if existing:
+                return _original_reply(stream, events, existing)
             result = _write_events(txn, row, events)
             result.bytes_written = size
             return result
@@ -359,16 +343,10 @@ class Log:
         streams = tuple(dict.fromkeys(entry.stream for entry in appends))
 
         def op(txn: WriteTxn) -> MultiAppendResult:
-            given = [e.id for entry in appends for e in entry.events if e.given_id]
-            existing = txn.records_by_ids(given, before_insert=True) if given else None
+            existing = _stored_retry(txn, [e.id for entry in appends for e in entry.events if e.given_id],
+                                     lambda: _check_entries(txn, appends))
             if existing:
                 return _original_multi_reply(appends, existing)
-            try:
-                _check_entries(txn, appends)
-            except LogError:
-                if given and (existing := txn.records_by_ids(given)):  # a retry is answered as one, not refused
-                    return _original_multi_reply(appends, existing)
-                raise
             results = []
             for entry, size in zip(appends, sizes):
                 result = _write_events(txn, txn.stream_row(entry.stream) or StreamRow(entry.stream), entry.events)
@@ -719,36 +697,47 @@ class Log:
         """Keep the latest group commits in memory to ship them (while leading), or stop."""
         self.storage.recent.keep(on)
 
-    async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
-        """Records from position `first` on, about `max_bytes` of them, ending at a group-commit boundary
-        (whole commits only, so an append is never half-shipped). From the writer's recent commits when they
-        hold `first` (a caught-up follower's next fetch), else from the store."""
-        recent = self.storage.recent.records_from(first, max_bytes)
+    async def rows_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list:
+        """The stored rows (flat values, storage.STORED_COLUMNS per record) from position `first` on, about
+        `max_bytes` of them, ending at a group-commit boundary (whole commits only, so an append is never
+        half-shipped). From the writer's recent commits when they hold `first` (a caught-up follower's next
+        fetch), else from the store."""
+        recent = self.storage.recent.rows_from(first, max_bytes)
         if recent is not None:
             return recent
-        return await self.storage.read(records_from_store, first, max_bytes)
+        return await self.storage.read(rows_from_store, first, max_bytes)
+
+    async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
+        """rows_from as records (for followers that fetch formats 1 and 2)."""
+        return records_of_rows(await self.rows_from(first, max_bytes))
 
     async def apply_replicated(self, records: Sequence[Record], committed: int = 0) -> int:
-        """Store records shipped by the leader, as they are, in one transaction; the new head once durable.
+        """apply_replicated_rows of records that arrived whole."""
+        return await self.apply_replicated_rows(rows_of_records(records), committed)
+
+    async def apply_replicated_rows(self, rows: Sequence, committed: int = 0) -> int:
+        """Store rows shipped by the leader, as they are, in one transaction; the new head once durable.
         `committed` (the leader's committed position) is kept with them."""
         try:
-            for r in records:
-                r.verified()
+            verify_rows(rows)
         except CorruptRecord:
             self._found_corrupt("replication")
             raise
+        count = row_count(rows)
 
         def op(txn: WriteTxn) -> int:
-            txn.insert_records(records)
+            txn.insert_rows(rows)
             if committed > self.storage.committed:
                 txn.set_setting("committed", str(min(committed, txn.last_position)))
-            for i, r in enumerate(records):
+            accounts = row_accounts(rows)
+            for k, (stream, version, created, event_type) in enumerate(accounts):
                 # a run of one stream's records changes its row as its last record does (system effects aside)
-                if i + 1 == len(records) or records[i + 1].stream != r.stream or r.stream.startswith("$$"):
-                    _account(txn, r.stream, version=r.version, created=r.created, event_type=r.type, data=r.data)
+                if k + 1 == count or accounts[k + 1][0] != stream or stream.startswith("$$"):
+                    data = row_record(rows, k).data if stream.startswith("$$") else b""
+                    _account(txn, stream, version=version, created=created, event_type=event_type, data=data)
             return txn.last_position
 
-        head = await self.storage.write(op, weight=len(records))
+        head = await self.storage.write(op, weight=count)
         self.storage.committed = max(self.storage.committed, min(committed, head))
         self.written.reset(head)
         return head
@@ -826,6 +815,24 @@ def _write_events(txn: WriteTxn, row: StreamRow, events: Sequence[NewEvent]) -> 
     _account(txn, row.stream, version=version, created=txn.now, event_type=events[-1].type,
              data=events[-1].data)
     return AppendResult(row.stream, first_version, version, first_position + len(events) - 1)
+
+
+def _stored_retry(txn: WriteTxn, given: list[bytes], check: Callable[[], None]
+                  ) -> list[Record | ScavengedRecord] | None:
+    """The stored records of the client-made ids `given` when the write is a retry of one written before (it is
+    answered as the original was, never refused), else None once `check` (which raises the refusal) passed. The
+    ids are first looked up as an insert looks them up (see WriteTxn.records_by_ids), in the whole log only
+    before a refusal."""
+    existing = txn.records_by_ids(given, before_insert=True) if given else None
+    if existing:
+        return existing
+    try:
+        check()
+    except LogError:
+        if given and (existing := txn.records_by_ids(given)):
+            return existing
+        raise
+    return None
 
 
 def _account(txn: WriteTxn, stream: str, *, version: int, created: int, event_type: str, data: bytes) -> None:

@@ -410,9 +410,9 @@ class RecentCommits:
             while len(self._commits) > 1 and (self._bytes > self.max_bytes or len(self._commits) > self.max_commits):
                 self._bytes -= self._commits.popleft()[3]
 
-    def records_from(self, first: int, max_bytes: int) -> list[Record] | None:
-        """As Log.records_from: the records from `first` to the end of its commit, then whole commits while
-        fewer than `max_bytes` were taken; None when `first` is not in memory (read the store instead)."""
+    def rows_from(self, first: int, max_bytes: int) -> list | None:
+        """As Log.rows_from: the stored rows (flat values) from `first` to the end of its commit, then whole
+        commits while fewer than `max_bytes` were taken; None when `first` is not in memory (read the store)."""
         with self._lock:
             commits = self._commits
             if not commits or not commits[0][0] <= first <= commits[-1][1]:
@@ -420,16 +420,74 @@ class RecentCommits:
             index = len(commits) - 1
             while commits[index][0] > first:
                 index -= 1
-            taken: list[tuple[list, int]] = []
+            rows: list = []
             size = 0
             for k in range(index, len(commits)):
                 start, _last, values, commit_bytes = commits[k]
-                if taken and size >= max_bytes:
+                if rows and size >= max_bytes:
                     break
                 offset = (first - start) * _COLUMNS if k == index else 0
-                taken.append((values, offset))
+                rows += values[offset:] if offset else values
                 size += _shipped_bytes(values, offset) if offset else commit_bytes
-        return [record_from_stored(values, i) for values, offset in taken for i in range(offset, len(values), _COLUMNS)]
+        return rows
+
+
+def rows_from_store(conn: sqlite3.Connection, first: int, max_bytes: int) -> list:
+    """Log.rows_from, read from SQLite: whole commits (a commit's records share `created`)."""
+    rows: list = []
+    size = 0
+    last_created = None
+    for row in conn.execute(f"SELECT {STORED_COLUMNS} FROM events WHERE position >= ? ORDER BY position", (first,)):
+        if size >= max_bytes and row[_AT_CREATED] != last_created:
+            break
+        rows += row
+        last_created = row[_AT_CREATED]
+        size += _payload_bytes(row, 0) + len(row[_AT_STREAM]) + 64
+    return rows
+
+
+def records_of_rows(rows: Sequence) -> list[Record]:
+    """The records of stored rows (flat values)."""
+    return [record_from_stored(rows, i) for i in range(0, len(rows), _COLUMNS)]
+
+
+def rows_of_records(records: Iterable[Record]) -> list:
+    """The stored rows of records that arrive whole (their reply texts built here)."""
+    rows: list = []
+    for r in records:
+        rows += stored_row(r)
+    return rows
+
+
+def row_count(rows: Sequence) -> int:
+    return len(rows) // _COLUMNS
+
+
+def verify_rows(rows: Sequence) -> None:
+    """Check each stored row as it arrived from another node: its text against the text's CRC, its payload and
+    place against the record's checksum (CorruptRecord names the first that fails)."""
+    for i in range(0, len(rows), _COLUMNS):
+        (position, version, checksum, text, text_crc, created, epoch, stream, event_id, event_type, data, metadata,
+         flags, data_at, data_len, meta_at, meta_len) = rows[i:i + _COLUMNS]
+        if crc32c.crc32c(text) != text_crc:
+            raise CorruptRecord(position)
+        payload_crc = payload_checksum(event_id, stream, event_type,
+                                       data if flags & DATA_BINARY else text[data_at:data_at + data_len],
+                                       metadata if flags & METADATA_BINARY else text[meta_at:meta_at + meta_len],
+                                       flags)
+        if sealed_checksum(payload_crc, position, version, created, epoch) != checksum:
+            raise CorruptRecord(position)
+
+
+def row_record(rows: Sequence, k: int) -> Record:
+    """The record of the k-th stored row."""
+    return record_from_stored(rows, k * _COLUMNS)
+
+
+def row_accounts(rows: Sequence) -> list[tuple[str, int, int, str]]:
+    """(stream, version, created, type) of each stored row: what the stream rows are kept up to date with."""
+    return [(rows[i + _AT_STREAM], rows[i + _AT_VERSION], rows[i + _AT_CREATED], rows[i + _AT_TYPE])
+            for i in range(0, len(rows), _COLUMNS)]
 
 
 class WriteTxn:
@@ -636,22 +694,21 @@ class WriteTxn:
             position += 1
             version += 1
 
-    def insert_records(self, records: Sequence[Record]) -> None:
-        """Insert records exactly as another node wrote them (replication): positions, epochs, checksums."""
+    def insert_rows(self, rows: Sequence) -> None:
+        """Insert stored rows (flat values) exactly as another node wrote them (replication): positions, epochs,
+        checksums, reply texts."""
         conn = self.conn
         self.rewrote_events = True
-        values: list = []
-        add = values.extend
-        for r in records:
-            if r.position <= self.last_position:
-                raise LogError(f"replicated entry at position {r.position} is not after the head "
+        for i in range(0, len(rows), _COLUMNS):
+            position = rows[i + _AT_POSITION]
+            if position <= self.last_position:
+                raise LogError(f"replicated entry at position {position} is not after the head "
                                f"{self.last_position}")
-            self.note_epoch(r.epoch, r.position)
-            self.last_position = r.position
-            self.last_created = max(self.last_created, r.created)
-            add(stored_row(r))  # multi-row INSERTs, as in `insert`: fewer statements
-        for offset, rows in _row_chunks(len(records)):
-            conn.execute(_insert_sql(rows), values[offset * _COLUMNS:(offset + rows) * _COLUMNS])
+            self.note_epoch(rows[i + _AT_EPOCH], position)
+            self.last_position = position
+            self.last_created = max(self.last_created, rows[i + _AT_CREATED])
+        for offset, count in _row_chunks(len(rows) // _COLUMNS):  # multi-row INSERTs, as in `insert`
+            conn.execute(_insert_sql(count), rows[offset * _COLUMNS:(offset + count) * _COLUMNS])
 
     def truncate_after(self, position: int) -> list[tuple[str, int]]:
         """Delete every record after `position`; the (stream, lowest removed version) of each stream touched."""
@@ -911,9 +968,10 @@ class Storage:
         # strictly increasing: the records of one group commit share a `created` no other commit has, which
         # lets replication ship whole commits (never half of an append)
         now = max(now_micros(), self._last_created + 1)
+        ran: list[Outcome] = []  # the ops' outcomes in the last pass that ran them all
         try:
             try:
-                txn, outcomes = self._run_ops(conn, batch, now, look_up_stored_ids=False)
+                txn, ran = self._run_ops(conn, batch, now, look_up_stored_ids=False)
             except FlushFailed as exc:
                 if not exc.stored_id:
                     raise
@@ -921,9 +979,10 @@ class Storage:
                 conn.execute("ROLLBACK")
                 if self.metrics is not None:
                     self.metrics.group_commit_reruns.inc()
-                txn, outcomes = self._run_ops(conn, batch, now, look_up_stored_ids=True)
+                txn, ran = self._run_ops(conn, batch, now, look_up_stored_ids=True)
             started = time.perf_counter()
             conn.execute("COMMIT")
+            outcomes = ran
             if self.metrics is not None:
                 self.metrics.sync_latency.observe(time.perf_counter() - started)
                 self.metrics.batch_requests.observe(len(batch))
@@ -947,6 +1006,9 @@ class Storage:
             self._last_created = max(now, txn.last_created)
             self._scavenged = txn.scavenged
             self._dirty.set()
+        for *_, error in ran:  # an op's own bug, logged once however many passes ran it
+            if getattr(error, "op_bug", None) is not None:
+                log.error("write operation failed", exc_info=error.op_bug)
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:
             by_loop.setdefault(loop, []).append((future, result, error))
@@ -975,9 +1037,9 @@ class Storage:
             except Exception as exc:  # the op's own error: undo its writes only
                 txn.undo_op()
                 txn.last_position, txn.epochs = saved_position, saved_epochs
-                if not isinstance(exc, LogError):
-                    log.exception("write operation failed")
-                    exc = Unavailable(f"write failed: {exc}")
+                if not isinstance(exc, LogError):  # a bug: the caller gets a 503, the writer logs it (once)
+                    bug, exc = exc, Unavailable(f"write failed: {exc}")
+                    exc.op_bug = bug
                 exc.observed_position = saved_position  # the log state the refusal was decided on
                 outcomes.append((future, loop, None, exc))
         txn.flush()

@@ -237,6 +237,7 @@ async def replication_fetch(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         node, url = str(body["node"]), str(body["url"])
         epoch, first, prev_epoch = int(body["epoch"]), int(body["from"]), int(body["prevEpoch"])
+        as_rows = body.get("rows") is True  # a follower of this release; older ones read formats 1 and 2
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise InvalidRequest("a fetch needs node, url, epoch, from and prevEpoch") from None
     if first < 1:
@@ -257,7 +258,7 @@ async def replication_fetch(request: web.Request) -> web.Response:
     if reply.status == "diverged":
         return error_response(409, "diverged", "the follower's log diverges from the leader's",
                               epoch=reply.epoch, end=reply.end)
-    return web.Response(body=reply_body(reply), content_type="application/octet-stream",
+    return web.Response(body=reply_body(reply, rows=as_rows), content_type="application/octet-stream",
                         headers=reply_headers(reply))
 
 

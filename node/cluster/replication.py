@@ -22,7 +22,7 @@ from ..log import Log
 from ..position import WatchedPosition, first_reached
 from .auth import MAX_CLOCK_SKEW, PeerAuth
 from .coordinator import Coordinator, CoordinatorError, IsrState, LeaderInfo, MemberInfo
-from .wire import decode_records, encode_records
+from .wire import decode, encode
 
 log = logging.getLogger("evstore.replication")
 
@@ -67,7 +67,7 @@ class Progress:
 @dataclass
 class FetchReply:
     status: str  # "ok" | "diverged"
-    records: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # stored rows, flat (storage.STORED_COLUMNS per record)
     committed: int = 0
     head: int = 0
     epoch: int = 0
@@ -287,9 +287,9 @@ class LeaderReplication:
             raise EpochMismatch(self.epoch, stale_leader=True)
         progress.head_at_reply = storage.head
         progress.committed_told = self.hw
-        records = await self.log.records_from(first) if first <= storage.head else []
+        rows = await self.log.rows_from(first) if first <= storage.head else []
         self._observe_lag(progress)
-        return FetchReply("ok", records, committed=self.hw, head=storage.head, epoch=self.epoch,
+        return FetchReply("ok", rows, committed=self.hw, head=storage.head, epoch=self.epoch,
                           positions={p.node: p.durable for p in self.progress.values()})
 
     def _observe_lag(self, progress: Progress) -> None:
@@ -506,7 +506,7 @@ class Follower:
         storage = self.log.storage
         head = storage.head
         body = json.dumps({"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
-                           "prevEpoch": storage.epoch_at(head)}).encode()
+                           "prevEpoch": storage.epoch_at(head), "rows": True}).encode()
         # a leader of the previous version (an unsigned record, honoured only in compat mode) knows only its
         # static token; any other leader gets a signature that is worth nothing for another request
         signed = None if self.leader.legacy else self.peer_auth.sign_request("POST", self.leader.url, FETCH_PATH,
@@ -542,11 +542,11 @@ class Follower:
         if leader_epoch != self.leader.epoch or leader_epoch < storage.promised_epoch:
             raise EpochMismatch(leader_epoch, stale_leader=False)  # entries of an older epoch: reject them
         self.last_contact = time.monotonic()
-        records = decode_records(payload)
+        rows = decode(payload)
         if storage.head != head:
             return  # our head moved meanwhile (an earlier write landed): ask again from the new head
-        if records:
-            apply = asyncio.ensure_future(self.log.apply_replicated(records, committed))
+        if rows:
+            apply = asyncio.ensure_future(self.log.apply_replicated_rows(rows, committed))
             try:
                 await asyncio.shield(apply)
             except asyncio.CancelledError:
@@ -556,7 +556,7 @@ class Follower:
         visible.advance(min(committed, storage.head))  # the leader's commit point, as far as we have it
         # what this node showed before a restart was committed then, and is in its log: it shows at least that now
         self.log.commit_point_known()
-        if not records and visible.position > storage.committed and \
+        if not rows and visible.position > storage.committed and \
                 time.monotonic() - self._persisted_at > PERSIST_COMMITTED_EVERY:
             self._persisted_at = time.monotonic()  # an idle follower remembers the last commit too
             await self.log.persist_committed(visible.position)
@@ -595,5 +595,5 @@ def parse_positions(header: str) -> dict[str, int]:
     return positions
 
 
-def reply_body(reply: FetchReply) -> bytes:
-    return encode_records(reply.records)
+def reply_body(reply: FetchReply, *, rows: bool) -> bytes:
+    return encode(reply.rows, as_rows=rows)

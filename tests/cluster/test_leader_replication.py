@@ -15,7 +15,7 @@ from evstore.node.cluster.etcd import EtcdCoordinator
 from evstore.node.cluster.replication import EpochMismatch, LeaderReplication, Timing
 from evstore.node.errors import NotLeader
 from evstore.node.log import AllFilter, Log, NewEvent
-from evstore.node.storage import Storage
+from evstore.node.storage import Storage, records_of_rows
 
 WAIT = 15.0
 LEADER = MemberInfo("leader", "http://127.0.0.1:1")
@@ -56,7 +56,7 @@ async def test_a_write_waits_for_every_isr_member(leading):
     first_fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
     append = asyncio.create_task(log.append("s", "any", [ev(), ev()]))
     shipped = await asyncio.wait_for(first_fetch, WAIT)  # answered with the new entries
-    assert [r.position for r in shipped.records] == [1, 2]
+    assert [r.position for r in records_of_rows(shipped.rows)] == [1, 2]
     assert not append.done() and lead.hw == 0  # durable here, but not yet on the follower
     # the follower stored them: its next fetch says so, and the write is acknowledged
     asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 3, lead.epoch))

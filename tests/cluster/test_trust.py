@@ -26,6 +26,8 @@ from evstore.client.harness.localnode import free_port
 from evstore.client.harness.workload import Workload
 from evstore.node.cluster.auth import PEER_TOKEN_HEADER, LeaderRecords, PeerAuth, peer_token
 from evstore.node.cluster.coordinator import MemberInfo
+from evstore.node.cluster.wire import ROWS_MAGIC, decode
+from evstore.node.storage import records_of_rows
 from evstore.node.cluster.etcd import EtcdCoordinator
 
 LEASE_TTL = 3
@@ -213,6 +215,27 @@ async def test_internal_routes_take_only_fresh_signed_requests_and_sign_their_re
     digest = hashlib.sha256(body).hexdigest()
     assert digest not in cluster.node(leader).log()
 
+
+
+async def test_a_fetch_ships_stored_rows_only_to_a_follower_that_asks_for_them(start_cluster):
+    # a follower of the previous release never asks, and reads formats 1 and 2 only (rolling upgrades)
+    cluster = start_cluster(nodes=1)
+    leader, epoch = cluster.wait_leader(LEADER_WAIT)
+    node_url = cluster.node(leader).url
+    auth = PeerAuth(cluster.secret, cluster.store_id)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(node_url + "/v1/streams/rows-1", json={"expectedVersion": "any", "events": [
+                {"type": "T", "data": {"n": 18446744073709551617}}]}) as reply:
+            assert reply.status == 200, await reply.text()
+        for ask in (False, True):
+            fetch = {"node": "node9", "url": "http://127.0.0.1:1", "epoch": epoch, "from": 1, "prevEpoch": 0}
+            body = orjson.dumps({**fetch, "rows": True} if ask else fetch)
+            signed = auth.sign_request("POST", node_url, FETCH_PATH, body)
+            status, _headers, payload = await _post(session, node_url + FETCH_PATH, body, signed.headers)
+            assert status == 200, payload
+            assert payload.startswith(ROWS_MAGIC) == ask
+            [record] = records_of_rows(decode(payload))
+            assert (record.stream, record.data) == ("rows-1", b'{"n": 18446744073709551617}')  # as sent
 
 # -- the coordinator's reading of the leader key, against a real etcd ------------------------------------
 

@@ -3,11 +3,13 @@ deletes, metadata/retention, $all filters and cursors, stream listing, scavenge.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 
 import pytest
 
-from evstore.node.errors import DuplicateEventId, StreamDeleted, StreamNotFound, WrongExpectedVersion
+from evstore.node.errors import DuplicateEventId, StreamDeleted, StreamNotFound, Unavailable, WrongExpectedVersion
 from evstore.node.log import AllFilter, Log, NewEvent
 from evstore.node.storage import Storage
 from loghelpers import ev
@@ -358,3 +360,38 @@ async def test_a_group_commit_runs_again_only_for_an_id_the_log_holds(metered_lo
     assert await log.append("kept", "any", kept) == original
     assert metrics.registry.get_sample_value(reruns) == 1
     assert log.head == original.position + 40
+
+
+async def test_an_operations_own_error_is_logged_once_when_its_group_runs_again(metered_log, caplog):
+    """A group commit with a retry that would be written runs twice; an operation of the same group that fails
+    by a bug (a 503 for its caller) is logged once, not once per pass."""
+    log, metrics = metered_log
+    kept = [ev()]
+    original = await log.append("kept", "no_stream", kept)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_txn):  # keeps the writer busy until the next two are queued: they then share one group commit
+        holding.set()
+        release.wait(10)
+
+    def broken(_txn):
+        raise RuntimeError("a bug in an operation")
+
+    async def until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+
+    held = asyncio.ensure_future(log.storage.write(hold))
+    await until(holding.is_set)
+    bug = asyncio.ensure_future(log.storage.write(broken))
+    retry = asyncio.ensure_future(log.append("kept", "any", kept))
+    await until(lambda: log.storage._queue.qsize() == 2)
+    release.set()
+    await held
+    with pytest.raises(Unavailable):
+        await bug
+    assert await retry == original
+    assert metrics.registry.get_sample_value("evstore_group_commit_reruns_total") == 1
+    assert [r.getMessage() for r in caplog.records].count("write operation failed") == 1

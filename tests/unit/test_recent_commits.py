@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from evstore.node.errors import WrongExpectedVersion
-from evstore.node.log import Log, records_from_store
-from evstore.node.storage import Record, RecentCommits, Storage, stored_row
+from evstore.node.log import Log
+from evstore.node.storage import Record, RecentCommits, Storage, records_of_rows, rows_from_store, stored_row
 from loghelpers import ev
 
 BUDGETS = (1, 300, 5_000, 1 << 20)
@@ -26,11 +26,13 @@ async def check_same_as_store(log: Log) -> int:
     held = 0
     for first in range(1, log.storage.head + 2):
         for budget in BUDGETS:
-            recent = log.storage.recent.records_from(first, budget)
+            recent = log.storage.recent.rows_from(first, budget)
             if recent is None:
                 continue
             held += budget == BUDGETS[0]
-            assert recent == await log.storage.read(records_from_store, first, budget), (first, budget)
+            stored = await log.storage.read(rows_from_store, first, budget)
+            assert recent == stored, (first, budget)  # every value, the reply texts too
+            assert records_of_rows(recent) == records_of_rows(stored)
     return held
 
 
@@ -44,7 +46,7 @@ async def test_the_tail_is_served_from_memory_exactly_as_the_store_holds_it(log)
                                                             for _ in range(1 + i % 4)]) for i in range(12)),
                          refused())
     assert await check_same_as_store(log) == log.storage.head  # every position is in memory
-    assert log.storage.recent.records_from(log.storage.head, 1)[0].position == log.storage.head
+    assert records_of_rows(log.storage.recent.rows_from(log.storage.head, 1))[0].position == log.storage.head
 
     await log.set_metadata("s-1", {"maxCount": 2})
     await log.delete("s-2", "any", hard=False)
@@ -58,12 +60,12 @@ async def test_removing_records_empties_it_and_later_commits_start_it_again(log)
     await log.set_metadata("trimmed", {"maxCount": 2})
     assert (await log.scavenge())["removed"] == 3
     head = log.storage.head
-    assert log.storage.recent.records_from(1, 1 << 20) is None  # what is left is read from the store
+    assert log.storage.recent.rows_from(1, 1 << 20) is None  # what is left is read from the store
     assert [r.version for r in await log.records_from(1)] == [4, 5, 1]
 
     await log.append("after", "any", [ev(), ev()])
-    assert log.storage.recent.records_from(head + 1, 1 << 20) is not None
-    assert log.storage.recent.records_from(head, 1 << 20) is None  # never across the removal
+    assert log.storage.recent.rows_from(head + 1, 1 << 20) is not None
+    assert log.storage.recent.rows_from(head, 1 << 20) is None  # never across the removal
     assert await check_same_as_store(log) == 2
 
 
@@ -72,7 +74,7 @@ async def test_trimming_a_system_stream_empties_it(log):
     for i in range(3):
         await log.append("$checkpoints-x", "any", [ev(data={"i": i})])
     assert await log.trim_system_streams() == 2
-    assert log.storage.recent.records_from(log.storage.head, 1 << 20) is None
+    assert log.storage.recent.rows_from(log.storage.head, 1 << 20) is None
     assert await check_same_as_store(log) == 0
 
 
@@ -92,9 +94,9 @@ async def test_replicated_and_truncated_entries_are_read_from_the_store(tmp_path
         follower = Log(storage)
         follower.keep_recent_commits(True)  # a follower that led before
         await follower.apply_replicated(await log.records_from(1), committed=2)
-        assert storage.recent.records_from(1, 1 << 20) is None
+        assert storage.recent.rows_from(1, 1 << 20) is None
         await follower.truncate_after(2)
-        assert storage.recent.records_from(1, 1 << 20) is None
+        assert storage.recent.rows_from(1, 1 << 20) is None
         assert [r.position for r in await follower.records_from(1)] == [1, 2]
     finally:
         storage.close()
@@ -106,7 +108,7 @@ async def test_a_node_that_does_not_lead_keeps_nothing(tmp_path):
     try:
         single = Log(storage)
         await single.append("a", "any", [ev()])
-        assert storage.recent.records_from(1, 1 << 20) is None
+        assert storage.recent.rows_from(1, 1 << 20) is None
         assert [r.position for r in await single.records_from(1)] == [1]
     finally:
         storage.close()
@@ -123,10 +125,10 @@ def test_it_keeps_only_the_latest_commits_within_its_bounds():
 
     for n in range(5):
         recent.add(commit(1 + 2 * n, 2), 2 + 2 * n)
-    assert recent.records_from(4, 1) is None  # the two oldest commits were let go
-    assert [r.position for r in recent.records_from(5, 1)] == [5, 6]
-    assert [r.position for r in recent.records_from(6, 1)] == [6]
-    assert [r.position for r in recent.records_from(8, 1 << 20)] == [8, 9, 10]
+    assert recent.rows_from(4, 1) is None  # the two oldest commits were let go
+    assert [r.position for r in records_of_rows(recent.rows_from(5, 1))] == [5, 6]
+    assert [r.position for r in records_of_rows(recent.rows_from(6, 1))] == [6]
+    assert [r.position for r in records_of_rows(recent.rows_from(8, 1 << 20))] == [8, 9, 10]
     recent.add(commit(20, 1), 20)  # not after the head it holds: it starts again from there
-    assert recent.records_from(10, 1) is None
-    assert [r.position for r in recent.records_from(20, 1)] == [20]
+    assert recent.rows_from(10, 1) is None
+    assert [r.position for r in records_of_rows(recent.rows_from(20, 1))] == [20]

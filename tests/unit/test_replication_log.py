@@ -8,10 +8,10 @@ import uuid
 import orjson
 import pytest
 
-from evstore.node.cluster.wire import WireError, decode_records, encode_records
+from evstore.node.cluster.wire import WireError, decode, decode_records, encode, encode_records
 from evstore.node.errors import CorruptRecord, LogError, StreamDeleted, StreamNotFound, Unavailable
 from evstore.node.log import AllFilter, Log, NewEvent
-from evstore.node.storage import Storage
+from evstore.node.storage import Storage, rows_from_store
 
 
 def ev(n: int = 0, event_type: str = "Happened") -> NewEvent:
@@ -39,10 +39,15 @@ def clustered_view(log: Log, visible: int) -> Log:
     return view
 
 
-async def replicate(leader: Log, follower: Log) -> None:
+async def replicate(leader: Log, follower: Log, *, as_rows: bool = True) -> None:
+    """Ship as the fetch does: wire format 3 (stored rows), or formats 1 and 2 (a follower of the last release)."""
     while follower.head < leader.head:
-        records = await leader.records_from(follower.head + 1, max_bytes=1)
-        await follower.apply_replicated(decode_records(encode_records(records)))
+        rows = await leader.rows_from(follower.head + 1, max_bytes=1)
+        await follower.apply_replicated_rows(decode(encode(rows, as_rows=as_rows)))
+
+
+async def stored_rows(one: Log) -> list:
+    return await one.storage.read(rows_from_store, 1, 1 << 30)
 
 
 async def dump(one: Log) -> list[tuple]:
@@ -51,14 +56,16 @@ async def dump(one: Log) -> list[tuple]:
             for r in page.records]
 
 
-async def test_a_follower_becomes_an_exact_copy(pair):
+@pytest.mark.parametrize("as_rows", [True, False], ids=["format-3", "formats-1-2"])
+async def test_a_follower_becomes_an_exact_copy(pair, as_rows):
     leader, follower = pair
     leader.storage.epoch = 7
     await asyncio.gather(*(leader.append(f"s{i % 3}", "any", [ev(i), ev(i)]) for i in range(20)))
     await leader.set_metadata("s1", {"maxCount": 3})
     await leader.delete("s2", "any", hard=True)
-    await replicate(leader, follower)
+    await replicate(leader, follower, as_rows=as_rows)
     assert await dump(follower) == await dump(leader)
+    assert await stored_rows(follower) == await stored_rows(leader)  # byte for byte, the reply texts too
     assert follower.storage.epochs == leader.storage.epochs == [(7, 1)]
     assert [r.version for r in (await follower.read_stream("s1", None, 100, False)).records] == [12, 13, 14]
     with pytest.raises(StreamDeleted):

@@ -1,5 +1,6 @@
 """The replication wire format: JSON-only batches in the previous release's format 1 (so old and new nodes replicate
-from each other during a rolling upgrade), batches with binary payloads in format 2 behind a magic."""
+from each other during a rolling upgrade), batches with binary payloads in format 2 behind a magic, and the stored
+rows themselves in format 3 for followers that ask for it; every format decodes to stored rows."""
 from __future__ import annotations
 
 import struct
@@ -7,8 +8,9 @@ import uuid
 
 import pytest
 
-from evstore.node.cluster.wire import MAGIC, WireError, decode_records, encode_records
-from evstore.node.storage import DATA_BINARY, Record
+from evstore.node.cluster.wire import MAGIC, ROWS_MAGIC, WireError, decode, decode_records, encode, encode_records
+from evstore.node.errors import CorruptRecord
+from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Record, records_of_rows, rows_of_records, verify_rows
 
 FORMAT_1_HEADER = struct.Struct("<QQqqIHHII16s")  # what the previous release packs and unpacks
 
@@ -57,3 +59,41 @@ def test_malformed_payloads_are_refused():
         decode_records(b"\x01\x02\x03")
     with pytest.raises(WireError):
         decode_records(encode_records([record(1, DATA_BINARY)])[:-3])
+
+
+def test_format_3_carries_the_stored_rows_as_they_are():
+    records = [record(1), record(2, DATA_BINARY), record(3, DATA_BINARY | METADATA_BINARY)]
+    rows = rows_of_records(records)
+    payload = encode(rows, as_rows=True)
+    assert payload.startswith(ROWS_MAGIC)
+    assert decode(payload) == rows  # every value: reply texts, their CRCs and spans too
+    assert records_of_rows(decode(payload)) == records
+    verify_rows(decode(payload))
+    assert encode([], as_rows=True) == ROWS_MAGIC and decode(ROWS_MAGIC) == [] and decode(b"") == []
+
+
+def test_followers_that_do_not_ask_for_rows_get_formats_1_and_2():
+    plain, mixed = [record(1), record(2)], [record(3), record(4, DATA_BINARY)]
+    assert encode(rows_of_records(plain), as_rows=False) == encode_records(plain)
+    assert encode(rows_of_records(mixed), as_rows=False) == encode_records(mixed)
+    assert decode(encode_records(mixed)) == rows_of_records(mixed)
+
+
+def test_malformed_format_3_payloads_are_refused():
+    payload = encode(rows_of_records([record(1), record(2)]), as_rows=True)
+    for cut in (payload[:-1], payload[:len(ROWS_MAGIC) + 5]):
+        with pytest.raises(WireError):
+            decode(cut)
+
+
+@pytest.mark.parametrize("flip", ["text", "data", "checksum"])
+def test_a_row_that_differs_from_what_the_leader_sealed_is_found(flip):
+    rows = decode(encode(rows_of_records([record(1), record(2, DATA_BINARY)]), as_rows=True))
+    at = {"text": 3, "data": 17 + 10, "checksum": 2}[flip]  # storage.STORED_COLUMNS: json, data, checksum
+    if flip == "checksum":
+        rows[at] ^= 1
+    else:
+        rows[at][-2] ^= 0x20
+    with pytest.raises(CorruptRecord) as found:
+        verify_rows(rows)
+    assert f"position {2 if flip == 'data' else 1} " in str(found.value)
