@@ -21,8 +21,8 @@ from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snap
                         snapshots_between, stored_metadata)
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
-from .storage import (DATA_BINARY, DATA_SQL, RECORD_COLUMNS, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
-                      checked_batches, now_micros, record_from_row, records_of_rows, row_accounts, row_count, row_record, rows_from_store,
+from .storage import (DATA_BINARY, DATA_SQL, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, checked_batches,
+                      now_micros, records_of_rows, row_accounts, row_count, row_record, rows_from_store,
                       rows_of_records, seal_payloads, verify_rows)
 
 T = TypeVar("T")

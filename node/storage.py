@@ -1008,7 +1008,7 @@ class Storage:
             self._dirty.set()
         for *_, error in ran:  # an op's own bug, logged once however many passes ran it
             if getattr(error, "op_bug", None) is not None:
-                log.error("write operation failed", exc_info=error.op_bug)
+                log.error("write operation failed: %s", error.op_bug)
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:
             by_loop.setdefault(loop, []).append((future, result, error))
@@ -1038,7 +1038,10 @@ class Storage:
                 txn.undo_op()
                 txn.last_position, txn.epochs = saved_position, saved_epochs
                 if not isinstance(exc, LogError):  # a bug: the caller gets a 503, the writer logs it (once)
-                    bug, exc = exc, Unavailable(f"write failed: {exc}")
+                    # kept as text: the exception itself would tie its traceback's frames (this one's
+                    # outcomes, the transaction) into a cycle that only a full collection frees
+                    bug = "".join(traceback.format_exception(exc))
+                    exc = Unavailable(f"write failed: {exc}")
                     exc.op_bug = bug
                 exc.observed_position = saved_position  # the log state the refusal was decided on
                 outcomes.append((future, loop, None, exc))

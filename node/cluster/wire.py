@@ -21,13 +21,14 @@ import struct
 from typing import Sequence
 
 from ..errors import LogError
-from ..storage import Record, records_of_rows, rows_of_records
+from ..storage import STORED_COLUMNS, Record, records_of_rows, rows_of_records
 
 MAGIC = b"EVR2\x00\x00\x00\xff"
 ROWS_MAGIC = b"EVR3\x00\x00\x00\xff"
 # position, version, created, epoch, checksum, text CRC, flags, data and metadata spans in the text, then the
 # lengths of stream, type, text, binary data and binary metadata, then the id
 _ROW = struct.Struct("<QQqqIIBIIIIHHIII16s")
+_ROW_VALUES = len(STORED_COLUMNS.split(","))  # a stored row's values, in the order storage.STORED_COLUMNS names
 _EMPTY = bytearray()  # the binary data and metadata columns of a JSON event (never changed: only bound)
 _HEADER = struct.Struct("<QQqqIHHIIB16s")
 _HEADER_V1 = struct.Struct("<QQqqIHHII16s")
@@ -69,9 +70,9 @@ def encode_rows(rows: Sequence) -> bytes:
     parts: list = [ROWS_MAGIC]
     add = parts.extend
     pack = _ROW.pack
-    for i in range(0, len(rows), 17):
+    for i in range(0, len(rows), _ROW_VALUES):
         (position, version, checksum, text, text_crc, created, epoch, stream, event_id, type_, data, metadata, flags,
-         data_at, data_len, meta_at, meta_len) = rows[i:i + 17]
+         data_at, data_len, meta_at, meta_len) = rows[i:i + _ROW_VALUES]
         stream_bytes, type_bytes = stream.encode(), type_.encode()
         add((pack(position, version, created, epoch, checksum, text_crc, flags, data_at, data_len, meta_at, meta_len,
                   len(stream_bytes), len(type_bytes), len(text), len(data), len(metadata), event_id),
