@@ -28,6 +28,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+async def commits(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """(group commits, events in them, replication fetches answered) so far, from the node's metrics."""
+    async with session.get(url + "/metrics") as reply:
+        text = await reply.text()
+    found = {"fetch": 0.0}
+    for line in text.splitlines():
+        for key in ("evstore_group_commit_events_count", "evstore_group_commit_events_sum"):
+            if line.startswith(key + " "):
+                found[key] = float(line.split()[1])
+        if line.startswith("evstore_http_requests_total{") and 'route="/v1/internal/replication/fetch"' in line:
+            found["fetch"] += float(line.split()[-1])
+    return (found.get("evstore_group_commit_events_count", 0.0), found.get("evstore_group_commit_events_sum", 0.0),
+            found["fetch"])
+
+
 async def run_case(cluster: LocalCluster, leader: int, pids: dict[str, int], opts) -> None:
     data = event_data(100)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=opts.concurrency)) as session:
@@ -38,16 +53,25 @@ async def run_case(cluster: LocalCluster, leader: int, pids: dict[str, int], opt
                                    "-o", f"{opts.py_spy}-{name}.txt"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in pids.items() if opts.py_spy and name.startswith("node")]
+        committed = [await commits(session, url) for url in cluster.urls]
         before, mine = {name: cpu_seconds(pid) for name, pid in pids.items()}, os.times()
         result = (await target.append_case(opts.batch, opts.concurrency, data, opts.seconds, 10**7)).to_dict()
         after, mine_after = {name: cpu_seconds(pid) for name, pid in pids.items()}, os.times()
+        committed = [tuple(b - a for a, b in zip(was, await commits(session, url)))
+                     for was, url in zip(committed, cluster.urls)]
         for spy in spies:
             spy.wait(timeout=opts.seconds + 30)
     events = result["eventsPerSecond"] * opts.seconds
     print(f"b{opts.batch} c{opts.concurrency}: {result['eventsPerSecond']:,.0f} ev/s, p50 {result['p50Ms']:.2f} ms")
     for name in pids:
         role = " (leader)" if name == f"node{leader}" else ""
-        print(f"  {name + role:16} {(after[name] - before[name]) / events * 1e6:8.1f} us CPU per event")
+        line = f"  {name + role:16} {(after[name] - before[name]) / events * 1e6:8.1f} us CPU per event"
+        if name.startswith("node"):
+            count, stored, fetches = committed[int(name[4:])]
+            line += f", {stored / count if count else 0:6.1f} events per group commit"
+            if fetches:
+                line += f", {fetches / events:5.2f} fetches answered per event"
+        print(line)
     spent = (mine_after.user + mine_after.system) - (mine.user + mine.system)
     print(f"  {'load generator':16} {spent / events * 1e6:8.1f} us CPU per event")
 

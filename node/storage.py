@@ -826,6 +826,7 @@ class Storage:
         self._last_created = 0
         self._scavenged = False  # scavenged_ids has rows: appends with given ids look there too
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.writes_in_flight = 0  # write() calls not yet durable: a hint for replication (the loop changes it)
         self._writer: threading.Thread | None = None
         self._readers: list[threading.Thread] = []
         self._read_queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -931,7 +932,11 @@ class Storage:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((op, future, loop, weight, streams))
-        return await future
+        self.writes_in_flight += 1
+        try:
+            return await future
+        finally:
+            self.writes_in_flight -= 1
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         stopping = False

@@ -28,6 +28,11 @@ log = logging.getLogger("evstore.replication")
 
 FETCH_PATH = "/v1/internal/replication/fetch"
 FETCH_WAIT = 0.5  # seconds a fetch waits on the leader for new entries before answering empty
+# seconds a reply that would carry only a new commit point waits, when no write is on its way to the log, for
+# the next entry to carry it too: at concurrency 1 that entry comes about a millisecond after the
+# acknowledgement, and one exchange per write instead of two takes a quarter off the CPU a replicated write
+# costs. With writes on their way (concurrent clients) the reply goes at once and the next fetch waits for them.
+NEWS_DELAY = 0.002
 FETCH_TIMEOUT = 10.0
 FETCH_CONNECT_TIMEOUT = 2.0  # a leader behind a partition drops the connection attempt: try again sooner
 ISR_CHECK_EVERY = 0.2
@@ -283,6 +288,8 @@ class LeaderReplication:
             # for the committed position, so it is news worth an early answer)
             await self._wait_until(FETCH_WAIT, (self.log.written, first),
                                    (self.log.visible, progress.committed_told + 1))
+        if first > storage.head and self.hw > progress.committed_told and not storage.writes_in_flight:
+            await self._wait_until(NEWS_DELAY, (self.log.written, first))  # news, and nothing to ship yet
         if not self.active:
             raise EpochMismatch(self.epoch, stale_leader=True)
         progress.head_at_reply = storage.head

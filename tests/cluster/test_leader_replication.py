@@ -12,6 +12,7 @@ import pytest
 from evstore.node.cluster.coordinator import MemberInfo
 from evstore.node.cluster.auth import LeaderRecords
 from evstore.node.cluster.etcd import EtcdCoordinator
+from evstore.node.cluster import replication
 from evstore.node.cluster.replication import EpochMismatch, LeaderReplication, Timing
 from evstore.node.errors import NotLeader
 from evstore.node.log import AllFilter, Log, NewEvent
@@ -63,6 +64,34 @@ async def test_a_write_waits_for_every_isr_member(leading):
     result = await asyncio.wait_for(append, WAIT)
     assert (result.version, result.position, lead.hw) == (2, 2, 2)
 
+
+
+async def test_a_new_commit_point_travels_with_the_next_entry(leading, monkeypatch):
+    """The reply to the fetch that acknowledges a write would carry only the new commit point: it waits (up to
+    NEWS_DELAY) for the next entry and carries both, one exchange per write instead of two."""
+    monkeypatch.setattr(replication, "NEWS_DELAY", WAIT)  # only the next entry can end the wait here
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    first = asyncio.create_task(log.append("s", "any", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)
+    report = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch))
+    await asyncio.wait_for(first, WAIT)  # acknowledged by the report
+    assert lead.hw == 1 and not report.done()
+    second = asyncio.create_task(log.append("s", "any", [ev()]))
+    reply = await asyncio.wait_for(report, WAIT)
+    assert [r.position for r in records_of_rows(reply.rows)] == [2] and reply.committed == 1
+    asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 3, lead.epoch))  # the follower stored it
+    assert (await asyncio.wait_for(second, WAIT)).position == 2
+
+
+async def test_a_new_commit_point_alone_is_told_soon(leading):
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    append = asyncio.create_task(log.append("s", "any", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)
+    reply = await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch), WAIT)
+    await asyncio.wait_for(append, WAIT)
+    assert reply.rows == [] and reply.committed == 1
 
 async def test_a_fetch_of_another_epoch_is_refused(leading):
     with pytest.raises(EpochMismatch) as older:
