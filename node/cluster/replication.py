@@ -288,8 +288,9 @@ class LeaderReplication:
             # for the committed position, so it is news worth an early answer)
             await self._wait_until(FETCH_WAIT, (self.log.written, first),
                                    (self.log.visible, progress.committed_told + 1))
-        if first > storage.head and self.hw > progress.committed_told and not storage.writes_in_flight:
-            await self._wait_until(NEWS_DELAY, (self.log.written, first))  # news, and nothing to ship yet
+        if self.active and first > storage.head and self.hw > progress.committed_told and \
+                not storage.writes_in_flight:  # news, and nothing to ship yet
+            await self._wait_until(NEWS_DELAY, (self.log.written, first))
         if not self.active:
             raise EpochMismatch(self.epoch, stale_leader=True)
         progress.head_at_reply = storage.head
