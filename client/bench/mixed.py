@@ -205,8 +205,17 @@ def run_postgres(server: PostgresProcess, scenario: Scenario, data: bytes) -> di
 
         mix = Mix(scenario.duration)
         lock = threading.Lock()
-        # the window opens only when every thread runs: starting 28 threads under the GIL can take longer than it
-        ready = threading.Barrier(READERS + WRITERS, action=mix.start)
+        def server_cpu() -> float:
+            return process_cpu(server.postmaster_pid, children=True)
+
+        opened: dict[str, float] = {}
+
+        def open_window() -> None:  # the window, its clock and CPU counters start when every thread runs
+            opened.update(began=time.perf_counter(), server=server_cpu(), client=time.process_time())
+            mix.start()
+
+        # starting 28 threads that open connections under the GIL can take longer than a --quick window
+        ready = threading.Barrier(READERS + WRITERS, action=open_window)
 
         def reader(rng: random.Random) -> None:
             ready.wait(timeout=60)
@@ -236,16 +245,14 @@ def run_postgres(server: PostgresProcess, scenario: Scenario, data: bytes) -> di
 
         threads = [threading.Thread(target=reader, args=(random.Random(i),)) for i in range(READERS)]
         threads += [threading.Thread(target=writer, args=(random.Random(1000 + i),)) for i in range(WRITERS)]
-        def server_cpu() -> float:
-            return process_cpu(server.postmaster_pid, children=True)
-
-        began, server_before, client = time.perf_counter(), server_cpu(), time.process_time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        seconds = time.perf_counter() - began
-        cpu = _cpu_summary(mix, server_cpu() - server_before, time.process_time() - client)
+        if not opened:
+            raise BenchError("the reference's threads did not all start")
+        seconds = time.perf_counter() - opened["began"]
+        cpu = _cpu_summary(mix, server_cpu() - opened["server"], time.process_time() - opened["client"])
         return {"fillSeconds": round(fill_seconds, 2), "seconds": round(seconds, 2),
                 "read": mix.reads.summary(seconds), "write": mix.writes.summary(seconds), **cpu}
     finally:
