@@ -28,7 +28,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-async def commits(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+async def commits(session: aiohttp.ClientSession, url: str) -> tuple[float, float, float]:
     """(group commits, events in them, replication fetches answered) so far, from the node's metrics."""
     async with session.get(url + "/metrics") as reply:
         text = await reply.text()
@@ -46,7 +46,8 @@ async def commits(session: aiohttp.ClientSession, url: str) -> tuple[float, floa
 async def run_case(cluster: LocalCluster, leader: int, pids: dict[str, int], opts) -> None:
     data = event_data(100)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=opts.concurrency)) as session:
-        target = EvstoreTarget(session, cluster.urls[leader], f"cpu-{uuid.uuid4().hex[:8]}")
+        via = leader if opts.via == "leader" else (leader + 1) % len(cluster.urls)
+        target = EvstoreTarget(session, cluster.urls[via], f"cpu-{uuid.uuid4().hex[:8]}")
         await target.append("warmup", append_body(data, 10), 10)
         spies = [subprocess.Popen([opts.py_spy_binary, "record", "-p", str(pid), "-r", "200", "--threads",
                                    "-d", str(max(1, int(opts.seconds) - 1)), "-f", "raw",
@@ -62,7 +63,8 @@ async def run_case(cluster: LocalCluster, leader: int, pids: dict[str, int], opt
         for spy in spies:
             spy.wait(timeout=opts.seconds + 30)
     events = result["eventsPerSecond"] * opts.seconds
-    print(f"b{opts.batch} c{opts.concurrency}: {result['eventsPerSecond']:,.0f} ev/s, p50 {result['p50Ms']:.2f} ms")
+    print(f"b{opts.batch} c{opts.concurrency} through the {opts.via}: {result['eventsPerSecond']:,.0f} ev/s, "
+          f"p50 {result['p50Ms']:.2f} ms")
     for name in pids:
         role = " (leader)" if name == f"node{leader}" else ""
         line = f"  {name + role:16} {(after[name] - before[name]) / events * 1e6:8.1f} us CPU per event"
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("batch", type=int)
     parser.add_argument("concurrency", type=int)
     parser.add_argument("seconds", type=float)
+    parser.add_argument("--via", choices=("leader", "follower"), default="leader",
+                        help="send the appends to the leader (default) or to a follower, which forwards them")
     parser.add_argument("--py-spy", metavar="PREFIX")
     parser.add_argument("--py-spy-binary", default=shutil.which("py-spy") or "py-spy")
     opts = parser.parse_args()

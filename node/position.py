@@ -46,6 +46,10 @@ class WatchedPosition:
         else:
             self.advance(position)
 
+    def awaited(self) -> bool:
+        """Whether anything waits for the position to move on."""
+        return any(not waiter[2].done() for waiter in self._waiters)
+
     def reached(self, position: int) -> asyncio.Future:
         """A future that resolves (to the then current position) once the position is at least `position`.
         Cancel it to stop waiting."""

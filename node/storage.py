@@ -27,7 +27,7 @@ import crc32c
 
 from ..ids import uuid_texts
 from .errors import CorruptRecord, LogError, Unavailable
-from .replyjson import DATA_BINARY, METADATA_BINARY, created_tail, json_head, json_name, record_json
+from .replyjson import DATA_BINARY, METADATA_BINARY, created_tail, json_head, json_name, matches_record, record_json
 
 log = logging.getLogger("evstore.storage")
 
@@ -353,15 +353,15 @@ RECENT_COMMITS_MAX = 4096
 
 
 def _shipped_bytes(values: list, offset: int = 0) -> int:
-    """What the flat records from `offset` count against a replication budget (as Log.records_from counts)."""
-    return sum(_payload_bytes(values, i) + len(values[i + _AT_STREAM]) + 64
-               for i in range(offset, len(values), _COLUMNS))
+    """What the flat records from `offset` count against a replication budget (as Log.rows_from counts)."""
+    return sum(_row_bytes(values, i) for i in range(offset, len(values), _COLUMNS))
 
 
-def _payload_bytes(values: list, i: int) -> int:
-    flags = values[i + _AT_FLAGS]
-    return ((len(values[i + _AT_DATA]) if flags & DATA_BINARY else values[i + _AT_DATA_LEN])
-            + (len(values[i + _AT_METADATA]) if flags & METADATA_BINARY else values[i + _AT_META_LEN]))
+def _row_bytes(values: Sequence, i: int) -> int:
+    """About what the stored row at `values[i:]` takes in a fetch reply of wire format 3 (its text, binary
+    payloads, stream and fixed fields)."""
+    return (len(values[i + _AT_TEXT]) + len(values[i + _AT_DATA]) + len(values[i + _AT_METADATA])
+            + len(values[i + _AT_STREAM]) + 64)
 
 
 class RecentCommits:
@@ -442,7 +442,7 @@ def rows_from_store(conn: sqlite3.Connection, first: int, max_bytes: int) -> lis
             break
         rows += row
         last_created = row[_AT_CREATED]
-        size += _payload_bytes(row, 0) + len(row[_AT_STREAM]) + 64
+        size += _row_bytes(row, 0)
     return rows
 
 
@@ -465,17 +465,21 @@ def row_count(rows: Sequence) -> int:
 
 def verify_rows(rows: Sequence) -> None:
     """Check each stored row as it arrived from another node: its text against the text's CRC, its payload and
-    place against the record's checksum (CorruptRecord names the first that fails)."""
+    place against the record's checksum, and the text against the record (the text that record_json makes of
+    it: the reply's envelope carries the id, names, version, position and time); CorruptRecord names the first
+    that fails."""
     for i in range(0, len(rows), _COLUMNS):
         (position, version, checksum, text, text_crc, created, epoch, stream, event_id, event_type, data, metadata,
          flags, data_at, data_len, meta_at, meta_len) = rows[i:i + _COLUMNS]
-        if crc32c.crc32c(text) != text_crc:
+        if flags & ~(DATA_BINARY | METADATA_BINARY) or crc32c.crc32c(text) != text_crc:
             raise CorruptRecord(position)
         payload_crc = payload_checksum(event_id, stream, event_type,
                                        data if flags & DATA_BINARY else text[data_at:data_at + data_len],
                                        metadata if flags & METADATA_BINARY else text[meta_at:meta_at + meta_len],
                                        flags)
-        if sealed_checksum(payload_crc, position, version, created, epoch) != checksum:
+        if sealed_checksum(payload_crc, position, version, created, epoch) != checksum or not matches_record(
+                text, event_id, stream, event_type, data, metadata, flags, (data_at, data_len, meta_at, meta_len),
+                version, position, created):
             raise CorruptRecord(position)
 
 

@@ -98,6 +98,17 @@ async def forward(request: web.Request, member: ClusterMember, handler: Handler,
                   ) -> web.StreamResponse:
     if FORWARDED_HEADER in request.headers:  # one hop only: the sender thought we lead, and we do not
         raise NotLeader()
+    if not write:
+        return await _forward(request, member, handler, write)
+    member.forwarded_writes += 1  # its reply waits for this node's commit point: the leader sends that at once
+    try:
+        return await _forward(request, member, handler, write)
+    finally:
+        member.forwarded_writes -= 1
+
+
+async def _forward(request: web.Request, member: ClusterMember, handler: Handler, write: bool
+                   ) -> web.StreamResponse:
     body = await request.read()
     headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
     headers[FORWARDED_HEADER] = member.me.node
@@ -238,6 +249,7 @@ async def replication_fetch(request: web.Request) -> web.Response:
         node, url = str(body["node"]), str(body["url"])
         epoch, first, prev_epoch = int(body["epoch"]), int(body["from"]), int(body["prevEpoch"])
         as_rows = body.get("rows") is True  # a follower of this release; older ones read formats 1 and 2
+        eager = body.get("eager", True) is not False  # older followers never ask the leader to hold news
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise InvalidRequest("a fetch needs node, url, epoch, from and prevEpoch") from None
     if first < 1:
@@ -249,7 +261,7 @@ async def replication_fetch(request: web.Request) -> web.Response:
         return error_response(409, "not_leader", "this node is not the leader",
                               leaderEpoch=member.leader.epoch if member.leader else 0)
     try:
-        reply = await leading.fetch(node, url, epoch, first, prev_epoch)
+        reply = await leading.fetch(node, url, epoch, first, prev_epoch, eager=eager)
     except EpochMismatch as exc:
         if exc.stale_leader and epoch > leading.epoch:
             member.deposed_by(epoch)

@@ -72,6 +72,7 @@ class ClusterMember:
                  metrics=None) -> None:
         self.config = config
         self.log = log_
+        self.forwarded_writes = 0  # writes sent on to the leader whose replies are not given yet
         self.coordinator = coordinator
         self.discovery = discovery
         self.metrics = metrics
@@ -326,6 +327,10 @@ class ClusterMember:
         self._set_role_metrics()
 
     # following ---------------------------------------------------------------------------------
+    def _commit_point_awaited(self) -> bool:
+        """Whether a forwarded write's reply, a read or a subscription here waits for the next commit point."""
+        return self.forwarded_writes > 0 or self.log.visible.awaited()
+
     async def _follow(self, leader: LeaderInfo) -> None:
         await self._stop_following()
         if leader.epoch < self.log.storage.promised_epoch:
@@ -333,7 +338,7 @@ class ClusterMember:
             return
         await self.log.promise_epoch(leader.epoch)
         follower = Follower(self.log, self.me, leader, self.peer_auth, self.session, on_stale=self._refresh_leader,
-                            metrics=self.metrics)
+                            metrics=self.metrics, commit_point_awaited=self._commit_point_awaited)
         self.following = follower
         self.role = Role.FOLLOWER
         self._follow_task = asyncio.get_running_loop().create_task(follower.run(), name="evstore-follow")

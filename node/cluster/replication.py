@@ -31,7 +31,8 @@ FETCH_WAIT = 0.5  # seconds a fetch waits on the leader for new entries before a
 # seconds a reply that would carry only a new commit point waits, when no write is on its way to the log, for
 # the next entry to carry it too: at concurrency 1 that entry comes about a millisecond after the
 # acknowledgement, and one exchange per write instead of two takes a quarter off the CPU a replicated write
-# costs. With writes on their way (concurrent clients) the reply goes at once and the next fetch waits for them.
+# costs. With writes on their way (concurrent clients) the reply goes at once and the next fetch waits for them;
+# so it does when the follower has something waiting for the commit point ("eager" in its fetch).
 NEWS_DELAY = 0.002
 FETCH_TIMEOUT = 10.0
 FETCH_CONNECT_TIMEOUT = 2.0  # a leader behind a partition drops the connection attempt: try again sooner
@@ -262,7 +263,10 @@ class LeaderReplication:
             self.metrics.committed_position.set(hw)
 
     # fetches from followers --------------------------------------------------------------------
-    async def fetch(self, node: str, url: str, epoch: int, first: int, prev_epoch: int) -> FetchReply:
+    async def fetch(self, node: str, url: str, epoch: int, first: int, prev_epoch: int, *,
+                    eager: bool = False) -> FetchReply:
+        """`eager`: the follower has something waiting for the next commit point (a forwarded write's reply, a
+        read, a subscription), so a reply with only that news goes at once."""
         storage = self.log.storage
         if epoch != self.epoch or not self.active:
             raise EpochMismatch(self.epoch, stale_leader=epoch > self.epoch or not self.active)
@@ -288,7 +292,7 @@ class LeaderReplication:
             # for the committed position, so it is news worth an early answer)
             await self._wait_until(FETCH_WAIT, (self.log.written, first),
                                    (self.log.visible, progress.committed_told + 1))
-        if self.active and first > storage.head and self.hw > progress.committed_told and \
+        if self.active and first > storage.head and self.hw > progress.committed_told and not eager and \
                 not storage.writes_in_flight:  # news, and nothing to ship yet
             await self._wait_until(NEWS_DELAY, (self.log.written, first))
         if not self.active:
@@ -475,8 +479,9 @@ class Follower:
 
     def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, peer_auth: PeerAuth,
                  session: aiohttp.ClientSession, on_stale: Callable[[], Awaitable[None]] | None = None,
-                 metrics=None) -> None:
+                 metrics=None, commit_point_awaited: Callable[[], bool] | None = None) -> None:
         self.log = log_
+        self.commit_point_awaited = commit_point_awaited or (lambda: False)
         self.me = me
         self.leader = leader
         self.peer_auth = peer_auth
@@ -514,7 +519,8 @@ class Follower:
         storage = self.log.storage
         head = storage.head
         body = json.dumps({"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
-                           "prevEpoch": storage.epoch_at(head), "rows": True}).encode()
+                           "prevEpoch": storage.epoch_at(head), "rows": True,
+                           "eager": self.commit_point_awaited()}).encode()
         # a leader of the previous version (an unsigned record, honoured only in compat mode) knows only its
         # static token; any other leader gets a signature that is worth nothing for another request
         signed = None if self.leader.legacy else self.peer_auth.sign_request("POST", self.leader.url, FETCH_PATH,

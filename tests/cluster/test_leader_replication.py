@@ -84,6 +84,19 @@ async def test_a_new_commit_point_travels_with_the_next_entry(leading, monkeypat
     assert (await asyncio.wait_for(second, WAIT)).position == 2
 
 
+
+async def test_a_follower_that_awaits_the_commit_point_is_told_it_at_once(leading, monkeypatch):
+    """A follower with a forwarded write's reply, a read or a subscription waiting for the commit point says so
+    (`eager`): the news is not held for a next entry."""
+    monkeypatch.setattr(replication, "NEWS_DELAY", WAIT)
+    lead, log = leading, leading.log
+    fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))
+    append = asyncio.create_task(log.append("s", "any", [ev()]))
+    await asyncio.wait_for(fetch, WAIT)
+    reply = await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch, eager=True), WAIT)
+    await asyncio.wait_for(append, WAIT)
+    assert reply.rows == [] and reply.committed == 1
+
 async def test_a_new_commit_point_alone_is_told_soon(leading):
     lead, log = leading, leading.log
     fetch = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 1, 0))

@@ -73,3 +73,15 @@ async def test_first_reached_returns_on_any_target_or_the_extra_future_and_clean
     stop.set_result(None)
     assert await asyncio.wait_for(task, 5)
     assert not stop.cancelled()
+
+
+async def test_awaited_says_whether_anything_still_waits():
+    position = WatchedPosition(3)
+    assert not position.awaited()
+    waiter = position.reached(5)
+    assert position.awaited()
+    waiter.cancel()  # gave up
+    assert not position.awaited()
+    position.reached(4)
+    position.advance(4)
+    assert not position.awaited()

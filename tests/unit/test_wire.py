@@ -97,3 +97,25 @@ def test_a_row_that_differs_from_what_the_leader_sealed_is_found(flip):
     with pytest.raises(CorruptRecord) as found:
         verify_rows(rows)
     assert f"position {2 if flip == 'data' else 1} " in str(found.value)
+
+
+@pytest.mark.parametrize("edit", [
+    (b'"version":1,', b'"version":7,'), (b'"position":1,', b'"position":9,'), (b'"order-1"', b'"order-2"'),
+    (b',"type":"T"', b',"type":"U"'), (b'"created":"2023', b'"created":"2024')])
+def test_a_text_that_disagrees_with_its_record_is_found_though_its_crc_matches(edit):
+    import crc32c
+
+    rows = decode(encode(rows_of_records([record(1)]), as_rows=True))
+    old, new = edit
+    assert old in rows[3]
+    rows[3] = bytearray(bytes(rows[3]).replace(old, new, 1))
+    rows[4] = crc32c.crc32c(rows[3])  # the text's own CRC agrees: only the record can tell
+    with pytest.raises(CorruptRecord):
+        verify_rows(rows)
+
+
+def test_unknown_content_type_flags_are_corrupt_not_a_crash():
+    rows = decode(encode(rows_of_records([record(1)]), as_rows=True))
+    rows[12] = 4  # storage.STORED_COLUMNS: flags
+    with pytest.raises(CorruptRecord):
+        verify_rows(rows)
