@@ -240,8 +240,11 @@ class Subscription:
         last_sent = time.monotonic()
         log_ = self._hub.log
         while not self._hub.closing:
-            floor = self._attach()
-            while self._cursor <= floor:  # catch up from the log; what commits past floor is buffered
+            # catch up from the log; what commits past the fan-out's position is buffered. The fan-out may run
+            # behind the log: read at least what the log showed at attaching, so that caughtUp comes after every
+            # event committed before it (the buffer's copies of them are skipped by the cursor)
+            floor = max(self._attach(), log_.visible.position)
+            while self._cursor <= floor:
                 if self.selector.payload is None:  # the log's filter is the whole selector: read rendered JSON
                     page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter, rendered=True)
                     found = [Message("event", e.position, Rendered(e)) for e in page.records

@@ -104,3 +104,30 @@ def test_max_subscribers_setting_is_validated(value):
         load_settings(["--max-subscribers", value])
     assert load_settings([], {"EVSTORE_MAX_SUBSCRIBERS": "7"}).max_subscribers == 7
     assert load_settings([]).max_subscribers == 1000
+
+
+async def test_caught_up_comes_after_every_event_committed_before_the_subscription(log, monkeypatch):
+    """The fan-out may not yet have offered what the log already shows (it runs behind, in its own task): a
+    subscription still reads from the log up to what was visible when it attached before it says caughtUp."""
+    from evstore.node.subscriptions import transient
+
+    async def behind(self) -> None:  # a fan-out that never gets to run
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(transient.Fanout, "_run", behind)
+    hub = TransientSubscriptions(log)
+    first = await hub.subscribe(Selector(), Start(), heartbeat=60)
+    assert [m.kind for m in await anext(first.batches())] == ["caughtUp"]  # attached: the fan-out starts at 0
+    for _ in range(3):
+        await log.append("s", "any", [ev(), ev()])
+    late = await hub.subscribe(Selector(), Start(position=1), heartbeat=60)
+    got, others = [], []
+    async for batch in late.batches():
+        got += [m.position for m in batch if m.kind == "event"]
+        others += [m.kind for m in batch if m.kind != "event"]
+        if "caughtUp" in others:
+            break
+    assert got == [1, 2, 3, 4, 5, 6]
+    for subscription in (first, late):
+        subscription.close()
+    await hub.close()
