@@ -53,7 +53,9 @@ def json_name(name: str) -> bytes:
 def json_head(event_id: bytes, stream_json: bytes, type_json: bytes, data: bytes, metadata: bytes,
               flags: int) -> tuple[bytes, int, int, int, int]:
     """The text up to the version, and the spans (offset, length) of the data's and metadata's values in it."""
-    start = _start(event_id, stream_json, type_json)
+    h = binascii.hexlify(event_id)
+    start = b"".join((b'{"id":"', h[:8], b"-", h[8:12], b"-", h[12:16], b"-", h[16:20], b"-", h[20:],
+                      b'","stream":', stream_json, b',"type":', type_json))
     if flags & DATA_BINARY:
         data_key, data_text = b',"dataBase64":', b'"' + base64.b64encode(data) + b'"'
     else:
@@ -66,37 +68,6 @@ def json_head(event_id: bytes, stream_json: bytes, type_json: bytes, data: bytes
     metadata_at = data_at + len(data_text) + len(metadata_key)
     head = b"".join((start, data_key, data_text, metadata_key, metadata_text, b',"version":'))
     return head, data_at, len(data_text), metadata_at, len(metadata_text)
-
-
-def _start(event_id: bytes, stream_json: bytes, type_json: bytes) -> bytes:
-    h = binascii.hexlify(event_id)
-    return b"".join((b'{"id":"', h[:8], b"-", h[8:12], b"-", h[12:16], b"-", h[16:20], b"-", h[20:],
-                     b'","stream":', stream_json, b',"type":', type_json))
-
-
-_json_name_cached = functools.lru_cache(maxsize=4096)(json_name)  # a batch's rows share a few streams and types
-_DATA_KEYS = (b',"data":', b',"dataBase64":')
-_METADATA_KEYS = (b',"metadata":', b',"metadataBase64":')
-
-
-def matches_record(text, event_id: bytes, stream: str, event_type: str, data, metadata, flags: int,
-                   spans: tuple[int, int, int, int], version: int, position: int, created: int) -> bool:
-    """Whether `text` is the text record_json makes of these fields, without building it: the envelope and a
-    binary payload's base64 are compared; a JSON payload is the span of the text itself (the record's checksum
-    covers it). For texts that arrive with their records (replication)."""
-    data_at, data_len, metadata_at, metadata_len = spans
-    start = _start(event_id, _json_name_cached(stream), _json_name_cached(event_type))
-    data_key, metadata_key = _DATA_KEYS[flags & DATA_BINARY], _METADATA_KEYS[(flags & METADATA_BINARY) >> 1]
-    data_end = data_at + data_len
-    if not (data_at == len(start) + len(data_key) and metadata_at == data_end + len(metadata_key)
-            and text.startswith(start) and text[len(start):data_at] == data_key
-            and text[data_end:metadata_at] == metadata_key
-            and text[metadata_at + metadata_len:] == b',"version":' + json_tail(version, position, created)):
-        return False
-    if flags & DATA_BINARY and text[data_at:data_end] != b'"' + base64.b64encode(data) + b'"':
-        return False
-    return not (flags & METADATA_BINARY
-                and text[metadata_at:metadata_at + metadata_len] != b'"' + base64.b64encode(metadata) + b'"')
 
 
 @functools.lru_cache(maxsize=8192)

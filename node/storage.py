@@ -27,7 +27,7 @@ import crc32c
 
 from ..ids import uuid_texts
 from .errors import CorruptRecord, LogError, Unavailable
-from .replyjson import DATA_BINARY, METADATA_BINARY, created_tail, json_head, json_name, matches_record, record_json
+from .replyjson import DATA_BINARY, METADATA_BINARY, created_tail, json_head, json_name, record_json
 
 log = logging.getLogger("evstore.storage")
 
@@ -464,22 +464,23 @@ def row_count(rows: Sequence) -> int:
 
 
 def verify_rows(rows: Sequence) -> None:
-    """Check each stored row as it arrived from another node: its text against the text's CRC, its payload and
-    place against the record's checksum, and the text against the record (the text that record_json makes of
-    it: the reply's envelope carries the id, names, version, position and time); CorruptRecord names the first
-    that fails."""
+    """Check each stored row as it arrived from another node: its payload and place against the record's
+    checksum, then its text, the text's CRC and the payloads' spans against what record_json makes of that
+    record (the reply's envelope carries the id, names, version, position and time); CorruptRecord names the
+    first that fails."""
     for i in range(0, len(rows), _COLUMNS):
         (position, version, checksum, text, text_crc, created, epoch, stream, event_id, event_type, data, metadata,
          flags, data_at, data_len, meta_at, meta_len) = rows[i:i + _COLUMNS]
-        if flags & ~(DATA_BINARY | METADATA_BINARY) or crc32c.crc32c(text) != text_crc:
+        if flags & ~(DATA_BINARY | METADATA_BINARY):
             raise CorruptRecord(position)
-        payload_crc = payload_checksum(event_id, stream, event_type,
-                                       data if flags & DATA_BINARY else text[data_at:data_at + data_len],
-                                       metadata if flags & METADATA_BINARY else text[meta_at:meta_at + meta_len],
-                                       flags)
-        if sealed_checksum(payload_crc, position, version, created, epoch) != checksum or not matches_record(
-                text, event_id, stream, event_type, data, metadata, flags, (data_at, data_len, meta_at, meta_len),
-                version, position, created):
+        if not flags & DATA_BINARY:
+            data = text[data_at:data_at + data_len]
+        if not flags & METADATA_BINARY:
+            metadata = text[meta_at:meta_at + meta_len]
+        payload_crc = payload_checksum(event_id, stream, event_type, data, metadata, flags)
+        if sealed_checksum(payload_crc, position, version, created, epoch) != checksum or record_json(
+                event_id, stream, event_type, data, metadata, flags, version, position, created) != (
+                text, text_crc, data_at, data_len, meta_at, meta_len):
             raise CorruptRecord(position)
 
 
