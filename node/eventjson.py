@@ -90,5 +90,12 @@ def render_rows(rows, limit: int, max_bytes: int) -> tuple[list[RenderedEvent], 
     return out, True
 
 
-def events_array(events: Sequence[RenderedEvent]) -> bytes:
-    return b"[" + b",".join([e[1] for e in events]) + b"]"
+def reply_with_events(head: bytes, events: Sequence[RenderedEvent], tail: bytes) -> bytes:
+    """`head`, the events' texts as a JSON array, then `tail`, made in one allocation: a page is up to
+    MAX_REPLY_BYTES, and each further copy of it (a concatenation, a %-format) costs a fresh buffer."""
+    if not events:
+        return head + b"[]" + tail
+    texts = [e[1] for e in events]
+    texts[0] = head + b"[" + texts[0]
+    texts[-1] = texts[-1] + b"]" + tail
+    return b",".join(texts)

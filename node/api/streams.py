@@ -7,7 +7,7 @@ from typing import Awaitable
 import orjson
 from aiohttp import web
 
-from ..eventjson import events_array
+from ..eventjson import reply_with_events
 from ..log import ANY, AllFilter, AllSlice, AppendResult, Log, StreamSlice
 from . import validation as v
 from .cluster import leader_read, leader_write
@@ -79,8 +79,8 @@ async def read_stream(request: web.Request) -> web.Response:
 
 def stream_reply(page: StreamSlice) -> bytes:
     """The reply's JSON with the page's events spliced in as rendered by the reader thread."""
-    return b'{"stream":%s,"version":%d,"events":%s,"next":%s}' % (
-        orjson.dumps(page.stream), page.version, events_array(page.records), _cursor(page.next))
+    return reply_with_events(b'{"stream":%s,"version":%d,"events":' % (orjson.dumps(page.stream), page.version),
+                             page.records, b',"next":%s}' % _cursor(page.next))
 
 
 def _cursor(position: int | None) -> bytes:
@@ -149,7 +149,7 @@ async def read_all(request: web.Request) -> web.Response:
 
 
 def all_reply(page: AllSlice) -> bytes:
-    return b'{"events":%s,"next":%s,"head":%d}' % (events_array(page.records), _cursor(page.next), page.head)
+    return reply_with_events(b'{"events":', page.records, b',"next":%s,"head":%d}' % (_cursor(page.next), page.head))
 
 
 def _observe_read(request: web.Request, kind: str, started: float, count: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from evstore.node import queries
 from evstore.node.errors import CorruptRecord
-from evstore.node.eventjson import event_json, events_array
+from evstore.node.eventjson import event_json, reply_with_events
 from evstore.node.log import AllFilter, NewEvent
 from evstore.node.storage import DATA_BINARY, METADATA_BINARY
 
@@ -34,7 +34,7 @@ def _as_records(page) -> list:
 
 
 def _as_rendered(page) -> list:
-    return orjson.loads(events_array(page.records))
+    return orjson.loads(reply_with_events(b"", page.records, b""))
 
 
 @pytest.fixture
@@ -144,3 +144,11 @@ async def test_a_byte_budget_that_falls_past_the_first_chunk_of_rows(log, monkey
     page = await log.read_stream("many-1", None, 1000, False, rendered=True)
     assert len(page.records) == 300 and page.next == 301
     assert [e.version for e in page.records] == list(range(1, 301))
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+async def test_a_reply_holds_its_head_the_events_and_its_tail(filled, count):
+    page = await filled.read_all(None, count or 1, False, AllFilter(), rendered=True)
+    events = page.records[:count]
+    reply = orjson.loads(reply_with_events(b'{"h":1,"events":', events, b',"next":null}'))
+    assert reply == {"h": 1, "events": [orjson.loads(e.json) for e in events], "next": None}
