@@ -592,7 +592,7 @@ class Log:
 
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool, *,
                           rendered: bool = False) -> StreamSlice:
-        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent), not records."""
+        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records."""
         visible = await self._horizon()
         take = page_taker(rendered=rendered)
 
@@ -614,7 +614,7 @@ class Log:
             records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)  # a page also stops at a byte budget
             nxt = None
             if stopped:
-                last = records[-1].version
+                last = take.version(records[-1])
                 if backward and last - 1 >= vis.min_version:
                     nxt = last - 1
                 elif not backward and last < version:
@@ -625,7 +625,7 @@ class Log:
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter, *,
                        rendered: bool = False) -> AllSlice:
-        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent), not records."""
+        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records."""
         visible = await self._horizon()
         window = ALL_SCAN_WINDOW
         take = page_taker(rendered=rendered)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Callable, Iterable, Sequence
 
-from .eventjson import RenderedEvent, render_rows
+from .eventjson import RenderedEvent, render_rows, rendered_position, rendered_size, rendered_version
 from .storage import CATEGORY_SQL, DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, REPLY_COLUMNS, Record, record_from_row
 
 MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
@@ -52,31 +53,30 @@ Page = list[Record] | list[RenderedEvent]
 @dataclass(frozen=True, slots=True)
 class Take:
     """What a read selects (`columns`) and what turns a cursor of those rows into a page:
-    (rows, limit, max_bytes) -> (page, stopped early)."""
+    (rows, limit, max_bytes) -> (page, stopped early); and what paging reads of one item of such a page."""
     columns: str
     pages: Callable[[Iterable[Sequence], int, int], tuple[Page, bool]]
+    position: Callable[[Record | RenderedEvent], int]
+    version: Callable[[Record | RenderedEvent], int]
+    size: Callable[[Record | RenderedEvent], int]  # its bytes in a reply
+
+    def within_bytes(self, items: Page, max_bytes: int = MAX_REPLY_BYTES) -> tuple[Page, bool]:
+        """The longest prefix of `items` within `max_bytes` of reply (at least one item); True when cut."""
+        size = 0
+        for i, item in enumerate(items):
+            size += self.size(item)
+            if i and size > max_bytes:
+                return items[:i], True
+        return items, False
 
 
-RECORDS = Take(RECORD_COLUMNS, verified_records)
-REPLY_TEXTS = Take(REPLY_COLUMNS, render_rows)
+RECORDS = Take(RECORD_COLUMNS, verified_records, attrgetter("position"), attrgetter("version"), reply_size)
+REPLY_TEXTS = Take(REPLY_COLUMNS, render_rows, rendered_position, rendered_version, rendered_size)
 
 
 def page_taker(*, rendered: bool) -> Take:
     """Records for the node's own use, or events as the reply's stored JSON (both verified)."""
     return REPLY_TEXTS if rendered else RECORDS
-
-
-def _size(item: Record | RenderedEvent) -> int:
-    return item.size if isinstance(item, RenderedEvent) else reply_size(item)
-
-
-def _within_bytes(records: Page, max_bytes: int = MAX_REPLY_BYTES) -> tuple[Page, bool]:
-    size = 0
-    for i, record in enumerate(records):
-        size += _size(record)
-        if i and size > max_bytes:
-            return records[:i], True
-    return records, False
 
 
 @dataclass(slots=True)
@@ -196,6 +196,7 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
     if plan is None:
         return _scan(conn, start, limit, backward, filters, head, window if filters.active else None, take)
     sources, residual, residual_args = plan
+    position = take.position
     budget = max(1, window // max(1, len(sources))) if residual else None
     share = MAX_REPLY_BYTES // max(1, len(sources))  # of the reply's bytes, for each index run
     rows: Page = []
@@ -207,10 +208,10 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
                                          share, take)
             rows += rows_s
             cut = max(cut, covered)
-        rows, cut_short = _within_bytes(sorted((r for r in rows if r.position >= cut), key=_position,
-                                               reverse=True)[:limit])
+        rows, cut_short = take.within_bytes(sorted((r for r in rows if position(r) >= cut), key=position,
+                                                   reverse=True)[:limit])
         if len(rows) == limit or cut_short:
-            return rows, rows[-1].position - 1 if rows[-1].position > 1 else None
+            return rows, position(rows[-1]) - 1 if position(rows[-1]) > 1 else None
         return rows, cut - 1 if cut > 1 else None
     bottom = start or 1
     cut = head  # every match in [bottom, cut] is known
@@ -219,14 +220,10 @@ def read_all(conn: sqlite3.Connection, *, start: int | None, limit: int, backwar
                                      share, take)
         rows += rows_s
         cut = min(cut, covered)
-    rows, cut_short = _within_bytes(sorted((r for r in rows if r.position <= cut), key=_position)[:limit])
+    rows, cut_short = take.within_bytes(sorted((r for r in rows if position(r) <= cut), key=position)[:limit])
     if len(rows) == limit or cut_short:
-        return rows, rows[-1].position + 1 if rows[-1].position < head else None
+        return rows, position(rows[-1]) + 1 if position(rows[-1]) < head else None
     return rows, cut + 1 if cut < head else None
-
-
-def _position(record: Record | RenderedEvent) -> int:
-    return record.position
 
 
 def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, backward: bool, limit: int,
@@ -242,7 +239,7 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
     if budget is None:
         found, stopped = take.pages(conn.execute(page_sql, (source.key, low, high, *residual_args, limit)), limit,
                               max_bytes)
-        return found, (found[-1].position if stopped else low if backward else high)
+        return found, (take.position(found[-1]) if stopped else low if backward else high)
     found: Page = []
     first = min(budget, 4 * limit)
     for window in (first, budget - first):
@@ -253,10 +250,10 @@ def _index_run(conn: sqlite3.Connection, source: _Source, low: int, high: int, b
         run_low, run_high = (low, high) if edge is None else (edge[0], high) if backward else (low, edge[0])
         more, stopped = take.pages(conn.execute(page_sql, (source.key, run_low, run_high, *residual_args,
                                                      limit - len(found))),
-                             limit - len(found), max(1, max_bytes - sum(map(_size, found))))
+                             limit - len(found), max(1, max_bytes - sum(map(take.size, found))))
         found += more
         if stopped:
-            return found, found[-1].position
+            return found, take.position(found[-1])
         if edge is None:  # the run is exhausted within [low, high]
             return found, low if backward else high
         if backward:
@@ -278,7 +275,8 @@ def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: boo
                             f"{where} ORDER BY position DESC LIMIT ?", (top, bottom, *args, limit))
         records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)
         if stopped:
-            return records, records[-1].position - 1 if records[-1].position > 1 else None
+            last = take.position(records[-1])
+            return records, last - 1 if last > 1 else None
         return records, bottom - 1 if bottom > 1 else None
     bottom = start or 1
     top = min(bottom + window - 1, head) if window else head
@@ -286,7 +284,8 @@ def _scan(conn: sqlite3.Connection, start: int | None, limit: int, backward: boo
                         f"{where} ORDER BY position LIMIT ?", (bottom, top, *args, limit))
     records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)
     if stopped:
-        return records, records[-1].position + 1 if records[-1].position < head else None
+        last = take.position(records[-1])
+        return records, last + 1 if last < head else None
     return records, top + 1 if top < head else None
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from ..errors import StreamNotFound, Unavailable
+from ..eventjson import RenderedEvent, rendered_json, rendered_position
 from ..log import AllFilter, Log
 from ..storage import Record
 from .selector import Selector, glob_literal, parse_json
@@ -64,13 +65,13 @@ class Committed:
 
 
 class Rendered:
-    """A caught-up event read as the reply's JSON (eventjson.RenderedEvent): its wire form is made in the reader
-    thread, as for paged reads."""
+    """A caught-up event read as the reply's JSON (an eventjson.RenderedEvent row): its wire form is made in the
+    reader thread, as for paged reads."""
     __slots__ = ("position", "wire", "frame")
 
-    def __init__(self, event) -> None:
-        self.position = event.position
-        self.wire = b'{"event":' + event.json + b"}"
+    def __init__(self, event: RenderedEvent) -> None:
+        self.position = rendered_position(event)
+        self.wire = b'{"event":' + rendered_json(event) + b"}"
         self.frame: bytes | None = None
 
 
@@ -247,8 +248,8 @@ class Subscription:
             while self._cursor <= floor:
                 if self.selector.payload is None:  # the log's filter is the whole selector: read rendered JSON
                     page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter, rendered=True)
-                    found = [Message("event", e.position, Rendered(e)) for e in page.records
-                             if e.position >= self._cursor]
+                    found = [Message("event", rendered_position(e), Rendered(e)) for e in page.records
+                             if rendered_position(e) >= self._cursor]
                 else:
                     page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter)
                     found = [Message("event", r.position, Committed(r)) for r in page.records

@@ -9,7 +9,8 @@ import pytest
 
 from evstore.node import queries
 from evstore.node.errors import CorruptRecord
-from evstore.node.eventjson import event_json, reply_with_events
+from evstore.node.eventjson import (event_json, rendered_json, rendered_position, rendered_size, rendered_version,
+                                     reply_with_events)
 from evstore.node.log import AllFilter, NewEvent
 from evstore.node.storage import DATA_BINARY, METADATA_BINARY
 
@@ -84,14 +85,14 @@ async def test_binary_payloads_come_back_as_base64(filled):
     assert "dataBase64" in events[2] and "data" not in events[2]
     assert "metadataBase64" in events[3] and "metadata" not in events[3]
     page = await filled.read_all(1, 1, False, AllFilter(), rendered=True)
-    assert b'"n":18446744073709551617,"d":0.1000000000000000000001,"e":1E2' in page.records[0].json
+    assert b'"n":18446744073709551617,"d":0.1000000000000000000001,"e":1E2' in rendered_json(page.records[0])
 
 
 async def test_a_rendered_page_stops_at_the_byte_budget(filled, monkeypatch):
     monkeypatch.setattr(queries, "MAX_REPLY_BYTES", 600)
     page = await filled.read_all(1, 1000, False, AllFilter(), rendered=True)
-    assert 1 <= len(page.records) < 60 and page.next == page.records[-1].position + 1
-    assert sum(e.size for e in page.records[:-1]) <= 600
+    assert 1 <= len(page.records) < 60 and page.next == rendered_position(page.records[-1]) + 1
+    assert sum(map(rendered_size, page.records[:-1])) <= 600
 
 
 @pytest.mark.parametrize("read", ["stream", "all", "all_by_type"])
@@ -133,17 +134,17 @@ async def test_a_rendered_event_reads_its_version_from_its_own_tail(log):
     for i in range(3):
         await log.append("tricky-1", "any", [NewEvent(uuid.uuid4().bytes, "T", tricky, tricky)])
     page = await log.read_stream("tricky-1", None, 10, False, rendered=True)
-    assert [(e.version, e.position) for e in page.records] == [(1, 1), (2, 2), (3, 3)]
+    assert [(rendered_version(e), rendered_position(e)) for e in page.records] == [(1, 1), (2, 2), (3, 3)]
 
 
 async def test_a_byte_budget_that_falls_past_the_first_chunk_of_rows(log, monkeypatch):
     await log.append("many-1", "any", [NewEvent(uuid.uuid4().bytes, "T", b"[1]", b"{}") for _ in range(700)])
-    sizes = [e.size for e in (await log.read_stream("many-1", None, 1000, False, rendered=True)).records]
+    sizes = list(map(rendered_size, (await log.read_stream("many-1", None, 1000, False, rendered=True)).records))
     budget = sum(sizes[:300]) + sizes[300] // 2
     monkeypatch.setattr("evstore.node.log.MAX_REPLY_BYTES", budget)
     page = await log.read_stream("many-1", None, 1000, False, rendered=True)
     assert len(page.records) == 300 and page.next == 301
-    assert [e.version for e in page.records] == list(range(1, 301))
+    assert list(map(rendered_version, page.records)) == list(range(1, 301))
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 5])
@@ -151,4 +152,4 @@ async def test_a_reply_holds_its_head_the_events_and_its_tail(filled, count):
     page = await filled.read_all(None, count or 1, False, AllFilter(), rendered=True)
     events = page.records[:count]
     reply = orjson.loads(reply_with_events(b'{"h":1,"events":', events, b',"next":null}'))
-    assert reply == {"h": 1, "events": [orjson.loads(e.json) for e in events], "next": None}
+    assert reply == {"h": 1, "events": [orjson.loads(rendered_json(e)) for e in events], "next": None}

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from evstore.node import storage as storage_module
-from evstore.node.eventjson import event_json
+from evstore.node.eventjson import event_json, rendered_json
 from evstore.node.log import AllFilter, Log, NewEvent, StreamAppend
 from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Storage
 from loghelpers import ev
@@ -239,7 +239,7 @@ async def test_a_format_2_log_is_migrated_on_open_and_reads_the_same(tmp_path):
         records = (await log.read_stream('old-"1"', None, 10, False)).records
         assert [(r.data, r.metadata, r.flags) for r in records] == payloads
         rendered = (await log.read_stream('old-"1"', None, 10, False, rendered=True)).records
-        assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records]
+        assert [rendered_json(e) for e in rendered] == [orjson.dumps(event_json(r)) for r in records]
     finally:
         storage.close()
     check = sqlite3.connect(data_dir / "evstore.db")
@@ -257,7 +257,7 @@ async def test_every_event_is_stored_with_the_reply_text_its_record_renders(log)
     await log.append_many([StreamAppend("m-1", "any", [ev(), ev()]), StreamAppend("m-2", "any", [ev()])])
     records = (await log.read_all(None, 100, False, AllFilter())).records
     rendered = (await log.read_all(None, 100, False, AllFilter(), rendered=True)).records
-    assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 6
+    assert [rendered_json(e) for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 6
 
 
 async def test_events_parsed_from_a_body_are_stored_with_the_text_their_records_render(log):
@@ -273,7 +273,7 @@ async def test_events_parsed_from_a_body_are_stored_with_the_text_their_records_
         await log.append("parsed-1", "any", events)
     records = (await log.read_all(None, 100, False, AllFilter())).records
     rendered = (await log.read_all(None, 100, False, AllFilter(), rendered=True)).records
-    assert [e.json for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 9
+    assert [rendered_json(e) for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 9
     assert [str(uuid.UUID(bytes=r.id)) for r in records[5:7]] == [i.lower() for i in given]
     assert await log.verify() == {"checked": 9, "corrupt": []}
 
