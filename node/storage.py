@@ -308,6 +308,7 @@ class FlushFailed(Exception):
     def __init__(self, message: str, *, stored_id: bool = False) -> None:
         super().__init__(message)
         self.stored_id = stored_id  # an event id already in the log: the group is run again, checking ids first
+        self.outcomes: list = []  # of the pass whose flush failed
 
 
 def _reuses_stored_id(exc: sqlite3.Error) -> bool:
@@ -984,6 +985,7 @@ class Storage:
                 txn, ran = self._run_ops(conn, batch, now, look_up_stored_ids=False)
             except FlushFailed as exc:
                 if not exc.stored_id:
+                    ran = exc.outcomes  # its ops' own bugs are still logged, below
                     raise
                 # a retry of an append committed before (or an id reused): run the group again, with lookups
                 conn.execute("ROLLBACK")
@@ -1055,7 +1057,11 @@ class Storage:
                     exc.op_bug = bug
                 exc.observed_position = saved_position  # the log state the refusal was decided on
                 outcomes.append((future, loop, None, exc))
-        txn.flush()
+        try:
+            txn.flush()
+        except FlushFailed as exc:
+            exc.outcomes = outcomes
+            raise
         return txn, outcomes
 
     def _sync_loop(self) -> None:

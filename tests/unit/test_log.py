@@ -396,3 +396,41 @@ async def test_an_operations_own_error_is_logged_once_when_its_group_runs_again(
     assert metrics.registry.get_sample_value("evstore_group_commit_reruns_total") == 1
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("write operation failed")]
     assert len(logged) == 1 and "RuntimeError: a bug in an operation" in logged[0]
+
+
+async def test_an_operations_own_error_is_logged_when_its_group_commit_fails_for_another_reason(log, caplog):
+    """A group commit whose rows cannot be written (here: the database may not grow) fails as a whole; a bug of
+    one of its operations is still logged, not only the commit's failure."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(txn):  # keeps the writer busy until the next two are queued: they then share one group commit
+        pages = txn.conn.execute("PRAGMA page_count").fetchone()[0]
+        txn.conn.execute(f"PRAGMA max_page_count={pages}")
+        holding.set()
+        release.wait(10)
+
+    def broken(_txn):
+        raise RuntimeError("a bug in an operation")
+
+    async def until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+
+    held = asyncio.ensure_future(log.storage.write(hold))
+    await until(holding.is_set)
+    bug = asyncio.ensure_future(log.storage.write(broken))
+    big = asyncio.ensure_future(log.append("big", "any", [ev(data={"p": "x" * 100_000})]))
+    await until(lambda: log.storage._queue.qsize() == 2)
+    release.set()
+    await held
+    for refused in (bug, big):
+        with pytest.raises(Unavailable):
+            await refused
+    messages = [r.getMessage() for r in caplog.records]
+    assert "group commit failed" in messages
+    logged = [m for m in messages if m.startswith("write operation failed")]
+    assert len(logged) == 1 and "RuntimeError: a bug in an operation" in logged[0]
+    await log.storage.write(lambda txn: txn.conn.execute("PRAGMA max_page_count=4294967294"))
+    assert (await log.append("big", "any", [ev(data={"p": "x" * 100_000})])).from_version == 1
