@@ -1056,7 +1056,8 @@ class Storage:
                     exc = Unavailable(f"write failed: {exc}")
                     exc.op_bug = bug
                 exc.observed_position = saved_position  # the log state the refusal was decided on
-                outcomes.append((future, loop, None, exc))
+                # without its traceback: its frames (this one's outcomes, holding it) would form a cycle
+                outcomes.append((future, loop, None, exc.with_traceback(None)))
         try:
             txn.flush()
         except FlushFailed as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import traceback
 import uuid
 
 import pytest
@@ -434,3 +435,13 @@ async def test_an_operations_own_error_is_logged_when_its_group_commit_fails_for
     assert len(logged) == 1 and "RuntimeError: a bug in an operation" in logged[0]
     await log.storage.write(lambda txn: txn.conn.execute("PRAGMA max_page_count=4294967294"))
     assert (await log.append("big", "any", [ev(data={"p": "x" * 100_000})])).from_version == 1
+
+
+async def test_a_refusal_carries_no_frame_of_the_writer(log):
+    """A refusal (here a wrong expected version) reaches its caller without the writer's frames in its traceback:
+    they hold the group commit's outcomes, which hold the refusal, a cycle only a full collection would free."""
+    await log.append("refused", "no_stream", [ev()])
+    with pytest.raises(WrongExpectedVersion) as refused:
+        await log.append("refused", 5, [ev()])
+    frames = [frame.f_code.co_name for frame, _line in traceback.walk_tb(refused.value.__traceback__)]
+    assert "_run_ops" not in frames and "_run_batch" not in frames
