@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-# Two blocks of ~0.5 MB alive at once, then both freed, as a read reply and aiohttp's copy of it with the headers
-# are; in a fresh process glibc gives them back after every round.
+# Blocks of ~0.5 MB alive at once, then freed, as a read reply, aiohttp's copy of it with the headers and the
+# reply of the next request are; in a fresh process glibc gives them back after every round.
 ROUNDS = """
 import resource, sys
 from evstore.node.app import tune_allocator
@@ -19,7 +19,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(200):
     reply = b"[" + page
     sent = b"HTTP/1.1 200 OK" + reply
-    del reply, sent
+    more = reply + b"]"
+    del reply, sent, more
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 200)
 """
 
