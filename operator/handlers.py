@@ -52,6 +52,9 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     return connection_info(await memo.deps.kube_configuration())
 
 
+TIMER_EXIT_POLLING = 1.0  # seconds
+
+
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
     # Namespaced RBAC: no listing of namespaces or CRDs; serve the configured namespace only.
@@ -61,6 +64,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="evstore.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="evstore.io")
     settings.posting.level = logging.INFO
+    # kopf keeps a deleted store's finalizer until the status timer's pass in flight has ended, and looks again
+    # only this long after (its default, 60 s, kept a store deleted during a pass that patched nothing a minute)
+    settings.background.cancellation_polling = TIMER_EXIT_POLLING
     memo.state = OperatorState(memo.deps, kube=Kube(await memo.deps.kube_configuration()))
 
 

@@ -46,6 +46,9 @@ async def nodes() -> AsyncIterator[FakeNodes]:
     async def cluster(request: aiohttp.web.Request) -> aiohttp.web.Response:
         pod = request.match_info["pod"]
         fake.asked.append(pod)
+        if fake.cluster_delay:
+            fake.slow_answer.set()
+            await asyncio.sleep(fake.cluster_delay)  # a slow node, as seen by the operator's status pass
         if pod not in fake.clusters:
             return aiohttp.web.json_response({"error": "unavailable", "message": "down"}, status=503)
         return aiohttp.web.json_response(fake.clusters[pod])

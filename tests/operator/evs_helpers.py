@@ -48,6 +48,8 @@ class FakeNodes:
     asked: list[str] = field(default_factory=list)
     url: str = ""
     on_step_down: Callable[[str], None] | None = None
+    cluster_delay: float = 0.0  # seconds each /v1/cluster answer takes
+    slow_answer: asyncio.Event = field(default_factory=asyncio.Event)  # set when a delayed answer begins
 
     def set_cluster(self, store: str, leader_ordinal: int, replicas: int, *, epoch: int = 7,
                     isr: list[int] | None = None, position: int = 42, min_in_sync: int | None = None) -> None:

@@ -6,6 +6,8 @@ server on 127.0.0.1 answers /v1/cluster in place of the evstore pods.
 """
 from __future__ import annotations
 
+import asyncio
+
 from evstore.operator.kube import secret_values
 from evs_helpers import (EVS, NAMESPACE, STS, api, create_evs, events, eventually, get_object, patch_evs,
                          simulate_statefulset_ready)
@@ -277,3 +279,17 @@ async def test_delete_removes_volumes_when_asked(k8s, operator):
         assert get_object(k8s, "v1/persistentvolumeclaims", name) is None, name
     assert get_object(k8s, "v1/persistentvolumeclaims", "data-other-0") is not None
     await eventually(lambda: events(k8s, "orders", "VolumesDeleted"), what="VolumesDeleted")
+
+
+async def test_a_store_deleted_during_a_status_pass_goes_soon_after_it(k8s, operator, nodes):
+    """kopf keeps the finalizer until a running timer has finished its pass, and by default looks again only
+    after settings.background.cancellation_polling (60 s): a store deleted while the status timer waited for a
+    node stayed a minute. The operator polls every second instead."""
+    await create_evs(k8s, "orders", replicas=1)
+    await eventually(lambda: "evstore.io/finalizer" in evs(k8s)["metadata"].get("finalizers", []), what="finalizer")
+    nodes.cluster_delay = 0.5
+    for _ in range(4):  # the passes before it have settled the status: the pass now waiting will patch nothing
+        nodes.slow_answer.clear()
+        await asyncio.wait_for(nodes.slow_answer.wait(), 15)
+    await api(k8s, "DELETE", f"/apis/evstore.io/v1alpha1/namespaces/{NAMESPACE}/eventstores/orders")
+    await eventually(lambda: evs(k8s) is None, timeout=10, what="EventStore gone")
