@@ -363,20 +363,19 @@ async def test_a_group_commit_runs_again_only_for_an_id_the_log_holds(metered_lo
     assert log.head == original.position + 40
 
 
-async def test_an_operations_own_error_is_logged_once_when_its_group_runs_again(metered_log, caplog):
-    """A group commit with a retry that would be written runs twice; an operation of the same group that fails
-    by a bug (a 503 for its caller) is logged once, not once per pass."""
-    log, metrics = metered_log
-    kept = [ev()]
-    original = await log.append("kept", "no_stream", kept)
+def broken_op(_txn):
+    raise RuntimeError("a bug in an operation")
+
+
+async def in_one_group_commit(log, writes, *, first=lambda txn: None) -> list[asyncio.Future]:
+    """Start `writes` (each a callable returning an awaitable) while a write running `first` holds the writer,
+    and release it once all are queued: they then share one group commit. Their futures, in order."""
     holding, release = threading.Event(), threading.Event()
 
-    def hold(_txn):  # keeps the writer busy until the next two are queued: they then share one group commit
+    def hold(txn):
+        first(txn)
         holding.set()
         release.wait(10)
-
-    def broken(_txn):
-        raise RuntimeError("a bug in an operation")
 
     async def until(condition) -> None:
         deadline = time.monotonic() + 10
@@ -386,11 +385,21 @@ async def test_an_operations_own_error_is_logged_once_when_its_group_runs_again(
 
     held = asyncio.ensure_future(log.storage.write(hold))
     await until(holding.is_set)
-    bug = asyncio.ensure_future(log.storage.write(broken))
-    retry = asyncio.ensure_future(log.append("kept", "any", kept))
-    await until(lambda: log.storage._queue.qsize() == 2)
+    started = [asyncio.ensure_future(write()) for write in writes]
+    await until(lambda: log.storage._queue.qsize() == len(writes))
     release.set()
     await held
+    return started
+
+
+async def test_an_operations_own_error_is_logged_once_when_its_group_runs_again(metered_log, caplog):
+    """A group commit with a retry that would be written runs twice; an operation of the same group that fails
+    by a bug (a 503 for its caller) is logged once, not once per pass."""
+    log, metrics = metered_log
+    kept = [ev()]
+    original = await log.append("kept", "no_stream", kept)
+    bug, retry = await in_one_group_commit(log, [lambda: log.storage.write(broken_op),
+                                                 lambda: log.append("kept", "any", kept)])
     with pytest.raises(Unavailable):
         await bug
     assert await retry == original
@@ -402,30 +411,13 @@ async def test_an_operations_own_error_is_logged_once_when_its_group_runs_again(
 async def test_an_operations_own_error_is_logged_when_its_group_commit_fails_for_another_reason(log, caplog):
     """A group commit whose rows cannot be written (here: the database may not grow) fails as a whole; a bug of
     one of its operations is still logged, not only the commit's failure."""
-    holding, release = threading.Event(), threading.Event()
-
-    def hold(txn):  # keeps the writer busy until the next two are queued: they then share one group commit
+    def no_growth(txn):
         pages = txn.conn.execute("PRAGMA page_count").fetchone()[0]
         txn.conn.execute(f"PRAGMA max_page_count={pages}")
-        holding.set()
-        release.wait(10)
 
-    def broken(_txn):
-        raise RuntimeError("a bug in an operation")
-
-    async def until(condition) -> None:
-        deadline = time.monotonic() + 10
-        while not condition():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.001)
-
-    held = asyncio.ensure_future(log.storage.write(hold))
-    await until(holding.is_set)
-    bug = asyncio.ensure_future(log.storage.write(broken))
-    big = asyncio.ensure_future(log.append("big", "any", [ev(data={"p": "x" * 100_000})]))
-    await until(lambda: log.storage._queue.qsize() == 2)
-    release.set()
-    await held
+    bug, big = await in_one_group_commit(log, [lambda: log.storage.write(broken_op),
+                                               lambda: log.append("big", "any", [ev(data={"p": "x" * 100_000})])],
+                                         first=no_growth)
     for refused in (bug, big):
         with pytest.raises(Unavailable):
             await refused
