@@ -22,8 +22,8 @@ from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snap
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
 from .storage import (DATA_BINARY, DATA_SQL, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, checked_batches,
-                      now_micros, records_of_rows, row_accounts, row_count, row_record, rows_from_store,
-                      rows_of_records, seal_payloads, verify_rows)
+                      now_micros, row_accounts, row_count, row_record, rows_from_store, seal_payloads,
+                      verify_rows)
 
 T = TypeVar("T")
 
@@ -706,14 +706,6 @@ class Log:
         if recent is not None:
             return recent
         return await self.storage.read(rows_from_store, first, max_bytes)
-
-    async def records_from(self, first: int, max_bytes: int = REPLICA_BATCH_BYTES) -> list[Record]:
-        """rows_from as records (for followers that fetch formats 1 and 2)."""
-        return records_of_rows(await self.rows_from(first, max_bytes))
-
-    async def apply_replicated(self, records: Sequence[Record], committed: int = 0) -> int:
-        """apply_replicated_rows of records that arrived whole."""
-        return await self.apply_replicated_rows(rows_of_records(records), committed)
 
     async def apply_replicated_rows(self, rows: Sequence, committed: int = 0) -> int:
         """Store rows shipped by the leader, as they are, in one transaction; the new head once durable.

@@ -61,7 +61,7 @@ async def test_removing_records_empties_it_and_later_commits_start_it_again(log)
     assert (await log.scavenge())["removed"] == 3
     head = log.storage.head
     assert log.storage.recent.rows_from(1, 1 << 20) is None  # what is left is read from the store
-    assert [r.version for r in await log.records_from(1)] == [4, 5, 1]
+    assert [r.version for r in records_of_rows(await log.rows_from(1))] == [4, 5, 1]
 
     await log.append("after", "any", [ev(), ev()])
     assert log.storage.recent.rows_from(head + 1, 1 << 20) is not None
@@ -80,9 +80,9 @@ async def test_trimming_a_system_stream_empties_it(log):
 
 async def test_shipped_records_are_copies(log):
     await log.append("a", "any", [ev(data={"n": 1})])
-    shipped = await log.records_from(1)
+    shipped = records_of_rows(await log.rows_from(1))
     shipped[0].data = b'{"n":666}'
-    assert (await log.records_from(1))[0].data == b'{"n":1}'
+    assert records_of_rows(await log.rows_from(1))[0].data == b'{"n":1}'
 
 
 async def test_replicated_and_truncated_entries_are_read_from_the_store(tmp_path, log):
@@ -93,11 +93,11 @@ async def test_replicated_and_truncated_entries_are_read_from_the_store(tmp_path
     try:
         follower = Log(storage)
         follower.keep_recent_commits(True)  # a follower that led before
-        await follower.apply_replicated(await log.records_from(1), committed=2)
+        await follower.apply_replicated_rows(await log.rows_from(1), committed=2)
         assert storage.recent.rows_from(1, 1 << 20) is None
         await follower.truncate_after(2)
         assert storage.recent.rows_from(1, 1 << 20) is None
-        assert [r.position for r in await follower.records_from(1)] == [1, 2]
+        assert [r.position for r in records_of_rows(await follower.rows_from(1))] == [1, 2]
     finally:
         storage.close()
 
@@ -109,7 +109,7 @@ async def test_a_node_that_does_not_lead_keeps_nothing(tmp_path):
         single = Log(storage)
         await single.append("a", "any", [ev()])
         assert storage.recent.rows_from(1, 1 << 20) is None
-        assert [r.position for r in await single.records_from(1)] == [1]
+        assert [r.position for r in records_of_rows(await single.rows_from(1))] == [1]
     finally:
         storage.close()
 

@@ -11,7 +11,7 @@ import pytest
 from evstore.node.cluster.wire import WireError, decode, decode_records, encode, encode_records
 from evstore.node.errors import CorruptRecord, LogError, StreamDeleted, StreamNotFound, Unavailable
 from evstore.node.log import AllFilter, Log, NewEvent
-from evstore.node.storage import Storage, rows_from_store
+from evstore.node.storage import Storage, records_of_rows, rows_from_store, rows_of_records
 
 
 def ev(n: int = 0, event_type: str = "Happened") -> NewEvent:
@@ -78,18 +78,18 @@ async def test_records_are_shipped_in_whole_group_commits(pair):
     # one append of 50 events is one commit: even a 1-byte budget ships all of it
     await leader.append("big", "any", [ev(i) for i in range(50)])
     await leader.append("small", "any", [ev()])
-    first = await leader.records_from(1, max_bytes=1)
+    first = records_of_rows(await leader.rows_from(1, max_bytes=1))
     assert [r.position for r in first] == list(range(1, 51))
-    assert [r.position for r in await leader.records_from(51, max_bytes=1)] == [51]
+    assert [r.position for r in records_of_rows(await leader.rows_from(51, max_bytes=1))] == [51]
 
 
 async def test_a_corrupted_record_is_refused(pair):
     leader, follower = pair
     await leader.append("a", "any", [ev()])
-    records = await leader.records_from(1)
+    records = records_of_rows(await leader.rows_from(1))
     records[0].data = b'{"n":666}'
     with pytest.raises(CorruptRecord):
-        await follower.apply_replicated(records)
+        await follower.apply_replicated_rows(rows_of_records(records))
     assert follower.head == 0
 
 
@@ -98,7 +98,7 @@ async def test_records_must_follow_the_head(pair):
     await leader.append("a", "any", [ev(), ev()])
     await replicate(leader, follower)
     with pytest.raises(LogError):
-        await follower.apply_replicated(await leader.records_from(2))
+        await follower.apply_replicated_rows(await leader.rows_from(2))
     assert follower.head == 2
 
 
@@ -229,7 +229,7 @@ async def test_binary_payloads_and_their_content_types_replicate(pair):
     shipped = decode_records(encode_records(copied))
     shipped[0].flags = 0  # a content type changed in transit is caught by the checksum
     with pytest.raises(CorruptRecord):
-        await follower.apply_replicated(shipped[:1])
+        await follower.apply_replicated_rows(rows_of_records(shipped[:1]))
 
 
 async def test_a_restarted_clustered_node_shows_nothing_until_it_knows_the_commit_point(pair, monkeypatch):
