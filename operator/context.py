@@ -72,6 +72,8 @@ class OperatorState:
     warned: set[tuple[str, str, str]] = field(default_factory=set)
     etcd_auth_done: set[tuple[str, str]] = field(default_factory=set)
     scaling: dict[tuple[str, str], str] = field(default_factory=dict)  # a scale-up waiting, and why
+    # the status pass's last patch of a store, and the resourceVersion of the object it was computed from
+    status_written: dict[tuple[str, str], tuple[str, dict]] = field(default_factory=dict)
 
     def warn_once(self, body: Any, reason: str, message: str) -> None:
         """A Warning event for a lasting condition: once per store and operator run, not every pass."""
@@ -80,6 +82,19 @@ class OperatorState:
         if key not in self.warned:
             self.warned.add(key)
             kopf.warn(body, reason=reason, message=message)
+
+    def status_seen(self, key: tuple[str, str], body: Any) -> tuple[dict, str | None]:
+        """A store's status as of its last patch by a status pass, and the resourceVersion it was read at.
+
+        kopf gives a timer the object as its watch last delivered it, and while another handler of the object
+        runs, that can be the very version the previous pass patched: its patch is then laid over it, or the
+        pass would stamp unchanged conditions with a new lastTransitionTime."""
+        seen = dict(body.get("status") or {})
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        written = self.status_written.get(key)
+        if written is not None and version is not None and written[0] == version:
+            seen.update(written[1])
+        return seen, version
 
     def client(self) -> Kube:
         if self.kube is None:
@@ -94,6 +109,7 @@ class OperatorState:
             self.problems.pop(key, None)
             self.etcd_auth_done.discard(key)
             self.scaling.pop(key, None)
+            self.status_written.pop(key, None)
             self.warned = {w for w in self.warned if w[:2] != key}
         else:
             self.phases[key] = phase
