@@ -159,6 +159,7 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
         store = await with_running_store_id(state, store, uid, body)
         store = await with_running_clustering(state, store, uid, body)
         store = await with_running_etcd_auth(state, store, body)
+        stored_status = dict(body.get("status") or {})
         old_status, read_version = state.status_seen(key, body)
         kube = state.client()
         generation = int(meta.get("generation") or 0)
@@ -191,7 +192,8 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
                                          deps.now(), manifests.label_selector(manifests.selector_labels(name)))
         _announce_changes(body, old_status, new_status)
         state.track(namespace, name, new_status["phase"])
-        if any(old_status.get(k) != v for k, v in new_status.items()):
+        # against the object itself: a patch that did not apply is sent again
+        if any(stored_status.get(k) != v for k, v in new_status.items()):
             patch.status.update(new_status)
             state.status_written[key] = (read_version, new_status)
 
