@@ -19,11 +19,12 @@ from .errors import (CorruptRecord, DuplicateEventId, InvalidRequest, LogError, 
 from .position import WatchedPosition
 from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snapshot, snapshot_stream,
                         snapshots_between, stored_metadata)
+from .readahead import MAX_PAGE_BYTES as READ_AHEAD_MAX_PAGE_BYTES, AheadPage, PageBasis, ReadAhead
 from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
                       stream_rows)
 from .storage import (DATA_BINARY, DATA_SQL, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, checked_batches,
-                      now_micros, row_accounts, row_count, row_record, rows_from_store, seal_payloads,
-                      verify_rows)
+                      now_micros, removal_count, row_accounts, row_count, row_record, rows_from_store,
+                      seal_payloads, verify_rows)
 
 T = TypeVar("T")
 
@@ -239,6 +240,8 @@ class Log:
         self._commit_point_known = asyncio.Event()
         if not clustered:
             self._commit_point_known.set()
+        self.read_ahead: ReadAhead = ReadAhead()
+        self._request_reads = 0  # reads under way for requests (pages read ahead are not among them)
 
     async def open(self) -> None:
         """Open the storage; what was committed before a restart is visible at once."""
@@ -247,6 +250,7 @@ class Log:
         self.visible.advance(self.storage.committed if self.clustered else self.storage.head)
 
     async def close(self) -> None:
+        self.read_ahead.clear()
         await asyncio.to_thread(self.storage.close)
 
     def use_write_gate(self, gate: WriteGate) -> None:
@@ -580,11 +584,14 @@ class Log:
 
     # reads -----------------------------------------------------------------------------------
     async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        self._request_reads += 1
         try:
             return await self.storage.read(read)
         except CorruptRecord:
             self._found_corrupt("read")
             raise
+        finally:
+            self._request_reads -= 1
 
     def _found_corrupt(self, path: str, count: int = 1) -> None:
         if self.metrics is not None:
@@ -592,15 +599,27 @@ class Log:
 
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool, *,
                           rendered: bool = False) -> StreamSlice:
-        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records."""
+        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records.
+        Forward pages of rendered reads are read ahead (node/readahead.py)."""
         visible = await self._horizon()
         take = page_taker(rendered=rendered)
+        ahead_key = ("stream", stream, limit) if rendered and not backward else None
+        ahead = await self.read_ahead.take((*ahead_key, start)) if ahead_key else None
 
-        def read(conn: sqlite3.Connection) -> StreamSlice:
+        def read(conn: sqlite3.Connection, start: int | None, ahead: AheadPage | None) -> AheadPage[StreamSlice]:
             row = _readable_row(conn, stream, visible)
             version = row.version
-            horizon = "" if visible is None else f" AND position <= {int(visible)}"
             vis = visibility(row, now_micros())
+            state = (row.metadata, row.deleted, vis.min_version, vis.deleted)  # what else decides the page
+            if ahead is not None:
+                # a time cut-off (maxAge) moves with the clock: no page of such a stream is taken from there
+                held = vis.created_after is None and ahead.basis.still_holds(
+                    PageBasis(removal_count(conn), version, False, state))
+                self.read_ahead.judged(held)
+                if held:
+                    return AheadPage(StreamSlice(stream, version, ahead.page.records, ahead.page.next),
+                                     ahead.basis, ahead.size)
+            horizon = "" if visible is None else f" AND position <= {int(visible)}"
             age = "" if vis.created_after is None else f" AND created >= {int(vis.created_after)}"
             if backward:
                 top = version if start is None else min(start, version)
@@ -619,24 +638,59 @@ class Log:
                     nxt = last - 1
                 elif not backward and last < version:
                     nxt = last + 1
-            return StreamSlice(stream, version, records, nxt)
+            if not ahead_key or vis.created_after is not None:
+                return AheadPage(StreamSlice(stream, version, records, nxt), None, 0)
+            # a forward page with a `next` stopped below the stream's version: it ends there at any later version
+            return AheadPage(StreamSlice(stream, version, records, nxt),
+                             PageBasis(removal_count(conn), version, nxt is not None, state),
+                             take.total_size(records))
 
-        return await self._read(read)
+        result = await self._read(lambda conn: read(conn, start, ahead))
+        if result.basis is not None and result.page.next is not None:
+            after = result.page.next
+            self._read_further(result, (*ahead_key, after), lambda conn: read(conn, after, None))
+        return result.page
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter, *,
                        rendered: bool = False) -> AllSlice:
-        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records."""
+        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records.
+        Forward pages of rendered reads are read ahead (node/readahead.py)."""
         visible = await self._horizon()
         window = ALL_SCAN_WINDOW
         take = page_taker(rendered=rendered)
+        ahead_key = ("all", limit, *filters.key()) if rendered and not backward else None
+        ahead = await self.read_ahead.take((*ahead_key, start)) if ahead_key else None
 
-        def read(conn: sqlite3.Connection) -> AllSlice:
+        def read(conn: sqlite3.Connection, start: int | None, ahead: AheadPage | None) -> AheadPage[AllSlice]:
             head = _head(conn) if visible is None else min(_head(conn), visible)
+            if ahead is not None:
+                held = ahead.basis.still_holds(PageBasis(removal_count(conn), head, False))
+                self.read_ahead.judged(held)
+                if held:  # the same events and `next`; the head is today's
+                    return AheadPage(AllSlice(ahead.page.records, ahead.page.next, head), ahead.basis, ahead.size)
             records, nxt = read_all_page(conn, start=start, limit=limit, backward=backward, filters=filters,
                                          head=head, window=window, take=take)
-            return AllSlice(records, nxt, head)
+            if not ahead_key:
+                return AheadPage(AllSlice(records, nxt, head), None, 0)
+            # a page that stopped at its limit or byte budget below the head ends where it ends at any later head
+            full = bool(records) and nxt == take.position(records[-1]) + 1
+            return AheadPage(AllSlice(records, nxt, head), PageBasis(removal_count(conn), head, full),
+                             take.total_size(records))
 
-        return await self._read(read)
+        result = await self._read(lambda conn: read(conn, start, ahead))
+        if ahead_key and result.page.next is not None:
+            after = result.page.next
+            self._read_further(result, (*ahead_key, after), lambda conn: read(conn, after, None))
+        return result.page
+
+    def _read_further(self, result: AheadPage, key: tuple, read: Callable[[sqlite3.Connection], AheadPage]) -> None:
+        """Read the page after `result` ahead, when it is likely to be asked for and cheap to keep: the page was
+        no larger than the read-ahead keeps, and no request's read is under way (other pages read ahead may be)."""
+        if result.size > READ_AHEAD_MAX_PAGE_BYTES or self._request_reads:
+            return
+        # through the storage, not self._read: a corrupt record found ahead is found again, and counted, by the
+        # request that reads it afresh
+        self.read_ahead.start(key, lambda: self.storage.read(read))
 
     async def stream_info(self, stream: str) -> StreamInfo:
         visible = await self._horizon()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Callable, Iterable, Sequence
 
-from .eventjson import RenderedEvent, render_rows, rendered_position, rendered_size, rendered_version
+from .eventjson import RenderedEvent, render_rows, rendered_json, rendered_position, rendered_size, rendered_version
 from .storage import CATEGORY_SQL, DATA_BINARY, METADATA_BINARY, RECORD_COLUMNS, REPLY_COLUMNS, Record, record_from_row
 
 MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
@@ -59,6 +59,7 @@ class Take:
     position: Callable[[Record | RenderedEvent], int]
     version: Callable[[Record | RenderedEvent], int]
     size: Callable[[Record | RenderedEvent], int]  # its bytes in a reply
+    total_size: Callable[[Page], int]  # a page's
 
     def within_bytes(self, items: Page, max_bytes: int = MAX_REPLY_BYTES) -> tuple[Page, bool]:
         """The longest prefix of `items` within `max_bytes` of reply (at least one item); True when cut."""
@@ -70,8 +71,10 @@ class Take:
         return items, False
 
 
-RECORDS = Take(RECORD_COLUMNS, verified_records, attrgetter("position"), attrgetter("version"), reply_size)
-REPLY_TEXTS = Take(REPLY_COLUMNS, render_rows, rendered_position, rendered_version, rendered_size)
+RECORDS = Take(RECORD_COLUMNS, verified_records, attrgetter("position"), attrgetter("version"), reply_size,
+               lambda records: sum(map(reply_size, records)))
+REPLY_TEXTS = Take(REPLY_COLUMNS, render_rows, rendered_position, rendered_version, rendered_size,
+                   lambda events: sum(map(len, map(rendered_json, events))))
 
 
 def page_taker(*, rendered: bool) -> Take:
@@ -91,6 +94,10 @@ class AllFilter:
     def active(self) -> bool:
         return bool(self.types or self.type_prefix or self.stream_prefix or self.stream_pattern
                     or not self.include_system)
+
+    def key(self) -> tuple:
+        """The filter as a hashable value."""
+        return tuple(self.types), self.type_prefix, self.stream_prefix, self.stream_pattern, self.include_system
 
     def sql(self) -> tuple[str, list]:
         """Every filter as SQL (for the windowed scan)."""

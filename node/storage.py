@@ -722,7 +722,8 @@ class WriteTxn:
         self.rewrote_events = True
         touched = conn.execute("SELECT stream, min(version) FROM events WHERE position > ? GROUP BY stream",
                                (position,)).fetchall()
-        conn.execute("DELETE FROM events WHERE position > ?", (position,))
+        if conn.execute("DELETE FROM events WHERE position > ?", (position,)).rowcount:
+            self._count_removal()
         conn.execute("DELETE FROM epochs WHERE start > ?", (position,))
         self.epochs = [e for e in self.epochs if e[1] <= position]
         self.last_position = position
@@ -759,7 +760,21 @@ class WriteTxn:
         self.rewrote_events = self.rewrote_events or bool(removed)
         if removed:  # the newest record may be among them: start-up reads the last `created` from here then
             self.set_setting("last_created", str(self.now))
+            self._count_removal()
         return removed
+
+    def _count_removal(self) -> None:
+        """One more transaction that removed records (see removal_count), in the same transaction."""
+        self.conn.execute("INSERT INTO settings (key, value) VALUES ('removals', '1') ON CONFLICT (key) "
+                          "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+
+def removal_count(conn: sqlite3.Connection) -> int:
+    """How many transactions have removed records (a scavenge, a trim, a truncation), as of the caller's read
+    transaction: equal counts in two read transactions mean that every record at or below the older one's head
+    is the same in both (records are otherwise only added, above the head)."""
+    row = conn.execute("SELECT value FROM settings WHERE key = 'removals'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def open_schema(conn: sqlite3.Connection, path: Path) -> None:

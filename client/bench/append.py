@@ -5,9 +5,9 @@ PostgreSQL server the benchmark starts for the run (default durability settings)
 Cases: appends of 1, 10 and 100 events per request at concurrency 1 and 64, then forward reads in pages
 of 1000 over one stream (`read_*`) and over `$all` (`readall_*`) at concurrency 1 and 64. Each case runs
 until `--duration` seconds or `--requests` requests, whichever comes first. Appends go over bare HTTP/1.1
-keep-alive connections with pre-encoded requests (one per worker) and reads through aiohttp, each reply
-parsed: the benchmark measures the server, not a client library, and the load generator shares the
-machine's cores with the node. Only 127.0.0.1 is contacted.
+keep-alive connections (one per worker) with pre-encoded requests, and so do reads, each reply parsed with
+orjson: the benchmark measures the server, not a client library, and the load generator shares the machine's
+cores with the node (the reference's psycopg is a C driver). Only 127.0.0.1 is contacted.
 """
 from __future__ import annotations
 
@@ -335,6 +335,12 @@ def group_commit_delta(before: dict[str, float], after: dict[str, float]) -> dic
     }
 
 
+def encode_request(host: str, port: int, method: str, path: str, body: bytes = b"") -> bytes:
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
 class KeepAliveConnection:
     """A bare HTTP/1.1 keep-alive connection for the append load: pre-encoded requests and a minimal reply
     parser, so the load generator leaves as much of a small machine as it can to the node it measures."""
@@ -344,10 +350,8 @@ class KeepAliveConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    def request(self, method: str, path: str, body: bytes) -> bytes:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        return head.encode() + body
+    def request(self, method: str, path: str, body: bytes = b"") -> bytes:
+        return encode_request(self.host, self.port, method, path, body)
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         if self.writer is None:
@@ -386,7 +390,8 @@ class EvstoreTarget:
             await connection.close()
         self.connections.clear()
 
-    async def append_raw(self, worker: int, request: bytes, stream: str, batch: int) -> int:
+    async def send(self, worker: int, request: bytes, what: str) -> bytes:
+        """One request over the worker's own keep-alive connection: the reply's body, or BenchError."""
         connection = self.connections.get(worker)
         if connection is None:
             connection = self.connections[worker] = KeepAliveConnection(self.host, self.port)
@@ -394,9 +399,13 @@ class EvstoreTarget:
             status, payload = await connection.send(request)
         except (OSError, asyncio.IncompleteReadError) as exc:
             await connection.close()
-            raise BenchError(f"append to {stream}: {exc}") from None
+            raise BenchError(f"{what}: {exc}") from None
         if status != 200:
-            raise BenchError(f"append to {stream}: HTTP {status} {payload[:200]!r}")
+            raise BenchError(f"{what}: HTTP {status} {payload[:200]!r}")
+        return payload
+
+    async def append_raw(self, worker: int, request: bytes, stream: str, batch: int) -> int:
+        await self.send(worker, request, f"append to {stream}")
         return batch
 
     def stream_url(self, stream: str) -> str:
@@ -416,20 +425,14 @@ class EvstoreTarget:
                 raise BenchError(f"append to {stream}: HTTP {reply.status} {payload[:200]!r}")
         return batch
 
-    async def read_page(self, stream: str, start: int, limit: int) -> tuple[int, int | None]:
-        async with self.session.get(self.stream_url(stream), params={"from": start, "limit": limit}) as reply:
-            payload = await reply.read()
-            if reply.status != 200:
-                raise BenchError(f"read {stream}: HTTP {reply.status} {payload[:200]!r}")
-        page = orjson.loads(payload)
+    async def read_page(self, worker: int, stream: str, start: int, limit: int) -> tuple[int, int | None]:
+        path = f"/v1/streams/{urllib.parse.quote(stream, safe='')}?from={start}&limit={limit}"
+        page = orjson.loads(await self.send(worker, encode_request(self.host, self.port, "GET", path), f"read {stream}"))
         return len(page["events"]), page["next"]
 
-    async def read_all_page(self, start: int, limit: int) -> tuple[int, int | None]:
-        async with self.session.get(self.url + "/v1/all", params={"from": start, "limit": limit}) as reply:
-            payload = await reply.read()
-            if reply.status != 200:
-                raise BenchError(f"read $all: HTTP {reply.status} {payload[:200]!r}")
-        page = orjson.loads(payload)
+    async def read_all_page(self, worker: int, start: int, limit: int) -> tuple[int, int | None]:
+        path = f"/v1/all?from={start}&limit={limit}"
+        page = orjson.loads(await self.send(worker, encode_request(self.host, self.port, "GET", path), "read $all"))
         return len(page["events"]), page["next"]
 
     async def append_case(self, batch: int, concurrency: int, data: bytes, duration: float,
@@ -473,24 +476,30 @@ class EvstoreTarget:
         cursors = [1] * concurrency
 
         async def one(i: int) -> int:
-            count, nxt = await self.read_page(stream, cursors[i], READ_PAGE)
+            count, nxt = await self.read_page(i, stream, cursors[i], READ_PAGE)
             cursors[i] = nxt if nxt is not None else 1
             return count
 
-        return await drive_async(CaseResult("evstore", "read", READ_PAGE, concurrency),
-                                 Budget(duration, max_requests), one)
+        try:
+            return await drive_async(CaseResult("evstore", "read", READ_PAGE, concurrency),
+                                     Budget(duration, max_requests), one)
+        finally:
+            await self.close()
 
     async def read_all_case(self, concurrency: int, duration: float, max_requests: int) -> CaseResult:
         """Pages of `$all` from its start to its end, over and over."""
         cursors = [1] * concurrency
 
         async def one(i: int) -> int:
-            count, nxt = await self.read_all_page(cursors[i], READ_PAGE)
+            count, nxt = await self.read_all_page(i, cursors[i], READ_PAGE)
             cursors[i] = nxt if nxt is not None else 1
             return count
 
-        return await drive_async(CaseResult("evstore", "readall", READ_PAGE, concurrency),
-                                 Budget(duration, max_requests), one)
+        try:
+            return await drive_async(CaseResult("evstore", "readall", READ_PAGE, concurrency),
+                                     Budget(duration, max_requests), one)
+        finally:
+            await self.close()
 
 
 # -- the reference: eventsourcing's application recorders -------------------------------------------
