@@ -593,6 +593,13 @@ class Log:
         finally:
             self._request_reads -= 1
 
+    def _judged(self, verdict: list[bool]) -> None:
+        """Count whether a page taken from the read-ahead still held (in the loop thread, once the read is done)."""
+        for held in verdict:
+            self.read_ahead.judged(held)
+            if self.metrics is not None:
+                self.metrics.read_ahead_judged(held)
+
     def _found_corrupt(self, path: str, count: int = 1) -> None:
         if self.metrics is not None:
             self.metrics.checksum_failed(path, count)
@@ -605,6 +612,7 @@ class Log:
         take = page_taker(rendered=rendered)
         ahead_key = ("stream", stream, limit) if rendered and not backward else None
         ahead = await self.read_ahead.take((*ahead_key, start)) if ahead_key else None
+        verdict: list[bool] = []  # whether the page read ahead still held (judged in the reader thread)
 
         def read(conn: sqlite3.Connection, start: int | None, ahead: AheadPage | None) -> AheadPage[StreamSlice]:
             row = _readable_row(conn, stream, visible)
@@ -615,7 +623,7 @@ class Log:
                 # a time cut-off (maxAge) moves with the clock: no page of such a stream is taken from there
                 held = vis.created_after is None and ahead.basis.still_holds(
                     PageBasis(removal_count(conn), version, False, state))
-                self.read_ahead.judged(held)
+                verdict.append(held)
                 if held:
                     return AheadPage(StreamSlice(stream, version, ahead.page.records, ahead.page.next),
                                      ahead.basis, ahead.size)
@@ -646,6 +654,7 @@ class Log:
                              take.total_size(records))
 
         result = await self._read(lambda conn: read(conn, start, ahead))
+        self._judged(verdict)
         if result.basis is not None and result.page.next is not None:
             after = result.page.next
             self._read_further(result, (*ahead_key, after), lambda conn: read(conn, after, None))
@@ -658,14 +667,17 @@ class Log:
         visible = await self._horizon()
         window = ALL_SCAN_WINDOW
         take = page_taker(rendered=rendered)
-        ahead_key = ("all", limit, *filters.key()) if rendered and not backward else None
+        # a typePrefix read's plan depends on the types the whole log holds (queries._plan), not only on what is
+        # at or below the head: such a read is not read ahead
+        ahead_key = ("all", limit, *filters.key()) if rendered and not backward and not filters.type_prefix else None
         ahead = await self.read_ahead.take((*ahead_key, start)) if ahead_key else None
+        verdict: list[bool] = []
 
         def read(conn: sqlite3.Connection, start: int | None, ahead: AheadPage | None) -> AheadPage[AllSlice]:
             head = _head(conn) if visible is None else min(_head(conn), visible)
             if ahead is not None:
                 held = ahead.basis.still_holds(PageBasis(removal_count(conn), head, False))
-                self.read_ahead.judged(held)
+                verdict.append(held)
                 if held:  # the same events and `next`; the head is today's
                     return AheadPage(AllSlice(ahead.page.records, ahead.page.next, head), ahead.basis, ahead.size)
             records, nxt = read_all_page(conn, start=start, limit=limit, backward=backward, filters=filters,
@@ -678,6 +690,7 @@ class Log:
                              take.total_size(records))
 
         result = await self._read(lambda conn: read(conn, start, ahead))
+        self._judged(verdict)
         if ahead_key and result.page.next is not None:
             after = result.page.next
             self._read_further(result, (*ahead_key, after), lambda conn: read(conn, after, None))

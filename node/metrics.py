@@ -40,6 +40,10 @@ class NodeMetrics:
         self.events_appended = Counter("evstore_events_appended", "Events appended", registry=r)
         self.bytes_appended = Counter("evstore_bytes_appended", "Bytes of event data and metadata appended", registry=r)
         self.events_read = Counter("evstore_events_read", "Events returned by reads", ["kind"], registry=r)
+        self.read_ahead_pages = Counter("evstore_read_ahead_pages", "Pages read ahead that a request took, by whether "
+                                        "they still held (used) or were read afresh (stale)", ["outcome"], registry=r)
+        self._read_ahead_children = {held: self.read_ahead_pages.labels(outcome="used" if held else "stale")
+                                     for held in (True, False)}
         self.append_latency = Histogram("evstore_append_latency_seconds", "Append latency until durable",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.read_latency = Histogram("evstore_read_latency_seconds", "Read latency", ["kind"],
@@ -173,6 +177,9 @@ class NodeMetrics:
             self._http_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def read_ahead_judged(self, held: bool) -> None:
+        self._read_ahead_children[held].inc()
 
     def checksum_failed(self, path: str, count: int = 1) -> None:
         self._checksum_children[path].inc(count)

@@ -3,9 +3,10 @@
 request for that page then takes it from here, but only after a read transaction of its own has checked that
 a fresh read would return exactly the same page (`PageBasis.still_holds`); otherwise it reads afresh.
 
-Every page kept here is bounded: at most MAX_PAGES of them, each at most MAX_PAGE_BYTES of reply, each for at
-most KEEP_SECONDS. A page is read ahead only while no request's read is under way, so under concurrent load the
-readers do no work that might go unused (and the event loop no bookkeeping for it).
+Every page kept here is bounded: at most MAX_PAGES of them (MAX_UNDER_WAY being read at once), each at most
+MAX_PAGE_BYTES of reply, each for at most KEEP_SECONDS. A page is read ahead only while no request's read is
+under way, so under concurrent load the readers do no work that might go unused (and the event loop no
+bookkeeping for it).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 MAX_PAGES = 16
+MAX_UNDER_WAY = 2  # pages being read at once: a request's read queues behind no more than these
 MAX_PAGE_BYTES = 1 << 20
 KEEP_SECONDS = 2.0
 
@@ -44,15 +46,17 @@ class PageBasis:
 @dataclass(slots=True)
 class AheadPage(Generic[T]):
     page: T  # the slice a read returned
-    basis: PageBasis
+    basis: PageBasis | None  # None: the page is not to be read ahead or kept
     size: int  # its bytes of reply
 
 
 class ReadAhead(Generic[T]):
     """Pages read ahead, by the request that will ask for them (a hashable key)."""
 
-    def __init__(self, *, max_pages: int = MAX_PAGES, keep_seconds: float = KEEP_SECONDS) -> None:
+    def __init__(self, *, max_pages: int = MAX_PAGES, max_under_way: int = MAX_UNDER_WAY,
+                 keep_seconds: float = KEEP_SECONDS) -> None:
         self.max_pages = max_pages
+        self.max_under_way = max_under_way
         self.keep_seconds = keep_seconds
         self._pending: OrderedDict[Hashable, tuple[float, asyncio.Task]] = OrderedDict()
         self.used = 0  # pages taken that still held
@@ -62,7 +66,7 @@ class ReadAhead(Generic[T]):
         """Read the page `key` asks for in the background, unless already under way or MAX_PAGES are kept (a
         page read and then dropped unused is work for nothing)."""
         self._drop_expired()
-        if key in self._pending or len(self._pending) >= self.max_pages:
+        if key in self._pending or len(self._pending) >= self.max_pages or self.under_way >= self.max_under_way:
             return
         self._pending[key] = (time.monotonic() + self.keep_seconds, asyncio.ensure_future(_kept(read)))
         asyncio.get_running_loop().call_later(self.keep_seconds, self._drop_expired)
@@ -73,18 +77,16 @@ class ReadAhead(Generic[T]):
         entry = self._pending.pop(key, None)
         if entry is None:
             return None
-        task = entry[1]
-        try:
-            return await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and (current is None or not current.cancelling()):
-                return None  # dropped (the log is closing): the request reads afresh
-            raise
+        return await entry[1]
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def under_way(self) -> int:
+        """Pages still being read (they queue for the reader threads like requests' reads)."""
+        return sum(1 for _, task in self._pending.values() if not task.done())
 
     def judged(self, held: bool) -> None:
         if held:
@@ -116,4 +118,4 @@ async def _kept(read: Callable[[], Awaitable[AheadPage[T] | None]]) -> AheadPage
         raise
     except Exception:
         return None
-    return page if page is not None and page.size <= MAX_PAGE_BYTES else None
+    return page if page is not None and page.basis is not None and page.size <= MAX_PAGE_BYTES else None

@@ -9,11 +9,20 @@ import uuid
 import orjson
 import pytest
 
-from evstore.node.errors import StreamDeleted
+from evstore.node import log as log_module
+from evstore.node.errors import StreamDeleted, StreamNotFound
 from evstore.node.eventjson import event_json, reply_with_events
 from evstore.node.log import AllFilter, NewEvent
+from evstore.node.storage import removal_count
 
 USER_EVENTS = AllFilter(include_system=False)  # the API's default for $all
+
+
+@pytest.fixture
+def log(log):
+    """The log, keeping pages read ahead long enough that a slow machine between two steps changes nothing."""
+    log.read_ahead.keep_seconds = 60
+    return log
 
 
 def _events(n: int, data: bytes = b'{"n":1}') -> list[NewEvent]:
@@ -37,9 +46,9 @@ async def _stream_page(log, stream, start, limit):
     return rendered
 
 
-async def _all_page(log, start, limit):
-    rendered = await log.read_all(start, limit, False, USER_EVENTS, rendered=True)
-    fresh = await log.read_all(start, limit, False, USER_EVENTS)
+async def _all_page(log, start, limit, filters=USER_EVENTS):
+    rendered = await log.read_all(start, limit, False, filters, rendered=True)
+    fresh = await log.read_all(start, limit, False, filters)
     assert _as_rendered(rendered) == _as_records(fresh)
     assert (rendered.head, rendered.next) == (fresh.head, fresh.next)
     return rendered
@@ -149,6 +158,7 @@ async def test_closing_with_a_read_ahead_under_way_is_clean(tmp_path):
     await log.open()
     await log.append("s-1", "any", _events(30))
     await log.read_all(1, 10, False, USER_EVENTS, rendered=True)  # 11-20 under way
+    assert log.read_ahead.pending == 1
     await log.close()
     assert log.read_ahead.pending == 0
 
@@ -174,3 +184,89 @@ async def test_the_read_ahead_keeps_few_small_pages_for_a_short_time():
     expiring = ReadAhead(keep_seconds=0)
     expiring.start("a", lambda: page(10))
     assert await expiring.take("a") is None
+
+
+async def test_pages_taken_from_the_read_ahead_are_counted_in_the_metrics(tmp_path):
+    from evstore.node.log import Log
+    from evstore.node.metrics import NodeMetrics
+    from evstore.node.storage import Storage
+    metrics = NodeMetrics()
+    log = Log(Storage(tmp_path / "data"), metrics)
+    log.read_ahead.keep_seconds = 60
+    await log.open()
+    try:
+        await log.append("s-1", "any", _events(30))
+        await _stream_page(log, "s-1", 1, 10)
+        await _stream_page(log, "s-1", 11, 10)  # used
+        await log.set_metadata("s-1", {"truncateBefore": 25})
+        await _stream_page(log, "s-1", 21, 10)  # stale
+    finally:
+        await log.close()
+
+    def sample(outcome: str) -> float:
+        return metrics.registry.get_sample_value("evstore_read_ahead_pages_total", {"outcome": outcome})
+    assert (sample("used"), sample("stale")) == (1, 1)
+
+
+async def test_a_soft_delete_or_a_metadata_change_after_the_read_ahead_is_seen(log):
+    await log.append("s-1", "any", _events(30))
+    await log.append("s-2", "any", _events(30))
+    await _stream_page(log, "s-1", 1, 10)
+    await _stream_page(log, "s-2", 1, 10)
+    await log.delete("s-1", "any", False)
+    with pytest.raises(StreamNotFound):
+        await log.read_stream("s-1", 11, 10, False, rendered=True)
+    await log.set_metadata("s-2", {"owner": "someone"})  # moves no version: the page is read afresh all the same
+    assert _versions(await _stream_page(log, "s-2", 11, 10)) == list(range(11, 21))
+    assert log.read_ahead.stale == 1
+
+
+async def test_a_page_read_ahead_under_max_age_is_not_kept(log, monkeypatch):
+    """maxAge set while the page after the first is being read ahead, and removed before it is asked for."""
+    await log.append("s-1", "any", _events(30))
+    storage_read = log.storage.read
+    calls, gate, read_done = [], asyncio.Event(), asyncio.Event()
+
+    async def second_read_held(fn, *args):  # the request's read passes; the read-ahead's waits for the gate
+        calls.append(fn)
+        if len(calls) == 2:
+            await gate.wait()
+        try:
+            return await storage_read(fn, *args)
+        finally:
+            if len(calls) == 2:
+                read_done.set()
+
+    monkeypatch.setattr(log.storage, "read", second_read_held)
+    await log.read_stream("s-1", 1, 10, False, rendered=True)  # starts the read-ahead of 11
+    await log.set_metadata("s-1", {"maxAge": 3600})
+    gate.set()
+    await asyncio.wait_for(read_done.wait(), 10)
+    monkeypatch.setattr(log.storage, "read", storage_read)
+    await log.set_metadata("s-1", {})
+    assert _versions(await _stream_page(log, "s-1", 11, 10)) == list(range(11, 21))
+    assert (log.read_ahead.used, log.read_ahead.stale) == (0, 0)
+
+
+async def test_type_prefix_reads_are_not_read_ahead(log, monkeypatch):
+    """Their plan depends on the types in the whole log: a new type above the head changes the page."""
+    monkeypatch.setattr(log_module, "ALL_SCAN_WINDOW", 100)
+    await log.append("x-1", "any", _events(10))
+    for stream, n in (("x-1", 10), ("y-1", 70), ("x-1", 10), ("y-1", 10)):
+        await log.append(stream, "any", [NewEvent(uuid.uuid4().bytes, "OrderPlaced", b"{}", b"{}") for _ in range(n)])
+    orders = AllFilter(type_prefix="Order", stream_pattern="x-*", include_system=False)
+    page = await _all_page(log, 1, 10, orders)
+    await log.append("z-1", "any", [NewEvent(uuid.uuid4().bytes, "OrderShipped", b"{}", b"{}")])
+    await _all_page(log, page.next, 10, orders)
+    assert log.read_ahead.pending == 0 and (log.read_ahead.used, log.read_ahead.stale) == (0, 0)
+
+
+async def test_truncations_and_scavenges_are_counted_as_removals(log):
+    await log.append("s-1", "any", _events(30))
+    assert await log.storage.read(removal_count) == 0
+    await log.truncate_after(25)
+    assert await log.storage.read(removal_count) == 1
+    await log.truncate_after(25)  # removes nothing
+    await log.set_metadata("s-1", {"truncateBefore": 5})
+    await log.scavenge()
+    assert await log.storage.read(removal_count) == 2
