@@ -20,11 +20,11 @@ from .position import WatchedPosition
 from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snapshot, snapshot_stream,
                         snapshots_between, stored_metadata)
 from .readahead import MAX_PAGE_BYTES as READ_AHEAD_MAX_PAGE_BYTES, AheadPage, PageBasis, ReadAhead
-from .queries import (MAX_REPLY_BYTES, AllFilter, Page, page_taker, read_all as read_all_page, stream_name_ranges,
-                      stream_rows)
-from .storage import (DATA_BINARY, DATA_SQL, Record, ScavengedRecord, Storage, StreamRow, WriteTxn, checked_batches,
-                      now_micros, removal_count, row_accounts, row_count, row_record, rows_from_store,
-                      seal_payloads, verify_rows)
+from .storage import (DATA_BINARY, AllFilter, Page, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
+                      checked_batches, now_micros, page_taker, read_all as read_all_page, removal_count, row_accounts,
+                      row_count, row_record, rows_from_store, seal_payloads, stream_name_ranges, stream_page,
+                      stream_rows, verify_rows)
+from .storage import streams as stored  # typed queries of a stream's state, settings and maintenance
 
 T = TypeVar("T")
 
@@ -37,7 +37,6 @@ SCAVENGES_STREAM, SCAVENGE_TYPE = "$scavenges", "$scavenge"  # a cluster's scave
 SOFT_DELETED = "$softDeleted"
 COMMIT_POINT_WAIT = 2.0  # how long a read waits for a restarted node to learn the commit point, before a 503
 TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system_streams)
-_STREAM_ROW_COLUMNS = "stream, version, created, updated, deleted, metadata"
 ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
 LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
 MAX_SNAPSHOT_VERSION = 2**62
@@ -167,47 +166,28 @@ def check_expected_version(stream: str, row: StreamRow, expected: ExpectedVersio
 def _stream_row(conn: sqlite3.Connection, stream: str, visible: int | None = None) -> StreamRow | None:
     """The stream's row; with `visible`, as of that position (a cluster node may hold entries past its
     committed position, which reads must not show)."""
-    row = conn.execute("SELECT stream, version, created, updated, deleted, metadata FROM streams WHERE stream = ?",
-                       (stream,)).fetchone()
-    if row is None:
-        return None
-    found = StreamRow(*row)
-    return found if visible is None else _row_as_of(conn, found, visible)
-
-
-def _last_position(conn: sqlite3.Connection, stream: str) -> int | None:
-    last = conn.execute("SELECT position FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
-                        (stream,)).fetchone()
-    return last[0] if last else None
+    found = stored.stream_row(conn, stream)
+    return found if found is None or visible is None else _row_as_of(conn, found, visible)
 
 
 def _row_as_of(conn: sqlite3.Connection, row: StreamRow, visible: int) -> StreamRow:
     at = StreamRow(row.stream, row.version, row.created, row.updated, row.deleted, row.metadata)
-    last = _last_position(conn, row.stream)
+    last = stored.last_position(conn, row.stream)
     if last is not None and last > visible:
         # walk down from the top past the (few) entries not committed yet
-        below = conn.execute("SELECT version, created FROM events WHERE stream = ? AND position <= ? "
-                             "ORDER BY version DESC LIMIT 1", (row.stream, visible)).fetchone()
+        below = stored.newest_through(conn, row.stream, visible)
         if below is not None:
             at.version, at.updated = below
         else:
-            lowest = conn.execute("SELECT min(version) FROM events WHERE stream = ? AND position > ?",
-                                  (row.stream, visible)).fetchone()[0]
-            at.version = lowest - 1
-    meta_last = _last_position(conn, metadata_stream(row.stream))
+            at.version = stored.lowest_version_after(conn, row.stream, visible) - 1
+    meta_stream = metadata_stream(row.stream)
+    meta_last = stored.last_position(conn, meta_stream)
     if meta_last is not None and meta_last > visible:
-        meta = conn.execute(f"SELECT {DATA_SQL} FROM events WHERE stream = ? AND type = ? AND position <= ? "
-                            "ORDER BY version DESC LIMIT 1",
-                            (metadata_stream(row.stream), METADATA_TYPE, visible)).fetchone()
-        at.metadata = bytes(meta[0]) if meta else None
-        tomb = conn.execute("SELECT 1 FROM events WHERE stream = ? AND type = ? AND position <= ? LIMIT 1",
-                            (metadata_stream(row.stream), TOMBSTONE_TYPE, visible)).fetchone()
+        meta = stored.newest_of_type(conn, meta_stream, METADATA_TYPE, through=visible)
+        at.metadata = meta[2] if meta else None
+        tomb = stored.has_event_of_type(conn, meta_stream, TOMBSTONE_TYPE, through=visible)
         at.deleted = "hard" if tomb else "no"
     return at
-
-
-def _head(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
 
 
 class WriteGate(Protocol):
@@ -525,11 +505,9 @@ class Log:
         visible = self.visible.position
 
         def op(txn: WriteTxn) -> int:
-            done = txn.conn.execute("SELECT value FROM settings WHERE key = 'scavenged_through'").fetchone()
-            pending = txn.conn.execute(
-                "SELECT position, created FROM events WHERE stream = ? AND type = ? AND position > ? "
-                "AND position <= ? ORDER BY position",
-                (SCAVENGES_STREAM, SCAVENGE_TYPE, int(done[0]) if done else 0, visible)).fetchall()
+            done = stored.setting(txn.conn, "scavenged_through")
+            pending = stored.events_of_type(txn.conn, SCAVENGES_STREAM, SCAVENGE_TYPE,
+                                                    after=int(done) if done else 0, through=visible)
             removed = sum(_scavenge_as_of(txn, position, created) for position, created in pending)
             if pending:
                 txn.set_setting("scavenged_through", str(pending[-1][0]))
@@ -546,16 +524,12 @@ class Log:
 
         def due(conn: sqlite3.Connection) -> list[tuple[str, int]]:
             """(stream, first version to keep) of each system stream with events its maxCount hides."""
-            rows = [StreamRow(*r) for r in conn.execute(
-                f"SELECT {_STREAM_ROW_COLUMNS} FROM streams WHERE stream >= '$' AND stream < '%' "
-                "AND substr(stream, 1, 2) != '$$' AND metadata IS NOT NULL").fetchall()]
             found = []
-            for row in rows:
+            for row in stored.system_rows_with_metadata(conn):
                 at = row if visible is None else _row_as_of(conn, row, visible)
                 keep = orjson.loads(at.metadata).get("maxCount") if at.metadata else None
-                if keep and at.version > keep and conn.execute(
-                        "SELECT 1 FROM events WHERE stream = ? AND version <= ? LIMIT 1",
-                        (row.stream, at.version - keep)).fetchone():
+                if keep and at.version > keep and stored.has_version_at_or_below(conn, row.stream,
+                                                                                          at.version - keep):
                     found.append((row.stream, at.version - keep + 1))
             return found
 
@@ -606,7 +580,7 @@ class Log:
 
     async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool, *,
                           rendered: bool = False) -> StreamSlice:
-        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records.
+        """`rendered`: the slice holds the events as the reply's JSON (storage.RenderedEvent rows), not records.
         Forward pages of rendered reads are read ahead (node/readahead.py)."""
         visible = await self._horizon()
         take = page_taker(rendered=rendered)
@@ -627,18 +601,13 @@ class Log:
                 if held:
                     return AheadPage(StreamSlice(stream, version, ahead.page.records, ahead.page.next),
                                      ahead.basis, ahead.size)
-            horizon = "" if visible is None else f" AND position <= {int(visible)}"
-            age = "" if vis.created_after is None else f" AND created >= {int(vis.created_after)}"
             if backward:
-                top = version if start is None else min(start, version)
-                rows = conn.execute(f"SELECT {take.columns} FROM events WHERE stream = ? AND version <= ? "
-                                    f"AND version >= ?{age}{horizon} ORDER BY version DESC LIMIT ?",
-                                    (stream, top, vis.min_version, limit))
+                low, high = vis.min_version, version if start is None else min(start, version)
             else:
-                bottom = max(start or 1, vis.min_version)
-                rows = conn.execute(f"SELECT {take.columns} FROM events WHERE stream = ? AND version >= ?"
-                                    f"{age}{horizon} ORDER BY version LIMIT ?", (stream, bottom, limit))
-            records, stopped = take.pages(rows, limit, MAX_REPLY_BYTES)  # a page also stops at a byte budget
+                low, high = max(start or 1, vis.min_version), None
+            # a page also stops at a byte budget
+            records, stopped = stream_page(conn, stream, low=low, high=high, backward=backward, limit=limit,
+                                           created_after=vis.created_after, through=visible, take=take)
             nxt = None
             if stopped:
                 last = take.version(records[-1])
@@ -662,19 +631,20 @@ class Log:
 
     async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter, *,
                        rendered: bool = False) -> AllSlice:
-        """`rendered`: the slice holds the events as the reply's JSON (eventjson.RenderedEvent rows), not records.
+        """`rendered`: the slice holds the events as the reply's JSON (storage.RenderedEvent rows), not records.
         Forward pages of rendered reads are read ahead (node/readahead.py)."""
         visible = await self._horizon()
         window = ALL_SCAN_WINDOW
         take = page_taker(rendered=rendered)
-        # a typePrefix read's plan depends on the types the whole log holds (queries._plan), not only on what is
+        # a typePrefix read's plan depends on the types the whole log holds (storage/reads.py _plan), not only on what is
         # at or below the head: such a read is not read ahead
         ahead_key = ("all", limit, *filters.key()) if rendered and not backward and not filters.type_prefix else None
         ahead = await self.read_ahead.take((*ahead_key, start)) if ahead_key else None
         verdict: list[bool] = []
 
         def read(conn: sqlite3.Connection, start: int | None, ahead: AheadPage | None) -> AheadPage[AllSlice]:
-            head = _head(conn) if visible is None else min(_head(conn), visible)
+            head = stored.head_position(conn)
+            head = head if visible is None else min(head, visible)
             if ahead is not None:
                 held = ahead.basis.still_holds(PageBasis(removal_count(conn), head, False))
                 verdict.append(held)
@@ -915,10 +885,9 @@ def _account(txn: WriteTxn, stream: str, *, version: int, created: int, event_ty
 def _rebuild_row(txn: WriteTxn, stream: str, version: int) -> None:
     """The row of `stream` after its events above `version` were truncated: as the remaining events left it."""
     row = txn.stream_row(stream) or StreamRow(stream)
-    last = txn.conn.execute("SELECT created FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
-                            (stream,)).fetchone()
+    last = stored.newest_created(txn.conn, stream)
     row.version = version
-    row.updated = last[0] if last else row.created
+    row.updated = last if last is not None else row.created
     txn.save_stream_row(row)
     if not stream.startswith("$$"):
         return
@@ -928,19 +897,15 @@ def _rebuild_row(txn: WriteTxn, stream: str, version: int) -> None:
     target.metadata, target.deleted = None, "no"
     txn.save_stream_row(target)
     for event_type in (METADATA_TYPE, TOMBSTONE_TYPE):  # the effects of the newest that remain, replayed
-        remaining = txn.conn.execute(f"SELECT version, created, {DATA_SQL} FROM events WHERE stream = ? AND type = ? "
-                                     "ORDER BY version DESC LIMIT 1", (stream, event_type)).fetchone()
+        remaining = stored.newest_of_type(txn.conn, stream, event_type)
         if remaining is not None:
-            _account(txn, stream, version=version, created=row.updated, event_type=event_type,
-                     data=bytes(remaining[2]))
+            _account(txn, stream, version=version, created=row.updated, event_type=event_type, data=remaining[2])
 
 
 def _scavenge_as_of(txn: WriteTxn, position: int | None, now: int) -> int:
     """Remove what retention hides as of `position` (None: everything written) and time `now`."""
     removed = 0
-    rows = [StreamRow(*r) for r in txn.conn.execute(
-        f"SELECT {_STREAM_ROW_COLUMNS} FROM streams WHERE metadata IS NOT NULL OR deleted = 'hard'").fetchall()]
-    for row in rows:
+    for row in stored.rows_with_retention(txn.conn):
         at = row if position is None else _row_as_of(txn.conn, row, position)
         vis = visibility(at, now)
         below = at.version + 1 if vis.deleted == "hard" else vis.min_version
@@ -1017,7 +982,7 @@ def _same_event(found: Record | ScavengedRecord, stream: str, event: NewEvent) -
 
 
 def verify_connection(conn: sqlite3.Connection, progress: Callable[[int, int], None] | None = None) -> dict:
-    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    total = stored.event_count(conn)
     checked, corrupt = 0, []
     try:
         for count, found in checked_batches(conn):

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .storage import DATA_BINARY, METADATA_BINARY, METADATA_SQL, RECORD_COLUMNS, Record, record_from_row
+from .storage import (DATA_BINARY, METADATA_BINARY, Record, snapshot_record_at_or_below,
+                      snapshot_records_between)
 
 SNAPSHOT_PREFIX = "$snapshot-"
-_VERSION = f"json_extract({METADATA_SQL}, '$.version')"
 
 
 def snapshot_stream(source: str) -> str:
@@ -68,23 +68,15 @@ def newest_at_or_below(conn: sqlite3.Connection, stream: str, *, min_event_versi
                        visible: int | None) -> Snapshot | None:
     """The snapshot with the highest version at or below `max_version` among the stream's events from
     `min_event_version` on (retention hides those below) and at positions up to `visible` (None: all)."""
-    horizon = "" if visible is None else f" AND position <= {int(visible)}"
-    row = conn.execute(f"SELECT {RECORD_COLUMNS} FROM events WHERE stream = ? AND version >= ?{horizon} "
-                       f"AND {_VERSION} <= ? ORDER BY {_VERSION} DESC, version DESC LIMIT 1",
-                       (stream, min_event_version, max_version)).fetchone()
-    return snapshot_from_record(record_from_row(row).verified()) if row is not None else None
+    record = snapshot_record_at_or_below(conn, stream, min_event_version=min_event_version, max_version=max_version,
+                                         through=visible)
+    return snapshot_from_record(record) if record is not None else None
 
 
 def snapshots_between(conn: sqlite3.Connection, stream: str, *, min_event_version: int, min_version: int,
                       max_version: int, backward: bool, limit: int, visible: int | None) -> list[Snapshot]:
     """The snapshots with versions from `min_version` to `max_version` (the newest event of each version), in
     version order, at most `limit`."""
-    horizon = "" if visible is None else f" AND position <= {int(visible)}"
-    order = "DESC" if backward else "ASC"
-    rows = conn.execute(
-        f"SELECT {RECORD_COLUMNS} FROM (SELECT *, {_VERSION} AS snapshot_version, "
-        f"row_number() OVER (PARTITION BY {_VERSION} ORDER BY version DESC) AS newest FROM events "
-        f"WHERE stream = ? AND version >= ?{horizon} AND {_VERSION} BETWEEN ? AND ?) WHERE newest = 1 "
-        f"ORDER BY snapshot_version {order} LIMIT ?",
-        (stream, min_event_version, min_version, max_version, limit))
-    return [snapshot_from_record(record_from_row(row).verified()) for row in rows]
+    return [snapshot_from_record(record) for record in snapshot_records_between(
+        conn, stream, min_event_version=min_event_version, min_version=min_version, max_version=max_version,
+        backward=backward, limit=limit, through=visible)]

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from ..errors import StreamNotFound, Unavailable
-from ..eventjson import RenderedEvent, rendered_json, rendered_position
 from ..log import AllFilter, Log
-from ..storage import Record
+from ..storage import Record, RenderedEvent, rendered_json, rendered_position
 from .selector import Selector, glob_literal, parse_json
 
 log = logging.getLogger("evstore.subscriptions")
@@ -65,7 +64,7 @@ class Committed:
 
 
 class Rendered:
-    """A caught-up event read as the reply's JSON (an eventjson.RenderedEvent row): its wire form is made in the
+    """A caught-up event read as the reply's JSON (a storage.RenderedEvent row): its wire form is made in the
     reader thread, as for paged reads."""
     __slots__ = ("position", "wire", "frame")
 

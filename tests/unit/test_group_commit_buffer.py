@@ -11,7 +11,8 @@ import pytest
 
 from evstore.node.errors import DuplicateEventId, LogError, Unavailable, WrongExpectedVersion
 from evstore.node.log import AllFilter, Log, NewEvent
-from evstore.node.storage import Storage, WriteTxn, _row_chunks
+from evstore.node.storage import Storage, WriteTxn
+from evstore.node.storage.statements import row_chunks
 from loghelpers import ev
 
 WAIT = 10.0
@@ -152,7 +153,7 @@ async def test_sql_after_buffered_writes_in_one_op_is_refused(log):
 
 @pytest.mark.parametrize("count", [0, 1, 2, 31, 32, 33, 100, 511, 512, 513, 1500, 3100])
 def test_row_chunks_cover_every_count_with_few_statement_shapes(count):
-    chunks = list(_row_chunks(count))
+    chunks = list(row_chunks(count))
     assert sum(rows for _offset, rows in chunks) == count
     assert [offset for offset, _rows in chunks] == [sum(r for _o, r in chunks[:i]) for i in range(len(chunks))]
     assert all(rows in {1 << k for k in range(10)} for _offset, rows in chunks)

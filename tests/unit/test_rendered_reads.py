@@ -7,12 +7,12 @@ import uuid
 import orjson
 import pytest
 
-from evstore.node import queries
 from evstore.node.errors import CorruptRecord
-from evstore.node.eventjson import (event_json, rendered_json, rendered_position, rendered_size, rendered_version,
-                                     reply_with_events)
+from evstore.node.eventjson import event_json, reply_with_events
 from evstore.node.log import AllFilter, NewEvent
-from evstore.node.storage import DATA_BINARY, METADATA_BINARY
+from evstore.node.storage import (DATA_BINARY, METADATA_BINARY, rendered_json, rendered_position, rendered_size,
+                                  rendered_version)
+from evstore.node.storage import reads as storage_reads
 
 STREAMS = ["plain-1", "ünï-cödé-Ω", 'quote"back\\slash-2', "tab\tnew\nline-3"]
 TYPES = ["Happened", 'Typ"e\\with\u0001control', "Ω-type"]
@@ -89,7 +89,7 @@ async def test_binary_payloads_come_back_as_base64(filled):
 
 
 async def test_a_rendered_page_stops_at_the_byte_budget(filled, monkeypatch):
-    monkeypatch.setattr(queries, "MAX_REPLY_BYTES", 600)
+    monkeypatch.setattr(storage_reads, "MAX_REPLY_BYTES", 600)
     page = await filled.read_all(1, 1000, False, AllFilter(), rendered=True)
     assert 1 <= len(page.records) < 60 and page.next == rendered_position(page.records[-1]) + 1
     assert sum(map(rendered_size, page.records[:-1])) <= 600
@@ -141,7 +141,7 @@ async def test_a_byte_budget_that_falls_past_the_first_chunk_of_rows(log, monkey
     await log.append("many-1", "any", [NewEvent(uuid.uuid4().bytes, "T", b"[1]", b"{}") for _ in range(700)])
     sizes = list(map(rendered_size, (await log.read_stream("many-1", None, 1000, False, rendered=True)).records))
     budget = sum(sizes[:300]) + sizes[300] // 2
-    monkeypatch.setattr("evstore.node.log.MAX_REPLY_BYTES", budget)
+    monkeypatch.setattr(storage_reads, "MAX_REPLY_BYTES", budget)
     page = await log.read_stream("many-1", None, 1000, False, rendered=True)
     assert len(page.records) == 300 and page.next == 301
     assert list(map(rendered_version, page.records)) == list(range(1, 301))

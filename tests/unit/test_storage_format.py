@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 from evstore.node import storage as storage_module
-from evstore.node.eventjson import event_json, rendered_json
+from evstore.node.storage import threads as storage_threads
+from evstore.node.eventjson import event_json
 from evstore.node.log import AllFilter, Log, NewEvent, StreamAppend
-from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Storage
+from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Storage, rendered_json
 from loghelpers import ev
 
 
@@ -24,14 +25,14 @@ class StepCounter:
 
     def __init__(self, monkeypatch) -> None:
         self.steps = 0
-        real = storage_module.connect
+        real = storage_threads.connect
 
         def counting(*args, **kwargs):
             conn = real(*args, **kwargs)
             conn.set_progress_handler(self._tick, 100)
             return conn
 
-        monkeypatch.setattr(storage_module, "connect", counting)
+        monkeypatch.setattr(storage_threads, "connect", counting)  # every connection Storage opens
 
     def _tick(self) -> int:
         self.steps += 100

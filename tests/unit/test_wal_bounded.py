@@ -9,7 +9,7 @@ import os
 import orjson
 import pytest
 
-from evstore.node import storage as storage_module
+from evstore.node.storage import threads as storage_threads, wal as storage_wal
 from evstore.node.log import Log, NewEvent
 from evstore.node.storage import Storage
 from evstore.ids import uuid7_bytes
@@ -20,9 +20,9 @@ DATA = orjson.dumps({"padding": "x" * 1000})
 
 @pytest.fixture
 def small_wal(monkeypatch):
-    monkeypatch.setattr(storage_module, "CHECKPOINT_EVERY", 0.02)
-    monkeypatch.setattr(storage_module, "WAL_REWIND_FRAMES", 1000)  # 4 MiB of 4 KiB pages
-    monkeypatch.setattr(storage_module, "WAL_SIZE_LIMIT", 4 * 1024 * 1024)
+    monkeypatch.setattr(storage_threads, "CHECKPOINT_EVERY", 0.02)
+    monkeypatch.setattr(storage_wal, "WAL_REWIND_FRAMES", 1000)  # 4 MiB of 4 KiB pages
+    monkeypatch.setattr(storage_wal, "WAL_SIZE_LIMIT", 4 * 1024 * 1024)
 
 
 async def largest_wal_while_writing(tmp_path) -> tuple[int, int]:
@@ -56,6 +56,6 @@ async def test_the_wal_is_rewound_under_continuous_writes(tmp_path, small_wal):
 async def test_without_rewinding_the_wal_grows_with_the_load(tmp_path, small_wal, monkeypatch):
     """The control: passive checkpoints alone (what the node did before) let the WAL grow with the load, so the
     test above measures the rewind and not luck."""
-    monkeypatch.setattr(storage_module, "WAL_REWIND_FRAMES", 10**9)
+    monkeypatch.setattr(storage_wal, "WAL_REWIND_FRAMES", 10**9)
     largest, head = await largest_wal_while_writing(tmp_path)
     assert largest > head * len(DATA) / 3
