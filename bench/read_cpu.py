@@ -33,8 +33,9 @@ async def measure(events: int, rounds: int) -> dict:
             for _ in range(events // 100):
                 await log.append("bench-read", "any", _events(100, data))
             out = {}
-            for name, page in (("stream", lambda s: log.read_stream("bench-read", s, PAGE, False, rendered=True)),
-                               ("all", lambda s: log.read_all(s, PAGE, False, AllFilter(include_system=False), rendered=True))):
+            user_events = AllFilter(include_system=False)
+            for name, page in (("stream", lambda s: log.read_stream("bench-read", start=s, limit=PAGE, rendered=True)),
+                               ("all", lambda s: log.read_all(start=s, limit=PAGE, filters=user_events, rendered=True))):
                 shape = handlers.stream_reply if name == "stream" else handlers.all_reply
                 cpu = time.process_time()
                 wall = time.perf_counter()

@@ -98,7 +98,7 @@ def _cluster_member(settings: Settings, log_: Log, metrics: NodeMetrics):
 async def _storage_context(app: web.Application):
     log_ = app[LOG_KEY]
     await log_.open()
-    log.info("log open at %s (head position %d)", log_.storage.path, log_.head)
+    log.info("log open at %s (head position %d)", log_.path, log_.head)
     member = app.get(CLUSTER_KEY)
     if member is not None:
         await member.start()

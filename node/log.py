@@ -237,9 +237,48 @@ class Log:
         """What a clustered node's current role puts around every write (see WriteGate)."""
         self._gate = gate
 
+    # what the cluster and the API know of the log on disk: through these, never through `storage`
     @property
     def head(self) -> int:
+        """The last durable position of this node's copy (committed or not)."""
         return self.storage.head
+
+    @property
+    def persisted_committed(self) -> int:
+        """The committed position as last persisted here (see persist_committed)."""
+        return self.storage.committed
+
+    @property
+    def epoch(self) -> int:
+        """The epoch this node writes new entries with (its leader epoch)."""
+        return self.storage.epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.storage.epoch = epoch
+
+    @property
+    def promised_epoch(self) -> int:
+        """The newest leader epoch this node has followed or led (persisted)."""
+        return self.storage.promised_epoch
+
+    @property
+    def writes_in_flight(self) -> int:
+        """Writes queued or under way and not yet durable."""
+        return self.storage.writes_in_flight
+
+    def epoch_at(self, position: int) -> int:
+        return self.storage.epoch_at(position)
+
+    def end_of_epoch(self, epoch: int) -> tuple[int, int]:
+        return self.storage.end_of_epoch(epoch)
+
+    def size_by_file(self) -> dict[str, int]:
+        return self.storage.size_by_file()
+
+    @property
+    def path(self):
+        return self.storage.path
 
     def commit_point_known(self) -> None:
         """The role (leader or follower) has learned the cluster's commit point since this node started."""
@@ -578,7 +617,7 @@ class Log:
         if self.metrics is not None:
             self.metrics.checksum_failed(path, count)
 
-    async def read_stream(self, stream: str, start: int | None, limit: int, backward: bool, *,
+    async def read_stream(self, stream: str, *, start: int | None = None, limit: int, backward: bool = False,
                           rendered: bool = False) -> StreamSlice:
         """`rendered`: the slice holds the events as the reply's JSON (storage.RenderedEvent rows), not records.
         Forward pages of rendered reads are read ahead (node/readahead.py)."""
@@ -629,14 +668,15 @@ class Log:
             self._read_further(result, (*ahead_key, after), lambda conn: read(conn, after, None))
         return result.page
 
-    async def read_all(self, start: int | None, limit: int, backward: bool, filters: AllFilter, *,
-                       rendered: bool = False) -> AllSlice:
+    async def read_all(self, *, start: int | None = None, limit: int, backward: bool = False,
+                       filters: AllFilter | None = None, rendered: bool = False) -> AllSlice:
         """`rendered`: the slice holds the events as the reply's JSON (storage.RenderedEvent rows), not records.
         Forward pages of rendered reads are read ahead (node/readahead.py)."""
+        filters = AllFilter() if filters is None else filters
         visible = await self._horizon()
         window = ALL_SCAN_WINDOW
         take = page_taker(rendered=rendered)
-        # a typePrefix read's plan depends on the types the whole log holds (storage/reads.py _plan), not only on what is
+        # a typePrefix read's plan depends on the types the whole log holds (storage.reads._plan), not only on what is
         # at or below the head: such a read is not read ahead
         ahead_key = ("all", limit, *filters.key()) if rendered and not backward and not filters.type_prefix else None
         ahead = await self.read_ahead.take((*ahead_key, start)) if ahead_key else None

@@ -40,7 +40,7 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[METRICS_KEY]
     log = request.app[LOG_KEY]
-    sizes = log.storage.size_by_file()
+    sizes = log.size_by_file()
     registry.storage_bytes.set(sum(sizes.values()))
     for file, size in sizes.items():
         registry.storage_file_bytes.labels(file=file).set(size)

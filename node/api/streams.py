@@ -71,8 +71,8 @@ async def read_stream(request: web.Request) -> web.Response:
     stream = _stream(request)
     q = v.query_params(request.query, READ_PARAMS)
     started = time.perf_counter()
-    page = await _log(request).read_stream(stream, q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
-                                           q.get("direction") == "backward", rendered=True)
+    page = await _log(request).read_stream(stream, start=q.get("from"), limit=q.get("limit", v.DEFAULT_READ_LIMIT),
+                                           backward=q.get("direction") == "backward", rendered=True)
     _observe_read(request, "stream", started, len(page.records))
     return web.Response(body=stream_reply(page), headers=JSON_HEADERS)
 
@@ -142,8 +142,8 @@ async def read_all(request: web.Request) -> web.Response:
     filters = AllFilter(q.get("type", ()), q.get("typePrefix"), q.get("streamPrefix"), q.get("streamPattern"),
                         include_system=include_system(q))
     started = time.perf_counter()
-    page = await _log(request).read_all(q.get("from"), q.get("limit", v.DEFAULT_READ_LIMIT),
-                                        q.get("direction") == "backward", filters, rendered=True)
+    page = await _log(request).read_all(start=q.get("from"), limit=q.get("limit", v.DEFAULT_READ_LIMIT),
+                                        backward=q.get("direction") == "backward", filters=filters, rendered=True)
     _observe_read(request, "all", started, len(page.records))
     return web.Response(body=all_reply(page), headers=JSON_HEADERS)
 

@@ -262,13 +262,13 @@ class ClusterMember:
         return await self._lead(won, generation)
 
     async def _lead(self, won: LeaderInfo, generation: int) -> str:
-        if won.epoch <= self.log.storage.promised_epoch:
+        if won.epoch <= self.log.promised_epoch:
             # etcd's revisions went backwards (it lost its data): leading would write entries that the
             # followers reject as old. Refuse loudly rather than fork the log.
             log.error("won epoch %d, but this node already followed or led epoch %d: etcd lost its data? "
-                      "not leading", won.epoch, self.log.storage.promised_epoch)
+                      "not leading", won.epoch, self.log.promised_epoch)
             await self.coordinator.resign(won.epoch)
-            return f"won epoch {won.epoch} but resigned: this node already knew epoch {self.log.storage.promised_epoch}"
+            return f"won epoch {won.epoch} but resigned: this node already knew epoch {self.log.promised_epoch}"
         isr = await self.coordinator.isr()
         if isr.revision and self.me.node not in isr.members:
             # we read the ISR before running, then stalled while another leader dropped us from it: having
@@ -276,7 +276,7 @@ class ClusterMember:
             await self.coordinator.resign(won.epoch)
             return f"won epoch {won.epoch} but resigned: the ISR {list(isr.members)} no longer has this node"
         await self.log.promise_epoch(won.epoch)
-        self.log.storage.epoch = won.epoch
+        self.log.epoch = won.epoch
         live = {m.node for m in await self.coordinator.members()} | {self.me.node}
         self.max_members_seen = max(self.max_members_seen, len(live), len(isr.members))
         members = (set(isr.members) & live) | {self.me.node}
@@ -333,7 +333,7 @@ class ClusterMember:
 
     async def _follow(self, leader: LeaderInfo) -> None:
         await self._stop_following()
-        if leader.epoch < self.log.storage.promised_epoch:
+        if leader.epoch < self.log.promised_epoch:
             log.warning("ignoring leader %s of old epoch %d", leader.node, leader.epoch)
             return
         await self.log.promise_epoch(leader.epoch)
@@ -487,7 +487,7 @@ class ClusterMember:
 
     def status(self) -> dict:
         """The /v1/cluster view from this node."""
-        head = self.log.storage.head
+        head = self.log.head
         leader = self.leader
         now = time.monotonic()
         wall = time.time()
@@ -520,7 +520,7 @@ class ClusterMember:
             members[self.me.node]["lag"] = max(0, self.following.leader_head - head)
         isr = sorted(self.leading.isr) if self.leading is not None else list(self.isr)
         return {"role": self.role.value, "leader": {"node": leader.node, "url": leader.url} if leader else None,
-                "epoch": leader.epoch if leader else self.log.storage.promised_epoch,
+                "epoch": leader.epoch if leader else self.log.promised_epoch,
                 "committedPosition": self.log.visible.position, "minInSync": self.min_in_sync(), "isr": isr,
                 "members": sorted(members.values(), key=lambda m: m["node"])}
 

@@ -105,10 +105,10 @@ class LeaderReplication:
         self.timing = timing
         self.metrics = metrics
         self.on_deposed = on_deposed
-        log_.visible.advance(min(committed, log_.storage.head))
+        log_.visible.advance(min(committed, log_.head))
         # everything the previous leader may have acknowledged is in this log (it was in the ISR): once the ISR
         # has all of it, it is committed, and reads here are linearizable
-        self.head_at_start = log_.storage.head
+        self.head_at_start = log_.head
         self._serving = asyncio.Event()
         self.progress: dict[str, Progress] = {}
         self.started = time.monotonic()
@@ -132,8 +132,8 @@ class LeaderReplication:
         self._task: asyncio.Task | None = None
 
     @property
-    def hw(self) -> int:
-        """The high watermark: what every in-sync replica has durable, the log's visible position."""
+    def committed_position(self) -> int:
+        """What every in-sync replica has durable: the log's visible position (Kafka's high watermark)."""
         return self.log.visible.position
 
     def start(self) -> None:
@@ -220,7 +220,7 @@ class LeaderReplication:
         if not self.active:
             raise Unavailable("leadership lost before the write was acknowledged; its outcome is unknown: "
                               "retry it with the same event ids", reason="leadership_lost")
-        if position > self.hw and not await self._wait_until(
+        if position > self.committed_position and not await self._wait_until(
                 self.timing.commit_timeout, (self.log.visible, position)):
             if self.active:
                 raise Unavailable("the in-sync replicas did not confirm the write in time; its outcome is "
@@ -243,37 +243,38 @@ class LeaderReplication:
     def _advance(self) -> None:
         if len(self.isr) < self.min_in_sync():
             return
-        head = self.log.storage.head
-        hw = head
+        head = self.log.head
+        committed_position = head
         # members being added count already: etcd may list them before we hear back (Kafka's maximal ISR)
         for node in self.isr | self._adding:
             if node != self.me.node:
                 progress = self.progress.get(node)
-                hw = min(hw, progress.durable if progress else 0)
+                committed_position = min(committed_position, progress.durable if progress else 0)
         if not self.active:
             return
-        moved = self.log.visible.advance(hw)
+        moved = self.log.visible.advance(committed_position)
         # checked even when nothing moved: a log that was all committed already (or is empty) has nothing to wait for
-        if hw >= self.head_at_start and not self._serving.is_set():
+        if committed_position >= self.head_at_start and not self._serving.is_set():
             self._serving.set()
             self.log.commit_point_known()
         if not moved:
             return
         if self.metrics is not None:
-            self.metrics.committed_position.set(hw)
+            self.metrics.committed_position.set(committed_position)
 
     # fetches from followers --------------------------------------------------------------------
     async def fetch(self, node: str, url: str, epoch: int, first: int, prev_epoch: int, *,
                     eager: bool = False) -> FetchReply:
         """`eager`: the follower has something waiting for the next commit point (a forwarded write's reply, a
         read, a subscription), so a reply with only that news goes at once."""
-        storage = self.log.storage
+        log_ = self.log
         if epoch != self.epoch or not self.active:
             raise EpochMismatch(self.epoch, stale_leader=epoch > self.epoch or not self.active)
         prev = first - 1
-        if prev > storage.head or (prev > 0 and storage.epoch_at(prev) != prev_epoch):
-            found, end = storage.end_of_epoch(prev_epoch)
-            return FetchReply("diverged", epoch=found, end=min(end, prev), committed=self.hw, head=storage.head)
+        if prev > log_.head or (prev > 0 and log_.epoch_at(prev) != prev_epoch):
+            found, end = log_.end_of_epoch(prev_epoch)
+            return FetchReply("diverged", epoch=found, end=min(end, prev), committed=self.committed_position,
+                              head=log_.head)
         now = time.monotonic()
         progress = self.progress.setdefault(node, Progress(node))
         progress.url = url
@@ -282,26 +283,26 @@ class LeaderReplication:
         if prev >= progress.head_at_reply:  # it has all the leader had when it last answered (Kafka's rule)
             progress.last_caught_up = now
         self._advance()
-        if node not in self.isr and prev >= self.hw and node not in self._adding:
+        if node not in self.isr and prev >= self.committed_position and node not in self._adding:
             self._adding.add(node)
             task = asyncio.get_running_loop().create_task(self._change_isr(add=node))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if first > storage.head and self.hw <= progress.committed_told:
+        if first > log_.head and self.committed_position <= progress.committed_told:
             # nothing new to ship and nothing new to tell: wait for either (the follower's readers wait
             # for the committed position, so it is news worth an early answer)
             await self._wait_until(FETCH_WAIT, (self.log.written, first),
                                    (self.log.visible, progress.committed_told + 1))
-        if self.active and first > storage.head and self.hw > progress.committed_told and not eager and \
-                not storage.writes_in_flight:  # news, and nothing to ship yet
+        if self.active and first > log_.head and self.committed_position > progress.committed_told and not eager and \
+                not log_.writes_in_flight:  # news, and nothing to ship yet
             await self._wait_until(NEWS_DELAY, (self.log.written, first))
         if not self.active:
             raise EpochMismatch(self.epoch, stale_leader=True)
-        progress.head_at_reply = storage.head
-        progress.committed_told = self.hw
-        rows = await self.log.rows_from(first) if first <= storage.head else []
+        progress.head_at_reply = log_.head
+        progress.committed_told = self.committed_position
+        rows = await self.log.rows_from(first) if first <= log_.head else []
         self._observe_lag(progress)
-        return FetchReply("ok", rows, committed=self.hw, head=storage.head, epoch=self.epoch,
+        return FetchReply("ok", rows, committed=self.committed_position, head=log_.head, epoch=self.epoch,
                           positions={p.node: p.durable for p in self.progress.values()})
 
     def _observe_lag(self, progress: Progress) -> None:
@@ -311,11 +312,11 @@ class LeaderReplication:
         if self.metrics is None or progress.lag_observed:
             return
         progress.lag_observed = True
-        storage = self.log.storage
+        log_ = self.log
         self.metrics.replication_lag_events.labels(follower=progress.node).set_function(
-            lambda: max(0, storage.head - progress.durable))
+            lambda: max(0, log_.head - progress.durable))
         self.metrics.replication_lag_seconds.labels(follower=progress.node).set_function(
-            lambda: 0.0 if progress.durable >= storage.head else max(0.0, time.monotonic() - progress.last_caught_up))
+            lambda: 0.0 if progress.durable >= log_.head else max(0.0, time.monotonic() - progress.last_caught_up))
 
     # the ISR -----------------------------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -357,8 +358,8 @@ class LeaderReplication:
         if not self.lease_valid():
             self._report_deposed("lease expired")
             return
-        if self.hw > self.log.storage.committed:
-            await self.log.persist_committed(self.hw)
+        if self.committed_position > self.log.persisted_committed:
+            await self.log.persist_committed(self.committed_position)
         now = time.monotonic()
         caught_up = self.caught_up_members(now)
         if len(caught_up) >= self.min_in_sync():
@@ -420,7 +421,7 @@ class LeaderReplication:
             members = set(self.isr)
             if add is not None:
                 progress = self.progress.get(add)
-                if add in members or progress is None or progress.durable < self.hw:
+                if add in members or progress is None or progress.durable < self.committed_position:
                     return
                 members.add(add)
             if remove is not None:
@@ -459,17 +460,17 @@ class LeaderReplication:
         deadline = time.monotonic() + timeout
         async with asyncio.timeout(timeout):
             await self._idle.wait()
-        while self.hw < self.log.storage.head:
+        while self.committed_position < self.log.head:
             if not self.active:
                 raise NotLeader()
             if time.monotonic() > deadline:
                 raise Unavailable("the in-sync replicas did not catch up in time", reason="step_down_timeout")
             await self._wait_until(min(0.05, max(0.0, deadline - time.monotonic())),
-                                   (self.log.visible, self.log.storage.head))
+                                   (self.log.visible, self.log.head))
             self._advance()
 
     def caught_up_followers(self) -> list[Progress]:
-        head = self.log.storage.head
+        head = self.log.head
         return [p for node, p in sorted(self.progress.items())
                 if node in self.isr and node != self.me.node and p.durable >= head]
 
@@ -516,10 +517,10 @@ class Follower:
                 backoff = min(1.0, backoff * 2)
 
     async def _fetch_once(self) -> None:
-        storage = self.log.storage
-        head = storage.head
+        log_ = self.log
+        head = log_.head
         body = json.dumps({"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
-                           "prevEpoch": storage.epoch_at(head), "rows": True,
+                           "prevEpoch": log_.epoch_at(head), "rows": True,
                            "eager": self.commit_point_awaited()}).encode()
         # a leader of the previous version (an unsigned record, honoured only in compat mode) knows only its
         # static token; any other leader gets a signature that is worth nothing for another request
@@ -553,11 +554,11 @@ class Follower:
             committed = int(response.headers.get("X-Evstore-Committed", "0"))
             self.leader_head = int(response.headers.get("X-Evstore-Head", "0"))
             self.member_positions = parse_positions(response.headers.get("X-Evstore-Positions", ""))
-        if leader_epoch != self.leader.epoch or leader_epoch < storage.promised_epoch:
+        if leader_epoch != self.leader.epoch or leader_epoch < log_.promised_epoch:
             raise EpochMismatch(leader_epoch, stale_leader=False)  # entries of an older epoch: reject them
         self.last_contact = time.monotonic()
         rows = decode(payload)
-        if storage.head != head:
+        if log_.head != head:
             return  # our head moved meanwhile (an earlier write landed): ask again from the new head
         if rows:
             apply = asyncio.ensure_future(self.log.apply_replicated_rows(rows, committed))
@@ -567,18 +568,18 @@ class Follower:
                 await apply  # never leave a half-known write behind when the leader changes
                 raise
         visible = self.log.visible
-        visible.advance(min(committed, storage.head))  # the leader's commit point, as far as we have it
+        visible.advance(min(committed, log_.head))  # the leader's commit point, as far as we have it
         # what this node showed before a restart was committed then, and is in its log: it shows at least that now
         self.log.commit_point_known()
-        if not rows and visible.position > storage.committed and \
+        if not rows and visible.position > log_.persisted_committed and \
                 time.monotonic() - self._persisted_at > PERSIST_COMMITTED_EVERY:
             self._persisted_at = time.monotonic()  # an idle follower remembers the last commit too
             await self.log.persist_committed(visible.position)
 
     async def _truncate(self, leader_epoch: int, leader_end: int) -> None:
-        storage = self.log.storage
-        _own_epoch, own_end = storage.end_of_epoch(leader_epoch)
-        target = min(leader_end, own_end, storage.head)
+        log_ = self.log
+        _own_epoch, own_end = log_.end_of_epoch(leader_epoch)
+        target = min(leader_end, own_end, log_.head)
         if target < self.log.visible.position:
             log.error("refusing to truncate below the committed position %d (leader asked for %d)",
                       self.log.visible.position, target)

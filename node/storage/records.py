@@ -71,8 +71,9 @@ def payload_checksum(event_id: bytes, stream: str, event_type: str, data: bytes,
 
 def seal_payloads(stream: str, events: Sequence) -> int:
     """Set `payload_crc` (see payload_checksum) on each event of one stream, its id's text if the caller had none
-    (`id_text`), the head of its reply text (`head`, see replyjson.json_head), and the stored row's values that do not depend on the event's place (`fixed`, from
-    the id to the payloads' spans in the text: see STORED_COLUMNS); return their data and metadata bytes. One pass
+    (`id_text`), the head of its reply text (`head`, see replyjson.json_head), and the stored row's values that do
+    not depend on the event's place (`fixed`, from the id to the payloads' spans in the text: see STORED_COLUMNS);
+    return their data and metadata bytes. One pass
     with the stream encoded once, off the writer thread: appends of 100 events run this for every event."""
     stream_bytes = stream.encode()
     stream_length = len(stream_bytes)
@@ -107,8 +108,8 @@ def seal_payloads(stream: str, events: Sequence) -> int:
         else:  # json_head's text, built in one join (the common case, once per event)
             e.head = join_into_bytearray((b'{"id":"', e.id_text, after_id, type_and_data_key, data,
                                           b',"metadata":', metadata, b',"version":'))
-            e.fixed = (bytearray(event_id), event_type, EMPTY_PAYLOAD, EMPTY_PAYLOAD, 0, at, len(data), at + len(data) + 12,
-                       len(metadata))
+            e.fixed = (bytearray(event_id), event_type, EMPTY_PAYLOAD, EMPTY_PAYLOAD, 0, at, len(data),
+                       at + len(data) + 12, len(metadata))
         size += len(data) + len(metadata)
     return size
 

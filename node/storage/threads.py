@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..errors import LogError, Unavailable
 from .recent import RecentCommits
@@ -34,10 +34,36 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-Outcome = tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]  # an op's, for its future
 WriteOp = Callable[[WriteTxn], Any]
 ReadOp = Callable[..., Any]
-_STOP = object()
+
+
+class QueuedWrite(NamedTuple):
+    """A write() waiting in the writer's queue."""
+    op: WriteOp
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    weight: int  # events it writes: bounds how much one group commit takes
+    streams: tuple[str, ...]  # whose rows it reads (the writer reads a whole batch's at once)
+
+
+class Outcome(NamedTuple):
+    """What a write op came to, for its future."""
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    result: Any
+    error: BaseException | None
+
+
+class QueuedRead(NamedTuple):
+    """A read() waiting for a reader thread: fn(conn, *args)."""
+    fn: ReadOp
+    args: tuple
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()  # ends a writer or reader thread
 
 
 class Storage:
@@ -163,7 +189,7 @@ class Storage:
             raise Unavailable("the node is shutting down")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((op, future, loop, weight, streams))
+        self._queue.put(QueuedWrite(op, future, loop, weight, streams))
         self.writes_in_flight += 1
         try:
             return await future
@@ -177,7 +203,7 @@ class Storage:
             if item is _STOP:
                 break
             batch = [item]
-            weight = item[3]
+            weight = item.weight
             while len(batch) < MAX_BATCH_REQUESTS and weight < MAX_BATCH_WEIGHT:
                 try:
                     more = self._queue.get_nowait()
@@ -187,7 +213,7 @@ class Storage:
                     stopping = True
                     break
                 batch.append(more)
-                weight += more[3]
+                weight += more.weight
             self._run_batch(conn, batch)
             if self._rewind_wal.is_set():
                 self._rewind_wal.clear()
@@ -233,7 +259,7 @@ class Storage:
             except sqlite3.Error:
                 log.exception("rollback of a failed group commit failed")
             failure = Unavailable(f"storage error: {exc}")
-            outcomes = [(future, loop, None, failure) for _op, future, loop, _weight, _streams in batch]
+            outcomes = [Outcome(item.future, item.loop, None, failure) for item in batch]
         else:
             self.epochs = txn.epochs  # before the head: a reader that sees the new head sees its epochs
             if txn.rewrote_events:
@@ -262,14 +288,14 @@ class Storage:
                        look_up_stored_ids=look_up_stored_ids)
         outcomes: list[Outcome] = []
         conn.execute("BEGIN IMMEDIATE")
-        txn.prefetch_rows(stream for item in batch for stream in item[4])
+        txn.prefetch_rows(stream for item in batch for stream in item.streams)
         for op, future, loop, _weight, _streams in batch:
             saved_position, saved_epochs = txn.last_position, txn.epochs
             txn.begin_op()
             try:
                 result = op(txn)
                 txn.end_op()
-                outcomes.append((future, loop, result, None))
+                outcomes.append(Outcome(future, loop, result, None))
             except FlushFailed:
                 raise
             except Exception as exc:  # the op's own error: undo its writes only
@@ -283,7 +309,7 @@ class Storage:
                     exc.op_bug = bug
                 exc.observed_position = saved_position  # the log state the refusal was decided on
                 # without its traceback: its frames (this one's outcomes, holding it) would form a cycle
-                outcomes.append((future, loop, None, exc.with_traceback(None)))
+                outcomes.append(Outcome(future, loop, None, exc.with_traceback(None)))
         try:
             txn.flush()
         except FlushFailed as exc:
@@ -369,7 +395,7 @@ class Storage:
         with self._read_lock:
             if self._closed or not self._readers:
                 raise Unavailable("the node is shutting down")
-            self._read_queue.put((fn, args, future, loop))
+            self._read_queue.put(QueuedRead(fn, args, future, loop))
         return await future
 
     def _reader_loop(self) -> None:

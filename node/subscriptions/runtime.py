@@ -197,7 +197,7 @@ class SubscriptionRuntime:
         """Read the next events into the state; (caught up, the visible position the read saw)."""
         state = self.state
         if self._filter is not None:
-            page = await self.log.read_all(self._cursor, limit, False, self._filter)
+            page = await self.log.read_all(start=self._cursor, limit=limit, filters=self._filter)
             for record in page.records:
                 if not record.stream.startswith("$") and record.position > state.scanned:
                     self._add(record.position, record)
@@ -206,7 +206,7 @@ class SubscriptionRuntime:
             return page.next is None, page.head
         seen = self.log.visible.position
         try:
-            page = await self.log.read_stream(self.settings.stream, self._cursor, limit, False)
+            page = await self.log.read_stream(self.settings.stream, start=self._cursor, limit=limit)
         except (StreamNotFound, StreamDeleted):
             return True, seen
         for record in page.records:
@@ -325,7 +325,7 @@ class SubscriptionRuntime:
     async def _resolve(self, entry: ParkedEntry) -> Record | None:
         """The parked event itself, if the log still has it."""
         try:
-            page = await self.log.read_stream(entry.stream, entry.version, 1, False)
+            page = await self.log.read_stream(entry.stream, start=entry.version, limit=1)
         except (StreamNotFound, StreamDeleted):
             return None
         if page.records and page.records[0].version == entry.version \

@@ -84,7 +84,7 @@ async def read_whole_stream(log_: Log, stream: str) -> list[Record]:
     start: int | None = 1
     while start is not None:
         try:
-            page = await log_.read_stream(stream, start, PAGE, False)
+            page = await log_.read_stream(stream, start=start, limit=PAGE)
         except (StreamNotFound, StreamDeleted):
             return records
         records.extend(page.records)
@@ -111,7 +111,7 @@ async def load_definitions(log_: Log) -> tuple[dict[str, Definition], int]:
 
 async def load_checkpoint(log_: Log, definition: Definition) -> int:
     try:
-        page = await log_.read_stream(checkpoint_stream(definition.name), None, 1, True)
+        page = await log_.read_stream(checkpoint_stream(definition.name), start=None, limit=1, backward=True)
     except (StreamNotFound, StreamDeleted):
         return definition.start
     for record in page.records:

@@ -137,7 +137,7 @@ class Fanout:
                 continue
             try:
                 while self.position < target:
-                    page = await self._log.read_all(self.position + 1, self._batch, False, AllFilter())
+                    page = await self._log.read_all(start=self.position + 1, limit=self._batch)
                     records = page.records
                     if len(records) == self._batch and records[-1].position < target:
                         scanned = records[-1].position
@@ -246,11 +246,12 @@ class Subscription:
             floor = max(self._attach(), log_.visible.position)
             while self._cursor <= floor:
                 if self.selector.payload is None:  # the log's filter is the whole selector: read rendered JSON
-                    page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter, rendered=True)
+                    page = await log_.read_all(start=self._cursor, limit=CATCH_UP_PAGE, filters=self._filter,
+                                               rendered=True)
                     found = [Message("event", rendered_position(e), Rendered(e)) for e in page.records
                              if rendered_position(e) >= self._cursor]
                 else:
-                    page = await log_.read_all(self._cursor, CATCH_UP_PAGE, False, self._filter)
+                    page = await log_.read_all(start=self._cursor, limit=CATCH_UP_PAGE, filters=self._filter)
                     found = [Message("event", r.position, Committed(r)) for r in page.records
                              if r.position >= self._cursor and self._matches(r)]
                 self._cursor = max(self._cursor, (page.next - 1 if page.next is not None else page.head) + 1)
@@ -348,7 +349,7 @@ class TransientSubscriptions:
         if start.version is None:
             return committed + 1
         try:
-            page = await self.log.read_stream(selector.stream, start.version, 1, False)
+            page = await self.log.read_stream(selector.stream, start=start.version, limit=1)
         except StreamNotFound:
             return committed + 1  # its first event (version >= 1) commits after `committed`
         # no version >= V at or below `committed` means the first such event commits after it

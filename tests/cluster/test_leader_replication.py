@@ -15,7 +15,7 @@ from evstore.node.cluster.etcd import EtcdCoordinator
 from evstore.node.cluster import replication
 from evstore.node.cluster.replication import EpochMismatch, LeaderReplication, Timing
 from evstore.node.errors import NotLeader
-from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.log import Log, NewEvent
 from evstore.node.storage import Storage, records_of_rows
 
 WAIT = 15.0
@@ -58,11 +58,11 @@ async def test_a_write_waits_for_every_isr_member(leading):
     append = asyncio.create_task(log.append("s", "any", [ev(), ev()]))
     shipped = await asyncio.wait_for(first_fetch, WAIT)  # answered with the new entries
     assert [r.position for r in records_of_rows(shipped.rows)] == [1, 2]
-    assert not append.done() and lead.hw == 0  # durable here, but not yet on the follower
+    assert not append.done() and lead.committed_position == 0  # durable here, but not yet on the follower
     # the follower stored them: its next fetch says so, and the write is acknowledged
     asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 3, lead.epoch))
     result = await asyncio.wait_for(append, WAIT)
-    assert (result.version, result.position, lead.hw) == (2, 2, 2)
+    assert (result.version, result.position, lead.committed_position) == (2, 2, 2)
 
 
 
@@ -76,7 +76,7 @@ async def test_a_new_commit_point_travels_with_the_next_entry(leading, monkeypat
     await asyncio.wait_for(fetch, WAIT)
     report = asyncio.create_task(lead.fetch("follower", "http://f", lead.epoch, 2, lead.epoch))
     await asyncio.wait_for(first, WAIT)  # acknowledged by the report
-    assert lead.hw == 1 and not report.done()
+    assert lead.committed_position == 1 and not report.done()
     second = asyncio.create_task(log.append("s", "any", [ev()]))
     reply = await asyncio.wait_for(report, WAIT)
     assert [r.position for r in records_of_rows(reply.rows)] == [2] and reply.committed == 1
@@ -200,7 +200,7 @@ async def test_a_new_leader_serves_reads_only_once_all_it_took_over_is_committed
     lead.start()
     try:
         assert not await lead.serving(0.05)
-        reads = asyncio.create_task(log.read_all(None, 10, False, AllFilter()))
+        reads = asyncio.create_task(log.read_all(limit=10))
         await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 3, storage.epoch_at(2)), WAIT)
         assert await lead.serving(WAIT)
         page = await asyncio.wait_for(reads, WAIT)  # held until then: it shows both entries
@@ -217,5 +217,5 @@ async def test_a_new_leader_with_nothing_to_commit_serves_reads_once_its_isr_fet
     lead, log = leading, leading.log
     await asyncio.wait_for(lead.fetch("follower", "http://f", lead.epoch, 1, 0), WAIT)
     assert await lead.serving(WAIT)
-    page = await asyncio.wait_for(log.read_all(None, 10, False, AllFilter()), WAIT)
+    page = await asyncio.wait_for(log.read_all(limit=10), WAIT)
     assert page.records == [] and page.head == 0

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from evstore.node.errors import DuplicateEventId, LogError, Unavailable, WrongExpectedVersion
-from evstore.node.log import AllFilter, Log, NewEvent
+from evstore.node.log import Log, NewEvent
 from evstore.node.storage import Storage, WriteTxn
 from evstore.node.storage.statements import row_chunks
 from loghelpers import ev
@@ -59,7 +59,7 @@ def count_commits(monkeypatch):
 
 
 async def stream_versions(log: Log, stream: str) -> list[tuple[int, int]]:
-    page = await log.read_stream(stream, None, 100, False)
+    page = await log.read_stream(stream, limit=100)
     return [(r.version, r.position) for r in page.records]
 
 
@@ -86,7 +86,7 @@ async def test_a_retry_in_the_same_commit_is_answered_from_the_buffer(log):
         lambda: log.append("t", "any", [ev(data={"n": 2}, event_id=event_id)]))
     assert (retry.stream, retry.version, retry.position) == (original.stream, original.version, original.position)
     assert isinstance(reused, DuplicateEventId)
-    page = await log.read_all(None, 100, False, AllFilter())
+    page = await log.read_all(limit=100)
     assert [(r.stream, r.version) for r in page.records] == [("s", 1)]
 
 
@@ -164,7 +164,7 @@ async def test_a_large_commit_is_stored_whole(log):
         (lambda i=i: log.append(f"s{i % 7}", "any", [ev(data={"i": i, "k": k}) for k in range(97)]))
         for i in range(40)])
     assert not [r for r in results if isinstance(r, BaseException)]
-    page = await log.read_all(None, 5000, False, AllFilter())
+    page = await log.read_all(limit=5000)
     assert [r.position for r in page.records] == list(range(1, 40 * 97 + 1))
     for s in range(7):
         versions = [v for v, _p in await stream_versions_all(log, f"s{s}")]
@@ -174,7 +174,7 @@ async def test_a_large_commit_is_stored_whole(log):
 async def stream_versions_all(log: Log, stream: str) -> list[tuple[int, int]]:
     out, start = [], None
     while True:
-        page = await log.read_stream(stream, start, 1000, False)
+        page = await log.read_stream(stream, start=start, limit=1000)
         out.extend((r.version, r.position) for r in page.records)
         if page.next is None:
             return out

@@ -23,7 +23,7 @@ async def test_versions_and_positions_are_one_based_and_gap_free(log):
     assert (first.from_version, first.version, first.position) == (1, 2, 2)
     assert (second.from_version, second.version, second.position) == (1, 1, 3)
     assert (third.from_version, third.version, third.position) == (3, 3, 4)
-    page = await log.read_all(None, 100, False, AllFilter())
+    page = await log.read_all(limit=100)
     assert [r.position for r in page.records] == [1, 2, 3, 4]
     assert [(r.stream, r.version) for r in page.records] == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
 
@@ -51,7 +51,7 @@ async def test_failed_append_writes_nothing_and_leaves_no_gap(log):
         await log.append("s", 7, [ev(), ev()])
     result = await log.append("t", "any", [ev()])
     assert result.position == 2
-    assert (await log.read_stream("s", None, 10, False)).version == 1
+    assert (await log.read_stream("s", limit=10)).version == 1
 
 
 async def test_concurrent_appends_in_one_group_commit_keep_order_and_conflicts_isolated(log):
@@ -60,7 +60,7 @@ async def test_concurrent_appends_in_one_group_commit_keep_order_and_conflicts_i
     assert all(not isinstance(r, Exception) for r in results)
     again = await asyncio.gather(log.append("c", 10, [ev()]), log.append("c", 50, [ev()]), return_exceptions=True)
     assert isinstance(again[0], WrongExpectedVersion) and again[1].version == 51
-    page = await log.read_all(None, 1000, False, AllFilter())
+    page = await log.read_all(limit=1000)
     assert [r.position for r in page.records] == list(range(1, 52))
 
 
@@ -70,7 +70,7 @@ async def test_idempotent_retry_returns_original_reply_whatever_the_expected_ver
     await log.append("i", "any", [ev()])
     retry = await log.append("i", "no_stream", events)
     assert retry == original
-    assert (await log.read_stream("i", None, 10, False)).version == 3
+    assert (await log.read_stream("i", limit=10)).version == 3
     assert log.head == 3
 
 
@@ -107,7 +107,7 @@ async def test_retries_and_reused_ids_in_one_group_commit_with_new_appends(log):
     assert all(not isinstance(r, Exception) for r in written), written
     assert sorted(r.position for r in written) == list(range(other.position + 2, other.position + 61, 2))
     assert log.head == other.position + 60
-    page = await log.read_all(None, 1000, False, AllFilter())
+    page = await log.read_all(limit=1000)
     assert len({r.id for r in page.records}) == len(page.records) == log.head
 
 
@@ -127,35 +127,35 @@ async def test_a_group_run_again_for_a_stored_id_keeps_the_ops_that_used_sql(log
     assert results[3] == original
     assert results[1].version == 1 and results[1].position == head
     assert log.head == head + 3
-    page = await log.read_all(None, 1000, False, AllFilter())
+    page = await log.read_all(limit=1000)
     assert [r.stream for r in page.records][-3:] == ["fresh-a", "$snapshot-order-1", "fresh-b"]
 
 
 async def test_read_forward_backward_paging(log):
     await log.append("p", "any", [ev(data=i) for i in range(1, 8)])
-    page = await log.read_stream("p", None, 3, False)
+    page = await log.read_stream("p", limit=3)
     assert [r.version for r in page.records] == [1, 2, 3] and page.next == 4
-    page = await log.read_stream("p", 7, 3, False)
+    page = await log.read_stream("p", start=7, limit=3)
     assert [r.version for r in page.records] == [7] and page.next is None
-    page = await log.read_stream("p", None, 3, True)
+    page = await log.read_stream("p", limit=3, backward=True)
     assert [r.version for r in page.records] == [7, 6, 5] and page.next == 4
-    page = await log.read_stream("p", 3, 3, True)
+    page = await log.read_stream("p", start=3, limit=3, backward=True)
     assert [r.version for r in page.records] == [3, 2, 1] and page.next is None
     with pytest.raises(StreamNotFound):
-        await log.read_stream("nope", None, 3, False)
+        await log.read_stream("nope", limit=3)
 
 
 async def test_soft_delete_hides_until_appended_and_numbering_continues(log):
     await log.append("sd", "any", [ev(), ev()])
     await log.delete("sd", 2, hard=False)
     with pytest.raises(StreamNotFound):
-        await log.read_stream("sd", None, 10, False)
+        await log.read_stream("sd", limit=10)
     assert (await log.stream_info("sd")).deleted == "soft"
     with pytest.raises(StreamNotFound):
         await log.delete("sd", "any", hard=False)
     result = await log.append("sd", "no_stream", [ev()])
     assert result.from_version == 3
-    page = await log.read_stream("sd", None, 10, False)
+    page = await log.read_stream("sd", limit=10)
     assert [r.version for r in page.records] == [3]
     assert (await log.stream_info("sd")).deleted == "no"
 
@@ -165,7 +165,7 @@ async def test_hard_delete_is_forever(log):
     with pytest.raises(WrongExpectedVersion):
         await log.delete("hd", 5, hard=True)
     await log.delete("hd", 1, hard=True)
-    for attempt in (log.read_stream("hd", None, 10, False), log.append("hd", "any", [ev()]),
+    for attempt in (log.read_stream("hd", limit=10), log.append("hd", "any", [ev()]),
                     log.delete("hd", "any", hard=False), log.set_metadata("hd", {}), log.get_metadata("hd")):
         with pytest.raises(StreamDeleted):
             await attempt
@@ -175,14 +175,14 @@ async def test_hard_delete_is_forever(log):
 async def test_metadata_retention_is_honoured_by_reads(log):
     await log.append("m", "any", [ev(data=i) for i in range(1, 11)])
     await log.set_metadata("m", {"maxCount": 3, "custom": {"owner": "x"}})
-    page = await log.read_stream("m", None, 100, False)
+    page = await log.read_stream("m", limit=100)
     assert [r.version for r in page.records] == [8, 9, 10]
     await log.set_metadata("m", {"truncateBefore": 10})
-    assert [r.version for r in (await log.read_stream("m", None, 100, False)).records] == [10]
+    assert [r.version for r in (await log.read_stream("m", limit=100)).records] == [10]
     assert await log.get_metadata("m") == {"truncateBefore": 10}
     await log.set_metadata("m", {"maxAge": 3600})
-    assert len((await log.read_stream("m", None, 100, False)).records) == 10
-    meta_stream = await log.read_stream("$$m", None, 100, False)
+    assert len((await log.read_stream("m", limit=100)).records) == 10
+    meta_stream = await log.read_stream("$$m", limit=100)
     assert [r.type for r in meta_stream.records] == ["$metadata"] * 3
 
 
@@ -190,20 +190,20 @@ async def test_all_filters_and_cursor_past_scanned_events(log, monkeypatch):
     await log.append("order-1", "any", [ev("OrderPlaced"), ev("OrderShipped")])
     await log.append("user-1", "any", [ev("UserJoined")])
     await log.append("order-2", "any", [ev("OrderPlaced")])
-    by_type = await log.read_all(None, 10, False, AllFilter(types=["OrderPlaced", "UserJoined"]))
+    by_type = await log.read_all(limit=10, filters=AllFilter(types=["OrderPlaced", "UserJoined"]))
     assert [r.position for r in by_type.records] == [1, 3, 4]
-    prefix = await log.read_all(None, 10, False, AllFilter(type_prefix="Order", stream_prefix="order-"))
+    prefix = await log.read_all(limit=10, filters=AllFilter(type_prefix="Order", stream_prefix="order-"))
     assert [r.position for r in prefix.records] == [1, 2, 4]
-    glob = await log.read_all(None, 10, False, AllFilter(stream_pattern="*-2"))
+    glob = await log.read_all(limit=10, filters=AllFilter(stream_pattern="*-2"))
     assert [r.position for r in glob.records] == [4]
-    backward = await log.read_all(None, 2, True, AllFilter())
+    backward = await log.read_all(limit=2, backward=True)
     assert [r.position for r in backward.records] == [4, 3] and backward.next == 2 and backward.head == 4
     monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", 2)
-    indexed = await log.read_all(None, 10, False, AllFilter(types=["UserJoined"]))  # the type index
+    indexed = await log.read_all(limit=10, filters=AllFilter(types=["UserJoined"]))  # the type index
     assert [r.position for r in indexed.records] == [3] and indexed.next is None
-    scanned = await log.read_all(None, 10, False, AllFilter(stream_pattern="user-*"))  # no index: a window
+    scanned = await log.read_all(limit=10, filters=AllFilter(stream_pattern="user-*"))  # no index: a window
     assert scanned.records == [] and scanned.next == 3
-    scanned = await log.read_all(3, 10, False, AllFilter(stream_pattern="user-*"))
+    scanned = await log.read_all(start=3, limit=10, filters=AllFilter(stream_pattern="user-*"))
     assert [r.position for r in scanned.records] == [3] and scanned.next is None
 
 
@@ -226,8 +226,8 @@ async def test_scavenge_removes_only_what_retention_hides(log):
     await log.append("y", "any", [ev()])
     await log.set_metadata("x", {"maxCount": 2})
     assert (await log.scavenge())["removed"] == 3
-    assert [r.version for r in (await log.read_stream("x", None, 10, False)).records] == [4, 5]
-    assert (await log.read_stream("y", None, 10, False)).version == 1
+    assert [r.version for r in (await log.read_stream("x", limit=10)).records] == [4, 5]
+    assert (await log.read_stream("y", limit=10)).version == 1
 
 
 async def test_verify_reports_a_corrupted_record(log):
@@ -303,7 +303,7 @@ async def test_idempotency_by_id_holds_after_a_scavenge(tmp_path):
 async def test_truncate_before_past_the_end_is_not_a_delete(log):
     await log.append("tb", "any", [ev(), ev()])
     await log.set_metadata("tb", {"truncateBefore": 10})
-    page = await log.read_stream("tb", None, 10, False)
+    page = await log.read_stream("tb", limit=10)
     assert page.records == [] and page.version == 2 and page.next is None
     info = await log.stream_info("tb")
     assert (info.deleted, info.metadata) == ("no", {"truncateBefore": 10})
@@ -313,7 +313,7 @@ async def test_truncate_before_past_the_end_is_not_a_delete(log):
     await log.append("tb", "stream_exists", [ev()])
     await log.delete("tb", "any", hard=False)  # a soft delete still hides the stream
     with pytest.raises(StreamNotFound):
-        await log.read_stream("tb", None, 10, False)
+        await log.read_stream("tb", limit=10)
     info = await log.stream_info("tb")
     assert (info.deleted, info.metadata) == ("soft", {"truncateBefore": 4})
     assert await log.get_metadata("tb") == {"truncateBefore": 4}
@@ -342,7 +342,7 @@ async def test_system_streams_are_trimmed_to_their_max_count_as_of_the_visible_p
     assert await log.trim_system_streams() == 1
     assert await stored("$sub-a-checkpoint") == [4, 5]
     assert await stored("plain") == [1, 2, 3]
-    page = await log.read_stream("$sub-a-checkpoint", None, 10, False)
+    page = await log.read_stream("$sub-a-checkpoint", limit=10)
     assert [r.version for r in page.records] == [4, 5]
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from evstore.node.errors import DuplicateEventId, StreamDeleted, WrongExpectedVersion
-from evstore.node.log import AllFilter, StreamAppend
+from evstore.node.log import StreamAppend
 from loghelpers import ev
 
 
@@ -17,7 +17,7 @@ async def test_appends_to_several_streams_take_contiguous_positions(log):
     assert [(r.stream, r.from_version, r.version, r.position) for r in done.results] == [
         ("a", 1, 2, 3), ("b", 1, 1, 4)]
     assert done.position == 4
-    page = await log.read_all(None, 100, False, AllFilter())
+    page = await log.read_all(limit=100)
     assert [(r.stream, r.version, r.position) for r in page.records] == [
         ("other", 1, 1), ("a", 1, 2), ("a", 2, 3), ("b", 1, 4)]
     # one group commit: every record of the write shares its `created`
@@ -34,7 +34,7 @@ async def test_one_failed_check_rejects_all_and_names_every_failing_stream(log):
     assert details["failures"] == [{"stream": "a", "expectedVersion": 5, "currentVersion": 1},
                                    {"stream": "c", "expectedVersion": "no_stream", "currentVersion": 2}]
     assert (details["stream"], details["expectedVersion"], details["currentVersion"]) == ("a", 5, 1)
-    assert (await log.read_all(None, 100, False, AllFilter())).head == 3  # nothing written
+    assert (await log.read_all(limit=100)).head == 3  # nothing written
     assert (await log.append("b", "no_stream", [ev()])).position == 4  # no gap either
 
 

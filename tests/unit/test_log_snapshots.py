@@ -102,7 +102,8 @@ async def test_listing_sources_by_prefix_and_page(log):
 async def test_snapshots_stay_out_of_all_reads_and_stream_listings(log):
     await log.append("plain", "any", [NewEvent(b"\x01" * 16, "A", b"{}", b"{}")])
     await log.save_snapshot("plain", 1, snap())
-    assert [r.stream for r in (await log.read_all(None, 10, False, AllFilter(include_system=False))).records] == ["plain"]
-    everything = await log.read_all(None, 10, False, AllFilter())
+    without_system = await log.read_all(limit=10, filters=AllFilter(include_system=False))
+    assert [r.stream for r in without_system.records] == ["plain"]
+    everything = await log.read_all(limit=10)
     assert [r.stream for r in everything.records] == ["plain", "$snapshot-plain"]
     assert [r.stream for r in (await log.list_streams(None, None, 10))[0]] == ["plain"]

@@ -104,7 +104,7 @@ async def test_checkpoints_are_written_in_batches(clustered_log, service):
     runtime.ack([d.delivery_id for d in got[5:]])
     await asyncio.wait_for(_written(runtime, 7), WAIT)
     log.visible.advance(log.head)
-    stored = await log.read_stream(checkpoint_stream("batched"), None, 10, True)
+    stored = await log.read_stream(checkpoint_stream("batched"), start=None, limit=10, backward=True)
     assert [orjson.loads(r.data)["checkpoint"] for r in stored.records] == [7, 3]
 
 

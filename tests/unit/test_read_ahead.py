@@ -39,16 +39,16 @@ def _as_rendered(page) -> list:
 
 async def _stream_page(log, stream, start, limit):
     """The rendered page, checked against a fresh read of the same page."""
-    rendered = await log.read_stream(stream, start, limit, False, rendered=True)
-    fresh = await log.read_stream(stream, start, limit, False)
+    rendered = await log.read_stream(stream, start=start, limit=limit, rendered=True)
+    fresh = await log.read_stream(stream, start=start, limit=limit)
     assert _as_rendered(rendered) == _as_records(fresh)
     assert (rendered.version, rendered.next) == (fresh.version, fresh.next)
     return rendered
 
 
 async def _all_page(log, start, limit, filters=USER_EVENTS):
-    rendered = await log.read_all(start, limit, False, filters, rendered=True)
-    fresh = await log.read_all(start, limit, False, filters)
+    rendered = await log.read_all(start=start, limit=limit, filters=filters, rendered=True)
+    fresh = await log.read_all(start=start, limit=limit, filters=filters)
     assert _as_rendered(rendered) == _as_records(fresh)
     assert (rendered.head, rendered.next) == (fresh.head, fresh.next)
     return rendered
@@ -109,7 +109,7 @@ async def test_a_hard_delete_after_the_read_ahead_is_seen(log):
     await _stream_page(log, "s-1", 1, 10)
     await log.delete("s-1", "any", True)
     with pytest.raises(StreamDeleted):
-        await log.read_stream("s-1", 11, 10, False, rendered=True)
+        await log.read_stream("s-1", start=11, limit=10, rendered=True)
 
 
 async def test_appends_after_a_read_ahead_of_the_last_page_are_seen(log):
@@ -157,7 +157,7 @@ async def test_closing_with_a_read_ahead_under_way_is_clean(tmp_path):
     log = Log(Storage(tmp_path / "data"))
     await log.open()
     await log.append("s-1", "any", _events(30))
-    await log.read_all(1, 10, False, USER_EVENTS, rendered=True)  # 11-20 under way
+    await log.read_all(start=1, limit=10, filters=USER_EVENTS, rendered=True)  # 11-20 under way
     assert log.read_ahead.pending == 1
     await log.close()
     assert log.read_ahead.pending == 0
@@ -215,7 +215,7 @@ async def test_a_soft_delete_or_a_metadata_change_after_the_read_ahead_is_seen(l
     await _stream_page(log, "s-2", 1, 10)
     await log.delete("s-1", "any", False)
     with pytest.raises(StreamNotFound):
-        await log.read_stream("s-1", 11, 10, False, rendered=True)
+        await log.read_stream("s-1", start=11, limit=10, rendered=True)
     await log.set_metadata("s-2", {"owner": "someone"})  # moves no version: the page is read afresh all the same
     assert _versions(await _stream_page(log, "s-2", 11, 10)) == list(range(11, 21))
     assert log.read_ahead.stale == 1
@@ -238,7 +238,7 @@ async def test_a_page_read_ahead_under_max_age_is_not_kept(log, monkeypatch):
                 read_done.set()
 
     monkeypatch.setattr(log.storage, "read", second_read_held)
-    await log.read_stream("s-1", 1, 10, False, rendered=True)  # starts the read-ahead of 11
+    await log.read_stream("s-1", start=1, limit=10, rendered=True)  # starts the read-ahead of 11
     await log.set_metadata("s-1", {"maxAge": 3600})
     gate.set()
     await asyncio.wait_for(read_done.wait(), 10)

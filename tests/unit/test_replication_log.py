@@ -51,7 +51,7 @@ async def stored_rows(one: Log) -> list:
 
 
 async def dump(one: Log) -> list[tuple]:
-    page = await one.read_all(None, 4096, False, AllFilter())
+    page = await one.read_all(limit=4096)
     return [(r.position, r.stream, r.version, r.id, r.type, r.data, r.created, r.epoch, r.checksum)
             for r in page.records]
 
@@ -67,9 +67,9 @@ async def test_a_follower_becomes_an_exact_copy(pair, as_rows):
     assert await dump(follower) == await dump(leader)
     assert await stored_rows(follower) == await stored_rows(leader)  # byte for byte, the reply texts too
     assert follower.storage.epochs == leader.storage.epochs == [(7, 1)]
-    assert [r.version for r in (await follower.read_stream("s1", None, 100, False)).records] == [12, 13, 14]
+    assert [r.version for r in (await follower.read_stream("s1", limit=100)).records] == [12, 13, 14]
     with pytest.raises(StreamDeleted):
-        await follower.read_stream("s2", None, 10, False)
+        await follower.read_stream("s2", limit=10)
     assert (await follower.stream_info("s0")).version == (await leader.stream_info("s0")).version
 
 
@@ -126,11 +126,11 @@ async def test_truncating_an_uncommitted_tail_restores_the_streams(pair):
     await follower.truncate_after(committed)
     assert follower.head == committed
     assert follower.storage.epochs == [(3, 1)]
-    page = await follower.read_stream("a", None, 10, False)
+    page = await follower.read_stream("a", limit=10)
     assert (page.version, [r.version for r in page.records]) == (2, [1, 2])
     assert (await follower.get_metadata("a")) == {"custom": {"k": 1}}
     with pytest.raises(StreamNotFound):
-        await follower.read_stream("b", None, 10, False)
+        await follower.read_stream("b", limit=10)
     # the follower appends again from there, as the new leader would have it
     follower.storage.epoch = 6
     result = await follower.append("a", 2, [ev(5)])
@@ -143,12 +143,12 @@ async def test_reads_stop_at_the_horizon(pair):
     await leader.append("a", "any", [ev(1), ev(2)])
     await leader.append("a", "any", [ev(3)])
     view = clustered_view(leader, 2)
-    page = await view.read_stream("a", None, 10, False)
+    page = await view.read_stream("a", limit=10)
     assert (page.version, [r.version for r in page.records]) == (2, [1, 2])
-    assert [r.position for r in (await view.read_all(None, 10, False, AllFilter())).records] == [1, 2]
-    assert (await view.read_all(None, 10, False, AllFilter())).head == 2
+    assert [r.position for r in (await view.read_all(limit=10)).records] == [1, 2]
+    assert (await view.read_all(limit=10)).head == 2
     with pytest.raises(StreamNotFound):
-        await clustered_view(leader, 0).read_stream("a", None, 10, False)
+        await clustered_view(leader, 0).read_stream("a", limit=10)
 
 
 async def test_epochs_and_promises_survive_a_restart(tmp_path):
@@ -185,12 +185,12 @@ async def test_stream_state_past_the_horizon_is_not_shown(pair):
     info = await leader.stream_info("a")
     assert (info.version, info.deleted, info.metadata) == (1, "no", {"custom": {"v": 1}})
     assert await leader.get_metadata("a") == {"custom": {"v": 1}}
-    assert [r.version for r in (await leader.read_stream("a", None, 10, False)).records] == [1]
+    assert [r.version for r in (await leader.read_stream("a", limit=10)).records] == [1]
     with pytest.raises(StreamNotFound):
         await leader.stream_info("new")
     rows, _ = await leader.list_streams(None, None, 10)
     assert [(r.stream, r.version) for r in rows] == [("a", 1)]
-    filtered = await leader.read_all(None, 10, False, AllFilter(types=["Late"]))
+    filtered = await leader.read_all(limit=10, filters=AllFilter(types=["Late"]))
     assert filtered.records == [] and filtered.head == committed
 
 
@@ -223,7 +223,7 @@ async def test_binary_payloads_and_their_content_types_replicate(pair):
                                               flags=DATA_BINARY | METADATA_BINARY),
                                      NewEvent(uuid.uuid4().bytes, "Json", exact, b"{}")])
     await replicate(leader, follower)
-    copied = (await follower.read_all(None, 10, False, AllFilter())).records
+    copied = (await follower.read_all(limit=10)).records
     assert [(r.data, r.metadata, r.flags) for r in copied] == [
         (b"\x00\xff", b"\x01", DATA_BINARY | METADATA_BINARY), (exact, b"{}", 0)]
     shipped = decode_records(encode_records(copied))
@@ -242,10 +242,10 @@ async def test_a_restarted_clustered_node_shows_nothing_until_it_knows_the_commi
     restarted = Log(leader.storage, clustered=True)
     monkeypatch.setattr(log_module, "COMMIT_POINT_WAIT", 0.05)
     with pytest.raises(Unavailable) as unknown:
-        await restarted.read_stream("a", None, 10, False)
+        await restarted.read_stream("a", limit=10)
     assert unknown.value.details["reason"] == "commit_point_unknown"
     with pytest.raises(Unavailable):
-        await restarted.read_all(None, 10, False, AllFilter())
+        await restarted.read_all(limit=10)
     restarted.visible.advance(3)  # its first fetch from the leader tells it the commit point
     restarted.commit_point_known()
-    assert (await restarted.read_stream("a", None, 10, False)).version == 3
+    assert (await restarted.read_stream("a", limit=10)).version == 3

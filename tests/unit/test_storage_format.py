@@ -89,9 +89,9 @@ async def test_filtered_reads_use_the_indexes(log):
     conn.set_trace_callback(plans.append)
     try:
         for filters in (AllFilter(types=["Rare"]), AllFilter(type_prefix="Ra"), AllFilter(stream_prefix="user-")):
-            page = await log.read_all(None, 10, False, filters)
+            page = await log.read_all(limit=10, filters=filters)
             assert [r.position for r in page.records] == [5001] and page.next is None, filters
-            page = await log.read_all(None, 10, True, filters)
+            page = await log.read_all(limit=10, backward=True, filters=filters)
             assert [r.position for r in page.records] == [5001] and page.next is None, filters
     finally:
         conn.set_trace_callback(None)
@@ -106,7 +106,7 @@ async def test_filtered_read_pages_and_cursor_semantics(log, monkeypatch):
         await log.append(f"order-{i % 3}", "any", [ev("OrderPlaced" if i % 2 else "OrderShipped")])
     seen, cursor = [], None
     while True:
-        page = await log.read_all(cursor, 4, False, AllFilter(types=["OrderPlaced", "OrderShipped"],
+        page = await log.read_all(start=cursor, limit=4, filters=AllFilter(types=["OrderPlaced", "OrderShipped"],
                                                               stream_prefix="order-"))
         seen += [r.position for r in page.records]
         if page.next is None:
@@ -116,7 +116,8 @@ async def test_filtered_read_pages_and_cursor_semantics(log, monkeypatch):
     monkeypatch.setattr("evstore.node.log.ALL_SCAN_WINDOW", 4)
     seen, cursor, requests = [], None, 0
     while True:  # a residual filter (the glob) keeps each request within the scan budget
-        page = await log.read_all(cursor, 100, False, AllFilter(types=["OrderPlaced"], stream_pattern="*-1"))
+        page = await log.read_all(start=cursor, limit=100,
+                                  filters=AllFilter(types=["OrderPlaced"], stream_pattern="*-1"))
         requests += 1
         seen += [r.position for r in page.records]
         if page.next is None:
@@ -129,7 +130,7 @@ async def test_payloads_are_stored_as_sent_with_their_content_type(log):
     exact = b'{"n":18446744073709551617,  "e":1E2}'
     binary = NewEvent(uuid.uuid4().bytes, "Bin", b"\x00\xff\x10", b"\x01", flags=DATA_BINARY | METADATA_BINARY)
     await log.append("p", "any", [NewEvent(uuid.uuid4().bytes, "Json", exact, b"{}"), binary])
-    page = await log.read_stream("p", None, 10, False)
+    page = await log.read_stream("p", limit=10)
     assert [(r.data, r.metadata, r.flags) for r in page.records] == [
         (exact, b"{}", 0), (b"\x00\xff\x10", b"\x01", DATA_BINARY | METADATA_BINARY)]
     flipped = page.records[1]
@@ -185,11 +186,11 @@ async def test_a_format_1_log_is_migrated_on_open(tmp_path):
         assert await log.verify() == {"checked": 4, "corrupt": []}
         gone = await log.stream_info("gone-1")
         assert (gone.deleted, gone.metadata) == ("soft", {"truncateBefore": 2})
-        page = await log.read_all(None, 10, False, AllFilter(types=["Other"]))
+        page = await log.read_all(limit=10, filters=AllFilter(types=["Other"]))
         assert [r.position for r in page.records] == [3] and page.records[0].flags == 0
         result = await log.append("legacy-1", 3, [ev("New")])
         assert result.position == 5
-        assert (await log.read_all(5, 1, False, AllFilter())).records[0].created > 1004
+        assert (await log.read_all(start=5, limit=1)).records[0].created > 1004
     finally:
         storage.close()
     check = sqlite3.connect(data_dir / "evstore.db")
@@ -237,9 +238,9 @@ async def test_a_format_2_log_is_migrated_on_open_and_reads_the_same(tmp_path):
     try:
         log = Log(storage)
         assert await log.verify() == {"checked": 4, "corrupt": []}
-        records = (await log.read_stream('old-"1"', None, 10, False)).records
+        records = (await log.read_stream('old-"1"', limit=10)).records
         assert [(r.data, r.metadata, r.flags) for r in records] == payloads
-        rendered = (await log.read_stream('old-"1"', None, 10, False, rendered=True)).records
+        rendered = (await log.read_stream('old-"1"', limit=10, rendered=True)).records
         assert [rendered_json(e) for e in rendered] == [orjson.dumps(event_json(r)) for r in records]
     finally:
         storage.close()
@@ -256,8 +257,8 @@ async def test_every_event_is_stored_with_the_reply_text_its_record_renders(log)
                                   (b"1E2", b"\xff", METADATA_BINARY)]:
         await log.append('q-\u2603"\\', "any", [NewEvent(uuid.uuid4().bytes, "T\n", data, metadata, flags=flags)])
     await log.append_many([StreamAppend("m-1", "any", [ev(), ev()]), StreamAppend("m-2", "any", [ev()])])
-    records = (await log.read_all(None, 100, False, AllFilter())).records
-    rendered = (await log.read_all(None, 100, False, AllFilter(), rendered=True)).records
+    records = (await log.read_all(limit=100)).records
+    rendered = (await log.read_all(limit=100, rendered=True)).records
     assert [rendered_json(e) for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 6
 
 
@@ -272,8 +273,8 @@ async def test_events_parsed_from_a_body_are_stored_with_the_text_their_records_
     for body in bodies:
         _expected, events = append_body(orjson.dumps(body))
         await log.append("parsed-1", "any", events)
-    records = (await log.read_all(None, 100, False, AllFilter())).records
-    rendered = (await log.read_all(None, 100, False, AllFilter(), rendered=True)).records
+    records = (await log.read_all(limit=100)).records
+    rendered = (await log.read_all(limit=100, rendered=True)).records
     assert [rendered_json(e) for e in rendered] == [orjson.dumps(event_json(r)) for r in records] and len(records) == 9
     assert [str(uuid.UUID(bytes=r.id)) for r in records[5:7]] == [i.lower() for i in given]
     assert await log.verify() == {"checked": 9, "corrupt": []}
@@ -332,7 +333,7 @@ async def test_index_reads_of_many_types_merge_in_position_order(log, monkeypatc
                                        [i + 1 for i in range(200) if (i * 3) % 7 < 3 and i % 5 == 1])):
                 seen, cursor = [], None
                 for _ in range(500):
-                    page = await log.read_all(cursor, 7, backward, filters)
+                    page = await log.read_all(start=cursor, limit=7, backward=backward, filters=filters)
                     seen += [r.position for r in page.records]
                     if page.next is None:
                         break
@@ -354,7 +355,7 @@ async def test_index_reads_leave_out_system_streams_unless_asked(log, monkeypatc
                                   (AllFilter(stream_prefix="$snapshot-"), [2])):
             seen, cursor = [], None
             for _ in range(10):
-                page = await log.read_all(cursor, 10, False, filters)
+                page = await log.read_all(start=cursor, limit=10, filters=filters)
                 seen += [r.position for r in page.records]
                 if page.next is None:
                     break
