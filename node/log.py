@@ -35,7 +35,7 @@ TOMBSTONE_TYPE = "$tombstone"
 SCAVENGES_STREAM, SCAVENGE_TYPE = "$scavenges", "$scavenge"  # a cluster's scavenges are entries of the log
 # in the metadata a soft delete writes: it, not a truncateBefore past the end alone, makes a stream deleted
 SOFT_DELETED = "$softDeleted"
-COMMIT_POINT_WAIT = 2.0  # how long a read waits for a restarted node to learn the commit point, before a 503
+COMMITTED_POSITION_WAIT = 2.0  # how long a read waits for a restarted node to learn the committed position (503 after)
 TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system_streams)
 ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
 LIST_SCAN_BUDGET = 10_000  # stream rows a listing examines before it answers with a cursor
@@ -217,9 +217,9 @@ class Log:
         self.visible = WatchedPosition(storage.committed if clustered else storage.head)
         # a clustered node persists its commit point only now and then: after a restart it may have shown more
         # than it persisted, so it shows nothing until its role has learned the commit point again
-        self._commit_point_known = asyncio.Event()
+        self._committed_position_known = asyncio.Event()
         if not clustered:
-            self._commit_point_known.set()
+            self._committed_position_known.set()
         self.read_ahead: ReadAhead = ReadAhead()
         self._request_reads = 0  # reads under way for requests (pages read ahead are not among them)
 
@@ -280,19 +280,19 @@ class Log:
     def path(self):
         return self.storage.path
 
-    def commit_point_known(self) -> None:
-        """The role (leader or follower) has learned the cluster's commit point since this node started."""
-        self._commit_point_known.set()
+    def committed_position_known(self) -> None:
+        """The role (leader or follower) has learned the cluster's committed position since this node started."""
+        self._committed_position_known.set()
 
     async def _horizon(self) -> int | None:
         """What reads may show: None on a single node (everything durable), else the visible position, once
         known (bounded wait, then 503)."""
         if not self.clustered:
             return None
-        if not self._commit_point_known.is_set():
+        if not self._committed_position_known.is_set():
             try:
-                async with asyncio.timeout(COMMIT_POINT_WAIT):
-                    await self._commit_point_known.wait()
+                async with asyncio.timeout(COMMITTED_POSITION_WAIT):
+                    await self._committed_position_known.wait()
             except asyncio.TimeoutError:
                 raise Unavailable("this node has not yet learned the cluster's commit point since it started; "
                                   "retry, or read from another node", reason="commit_point_unknown") from None

@@ -327,7 +327,7 @@ class ClusterMember:
         self._set_role_metrics()
 
     # following ---------------------------------------------------------------------------------
-    def _commit_point_awaited(self) -> bool:
+    def _committed_position_awaited(self) -> bool:
         """Whether a forwarded write's reply, a read or a subscription here waits for the next commit point."""
         return self.forwarded_writes > 0 or self.log.visible.awaited()
 
@@ -338,7 +338,7 @@ class ClusterMember:
             return
         await self.log.promise_epoch(leader.epoch)
         follower = Follower(self.log, self.me, leader, self.peer_auth, self.session, on_stale=self._refresh_leader,
-                            metrics=self.metrics, commit_point_awaited=self._commit_point_awaited)
+                            metrics=self.metrics, committed_position_awaited=self._committed_position_awaited)
         self.following = follower
         self.role = Role.FOLLOWER
         self._follow_task = asyncio.get_running_loop().create_task(follower.run(), name="evstore-follow")

@@ -256,7 +256,7 @@ class LeaderReplication:
         # checked even when nothing moved: a log that was all committed already (or is empty) has nothing to wait for
         if committed_position >= self.head_at_start and not self._serving.is_set():
             self._serving.set()
-            self.log.commit_point_known()
+            self.log.committed_position_known()
         if not moved:
             return
         if self.metrics is not None:
@@ -480,9 +480,9 @@ class Follower:
 
     def __init__(self, log_: Log, me: MemberInfo, leader: LeaderInfo, peer_auth: PeerAuth,
                  session: aiohttp.ClientSession, on_stale: Callable[[], Awaitable[None]] | None = None,
-                 metrics=None, commit_point_awaited: Callable[[], bool] | None = None) -> None:
+                 metrics=None, committed_position_awaited: Callable[[], bool] | None = None) -> None:
         self.log = log_
-        self.commit_point_awaited = commit_point_awaited or (lambda: False)
+        self.committed_position_awaited = committed_position_awaited or (lambda: False)
         self.me = me
         self.leader = leader
         self.peer_auth = peer_auth
@@ -521,7 +521,7 @@ class Follower:
         head = log_.head
         body = json.dumps({"node": self.me.node, "url": self.me.url, "epoch": self.leader.epoch, "from": head + 1,
                            "prevEpoch": log_.epoch_at(head), "rows": True,
-                           "eager": self.commit_point_awaited()}).encode()
+                           "eager": self.committed_position_awaited()}).encode()
         # a leader of the previous version (an unsigned record, honoured only in compat mode) knows only its
         # static token; any other leader gets a signature that is worth nothing for another request
         signed = None if self.leader.legacy else self.peer_auth.sign_request("POST", self.leader.url, FETCH_PATH,
@@ -570,7 +570,7 @@ class Follower:
         visible = self.log.visible
         visible.advance(min(committed, log_.head))  # the leader's commit point, as far as we have it
         # what this node showed before a restart was committed then, and is in its log: it shows at least that now
-        self.log.commit_point_known()
+        self.log.committed_position_known()
         if not rows and visible.position > log_.persisted_committed and \
                 time.monotonic() - self._persisted_at > PERSIST_COMMITTED_EVERY:
             self._persisted_at = time.monotonic()  # an idle follower remembers the last commit too

@@ -21,6 +21,7 @@ from ..errors import CorruptRecord
 from ..replyjson import DATA_BINARY, METADATA_BINARY
 from .records import Record, record_from_row
 from .schema import CATEGORY_SQL, METADATA_SQL, RECORD_COLUMNS, REPLY_COLUMNS
+from .statements import STREAM_COLUMNS
 
 MAX_INDEX_SOURCES = 64  # distinct types of a typePrefix read through the index; past this, a windowed scan
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # a page stops before its payloads (as returned) pass this; `next` goes on
@@ -409,13 +410,10 @@ def stream_name_ranges(prefix: str | None) -> list[tuple[str, str | None]]:
     return [("", "$"), ("%", None)]
 
 
-_STREAM_COLUMNS = "stream, version, created, updated, deleted, metadata"
-
-
 def stream_rows(conn: sqlite3.Connection, after: str, *, inclusive: bool, below: str | None, limit: int,
                 hide_deleted: bool) -> list[tuple]:
     """Stream rows with names from `after` (itself too when `inclusive`) up to `below`, in name order."""
-    sql = (f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream {'>=' if inclusive else '>'} ? AND version > 0"
+    sql = (f"SELECT {STREAM_COLUMNS} FROM streams WHERE stream {'>=' if inclusive else '>'} ? AND version > 0"
            + (" AND deleted = 'no'" if hide_deleted else ""))
     args: list = [after]
     if below is not None:

@@ -336,7 +336,7 @@ async def test_system_streams_are_trimmed_to_their_max_count_as_of_the_visible_p
 
     clustered = Log(log.storage, clustered=True)  # the same log on a node that has seen only 4 commit
     clustered.visible.advance(5)  # positions 1..5: the metadata event and checkpoints 1-4
-    clustered.commit_point_known()
+    clustered.committed_position_known()
     assert await clustered.trim_system_streams() == 2
     assert await stored("$sub-a-checkpoint") == [3, 4, 5]
     assert await log.trim_system_streams() == 1

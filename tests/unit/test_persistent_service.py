@@ -51,7 +51,7 @@ async def clustered_log(tmp_path, gate):
     storage.open()
     log = Log(storage, clustered=True)
     log.use_write_gate(gate)
-    log.commit_point_known()  # as the leader's role says once it took over
+    log.committed_position_known()  # as the leader's role says once it took over
     yield log
     storage.close()
 

@@ -35,7 +35,7 @@ def clustered_view(log: Log, visible: int) -> Log:
     """The same storage as a clustered node whose visible (committed) position is `visible`."""
     view = Log(log.storage, clustered=True)
     view.visible.advance(visible)
-    view.commit_point_known()
+    view.committed_position_known()
     return view
 
 
@@ -240,12 +240,12 @@ async def test_a_restarted_clustered_node_shows_nothing_until_it_knows_the_commi
     await leader.append("a", "any", [ev(1), ev(2), ev(3)])
     await leader.persist_committed(1)  # it showed 3, persisted 1, then crashed
     restarted = Log(leader.storage, clustered=True)
-    monkeypatch.setattr(log_module, "COMMIT_POINT_WAIT", 0.05)
+    monkeypatch.setattr(log_module, "COMMITTED_POSITION_WAIT", 0.05)
     with pytest.raises(Unavailable) as unknown:
         await restarted.read_stream("a", limit=10)
     assert unknown.value.details["reason"] == "commit_point_unknown"
     with pytest.raises(Unavailable):
         await restarted.read_all(limit=10)
     restarted.visible.advance(3)  # its first fetch from the leader tells it the commit point
-    restarted.commit_point_known()
+    restarted.committed_position_known()
     assert (await restarted.read_stream("a", limit=10)).version == 3
