@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import AsyncContextManager, Awaitable, Callable, Protocol, Sequence, TypeVar
 
@@ -277,7 +278,8 @@ class Log:
         return self.storage.size_by_file()
 
     @property
-    def path(self):
+    def path(self) -> Path:
+        """The log's database file."""
         return self.storage.path
 
     def committed_position_known(self) -> None:
@@ -546,7 +548,7 @@ class Log:
         def op(txn: WriteTxn) -> int:
             done = stored.setting(txn.conn, "scavenged_through")
             pending = stored.events_of_type(txn.conn, SCAVENGES_STREAM, SCAVENGE_TYPE,
-                                                    after=int(done) if done else 0, through=visible)
+                                            after=int(done) if done else 0, through=visible)
             removed = sum(_scavenge_as_of(txn, position, created) for position, created in pending)
             if pending:
                 txn.set_setting("scavenged_through", str(pending[-1][0]))
@@ -567,8 +569,7 @@ class Log:
             for row in stored.system_rows_with_metadata(conn):
                 at = row if visible is None else _row_as_of(conn, row, visible)
                 keep = orjson.loads(at.metadata).get("maxCount") if at.metadata else None
-                if keep and at.version > keep and stored.has_version_at_or_below(conn, row.stream,
-                                                                                          at.version - keep):
+                if keep and at.version > keep and stored.has_version_at_or_below(conn, row.stream, at.version - keep):
                     found.append((row.stream, at.version - keep + 1))
             return found
 
