@@ -207,7 +207,7 @@ def components() -> dict:
                 "description": "any (default), no_stream, stream_exists, or the stream's exact version"}
     metadata_fields = {
         "maxCount": integer(1, nullable=True, description="keep only the last N events"),
-        "maxAge": integer(1, nullable=True, description="hide events older than this many seconds"),
+        "maxAge": integer(1, v.MAX_AGE_SECONDS, nullable=True, description="hide events older than this many seconds"),
         "truncateBefore": integer(0, nullable=True, description="hide versions below this one"),
         "custom": {"type": "object", "nullable": True, "description": "any JSON object of your own"},
     }

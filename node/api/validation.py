@@ -454,14 +454,17 @@ def event_uuids(texts: list) -> list[bytes] | None:
 
 
 METADATA_KEYS = {"maxCount", "maxAge", "truncateBefore", "custom"}
+# seconds: KurrentDB's maxAge is a .NET TimeSpan, whose largest value this is in whole seconds (~29,000 years); past
+# it, a cut-off in microseconds before now no longer fits the log's 64-bit times
+MAX_AGE_SECONDS = 922_337_203_685
 
 
 def metadata_body(body: bytes) -> dict:
     doc = require_object(parse_json_body(body), "body", METADATA_KEYS)
     out: dict = {}
-    for key, low in (("maxCount", 1), ("maxAge", 1), ("truncateBefore", 0)):
+    for key, low, high in (("maxCount", 1, MAX_INT), ("maxAge", 1, MAX_AGE_SECONDS), ("truncateBefore", 0, MAX_INT)):
         if doc.get(key) is not None:
-            out[key] = bounded_int(doc[key], key, low)
+            out[key] = bounded_int(doc[key], key, low, high)
     if doc.get("custom") is not None:
         if not isinstance(doc["custom"], dict):
             raise InvalidRequest("custom must be a JSON object", field="custom")
