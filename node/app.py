@@ -18,6 +18,7 @@ from aiohttp import web
 from .api import ops, snapshots, streams, subscribe
 from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
+from .api.connections import ConnectionGate
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
@@ -159,13 +160,13 @@ def tune_allocator() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_KEEPS_FREE))
 
 
-FILES_BESIDES_SUBSCRIBERS = 1024  # other connections, SQLite files, etcd and peer sockets
+FILES_BESIDES_CONNECTIONS = 256  # SQLite files, etcd and peer sockets, outgoing connections
 
 
-def raise_open_files_limit(subscribers: int) -> None:
-    """Every subscriber holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
-    that --max-subscribers can be reached; warn when it cannot."""
-    wanted = subscribers + FILES_BESIDES_SUBSCRIBERS
+def raise_open_files_limit(connections: int) -> None:
+    """Every connection holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
+    that --max-connections can be reached; warn when it cannot."""
+    wanted = connections + FILES_BESIDES_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
@@ -173,12 +174,12 @@ def raise_open_files_limit(subscribers: int) -> None:
     if raised > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
     if raised < wanted:
-        log.warning("open files are limited to %d: fewer than --max-subscribers=%d subscribers may connect",
-                    raised, subscribers)
+        log.warning("open files are limited to %d: fewer than --max-connections=%d connections may be open",
+                    raised, connections)
 
 
 async def serve(settings: Settings) -> None:
-    raise_open_files_limit(settings.max_subscribers)
+    raise_open_files_limit(settings.max_connections)
     tune_allocator()
     # no `_created` sample beside each counter and histogram: nothing reads them, and they double a scrape
     prometheus_client.disable_created_metrics()
@@ -188,19 +189,23 @@ async def serve(settings: Settings) -> None:
                            lingering_time=LINGERING_SECONDS)
     await runner.setup()
     app[METRICS_KEY].open_connections.set_function(lambda: len(runner.server.connections))
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
+    loop = asyncio.get_running_loop()
+    # the listening socket is the node's own (not a web.TCPSite) so that its protocol factory can bound the
+    # connections; runner.cleanup still closes and drains those aiohttp holds
+    gate = ConnectionGate(runner.server, maximum=settings.max_connections,
+                          refused=app[METRICS_KEY].connections_refused.inc)
+    listener = await loop.create_server(gate, settings.host, settings.port, reuse_address=True)
     tune_garbage_collector()
     log.info("evstore node %s of store %s listening on %s (durability %s)", settings.node_id, settings.store_id,
              settings.url, settings.durability)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
         log.info("stopping: finishing requests and flushing the log")
     finally:
+        listener.close()
         await runner.cleanup()
 
 

@@ -20,6 +20,8 @@ _SECRET_SETTINGS = frozenset({"cluster_secret"})
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 1 << 30
 MAX_SUBSCRIBERS = 100_000
+MAX_CONNECTIONS = 1_000_000
+CONNECTIONS_BESIDES_SUBSCRIBERS = 1024  # the default --max-connections leaves room for these
 
 # A store id is a DNS name (labels like _ID joined by '.'), so that the operator can pass
 # "<namespace>.<name>", which is unique in a Kubernetes cluster.
@@ -61,6 +63,7 @@ class Settings:
     lease_ttl: float = 5.0
     log_level: str = "info"
     max_subscribers: int = 1000
+    max_connections: int = 4096
 
     @property
     def clustered(self) -> bool:
@@ -109,6 +112,9 @@ OPTIONS = [
     ("log_level", "--log-level", "EVSTORE_LOG_LEVEL", "debug, info, warning or error"),
     ("max_subscribers", "--max-subscribers", "EVSTORE_MAX_SUBSCRIBERS",
      "transient subscribers this node serves at once (more get 503), default 1000"),
+    ("max_connections", "--max-connections", "EVSTORE_MAX_CONNECTIONS",
+     "HTTP connections this node keeps open at once (more get 503), at least --max-subscribers; default 4096, "
+     "or --max-subscribers + 1024 when that is more"),
 ]
 
 
@@ -243,6 +249,13 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
         values["lease_ttl"] = ttl
     if (subscribers := integer("max_subscribers", 1, MAX_SUBSCRIBERS)) is not None:
         values["max_subscribers"] = subscribers
+    subscribers = values.get("max_subscribers", Settings.max_subscribers)
+    if (connections := integer("max_connections", 1, MAX_CONNECTIONS)) is not None:
+        if connections < subscribers:
+            raise fail("max_connections", "must be at least --max-subscribers: each subscriber holds a connection")
+        values["max_connections"] = connections
+    else:  # room for every subscriber and as many other connections as without them
+        values["max_connections"] = max(Settings.max_connections, subscribers + CONNECTIONS_BESIDES_SUBSCRIBERS)
     for url in values.get("etcd_endpoints", ()):
         if not re.match(r"^https?://[^/\s]+$", url):
             raise fail("etcd_endpoints", "must be comma-separated http://HOST:PORT or https://HOST:PORT URLs")

@@ -83,6 +83,9 @@ class NodeMetrics:
         self.http_in_flight = Gauge("evstore_http_requests_in_flight", "HTTP requests being answered", registry=r)
         self.open_connections = Gauge("evstore_http_open_connections", "Open HTTP connections to the node",
                                       registry=r)
+        self.connections_refused = Counter("evstore_http_connections_refused",
+                                           "Connections refused with a 503 because --max-connections were open",
+                                           registry=r)
         # node
         self.build_info = Gauge("evstore_build_info", "Always 1; the version the node runs", ["version"],
                                 registry=r)

@@ -137,3 +137,83 @@ def test_idle_connections_and_slow_headers_are_closed(impatient):
     assert answer == b"" and lasted < 8
     answer, lasted = exchange(impatient.port, b"GET /health/live HTTP/1.1\r\n", trickle=b"X-Slow: 1\r\n" * 100)
     assert b"200 OK" not in answer and lasted < 8
+
+
+LIMIT = 12  # --max-connections of the test's node
+
+
+@pytest.fixture
+def crowded(node_factory):
+    return node_factory("crowded", args=("--max-connections", str(LIMIT), "--max-subscribers", "4"))
+
+
+def ask(port: int, request: bytes, *, budget: float = 10) -> bytes:
+    """Send one request on a new connection and read until the node closes it or `budget` seconds pass."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=budget) as sock:
+        sock.sendall(request)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"Connection: close" not in answer and b"\r\n\r\n" in answer:  # a keep-alive answer: done
+                    head, _, body = answer.partition(b"\r\n\r\n")
+                    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                    if len(body) >= length:
+                        break
+        except (TimeoutError, OSError):
+            pass
+    return answer
+
+
+def test_connections_past_the_limit_are_refused_with_a_503_and_liveness_still_answers(crowded):
+    info = b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n"
+    held = [socket.create_connection(("127.0.0.1", crowded.port), timeout=10) for _ in range(LIMIT)]
+    try:
+        for sock in held:  # every one of them is served (so each is open on the node's side)
+            sock.sendall(info)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "a connection within the limit was refused"
+        answer = ask(crowded.port, info)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Connection: close" in head and b"Retry-After: 1" in head, head
+        reply = json.loads(body)
+        assert (reply["error"], reply["reason"], reply["maxConnections"]) == ("unavailable", "too_many_connections",
+                                                                               LIMIT)
+        # a body sent with a refused request is read and dropped: the answer still arrives whole
+        append = b'{"events": [{"type": "T", "data": {}}]}'
+        answer = ask(crowded.port, b"POST /v1/streams/refused HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(append), append))
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        live = ask(crowded.port, b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")  # or the kubelet restarts the pod
+        assert live.startswith(b"HTTP/1.1 200") and json.loads(live.partition(b"\r\n\r\n")[2]) == {"status": "ok"}
+        silent = socket.create_connection(("127.0.0.1", crowded.port), timeout=15)  # refused, and never speaks
+        started = time.monotonic()
+        assert silent.recv(1) == b"" and time.monotonic() - started < 12
+        silent.close()
+    finally:
+        for sock in held[1:]:
+            sock.close()
+    deadline = time.monotonic() + 10  # the node sees the closes on its next loop turns
+    refused_again = 0
+    while not ask(crowded.port, info).startswith(b"HTTP/1.1 200"):
+        refused_again += 1
+        assert time.monotonic() < deadline, "closed connections still count against the limit"
+    held[0].sendall(info)
+    assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+    held[0].close()
+    metrics = ask(crowded.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").decode()
+    refused = [line for line in metrics.splitlines() if line.startswith("evstore_http_connections_refused_total ")]
+    assert refused and float(refused[0].split()[1]) == 4 + refused_again, refused
+
+
+
+def test_a_burst_of_connections_gets_no_more_than_the_limit(crowded):
+    """Connections accepted in one burst count from their accept on (aiohttp sees each a loop turn later)."""
+    burst = [socket.create_connection(("127.0.0.1", crowded.port), timeout=10) for _ in range(2 * LIMIT)]
+    try:
+        for sock in burst:
+            sock.sendall(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n")
+        statuses = sorted(sock.recv(65536)[:12] for sock in burst)
+    finally:
+        for sock in burst:
+            sock.close()
+    assert statuses == [b"HTTP/1.1 200"] * LIMIT + [b"HTTP/1.1 503"] * LIMIT

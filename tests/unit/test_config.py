@@ -108,3 +108,21 @@ def test_a_wrong_secret_is_not_echoed():
     with pytest.raises(ConfigError) as info:
         load_settings(["--cluster-secret", "too-short-xyz"], {})
     assert "too-short-xyz" not in str(info.value) and "16 characters" in str(info.value)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--max-connections", "0"], "--max-connections"),
+    (["--max-connections", "1000001"], "--max-connections"),
+    (["--max-connections", "many"], "--max-connections"),
+    (["--max-connections", "10", "--max-subscribers", "20"], "at least --max-subscribers"),
+])
+def test_max_connections_is_validated(args, words):
+    with pytest.raises(ConfigError) as info:
+        load_settings(args, {})
+    assert words in str(info.value)
+
+
+def test_max_connections_default_and_variable():
+    assert load_settings([], {}).max_connections == 4096
+    assert load_settings(["--max-subscribers", "8"], {"EVSTORE_MAX_CONNECTIONS": "16"}).max_connections == 16
+    assert load_settings(["--max-subscribers", "5000"], {}).max_connections == 6024  # room for every subscriber

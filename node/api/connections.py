@@ -1,0 +1,144 @@
+"""A bound on the node's open HTTP connections (--max-connections): past it, a new connection gets a 503 and is
+closed, so that a client opening connections without end cannot run the node out of file descriptors or memory.
+
+`ConnectionGate` is the listening socket's protocol factory (aiohttp's low-level `web.Server` is one itself): it
+hands each accepted connection to aiohttp while fewer than the limit are open (counting it from the accept to its
+close, see `Counted`), and to a `Refusal` otherwise. A refusal reads the request head (bounded in bytes and time),
+answers it, drops whatever body follows and closes. `GET /health/live` is answered 200 even then: a node that is
+full is alive, and a failing liveness probe would make Kubernetes restart it. Refused connections are bounded too
+(MAX_REFUSING): past that they are closed at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+import orjson
+from aiohttp import web
+
+REFUSAL_SECONDS = 5.0  # how long a refused connection may take to send its request head, and to go away after
+MAX_HEAD_BYTES = 16 * 1024  # of a refused request's head (aiohttp's own line and field limits are 8 KiB)
+MAX_REFUSING = 1024  # refused connections being answered at once; past this one is closed without an answer
+_PENDING_SECONDS = 5.0  # an accepted connection whose transport never came (a failed accept) counts this long
+
+
+def _response(status: str, body: dict, *extra: str) -> bytes:
+    payload = orjson.dumps(body)
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(payload)}",
+            *extra, "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+
+class ConnectionGate:
+    """Protocol factory for `loop.create_server`: aiohttp's server while fewer than `maximum` of its connections
+    are open, else a Refusal (counted by `refused`)."""
+
+    def __init__(self, server: web.Server, *, maximum: int, refused: Callable[[], None] = lambda: None) -> None:
+        self.server = server
+        self.maximum = maximum
+        self._refused = refused
+        self._refusing = 0
+        self.open = 0  # connections handed to aiohttp and not yet closed
+        # accepted, but their transport not made yet (that comes a loop turn later): without these, one burst of
+        # accepts could pass the limit
+        self._pending: dict[Counted, float] = {}
+        self._refusal = _response("503 Service Unavailable", {
+            "error": "unavailable", "reason": "too_many_connections", "maxConnections": maximum, "retryAfter": 1,
+            "message": f"this node has as many connections open as it takes ({maximum}, --max-connections): "
+                       "retry, or reuse a keep-alive connection"}, "Retry-After: 1")
+        self._live = _response("200 OK", {"status": "ok"})
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        now = time.monotonic()
+        if self._pending and next(iter(self._pending.values())) < now - _PENDING_SECONDS:
+            self._pending = {p: at for p, at in self._pending.items() if at >= now - _PENDING_SECONDS}
+        if self.open + len(self._pending) < self.maximum:
+            counted = Counted(self, self.server())
+            self._pending[counted] = now
+            return counted
+        self._refused()
+        return Refusal(self)
+
+    def connected(self, counted: Counted) -> None:
+        self._pending.pop(counted, None)  # gone already if its accept took longer than _PENDING_SECONDS
+        self.open += 1
+
+    def closed(self, counted: Counted) -> None:  # only ever after `connected` (asyncio's protocol contract)
+        self.open -= 1
+
+    def answer(self, head: bytes) -> bytes:
+        return self._live if head.startswith((b"GET /health/live ", b"GET /health/live?")) else self._refusal
+
+    def refusal_opened(self) -> bool:
+        """A refused connection is to be answered; False when MAX_REFUSING are already (close it at once)."""
+        self._refusing += 1
+        return self._refusing <= MAX_REFUSING
+
+    def refusal_closed(self) -> None:
+        self._refusing -= 1
+
+
+class Counted(asyncio.Protocol):
+    """aiohttp's handler of one connection, counted by the gate from its transport's start to its loss. The
+    handler's own methods take the calls in between (bound here, so that they cost no extra call)."""
+
+    def __init__(self, gate: ConnectionGate, handler: web.RequestHandler) -> None:
+        self._gate = gate
+        self._handler = handler
+        self.data_received = handler.data_received
+        self.eof_received = handler.eof_received
+        self.pause_writing = handler.pause_writing
+        self.resume_writing = handler.resume_writing
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._gate.connected(self)
+        self._handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.closed(self)
+        self._handler.connection_lost(exc)
+
+
+class Refusal(asyncio.Protocol):
+    """One refused connection: its request head is answered by the gate, the rest is dropped."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self._gate = gate
+        self._head = bytearray()
+        self._answered = False
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if not self._gate.refusal_opened():
+            transport.abort()
+            return
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_SECONDS, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return  # the body of the refused request, or more requests: dropped
+        self._head += data
+        if b"\r\n\r\n" not in self._head:
+            if len(self._head) > MAX_HEAD_BYTES:
+                self._transport.abort()
+            return
+        self._answered = True
+        self._transport.write(self._gate.answer(bytes(self._head)))
+        self._head = bytearray()
+        if self._transport.can_write_eof():
+            # half-close: the client reads the answer and closes; closing now with a body still coming could
+            # reset the connection before the answer is read
+            self._transport.write_eof()
+        else:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.refusal_closed()
+        if self._timer is not None:
+            self._timer.cancel()
