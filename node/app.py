@@ -18,7 +18,7 @@ from aiohttp import web
 from .api import ops, snapshots, streams, subscribe
 from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
-from .api.connections import ConnectionGate
+from .api.connections import MAX_REFUSING, ConnectionGate
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
@@ -165,8 +165,8 @@ FILES_BESIDES_CONNECTIONS = 256  # SQLite files, etcd and peer sockets, outgoing
 
 def raise_open_files_limit(connections: int) -> None:
     """Every connection holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
-    that --max-connections can be reached; warn when it cannot."""
-    wanted = connections + FILES_BESIDES_CONNECTIONS
+    that --max-connections can be reached, with the refused connections being answered; warn when it cannot."""
+    wanted = connections + MAX_REFUSING + FILES_BESIDES_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
