@@ -194,7 +194,7 @@ async def serve(settings: Settings) -> None:
     # connections; runner.cleanup still closes and drains those aiohttp holds
     gate = ConnectionGate(runner.server, maximum=settings.max_connections,
                           refused=app[METRICS_KEY].connections_refused.inc)
-    listener = await loop.create_server(gate, settings.host, settings.port, reuse_address=True)
+    listener = await loop.create_server(gate, settings.host, settings.port, reuse_address=True, backlog=128)
     tune_garbage_collector()
     log.info("evstore node %s of store %s listening on %s (durability %s)", settings.node_id, settings.store_id,
              settings.url, settings.durability)
