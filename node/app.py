@@ -18,7 +18,7 @@ from aiohttp import web
 from .api import ops, snapshots, streams, subscribe
 from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
-from .api.connections import MAX_REFUSING, ConnectionGate
+from .api.connections import MAX_REFUSING, RESERVED, ConnectionGate
 from .api.middleware import MIDDLEWARES
 from .config import ConfigError, Settings, load_settings
 from .log import Log
@@ -163,23 +163,31 @@ def tune_allocator() -> bool:
 FILES_BESIDES_CONNECTIONS = 256  # SQLite files, etcd and peer sockets, outgoing connections
 
 
-def raise_open_files_limit(connections: int) -> None:
+MIN_CONNECTIONS = 16  # what the connection bound never goes below, however few files the node may open
+
+
+def raise_open_files_limit(connections: int) -> int:
     """Every connection holds a socket: lift the soft limit on open files (often 1024) toward the hard one, so
-    that --max-connections can be reached, with the refused connections being answered; warn when it cannot."""
-    wanted = connections + MAX_REFUSING + FILES_BESIDES_CONNECTIONS
+    that --max-connections can be reached, with the reserve and the refused connections being answered. The
+    connection bound the files allow: past the real limit accept() fails (EMFILE) and nobody gets an answer."""
+    besides = RESERVED + MAX_REFUSING + FILES_BESIDES_CONNECTIONS
+    wanted = connections + besides
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
+        return connections
     raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if raised > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-    if raised < wanted:
-        log.warning("open files are limited to %d: fewer than --max-connections=%d connections may be open",
-                    raised, connections)
+    if raised >= wanted:
+        return connections
+    allowed = max(MIN_CONNECTIONS, raised - besides)
+    log.warning("open files are limited to %d: at most %d connections (not --max-connections=%d) may be open",
+                raised, allowed, connections)
+    return allowed
 
 
 async def serve(settings: Settings) -> None:
-    raise_open_files_limit(settings.max_connections)
+    max_connections = raise_open_files_limit(settings.max_connections)
     tune_allocator()
     # no `_created` sample beside each counter and histogram: nothing reads them, and they double a scrape
     prometheus_client.disable_created_metrics()
@@ -192,7 +200,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     # the listening socket is the node's own (not a web.TCPSite) so that its protocol factory can bound the
     # connections; runner.cleanup still closes and drains those aiohttp holds
-    gate = ConnectionGate(runner.server, maximum=settings.max_connections,
+    gate = ConnectionGate(runner.server, maximum=max_connections,
                           refused=app[METRICS_KEY].connections_refused.inc)
     listener = await loop.create_server(gate, settings.host, settings.port, reuse_address=True, backlog=128)
     tune_garbage_collector()
@@ -206,6 +214,7 @@ async def serve(settings: Settings) -> None:
         log.info("stopping: finishing requests and flushing the log")
     finally:
         listener.close()
+        gate.close()
         await runner.cleanup()
 
 

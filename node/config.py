@@ -252,7 +252,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     subscribers = values.get("max_subscribers", Settings.max_subscribers)
     if (connections := integer("max_connections", 1, MAX_CONNECTIONS)) is not None:
         if connections < subscribers:
-            raise fail("max_connections", "must be at least --max-subscribers: each subscriber holds a connection")
+            raise fail("max_connections", f"must be at least --max-subscribers ({subscribers}): each subscriber "
+                                          "holds a connection")
         values["max_connections"] = connections
     else:  # room for every subscriber and as many other connections as without them
         values["max_connections"] = max(Settings.max_connections, subscribers + CONNECTIONS_BESIDES_SUBSCRIBERS)

@@ -3,10 +3,15 @@ closed, so that a client opening connections without end cannot run the node out
 
 `ConnectionGate` is the listening socket's protocol factory (aiohttp's low-level `web.Server` is one itself): it
 hands each accepted connection to aiohttp while fewer than the limit are open (counting it from the accept to its
-close, see `Counted`), and to a `Refusal` otherwise. A refusal reads the request head (bounded in bytes and time),
-answers it, drops whatever body follows and closes. `GET /health/live` is answered 200 even then: a node that is
-full is alive, and a failing liveness probe would make Kubernetes restart it. Refused connections are bounded too
-(MAX_REFUSING): past that they are closed at once.
+close, see `Counted`), and to a `Refusal` otherwise. A refusal reads the request head (bounded in bytes and time)
+and then either:
+- hands the connection to aiohttp after all, when its first request is a peer's (`/v1/internal/`, signed and
+  checked by its handler), a scrape (`/metrics`) or a probe (`/health/`), and fewer than RESERVED connections
+  past the limit are open: as PostgreSQL keeps `superuser_reserved_connections`, so that replication and
+  monitoring go on while clients fill the node (a leader refusing its followers would lose its in-sync set);
+- or answers it itself (`GET /health/live` with 200, since a full node is alive and a failing liveness probe
+  would make Kubernetes restart it; anything else with 503), drops whatever body follows and closes.
+Refused connections being answered are bounded too (MAX_REFUSING): past that they are closed at once.
 """
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ from typing import Callable
 import orjson
 from aiohttp import web
 
-REFUSAL_SECONDS = 5.0  # how long a refused connection may take to send its request head, and to go away after
+REFUSAL_SECONDS = 5.0  # how long a refused connection may take to send its request head, and then to go away
 MAX_HEAD_BYTES = 16 * 1024  # of a refused request's head (aiohttp's own line and field limits are 8 KiB)
-MAX_REFUSING = 1024  # refused connections being answered at once; past this one is closed without an answer
+MAX_REFUSING = 256  # refused connections being answered at once; past this one is closed without an answer
+RESERVED = 64  # connections past the limit that peers, scrapes and probes may still open
+RESERVED_PATHS = (b"/v1/internal/", b"/metrics", b"/health/")
 _PENDING_SECONDS = 5.0  # an accepted connection whose transport never came (a failed accept) counts this long
 
 
@@ -30,15 +37,21 @@ def _response(status: str, body: dict, *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
 
+def _target(head: bytes) -> bytes:
+    """The request target of a request head (b"" when its first line has none)."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    return parts[1] if len(parts) == 3 else b""
+
+
 class ConnectionGate:
     """Protocol factory for `loop.create_server`: aiohttp's server while fewer than `maximum` of its connections
-    are open, else a Refusal (counted by `refused`)."""
+    are open, else a Refusal. `refused` counts the connections answered 503 or closed unanswered."""
 
     def __init__(self, server: web.Server, *, maximum: int, refused: Callable[[], None] = lambda: None) -> None:
         self.server = server
         self.maximum = maximum
-        self._refused = refused
-        self._refusing = 0
+        self.count_refused = refused  # a refusal: answered 503, or closed unanswered
+        self._refusals: set[Refusal] = set()
         self.open = 0  # connections handed to aiohttp and not yet closed
         # accepted, but their transport not made yet (that comes a loop turn later): without these, one burst of
         # accepts could pass the limit
@@ -50,15 +63,20 @@ class ConnectionGate:
         self._live = _response("200 OK", {"status": "ok"})
 
     def __call__(self) -> asyncio.BaseProtocol:
+        if self._counted() < self.maximum:
+            return self._admitted()
+        return Refusal(self)
+
+    def _counted(self) -> int:
         now = time.monotonic()
         if self._pending and next(iter(self._pending.values())) < now - _PENDING_SECONDS:
             self._pending = {p: at for p, at in self._pending.items() if at >= now - _PENDING_SECONDS}
-        if self.open + len(self._pending) < self.maximum:
-            counted = Counted(self, self.server())
-            self._pending[counted] = now
-            return counted
-        self._refused()
-        return Refusal(self)
+        return self.open + len(self._pending)
+
+    def _admitted(self) -> Counted:
+        counted = Counted(self, self.server())
+        self._pending[counted] = time.monotonic()
+        return counted
 
     def connected(self, counted: Counted) -> None:
         self._pending.pop(counted, None)  # gone already if its accept took longer than _PENDING_SECONDS
@@ -67,16 +85,38 @@ class ConnectionGate:
     def closed(self, counted: Counted) -> None:  # only ever after `connected` (asyncio's protocol contract)
         self.open -= 1
 
-    def answer(self, head: bytes) -> bytes:
-        return self._live if head.startswith((b"GET /health/live ", b"GET /health/live?")) else self._refusal
-
-    def refusal_opened(self) -> bool:
+    # refused connections ----------------------------------------------------------------------------------
+    def refusal_opened(self, refusal: Refusal) -> bool:
         """A refused connection is to be answered; False when MAX_REFUSING are already (close it at once)."""
-        self._refusing += 1
-        return self._refusing <= MAX_REFUSING
+        if len(self._refusals) >= MAX_REFUSING:
+            return False
+        self._refusals.add(refusal)
+        return True
 
-    def refusal_closed(self) -> None:
-        self._refusing -= 1
+    def refusal_closed(self, refusal: Refusal) -> None:
+        self._refusals.discard(refusal)
+
+    def takes_after_all(self, head: bytes) -> bool:
+        """A refused connection whose first request is a peer's, a scrape or a probe, while the reserve lasts."""
+        return _target(head).startswith(RESERVED_PATHS) and self._counted() < self.maximum + RESERVED
+
+    def take_over(self, transport: asyncio.Transport, head: bytes) -> None:
+        """Hand a refused connection to aiohttp, with what it has sent so far."""
+        counted = self._admitted()
+        transport.set_protocol(counted)
+        counted.connection_made(transport)
+        counted.data_received(head)
+
+    def answer(self, head: bytes) -> bytes:
+        if head.startswith((b"GET /health/live ", b"GET /health/live?")):
+            return self._live
+        self.count_refused()
+        return self._refusal
+
+    def close(self) -> None:
+        """Close the refused connections still open (at shutdown: aiohttp closes its own)."""
+        for refusal in list(self._refusals):
+            refusal.abort()
 
 
 class Counted(asyncio.Protocol):
@@ -101,7 +141,8 @@ class Counted(asyncio.Protocol):
 
 
 class Refusal(asyncio.Protocol):
-    """One refused connection: its request head is answered by the gate, the rest is dropped."""
+    """One refused connection: its request head is answered by the gate (or the gate takes it after all), the
+    rest is dropped."""
 
     def __init__(self, gate: ConnectionGate) -> None:
         self._gate = gate
@@ -112,10 +153,24 @@ class Refusal(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        if not self._gate.refusal_opened():
+        if not self._gate.refusal_opened(self):
+            self._gate.count_refused()
             transport.abort()
             return
-        self._timer = asyncio.get_running_loop().call_later(REFUSAL_SECONDS, transport.abort)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_SECONDS, self.abort)
+
+    def abort(self) -> None:
+        """Close at once; an unanswered connection counts as refused."""
+        if not self._answered:
+            self._answered = True
+            self._gate.count_refused()
+        if self._transport is not None:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -123,11 +178,16 @@ class Refusal(asyncio.Protocol):
         self._head += data
         if b"\r\n\r\n" not in self._head:
             if len(self._head) > MAX_HEAD_BYTES:
-                self._transport.abort()
+                self.abort()
+            return
+        head, self._head = bytes(self._head), bytearray()
+        if self._gate.takes_after_all(head):
+            self._leave()
+            self._gate.take_over(self._transport, head)
             return
         self._answered = True
-        self._transport.write(self._gate.answer(bytes(self._head)))
-        self._head = bytearray()
+        self._transport.write(self._gate.answer(head))
+        self._arm()  # from now on, the time to read the answer and go away
         if self._transport.can_write_eof():
             # half-close: the client reads the answer and closes; closing now with a body still coming could
             # reset the connection before the answer is read
@@ -139,6 +199,10 @@ class Refusal(asyncio.Protocol):
         return False  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gate.refusal_closed()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._gate.refusal_closed(self)
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None

@@ -29,8 +29,17 @@ async def gated():
 
 
 async def status_of(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str = "/v1/info") -> bytes:
+    """Send one request and read its whole response (so that the connection can take another); its status line's
+    first 12 bytes."""
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return (await asyncio.wait_for(reader.readline(), WAIT))[:12]
+    async with asyncio.timeout(WAIT):
+        status = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+    return status[:12]
 
 
 async def test_a_burst_of_accepts_gets_no_more_than_the_limit(gated):
@@ -70,6 +79,50 @@ async def test_a_refused_connection_that_never_speaks_is_closed(gated, monkeypat
         writer.close()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await status_of(reader, writer, "/health/live") == b"HTTP/1.1 200"
+        writer.close()
+    finally:
+        for _reader, writer in held:
+            writer.close()
+
+
+async def test_peers_scrapes_and_probes_may_use_the_reserve_past_the_limit(gated, monkeypatch):
+    """A full leader must still take its followers' fetches (or lose its in-sync set) and Prometheus' scrapes;
+    the reserve for them is bounded too."""
+    monkeypatch.setattr(connections, "RESERVED", 2)
+    gate, port, refused = gated
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMIT)]
+    try:
+        assert [await status_of(r, w) for r, w in held] == [b"HTTP/1.1 200"] * LIMIT
+        reserve = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        held += reserve
+        assert [await status_of(r, w, path) for (r, w), path in zip(reserve, ("/v1/internal/x", "/metrics"))] == \
+            [b"HTTP/1.1 200"] * 2  # aiohttp answered them (the test server answers every path)
+        # taken over: the connection stays aiohttp's, its next request is served too
+        assert await status_of(*reserve[0], "/v1/internal/y") == b"HTTP/1.1 200"
+        assert gate.open == LIMIT + 2
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # the reserve is used up
+        assert await status_of(reader, writer, "/metrics") == b"HTTP/1.1 503"
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # liveness is answered by the gate
+        assert await status_of(reader, writer, "/health/live") == b"HTTP/1.1 200"
+        writer.close()
+        assert len(refused) == 1  # the scrape past the reserve; the others were served
+    finally:
+        for _reader, writer in held:
+            writer.close()
+
+
+async def test_closing_the_gate_closes_the_refused_connections(gated):
+    gate, port, _refused = gated
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMIT)]
+    try:
+        assert [await status_of(r, w) for r, w in held] == [b"HTTP/1.1 200"] * LIMIT
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # refused, says nothing
+        async with asyncio.timeout(WAIT):
+            while not gate._refusals:
+                await asyncio.sleep(0.01)
+        gate.close()
+        assert await asyncio.wait_for(reader.read(), 1) == b""  # long before REFUSAL_SECONDS
         writer.close()
     finally:
         for _reader, writer in held:
