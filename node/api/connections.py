@@ -37,10 +37,10 @@ def _response(status: str, body: dict, *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
 
-def _target(head: bytes) -> bytes:
-    """The request target of a request head (b"" when its first line has none)."""
+def _request_line(head: bytes) -> tuple[bytes, bytes]:
+    """(method, target) of a request head; empty when its first line is not a request line."""
     parts = head.split(b"\r\n", 1)[0].split(b" ")
-    return parts[1] if len(parts) == 3 else b""
+    return (parts[0], parts[1]) if len(parts) == 3 else (b"", b"")
 
 
 class ConnectionGate:
@@ -98,7 +98,7 @@ class ConnectionGate:
 
     def takes_after_all(self, head: bytes) -> bool:
         """A refused connection whose first request is a peer's, a scrape or a probe, while the reserve lasts."""
-        return _target(head).startswith(RESERVED_PATHS) and self._counted() < self.maximum + RESERVED
+        return _request_line(head)[1].startswith(RESERVED_PATHS) and self._counted() < self.maximum + RESERVED
 
     def take_over(self, transport: asyncio.Transport, head: bytes) -> None:
         """Hand a refused connection to aiohttp, with what it has sent so far."""
@@ -108,7 +108,8 @@ class ConnectionGate:
         counted.data_received(head)
 
     def answer(self, head: bytes) -> bytes:
-        if head.startswith((b"GET /health/live ", b"GET /health/live?")):
+        method, target = _request_line(head)
+        if method == b"GET" and target.partition(b"?")[0] == b"/health/live":
             return self._live
         self.count_refused()
         return self._refusal
@@ -154,8 +155,7 @@ class Refusal(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         if not self._gate.refusal_opened(self):
-            self._gate.count_refused()
-            transport.abort()
+            self.abort()
             return
         self._arm()
 

@@ -7,12 +7,18 @@ import sqlite3
 
 from .records import StreamRow
 from .schema import DATA_SQL
-from .statements import STREAM_COLUMNS
+from .statements import STREAM_COLUMNS, stream_select_sql
+
+
+def stream_values(conn: sqlite3.Connection, stream: str) -> tuple | None:
+    """The stream's row as a tuple (StreamRow's fields), the writer's one-stream form of its prefetch."""
+    row = conn.execute(stream_select_sql(1), (stream,)).fetchone()
+    return tuple(row) if row is not None else None
 
 
 def stream_row(conn: sqlite3.Connection, stream: str) -> StreamRow | None:
-    row = conn.execute(f"SELECT {STREAM_COLUMNS} FROM streams WHERE stream = ?", (stream,)).fetchone()
-    return StreamRow(*row) if row is not None else None
+    values = stream_values(conn, stream)
+    return StreamRow(*values) if values is not None else None
 
 
 def last_position(conn: sqlite3.Connection, stream: str) -> int | None:

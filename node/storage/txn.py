@@ -12,8 +12,9 @@ from ..replyjson import created_tail
 from .records import (AT_CREATED, AT_EPOCH, AT_ID, AT_POSITION, CHECKSUM_PLACE, ROW_WIDTH, Record, ScavengedRecord,
                       StreamRow, payload_checksum, record_from_row, record_from_stored)
 from .schema import DATA_SQL, METADATA_SQL, RECORD_COLUMNS
-from .statements import (MAX_ROWS_PER_STATEMENT, SELECT_SIZES, SQL_VARIABLE_CHUNK, STREAM_COLUMNS, insert_sql,
-                         row_chunks, stream_select_sql, stream_upsert_sql)
+from .statements import (MAX_ROWS_PER_STATEMENT, SELECT_SIZES, SQL_VARIABLE_CHUNK, insert_sql, row_chunks,
+                         stream_select_sql, stream_upsert_sql)
+from .streams import stream_values
 
 
 class FlushFailed(Exception):
@@ -155,9 +156,7 @@ class WriteTxn:
         """The stream's row as this transaction sees it; a copy the op may change and `save_stream_row`."""
         row = self._rows.get(stream, _MISSING)
         if row is _MISSING:
-            found = self._conn.execute(f"SELECT {STREAM_COLUMNS} FROM streams WHERE stream = ?",
-                                       (stream,)).fetchone()
-            row = self._rows[stream] = tuple(found) if found else None
+            row = self._rows[stream] = stream_values(self._conn, stream)
         return StreamRow(*row) if row is not None else None
 
     def save_stream_row(self, row: StreamRow) -> None:
