@@ -84,3 +84,15 @@ def test_the_id_merge_measurement_runs_on_a_copy_of_a_log(tmp_path):
     assert [line.split(":")[0] for line in lines[1:]] == ["merge of 10 sorted random ids",
                                                           "merge of 500 sorted random ids"]
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["evstore.db"]
+
+
+def test_the_id_index_layouts_are_measured_in_a_temporary_directory():
+    """bench/id_index_layouts.py on a tiny log: each layout built and appended to, then the LSM parts."""
+    done = subprocess.run([sys.executable, str(BENCH / "id_index_layouts.py"), "--events", "2000", "--groups", "2",
+                           "--group", "200", "--merges", "300"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    assert [line.split(":")[0] for line in lines] == [
+        "sequential", "sequential", "random", "random", "random-unsynced-file", "random-unsynced-file",
+        "on an id table of 2,400 ids", "probe for fresh ids, 500 per SELECT", "merge a sorted batch of 300 ids"]
+    assert all("rows/s" in line for line in lines[1:6:2])
