@@ -19,7 +19,7 @@ from .api import ops, snapshots, streams, subscribe
 from .api import subscriptions as subscription_routes
 from .api.keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY, STARTED_KEY
 from .api.connections import MAX_REFUSING, RESERVED, ConnectionGate
-from .api.middleware import MIDDLEWARES
+from .api.middleware import MIDDLEWARES, quiet_answered_body_errors
 from .config import ConfigError, Settings, load_settings
 from .log import Log
 from .metrics import NodeMetrics
@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evstore serve: invalid setting: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet_answered_body_errors()
     try:
         run_event_loop(serve(settings), fast=not settings.clustered)
     except OSError as exc:

@@ -30,6 +30,20 @@ CLIENT_CLOSED = 499  # the status metrics count a request under when its client 
 _BODY_CUT_SHORT = (http_exceptions.ContentLengthError, http_exceptions.TransferEncodingError)
 
 
+class AnsweredBodyErrors(logging.Filter):
+    """Drops aiohttp's "Unhandled exception" for a body it cannot decode (broken gzip or deflate) when it drains
+    the rest of that body after the answer: the client already has its 400 (_error_for), nothing failed here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], RequestPayloadError))
+
+
+def quiet_answered_body_errors() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, AnsweredBodyErrors) for f in server_log.filters):
+        server_log.addFilter(AnsweredBodyErrors())
+
+
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **details
                    ) -> web.Response:
     if status == 503 and "retryAfter" in details:
@@ -95,7 +109,9 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         return response
     if isinstance(exc, RequestPayloadError):  # aiohttp's parser refused the body (its cause says why)
         cause = exc.__cause__ if isinstance(exc.__cause__, http_exceptions.HttpProcessingError) else exc
-        return error_response(400, "invalid_request", f"the body cannot be read: {cause.message}", field="body")
+        response = error_response(400, "invalid_request", f"the body cannot be read: {cause.message}", field="body")
+        response.force_close()  # the rest of that body is not worth keeping the connection for
+        return response
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal", "internal error (a bug: please report it)")
 
