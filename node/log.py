@@ -384,14 +384,19 @@ class Log:
                                  streams=streams)
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
-        encoded = orjson.dumps(metadata)
-
+        """Replace a stream's metadata. A soft delete's floor stays: the events it hid stay hidden (and a stream
+        still deleted stays deleted) whatever truncateBefore the new metadata gives."""
         def op(txn: WriteTxn) -> dict:
             row = txn.stream_row(stream) or StreamRow(stream)
             if row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
-            _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, encoded)
-            return metadata
+            stored = dict(metadata)
+            before = orjson.loads(row.metadata) if row.metadata else {}
+            if before.get(SOFT_DELETED):
+                stored["truncateBefore"] = max(stored.get("truncateBefore") or 0, before.get("truncateBefore") or 0)
+                stored[SOFT_DELETED] = True
+            _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(stored))
+            return public_metadata(stored)
 
         return await self._write(op)
 

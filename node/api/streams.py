@@ -32,12 +32,14 @@ READ_PARAMS = {"from": v.int_param(1), "limit": v.int_param(1, v.MAX_READ_LIMIT)
 
 async def append(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
+    v.query_params(request.query, {})  # expectedVersion belongs in the body: a query one would be ignored
     expected, events = await v.append_body_in_slices(await read_body(request))
     result = await _counted(request, _log(request).append(stream, expected, events), len(events))
     return json_response(_append_reply(result))
 
 
 async def append_many(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
     appends = await v.multi_append_body(await read_body(request))
     count = sum(len(entry.events) for entry in appends)
     result = await _counted(request, _log(request).append_many(appends), count)
@@ -123,6 +125,7 @@ async def get_metadata(request: web.Request) -> web.Response:
 
 async def put_metadata(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
+    v.query_params(request.query, {})
     metadata = v.metadata_body(await read_body(request))
     return json_response(await _log(request).set_metadata(stream, metadata))
 

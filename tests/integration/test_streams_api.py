@@ -209,3 +209,36 @@ async def test_truncate_before_past_the_end_and_retries_after_a_scavenge(http):
     assert await call(http, "POST", "/v1/streams/tb", json={"expectedVersion": "no_stream", "events": events}) == \
         (200, first)  # the retry is answered from the kept ids, not written again
     assert (await call(http, "GET", "/v1/streams/tb"))[1]["version"] == 3
+
+
+async def test_new_metadata_keeps_what_a_soft_delete_hid(http):
+    """A PUT of metadata replaces it, but not the soft delete: a deleted stream stays deleted, and after it is
+    appended to again its earlier events stay hidden."""
+    events = {"events": [{"type": "A"}, {"type": "B"}, {"type": "C"}]}
+    for stream in ("gone-1", "gone-2"):
+        assert (await call(http, "POST", f"/v1/streams/{stream}", json=events))[0] == 200
+        assert (await call(http, "DELETE", f"/v1/streams/{stream}"))[0] == 204
+    status, reply = await call(http, "PUT", "/v1/streams/gone-1/metadata", json={"custom": {"owner": "x"}})
+    assert (status, reply) == (200, {"custom": {"owner": "x"}, "truncateBefore": 4})
+    assert (await call(http, "GET", "/v1/streams/gone-1"))[0] == 404
+    assert (await call(http, "GET", "/v1/streams/gone-1/info"))[1]["deleted"] == "soft"
+    assert (await call(http, "POST", "/v1/streams/gone-2", json={"events": [{"type": "D"}]}))[1]["fromVersion"] == 4
+    status, reply = await call(http, "PUT", "/v1/streams/gone-2/metadata", json={"maxCount": 100, "truncateBefore": 2})
+    assert (status, reply) == (200, {"maxCount": 100, "truncateBefore": 4})
+    status, page = await call(http, "GET", "/v1/streams/gone-2")
+    assert status == 200 and [e["version"] for e in page["events"]] == [4]
+
+
+async def test_writes_refuse_query_parameters_they_would_ignore(http):
+    """expectedVersion goes in an append's body; in the query it was ignored and the event written."""
+    assert (await call(http, "POST", "/v1/streams/query-1", json={"events": [{"type": "A"}]}))[0] == 200
+    for method, path, body in (("POST", "/v1/streams/query-1?expectedVersion=no_stream",
+                                {"events": [{"type": "B"}]}),
+                               ("POST", "/v1/streams?bogus=1", {"appends": [{"stream": "query-1",
+                                                                             "events": [{"type": "B"}]}]}),
+                               ("PUT", "/v1/streams/query-1/metadata?bogus=1", {"maxCount": 10})):
+        status, reply = await call(http, method, path, json=body)
+        assert (status, reply["error"]) == (400, "invalid_request"), reply
+    status, page = await call(http, "GET", "/v1/streams/query-1")
+    assert page["version"] == 1
+    assert (await call(http, "GET", "/v1/streams/query-1/metadata"))[1] == {}
