@@ -124,8 +124,13 @@ class Visibility:
     metadata: dict = field(default_factory=dict)
 
 
+def metadata_as_stored(row: StreamRow) -> dict:
+    """A stream's metadata as stored, the soft-delete marker included."""
+    return orjson.loads(row.metadata) if row.metadata else {}
+
+
 def visibility(row: StreamRow, now: int) -> Visibility:
-    meta = orjson.loads(row.metadata) if row.metadata else {}
+    meta = metadata_as_stored(row)
     truncate_before = meta.get("truncateBefore") or 0
     min_version = max(1, truncate_before)
     if meta.get("maxCount"):
@@ -391,7 +396,7 @@ class Log:
             if row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
             stored = dict(metadata)
-            before = orjson.loads(row.metadata) if row.metadata else {}
+            before = metadata_as_stored(row)
             if before.get(SOFT_DELETED):
                 stored["truncateBefore"] = max(stored.get("truncateBefore") or 0, before.get("truncateBefore") or 0)
                 stored[SOFT_DELETED] = True
@@ -432,7 +437,7 @@ class Log:
         def op(txn: WriteTxn) -> Snapshot:
             row = txn.stream_row(stream) or StreamRow(stream)
             vis = visibility(row, txn.now)
-            meta = orjson.loads(row.metadata) if row.metadata else {}
+            meta = metadata_as_stored(row)
             retention_changes = keep is not None and meta.get("maxCount") != keep
             if row.version > 0 and vis.deleted == "no" and not retention_changes:
                 found = newest_at_or_below(txn.conn, stream, min_event_version=vis.min_version, max_version=version,
@@ -740,7 +745,7 @@ class Log:
             row = _stream_row(conn, stream, visible)
             if row is not None and row.deleted == "hard":
                 raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
-            return public_metadata(orjson.loads(row.metadata)) if row is not None and row.metadata else {}
+            return public_metadata(metadata_as_stored(row)) if row is not None else {}
 
         return await self._read(read)
 

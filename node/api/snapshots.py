@@ -40,6 +40,7 @@ def snapshot_json(snapshot: Snapshot, *, payload: bool = True) -> dict:
 
 async def save_snapshot(request: web.Request) -> web.Response:
     source = _source(request)
+    v.query_params(request.query, {})  # everything a save takes is in its body
     version, snapshot, keep = v.snapshot_body(await read_body(request))
     saved = await request.app[LOG_KEY].save_snapshot(source, version, snapshot, keep=keep)
     return json_response({"source": source, "version": saved.version, "position": saved.position})

@@ -227,3 +227,11 @@ def test_the_openapi_limits_are_the_parser_limits():
     assert schemas["SnapshotRequest"]["additionalProperties"] is False
     source = document()["paths"]["/v1/snapshots/{source}"]["get"]["parameters"][0]
     assert source["schema"]["maxLength"] == v.MAX_SOURCE_BYTES == 512 - len("$snapshot-")
+
+
+async def test_a_save_refuses_query_parameters_it_would_ignore(http):
+    source = name()
+    status, reply = await call(http, "PUT", f"/v1/snapshots/{source}?keep=1",
+                               json={"version": 1, "type": "S", "data": {}})
+    assert (status, reply["error"], reply["field"]) == (400, "invalid_request", "keep"), reply
+    assert (await call(http, "GET", f"/v1/snapshots/{source}"))[0] == 404
