@@ -71,7 +71,8 @@ def parse_request(request: web.Request) -> tuple[Selector, Start, int]:
     if last_event_id is not None:  # a reconnecting EventSource resends the first URL: this wins
         if not (last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) < 20):
             raise InvalidRequest("Last-Event-ID must be a position (an integer >= 0)", field="Last-Event-ID")
-        start = Start(position=int(last_event_id) + 1)
+        # the URL's start version still holds: a stream that had not reached it skips its versions below it
+        start = Start(position=int(last_event_id) + 1, version=q.get("fromVersion"))
     elif "fromPosition" in q:
         start = Start(position=q["fromPosition"])
     elif "fromVersion" in q:

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 from ..errors import StreamNotFound, Unavailable
 from ..log import AllFilter, Log
-from ..storage import Record, RenderedEvent, rendered_json, rendered_position
+from ..storage import Record, RenderedEvent, rendered_json, rendered_position, rendered_version
 from .selector import Selector, glob_literal, parse_json
 
 log = logging.getLogger("evstore.subscriptions")
@@ -63,6 +63,10 @@ class Committed:
         return self._data
 
 
+def _version(record: Record) -> int:
+    return record.version
+
+
 class Rendered:
     """A caught-up event read as the reply's JSON (a storage.RenderedEvent row): its wire form is made in the
     reader thread, as for paged reads."""
@@ -85,7 +89,8 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Start:
     """Where a subscription starts: `position` (inclusive), or `version` of the selector's stream, or (neither)
-    the end: only what commits after subscribing."""
+    the end: only what commits after subscribing. With both (a resume), from `position`, skipping the stream's
+    versions below `version`."""
     position: int | None = None
     version: int | None = None
 
@@ -168,12 +173,14 @@ class Subscription:
     """One subscriber: iterate `batches()` for lists of Messages in log order."""
 
     def __init__(self, hub: "TransientSubscriptions", selector: Selector, first: int, *, heartbeat: float,
-                 buffer_events: int, buffer_bytes: int) -> None:
+                 buffer_events: int, buffer_bytes: int, from_version: int | None = None) -> None:
         self._hub = hub
         self.selector = selector
         self._selector_key = _hashable(selector)
         self._filter = catch_up_filter(selector)
         self._cursor = first  # the next position this subscriber may deliver
+        # a start version the stream had not reached: its events below it, committed past `first`, are skipped
+        self._from_version = from_version
         self._heartbeat = heartbeat
         self._buffer: collections.deque[Committed] = collections.deque()
         self._buffered_bytes = 0
@@ -249,11 +256,11 @@ class Subscription:
                     page = await log_.read_all(start=self._cursor, limit=CATCH_UP_PAGE, filters=self._filter,
                                                rendered=True)
                     found = [Message("event", rendered_position(e), Rendered(e)) for e in page.records
-                             if rendered_position(e) >= self._cursor]
+                             if rendered_position(e) >= self._cursor and self._reached(rendered_version, e)]
                 else:
                     page = await log_.read_all(start=self._cursor, limit=CATCH_UP_PAGE, filters=self._filter)
                     found = [Message("event", r.position, Committed(r)) for r in page.records
-                             if r.position >= self._cursor and self._matches(r)]
+                             if r.position >= self._cursor and self._matches(r) and self._reached(_version, r)]
                 self._cursor = max(self._cursor, (page.next - 1 if page.next is not None else page.head) + 1)
                 if found:
                     yield found
@@ -273,7 +280,7 @@ class Subscription:
                 while self._buffer:
                     item = self._buffer.popleft()
                     self._buffered_bytes -= item.size
-                    if item.position >= self._cursor:
+                    if item.position >= self._cursor and self._reached(_version, item.record):
                         found.append(Message("event", item.position, item, live=True))
                         self._cursor = item.position + 1
                 if found:
@@ -292,6 +299,15 @@ class Subscription:
                     yield [Message("heartbeat", self.scanned)]
                     last_sent = time.monotonic()
         yield [Message("closed", self.scanned)]
+
+    def _reached(self, version_of, event) -> bool:
+        """False for an event of the stream below the start version (only until the stream reaches it)."""
+        if self._from_version is None:
+            return True
+        if version_of(event) < self._from_version:
+            return False
+        self._from_version = None
+        return True
 
     def _matches(self, record: Record) -> bool:
         if not self.selector.matches_stream(record.stream, record.type):
@@ -337,7 +353,7 @@ class TransientSubscriptions:
         finally:
             self._reserved -= 1
         subscription = Subscription(self, selector, first, heartbeat=heartbeat, buffer_events=self._buffer_events,
-                                    buffer_bytes=self._buffer_bytes)
+                                    buffer_bytes=self._buffer_bytes, from_version=start.version)
         self._open.add(subscription)
         self._gauge()
         return subscription

@@ -169,6 +169,30 @@ async def test_start_positions(node, http):
         assert positions(got) == [7, 8] and got[0] == {"caughtUp": True, "position": 6}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_version_past_the_stream_end_delivers_only_that_version_on(node, http, kind):
+    await append(http, node.url, "short", [ev(i=1)])
+    async with subscriber(kind)(http, node.url, {"stream": "short", "fromVersion": "3"}) as messages:
+        assert await asyncio.wait_for(collect(messages, until_caught_up=True), WAIT) == [
+            {"caughtUp": True, "position": 1}]
+        await append(http, node.url, "short", [ev(i=2), ev(i=3)])
+        await append(http, node.url, "short", [ev(i=4)])
+        got = await asyncio.wait_for(collect(messages, until_position=4), WAIT)
+    assert [m["event"]["version"] for m in got] == [3, 4]
+    async with subscriber(kind)(http, node.url, {"stream": "not-yet", "fromVersion": "2"}) as messages:
+        await asyncio.wait_for(collect(messages, until_caught_up=True), WAIT)
+        await append(http, node.url, "not-yet", [ev(i=1), ev(i=2), ev(i=3)])
+        got = await asyncio.wait_for(collect(messages, until_position=7), WAIT)
+    assert [m["event"]["version"] for m in got] == [2, 3]
+    # a resume (Last-Event-ID: the heartbeat's position) keeps the URL's start version
+    await append(http, node.url, "resumed", [ev(i=1)])  # position 8
+    async with sse(http, node.url, {"stream": "resumed", "fromVersion": "3"}, headers={"Last-Event-ID": "8"}) as messages:
+        await asyncio.wait_for(collect(messages, until_caught_up=True), WAIT)
+        await append(http, node.url, "resumed", [ev(i=2), ev(i=3)])
+        got = await asyncio.wait_for(collect(messages, until_position=10), WAIT)
+    assert [m["event"]["version"] for m in got] == [3]
+
+
 async def test_last_event_id_resumes_after_it_and_overrides_the_start(node, http):
     for i in range(6):
         await append(http, node.url, "r", [ev(i=i)])
