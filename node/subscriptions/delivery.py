@@ -33,7 +33,8 @@ class Pending:
     failures: int = 0  # nack retry, ack timeout, consumer gone while holding it
     deliveries: int = 0
     consumer: "Consumer | None" = None
-    delivery_id: str = ""
+    delivery_id: str = ""  # the current (last) delivery's
+    serials: list[int] = field(default_factory=list)  # of every delivery of it: an ack names one of them
     park_reason: str = ""
 
 
@@ -54,10 +55,10 @@ class Consumer:
     in_flight: dict[str, Pending] = field(default_factory=dict)
 
 
-def parse_delivery_id(text: Any) -> tuple[bool, int, str] | None:
-    """(replay, key, the id) of a well-formed delivery id, else None."""
+def parse_delivery_id(text: Any) -> tuple[bool, int, int] | None:
+    """(replay, key, serial) of a well-formed delivery id, else None."""
     match = DELIVERY_ID.fullmatch(text) if isinstance(text, str) else None
-    return (match[1] == "r", int(match[2]), text) if match else None
+    return (match[1] == "r", int(match[2]), int(match[3])) if match else None
 
 
 class DeliveryState:
@@ -205,6 +206,7 @@ class DeliveryState:
         self._serial += 1
         p.deliveries += 1
         p.delivery_id = f"{'r' if p.replay else ''}{p.key}:{self._serial}"
+        p.serials.append(self._serial)
         p.state, p.consumer = IN_FLIGHT, consumer
         consumer.in_flight[p.delivery_id] = p
         heapq.heappush(self._timeouts, (now + self.settings.ack_timeout, self._serial, p.delivery_id, p))
@@ -217,11 +219,13 @@ class DeliveryState:
 
     # answers ---------------------------------------------------------------------------------
     def _find(self, delivery_id: str) -> Pending | None:
+        """The unsettled event a delivery of which had this id (not a made-up or a stale one)."""
         parsed = parse_delivery_id(delivery_id)
         if parsed is None:
             return None
-        replay, key, _ = parsed
-        return (self.replays if replay else self.pending).get(key)
+        replay, key, serial = parsed
+        p = (self.replays if replay else self.pending).get(key)
+        return p if p is not None and serial in p.serials else None
 
     def ack(self, ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """Settle the events; an ack of an earlier delivery of an event still pending counts too (the consumer

@@ -108,6 +108,22 @@ def test_nack_park_and_skip_settle_and_only_the_current_delivery_counts():
     assert state.checkpoint == 3 and state.skipped == 1 and state.parked == 1
 
 
+def test_an_ack_counts_only_for_an_id_the_state_issued():
+    state = make(buffer_size=1, max_retries=3)
+    state.begin_fetch("c", now=0)
+    feed(state, [1, 2])
+    (d1,) = state.take("c", 10, now=0)
+    key, serial = d1.delivery_id.split(":")
+    never_issued = [f"2:{serial}", f"1:{int(serial) + 7}", f"r1:{serial}"]  # 2 not yet delivered; no such serial
+    assert state.ack(never_issued) == ([], never_issued)
+    assert state.nack(never_issued, "skip") == ([], never_issued)
+    assert state.checkpoint == 0 and state.acked == 0
+    state.nack([d1.delivery_id], "retry")
+    (again,) = state.take("c", 10, now=0)
+    assert state.ack([d1.delivery_id]) == ([d1.delivery_id], [])  # an earlier delivery of it was issued
+    assert state.checkpoint == 1 and state.ack([again.delivery_id]) == ([], [again.delivery_id])
+
+
 def test_no_consumer_holds_more_than_buffer_size():
     state = make(buffer_size=3, concurrency_limit=2)
     state.add_consumer("a", push=True, now=0)
@@ -235,7 +251,7 @@ def test_read_ahead_is_bounded():
 
 
 def test_delivery_ids_are_checked_whole():
-    assert parse_delivery_id("12:34") == (False, 12, "12:34")
-    assert parse_delivery_id("r3:4") == (True, 3, "r3:4")
+    assert parse_delivery_id("12:34") == (False, 12, 34)
+    assert parse_delivery_id("r3:4") == (True, 3, 4)
     for bad in ("12:34\n", "12", ":3", "x1:2", 12, None):
         assert parse_delivery_id(bad) is None
