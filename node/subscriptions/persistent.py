@@ -126,6 +126,7 @@ class PersistentSubscriptions:
         runtime = SubscriptionRuntime(definition, self.log, checkpoint=checkpoint, parked=parked,
                                       parked_keys=parked_keys, metrics=self.metrics, clock=self.clock)
         self.runtimes[definition.name] = runtime
+        await runtime.refresh_head()  # a new subscription's first info says where the stream is
         runtime.start()
         return runtime
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..errors import StreamDeleted, StreamNotFound, Unavailable, WrongExpectedVersion
 from ..log import AllFilter, Log
-from ..position import WatchedPosition
+from ..position import WatchedPosition, first_reached
 from ..storage import Record
 from .delivery import Delivery, DeliveryState
 from .store import (PARKED_KEPT, Definition, ParkedEntry, checkpoint_event, checkpoint_stream, parked_data,
@@ -25,6 +25,7 @@ log = logging.getLogger("evstore.subscriptions")
 
 READ_BATCH = 500
 RETRY_PAUSE = 1.0  # after a failed read or write of the subscription's own state
+HEAD_WAIT = 60.0  # a read-ahead that is full wakes at least this often (the wait is bounded)
 FINAL_CHECKPOINT_WAIT = 2.0
 
 # WebSocket close codes sent to consumers (see README "Persistent subscriptions")
@@ -120,8 +121,8 @@ class SubscriptionRuntime:
             self.outboxes[consumer_id].put_nowait(batch)
         self.changes.advance(self.changes.position + 1)
         if self._gauges is not None:
-            lag, in_flight, parked, consumers, redeliveries = self._gauges
-            lag.set(max(0, self.current_head() - self.state.checkpoint))
+            _lag, in_flight, parked, consumers, redeliveries = self._gauges
+            self._set_lag()
             in_flight.set(self.state.in_flight)
             parked.set(len(self.parked))
             consumers.set(len(self.state.consumers))
@@ -129,9 +130,19 @@ class SubscriptionRuntime:
                 redeliveries.inc(self.state.redeliveries - self._redeliveries_seen)
                 self._redeliveries_seen = self.state.redeliveries
 
+    def _set_lag(self) -> None:
+        if self._gauges is not None:
+            self._gauges[0].set(max(0, self.current_head() - self.state.checkpoint))
+
     def current_head(self) -> int:
         """The subscription's head: the visible position ($all), or the stream's version as last read."""
         return self.log.visible.position if self._filter is not None else self.head
+
+    async def refresh_head(self) -> None:
+        """Read the stream's version (a stream subscription's head) without reading its events."""
+        if self._filter is None:
+            with contextlib.suppress(StreamNotFound, StreamDeleted):
+                self.head = max(self.head, (await self.log.stream_info(self.settings.stream)).version)
 
     # consumers ---------------------------------------------------------------------------------
     def connect(self, consumer_id: str) -> asyncio.Queue:
@@ -178,8 +189,13 @@ class SubscriptionRuntime:
     # reading the log ---------------------------------------------------------------------------
     async def _read_loop(self) -> None:
         while True:
-            if self.state.room <= 0:  # read ahead no further until events settle
-                await self.changes.wait_for(self.changes.position + 1)
+            if self.state.room <= 0:  # read ahead no further until events settle; the head and lag still move
+                seen = self.log.visible.position
+                await first_reached([(self.changes, self.changes.position + 1), (self.log.visible, seen + 1)],
+                                    timeout=HEAD_WAIT)
+                if self.log.visible.position > seen and self.state.room <= 0:
+                    await self._refresh_head_quietly()
+                    self._set_lag()
                 continue
             try:
                 caught_up, seen = await self._read_once(min(self.state.room, READ_BATCH))
@@ -192,6 +208,15 @@ class SubscriptionRuntime:
             self._poke()
             if caught_up:
                 await self.log.visible.wait_for(seen + 1)  # no polling: the next commit wakes us
+
+    async def _refresh_head_quietly(self) -> None:
+        try:
+            await self.refresh_head()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("subscription %s: reading the stream's version failed", self.name)
+            await asyncio.sleep(RETRY_PAUSE)
 
     async def _read_once(self, limit: int) -> tuple[bool, int]:
         """Read the next events into the state; (caught up, the visible position the read saw)."""

@@ -151,6 +151,21 @@ async def test_patch_changes_settings_and_keeps_the_checkpoint(shared_node, http
 
 
 # consuming over HTTP -----------------------------------------------------------------------------
+async def test_head_and_lag_follow_the_stream_while_the_read_ahead_is_full(shared_node, http):
+    base, name, stream = shared_node.url, unique("head"), unique("headed")
+    await append(http, base, stream, 5)
+    _s, created = await call(http, "PUT", f"{base}/v1/subscriptions/{name}",
+                             {"stream": stream, "startFrom": "start", "bufferSize": 2}, status=201)
+    assert (created["head"], created["lag"]) == (5, 5)
+    await info_until(http, base, name, lambda i: i["inFlight"] == 0 and i["head"] == 5, "read ahead 2")
+    await append(http, base, stream, 3)  # the read-ahead (bufferSize 2) is full: nothing more is read
+    state = await info_until(http, base, name, lambda i: i["head"] == 8, "head 8")
+    assert (state["lag"], state["checkpoint"]) == (8, 0)
+    async with http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    assert f'evstore_subscription_lag{{subscription="{name}"}} 8.0' in text
+
+
 async def test_fetch_ack_and_the_checkpoint(shared_node, http):
     base, name, stream = shared_node.url, unique("fetch"), unique("fetched")
     await append(http, base, stream, 3)
