@@ -127,6 +127,7 @@ class Counted(asyncio.Protocol):
     def __init__(self, gate: ConnectionGate, handler: web.RequestHandler) -> None:
         self._gate = gate
         self._handler = handler
+        self._on_lost: list[Callable[[], None]] = []
         self.data_received = handler.data_received
         self.eof_received = handler.eof_received
         self.pause_writing = handler.pause_writing
@@ -139,6 +140,26 @@ class Counted(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._gate.closed(self)
         self._handler.connection_lost(exc)
+        callbacks, self._on_lost = self._on_lost, []
+        for callback in callbacks:
+            callback()
+
+    def on_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when the connection closes; returns what stops that."""
+        self._on_lost.append(callback)
+        return lambda: self._on_lost.remove(callback) if callback in self._on_lost else None
+
+
+def on_connection_lost(request: web.Request, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` once the request's connection closes (at once if it has). aiohttp tells a handler only
+    when it next writes: a handler that waits long between writes (a subscription between heartbeats) learns
+    it here. Returns what stops it; a no-op for a connection the gate did not make."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        callback()
+        return lambda: None
+    protocol = transport.get_protocol()
+    return protocol.on_lost(callback) if isinstance(protocol, Counted) else (lambda: None)
 
 
 class Refusal(asyncio.Protocol):

@@ -14,6 +14,7 @@ from ..subscriptions.selector import MAX_PAYLOAD_DEPTH, Selector, depth, parse_j
 from ..subscriptions.transient import Message, Start, Subscription, TransientSubscriptions
 from . import subscribe_tokens
 from . import validation as v
+from .connections import on_connection_lost
 from .keys import METRICS_KEY, SETTINGS_KEY
 from .shape import event_json, json_response, rfc3339
 from .streams import include_system
@@ -150,6 +151,7 @@ async def _serve_sse(request: web.Request, subscription: Subscription) -> web.St
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     batches = subscription.batches()
+    forget = on_connection_lost(request, subscription.close)  # its place is free as the subscriber goes
     try:
         async for batch in batches:
             await response.write(b"".join(sse_frame(m) for m in batch))
@@ -161,6 +163,7 @@ async def _serve_sse(request: web.Request, subscription: Subscription) -> web.St
     except ConnectionError:  # the subscriber went away
         return response
     finally:
+        forget()
         await batches.aclose()
     with contextlib.suppress(ConnectionError):
         await response.write_eof()

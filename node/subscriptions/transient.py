@@ -189,6 +189,7 @@ class Subscription:
         self._lost_from: int | None = None  # set on overflow: the first matching record not buffered
         self._attached = False
         self._live = False  # delivering from the buffer (not reading the log)
+        self._ended = False  # closed: the subscriber went away
         self._wake = asyncio.Event()
         self.serving: asyncio.Task | None = asyncio.current_task()  # cancelled if still open after a shutdown's grace
 
@@ -246,7 +247,7 @@ class Subscription:
         caught_up = False
         last_sent = time.monotonic()
         log_ = self._hub.log
-        while not self._hub.closing:
+        while self._delivering:
             # catch up from the log; what commits past the fan-out's position is buffered. The fan-out may run
             # behind the log: read at least what the log showed at attaching, so that caughtUp comes after every
             # event committed before it (the buffer's copies of them are skipped by the cursor)
@@ -268,14 +269,14 @@ class Subscription:
                 elif time.monotonic() - last_sent >= self._heartbeat:
                     yield [Message("heartbeat", self._cursor - 1)]
                     last_sent = time.monotonic()
-                if self._hub.closing:
+                if not self._delivering:
                     break
-            if self._lost_from is None and not caught_up:
+            if self._lost_from is None and not caught_up and self._delivering:
                 caught_up = True
                 yield [Message("caughtUp", self._cursor - 1)]
                 last_sent = time.monotonic()
             self._live = True
-            while not self._hub.closing:  # live: the buffer, until it overflows
+            while self._delivering:  # live: the buffer, until it overflows
                 found = []
                 while self._buffer:
                     item = self._buffer.popleft()
@@ -298,7 +299,12 @@ class Subscription:
                 except TimeoutError:
                     yield [Message("heartbeat", self.scanned)]
                     last_sent = time.monotonic()
-        yield [Message("closed", self.scanned)]
+        if not self._ended:
+            yield [Message("closed", self.scanned)]
+
+    @property
+    def _delivering(self) -> bool:
+        return not (self._hub.closing or self._ended)
 
     def _reached(self, version_of, event) -> bool:
         """False for an event of the stream below the start version (only until the stream reaches it)."""
@@ -315,6 +321,9 @@ class Subscription:
         return self.selector.payload is None or self.selector.matches_data(lambda: parse_json(record.data))
 
     def close(self) -> None:
+        """The subscriber is gone (also while `batches()` waits: it ends): free its place. Idempotent."""
+        self._ended = True
+        self._wake.set()
         self._detach()
         self._hub._closed(self)
 

@@ -364,7 +364,8 @@ async def test_bad_last_event_id_and_a_plain_get_are_400_and_a_hard_deleted_stre
 
 async def test_subscriber_limit_is_503_and_the_gauge_counts(node_factory, http):
     node = node_factory("limited", args=("--max-subscribers", "2"))
-    async with sse(http, node.url) as one, websocket(http, node.url) as two:
+    # a long heartbeat: a closed SSE subscriber frees its place when it goes, not at its next heartbeat
+    async with sse(http, node.url, {"heartbeat": "60"}) as one, websocket(http, node.url) as two:
         await asyncio.wait_for(collect(one, until_caught_up=True), WAIT)
         await asyncio.wait_for(collect(two, until_caught_up=True), WAIT)
         assert await metric(http, node.url, "evstore_subscribers") == 2
