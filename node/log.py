@@ -1002,13 +1002,22 @@ def _original_reply(stream: str, events: Sequence[NewEvent], existing: list[Reco
     """A retry of an append that already happened gets the original reply; anything else reusing ids is a 409."""
     by_id = {r.id: r for r in existing}
     records = [by_id.get(e.id) for e in events]
-    same = all(r is not None and _same_event(r, stream, e) for r, e in zip(records, events))
-    if same and all(b.version == a.version + 1 for a, b in zip(records, records[1:])):
-        return AppendResult(stream, records[0].version, records[-1].version, records[-1].position)
+    new = next((e for e, r in zip(events, records) if r is None), None)
+    other = next((e for e, r in zip(events, records) if r is not None and not _same_event(r, stream, e)), None)
+    if new is None and other is None:
+        if all(b.version == a.version + 1 for a, b in zip(records, records[1:])):
+            return AppendResult(stream, records[0].version, records[-1].version, records[-1].position)
+        raise _duplicate(events[0].id, "was already written with the others of this request, but not as one "
+                         "append in this order: a retry must repeat the original append exactly")
+    if other is not None:
+        raise _duplicate(other.id, "was already used for other content (stream, type, data or metadata)")
     reused = next(e.id for e in events if e.id in by_id)
+    raise _duplicate(reused, f"was already written, but event id {uuid.UUID(bytes=new.id)} of this request was "
+                     "not: a retry must repeat the original append exactly")
 
-    raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already used for other content",
-                           eventId=str(uuid.UUID(bytes=reused)))
+
+def _duplicate(event_id: bytes, what: str) -> DuplicateEventId:
+    return DuplicateEventId(f"event id {uuid.UUID(bytes=event_id)} {what}", eventId=str(uuid.UUID(bytes=event_id)))
 
 
 def _original_multi_reply(appends: Sequence[StreamAppend], existing: list[Record]) -> MultiAppendResult:
@@ -1017,10 +1026,8 @@ def _original_multi_reply(appends: Sequence[StreamAppend], existing: list[Record
     known = {r.id for r in existing}
     missing = next((e for entry in appends for e in entry.events if e.id not in known), None)
     if missing is not None:
-        reused = existing[0].id
-        raise DuplicateEventId(f"event id {uuid.UUID(bytes=reused)} was already written, but not every event of "
-                               "this request was: a retry must repeat the original request exactly",
-                               eventId=str(uuid.UUID(bytes=reused)))
+        raise _duplicate(existing[0].id, f"was already written, but event id {uuid.UUID(bytes=missing.id)} of this "
+                         "request was not: a retry must repeat the original request exactly")
     results = [_original_reply(entry.stream, entry.events, existing) for entry in appends]
     return MultiAppendResult(results, max(r.position for r in results))
 

@@ -40,9 +40,20 @@ async def test_retry_with_same_ids_returns_original_reply(http):
     first = await call(http, "POST", "/v1/streams/idem", json=body)
     again = await call(http, "POST", "/v1/streams/idem", json=body)
     assert first == again and first[0] == 200
-    body["events"][0]["data"] = 99
+    first_id, second_id = (e["id"] for e in body["events"])
+    body["events"][1]["data"] = 99
     status, reply = await call(http, "POST", "/v1/streams/idem", json=body)
     assert status == 409 and reply["error"] == "duplicate_event_id"
+    assert reply["eventId"] == second_id and "other content" in reply["message"]  # the one that differs
+    body["events"][1]["data"] = 2
+    # the 409 names what is wrong: an id of the request never written, or the original events in another order
+    new_id = str(uuid.uuid4())
+    status, reply = await call(http, "POST", "/v1/streams/idem",
+                               json={"events": [body["events"][0], {"id": new_id, "type": "C"}]})
+    assert status == 409 and reply["eventId"] == first_id and new_id in reply["message"]
+    assert "other content" not in reply["message"]
+    status, reply = await call(http, "POST", "/v1/streams/idem", json={"events": body["events"][::-1]})
+    assert status == 409 and "order" in reply["message"] and "other content" not in reply["message"]
     assert (await call(http, "GET", "/v1/all"))[1]["head"] == 2
 
 
