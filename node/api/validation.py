@@ -54,7 +54,21 @@ def parse_json_body(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", field="body") from None
+        raise not_taken_json("the body", exc, field="body") from None
+
+
+def not_taken_json(what: str, exc: orjson.JSONDecodeError, *, field: str) -> InvalidRequest:
+    """The 400 for text orjson refuses. Two kinds are valid JSON (RFC 8259) that the store does not take, as
+    I-JSON (RFC 7493) and PostgreSQL's jsonb do not: a number past a double's range (1e400), and a string with
+    an unpaired surrogate escape (\\ud800), which no UTF-8 text can hold. Say which, not "not valid JSON"."""
+    reason = str(exc)
+    if "infinity" in reason:
+        return InvalidRequest(f"{what} is JSON this store does not take: a number past a double's range "
+                              f"(about 1.8e308; any precision within it is kept): {exc}", field=field)
+    if "surrogate" in reason:
+        return InvalidRequest(f"{what} is JSON this store does not take: a string with an unpaired surrogate "
+                              f"escape (UTF-8 cannot hold it): {exc}", field=field)
+    return InvalidRequest(f"{what} is not valid JSON: {exc}", field=field)
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -221,7 +235,7 @@ async def _events_in_slices(events: list[msgspec.Raw], seen: set[bytes], at: str
                 await asyncio.sleep(0)
             event = _EVENT_DECODER.decode(text)
         except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"{field} is not valid JSON: {exc}", field=field) from None
+            raise not_taken_json(field, exc, field=field) from None
         except msgspec.ValidationError as exc:
             raise _decode_error(exc, at=field) from None
         except RecursionError:

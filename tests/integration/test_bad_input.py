@@ -383,6 +383,27 @@ def test_a_max_age_past_what_a_store_can_mean_is_refused_and_changes_nothing(nod
     assert scavenge.status == 200, scavenge.body
 
 
+@pytest.mark.parametrize("data,kind", [("1e400", "double's range"), ("-1E+999", "double's range"),
+                                       ('"\\ud800"', "unpaired surrogate"),
+                                       ('{"a": "x\\udc00"}', "unpaired surrogate")])
+@pytest.mark.parametrize("large", [False, True], ids=["small", "sliced"])
+def test_valid_json_the_store_does_not_take_is_a_400_that_says_why(node, data, kind, large):
+    """RFC 8259 JSON that I-JSON (RFC 7493) and jsonb refuse: answered as such, not as "not valid JSON"."""
+    filler = '{"type": "T", "data": "%s"}, ' % ("x" * 600_000) if large else ""  # past SLICE_BYTES: parsed per event
+    before = state(node)
+    reply = request(node, "POST", f"/v1/streams/{STREAM}",
+                    '{"events": [%s{"type": "T", "data": %s}]}' % (filler, data))
+    assert reply.status == 400, reply.body
+    error = reply.json()
+    assert kind in error["message"] and "not valid JSON" not in error["message"]
+    assert error["field"] in ("body", "events[1]")  # the sliced parse names the event where it can
+    assert state(node) == before
+    within = '[1.7976931348623157e308,1e-400,"\\ud800\\udc00",123456789012345678901234567890.5]'
+    body = '{"events": [{"type": "T", "data": %s}]}' % within
+    assert request(node, "POST", "/v1/streams/in-range", body).status == 200
+    assert ('"data":' + within).encode() in request(node, "GET", "/v1/streams/in-range").body
+
+
 def test_a_client_that_disconnects_mid_body_is_not_a_server_error(node):
     import socket
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:

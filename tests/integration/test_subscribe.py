@@ -186,7 +186,8 @@ async def test_a_version_past_the_stream_end_delivers_only_that_version_on(node,
     assert [m["event"]["version"] for m in got] == [2, 3]
     # a resume (Last-Event-ID: the heartbeat's position) keeps the URL's start version
     await append(http, node.url, "resumed", [ev(i=1)])  # position 8
-    async with sse(http, node.url, {"stream": "resumed", "fromVersion": "3"}, headers={"Last-Event-ID": "8"}) as messages:
+    resume = {"Last-Event-ID": "8"}
+    async with sse(http, node.url, {"stream": "resumed", "fromVersion": "3"}, headers=resume) as messages:
         await asyncio.wait_for(collect(messages, until_caught_up=True), WAIT)
         await append(http, node.url, "resumed", [ev(i=2), ev(i=3)])
         got = await asyncio.wait_for(collect(messages, until_position=10), WAIT)
