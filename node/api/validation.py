@@ -427,9 +427,15 @@ def base64_payload(value: Any, field: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidRequest(f"{field} must be a base64 string (RFC 4648, with padding)", field=field)
     try:
-        return binascii.a2b_base64(value, strict_mode=True)
+        decoded = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{field} is not valid base64 (RFC 4648, with padding)", field=field) from None
+    # strict_mode still takes padding past a full quantum ("YWJj===") and set pad bits ("YR=="): only the one
+    # canonical text of the bytes comes back the same from a read
+    if binascii.b2a_base64(decoded, newline=False) != value.encode():
+        raise InvalidRequest(f"{field} is not canonical base64 (RFC 4648 section 3.5: exact padding, pad bits "
+                             "zero)", field=field)
+    return decoded
 
 
 def event_uuid(value: Any, field: str) -> bytes:

@@ -92,6 +92,13 @@ CASES = [
     ("append-number-too-big", "POST", APPEND, b'{"events": [{"type": "T", "data": 1e400}]}', 400,
      "invalid_request", "body"),
     ("append-unknown-field", "POST", APPEND, append(stream="x"), 400, "invalid_request", "stream"),
+    # base64 that would not come back as sent: only the canonical text of the bytes (RFC 4648 section 3.5)
+    ("append-base64-over-padded", "POST", APPEND, {"events": [{"type": "T", "dataBase64": "YWJj==="}]}, 400,
+     "invalid_request", "events[0].dataBase64"),
+    ("append-base64-pad-bits-set", "POST", APPEND, {"events": [{"type": "T", "metadataBase64": "YR=="}]}, 400,
+     "invalid_request", "events[0].metadataBase64"),
+    ("append-base64-unpadded", "POST", APPEND, {"events": [{"type": "T", "dataBase64": "YWI"}]}, 400,
+     "invalid_request", "events[0].dataBase64"),
     ("append-missing-events", "POST", APPEND, {"expectedVersion": "any"}, 400, "invalid_request", "events"),
     ("append-events-is-object", "POST", APPEND, {"events": event()}, 400, "invalid_request", "events"),
     ("append-events-is-string", "POST", APPEND, {"events": "T"}, 400, "invalid_request", "events"),
