@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import evstore
 
+from . import validation as v
 from .cluster import leader_write
 from .keys import CLUSTER_KEY, LOG_KEY, METRICS_KEY, READY_KEY, SETTINGS_KEY
 from .middleware import error_response
@@ -95,11 +96,15 @@ async def step_down(request: web.Request) -> web.Response:
 
 
 async def verify(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
+    await v.refuse_body(request)
     return json_response(await request.app[LOG_KEY].verify())  # the log counts what it finds
 
 
 async def scavenge(request: web.Request) -> web.Response:
     # on a cluster the leader writes the scavenge into the log and every node applies it at that position
+    v.query_params(request.query, {})
+    await v.refuse_body(request)
     return json_response(await request.app[LOG_KEY].scavenge())
 
 

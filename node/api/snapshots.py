@@ -72,6 +72,7 @@ async def read_snapshots(request: web.Request) -> web.Response:
 async def delete_snapshots(request: web.Request) -> web.Response:
     source = _source(request)
     v.query_params(request.query, {})
+    await v.refuse_body(request)
     await request.app[LOG_KEY].delete_snapshots(source)
     return web.Response(status=204)
 

@@ -114,6 +114,7 @@ DELETE_PARAMS = {"expectedVersion": v.expected_param, "hard": v.bool_param}
 async def delete_stream(request: web.Request) -> web.Response:
     stream = _stream(request, writing=True)
     q = v.query_params(request.query, DELETE_PARAMS)
+    await v.refuse_body(request, ": expectedVersion and hard are query parameters")
     await _log(request).delete(stream, q.get("expectedVersion", ANY), q.get("hard", False))
     return web.Response(status=204)
 

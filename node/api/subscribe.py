@@ -207,8 +207,7 @@ TOKEN_PARAMS = {"ttl": v.int_param(subscribe_tokens.MIN_TTL, subscribe_tokens.MA
 
 async def subscribe_token(request: web.Request) -> web.Response:
     q = v.query_params(request.query, TOKEN_PARAMS)
-    if await request.read():
-        raise InvalidRequest("this request takes no body", field="body")
+    await v.refuse_body(request)
     ttl = q.get("ttl", subscribe_tokens.DEFAULT_TTL)
     token, expires = subscribe_tokens.issue(request.app[SETTINGS_KEY].api_tokens, ttl)
     response = json_response({"token": token, "expiresIn": ttl, "expires": rfc3339(expires * 1_000_000)})

@@ -121,6 +121,7 @@ async def list_all(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     name = _name(request)
     v.query_params(request.query, {})
+    await v.refuse_body(request)
     await _service(request).delete(name)
     return web.Response(status=204)
 
@@ -148,6 +149,7 @@ FETCH_PARAMS = {"max": v.int_param(1, MAX_FETCH), "wait": _seconds_param, "consu
 async def fetch(request: web.Request) -> web.Response:
     name = _name(request)
     q = v.query_params(request.query, FETCH_PARAMS)
+    await v.refuse_body(request, ": max, wait and consumer are query parameters")
     runtime = await _service(request).runtime(name)
     deliveries = await runtime.fetch("http-" + q.get("consumer", "default"), q.get("max", DEFAULT_FETCH),
                                      q.get("wait", 0.0))
@@ -191,6 +193,7 @@ async def parked(request: web.Request) -> web.Response:
 async def replay_parked(request: web.Request) -> web.Response:
     name = _name(request)
     v.query_params(request.query, {})
+    await v.refuse_body(request)
     replaying, missing = await (await _service(request).runtime(name)).replay()
     return json_response({"replaying": replaying, "missing": missing})
 

@@ -57,6 +57,12 @@ def parse_json_body(body: bytes) -> Any:
         raise not_taken_json("the body", exc, field="body") from None
 
 
+async def refuse_body(request, hint: str = "") -> None:
+    """400 for a request that takes no body but has one: ignoring it would ignore what the client meant."""
+    if await request.read():
+        raise InvalidRequest(f"this request takes no body{hint}", field="body")
+
+
 def not_taken_json(what: str, exc: orjson.JSONDecodeError, *, field: str) -> InvalidRequest:
     """The 400 for text orjson refuses. Two kinds are valid JSON (RFC 8259) that the store does not take, as
     I-JSON (RFC 7493) and PostgreSQL's jsonb do not: a number past a double's range (1e400), and a string with

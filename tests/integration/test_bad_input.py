@@ -232,6 +232,13 @@ CASES = [
     ("delete-expected-empty", "DELETE", f"{APPEND}?expectedVersion=", None, 400, "invalid_request",
      "expectedVersion"),
     ("delete-unknown-parameter", "DELETE", f"{APPEND}?soft=true", None, 400, "invalid_request", "soft"),
+    # a request that takes no body refuses one (ignoring it would ignore what the client meant)
+    ("delete-with-body", "DELETE", f"{APPEND}?expectedVersion=1", {"expectedVersion": 0}, 400, "invalid_request",
+     "body"),
+    ("snapshot-delete-with-body", "DELETE", "/v1/snapshots/s", {"all": True}, 400, "invalid_request", "body"),
+    ("scavenge-with-body", "POST", "/v1/admin/scavenge", {"streams": ["x"]}, 400, "invalid_request", "body"),
+    ("scavenge-with-parameter", "POST", "/v1/admin/scavenge?stream=x", None, 400, "invalid_request", "stream"),
+    ("verify-with-body", "POST", "/v1/admin/verify", {"quick": True}, 400, "invalid_request", "body"),
     ("delete-reserved-stream", "DELETE", f"/v1/streams/%24%24{STREAM}?hard=true", None, 400, "reserved_stream",
      "stream"),
     ("delete-name-control-char", "DELETE", "/v1/streams/order%1B1", None, 400, "invalid_request", "stream"),
