@@ -26,6 +26,7 @@ log = logging.getLogger("evstore.subscriptions")
 READ_BATCH = 500
 RETRY_PAUSE = 1.0  # after a failed read or write of the subscription's own state
 HEAD_WAIT = 60.0  # a read-ahead that is full wakes at least this often (the wait is bounded)
+HEAD_EVERY = 0.5  # seconds between reads of the head while the read-ahead is full (not one per commit)
 FINAL_CHECKPOINT_WAIT = 2.0
 
 # WebSocket close codes sent to consumers (see README "Persistent subscriptions")
@@ -61,6 +62,9 @@ class SubscriptionRuntime:
         self._parked_keys = {key for key in parked_keys if key > checkpoint}
         self.replay_up_to = 0  # a replay is under way up to this parked version
         self.head = 0
+        # while the read-ahead is full: when the head was last read, and the visible position then
+        self._head_read_at = 0.0
+        self._head_seen = 0
         self.changes = WatchedPosition()  # moves on every change: fetches and the maintenance task await it
         self.outboxes: dict[str, asyncio.Queue] = {}
         self.stopped = False
@@ -190,12 +194,7 @@ class SubscriptionRuntime:
     async def _read_loop(self) -> None:
         while True:
             if self.state.room <= 0:  # read ahead no further until events settle; the head and lag still move
-                seen = self.log.visible.position
-                await first_reached([(self.changes, self.changes.position + 1), (self.log.visible, seen + 1)],
-                                    timeout=HEAD_WAIT)
-                if self.log.visible.position > seen and self.state.room <= 0:
-                    await self._refresh_head_quietly()
-                    self._set_lag()
+                await self._follow_head()
                 continue
             try:
                 caught_up, seen = await self._read_once(min(self.state.room, READ_BATCH))
@@ -208,6 +207,22 @@ class SubscriptionRuntime:
             self._poke()
             if caught_up:
                 await self.log.visible.wait_for(seen + 1)  # no polling: the next commit wakes us
+
+    async def _follow_head(self) -> None:
+        """While the read-ahead is full: wait for a change, or for commits past the head last read, and then read
+        the head again (at most every HEAD_EVERY seconds, not once per commit)."""
+        visible = self.log.visible
+        if visible.position <= self._head_seen:
+            await first_reached([(self.changes, self.changes.position + 1), (visible, self._head_seen + 1)],
+                                timeout=HEAD_WAIT)
+            return
+        wait = self._head_read_at + HEAD_EVERY - time.monotonic()
+        if wait > 0:
+            await self.changes.wait_for(self.changes.position + 1, timeout=wait)
+            return
+        self._head_seen, self._head_read_at = visible.position, time.monotonic()
+        await self._refresh_head_quietly()
+        self._set_lag()
 
     async def _refresh_head_quietly(self) -> None:
         try:
