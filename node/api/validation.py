@@ -58,9 +58,16 @@ def parse_json_body(body: bytes) -> Any:
 
 
 async def refuse_body(request, hint: str = "") -> None:
-    """400 for a request that takes no body but has one: ignoring it would ignore what the client meant."""
-    if await request.read():
-        raise InvalidRequest(f"this request takes no body{hint}", field="body")
+    """400 for a request that takes no body but has one that says something (an empty JSON object, which
+    some HTTP clients send with every POST, says nothing): ignoring it would ignore what the client meant."""
+    body = await request.read()
+    if body and body.strip() != b"{}":
+        try:
+            empty = orjson.loads(body) == {}
+        except orjson.JSONDecodeError:
+            empty = False
+        if not empty:
+            raise InvalidRequest(f"this request takes no body{hint}", field="body")
 
 
 def not_taken_json(what: str, exc: orjson.JSONDecodeError, *, field: str) -> InvalidRequest:
@@ -68,6 +75,8 @@ def not_taken_json(what: str, exc: orjson.JSONDecodeError, *, field: str) -> Inv
     I-JSON (RFC 7493) and PostgreSQL's jsonb do not: a number past a double's range (1e400), and a string with
     an unpaired surrogate escape (\\ud800), which no UTF-8 text can hold. Say which, not "not valid JSON"."""
     reason = str(exc)
+    if "not valid UTF-8" in reason:  # orjson says "surrogates not allowed" of any invalid UTF-8 byte
+        return InvalidRequest(f"{what} is not valid UTF-8 (JSON text must be)", field=field)
     if "infinity" in reason:
         return InvalidRequest(f"{what} is JSON this store does not take: a number past a double's range "
                               f"(about 1.8e308; any precision within it is kept): {exc}", field=field)

@@ -89,6 +89,7 @@ CASES = [
     ("append-empty-body", "POST", APPEND, b"", 400, "invalid_request", "body"),
     ("append-body-is-list", "POST", APPEND, [event()], 400, "invalid_request", "body"),
     ("append-body-is-string", "POST", APPEND, '"events"', 400, "invalid_request", "body"),
+    ("append-invalid-utf8", "POST", APPEND, b'{"events": [{"type": "\xff"}]}', 400, "invalid_request", "body"),
     ("append-number-too-big", "POST", APPEND, b'{"events": [{"type": "T", "data": 1e400}]}', 400,
      "invalid_request", "body"),
     ("append-unknown-field", "POST", APPEND, append(stream="x"), 400, "invalid_request", "stream"),
@@ -416,6 +417,12 @@ def test_valid_json_the_store_does_not_take_is_a_400_that_says_why(node, data, k
     body = '{"events": [{"type": "T", "data": %s}]}' % within
     assert request(node, "POST", "/v1/streams/in-range", body).status == 200
     assert ('"data":' + within).encode() in request(node, "GET", "/v1/streams/in-range").body
+
+
+def test_invalid_utf8_is_named_as_such(node):
+    reply = request(node, "POST", f"/v1/streams/{STREAM}", b'{"events": [{"type": "\xff"}]}')
+    assert reply.status == 400 and "UTF-8" in reply.json()["message"]
+    assert "surrogate" not in reply.json()["message"]
 
 
 def test_a_client_that_disconnects_mid_body_is_not_a_server_error(node):

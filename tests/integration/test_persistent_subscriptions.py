@@ -202,6 +202,7 @@ async def test_bad_consumer_calls_are_400(shared_node, http):
         method = "DELETE" if path == "" else "POST"  # a body these take not: refused, not ignored
         status, error = await call(http, method, f"{base}/v1/subscriptions/{name}{path}", body)
         assert (status, error["field"]) == (400, "body"), path
+    assert (await call(http, "POST", f"{base}/v1/subscriptions/{name}/fetch", {}))[0] == 200  # {} says nothing
     assert (await info(http, base, name))["name"] == name
     status, error = await call(http, "POST", f"{base}/v1/subscriptions/{unique('none')}/fetch")
     assert (status, error["error"]) == (404, "subscription_not_found")
