@@ -5,12 +5,12 @@ from .errors import (ConnectionFailed, DuplicateEventId, EvstoreError, Forbidden
                      ServerError, SnapshotNotFound, StreamDeleted, StreamNotFound, SubscriptionExists,
                      SubscriptionNotFound, TooLarge, TooManyConsumers, Unauthorized, Unavailable,
                      WrongExpectedVersion)
-from .protocol import NewEvent, StreamAppend
+from .protocol import NewEvent, RawJSON, StreamAppend
 from .subscription import Subscription
 from .sync_client import EvstoreClient, SyncConsumer, SyncDelivery, SyncSubscription
 
 __all__ = [
-    "DEFAULT_URL", "AsyncEvstoreClient", "EvstoreClient", "NewEvent", "StreamAppend",
+    "DEFAULT_URL", "AsyncEvstoreClient", "EvstoreClient", "NewEvent", "RawJSON", "StreamAppend",
     "Subscription", "Consumer", "Delivery", "SyncSubscription", "SyncConsumer", "SyncDelivery",
     "EvstoreError", "InvalidRequest", "ReservedStream", "Unauthorized", "Forbidden", "StreamNotFound",
     "SubscriptionNotFound", "SnapshotNotFound", "WrongExpectedVersion", "DuplicateEventId", "SubscriptionExists",

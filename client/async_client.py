@@ -10,7 +10,6 @@ import weakref
 from typing import Any, AsyncIterator, Iterable, Mapping
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from . import protocol
@@ -66,7 +65,7 @@ class AsyncEvstoreClient:
                 headers["Authorization"] = f"Bearer {self.token}"
             self._session = aiohttp.ClientSession(
                 headers=headers, connector=aiohttp.TCPConnector(limit=self.max_connections),
-                json_serialize=lambda o: orjson.dumps(o).decode())
+                json_serialize=lambda o: protocol.dumps(o).decode())
             self._own_session = True
         return self._session
 
@@ -78,7 +77,7 @@ class AsyncEvstoreClient:
 
     async def _request(self, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
                        body: Any = None, timeout: float | None = None, raw: bool = False) -> Any:
-        data = orjson.dumps(body) if body is not None else None
+        data = protocol.dumps(body) if body is not None else None
         attempt = 0
         while True:
             status, payload = await self._exchange(method, path, params=params, data=data,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -81,21 +82,44 @@ def expected_version_option(default: str | None) -> Callable[..., Any]:
                         help="Fail with wrong_expected_version unless the stream is at this version.")
 
 
-def json_argument(text: str | None, name: str) -> Any:
+def json_argument(text: str | None, name: str, *, exact: bool = False) -> Any:
+    """The JSON of an option, parsed; `exact`: numbers kept as written (what is sent on, see loads_exact)."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return protocol.loads_exact(text) if exact else json.loads(text, parse_constant=protocol.refuse_constant)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc.msg} at column {exc.colno}", param_hint=name) from None
+    except ValueError as exc:  # NaN or Infinity
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+
+
+def raw_json_argument(text: str | None, name: str, *, object_only: bool = False) -> protocol.RawJSON | None:
+    """An option's JSON text, checked, to be sent exactly as typed (the server stores it so)."""
+    value = json_argument(text, name, exact=True)
+    if text is not None and object_only and not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=name)
+    return None if text is None else protocol.RawJSON(text)
 
 
 def emit_json(value: Any) -> None:
     click.echo(output.to_json(value))
 
 
+def node_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """An http(s) URL with a host and a valid port, or bad usage (exit 2)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError when out of range)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a node URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not a node URL (http://host:port)")
+    return value
+
+
 @click.group(cls=EvstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="EVSTORE_URL", default=DEFAULT_URL, show_default=True,
+@click.option("--url", envvar="EVSTORE_URL", default=DEFAULT_URL, show_default=True, callback=node_url,
               help="Node URL (env EVSTORE_URL).")
 @click.option("--token", envvar="EVSTORE_TOKEN", default=None, help="Bearer token (env EVSTORE_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Machine output: each server reply as one JSON line.")
@@ -194,11 +218,10 @@ def append(settings: Settings, stream: str, event_type: str | None, data_text: s
 
 def append_one(settings: Settings, stream: str, event_type: str, data_text: str | None,
                metadata_text: str | None, event_id: str | None, expected_version: Any) -> None:
-    event: dict[str, Any] = {"type": event_type, "data": json_argument(data_text, "--data") if data_text else {}}
-    metadata = json_argument(metadata_text, "--metadata")
+    data = raw_json_argument(data_text, "--data")
+    event: dict[str, Any] = {"type": event_type, "data": {} if data is None else data}
+    metadata = raw_json_argument(metadata_text, "--metadata", object_only=True)
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--metadata")
         event["metadata"] = metadata
     if event_id:
         event["id"] = event_id
@@ -352,7 +375,7 @@ def delete(settings: Settings, stream: str, hard: bool, expected_version: Any) -
 @pass_settings
 def append_many(settings: Settings, file_path: Any) -> None:
     """Append to several streams atomically: all entries or none, at contiguous positions."""
-    doc = json_argument(file_path.read(), "--file")
+    doc = json_argument(file_path.read(), "--file", exact=True)
     entries = doc.get("appends") if isinstance(doc, dict) else doc
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "stream" in e and "events" in e
                                                 for e in entries):
@@ -388,10 +411,8 @@ def snapshot_put(settings: Settings, source: str, version: int, snapshot_type: s
     """Save a snapshot of SOURCE at --version (one saved at that version before is replaced)."""
     if data_text is not None and data_file is not None:
         raise click.UsageError("give --data or --data-file, not both")
-    data = data_file.read() if data_file is not None else json_argument(data_text, "--data")
-    metadata = json_argument(metadata_text, "--metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--metadata")
+    data = data_file.read() if data_file is not None else raw_json_argument(data_text, "--data")
+    metadata = raw_json_argument(metadata_text, "--metadata", object_only=True)
     reply = settings.client().save_snapshot(source, version=version, type=snapshot_type, data=data,
                                             metadata=metadata, keep=keep)
     click.echo(output.to_json(reply) if settings.as_json

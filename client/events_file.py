@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Iterator, TypeVar
 
+from .protocol import loads_exact
+
 T = TypeVar("T")
 
 EVENT_KEYS = {"type", "data", "metadata", "id"}
@@ -17,11 +19,14 @@ class EventsFileError(ValueError):
 
 
 def parse_event_line(line: str, line_number: int) -> dict[str, Any]:
-    """One JSON Lines event, checked for shape (the server still validates content)."""
+    """One JSON Lines event, checked for shape (the server still validates content); its numbers are kept as
+    written (protocol.loads_exact)."""
     try:
-        value = json.loads(line)
+        value = loads_exact(line)
     except json.JSONDecodeError as exc:
         raise EventsFileError(line_number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:  # NaN or Infinity
+        raise EventsFileError(line_number, f"not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise EventsFileError(line_number, "expected a JSON object with \"type\" and \"data\"")
     if not isinstance(value.get("type"), str) or not value["type"]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 from urllib.parse import quote
@@ -20,6 +22,82 @@ _LONG_RUN = b"\x00" * LONG_NUMBER_DIGITS
 
 def has_long_number(raw: bytes) -> bool:
     return _LONG_RUN in raw.translate(_DIGITS_TO_NUL)
+
+class RawJSON:
+    """JSON text sent as it is, not parsed and encoded again (the CLI's --data): the server stores the exact text
+    (long decimals, `1E2`), and checks it itself."""
+    __slots__ = ("text",)
+
+    def __init__(self, text: str | bytes) -> None:
+        self.text = text.encode() if isinstance(text, str) else bytes(text)
+
+    def __repr__(self) -> str:
+        return f"RawJSON({self.text.decode(errors='replace')!r})"
+
+
+def _fragment(value: Any) -> Any:
+    if isinstance(value, RawJSON):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_int(text: str) -> Any:
+    return int(text) if len(text) < LONG_NUMBER_DIGITS else RawJSON(text)
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """JSON text (a file the CLI sends) parsed so that `dumps` gives every number back as written: each
+    decimal, and each integer too long for orjson, stays its text (RawJSON). NaN and Infinity are refused."""
+    return json.loads(text, parse_float=RawJSON, parse_int=_exact_int, parse_constant=refuse_constant)
+
+
+def dumps(value: Any) -> bytes:
+    """A request body as JSON, exactly: orjson, unless it holds an integer beyond 64 bits (which orjson refuses
+    and the standard library writes exactly); ValueError for NaN or an infinity, which JSON cannot say (orjson
+    would write null, changing the data)."""
+    try:
+        out = orjson.dumps(value, default=_fragment)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc) and "surrogates" not in str(exc):
+            raise
+        return _dumps_exactly(value)  # the server answers an unpaired surrogate (escaped here) with its 400
+    if b"null" in out:
+        _refuse_non_finite(value)
+    return out
+
+
+def _refuse_non_finite(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{item} cannot be sent as JSON: send it as a string")
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _dumps_exactly(value: Any) -> bytes:
+    """The standard library's JSON (integers of any size), with RawJSON texts put in as they are."""
+    texts: list[bytes] = []
+    mark = secrets.token_hex(8)
+
+    def placeholder(item: Any) -> str:
+        if isinstance(item, RawJSON):
+            texts.append(item.text)
+            return f"{mark}:{len(texts) - 1}"
+        raise TypeError(f"Type is not JSON serializable: {type(item).__name__}")
+
+    out = json.dumps(value, default=placeholder, allow_nan=False, separators=(",", ":")).encode()
+    for i, text in enumerate(texts):
+        out = out.replace(f'"{mark}:{i}"'.encode(), text, 1)
+    return out
+
 
 EXPECTED_VERSION_WORDS = ("any", "no_stream", "stream_exists")
 ExpectedVersion = Union[str, int]
@@ -86,7 +164,7 @@ def snapshot_body(*, version: int, type: str, data: Any = None, metadata: Mappin
     if isinstance(metadata, (bytes, bytearray, memoryview)):
         body["metadataBase64"] = base64.b64encode(bytes(metadata)).decode("ascii")
     elif metadata is not None:
-        body["metadata"] = dict(metadata)
+        body["metadata"] = metadata if isinstance(metadata, RawJSON) else dict(metadata)
     if keep is not None:
         body["keep"] = keep
     return body
@@ -119,7 +197,7 @@ def event_body(event: EventInput) -> dict[str, Any]:
     if isinstance(event, NewEvent):
         body: dict[str, Any] = {"type": event.type, "data": event.data}
         if event.metadata is not None:
-            body["metadata"] = dict(event.metadata)
+            body["metadata"] = event.metadata if isinstance(event.metadata, RawJSON) else dict(event.metadata)
         body["id"] = event.id or str(uuid7())
         return body
     if isinstance(event, Mapping):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -70,6 +71,36 @@ def test_append_one_event_and_read_it_back(run):
     backward = json_lines(run("--json", "read", stream, "--backward", "--limit", "1").output)[0]
     assert [e["version"] for e in backward["events"]] == [2]
     assert backward["next"] == 1
+
+
+def test_json_given_to_the_cli_is_stored_as_written(run, shared_node, tmp_path):
+    """--data, --metadata, a JSON Lines file, an append-many file and a snapshot keep every number as written
+    (they went through json.loads and orjson: long decimals rounded, 1E2 became 100.0, 1e400 null, and an
+    integer past 64 bits was a traceback)."""
+    def stored(path: str) -> bytes:
+        with urllib.request.urlopen(shared_node.url + path, timeout=30) as reply:
+            return reply.read()
+
+    data = '{"d": 0.1000000000000000000001, "e": 1E2, "big": 123456789012345678901234567890}'
+    one, lines, many, snap = unique(), unique(), unique(), unique()
+    assert run("append", one, "--type", "A", "--data", data, "--metadata", '{"m": 1.50}').exit_code == 0
+    assert b'"data":' + data.encode() + b',"metadata":{"m": 1.50}' in stored(f"/v1/streams/{one}")
+    exact = '{"n":0.10000000000000000001,"b":123456789012345678901234567890,"e":1E2}'
+    (tmp_path / "e.jsonl").write_text('{"type": "A", "data": %s}\n' % exact)
+    assert run("append", lines, "--file", str(tmp_path / "e.jsonl"), "--no-progress").exit_code == 0
+    assert b'"data":' + exact.encode() in stored(f"/v1/streams/{lines}")
+    (tmp_path / "m.json").write_text('[{"stream": "%s", "events": [{"type": "A", "data": %s}]}]' % (many, exact))
+    assert run("append-many", "--file", str(tmp_path / "m.json")).exit_code == 0
+    assert b'"data":' + exact.encode() in stored(f"/v1/streams/{many}")
+    result = run("snapshot", "put", snap, "--version", "1", "--type", "S", "--data", "123456789012345678901234567890.5")
+    assert result.exit_code == 0, result.output
+    assert b'"data":123456789012345678901234567890.5' in stored(f"/v1/snapshots/{snap}")
+    # what the store does not take is the server's 400 (exit 1), never a null stored in its place
+    result = run("append", one, "--type", "A", "--data", "1e400")
+    assert result.exit_code == 1 and "double's range" in result.output
+    result = run("snapshot", "put", snap, "--version", "99999999999999999999", "--type", "S")
+    assert result.exit_code == 1 and "version" in result.output
+    assert json.loads(stored(f"/v1/streams/{one}"))["version"] == 1
 
 
 def test_wrong_expected_version_is_one_line_on_stderr_and_exit_1(run):

@@ -149,6 +149,13 @@ UNREACHABLE = "http://127.0.0.1:1"
     (["append", "s", "--type", "T", "--expected-version", "maybe"], "expected version"),
     (["read", "s", "--type", "A"], "'$all' only"),
     (["read", "s", "--limit", "0"], "--limit"),
+    (["append", "s", "--type", "T", "--data", ""], "not valid JSON"),  # not stored as {}
+    (["append", "s", "--type", "T", "--data", "NaN"], "NaN"),  # orjson would have sent null
+    (["append", "s", "--type", "T", "--metadata", "null"], "JSON object"),  # not dropped
+    (["snapshot", "put", "s", "--version", "1", "--type", "S", "--metadata", "null"], "JSON object"),
+    (["--url", "notaurl", "info"], "not a node URL"),
+    (["--url", "ftp://host/", "info"], "not a node URL"),
+    (["--url", "http://127.0.0.1:99999", "info"], "not a node URL"),
 ])
 def test_usage_errors_exit_2_without_contacting_a_node(args, message):
     result = CliRunner().invoke(cli, ["--url", UNREACHABLE, *args])
