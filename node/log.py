@@ -446,8 +446,10 @@ class Log:
                         found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags):
                     return found
             if retention_changes:
-                _write_system_event(txn, metadata_stream(stream), METADATA_TYPE,
-                                    orjson.dumps({**meta, "maxCount": keep}))
+                retention = {**meta, "maxCount": keep}
+                if row.version > 0:  # what an earlier, lower keep hides stays hidden (keep only ever drops)
+                    retention["truncateBefore"] = max(meta.get("truncateBefore") or 0, vis.min_version)
+                _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(retention))
             result = _write_events(txn, row, [event])
             return Snapshot(source, version, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags,
                             txn.now, result.position)

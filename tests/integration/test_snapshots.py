@@ -92,6 +92,16 @@ async def test_retention_keeps_the_latest_k(http):
     assert [s["version"] for s in page["snapshots"]] == [4, 5]
 
 
+async def test_a_higher_keep_later_does_not_bring_back_what_a_lower_one_dropped(http):
+    source = name("rekeep")
+    for version, keep in ((1, None), (2, None), (3, 1), (4, 5), (5, None)):
+        await call(http, "PUT", f"/v1/snapshots/{source}",
+                   json={"version": version, "type": "S", **({"keep": keep} if keep else {})})
+        page = (await call(http, "GET", f"/v1/snapshots/{source}/all"))[1]
+    assert [s["version"] for s in page["snapshots"]] == [3, 4, 5]  # 1 and 2 stay dropped; 5 kept of 5
+    assert (await call(http, "GET", f"/v1/snapshots/{source}", params={"maxVersion": "2"}))[0] == 404
+
+
 async def test_same_version_replaces_and_an_identical_put_writes_nothing(http):
     source = name("same")
     body = {"version": 5, "type": "S", "data": {"a": 1}}
