@@ -92,6 +92,17 @@ def _check_body_headers(request: web.Request) -> web.Response | None:
     return None
 
 
+_NAMED = (("/v1/streams/", "stream"), ("/v1/snapshots/", "source"), ("/v1/subscriptions/", "name"))
+
+
+def _empty_name(path: str) -> str | None:
+    """The field of a path whose name segment is empty (`/v1/streams/`, `/v1/snapshots//all`), else None."""
+    for prefix, field in _NAMED:
+        if path.startswith(prefix) and not path[len(prefix):].partition("/")[0]:
+            return field
+    return None
+
+
 def _error_for(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, LogError):
         return error_response(exc.status, exc.code, exc.message, **exc.details)
@@ -100,6 +111,9 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         limit = request.app[SETTINGS_KEY].max_body_bytes
         return error_response(413, "too_large", f"the body is larger than {limit} bytes", maxBytes=limit)
     if isinstance(exc, web.HTTPException):
+        empty = _empty_name(request.path) if exc.status == 404 else None
+        if empty is not None:  # no route has an empty name: say what is wrong, as for any other bad name
+            return error_response(400, "invalid_request", f"the {empty} name is empty", field=empty)
         code = HTTP_ERROR_CODES.get(exc.status, "error")
         # A 405 must keep the `Allow` header aiohttp puts on it (RFC 9110).
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None

@@ -243,6 +243,13 @@ CASES = [
     ("delete-reserved-stream", "DELETE", f"/v1/streams/%24%24{STREAM}?hard=true", None, 400, "reserved_stream",
      "stream"),
     ("delete-name-control-char", "DELETE", "/v1/streams/order%1B1", None, 400, "invalid_request", "stream"),
+    # an empty name is a bad name (there is no such route, but a 404 would say the thing is missing)
+    ("append-empty-stream-name", "POST", "/v1/streams/", append(), 400, "invalid_request", "stream"),
+    ("info-empty-stream-name", "GET", "/v1/streams//info", None, 400, "invalid_request", "stream"),
+    ("snapshot-empty-source", "PUT", "/v1/snapshots/", {"version": 1, "type": "S"}, 400, "invalid_request",
+     "source"),
+    ("snapshots-empty-source", "GET", "/v1/snapshots//all", None, 400, "invalid_request", "source"),
+    ("subscription-empty-name", "PUT", "/v1/subscriptions/", {"stream": "s"}, 400, "invalid_request", "name"),
 ]
 
 
