@@ -19,6 +19,7 @@ from ..cluster.member import TAKEOVER_PATH, ClusterMember, NoInSyncFollower
 from ..cluster.replication import FETCH_PATH, EpochMismatch, reply_body, reply_headers
 from ..config import NODE_ID
 from ..errors import InvalidRequest, LogError, NotLeader, Unavailable
+from . import validation as v
 from .keys import CLUSTER_KEY, METRICS_KEY, SETTINGS_KEY
 from .middleware import FORWARDED_HEADER, error_response
 from .shape import json_response, rfc3339
@@ -195,6 +196,7 @@ async def _wait_visible(member: ClusterMember, payload: bytes) -> None:
 
 # routes --------------------------------------------------------------------------------------------
 async def cluster_status(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
     member = _member(request)
     settings = request.app[SETTINGS_KEY]
     status = member.status()
@@ -205,6 +207,8 @@ async def cluster_status(request: web.Request) -> web.Response:
 
 
 async def step_down(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
+    await v.refuse_body(request)
     member = _member(request)
     if member.role != "leader":
         return await forward(request, member, step_down, write=True)

@@ -76,12 +76,14 @@ async def _precreate_metrics(app: web.Application) -> None:
 
 
 async def info(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
     settings = request.app[SETTINGS_KEY]
     return json_response({"version": evstore.__version__, "store": settings.store_id, "node": settings.node_id,
                           "mode": "cluster" if settings.clustered else "single", "durability": settings.durability, "features": FEATURES})
 
 
 async def cluster(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
     settings = request.app[SETTINGS_KEY]
     head = request.app[LOG_KEY].head
     me = {"node": settings.node_id, "url": settings.url, "role": "single", "position": head, "inSync": True,
@@ -92,6 +94,8 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 async def step_down(request: web.Request) -> web.Response:
+    v.query_params(request.query, {})
+    await v.refuse_body(request)
     return error_response(409, "no_in_sync_follower", "a single node has no follower to hand leadership to")
 
 
