@@ -728,7 +728,8 @@ def verify_offline(data_dir: str, show_progress: bool) -> dict:
 def check(settings: Settings, nodes: tuple[str, ...], converge_timeout: float) -> None:
     """Prove the nodes hold the same gap-free log: $all and every stream, read from every node.
 
-    Exit 0 when consistent, 1 when anything is wrong (each problem is listed)."""
+    Exit 0 when consistent, 1 when anything is wrong (each problem is listed), 3 when no node answers. It
+    assumes no scavenge ran: a scavenge removes events by design, and their positions show as gaps."""
     import asyncio
 
     from .harness.checker import check_cluster

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Literal, NamedTuple
 import aiohttp
 
 from ..async_client import AsyncEvstoreClient
-from ..errors import EvstoreError, StreamDeleted, StreamNotFound
+from ..errors import ConnectionFailed, EvstoreError, StreamDeleted, StreamNotFound
 
 PAGE = 4096
 STREAM_LIST_PAGE = 1000
@@ -516,8 +516,12 @@ async def read_head(client: AsyncEvstoreClient) -> int:
 async def wait_converged(clients: list[AsyncEvstoreClient], timeout: float) -> tuple[bool, dict[str, int | None]]:
     """Polls every node's $all head until all are equal (True) or `timeout` passes (False)."""
     deadline = time.monotonic() + timeout
+    first = True
     while True:
         heads = await asyncio.gather(*(read_head(c) for c in clients), return_exceptions=True)
+        if first and all(isinstance(h, ConnectionFailed) for h in heads):
+            raise heads[0]  # no node to wait for: say so now (the CLI exits 3), not after the timeout
+        first = False
         by_url = {c.url: (h if isinstance(h, int) else None) for c, h in zip(clients, heads)}
         values = set(by_url.values())
         if len(values) == 1 and None not in values:

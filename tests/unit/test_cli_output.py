@@ -172,6 +172,11 @@ def test_bad_events_file_exits_2_before_sending(tmp_path):
     assert "cannot connect" not in result.output, "the file is checked before any request"
 
 
+def test_check_with_no_node_exits_3_at_once():
+    result = CliRunner().invoke(cli, ["--url", UNREACHABLE, "check", "--converge-timeout", "600"])
+    assert result.exit_code == 3 and "cannot connect" in result.output, result.output
+
+
 def test_no_node_exits_3_with_a_hint():
     result = CliRunner().invoke(cli, ["--url", UNREACHABLE, "streams"])
     assert result.exit_code == 3
