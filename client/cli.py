@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -109,13 +108,9 @@ def emit_json(value: Any) -> None:
 def node_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """An http(s) URL with a host and a valid port, or bad usage (exit 2)."""
     try:
-        parts = urllib.parse.urlsplit(value)
-        parts.port  # noqa: B018  (raises ValueError when out of range)
+        return protocol.check_node_url(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r} is not a node URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise click.BadParameter(f"{value!r} is not a node URL (http://host:port)")
-    return value
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(cls=EvstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,7 +7,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -129,6 +129,18 @@ def decode_reply(payload: bytes) -> Any:
         return loads(payload) if payload else None
     except ValueError:
         return None
+
+
+def check_node_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host and a valid port, else ValueError saying why."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError when out of range)
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a node URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a node URL (http://host:port)")
+    return url
 
 
 def path_segment(name: str) -> str:

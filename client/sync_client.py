@@ -10,9 +10,13 @@ shared).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import functools
 import inspect
+import sys
 import threading
+import weakref
 from typing import Any, Callable, Coroutine, Iterable, Iterator, TypeVar
 
 from .async_client import DEFAULT_URL, AsyncEvstoreClient
@@ -20,6 +24,18 @@ from .blocking import BlockingTransport, complete
 from .consumer import Delivery
 
 T = TypeVar("T")
+
+CLOSE_WAIT = 5.0  # seconds a close waits for the loop thread to close its connections and stop
+_open_clients: "weakref.WeakSet[EvstoreClient]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    """Close the clients still open at interpreter exit while their loop threads still run: a daemon thread
+    stops running once finalization begins, and a close from a __del__ then (eventsourcing's Application
+    closes its recorders so) would wait for it in vain."""
+    for client in list(_open_clients):
+        client.close()
 
 
 class EvstoreClient:
@@ -35,6 +51,7 @@ class EvstoreClient:
         self._thread = threading.Thread(target=self._loop.run_forever, name="evstore-client", daemon=True)
         self._thread.start()
         self._closed = False
+        _open_clients.add(self)
 
     @property
     def url(self) -> str:
@@ -76,14 +93,20 @@ class EvstoreClient:
         """Close the connections and the loop thread's HTTP session, and stop that thread. Safe to call twice."""
         if self._closed:
             return
+        self._closed = True
+        _open_clients.discard(self)
+        self._direct.close_connections()
+        if sys.is_finalizing() or not self._thread.is_alive():
+            return  # the loop thread runs no more: nothing of it to wait for (the process is ending)
         try:
-            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result(timeout=CLOSE_WAIT)
+        except concurrent.futures.TimeoutError:
+            pass  # a loop that does not answer: stop it all the same
         finally:
-            self._closed = True
-            self._direct.close_connections()
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._thread.join(timeout=CLOSE_WAIT)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def __enter__(self) -> "EvstoreClient":
         return self

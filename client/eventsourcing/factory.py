@@ -12,10 +12,12 @@ application as `<APPLICATION NAME>_<SETTING>`):
 """
 from __future__ import annotations
 
+import math
+
 from eventsourcing.persistence import AggregateRecorder, ApplicationRecorder, InfrastructureFactory, ProcessRecorder
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
-from evstore.client import DEFAULT_URL
+from evstore.client import DEFAULT_URL, protocol
 
 from .recorders import (EvstoreAggregateRecorder, EvstoreApplicationRecorder, EvstoreProcessRecorder,
                         EvstoreTrackingRecorder, StreamNames)
@@ -42,7 +44,14 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
         try:
             timeout = float(timeout_text)
         except ValueError:
-            raise OSError(f"{self.EVSTORE_TIMEOUT} must be a number of seconds, not {timeout_text!r}") from None
+            timeout = math.nan
+        if not 0 < timeout < math.inf:
+            raise OSError(f"{self.EVSTORE_TIMEOUT} must be a number of seconds above 0, not {timeout_text!r}")
+        url = self.env.get(self.EVSTORE_URL) or DEFAULT_URL
+        try:
+            protocol.check_node_url(url)
+        except ValueError as exc:
+            raise OSError(f"{self.EVSTORE_URL}: {exc}") from None
         id_type = (self.env.get(self.ORIGINATOR_ID_TYPE) or "uuid").lower()
         if id_type not in ("uuid", "text"):
             raise OSError(f"Invalid {self.ORIGINATOR_ID_TYPE} {id_type!r}, must be 'uuid' or 'text'")
@@ -52,8 +61,7 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
         if prefix.startswith("$"):
             raise OSError(f"{self.EVSTORE_STREAM_PREFIX} must not start with $ (system streams)")
         self.names = StreamNames(prefix, originator_id_type=id_type)
-        self.store = Store(self.env.get(self.EVSTORE_URL) or DEFAULT_URL, token=self.env.get(self.EVSTORE_TOKEN),
-                           timeout=timeout)
+        self.store = Store(url, token=self.env.get(self.EVSTORE_TOKEN), timeout=timeout)
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         if purpose == "snapshots":

@@ -61,3 +61,35 @@ def test_an_unreachable_node_is_operational_error():
             recorder.insert_tracking(Tracking("upstream", 1))
     finally:
         factory.close()
+
+
+def test_a_script_that_never_closes_its_application_exits(evstore_node, tmp_path):
+    """Application.__del__ closes the client at interpreter exit, when its loop thread (a daemon) no longer
+    runs: that close waited for the loop for ever."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text("from eventsourcing.application import Application\n"
+                      "from eventsourcing.domain import Aggregate\n"
+                      "app = Application()\n"
+                      "a = Aggregate()\n"
+                      "app.save(a)\n"
+                      "print('saved', app.repository.get(a.id).version)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == "saved 1\n", done
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("EVSTORE_URL", "not a url", "EVSTORE_URL"),
+    ("EVSTORE_URL", "127.0.0.1:7113", "EVSTORE_URL"),
+    ("EVSTORE_URL", "ftp://127.0.0.1/", "EVSTORE_URL"),
+    ("EVSTORE_URL", "http://127.0.0.1:99999", "EVSTORE_URL"),
+    ("EVSTORE_TIMEOUT", "-1", "EVSTORE_TIMEOUT"),
+    ("EVSTORE_TIMEOUT", "0", "EVSTORE_TIMEOUT"),
+    ("EVSTORE_TIMEOUT", "nan", "EVSTORE_TIMEOUT"),
+])
+def test_bad_url_and_timeout_settings_are_clear_errors_at_once(setting, value, message):
+    with pytest.raises(OSError, match=message):
+        Factory({setting: value})
