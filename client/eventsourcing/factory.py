@@ -8,6 +8,8 @@ application as `<APPLICATION NAME>_<SETTING>`):
   `<application name>-` for a named application (so applications sharing a store keep apart
   notification logs) and to nothing otherwise;
 - `EVSTORE_TIMEOUT`: seconds per request (default 30);
+- `EVSTORE_RECONNECT_TIMEOUT`: seconds a live `subscribe()` goes on reconnecting to a node that is gone
+  before its iterator raises OperationalError (default 60; `none`: for ever);
 - `ORIGINATOR_ID_TYPE`: `uuid` (default) or `text`, as in the SQLite and PostgreSQL modules.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
     EVSTORE_TOKEN = "EVSTORE_TOKEN"
     EVSTORE_STREAM_PREFIX = "EVSTORE_STREAM_PREFIX"
     EVSTORE_TIMEOUT = "EVSTORE_TIMEOUT"
+    EVSTORE_RECONNECT_TIMEOUT = "EVSTORE_RECONNECT_TIMEOUT"
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
 
     aggregate_recorder_class = EvstoreAggregateRecorder
@@ -61,7 +64,21 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
         if prefix.startswith("$"):
             raise OSError(f"{self.EVSTORE_STREAM_PREFIX} must not start with $ (system streams)")
         self.names = StreamNames(prefix, originator_id_type=id_type)
-        self.store = Store(url, token=self.env.get(self.EVSTORE_TOKEN), timeout=timeout)
+        self.store = Store(url, token=self.env.get(self.EVSTORE_TOKEN), timeout=timeout,
+                           reconnect_timeout=self._reconnect_timeout())
+
+    def _reconnect_timeout(self) -> float | None:
+        text = self.env.get(self.EVSTORE_RECONNECT_TIMEOUT) or "60"
+        if text.strip().lower() == "none":
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds < math.inf:
+            raise OSError(f"{self.EVSTORE_RECONNECT_TIMEOUT} must be a number of seconds >= 0 or 'none', "
+                          f"not {text!r}")
+        return seconds
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         if purpose == "snapshots":

@@ -22,7 +22,7 @@ from eventsourcing.persistence import (AggregateRecorder, ApplicationRecorder, I
                                        TrackingRecorder)
 
 from . import versions
-from .store import MAX_READ_LIMIT, Append, Store, VersionConflicts, binary_event, event_bytes
+from .store import MAX_READ_LIMIT, Append, Store, VersionConflicts, binary_event, event_bytes, translated_errors
 
 TRACKING_TYPE = "~tracking"  # not a topic (no module:name), so never an aggregate event's type
 TRACKING_INFIX = "~tracking-"
@@ -287,7 +287,8 @@ class EvstoreSubscription(Subscription[EvstoreApplicationRecorder]):
             if not self._caught_up:
                 self._catch_up()
                 continue
-            event = next(self._live_subscription())  # StopIteration once stopped
+            with translated_errors():  # a node gone longer than the reconnect timeout: OperationalError
+                event = next(self._live_subscription())  # StopIteration once stopped
             if event["type"] == TRACKING_TYPE or (self._topics and event["type"] not in self._topics):
                 continue
             notification = self._recorder.notification(event)

@@ -54,9 +54,11 @@ def event_bytes(event: Mapping[str, Any]) -> bytes:
 class Store:
     """One node (or cluster) URL and token; thread-safe (requests are sent from the calling thread)."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0,
+                 reconnect_timeout: float | None = 60.0) -> None:
         self._client = EvstoreClient(url, token=token, timeout=timeout)
         self._timeout = timeout
+        self._reconnect_timeout = reconnect_timeout
         self._gate = threading.Condition()
         self._active = 0
         self._closing = False
@@ -174,8 +176,10 @@ class Store:
     # -- live ------------------------------------------------------------------------------
 
     def subscribe(self, **selector: Any) -> Any:
+        """A live subscription that reconnects for at most the store's reconnect timeout; iterate it inside
+        translated_errors (giving up is an OperationalError there)."""
         with translated_errors():
-            return self._call("subscribe", **selector)
+            return self._call("subscribe", reconnect_timeout=self._reconnect_timeout, **selector)
 
 
 class translated_errors:

@@ -89,7 +89,45 @@ def test_a_script_that_never_closes_its_application_exits(evstore_node, tmp_path
     ("EVSTORE_TIMEOUT", "-1", "EVSTORE_TIMEOUT"),
     ("EVSTORE_TIMEOUT", "0", "EVSTORE_TIMEOUT"),
     ("EVSTORE_TIMEOUT", "nan", "EVSTORE_TIMEOUT"),
+    ("EVSTORE_RECONNECT_TIMEOUT", "-1", "EVSTORE_RECONNECT_TIMEOUT"),
+    ("EVSTORE_RECONNECT_TIMEOUT", "soon", "EVSTORE_RECONNECT_TIMEOUT"),
 ])
 def test_bad_url_and_timeout_settings_are_clear_errors_at_once(setting, value, message):
     with pytest.raises(OSError, match=message):
         Factory({setting: value})
+
+
+def test_a_live_subscribe_raises_once_its_node_is_gone_past_the_reconnect_timeout(node_factory, monkeypatch):
+    import threading
+    import time
+    import urllib.request
+
+    node = node_factory("goes-away")
+    monkeypatch.setenv("EVSTORE_URL", node.url)
+    monkeypatch.setenv("EVSTORE_RECONNECT_TIMEOUT", "1")
+    app = Application()
+    try:
+        app.save(Aggregate())
+        subscription = app.recorder.subscribe(gt=0)
+        assert next(subscription).id == 1
+        outcome: list = []
+
+        def follow() -> None:
+            try:
+                outcome.append(next(subscription))
+            except Exception as exc:  # what the test asserts on
+                outcome.append(exc)
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        deadline = time.monotonic() + 30
+        while b"evstore_subscribers 1.0" not in urllib.request.urlopen(node.url + "/metrics", timeout=10).read():
+            assert time.monotonic() < deadline, "the live subscription never connected"
+            time.sleep(0.05)  # the node's gauge has no event a test could await
+        node.kill()
+        follower.join(timeout=60)
+        assert not follower.is_alive(), "the subscription still waits for a node that is gone"
+        assert len(outcome) == 1 and isinstance(outcome[0], OperationalError), outcome
+        subscription.stop()
+    finally:
+        app.close()
