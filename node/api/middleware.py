@@ -92,6 +92,18 @@ def _check_body_headers(request: web.Request) -> web.Response | None:
     return None
 
 
+async def _get_with_a_body(request: web.Request) -> web.Response | None:
+    """400 for a GET whose body says something: a read's parameters are query parameters, and a body would be
+    ignored (`{}`, which some clients send with everything, says nothing)."""
+    if request.path.startswith(INTERNAL_PREFIX):
+        return None
+    body = (await request.read()).strip()
+    if not body or body == b"{}":
+        return None
+    return error_response(400, "invalid_request", "a GET takes no body: its parameters are query parameters",
+                          field="body")
+
+
 _NAMED = (("/v1/streams/", "stream"), ("/v1/snapshots/", "source"), ("/v1/subscriptions/", "name"))
 
 
@@ -146,7 +158,9 @@ async def _answer(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         _check_url_is_utf8(request)
-        response = _authorize(request) or _check_body_headers(request) or await handler(request)
+        response = (_authorize(request) or _check_body_headers(request)
+                    or (request.body_exists and request.method == "GET" and await _get_with_a_body(request))
+                    or await handler(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             _observe(request, exc.status, started)

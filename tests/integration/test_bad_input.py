@@ -241,6 +241,8 @@ CASES = [
     ("scavenge-with-parameter", "POST", "/v1/admin/scavenge?stream=x", None, 400, "invalid_request", "stream"),
     ("verify-with-body", "POST", "/v1/admin/verify", {"quick": True}, 400, "invalid_request", "body"),
     ("info-unknown-parameter", "GET", "/v1/info?verbose=1", None, 400, "invalid_request", "verbose"),
+    ("read-with-body", "GET", APPEND, {"limit": 1}, 400, "invalid_request", "body"),
+    ("snapshot-read-with-body", "GET", "/v1/snapshots/s", {"maxVersion": 1}, 400, "invalid_request", "body"),
     ("cluster-unknown-parameter", "GET", "/v1/cluster?verbose=1", None, 400, "invalid_request", "verbose"),
     ("step-down-with-body", "POST", "/v1/cluster/step-down", {"to": "n2"}, 400, "invalid_request", "body"),
     ("delete-reserved-stream", "DELETE", f"/v1/streams/%24%24{STREAM}?hard=true", None, 400, "reserved_stream",
