@@ -298,11 +298,17 @@ class SubscriptionRuntime:
         return self.state.acked + self.state.skipped + self.state.parked
 
     def _checkpoint_due(self) -> float | None:
-        """When the checkpoint should be written next (None: it did not move)."""
-        if self.state.checkpoint <= self.written_checkpoint:
+        """When the checkpoint should be written next (None: not worth a write)."""
+        moved = self.state.checkpoint - self.written_checkpoint
+        if moved <= 0:
             return None
-        if self._settled() - self._settled_at_write >= self.settings.checkpoint_after_events:
+        settled = self._settled() - self._settled_at_write
+        if settled >= self.settings.checkpoint_after_events:
             return self.clock()
+        if settled == 0 and moved < self.settings.checkpoint_after_events:
+            # only positions nothing matched, such as checkpoint events (this one's own among them): writing
+            # for these would move the head again, a write a second for ever on an idle store
+            return None
         return self._last_write + self.settings.checkpoint_after_seconds
 
     async def _write_checkpoint(self, checkpoint: int) -> None:

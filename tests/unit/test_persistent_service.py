@@ -155,3 +155,35 @@ async def test_a_refused_checkpoint_write_is_retried_after_a_pause_not_in_a_loop
     assert rounds < 10, f"{rounds} maintenance rounds in 0.5 s: it spins"
     gate.refusing = False
     await asyncio.wait_for(_written(runtime, 1), WAIT)  # retried once the pause is over
+
+
+async def test_an_idle_filtered_subscription_does_not_checkpoint_its_own_checkpoints(log):
+    """Each checkpoint event moved the $all head past what a filter matches, so the checkpoint moved, and was
+    written again a second later: one synced, replicated write a second per idle subscription, for ever."""
+    now = [1000.0]
+    service = PersistentSubscriptions(log, clock=lambda: now[0])
+    await asyncio.wait_for(service.start(), WAIT)
+    try:
+        await service.create("idle", parse_settings({"filter": {"streamPrefix": "nothing-"}, "startFrom": "end",
+                                                     "checkpointAfterSeconds": 1}))
+        runtime = await service.runtime("idle")
+        await log.append("other", "any", [ev() for _ in range(150)])  # more than checkpointAfterEvents scanned
+
+        async def idle_rounds(count: int) -> None:
+            for _ in range(count):
+                await asyncio.wait_for(_scanned(runtime, log.visible.position), WAIT)
+                now[0] += 5  # past checkpointAfterSeconds
+                await runtime._maintain_once()
+
+        await idle_rounds(1)
+        assert runtime.written_checkpoint >= 150  # a long stretch nothing matched is still checkpointed
+        head = log.head
+        await idle_rounds(5)
+        assert log.head == head, "the idle subscription keeps writing checkpoints of its own checkpoints"
+    finally:
+        await service.close()
+
+
+async def _scanned(runtime, position: int) -> None:
+    while runtime.state.scanned < position:
+        await runtime.changes.wait_for(runtime.changes.position + 1, timeout=0.1)
