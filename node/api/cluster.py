@@ -21,7 +21,7 @@ from ..config import NODE_ID
 from ..errors import InvalidRequest, LogError, NotLeader, Unavailable
 from . import validation as v
 from .keys import CLUSTER_KEY, METRICS_KEY, SETTINGS_KEY
-from .middleware import FORWARDED_HEADER, error_response
+from .middleware import COMMITTED_HEADER, FORWARDED_HEADER, error_response
 from .shape import json_response, rfc3339
 
 FORWARD_WAIT = 10.0  # how long a follower waits for an election before answering 503
@@ -152,6 +152,9 @@ async def _forward(request: web.Request, member: ClusterMember, handler: Handler
             continue
         if write and status == 200:
             await _wait_visible(member, payload)
+        elif write and status == 409 and response_headers.get(COMMITTED_HEADER, "").isdigit():
+            # a 409 names versions the leader has committed: a read here right after must show them too
+            await member.wait_visible(int(response_headers[COMMITTED_HEADER]), READ_YOUR_WRITE_WAIT)
         mime = content_type.split(";")[0].strip() or "application/json"
         return web.Response(status=status, body=payload, content_type=mime,
                             headers={"Retry-After": response_headers["Retry-After"]}

@@ -12,7 +12,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, LogError
 from . import subscribe_tokens
-from .keys import METRICS_KEY, SETTINGS_KEY
+from .keys import LOG_KEY, METRICS_KEY, SETTINGS_KEY
 from .shape import json_response
 
 log = logging.getLogger("evstore.api")
@@ -26,6 +26,8 @@ JSON_TYPES = frozenset({"application/json"})
 # what aiohttp decodes itself (br and zstd only with optional packages, and it refuses them in its parser)
 CONTENT_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 FORWARDED_HEADER = "X-Evstore-Forwarded"  # on a request a follower sends on to the leader
+# on the leader's 409 to a forwarded request: its committed position then, which holds the versions the 409 names
+COMMITTED_HEADER = "X-Evstore-Committed-Position"
 CLIENT_CLOSED = 499  # the status metrics count a request under when its client went away mid-body
 _BODY_CUT_SHORT = (http_exceptions.ContentLengthError, http_exceptions.TransferEncodingError)
 
@@ -174,6 +176,9 @@ async def _answer(request: web.Request, handler) -> web.StreamResponse:
             return web.Response(status=400)
         response = _error_for(request, exc)
         _forget_traceback(exc)
+    if response.status == 409 and FORWARDED_HEADER in request.headers:
+        # the follower holds this 409 until it shows what it names, so that a read there right after agrees
+        response.headers[COMMITTED_HEADER] = str(request.app[LOG_KEY].visible.position)
     _observe(request, response.status, started)
     return response
 

@@ -34,6 +34,21 @@ async def test_append_read_and_conflict_codes(http):
     assert status == 404 and reply["error"] == "stream_not_found"
 
 
+async def test_a_409_to_a_forwarded_append_carries_the_committed_position(http):
+    """A follower holds a forwarded append's 409 until it shows the committed position the leader sends with
+    it, so that a read there right after shows the version the 409 names (a probe saw 40 of 827 such 409s
+    name a version the follower did not show yet)."""
+    await call(http, "POST", "/v1/streams/fwd-409", json={"events": [{"type": "A"}, {"type": "B"}]})
+    async with http.post("/v1/streams/fwd-409", json={"expectedVersion": 0, "events": [{"type": "C"}]},
+                         headers={"X-Evstore-Forwarded": "n2"}) as reply:
+        assert reply.status == 409
+        committed = int(reply.headers["X-Evstore-Committed-Position"])
+    head = (await call(http, "GET", "/v1/all", params={"direction": "backward", "limit": "1"}))[1]["head"]
+    assert committed == head
+    async with http.post("/v1/streams/fwd-409", json={"expectedVersion": 0, "events": [{"type": "C"}]}) as reply:
+        assert reply.status == 409 and "X-Evstore-Committed-Position" not in reply.headers  # clients get none
+
+
 async def test_retry_with_same_ids_returns_original_reply(http):
     body = {"expectedVersion": "no_stream", "events": [{"id": str(uuid.uuid4()), "type": "A", "data": 1},
                                                        {"id": str(uuid.uuid4()), "type": "B", "data": 2}]}
