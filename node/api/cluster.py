@@ -214,7 +214,17 @@ async def step_down(request: web.Request) -> web.Response:
     await v.refuse_body(request)
     member = _member(request)
     if member.role != "leader":
-        return await forward(request, member, step_down, write=True)
+        leader = await member.wait_for_leader(FORWARD_WAIT)
+        try:
+            return await forward(request, member, step_down, write=True)
+        except Unavailable as exc:
+            # the leader changed while it had the request: for a step-down that is the outcome asked for (a 503
+            # would have the client retry it and hand leadership away a second time)
+            new_leader = await member.wait_for_leader(FORWARD_WAIT) if exc.details.get("reason") == "leader_changed" \
+                else None
+            if new_leader is None or new_leader.node == leader.node:
+                raise
+            return json_response({"stepDown": True, "leader": new_leader.node})
     try:
         new_leader = await member.step_down()
     except NoInSyncFollower:

@@ -167,3 +167,17 @@ def test_every_node_knows_every_members_position(cluster):
     views = wait_for(positions_everywhere, what="every member's position on every node")
     for view in views:
         assert {m["node"] for m in view["members"]} == {cluster.node_id(i) for i in range(3)}
+
+
+def test_a_step_down_sent_through_a_follower_is_answered_with_the_new_leader(cluster):
+    """Sent through the follower that takes over, the request meets the leader change it asked for: that was
+    answered 503 "outcome unknown: retry it", and a retry hands leadership away a second time."""
+    for _ in range(4):
+        leader, followers = roles(cluster)
+        wait_for(lambda: len(call(cluster.urls[leader] + "/v1/cluster")[1].get("isr", [])) == 3, timeout=30,
+                 what="a full ISR")
+        status, reply = call(cluster.urls[followers[0]] + "/v1/cluster/step-down", "POST")
+        assert status == 200 and reply["stepDown"] is True, reply
+        assert reply["leader"] != cluster.node_id(leader), reply
+        wait_for(lambda: cluster.wait_leader(30)[0] != leader, timeout=30, what="the new leader")
+
