@@ -97,8 +97,8 @@ def _check_body_headers(request: web.Request) -> web.Response | None:
 async def _get_with_a_body(request: web.Request) -> web.Response | None:
     """400 for a GET whose body says something: a read's parameters are query parameters, and a body would be
     ignored (`{}`, which some clients send with everything, says nothing)."""
-    if request.path.startswith(INTERNAL_PREFIX):
-        return None
+    if request.path.startswith(INTERNAL_PREFIX) or request.match_info.http_exception is not None:
+        return None  # a 404 or 405 says more than this would
     body = (await request.read()).strip()
     if not body or body == b"{}":
         return None

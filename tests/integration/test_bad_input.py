@@ -243,6 +243,8 @@ CASES = [
     ("info-unknown-parameter", "GET", "/v1/info?verbose=1", None, 400, "invalid_request", "verbose"),
     ("read-with-body", "GET", APPEND, {"limit": 1}, 400, "invalid_request", "body"),
     ("snapshot-read-with-body", "GET", "/v1/snapshots/s", {"maxVersion": 1}, 400, "invalid_request", "body"),
+    ("get-with-body-on-a-post-route", "GET", "/v1/subscriptions/s/ack", {"ids": ["0:0"]}, 405,
+     "method_not_allowed", None),  # the 405 says more than "a GET takes no body"
     ("cluster-unknown-parameter", "GET", "/v1/cluster?verbose=1", None, 400, "invalid_request", "verbose"),
     ("step-down-with-body", "POST", "/v1/cluster/step-down", {"to": "n2"}, 400, "invalid_request", "body"),
     ("delete-reserved-stream", "DELETE", f"/v1/streams/%24%24{STREAM}?hard=true", None, 400, "reserved_stream",
