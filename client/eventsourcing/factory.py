@@ -43,13 +43,7 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
-        timeout_text = self.env.get(self.EVSTORE_TIMEOUT) or "30"
-        try:
-            timeout = float(timeout_text)
-        except ValueError:
-            timeout = math.nan
-        if not 0 < timeout < math.inf:
-            raise OSError(f"{self.EVSTORE_TIMEOUT} must be a number of seconds above 0, not {timeout_text!r}")
+        timeout = self._seconds(self.EVSTORE_TIMEOUT, "30", zero=False)
         url = self.env.get(self.EVSTORE_URL) or DEFAULT_URL
         try:
             protocol.check_node_url(url)
@@ -64,20 +58,22 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
         if prefix.startswith("$"):
             raise OSError(f"{self.EVSTORE_STREAM_PREFIX} must not start with $ (system streams)")
         self.names = StreamNames(prefix, originator_id_type=id_type)
+        reconnect_timeout = self._seconds(self.EVSTORE_RECONNECT_TIMEOUT, "60", zero=True, none=True)
         self.store = Store(url, token=self.env.get(self.EVSTORE_TOKEN), timeout=timeout,
-                           reconnect_timeout=self._reconnect_timeout())
+                           reconnect_timeout=reconnect_timeout)
 
-    def _reconnect_timeout(self) -> float | None:
-        text = self.env.get(self.EVSTORE_RECONNECT_TIMEOUT) or "60"
-        if text.strip().lower() == "none":
+    def _seconds(self, name: str, default: str, *, zero: bool, none: bool = False) -> float | None:
+        """A setting in seconds: finite, above 0 (or also 0), or `none` (None) where that is allowed."""
+        text = self.env.get(name) or default
+        if none and text.strip().lower() == "none":
             return None
         try:
             seconds = float(text)
         except ValueError:
             seconds = math.nan
-        if not 0 <= seconds < math.inf:
-            raise OSError(f"{self.EVSTORE_RECONNECT_TIMEOUT} must be a number of seconds >= 0 or 'none', "
-                          f"not {text!r}")
+        if not (0 <= seconds if zero else 0 < seconds) or seconds == math.inf:
+            allowed = (">= 0" if zero else "above 0") + (" or 'none'" if none else "")
+            raise OSError(f"{name} must be a number of seconds {allowed}, not {text!r}")
         return seconds
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:

@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, LogError
 from . import subscribe_tokens
+from . import validation as v
 from .keys import LOG_KEY, METRICS_KEY, SETTINGS_KEY
 from .shape import json_response
 
@@ -94,16 +95,12 @@ def _check_body_headers(request: web.Request) -> web.Response | None:
     return None
 
 
-async def _get_with_a_body(request: web.Request) -> web.Response | None:
-    """400 for a GET whose body says something: a read's parameters are query parameters, and a body would be
-    ignored (`{}`, which some clients send with everything, says nothing)."""
+async def _get_with_a_body(request: web.Request) -> None:
+    """InvalidRequest for a GET whose body says something (validation.refuse_body): a read's parameters are
+    query parameters, and a body would be ignored."""
     if request.path.startswith(INTERNAL_PREFIX) or request.match_info.http_exception is not None:
         return None  # a 404 or 405 says more than this would
-    body = (await request.read()).strip()
-    if not body or body == b"{}":
-        return None
-    return error_response(400, "invalid_request", "a GET takes no body: its parameters are query parameters",
-                          field="body")
+    await v.refuse_body(request, ": a GET's parameters are query parameters")
 
 
 _NAMED = (("/v1/streams/", "stream"), ("/v1/snapshots/", "source"), ("/v1/subscriptions/", "name"))
