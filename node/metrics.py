@@ -58,6 +58,12 @@ class NodeMetrics:
             "evstore_group_commit_reruns", "Group commits run a second time, with every event id looked up in the "
             "log, because one of their appends carried an id the log already held (a retry, or an id reused)",
             registry=r)
+        self.id_window_ids = Gauge(
+            "evstore_id_window_ids", "Random (not UUIDv7) event ids held in the writer's memory until a merge "
+            "writes them into the id index in key order (about a million at most)", registry=r)
+        self.id_merge_seconds = Histogram(
+            "evstore_id_merge_seconds", "Time of one slice of a merge of event ids into the id index (a "
+            "transaction of its own on the writer, between group commits)", registry=r)
         self.storage_bytes = Gauge("evstore_storage_bytes", "Bytes used by the log on disk", registry=r)
         self.storage_file_bytes = Gauge("evstore_storage_file_bytes", "Bytes of the log's files on disk: the "
                                         "database (data) and its write-ahead log with its index (wal)", ["file"],

@@ -15,7 +15,8 @@ from .records import AT_DATA, AT_DATA_AT, AT_METADATA, AT_POSITION, AT_TEXT, AT_
 log = logging.getLogger("evstore.storage")
 
 DB_FILE = "evstore.db"
-FORMAT_VERSION = "3"
+FORMAT_VERSION = "4"
+IDS_MERGED_THROUGH = "ids_merged_through"  # settings key: see ids.py
 
 # format 3's: the event's reply text (replyjson), its CRC32C, and the spans of the JSON payloads in it
 _REPLY_TEXT_COLUMNS = ("json BLOB NOT NULL DEFAULT x''", "json_crc INTEGER NOT NULL DEFAULT 0",
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS streams (
     deleted  TEXT NOT NULL DEFAULT 'no',
     metadata BLOB
 ) WITHOUT ROWID;
+-- format 4's id index: see ids.py
+CREATE TABLE IF NOT EXISTS event_ids (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS scavenged_ids (
@@ -60,7 +63,6 @@ CREATE TABLE IF NOT EXISTS scavenged_ids (
 CATEGORY_SQL = "substr(stream, 1, instr(stream, '-'))"
 INDEXES = f"""
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(stream, version);
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(id);
 CREATE INDEX IF NOT EXISTS events_by_type ON events(type, position);
 CREATE INDEX IF NOT EXISTS events_by_category ON events({CATEGORY_SQL}, position);
 """
@@ -78,12 +80,12 @@ PLAIN_COLUMNS = "position, stream, version, id, type, data, metadata, created, e
 
 
 def open_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """Create the schema of a new log, or bring a log of format 1 to this format (in one transaction)."""
+    """Create the schema of a new log, or bring a log of an older format to this one (in one transaction)."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone() if "settings" in tables \
         else None
-    if fmt is not None and fmt[0] not in ("1", "2", FORMAT_VERSION):
-        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 and 2 (migrated on open) "
+    if fmt is not None and fmt[0] not in ("1", "2", "3", FORMAT_VERSION):
+        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 to 3 (migrated on open) "
                            f"and {FORMAT_VERSION}: run the evstore release that wrote it, or restore a backup")
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -104,6 +106,10 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
         for statement in (TABLES + INDEXES).split(";"):
             if statement.strip():
                 conn.execute(statement)
+        if fmt is not None and fmt[0] in ("1", "2", "3"):
+            log.warning("migrating %s from log format %s to %s: moving the event-id index into its own table "
+                        "(once; a few seconds per ten million events)", path, fmt[0], FORMAT_VERSION)
+            _move_id_index(conn)
         conn.execute("INSERT OR REPLACE INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
         conn.execute("COMMIT")
     except BaseException:
@@ -122,6 +128,18 @@ def _add_reply_texts(conn: sqlite3.Connection, batch: int = 5000) -> None:
                          "data_len = ?, meta_at = ?, meta_len = ? WHERE position = ?",
                          [(row[AT_DATA], row[AT_METADATA], row[AT_TEXT], row[AT_TEXT_CRC], *row[AT_DATA_AT:],
                            row[AT_POSITION]) for row in stored])
+
+
+def _move_id_index(conn: sqlite3.Connection) -> None:
+    """Format 3 to 4, inside the caller's transaction: format 3's UNIQUE index of the events' ids becomes the
+    `event_ids` table (read in key order from the index itself, which covers the position), every record merged
+    (see ids.py)."""
+    indexed = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_by_id'").fetchone()
+    conn.execute("INSERT OR REPLACE INTO event_ids (id, position) SELECT id, position FROM events "
+                 f"{'INDEXED BY events_by_id' if indexed else ''} ORDER BY id")
+    conn.execute("DROP INDEX IF EXISTS events_by_id")
+    head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (IDS_MERGED_THROUGH, str(head)))
 
 
 def row_batches(conn: sqlite3.Connection, columns: str, batch: int) -> Iterable[list]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from ..errors import LogError, Unavailable
+from .ids import IdWindow
 from .recent import RecentCommits
 from .schema import DB_FILE, open_schema
 from .txn import FlushFailed, WriteTxn
@@ -83,6 +84,7 @@ class Storage:
         self.committed = 0  # the cluster's committed position as last persisted here (never truncated)
         self._last_created = 0
         self._scavenged = False  # scavenged_ids has rows: appends with given ids look there too
+        self._id_window = IdWindow()  # the writer's
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.writes_in_flight = 0  # write() calls not yet durable: a hint for replication (the loop changes it)
         self._writer: threading.Thread | None = None
@@ -128,6 +130,7 @@ class Storage:
         self.promised_epoch = max(int(promised[0]) if promised else 0, self.epoch)
         committed = conn.execute("SELECT value FROM settings WHERE key = 'committed'").fetchone()
         self.committed = min(int(committed[0]) if committed else 0, self.head)
+        self._id_window.attach(conn, head=self.head)
         self._closed = False
         self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
         self._writer.start()
@@ -215,6 +218,16 @@ class Storage:
                 batch.append(more)
                 weight += more.weight
             self._run_batch(conn, batch)
+            if self._id_window.merge_due():
+                started = time.perf_counter()
+                try:
+                    self._id_window.merge_slice(conn, self.head)
+                except sqlite3.Error:
+                    log.exception("merging event ids into their index failed (tried again after the next write)")
+                if self.metrics is not None:
+                    self.metrics.id_merge_seconds.observe(time.perf_counter() - started)
+            if self.metrics is not None:
+                self.metrics.id_window_ids.set(self._id_window.rows)
             if self._rewind_wal.is_set():
                 self._rewind_wal.clear()
                 try:  # between transactions nothing is added while it copies: the checkpoint completes
@@ -269,6 +282,9 @@ class Storage:
             self.head = txn.last_position
             self._last_created = max(now, txn.last_created)
             self._scavenged = txn.scavenged
+            self._id_window.added(txn.window_rows)
+            if txn.truncated_to is not None:
+                self._id_window.truncated(txn.truncated_to)
             self._dirty.set()
         for *_, error in ran:  # an op's own bug, logged once however many passes ran it
             if getattr(error, "op_bug", None) is not None:

@@ -9,9 +9,10 @@ import crc32c
 
 from ..errors import LogError, Unavailable
 from ..replyjson import created_tail
+from . import ids as id_index
 from .records import (AT_CREATED, AT_EPOCH, AT_ID, AT_POSITION, CHECKSUM_PLACE, ROW_WIDTH, Record, ScavengedRecord,
                       StreamRow, payload_checksum, record_from_row, record_from_stored)
-from .schema import DATA_SQL, METADATA_SQL, RECORD_COLUMNS
+from .schema import DATA_SQL, METADATA_SQL
 from .statements import (MAX_ROWS_PER_STATEMENT, SELECT_SIZES, SQL_VARIABLE_CHUNK, insert_sql, row_chunks,
                          stream_select_sql, stream_upsert_sql)
 from .streams import stream_values
@@ -25,13 +26,6 @@ class FlushFailed(Exception):
         super().__init__(message)
         self.stored_id = stored_id  # an event id already in the log: the group is run again, checking ids first
         self.outcomes: list = []  # of the pass whose flush failed
-
-
-def _reuses_stored_id(exc: sqlite3.Error) -> bool:
-    """The UNIQUE constraint of the id index failed (SQLite names the index's column in the message)."""
-    return (isinstance(exc, sqlite3.IntegrityError)
-            and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_UNIQUE
-            and "events.id" in str(exc))
 
 
 _MISSING = object()
@@ -61,10 +55,13 @@ class WriteTxn:
         self.last_created = now
         self._events: list = []  # flat INSERT parameters of the buffered records, ROW_WIDTH per record
         self._event_ids: dict[bytes, int] = {}  # id -> index of its record in _events
+        self._unlooked_ids: list[bytes] = []  # client-made ids buffered without a lookup in the stored records
+        self.window_rows = 0  # ids this transaction added to the id index's window
+        self.truncated_to: int | None = None  # the lowest position a truncation in this transaction kept
         self._rows: dict[str, tuple | None] = {}  # stream rows as this transaction sees them (None: no row)
         self._dirty: set[str] = set()  # streams whose row is to be written
         self._new_epochs: list[tuple[int, int]] = []
-        self._op_marks: tuple[int, int] = (0, 0)
+        self._op_marks: tuple[int, int, int] = (0, 0, 0)
         self._op_undo: list[tuple[str, Any, bool]] = []
         self._op_savepoint = False
         self.flushed: list[list] = []  # the flat values of the records written, in position order
@@ -72,7 +69,7 @@ class WriteTxn:
 
     # op boundaries (the writer calls these around each op) ----------------------------------------
     def begin_op(self) -> None:
-        self._op_marks = (len(self._events), len(self._new_epochs))
+        self._op_marks = (len(self._events), len(self._new_epochs), len(self._unlooked_ids))
         self._op_undo = []
         self._op_savepoint = False
 
@@ -88,7 +85,8 @@ class WriteTxn:
             self.rewrote_events = True  # records it flushed may be among what was rolled back
             events_mark = epochs_mark = 0  # the buffers were empty when the savepoint was taken
         else:
-            events_mark, epochs_mark = self._op_marks
+            events_mark, epochs_mark, _ = self._op_marks
+        del self._unlooked_ids[self._op_marks[2]:]  # (empty since a flush of the op's own: nothing to undo)
         for i in range(events_mark, len(self._events), ROW_WIDTH):
             self._event_ids.pop(bytes(self._events[i + AT_ID]), None)
         del self._events[events_mark:]
@@ -116,7 +114,12 @@ class WriteTxn:
         return self._conn
 
     def flush(self) -> None:
-        """Write everything buffered to the tables (before COMMIT, and before an op's own SQL)."""
+        """Write everything buffered to the tables (before COMMIT, and before an op's own SQL). Raises
+        FlushFailed(stored_id=True) when an id whose lookup skipped the stored records is in one."""
+        if self._unlooked_ids:
+            unlooked, self._unlooked_ids = self._unlooked_ids, []
+            if id_index.any_stored(self._conn, unlooked):
+                raise FlushFailed("an event id is in a stored record", stored_id=True)
         try:
             execute = self._conn.execute
             if self._new_epochs:
@@ -127,6 +130,8 @@ class WriteTxn:
             if values:
                 for offset, rows in row_chunks(len(values) // ROW_WIDTH):
                     execute(insert_sql(rows), values[offset * ROW_WIDTH:(offset + rows) * ROW_WIDTH])
+                self.window_rows += id_index.index_ids(self._conn, values[AT_POSITION],
+                                                           values[len(values) - ROW_WIDTH + AT_POSITION])
                 self.flushed.append(values)
                 self._events = []
                 self._event_ids = {}
@@ -137,7 +142,7 @@ class WriteTxn:
                     execute(stream_upsert_sql(count), params[offset * 6:(offset + count) * 6])
                 self._dirty = set()
         except sqlite3.Error as exc:
-            raise FlushFailed(str(exc), stored_id=_reuses_stored_id(exc)) from exc
+            raise FlushFailed(str(exc)) from exc
 
     # stream rows ------------------------------------------------------------------------------
     def prefetch_rows(self, streams: Iterable[str]) -> None:
@@ -185,9 +190,10 @@ class WriteTxn:
         """The records holding these ids, and what is kept of those a scavenge removed. `before_insert`: the
         lookup of an op that inserts these ids unless found, which may skip the records in the events table (those
         stored before this transaction, and those an op's own SQL flushed in it) unless `look_up_stored_ids`:
-        client-made ids are random, a lookup in an id index larger than the writer's cache costs a page read per
-        id on every append, and inserting a stored id fails the flush anyway (FlushFailed.stored_id), after which
-        the writer runs the group again with every lookup made. Scavenged ids are always looked up."""
+        the flush then looks up all such ids of the group at once (client-made ids are random: a page read per
+        id, when the id index is larger than the writer's cache), and fails if one is stored
+        (FlushFailed.stored_id), after which the writer runs the group again with every lookup made. Scavenged
+        ids are always looked up."""
         complete = self.look_up_stored_ids or not before_insert
         found = self._records_by_ids(ids, stored=complete)
         if self.scavenged and len(found) < len(ids):
@@ -211,11 +217,9 @@ class WriteTxn:
                 found.append(record_from_stored(values, index))
             elif stored:
                 unbuffered.append(event_id)
-        for i in range(0, len(unbuffered), SQL_VARIABLE_CHUNK):
-            chunk = unbuffered[i:i + SQL_VARIABLE_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            found.extend(record_from_row(r) for r in self._conn.execute(
-                f"SELECT {RECORD_COLUMNS} FROM events WHERE id IN ({marks})", chunk))
+        for chunk in id_index.chunks(unbuffered):
+            found.extend(record_from_row(r) for r in self._conn.execute(id_index.records_sql(len(chunk)),
+                                                                        id_index.bind(chunk)))
         return found
 
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:
@@ -223,6 +227,8 @@ class WriteTxn:
         values) as consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
+        if not self.look_up_stored_ids:  # the flush looks them up in the stored records (see records_by_ids)
+            self._unlooked_ids.extend(e.id for e in events if e.given_id)
         # this loop runs once per event on the writer, so it stays lean: what it can, seal_payloads prepared
         values = self._events
         add, ids = values.extend, self._event_ids
@@ -254,6 +260,8 @@ class WriteTxn:
             self.last_created = max(self.last_created, rows[i + AT_CREATED])
         for offset, count in row_chunks(len(rows) // ROW_WIDTH):  # multi-row INSERTs, as in `insert`
             conn.execute(insert_sql(count), rows[offset * ROW_WIDTH:(offset + count) * ROW_WIDTH])
+        if rows:
+            self.window_rows += id_index.index_ids(conn, rows[AT_POSITION], rows[len(rows) - ROW_WIDTH + AT_POSITION])
 
     def truncate_after(self, position: int) -> list[tuple[str, int]]:
         """Delete every record after `position`; the (stream, lowest removed version) of each stream touched."""
@@ -264,6 +272,8 @@ class WriteTxn:
         if conn.execute("DELETE FROM events WHERE position > ?", (position,)).rowcount:
             self._count_removal()
         conn.execute("DELETE FROM epochs WHERE start > ?", (position,))
+        id_index.forget_after(conn, position)
+        self.truncated_to = position if self.truncated_to is None else min(self.truncated_to, position)
         self.epochs = [e for e in self.epochs if e[1] <= position]
         self.last_position = position
         return touched

@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 from evstore.node import storage as storage_module
+from evstore.node.storage import ids as storage_ids
 from evstore.node.storage import threads as storage_threads
+from evstore.node.errors import DuplicateEventId
 from evstore.node.eventjson import event_json
 from evstore.node.log import AllFilter, Log, NewEvent, StreamAppend
 from evstore.node.storage import DATA_BINARY, METADATA_BINARY, Storage, rendered_json
@@ -62,8 +64,11 @@ async def open_steps(tmp_path, monkeypatch, events: int) -> int:
 
 
 async def test_start_up_does_not_scan_the_log(tmp_path, monkeypatch):
-    small = await open_steps(tmp_path, monkeypatch, 1000)
-    large = await open_steps(tmp_path, monkeypatch, 20_000)
+    """Start-up reads the id index's window (the ids not merged yet), which is bounded, not the log."""
+    with pytest.MonkeyPatch.context() as window:  # open_steps undoes its own monkeypatch
+        window.setattr(storage_ids, "WINDOW_MERGE_ROWS", 1000)
+        small = await open_steps(tmp_path, monkeypatch, 1000)
+        large = await open_steps(tmp_path, monkeypatch, 20_000)
     assert large < small * 2 + 2000, f"opening 20x the events took {large} steps against {small}"
 
 
@@ -245,11 +250,48 @@ async def test_a_format_2_log_is_migrated_on_open_and_reads_the_same(tmp_path):
     finally:
         storage.close()
     check = sqlite3.connect(data_dir / "evstore.db")
-    assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == "3"
+    assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone()[0] == \
+        storage_module.FORMAT_VERSION
     # a JSON payload is kept once, in the reply text; a binary one also as its raw bytes
     assert check.execute("SELECT length(data), length(metadata) FROM events ORDER BY position").fetchall() == \
         [(0, 0), (2, 0), (0, 1), (1, 1)]
     check.close()
+
+
+async def test_a_format_3_log_gets_its_id_index_table_on_open(tmp_path):
+    """Format 3 kept the ids in a UNIQUE index of the events table; format 4 in `event_ids` (node/storage/ids.py),
+    built from that index on open: every id found again, the old index dropped."""
+    data_dir = tmp_path / "v3"
+    storage = Storage(data_dir)
+    storage.open()
+    sent = {f"s-{i}": [ev(), ev()] for i in range(5)}
+    try:
+        log = Log(storage)
+        replies = {s: await log.append(s, "no_stream", e) for s, e in sent.items()}
+    finally:
+        storage.close()
+    conn = sqlite3.connect(data_dir / "evstore.db")  # back to format 3's schema, as its node left it
+    conn.executescript("""CREATE UNIQUE INDEX events_by_id ON events(id); DROP TABLE event_ids;
+        DELETE FROM settings WHERE key = 'ids_merged_through'; UPDATE settings SET value = '3' WHERE key = 'format';""")
+    conn.close()
+
+    storage = Storage(data_dir)
+    storage.open()
+    try:
+        log = Log(storage)
+        assert {s: await log.append(s, "no_stream", e) for s, e in sent.items()} == replies
+        with pytest.raises(DuplicateEventId):
+            await log.append("elsewhere", "any", [sent["s-0"][0]])
+    finally:
+        storage.close()
+    check = sqlite3.connect(data_dir / "evstore.db")
+    try:
+        assert check.execute("SELECT value FROM settings WHERE key IN ('format', 'ids_merged_through') "
+                             "ORDER BY key").fetchall() == [(storage_module.FORMAT_VERSION,), ("10",)]
+        assert check.execute("SELECT count(*) FROM event_ids").fetchone()[0] == 10
+        assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'events_by_id'").fetchone() is None
+    finally:
+        check.close()
 
 
 async def test_every_event_is_stored_with_the_reply_text_its_record_renders(log):

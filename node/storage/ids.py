@@ -1,0 +1,165 @@
+"""The event-id index, as an LSM tree keeps its keys: the random ids of the newest records in an in-memory table
+of the writer's connection (the window, rebuilt from the log's tail on open), everything else in a durable table
+(`event_ids`) that the writer merges the window into in key order, a slice per transaction.
+
+Event ids made by clients are often random (UUIDv4). A durable B-tree keyed by them takes each new id on a random
+leaf, so a group commit of a few thousand events dirtied as many index pages, each written to the WAL and again
+by the checkpoint (0.3-0.5x the appends/s of node-made ids at 10 M events). Merging a million sorted ids at once
+writes each touched page once for all the ids that land on it. Time-ordered ids (UUIDv7: the node's own, and the
+Python client's) land at the end of `event_ids`, a page or two per commit: they go there at once, in the
+transaction of their record, and never pass through the window.
+
+What holds between transactions:
+- every record at a position at or below `merged_through` (settings key `ids_merged_through`), and every record
+  whose id is a UUIDv7, has its id in `event_ids`, with the position of the newest record that had it;
+- every other record above `merged_through` has its id in the window.
+Rows of either table may name a position whose record is gone (scavenged, trimmed or truncated, or since
+overwritten by a truncation's successor): a lookup joins the records and keeps only those with the id it asks
+for, and a merge replaces an id's row with its newest position.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Sequence
+
+from .schema import IDS_MERGED_THROUGH, RECORD_COLUMNS
+
+WINDOW = "idwindow"
+WINDOW_MERGE_ROWS = 1 << 20  # ~40 MB of memory; a merge of this many costs ~4 us per id at 10 M ids stored
+MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: ~60 ms of the writer's time at 10 M ids stored
+LOOKUP_CHUNK = 300  # ids per lookup statement (records_sql binds each three times)
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def records_sql(count: int) -> str:
+    """The records that hold `count` ids (bound three times over, see `bind`)."""
+    marks = _marks(count)
+    return (f"SELECT {RECORD_COLUMNS} FROM main.events WHERE id IN ({marks}) AND position IN ("
+            f"SELECT position FROM {WINDOW}.ids WHERE id IN ({marks}) "
+            f"UNION ALL SELECT position FROM main.event_ids WHERE id IN ({marks}))")
+
+
+def bind(ids: Sequence[bytes]) -> list[bytes]:
+    return [*ids, *ids, *ids]
+
+
+def chunks(ids: Sequence[bytes]):
+    for i in range(0, len(ids), LOOKUP_CHUNK):
+        yield ids[i:i + LOOKUP_CHUNK]
+
+
+def any_stored(conn: sqlite3.Connection, ids: Sequence[bytes]) -> bool:
+    """Whether a record of the log (as the connection's transaction sees it) holds any of these ids. Most ids
+    asked about are fresh: each part of the index is probed alone, and only what either holds is checked
+    against the records."""
+    for chunk in chunks(ids):
+        marks = _marks(len(chunk))
+        held = conn.execute(f"SELECT position, id FROM {WINDOW}.ids WHERE id IN ({marks})", chunk).fetchall()
+        held += conn.execute(f"SELECT position, id FROM main.event_ids WHERE id IN ({marks})", chunk).fetchall()
+        if any(conn.execute("SELECT 1 FROM main.events WHERE position = ? AND id = ?", row).fetchone()
+               for row in held):
+            return True
+    return False
+
+
+# the version nibble of a UUID is the high half of its seventh byte
+_UUID7 = "substr(id, 7, 1) BETWEEN x'70' AND x'7f'"
+
+
+def index_ids(conn: sqlite3.Connection, first: int, last: int) -> int:
+    """Index the ids of the records at positions first..last (just inserted, in the caller's transaction): the
+    UUIDv7 ones in `event_ids`, the others in the window (how many: the return value)."""
+    conn.execute("INSERT OR REPLACE INTO main.event_ids (id, position) SELECT id, position FROM main.events "
+                 f"WHERE position BETWEEN ? AND ? AND {_UUID7}", (first, last))
+    return add_to_window(conn, first, last)
+
+
+def add_to_window(conn: sqlite3.Connection, first: int, last: int) -> int:
+    return conn.execute(f"INSERT OR REPLACE INTO {WINDOW}.ids (id, position) SELECT id, position FROM main.events "
+                        f"WHERE position BETWEEN ? AND ? AND NOT {_UUID7}", (first, last)).rowcount
+
+
+def merged_through(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (IDS_MERGED_THROUGH,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_merged_through(conn: sqlite3.Connection, position: int) -> None:
+    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (IDS_MERGED_THROUGH, str(position)))
+
+
+def forget_after(conn: sqlite3.Connection, position: int) -> None:
+    """A truncation removed every record after `position` (in the caller's transaction): the window forgets them,
+    and `event_ids` no longer claims positions past it (its rows there are stale, which lookups allow for)."""
+    conn.execute(f"DELETE FROM {WINDOW}.ids WHERE position > ?", (position,))
+    if merged_through(conn) > position:
+        set_merged_through(conn, position)
+
+
+class IdWindow:
+    """The writer's side of the index: the window table on its connection, and the merge in progress. Only the
+    writer thread uses it."""
+
+    def __init__(self) -> None:
+        self.rows = 0  # about how many ids the window holds (what starts a merge)
+        self.merging_through: int | None = None  # the merge in progress takes the window's ids up to here
+        self._after: bytes = b""  # ... with keys above this one still to take
+
+    def attach(self, conn: sqlite3.Connection, *, head: int) -> None:
+        """Create the window on the writer's connection and fill it from the records above `merged_through` (at
+        most about WINDOW_MERGE_ROWS plus a merge's worth: start-up does not grow with the log)."""
+        conn.execute(f"ATTACH DATABASE ':memory:' AS {WINDOW}")
+        conn.execute(f"CREATE TABLE {WINDOW}.ids (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            through = merged_through(conn)
+            if through > head:  # records past the head are gone: what is written there next is not merged
+                set_merged_through(conn, head)
+                through = head
+            self.rows = add_to_window(conn, through + 1, 1 << 62)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def added(self, rows: int) -> None:
+        self.rows += rows
+
+    def truncated(self, position: int) -> None:
+        """After a committed truncation to `position`: a merge in progress takes nothing above it."""
+        if self.merging_through is not None and self.merging_through > position:
+            self.merging_through = position
+
+    def merge_due(self) -> bool:
+        return self.merging_through is not None or self.rows >= WINDOW_MERGE_ROWS
+
+    def merge_slice(self, conn: sqlite3.Connection, head: int) -> None:
+        """Merge the next slice of the window (in key order) into `event_ids`, in a transaction of its own; the
+        last slice of a merge records its position. A merge takes the ids up to the head it started at."""
+        if self.merging_through is None:
+            self.merging_through, self._after = head, b""
+        through, after = self.merging_through, self._after
+        bound = conn.execute(f"SELECT id FROM {WINDOW}.ids WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
+                             (after, MERGE_SLICE_ROWS - 1)).fetchone()
+        upper = "AND id <= ?" if bound is not None else ""
+        args = (after, bound[0], through) if bound is not None else (after, through)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"INSERT OR REPLACE INTO main.event_ids (id, position) SELECT id, position "
+                         f"FROM {WINDOW}.ids WHERE id > ? {upper} AND position <= ?", args)
+            removed = conn.execute(f"DELETE FROM {WINDOW}.ids WHERE id > ? {upper} AND position <= ?",
+                                   args).rowcount
+            if bound is None:
+                set_merged_through(conn, through)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.rows = max(0, self.rows - removed)
+        if bound is None:
+            self.merging_through = None
+        else:
+            self._after = bytes(bound[0])
