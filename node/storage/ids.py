@@ -25,8 +25,8 @@ from typing import Sequence
 from .schema import IDS_MERGED_THROUGH, RECORD_COLUMNS
 
 WINDOW = "idwindow"
-WINDOW_MERGE_ROWS = 1 << 20  # ~40 MB of memory; a merge of this many costs ~4 us per id at 10 M ids stored
-MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: ~60 ms of the writer's time at 10 M ids stored
+WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory; a merge of this many costs ~3-4 us per id at 10 M ids stored
+MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: about 50-60 ms of the writer at that cost per id
 LOOKUP_CHUNK = 300  # ids per lookup statement (records_sql binds each three times)
 
 
