@@ -23,6 +23,7 @@ import sqlite3
 from typing import Sequence
 
 from .schema import IDS_MERGED_THROUGH, RECORD_COLUMNS
+from .streams import setting
 
 WINDOW = "idwindow"
 WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory; a merge of this many costs ~3-4 us per id at 10 M ids stored
@@ -83,8 +84,7 @@ def add_to_window(conn: sqlite3.Connection, first: int, last: int) -> int:
 
 
 def merged_through(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM settings WHERE key = ?", (IDS_MERGED_THROUGH,)).fetchone()
-    return int(row[0]) if row else 0
+    return int(setting(conn, IDS_MERGED_THROUGH) or 0)
 
 
 def set_merged_through(conn: sqlite3.Connection, position: int) -> None:

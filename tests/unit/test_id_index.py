@@ -35,10 +35,10 @@ def index_state(data_dir) -> tuple[int, int]:
         conn.close()
 
 
-async def until_merged(storage: Storage, log: Log, position: int) -> None:
+async def until_merged(data_dir, log: Log, position: int) -> None:
     """Write into another stream until a merge has taken everything up to `position` (bounded)."""
     for _ in range(200):
-        if index_state(storage.data_dir)[0] >= position:
+        if index_state(data_dir)[0] >= position:
             return
         await log.append("filler", "any", [ev()])
     raise AssertionError(f"ids up to {position} were not merged")
@@ -53,32 +53,26 @@ def time_ordered_id() -> bytes:
 
 
 @pytest.mark.parametrize("make_id", [random_id, time_ordered_id])
-async def test_merged_ids_answer_retries_and_refuse_reuse(tmp_path, tiny_window, make_id):
+async def test_merged_ids_answer_retries_and_refuse_reuse(log, tmp_path, tiny_window, make_id):
     """Random ids pass through the window, UUIDv7 ones go to `event_ids` at once: both answer the same."""
-    storage = Storage(tmp_path / "data")
-    storage.open()
-    try:
-        log = Log(storage)
-        sent = {f"order-{i}": [ev(event_id=make_id()), ev(event_id=make_id())] for i in range(20)}
-        replies = dict(zip(sent, await asyncio.gather(*(log.append(s, "no_stream", e) for s, e in sent.items()))))
-        await until_merged(storage, log, max(r.position for r in replies.values()))
-        through, rows = index_state(storage.data_dir)
-        assert rows >= 40 and through >= 40
-        retried = await asyncio.gather(*(log.append(s, "no_stream", e) for s, e in sent.items()))
-        assert dict(zip(sent, retried)) == replies
-        first = sent["order-0"]
-        with pytest.raises(DuplicateEventId, match="other content"):
-            await log.append("order-0", "any", [ev(data={"n": 1}, event_id=first[0].id)])
-        with pytest.raises(DuplicateEventId):
-            await log.append("elsewhere", "any", [first[1]])
-        with pytest.raises(DuplicateEventId):  # beside a fresh id
-            await log.append("elsewhere", "any", [ev(event_id=make_id()), first[1]])
-        with pytest.raises(DuplicateEventId, match="was not"):
-            await log.append("order-0", "any", [first[0], ev()])
-        page = await log.read_all(limit=1000)
-        assert len({r.id for r in page.records}) == len(page.records) == log.head
-    finally:
-        storage.close()
+    sent = {f"order-{i}": [ev(event_id=make_id()), ev(event_id=make_id())] for i in range(20)}
+    replies = dict(zip(sent, await asyncio.gather(*(log.append(s, "no_stream", e) for s, e in sent.items()))))
+    await until_merged(tmp_path / "data", log, max(r.position for r in replies.values()))
+    through, rows = index_state(tmp_path / "data")
+    assert rows >= 40 and through >= 40
+    retried = await asyncio.gather(*(log.append(s, "no_stream", e) for s, e in sent.items()))
+    assert dict(zip(sent, retried)) == replies
+    first = sent["order-0"]
+    with pytest.raises(DuplicateEventId, match="other content"):
+        await log.append("order-0", "any", [ev(data={"n": 1}, event_id=first[0].id)])
+    with pytest.raises(DuplicateEventId):
+        await log.append("elsewhere", "any", [first[1]])
+    with pytest.raises(DuplicateEventId):  # beside a fresh id
+        await log.append("elsewhere", "any", [ev(event_id=make_id()), first[1]])
+    with pytest.raises(DuplicateEventId, match="was not"):
+        await log.append("order-0", "any", [first[0], ev()])
+    page = await log.read_all(limit=1000)
+    assert len({r.id for r in page.records}) == len(page.records) == log.head
 
 
 async def test_ids_stay_found_across_restarts_in_the_middle_of_a_merge(tmp_path, tiny_window):
@@ -101,29 +95,23 @@ async def test_ids_stay_found_across_restarts_in_the_middle_of_a_merge(tmp_path,
 
 
 @pytest.mark.parametrize("make_id", [random_id, time_ordered_id])
-async def test_a_truncated_id_can_be_written_again_after_it_was_merged(tmp_path, tiny_window, make_id):
-    storage = Storage(tmp_path / "data")
-    storage.open()
-    try:
-        log = Log(storage)
-        base = await log.append("base", "no_stream", [ev() for _ in range(3)])
-        lost = [ev(event_id=make_id()), ev(event_id=make_id())]
-        await log.append("lost", "no_stream", lost)
-        await until_merged(storage, log, base.position + 2)
-        assert index_state(storage.data_dir)[0] > base.position
-        await log.truncate_after(base.position)
-        assert index_state(storage.data_dir)[0] <= base.position
-        # other events take the truncated positions, then the truncated ids come back elsewhere
-        other = await log.append("other", "any", [ev(), ev()])
-        assert other.position == base.position + 2
-        again = await log.append("lost-again", "no_stream", [ev(data={"n": 2}, event_id=e.id) for e in lost])
-        assert again.position == base.position + 4
-        await until_merged(storage, log, again.position)
-        assert await log.append("lost-again", "no_stream", [ev(data={"n": 2}, event_id=e.id) for e in lost]) == again
-        with pytest.raises(DuplicateEventId):
-            await log.append("lost", "any", [lost[0]])
-    finally:
-        storage.close()
+async def test_a_truncated_id_can_be_written_again_after_it_was_merged(log, tmp_path, tiny_window, make_id):
+    base = await log.append("base", "no_stream", [ev() for _ in range(3)])
+    lost = [ev(event_id=make_id()), ev(event_id=make_id())]
+    await log.append("lost", "no_stream", lost)
+    await until_merged(tmp_path / "data", log, base.position + 2)
+    assert index_state(tmp_path / "data")[0] > base.position
+    await log.truncate_after(base.position)
+    assert index_state(tmp_path / "data")[0] <= base.position
+    # other events take the truncated positions, then the truncated ids come back elsewhere
+    other = await log.append("other", "any", [ev(), ev()])
+    assert other.position == base.position + 2
+    again = await log.append("lost-again", "no_stream", [ev(data={"n": 2}, event_id=e.id) for e in lost])
+    assert again.position == base.position + 4
+    await until_merged(tmp_path / "data", log, again.position)
+    assert await log.append("lost-again", "no_stream", [ev(data={"n": 2}, event_id=e.id) for e in lost]) == again
+    with pytest.raises(DuplicateEventId):
+        await log.append("lost", "any", [lost[0]])
 
 
 async def test_a_group_commit_of_random_ids_writes_no_more_pages_as_the_log_grows(tmp_path, monkeypatch):
