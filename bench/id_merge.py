@@ -6,8 +6,8 @@ with sequential inserts (bench/RESULTS.md, issue 12 point 7).
 DATA_DIR is a node's data directory (for instance one that `bench/growth.py --keep` left). The script works
 on a copy of its database in a temporary directory, never on the original: it builds
 `event_ids (id PRIMARY KEY, position) WITHOUT ROWID` from the log's ids in id order (what a migration would
-do), then, for each batch size, inserts that many fresh random ids in id order in one transaction and prints
-the time and the WAL frames written, per id. SQLite settings as the node's writer: WAL, synchronous FULL,
+do; a format-4 log has it), then, for each batch size, inserts that many fresh random ids in id order in one
+transaction and prints the time and the WAL frames written, per id. SQLite settings as the node's writer: WAL, synchronous FULL,
 16 MiB cache.
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ def measure(db: Path, batches: list[int]) -> list[str]:
         conn.execute("PRAGMA wal_autocheckpoint=0")
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         began = time.perf_counter()
-        conn.execute("CREATE TABLE event_ids (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
-        conn.execute("INSERT INTO event_ids SELECT id, position FROM events ORDER BY id")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_ids'").fetchone() is None:  # format 3
+            conn.execute("CREATE TABLE event_ids (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
+            conn.execute("INSERT INTO event_ids SELECT id, position FROM events ORDER BY id")
         count = conn.execute("SELECT count(*) FROM event_ids").fetchone()[0]
         lines = [f"built event_ids of {count:,} ids in {time.perf_counter() - began:.1f} s"]
         wal = Path(str(db) + "-wal")

@@ -16,14 +16,24 @@ What holds between transactions:
 Rows of either table may name a position whose record is gone (scavenged, trimmed or truncated, or since
 overwritten by a truncation's successor): a lookup joins the records and keeps only those with the id it asks
 for, and a merge replaces an id's row with its newest position.
+
+The writer checks the random ids it is given against a Bloom filter of every random id of the log first
+(idfilter.py), and probes the tables only for those the filter may hold (and for UUIDv7 ids).
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
+from pathlib import Path
 from typing import Sequence
 
-from .schema import IDS_MERGED_THROUGH, RECORD_COLUMNS
+from . import idfilter
+from .idfilter import IdFilter, key
+from .schema import ID_FILTER, IDS_MERGED_THROUGH, RECORD_COLUMNS
 from .streams import setting
+
+log = logging.getLogger(__name__)
 
 WINDOW = "idwindow"
 WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory; a merge of this many costs ~3-4 us per id at 10 M ids stored
@@ -97,13 +107,29 @@ def forget_after(conn: sqlite3.Connection, position: int) -> None:
     conn.execute(f"DELETE FROM {WINDOW}.ids WHERE position > ?", (position,))
     if merged_through(conn) > position:
         set_merged_through(conn, position)
+    saved = idfilter.decode_state(setting(conn, ID_FILTER))
+    if saved is not None and saved[1] > position:  # what is written there next is not in the saved filter
+        _set_filter_state(conn, saved[0], position)
+
+
+def _set_filter_state(conn: sqlite3.Connection, name: str, through: int) -> None:
+    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                 (ID_FILTER, idfilter.encode_state(name, through)))
+
+
+def _random_ids_after(conn: sqlite3.Connection, position: int) -> list[bytes]:
+    return [bytes(r[0]) for r in conn.execute(
+        f"SELECT id FROM main.events WHERE position > ? AND NOT {_UUID7}", (position,))]
 
 
 class IdWindow:
-    """The writer's side of the index: the window table on its connection, and the merge in progress. Only the
-    writer thread uses it."""
+    """The writer's side of the index: the window table on its connection, the merge in progress, and the filter
+    of random ids (saved in the data directory). Only the writer thread uses it."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.filter = IdFilter()
+        self._filter_saved_count: int | None = None  # the filter's count when last saved (None: not saved)
         self.rows = 0  # about how many ids the window holds (what starts a merge)
         self.merging_through: int | None = None  # the merge in progress takes the window's ids up to here
         self._after: bytes = b""  # ... with keys above this one still to take
@@ -120,10 +146,57 @@ class IdWindow:
                 set_merged_through(conn, head)
                 through = head
             self.rows = add_to_window(conn, through + 1, 1 << 62)
+            self._load_filter(conn, through, head)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if self._filter_saved_count is None and self.filter.count:
+            self.save_filter(conn, head=head)
+
+    def _load_filter(self, conn: sqlite3.Connection, through: int, head: int) -> None:
+        """The saved filter with the ids of the records above what it holds, or (with no usable file: a log of
+        an earlier release, a lost file) a filter built from the whole index."""
+        saved = idfilter.decode_state(setting(conn, ID_FILTER))
+        loaded = idfilter.read_file(self.data_dir, saved[0]) if saved is not None else None
+        if loaded is not None:
+            name, holds_through = saved
+            if holds_through > head:  # records past the head are gone: what is written there next is not in it
+                _set_filter_state(conn, name, head)
+                holds_through = head
+            self.filter, self._filter_saved_count = loaded, loaded.count
+            self.filter.add(idfilter.keys(_random_ids_after(conn, holds_through)))
+            return
+        started = time.perf_counter()
+        self.filter, self._filter_saved_count = IdFilter(), None
+        cursor = conn.execute(f"SELECT id FROM main.event_ids WHERE NOT {_UUID7}")
+        while rows := cursor.fetchmany(65536):
+            self.filter.add([key(bytes(r[0])) for r in rows])
+        self.filter.add(idfilter.keys(_random_ids_after(conn, through)))
+        if self.filter.count:
+            log.info("built the filter of %d random event ids in %.1f s (once: it is saved)", self.filter.count,
+                     time.perf_counter() - started)
+
+    def save_filter(self, conn: sqlite3.Connection, *, head: int) -> None:
+        """Save the filter (it holds every random id of the records up to `head`) if it changed since it was
+        last saved, and name the file in the settings. Between the writer's transactions. A failure is logged:
+        the filter in memory stays right, and an older file (or a rebuild) serves the next start."""
+        if self._filter_saved_count == self.filter.count:
+            return
+        name = idfilter.new_file_name()
+        try:
+            idfilter.write_file(self.data_dir, name, self.filter.to_bytes())
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _set_filter_state(conn, name, head)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._filter_saved_count = self.filter.count
+            idfilter.remove_files_except(self.data_dir, name)
+        except (OSError, sqlite3.Error):
+            log.exception("saving the filter of event ids failed (the next start reads an older one, or rebuilds)")
 
     def added(self, rows: int) -> None:
         self.rows += rows
@@ -161,5 +234,6 @@ class IdWindow:
         self.rows = max(0, self.rows - removed)
         if bound is None:
             self.merging_through = None
+            self.save_filter(conn, head=head)
         else:
             self._after = bytes(bound[0])

@@ -17,6 +17,7 @@ log = logging.getLogger("evstore.storage")
 DB_FILE = "evstore.db"
 FORMAT_VERSION = "4"
 IDS_MERGED_THROUGH = "ids_merged_through"  # settings key: see ids.py
+ID_FILTER = "id_filter"  # settings key: see idfilter.py
 
 # format 3's: the event's reply text (replyjson), its CRC32C, and the spans of the JSON payloads in it
 _REPLY_TEXT_COLUMNS = ("json BLOB NOT NULL DEFAULT x''", "json_crc INTEGER NOT NULL DEFAULT 0",

@@ -84,7 +84,7 @@ class Storage:
         self.committed = 0  # the cluster's committed position as last persisted here (never truncated)
         self._last_created = 0
         self._scavenged = False  # scavenged_ids has rows: appends with given ids look there too
-        self._id_window = IdWindow()  # the writer's
+        self._id_window = IdWindow(self.data_dir)  # the writer's
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.writes_in_flight = 0  # write() calls not yet durable: a hint for replication (the loop changes it)
         self._writer: threading.Thread | None = None
@@ -234,6 +234,7 @@ class Storage:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
                     log.exception("checkpoint by the writer failed")
+        self._id_window.save_filter(conn, head=self.head)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -301,7 +302,7 @@ class Storage:
         transaction is left open, everything written, for the caller to commit. Raises FlushFailed when
         writing what the ops buffered fails."""
         txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs, scavenged=self._scavenged,
-                       look_up_stored_ids=look_up_stored_ids)
+                       look_up_stored_ids=look_up_stored_ids, id_filter=self._id_window.filter)
         outcomes: list[Outcome] = []
         conn.execute("BEGIN IMMEDIATE")
         txn.prefetch_rows(stream for item in batch for stream in item.streams)

@@ -9,7 +9,8 @@ import crc32c
 
 from ..errors import LogError, Unavailable
 from ..replyjson import created_tail
-from . import ids as id_index
+from . import idfilter, ids as id_index
+from .idfilter import IdFilter
 from .records import (AT_CREATED, AT_EPOCH, AT_ID, AT_POSITION, CHECKSUM_PLACE, ROW_WIDTH, Record, ScavengedRecord,
                       StreamRow, payload_checksum, record_from_row, record_from_stored)
 from .schema import DATA_SQL, METADATA_SQL
@@ -43,8 +44,9 @@ class WriteTxn:
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
                  epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False,
-                 look_up_stored_ids: bool = True) -> None:
+                 look_up_stored_ids: bool = True, id_filter: IdFilter | None = None) -> None:
         self._conn = conn
+        self._id_filter = id_filter  # of the log's random ids: the flush adds the ones it writes
         self.scavenged = scavenged  # the log has scavenged ids to look up (or removes some in this txn)
         # False: an insert's lookup of its ids may skip the stored records (see records_by_ids)
         self.look_up_stored_ids = look_up_stored_ids
@@ -55,7 +57,7 @@ class WriteTxn:
         self.last_created = now
         self._events: list = []  # flat INSERT parameters of the buffered records, ROW_WIDTH per record
         self._event_ids: dict[bytes, int] = {}  # id -> index of its record in _events
-        self._unlooked_ids: list[bytes] = []  # client-made ids buffered without a lookup in the stored records
+        self._given_ids: list[bytes] = []  # client-made ids buffered (unless look_up_stored_ids: not looked up)
         self.window_rows = 0  # ids this transaction added to the id index's window
         self.truncated_to: int | None = None  # the lowest position a truncation in this transaction kept
         self._rows: dict[str, tuple | None] = {}  # stream rows as this transaction sees them (None: no row)
@@ -69,7 +71,7 @@ class WriteTxn:
 
     # op boundaries (the writer calls these around each op) ----------------------------------------
     def begin_op(self) -> None:
-        self._op_marks = (len(self._events), len(self._new_epochs), len(self._unlooked_ids))
+        self._op_marks = (len(self._events), len(self._new_epochs), len(self._given_ids))
         self._op_undo = []
         self._op_savepoint = False
 
@@ -86,7 +88,7 @@ class WriteTxn:
             events_mark = epochs_mark = 0  # the buffers were empty when the savepoint was taken
         else:
             events_mark, epochs_mark, _ = self._op_marks
-        del self._unlooked_ids[self._op_marks[2]:]  # (empty since a flush of the op's own: nothing to undo)
+        del self._given_ids[self._op_marks[2]:]  # (empty since a flush of the op's own: nothing to undo)
         for i in range(events_mark, len(self._events), ROW_WIDTH):
             self._event_ids.pop(bytes(self._events[i + AT_ID]), None)
         del self._events[events_mark:]
@@ -116,10 +118,10 @@ class WriteTxn:
     def flush(self) -> None:
         """Write everything buffered to the tables (before COMMIT, and before an op's own SQL). Raises
         FlushFailed(stored_id=True) when an id whose lookup skipped the stored records is in one."""
-        if self._unlooked_ids:
-            unlooked, self._unlooked_ids = self._unlooked_ids, []
-            if id_index.any_stored(self._conn, unlooked):
-                raise FlushFailed("an event id is in a stored record", stored_id=True)
+        given, self._given_ids = self._given_ids, []
+        suspects, id_keys = idfilter.sort_out(self._id_filter, given)
+        if suspects and not self.look_up_stored_ids and id_index.any_stored(self._conn, suspects):
+            raise FlushFailed("an event id is in a stored record", stored_id=True)
         try:
             execute = self._conn.execute
             if self._new_epochs:
@@ -135,6 +137,8 @@ class WriteTxn:
                 self.flushed.append(values)
                 self._events = []
                 self._event_ids = {}
+                if id_keys and self._id_filter is not None:
+                    self._id_filter.add(id_keys)
             if self._dirty:
                 rows = [self._rows[stream] for stream in self._dirty if self._rows.get(stream) is not None]
                 params = [value for row in rows for value in row]
@@ -217,6 +221,7 @@ class WriteTxn:
                 found.append(record_from_stored(values, index))
             elif stored:
                 unbuffered.append(event_id)
+        unbuffered = idfilter.sort_out(self._id_filter, unbuffered)[0]
         for chunk in id_index.chunks(unbuffered):
             found.extend(record_from_row(r) for r in self._conn.execute(id_index.records_sql(len(chunk)),
                                                                         id_index.bind(chunk)))
@@ -227,8 +232,8 @@ class WriteTxn:
         values) as consecutive records."""
         now, epoch = self.now, self.epoch
         self.note_epoch(epoch, first_position)
-        if not self.look_up_stored_ids:  # the flush looks them up in the stored records (see records_by_ids)
-            self._unlooked_ids.extend(e.id for e in events if e.given_id)
+        # the flush adds them to the filter, and (unless look_up_stored_ids) looks them up in the stored records
+        self._given_ids.extend(e.id for e in events if e.given_id)
         # this loop runs once per event on the writer, so it stays lean: what it can, seal_payloads prepared
         values = self._events
         add, ids = values.extend, self._event_ids
@@ -262,6 +267,8 @@ class WriteTxn:
             conn.execute(insert_sql(count), rows[offset * ROW_WIDTH:(offset + count) * ROW_WIDTH])
         if rows:
             self.window_rows += id_index.index_ids(conn, rows[AT_POSITION], rows[len(rows) - ROW_WIDTH + AT_POSITION])
+            if self._id_filter is not None:
+                self._id_filter.add(idfilter.keys(bytes(rows[i + AT_ID]) for i in range(0, len(rows), ROW_WIDTH)))
 
     def truncate_after(self, position: int) -> list[tuple[str, int]]:
         """Delete every record after `position`; the (stream, lowest removed version) of each stream touched."""
