@@ -15,7 +15,9 @@ What holds between transactions:
 - every other record above `merged_through` has its id in the window.
 Rows of either table may name a position whose record is gone (scavenged, trimmed or truncated, or since
 overwritten by a truncation's successor): a lookup joins the records and keeps only those with the id it asks
-for, and a merge replaces an id's row with its newest position.
+for, and a merge replaces an id's row with its newest position. A merge starts when the window holds
+WINDOW_MERGE_ROWS ids or the head is MERGE_SPAN_POSITIONS past `merged_through`, so that start-up, which reads
+the records past it, reads a bounded tail of the log whatever its ids.
 
 The writer checks the random ids it is given against a Bloom filter of every random id of the log first
 (idfilter.py), and probes the tables only for those the filter may hold (and for UUIDv7 ids).
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 WINDOW = "idwindow"
 WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory; a merge of this many costs ~3-4 us per id at 10 M ids stored
 MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: about 50-60 ms of the writer at that cost per id
+# a merge also starts once the head is this far past the merged position, however few ids the window holds (a
+# log of UUIDv7 ids has none): start-up reads the records past it, so that read stays bounded
+MERGE_SPAN_POSITIONS = 1 << 21
 LOOKUP_CHUNK = 300  # ids per lookup statement (records_sql binds each three times)
 
 
@@ -117,9 +122,10 @@ def _set_filter_state(conn: sqlite3.Connection, name: str, through: int) -> None
                  (ID_FILTER, idfilter.encode_state(name, through)))
 
 
-def _random_ids_after(conn: sqlite3.Connection, position: int) -> list[bytes]:
+def random_ids(conn: sqlite3.Connection, first: int, last: int = 1 << 62) -> list[bytes]:
+    """The ids of the records at positions first..last that are not UUIDv7 (those the window and filter hold)."""
     return [bytes(r[0]) for r in conn.execute(
-        f"SELECT id FROM main.events WHERE position > ? AND NOT {_UUID7}", (position,))]
+        f"SELECT id FROM main.events WHERE position BETWEEN ? AND ? AND NOT {_UUID7}", (first, last))]
 
 
 class IdWindow:
@@ -131,6 +137,8 @@ class IdWindow:
         self.filter = IdFilter()
         self._filter_saved_count: int | None = None  # the filter's count when last saved (None: not saved)
         self.rows = 0  # about how many ids the window holds (what starts a merge)
+        self.merged_through = 0  # as the settings hold it
+        self._saved: tuple[str, int] | None = None  # the filter's file and the position it holds every id through
         self.merging_through: int | None = None  # the merge in progress takes the window's ids up to here
         self._after: bytes = b""  # ... with keys above this one still to take
 
@@ -146,12 +154,16 @@ class IdWindow:
                 set_merged_through(conn, head)
                 through = head
             self.rows = add_to_window(conn, through + 1, 1 << 62)
+            if not self.rows and through < head:  # every record past it has its id in event_ids (UUIDv7)
+                set_merged_through(conn, head)
+                through = head
+            self.merged_through = through
             self._load_filter(conn, through, head)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        if self._filter_saved_count is None and self.filter.count:
+        if self._filter_saved_count is None:  # built, not read: save it so that the next start reads it
             self.save_filter(conn, head=head)
 
     def _load_filter(self, conn: sqlite3.Connection, through: int, head: int) -> None:
@@ -164,28 +176,32 @@ class IdWindow:
             if holds_through > head:  # records past the head are gone: what is written there next is not in it
                 _set_filter_state(conn, name, head)
                 holds_through = head
-            self.filter, self._filter_saved_count = loaded, loaded.count
-            self.filter.add(idfilter.keys(_random_ids_after(conn, holds_through)))
+            self.filter, self._filter_saved_count, self._saved = loaded, loaded.count, (name, holds_through)
+            self.filter.add(idfilter.keys(random_ids(conn, holds_through + 1)))
             return
         started = time.perf_counter()
-        self.filter, self._filter_saved_count = IdFilter(), None
+        self.filter, self._filter_saved_count, self._saved = IdFilter(), None, None
         cursor = conn.execute(f"SELECT id FROM main.event_ids WHERE NOT {_UUID7}")
         while rows := cursor.fetchmany(65536):
             self.filter.add([key(bytes(r[0])) for r in rows])
-        self.filter.add(idfilter.keys(_random_ids_after(conn, through)))
+        self.filter.add(idfilter.keys(random_ids(conn, through + 1)))
         if self.filter.count:
             log.info("built the filter of %d random event ids in %.1f s (once: it is saved)", self.filter.count,
                      time.perf_counter() - started)
 
     def save_filter(self, conn: sqlite3.Connection, *, head: int) -> None:
-        """Save the filter (it holds every random id of the records up to `head`) if it changed since it was
-        last saved, and name the file in the settings. Between the writer's transactions. A failure is logged:
-        the filter in memory stays right, and an older file (or a rebuild) serves the next start."""
-        if self._filter_saved_count == self.filter.count:
+        """Record that the filter holds every random id of the records up to `head`: in a new file if ids were
+        added since it was last saved, else (no record with a random id was written since: the saved file
+        holds them all, whatever a truncation did) only the position. Between the writer's transactions. A
+        failure is logged: the filter in memory stays right, and an older file (or a rebuild) serves the next
+        start."""
+        unchanged = self._saved is not None and self._filter_saved_count == self.filter.count
+        if unchanged and self._saved[1] == head:
             return
-        name = idfilter.new_file_name()
+        name = self._saved[0] if unchanged else idfilter.new_file_name()
         try:
-            idfilter.write_file(self.data_dir, name, self.filter.to_bytes())
+            if not unchanged:
+                idfilter.write_file(self.data_dir, name, self.filter.to_bytes())
             conn.execute("BEGIN IMMEDIATE")
             try:
                 _set_filter_state(conn, name, head)
@@ -193,8 +209,9 @@ class IdWindow:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            self._filter_saved_count = self.filter.count
-            idfilter.remove_files_except(self.data_dir, name)
+            self._filter_saved_count, self._saved = self.filter.count, (name, head)
+            if not unchanged:
+                idfilter.remove_files_except(self.data_dir, name)
         except (OSError, sqlite3.Error):
             log.exception("saving the filter of event ids failed (the next start reads an older one, or rebuilds)")
 
@@ -205,9 +222,11 @@ class IdWindow:
         """After a committed truncation to `position`: a merge in progress takes nothing above it."""
         if self.merging_through is not None and self.merging_through > position:
             self.merging_through = position
+        self.merged_through = min(self.merged_through, position)
 
-    def merge_due(self) -> bool:
-        return self.merging_through is not None or self.rows >= WINDOW_MERGE_ROWS
+    def merge_due(self, head: int) -> bool:
+        return (self.merging_through is not None or self.rows >= WINDOW_MERGE_ROWS
+                or head - self.merged_through >= MERGE_SPAN_POSITIONS)
 
     def merge_slice(self, conn: sqlite3.Connection, head: int) -> None:
         """Merge the next slice of the window (in key order) into `event_ids`, in a transaction of its own; the
@@ -233,7 +252,7 @@ class IdWindow:
             raise
         self.rows = max(0, self.rows - removed)
         if bound is None:
-            self.merging_through = None
+            self.merging_through, self.merged_through = None, through
             self.save_filter(conn, head=head)
         else:
             self._after = bytes(bound[0])

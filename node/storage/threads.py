@@ -218,7 +218,7 @@ class Storage:
                 batch.append(more)
                 weight += more.weight
             self._run_batch(conn, batch)
-            if self._id_window.merge_due():
+            if self._id_window.merge_due(self.head):
                 started = time.perf_counter()
                 try:
                     self._id_window.merge_slice(conn, self.head)

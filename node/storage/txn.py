@@ -132,12 +132,15 @@ class WriteTxn:
             if values:
                 for offset, rows in row_chunks(len(values) // ROW_WIDTH):
                     execute(insert_sql(rows), values[offset * ROW_WIDTH:(offset + rows) * ROW_WIDTH])
-                self.window_rows += id_index.index_ids(self._conn, values[AT_POSITION],
-                                                           values[len(values) - ROW_WIDTH + AT_POSITION])
+                first, last = values[AT_POSITION], values[len(values) - ROW_WIDTH + AT_POSITION]
+                windowed = id_index.index_ids(self._conn, first, last)
+                self.window_rows += windowed
                 self.flushed.append(values)
                 self._events = []
                 self._event_ids = {}
-                if id_keys and self._id_filter is not None:
+                if self._id_filter is not None:
+                    if windowed != len(id_keys):  # a random id the client did not give (none today): read back
+                        id_keys = idfilter.keys(id_index.random_ids(self._conn, first, last))
                     self._id_filter.add(id_keys)
             if self._dirty:
                 rows = [self._rows[stream] for stream in self._dirty if self._rows.get(stream) is not None]

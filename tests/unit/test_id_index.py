@@ -12,7 +12,7 @@ import pytest
 
 from evstore.ids import uuid7_bytes
 from evstore.node.errors import DuplicateEventId
-from evstore.node.log import Log
+from evstore.node.log import Log, NewEvent
 from evstore.node.storage import Storage
 from evstore.node.storage import idfilter
 from evstore.node.storage import ids as storage_ids
@@ -358,3 +358,54 @@ async def test_a_follower_knows_the_random_ids_it_was_shipped(tmp_path, tiny_win
     finally:
         leader_storage.close()
         follower_storage.close()
+
+
+def node_made() -> NewEvent:
+    return NewEvent(uuid7_bytes()[0], "Happened", b"{}", b"{}", given_id=False)
+
+
+@pytest.mark.parametrize("killed", [False, True])
+async def test_start_up_reads_a_bounded_tail_of_a_log_of_node_made_ids(tmp_path, tiny_window, monkeypatch, killed):
+    """The window and the filter are rebuilt from the records past their saved positions. A log of UUIDv7 ids
+    leaves the window empty, so no merge was ever due: its position stayed at 0 and every start read the whole
+    log (~20 s at 10 M events). A merge is now also due once the head is MERGE_SPAN_POSITIONS past it."""
+    monkeypatch.setattr(storage_ids, "MERGE_SPAN_POSITIONS", 50)
+    data = tmp_path / "data"
+    storage = Storage(data)
+    storage.open()
+    if killed:  # the saves after each merge happen, the one at close does not
+        save = storage._id_window.save_filter
+        monkeypatch.setattr(storage._id_window, "save_filter",
+                            lambda conn, *, head: None if storage._closed else save(conn, head=head))
+    try:
+        log = Log(storage)
+        await log.append("random", "no_stream", [ev(), ev()])
+        for i in range(30):
+            await log.append(f"s-{i}", "no_stream", [node_made() for _ in range(10)])
+        head = log.head
+    finally:
+        storage.close()
+    read_from: list[int] = []
+    for name in ("add_to_window", "random_ids"):
+        original = getattr(storage_ids, name)
+        monkeypatch.setattr(storage_ids, name, lambda conn, first, *rest, _original=original: (
+            read_from.append(first), _original(conn, first, *rest))[1])
+    again = Storage(data)
+    again.open()
+    try:
+        assert read_from and min(read_from) > head - 50 - 10, (read_from, head)
+        first = (await Log(again).read_stream("random", start=1, limit=1)).records[0]
+        with pytest.raises(DuplicateEventId):  # the random ids written before are still known
+            await Log(again).append("elsewhere", "any", [ev(event_id=first.id)])
+    finally:
+        again.close()
+
+
+async def test_a_random_id_the_node_did_not_take_from_a_client_is_in_the_filter_too(log):
+    """Every id the node writes itself is a UUIDv7 today; should one not be, the flush reads it back into the
+    filter rather than leave a retry of it unrecognised."""
+    event = ev()
+    await log.append("made", "no_stream", [NewEvent(event.id, event.type, event.data, event.metadata,
+                                                    given_id=False)])
+    with pytest.raises(DuplicateEventId):
+        await log.append("elsewhere", "any", [ev(event_id=event.id)])
