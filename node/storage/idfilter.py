@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 import crc32c
 from rbloom import Bloom
 
-FIRST_CAPACITY = 1 << 21  # ids in the first part (2.4 MB); each next part holds GROWTH times as many
-GROWTH = 8  # few parts to check: 2 up to 18 M ids, 3 up to 146 M
+FIRST_CAPACITY = 1 << 22  # ids in the first part (4.8 MB); each next part holds GROWTH times as many
+GROWTH = 4  # few parts to check (2 up to 20 M ids, 3 up to 84 M), memory at most ~4x what the ids need
 FALSE_POSITIVES = 0.01  # per part: a false positive costs the probe the filter saves
 FILE_FORMAT = 1
 # where rbloom puts a key's bits is its own business: a file another release of it wrote is rebuilt, not trusted
@@ -101,7 +101,7 @@ class IdFilter:
         return False
 
     def to_bytes(self) -> bytes:
-        bodies = [p[0].save_bytes() for p in self._parts]
+        bodies = [p[0].save_bytes() if p[2] else b"" for p in self._parts]  # an empty part: no bits to keep
         header = {"format": FILE_FORMAT, "rbloom": _RBLOOM,
                   "parts": [[p[1], p[2], len(b)] for p, b in zip(self._parts, bodies)]}
         body = b"".join(bodies)
@@ -119,7 +119,9 @@ class IdFilter:
                 raise ValueError("not an id filter of this format, or damaged")
             parts, offset = [], 0
             for capacity, count, size in header["parts"]:
-                parts.append((Bloom.load_bytes(body[offset:offset + size], int), int(capacity), int(count)))
+                bits = body[offset:offset + size]
+                part = Bloom.load_bytes(bits, int) if count else Bloom(int(capacity), FALSE_POSITIVES, int)
+                parts.append((part, int(capacity), int(count)))
                 offset += size
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not an id filter: {exc}") from exc

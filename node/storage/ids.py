@@ -163,7 +163,7 @@ class IdWindow:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        if self._filter_saved_count is None:  # built, not read: save it so that the next start reads it
+        if self._filter_saved_count is None and head:  # built, not read: save it so that the next start reads it
             self.save_filter(conn, head=head)
 
     def _load_filter(self, conn: sqlite3.Connection, through: int, head: int) -> None:
