@@ -135,10 +135,10 @@ class IdWindow:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.filter = IdFilter()
-        self._filter_saved_count: int | None = None  # the filter's count when last saved (None: not saved)
         self.rows = 0  # about how many ids the window holds (what starts a merge)
         self.merged_through = 0  # as the settings hold it
-        self._saved: tuple[str, int] | None = None  # the filter's file and the position it holds every id through
+        # the filter's file, the position it holds every id through, and the filter's count then (None: not saved)
+        self._saved: tuple[str, int, int] | None = None
         self.merging_through: int | None = None  # the merge in progress takes the window's ids up to here
         self._after: bytes = b""  # ... with keys above this one still to take
 
@@ -163,7 +163,7 @@ class IdWindow:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        if self._filter_saved_count is None and head:  # built, not read: save it so that the next start reads it
+        if self._saved is None and head:  # built, not read: save it so that the next start reads it
             self.save_filter(conn, head=head)
 
     def _load_filter(self, conn: sqlite3.Connection, through: int, head: int) -> None:
@@ -176,11 +176,11 @@ class IdWindow:
             if holds_through > head:  # records past the head are gone: what is written there next is not in it
                 _set_filter_state(conn, name, head)
                 holds_through = head
-            self.filter, self._filter_saved_count, self._saved = loaded, loaded.count, (name, holds_through)
+            self.filter, self._saved = loaded, (name, holds_through, loaded.count)
             self.filter.add(idfilter.keys(random_ids(conn, holds_through + 1)))
             return
         started = time.perf_counter()
-        self.filter, self._filter_saved_count, self._saved = IdFilter(), None, None
+        self.filter, self._saved = IdFilter(), None
         cursor = conn.execute(f"SELECT id FROM main.event_ids WHERE NOT {_UUID7}")
         while rows := cursor.fetchmany(65536):
             self.filter.add([key(bytes(r[0])) for r in rows])
@@ -195,7 +195,7 @@ class IdWindow:
         holds them all, whatever a truncation did) only the position. Between the writer's transactions. A
         failure is logged: the filter in memory stays right, and an older file (or a rebuild) serves the next
         start."""
-        unchanged = self._saved is not None and self._filter_saved_count == self.filter.count
+        unchanged = self._saved is not None and self._saved[2] == self.filter.count
         if unchanged and self._saved[1] == head:
             return
         name = self._saved[0] if unchanged else idfilter.new_file_name()
@@ -209,7 +209,7 @@ class IdWindow:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            self._filter_saved_count, self._saved = self.filter.count, (name, head)
+            self._saved = (name, head, self.filter.count)
             if not unchanged:
                 idfilter.remove_files_except(self.data_dir, name)
         except (OSError, sqlite3.Error):

@@ -288,18 +288,24 @@ async def test_a_lost_filter_file_is_rebuilt_from_the_index(tmp_path, tiny_windo
     assert filter_files(data) != [name] and len(filter_files(data)) == 1
 
 
+async def saved_with_a_tail_to_lose(data, sent):
+    """Some appends, then four random-id events in stream "lost" (its reply returned) and a close, which saves
+    the filter through them."""
+    await append_some(data, sent, "kept", count=3)
+    storage = Storage(data)
+    storage.open()
+    try:
+        return await Log(storage).append("lost", "no_stream", [ev() for _ in range(4)])
+    finally:
+        storage.close()
+
+
 async def test_a_truncation_below_the_saved_filter_is_not_forgotten(tmp_path, tiny_window, monkeypatch):
     """The file holds the ids of the records up to where it was saved; a truncation below that lowers it in the
     same transaction, so ids later written at the truncated positions are read back into the filter on open,
     even when no later save succeeded (merges since then took the window past the old mark)."""
     data, sent = tmp_path / "data", []
-    await append_some(data, sent, "kept", count=3)
-    storage = Storage(data)
-    storage.open()
-    try:
-        lost = await Log(storage).append("lost", "no_stream", [ev() for _ in range(4)])
-    finally:
-        storage.close()  # saves the filter, the lost records' ids in it
+    lost = await saved_with_a_tail_to_lose(data, sent)
     storage = Storage(data)
     storage.open()
 
@@ -324,13 +330,7 @@ async def test_the_filter_never_claims_records_past_the_head(tmp_path, tiny_wind
     """Records past the position the filter was saved through may be lost (durability interval and a machine
     crash): the mark is lowered on open, so what is written there next is read back into the filter."""
     data, sent = tmp_path / "data", []
-    await append_some(data, sent, "kept", count=3)
-    storage = Storage(data)
-    storage.open()
-    try:
-        lost = await Log(storage).append("lost", "no_stream", [ev() for _ in range(4)])
-    finally:
-        storage.close()  # saves the filter through the lost records
+    lost = await saved_with_a_tail_to_lose(data, sent)
     conn = sqlite3.connect(data / "evstore.db")
     conn.execute("DELETE FROM events WHERE position > ?", (lost.position - 4,))
     conn.execute("DELETE FROM streams WHERE stream = 'lost'")
