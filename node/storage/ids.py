@@ -1,45 +1,59 @@
 """The event-id index, as an LSM tree keeps its keys: the random ids of the newest records in an in-memory table
-of the writer's connection (the window, rebuilt from the log's tail on open), everything else in a durable table
-(`event_ids`) that the writer merges the window into in key order, a slice per transaction.
+of the writer's connection (the window, rebuilt from the log's tail on open), older ones in sorted runs (durable
+tables the window is written into in key order, merged four at a time into one of the next level), and the
+UUIDv7 ids in `event_ids`.
 
 Event ids made by clients are often random (UUIDv4). A durable B-tree keyed by them takes each new id on a random
 leaf, so a group commit of a few thousand events dirtied as many index pages, each written to the WAL and again
-by the checkpoint (0.3-0.5x the appends/s of node-made ids at 10 M events). Merging a million sorted ids at once
-writes each touched page once for all the ids that land on it. Time-ordered ids (UUIDv7: the node's own, and the
-Python client's) land at the end of `event_ids`, a page or two per commit: they go there at once, in the
-transaction of their record, and never pass through the window.
+by the checkpoint (0.3-0.5x the appends/s of node-made ids at 10 M events). Writing a million sorted ids at once
+writes each page once for the ids on it. Format 4 merged the window into one table, whose every leaf a merge then
+rewrote: a cost per id that grew with the log (3-6 us at 10 M ids, ten times that at 100 M). A run is written as
+a new table, at its end (~0.6 us per id); runs of one level are merged when there are RUN_FANIN of them, so an id
+is written once per level (log4 of the log's random ids over the window's size: two or three times at 10 M ids).
+Time-ordered ids (UUIDv7: the node's own, and the Python client's) land at the end of `event_ids`, a page or two
+per commit: they go there at once, in the transaction of their record, and never pass through the window.
 
 What holds between transactions:
-- every record at a position at or below `merged_through` (settings key `ids_merged_through`), and every record
-  whose id is a UUIDv7, has its id in `event_ids`, with the position of the newest record that had it;
-- every other record above `merged_through` has its id in the window.
-Rows of either table may name a position whose record is gone (scavenged, trimmed or truncated, or since
+- every record at a position at or below `merged_through` (settings key `ids_merged_through`) whose id is not a
+  UUIDv7 has its id in a run (or, in a log of format 4 or earlier, in `event_ids`), and every record whose id is a
+  UUIDv7 has its id in `event_ids`;
+- every other record above `merged_through` has its id in the window;
+- the settings key `id_runs` lists the runs (oldest first) and the merge of runs in progress, if any.
+Rows of any table may name a position whose record is gone (scavenged, trimmed or truncated, or since
 overwritten by a truncation's successor): a lookup joins the records and keeps only those with the id it asks
-for, and a merge replaces an id's row with its newest position. A merge starts when the window holds
+for. Writing the window into a run, and merging runs, keeps the newest row of an id (the newest run's, the
+window's over a run's). Both go a slice per transaction between group commits, and a run being written is
+already listed: every id is in one of the tables after each slice. A window write starts when the window holds
 WINDOW_MERGE_ROWS ids or the head is MERGE_SPAN_POSITIONS past `merged_through`, so that start-up, which reads
 the records past it, reads a bounded tail of the log whatever its ids.
 
 The writer checks the random ids it is given against a Bloom filter of every random id of the log first
-(idfilter.py), and probes the tables only for those the filter may hold (and for UUIDv7 ids).
+(idfilter.py), and probes the tables only for those the filter may hold (UUIDv7 ids: in `event_ids` only).
 """
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from . import idfilter
 from .idfilter import IdFilter, key
-from .schema import ID_FILTER, IDS_MERGED_THROUGH, RECORD_COLUMNS
+from .schema import ID_FILTER, ID_RUNS, IDS_MERGED_THROUGH, RECORD_COLUMNS
 from .streams import setting
 
 log = logging.getLogger(__name__)
 
 WINDOW = "idwindow"
-WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory; a merge of this many costs ~3-4 us per id at 10 M ids stored
-MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: about 50-60 ms of the writer at that cost per id
+WINDOW_TABLE = f"{WINDOW}.ids"
+BASE_TABLE = "main.event_ids"  # UUIDv7 ids, and the random ids formats 3 and 4 merged
+RUN_PREFIX = "event_ids_run_"
+WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory
+MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: ~10-20 ms of the writer (0.6-1.2 us per id)
+RUN_FANIN = 4  # runs of one level merged into one of the next
 # a merge also starts once the head is this far past the merged position, however few ids the window holds (a
 # log of UUIDv7 ids has none): start-up reads the records past it, so that read stays bounded
 MERGE_SPAN_POSITIONS = 1 << 21
@@ -50,16 +64,16 @@ def _marks(count: int) -> str:
     return ",".join("?" * count)
 
 
-def records_sql(count: int) -> str:
-    """The records that hold `count` ids (bound three times over, see `bind`)."""
+def records_sql(count: int, tables: Sequence[str]) -> str:
+    """The records that hold `count` ids, looked up in each of `tables` (bound 1 + len(tables) times, see
+    `bind`)."""
     marks = _marks(count)
-    return (f"SELECT {RECORD_COLUMNS} FROM main.events WHERE id IN ({marks}) AND position IN ("
-            f"SELECT position FROM {WINDOW}.ids WHERE id IN ({marks}) "
-            f"UNION ALL SELECT position FROM main.event_ids WHERE id IN ({marks}))")
+    held = " UNION ALL ".join(f"SELECT position FROM {table} WHERE id IN ({marks})" for table in tables)
+    return f"SELECT {RECORD_COLUMNS} FROM main.events WHERE id IN ({marks}) AND position IN ({held})"
 
 
-def bind(ids: Sequence[bytes]) -> list[bytes]:
-    return [*ids, *ids, *ids]
+def bind(ids: Sequence[bytes], tables: Sequence[str]) -> list[bytes]:
+    return list(ids) * (1 + len(tables))
 
 
 def chunks(ids: Sequence[bytes]):
@@ -67,17 +81,21 @@ def chunks(ids: Sequence[bytes]):
         yield ids[i:i + LOOKUP_CHUNK]
 
 
-def any_stored(conn: sqlite3.Connection, ids: Sequence[bytes]) -> bool:
-    """Whether a record of the log (as the connection's transaction sees it) holds any of these ids. Most ids
-    asked about are fresh: each part of the index is probed alone, and only what either holds is checked
-    against the records."""
-    for chunk in chunks(ids):
-        marks = _marks(len(chunk))
-        held = conn.execute(f"SELECT position, id FROM {WINDOW}.ids WHERE id IN ({marks})", chunk).fetchall()
-        held += conn.execute(f"SELECT position, id FROM main.event_ids WHERE id IN ({marks})", chunk).fetchall()
-        if any(conn.execute("SELECT 1 FROM main.events WHERE position = ? AND id = ?", row).fetchone()
-               for row in held):
-            return True
+def any_stored(conn: sqlite3.Connection, ids: Sequence[bytes], tables: Sequence[str]) -> bool:
+    """Whether a record of the log (as the connection's transaction sees it) holds any of these ids: UUIDv7 ones
+    looked up in `event_ids`, others in each of `tables` (the random-id tables, IdWindow.tables). Most ids asked
+    about are fresh: each table is probed alone, and only what one holds is checked against the records."""
+    time_ordered = [i for i in ids if idfilter.is_uuid7(i)]
+    random = [i for i in ids if not idfilter.is_uuid7(i)] if time_ordered else ids
+    for chosen, where in ((time_ordered, (BASE_TABLE,)), (random, tables)):
+        for chunk in chunks(chosen):
+            marks = _marks(len(chunk))
+            held = []
+            for table in where:
+                held += conn.execute(f"SELECT position, id FROM {table} WHERE id IN ({marks})", chunk).fetchall()
+            if any(conn.execute("SELECT 1 FROM main.events WHERE position = ? AND id = ?", row).fetchone()
+                   for row in held):
+                return True
     return False
 
 
@@ -88,13 +106,13 @@ _UUID7 = "substr(id, 7, 1) BETWEEN x'70' AND x'7f'"
 def index_ids(conn: sqlite3.Connection, first: int, last: int) -> int:
     """Index the ids of the records at positions first..last (just inserted, in the caller's transaction): the
     UUIDv7 ones in `event_ids`, the others in the window (how many: the return value)."""
-    conn.execute("INSERT OR REPLACE INTO main.event_ids (id, position) SELECT id, position FROM main.events "
+    conn.execute(f"INSERT OR REPLACE INTO {BASE_TABLE} (id, position) SELECT id, position FROM main.events "
                  f"WHERE position BETWEEN ? AND ? AND {_UUID7}", (first, last))
     return add_to_window(conn, first, last)
 
 
 def add_to_window(conn: sqlite3.Connection, first: int, last: int) -> int:
-    return conn.execute(f"INSERT OR REPLACE INTO {WINDOW}.ids (id, position) SELECT id, position FROM main.events "
+    return conn.execute(f"INSERT OR REPLACE INTO {WINDOW_TABLE} (id, position) SELECT id, position FROM main.events "
                         f"WHERE position BETWEEN ? AND ? AND NOT {_UUID7}", (first, last)).rowcount
 
 
@@ -108,8 +126,9 @@ def set_merged_through(conn: sqlite3.Connection, position: int) -> None:
 
 def forget_after(conn: sqlite3.Connection, position: int) -> None:
     """A truncation removed every record after `position` (in the caller's transaction): the window forgets them,
-    and `event_ids` no longer claims positions past it (its rows there are stale, which lookups allow for)."""
-    conn.execute(f"DELETE FROM {WINDOW}.ids WHERE position > ?", (position,))
+    and the runs and `event_ids` no longer claim positions past it (their rows there are stale, which lookups
+    allow for)."""
+    conn.execute(f"DELETE FROM {WINDOW_TABLE} WHERE position > ?", (position,))
     if merged_through(conn) > position:
         set_merged_through(conn, position)
     saved = idfilter.decode_state(setting(conn, ID_FILTER))
@@ -128,25 +147,97 @@ def random_ids(conn: sqlite3.Connection, first: int, last: int = 1 << 62) -> lis
         f"SELECT id FROM main.events WHERE position BETWEEN ? AND ? AND NOT {_UUID7}", (first, last))]
 
 
+@dataclass
+class Run:
+    """One sorted run of random ids: its table (in the main database), its level (0: written from the window;
+    level n + 1: RUN_FANIN runs of level n merged) and about how many ids it holds."""
+
+    table: str
+    level: int
+    rows: int = 0
+
+    @property
+    def qualified(self) -> str:
+        return f"main.{self.table}"
+
+
+@dataclass
+class RunMerge:
+    """Runs of one level (oldest first) being merged into `into`, a slice per transaction."""
+
+    sources: list[Run]
+    into: Run
+
+
+class RunSet:
+    """The runs, oldest first, the merge of runs in progress, and the number the next run's table takes: what the
+    settings key `id_runs` holds (saved in the transaction that changes it)."""
+
+    def __init__(self, runs: list[Run] | None = None, merge: RunMerge | None = None, next_number: int = 1) -> None:
+        self.runs = list(runs or [])
+        self.merge = merge
+        self.next_number = next_number
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> "RunSet":
+        value = setting(conn, ID_RUNS)
+        if value is None:
+            return cls()
+        state = json.loads(value)
+        runs = {table: Run(table, level, rows) for table, level, rows in state["runs"]}
+        merge = state.get("merge")
+        return cls(list(runs.values()),
+                   RunMerge([runs[t] for t in merge["sources"]], runs[merge["into"]]) if merge else None,
+                   state["next"])
+
+    def save(self, conn: sqlite3.Connection) -> None:
+        merge = ({"sources": [r.table for r in self.merge.sources], "into": self.merge.into.table}
+                 if self.merge is not None else None)
+        state = {"runs": [[r.table, r.level, r.rows] for r in self.runs], "merge": merge, "next": self.next_number}
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (ID_RUNS, json.dumps(state)))
+
+    def new_run(self, conn: sqlite3.Connection, level: int) -> Run:
+        """A new empty run table (in the caller's transaction), not yet listed."""
+        run = Run(f"{RUN_PREFIX}{self.next_number}", level)
+        self.next_number += 1
+        conn.execute(f"CREATE TABLE {run.qualified} (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
+        return run
+
+    def due_merge(self) -> list[Run] | None:
+        """The oldest RUN_FANIN runs of the lowest level that has that many, or None."""
+        for level in sorted({r.level for r in self.runs}):
+            of_level = [r for r in self.runs if r.level == level]
+            if len(of_level) >= RUN_FANIN:
+                return of_level[:RUN_FANIN]
+        return None
+
+    def tables(self) -> tuple[str, ...]:
+        """The tables that may hold a random id, newest first."""
+        return (WINDOW_TABLE, *(r.qualified for r in reversed(self.runs)), BASE_TABLE)
+
+
 class IdWindow:
-    """The writer's side of the index: the window table on its connection, the merge in progress, and the filter
-    of random ids (saved in the data directory). Only the writer thread uses it."""
+    """The writer's side of the index: the window table on its connection, the runs and the merge in progress,
+    and the filter of random ids (saved in the data directory). Only the writer thread uses it."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.filter = IdFilter()
         self.rows = 0  # about how many ids the window holds (what starts a merge)
         self.merged_through = 0  # as the settings hold it
+        self.run_set = RunSet()
+        self.tables: tuple[str, ...] = self.run_set.tables()  # where a lookup of random ids looks
         # the filter's file, the position it holds every id through, and the filter's count then (None: not saved)
         self._saved: tuple[str, int, int] | None = None
-        self.merging_through: int | None = None  # the merge in progress takes the window's ids up to here
+        self.merging_through: int | None = None  # the window's write in progress takes its ids up to here
+        self._writing: Run | None = None  # ... into this run (None until its first slice with ids)
         self._after: bytes = b""  # ... with keys above this one still to take
 
     def attach(self, conn: sqlite3.Connection, *, head: int) -> None:
         """Create the window on the writer's connection and fill it from the records above `merged_through` (at
         most about WINDOW_MERGE_ROWS plus a merge's worth: start-up does not grow with the log)."""
         conn.execute(f"ATTACH DATABASE ':memory:' AS {WINDOW}")
-        conn.execute(f"CREATE TABLE {WINDOW}.ids (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
+        conn.execute(f"CREATE TABLE {WINDOW_TABLE} (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
         conn.execute("BEGIN IMMEDIATE")
         try:
             through = merged_through(conn)
@@ -158,6 +249,8 @@ class IdWindow:
                 set_merged_through(conn, head)
                 through = head
             self.merged_through = through
+            self.run_set = RunSet.load(conn)
+            self.tables = self.run_set.tables()
             self._load_filter(conn, through, head)
             conn.execute("COMMIT")
         except BaseException:
@@ -181,9 +274,11 @@ class IdWindow:
             return
         started = time.perf_counter()
         self.filter, self._saved = IdFilter(), None
-        cursor = conn.execute(f"SELECT id FROM main.event_ids WHERE NOT {_UUID7}")
-        while rows := cursor.fetchmany(65536):
-            self.filter.add([key(bytes(r[0])) for r in rows])
+        for select in (f"SELECT id FROM {BASE_TABLE} WHERE NOT {_UUID7}",
+                       *(f"SELECT id FROM {run.qualified}" for run in self.run_set.runs)):
+            cursor = conn.execute(select)
+            while rows := cursor.fetchmany(65536):
+                self.filter.add([key(bytes(r[0])) for r in rows])
         self.filter.add(idfilter.keys(random_ids(conn, through + 1)))
         if self.filter.count:
             log.info("built the filter of %d random event ids in %.1f s (once: it is saved)", self.filter.count,
@@ -219,40 +314,107 @@ class IdWindow:
         self.rows += rows
 
     def truncated(self, position: int) -> None:
-        """After a committed truncation to `position`: a merge in progress takes nothing above it."""
+        """After a committed truncation to `position`: the window's write in progress takes nothing above it."""
         if self.merging_through is not None and self.merging_through > position:
             self.merging_through = position
         self.merged_through = min(self.merged_through, position)
 
-    def merge_due(self, head: int) -> bool:
+    def _window_due(self, head: int) -> bool:
         return (self.merging_through is not None or self.rows >= WINDOW_MERGE_ROWS
                 or head - self.merged_through >= MERGE_SPAN_POSITIONS)
 
+    def merge_due(self, head: int) -> bool:
+        return (self._window_due(head) or self.run_set.merge is not None
+                or self.run_set.due_merge() is not None)
+
     def merge_slice(self, conn: sqlite3.Connection, head: int) -> None:
-        """Merge the next slice of the window (in key order) into `event_ids`, in a transaction of its own; the
-        last slice of a merge records its position. A merge takes the ids up to the head it started at."""
+        """The next slice of the index's upkeep, in a transaction of its own: of the window's write into a run
+        first (which keeps the window's memory bounded), else of a merge of runs."""
+        if self._window_due(head):
+            self._write_window_slice(conn, head)
+        else:
+            self._merge_runs_slice(conn)
+
+    def _write_window_slice(self, conn: sqlite3.Connection, head: int) -> None:
+        """Write the next slice of the window (in key order) into a new run; the last slice of a write records its
+        position. A write takes the ids up to the head it started at."""
         if self.merging_through is None:
-            self.merging_through, self._after = head, b""
+            self.merging_through, self._writing, self._after = head, None, b""
         through, after = self.merging_through, self._after
-        bound = conn.execute(f"SELECT id FROM {WINDOW}.ids WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
+        bound = conn.execute(f"SELECT id FROM {WINDOW_TABLE} WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
                              (after, MERGE_SLICE_ROWS - 1)).fetchone()
         upper = "AND id <= ?" if bound is not None else ""
         args = (after, bound[0], through) if bound is not None else (after, through)
+        run_set, run = self.run_set, self._writing
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(f"INSERT OR REPLACE INTO main.event_ids (id, position) SELECT id, position "
-                         f"FROM {WINDOW}.ids WHERE id > ? {upper} AND position <= ?", args)
-            removed = conn.execute(f"DELETE FROM {WINDOW}.ids WHERE id > ? {upper} AND position <= ?",
-                                   args).rowcount
+            taken = f"FROM {WINDOW_TABLE} WHERE id > ? {upper} AND position <= ?"
+            if run is None and conn.execute(f"SELECT 1 {taken} LIMIT 1", args).fetchone() is not None:
+                run = run_set.new_run(conn, 0)
+                run_set.runs.append(run)
+            if run is not None:
+                run.rows += conn.execute(f"INSERT OR REPLACE INTO {run.qualified} (id, position) SELECT id, position "
+                                         f"{taken}", args).rowcount
+                removed = conn.execute(f"DELETE {taken}", args).rowcount
+                run_set.save(conn)
+            else:
+                removed = 0
             if bound is None:
                 set_merged_through(conn, through)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            self.run_set = RunSet.load(conn)  # as committed
+            self._writing = None  # a run it created is gone with the transaction; one listed before stays listed
+            self.tables = self.run_set.tables()
             raise
+        self._writing = run
+        self.tables = run_set.tables()
         self.rows = max(0, self.rows - removed)
         if bound is None:
-            self.merging_through, self.merged_through = None, through
+            self.merging_through, self._writing, self.merged_through = None, None, through
             self.save_filter(conn, head=head)
         else:
             self._after = bytes(bound[0])
+
+    def _merge_runs_slice(self, conn: sqlite3.Connection) -> None:
+        """Move the next slice (in key order) of RUN_FANIN runs of one level into one run of the next, keeping the
+        newest run's row of an id; the last slice drops them."""
+        run_set = self.run_set
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            merge = run_set.merge
+            if merge is None:
+                sources = run_set.due_merge()
+                assert sources is not None
+                into = run_set.new_run(conn, sources[0].level + 1)
+                run_set.runs.insert(run_set.runs.index(sources[0]), into)  # as old as its sources, among the runs
+                merge = run_set.merge = RunMerge(sources, into)
+            # the slice: up to the key MERGE_SLICE_ROWS ids on, in proportion, in the largest source (what is
+            # below it in every source was moved by the slices before)
+            largest = max(merge.sources, key=lambda r: r.rows)
+            total = sum(r.rows for r in merge.sources) or 1
+            offset = max(1, MERGE_SLICE_ROWS * largest.rows // total)
+            bound = conn.execute(f"SELECT id FROM {largest.qualified} ORDER BY id LIMIT 1 OFFSET ?",
+                                 (offset - 1,)).fetchone()
+            upper, args = ("WHERE id <= ?", (bound[0],)) if bound is not None else ("", ())
+            for source in reversed(merge.sources):  # newest first: an id's newest row is the one kept
+                merge.into.rows += conn.execute(f"INSERT OR IGNORE INTO {merge.into.qualified} (id, position) "
+                                                f"SELECT id, position FROM {source.qualified} {upper}",
+                                                args).rowcount
+            for source in merge.sources:
+                source.rows = max(0, source.rows - conn.execute(f"DELETE FROM {source.qualified} {upper}",
+                                                                args).rowcount)
+            if bound is None:
+                for source in merge.sources:
+                    conn.execute(f"DROP TABLE {source.qualified}")
+                    run_set.runs.remove(source)
+                run_set.merge = None
+            run_set.save(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self.run_set = RunSet.load(conn)  # as committed
+            self.tables = self.run_set.tables()
+            raise
+        self.tables = run_set.tables()

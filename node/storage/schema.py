@@ -15,8 +15,9 @@ from .records import AT_DATA, AT_DATA_AT, AT_METADATA, AT_POSITION, AT_TEXT, AT_
 log = logging.getLogger("evstore.storage")
 
 DB_FILE = "evstore.db"
-FORMAT_VERSION = "4"
+FORMAT_VERSION = "5"
 IDS_MERGED_THROUGH = "ids_merged_through"  # settings key: see ids.py
+ID_RUNS = "id_runs"  # settings key: see ids.py
 ID_FILTER = "id_filter"  # settings key: see idfilter.py
 
 # format 3's: the event's reply text (replyjson), its CRC32C, and the spans of the JSON payloads in it
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS streams (
     deleted  TEXT NOT NULL DEFAULT 'no',
     metadata BLOB
 ) WITHOUT ROWID;
--- format 4's id index: see ids.py
+-- the id index of UUIDv7 ids (and of random ones before format 5): see ids.py
 CREATE TABLE IF NOT EXISTS event_ids (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, start INTEGER NOT NULL);
@@ -85,8 +86,8 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     fmt = conn.execute("SELECT value FROM settings WHERE key = 'format'").fetchone() if "settings" in tables \
         else None
-    if fmt is not None and fmt[0] not in ("1", "2", "3", FORMAT_VERSION):
-        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 to 3 (migrated on open) "
+    if fmt is not None and fmt[0] not in ("1", "2", "3", "4", FORMAT_VERSION):
+        raise RuntimeError(f"{path} has log format {fmt[0]}; this node reads formats 1 to 4 (migrated on open) "
                            f"and {FORMAT_VERSION}: run the evstore release that wrote it, or restore a backup")
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -111,6 +112,10 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
             log.warning("migrating %s from log format %s to %s: moving the event-id index into its own table "
                         "(once; a few seconds per ten million events)", path, fmt[0], FORMAT_VERSION)
             _move_id_index(conn)
+        if fmt is not None and fmt[0] == "4":
+            # format 5 lists runs of random ids (ids.py), where a release of format 4 would not look; a log of
+            # format 4 has none yet
+            log.info("log %s: format 4 to %s (no data to change)", path, FORMAT_VERSION)
         conn.execute("INSERT OR REPLACE INTO settings VALUES ('format', ?)", (FORMAT_VERSION,))
         conn.execute("COMMIT")
     except BaseException:

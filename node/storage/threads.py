@@ -302,7 +302,8 @@ class Storage:
         transaction is left open, everything written, for the caller to commit. Raises FlushFailed when
         writing what the ops buffered fails."""
         txn = WriteTxn(conn, self.head, now, self.epoch, self.epochs, scavenged=self._scavenged,
-                       look_up_stored_ids=look_up_stored_ids, id_filter=self._id_window.filter)
+                       look_up_stored_ids=look_up_stored_ids, id_filter=self._id_window.filter,
+                       id_tables=self._id_window.tables)
         outcomes: list[Outcome] = []
         conn.execute("BEGIN IMMEDIATE")
         txn.prefetch_rows(stream for item in batch for stream in item.streams)

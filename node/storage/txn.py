@@ -44,9 +44,11 @@ class WriteTxn:
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
                  epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False,
-                 look_up_stored_ids: bool = True, id_filter: IdFilter | None = None) -> None:
+                 look_up_stored_ids: bool = True, id_filter: IdFilter | None = None,
+                 id_tables: Sequence[str] = (id_index.WINDOW_TABLE, id_index.BASE_TABLE)) -> None:
         self._conn = conn
         self._id_filter = id_filter  # of the log's random ids: the flush adds the ones it writes
+        self._id_tables = tuple(id_tables)  # where random ids are looked up (IdWindow.tables)
         self.scavenged = scavenged  # the log has scavenged ids to look up (or removes some in this txn)
         # False: an insert's lookup of its ids may skip the stored records (see records_by_ids)
         self.look_up_stored_ids = look_up_stored_ids
@@ -120,7 +122,7 @@ class WriteTxn:
         FlushFailed(stored_id=True) when an id whose lookup skipped the stored records is in one."""
         given, self._given_ids = self._given_ids, []
         suspects, id_keys = idfilter.sort_out(self._id_filter, given)
-        if suspects and not self.look_up_stored_ids and id_index.any_stored(self._conn, suspects):
+        if suspects and not self.look_up_stored_ids and id_index.any_stored(self._conn, suspects, self._id_tables):
             raise FlushFailed("an event id is in a stored record", stored_id=True)
         try:
             execute = self._conn.execute
@@ -226,8 +228,8 @@ class WriteTxn:
                 unbuffered.append(event_id)
         unbuffered = idfilter.sort_out(self._id_filter, unbuffered)[0]
         for chunk in id_index.chunks(unbuffered):
-            found.extend(record_from_row(r) for r in self._conn.execute(id_index.records_sql(len(chunk)),
-                                                                        id_index.bind(chunk)))
+            found.extend(record_from_row(r) for r in self._conn.execute(
+                id_index.records_sql(len(chunk), self._id_tables), id_index.bind(chunk, self._id_tables)))
         return found
 
     def insert(self, stream: str, first_position: int, first_version: int, events: Sequence) -> None:

@@ -4,6 +4,7 @@ make the window tiny so that ids are merged, a slice at a time, while appends go
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import uuid
@@ -26,12 +27,20 @@ def tiny_window(monkeypatch):
     monkeypatch.setattr(storage_ids, "MERGE_SLICE_ROWS", 3)
 
 
+def run_tables(conn) -> list[str]:
+    """The runs of random ids the settings list, oldest first."""
+    state = conn.execute("SELECT value FROM settings WHERE key = 'id_runs'").fetchone()
+    return [table for table, _level, _rows in json.loads(state[0])["runs"]] if state else []
+
+
 def index_state(data_dir) -> tuple[int, int]:
-    """(ids_merged_through, rows of event_ids) as the file holds them."""
+    """(ids_merged_through, rows of event_ids and the runs) as the file holds them."""
     conn = sqlite3.connect(data_dir / "evstore.db")
     try:
         through = conn.execute("SELECT value FROM settings WHERE key = 'ids_merged_through'").fetchone()
-        return int(through[0]) if through else 0, conn.execute("SELECT count(*) FROM event_ids").fetchone()[0]
+        rows = sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                   for table in ["event_ids", *run_tables(conn)])
+        return int(through[0]) if through else 0, rows
     finally:
         conn.close()
 
@@ -418,3 +427,125 @@ def test_an_empty_filter_is_saved_without_its_bits():
     copy = idfilter.IdFilter.from_bytes(data)
     copy.add(idfilter.keys([uuid.uuid4().bytes]))
     assert copy.count == 1
+
+
+# runs of random ids (format 5) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_runs(monkeypatch):
+    monkeypatch.setattr(storage_ids, "WINDOW_MERGE_ROWS", 1000)
+    monkeypatch.setattr(storage_ids, "MERGE_SLICE_ROWS", 1000)
+
+
+async def until_upkeep_done(storage: Storage, log: Log) -> None:
+    """Write node-made events (no random id) until the writer has no upkeep of the index left (bounded): it does
+    a slice after each group commit."""
+    for _ in range(1000):
+        if not storage._id_window.merge_due(storage.head):
+            return
+        await log.append("tick", "any", [node_made()])
+    raise AssertionError("the index's upkeep did not finish")
+
+
+def run_levels(data_dir) -> list[int]:
+    conn = sqlite3.connect(data_dir / "evstore.db")
+    try:
+        state = conn.execute("SELECT value FROM settings WHERE key = 'id_runs'").fetchone()
+        return [level for _table, level, _rows in json.loads(state[0])["runs"]] if state else []
+    finally:
+        conn.close()
+
+
+async def upkeep_bytes_per_id(data_dir, monkeypatch, ids: int) -> float:
+    """WAL bytes the index's upkeep (merge slices) wrote per random id, over a log grown to `ids` random ids in
+    appends of 1,000, the upkeep done after each (the checkpointer stopped, so the WAL only grows)."""
+    storage = Storage(data_dir)
+    wal = str(storage.path) + "-wal"
+    written = [0]
+    merge_slice = storage_ids.IdWindow.merge_slice
+
+    def measured(self, conn, head):
+        before = os.path.getsize(wal)
+        try:
+            merge_slice(self, conn, head)
+        finally:
+            written[0] += os.path.getsize(wal) - before
+
+    with monkeypatch.context() as patched:
+        patched.setattr(storage_threads, "checkpoint", lambda conn, stopping=None: False)
+        patched.setattr(storage_ids.IdWindow, "merge_slice", measured)
+        storage.open()
+        try:
+            log = Log(storage)
+            for i in range(ids // 1000):
+                await log.append(f"s-{i}", "no_stream", [ev() for _ in range(1000)])
+                await until_upkeep_done(storage, log)
+        finally:
+            storage.close()
+    return written[0] / ids
+
+
+async def test_the_index_upkeep_per_random_id_does_not_grow_with_the_log(tmp_path, small_runs, monkeypatch):
+    """Format 4 merged the window into one table: each merge rewrote about every leaf of it, so the bytes (and
+    time) per id grew in proportion to the log (3-6 us per id at 10 M ids, ten times that at 100 M). Runs are
+    written at their own end and merged RUN_FANIN at a time: an id is written once per level."""
+    small = await upkeep_bytes_per_id(tmp_path / "small", monkeypatch, 16_000)
+    large = await upkeep_bytes_per_id(tmp_path / "large", monkeypatch, 96_000)
+    assert large < small * 2, f"the upkeep wrote {large:.0f} bytes per id at 96 k ids, {small:.0f} at 16 k"
+    levels = run_levels(tmp_path / "large")
+    assert max(levels) >= 2 and all(levels.count(n) < storage_ids.RUN_FANIN for n in set(levels)), levels
+
+
+async def test_ids_are_found_in_every_run_and_level_across_restarts(tmp_path, monkeypatch):
+    """A retry is answered and a reuse refused wherever its id is: the window, a run being written, a run of any
+    level, a merge of runs left half done by a close (resumed at the next start, from the settings)."""
+    monkeypatch.setattr(storage_ids, "WINDOW_MERGE_ROWS", 6)
+    monkeypatch.setattr(storage_ids, "MERGE_SLICE_ROWS", 4)
+    data = tmp_path / "data"
+    sent: list[tuple[str, list, object]] = []
+    levels_seen: set[int] = set()
+    merge_left = False
+    for round_ in range(6):
+        storage = Storage(data)
+        storage.open()
+        try:
+            log = Log(storage)
+            for stream, events, reply in sent:
+                assert await log.append(stream, "any", events) == reply, stream
+            if sent:
+                with pytest.raises(DuplicateEventId):
+                    await log.append("elsewhere", "any", [sent[-1][1][0]])
+            for i in range(12):
+                events = [ev(), ev(), ev()]
+                sent.append((f"r{round_}-{i}", events, await log.append(f"r{round_}-{i}", "no_stream", events)))
+        finally:
+            storage.close()
+        levels_seen.update(run_levels(data))
+        conn = sqlite3.connect(data / "evstore.db")
+        merge_left |= json.loads(conn.execute("SELECT value FROM settings WHERE key = 'id_runs'").fetchone()[0])[
+            "merge"] is not None
+        conn.close()
+    assert {0, 1, 2} <= levels_seen and merge_left, (levels_seen, merge_left)
+
+
+@pytest.mark.parametrize("make_id", [random_id, time_ordered_id])
+async def test_a_merge_of_runs_keeps_an_ids_newest_position(log, tmp_path, small_runs, monkeypatch, make_id):
+    """An id truncated away and written again later sits in two runs (the older row stale): merging them keeps
+    the newer, which names the record, and a retry is still answered."""
+    monkeypatch.setattr(storage_ids, "WINDOW_MERGE_ROWS", 2)
+    storage = log.storage
+    base = await log.append("base", "no_stream", [ev(), ev()])
+    lost = [ev(event_id=make_id()), ev(event_id=make_id())]
+    await log.append("lost", "no_stream", lost)
+    await until_upkeep_done(storage, log)
+    await log.truncate_after(base.position)
+    await log.append("other", "any", [ev(), ev(), ev()])
+    again = await log.append("lost-again", "no_stream", [ev(data={"n": 2}, event_id=e.id) for e in lost])
+    for i in range(8):  # more runs, until the two holding those ids were merged
+        await log.append(f"more-{i}", "no_stream", [ev(), ev()])
+        await until_upkeep_done(storage, log)
+    assert max(run_levels(tmp_path / "data")) >= 1
+    assert await log.append("lost-again", "no_stream", [ev(data={"n": 2}, event_id=e.id) for e in lost]) == again
+    with pytest.raises(DuplicateEventId):
+        await log.append("lost", "any", [lost[0]])

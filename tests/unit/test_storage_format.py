@@ -294,6 +294,53 @@ async def test_a_format_3_log_gets_its_id_index_table_on_open(tmp_path):
         check.close()
 
 
+async def test_a_format_4_log_keeps_its_merged_random_ids_and_writes_new_ones_into_runs(tmp_path, monkeypatch):
+    """Format 4 merged random ids into `event_ids`; format 5 writes them into runs (node/storage/ids.py) and
+    still looks in `event_ids`: a format-4 log opens with no data changed, every id found again."""
+    monkeypatch.setattr(storage_ids, "WINDOW_MERGE_ROWS", 4)
+    data_dir = tmp_path / "v4"
+    storage = Storage(data_dir)
+    storage.open()
+    sent = {f"s-{i}": [ev(), ev()] for i in range(5)}
+    try:
+        log = Log(storage)
+        replies = {s: await log.append(s, "no_stream", e) for s, e in sent.items()}
+    finally:
+        storage.close()
+    conn = sqlite3.connect(data_dir / "evstore.db")  # back to format 4: every merged id in event_ids, no runs
+    runs = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'event_ids_run_%'").fetchall()
+    assert runs
+    for (table,) in runs:
+        conn.execute(f"INSERT OR REPLACE INTO event_ids SELECT id, position FROM {table}")
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DELETE FROM settings WHERE key = 'id_runs'")
+    conn.execute("UPDATE settings SET value = '4' WHERE key = 'format'")
+    conn.commit()
+    conn.close()
+
+    storage = Storage(data_dir)
+    storage.open()
+    try:
+        log = Log(storage)
+        assert {s: await log.append(s, "no_stream", e) for s, e in sent.items()} == replies
+        with pytest.raises(DuplicateEventId):
+            await log.append("elsewhere", "any", [sent["s-0"][0]])
+        fresh = [ev() for _ in range(6)]
+        reply = await log.append("fresh", "no_stream", fresh)
+        for _ in range(20):  # writes until the fresh ids are in a run
+            await log.append("tick", "any", [NewEvent(uuid.uuid4().bytes, "T", b"{}", b"{}", given_id=False)])
+        assert await log.append("fresh", "no_stream", fresh) == reply
+    finally:
+        storage.close()
+    check = sqlite3.connect(data_dir / "evstore.db")
+    try:
+        assert check.execute("SELECT value FROM settings WHERE key = 'format'").fetchone() == \
+            (storage_module.FORMAT_VERSION,)
+        assert check.execute("SELECT 1 FROM settings WHERE key = 'id_runs'").fetchone() is not None
+    finally:
+        check.close()
+
+
 async def test_every_event_is_stored_with_the_reply_text_its_record_renders(log):
     for data, metadata, flags in [(b'{"a": [1, 2.50]}', b"{}", 0), (b"\x00", b'"m"', DATA_BINARY),
                                   (b"1E2", b"\xff", METADATA_BINARY)]:
