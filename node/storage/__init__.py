@@ -8,7 +8,8 @@ it. One module per job:
 - schema: tables, indexes, format versions and their migration on open, the full scan of `verify`
 - statements: the writer's multi-row statement builders
 - txn: the write transaction a write operation runs in (WriteTxn)
-- ids: the event-id index (the writer's in-memory window of the newest random ids, merged into `event_ids`)
+- ids: the event-id index (the writer's in-memory window of the newest random ids, written into sorted runs
+  merged four at a time; UUIDv7 ids in `event_ids`)
 - idfilter: the Bloom filter of the log's random ids that spares fresh ones a probe of that index
 - recent: the latest group commits kept in memory for replication
 - wal: how connections are opened, and the checkpoint that bounds the WAL

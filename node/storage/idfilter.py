@@ -1,15 +1,16 @@
 """Which random event ids the log may hold: a Bloom filter over the id of every record that is not a UUIDv7, so
 that the writer's check of a group's client-made ids reads no index page for the ids it has never seen.
 
-Random ids (UUIDv4) are spread over the whole of `event_ids`: probing one reads a leaf page of its own, ~4-5 us
-at 10 M ids, and probing the window another ~1.8 us; the filter answers for most in under ~1.5 us. UUIDv7 ids are
+Random ids (UUIDv4) are spread over the whole of each run of the index: probing one reads a leaf page of its
+own in each, ~4-5 us at 10 M ids, and probing the window another ~1.8 us; the filter answers for most in under
+~1.5 us. UUIDv7 ids are
 not in it: they land at the end of `event_ids`, whose pages the writer has in its cache, and are probed there.
 
 What holds: the filter holds every such id of every record of the log (and perhaps ids of records since
-removed: more probes, never a wrong answer). It is saved to a file of its own after each merge of the window and
-at close; the settings (key `id_filter`) name that file and the position through which it holds every id, and a
-truncation lowers that position in its own transaction. On open the ids of the records above it are added (the
-window's records, about); with no usable file the filter is built from the whole index once.
+removed: more probes, never a wrong answer). It is saved to a file of its own after each write of the window into
+a run and at close; the settings (key `id_filter`) name that file and the position through which it holds every
+id, and a truncation lowers that position in its own transaction. On open the ids of the records above it are
+added (the window's records, about); with no usable file the filter is built from the whole index once.
 """
 from __future__ import annotations
 
