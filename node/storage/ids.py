@@ -57,7 +57,7 @@ RUN_FANIN = 4  # runs of one level merged into one of the next
 # a merge also starts once the head is this far past the merged position, however few ids the window holds (a
 # log of UUIDv7 ids has none): start-up reads the records past it, so that read stays bounded
 MERGE_SPAN_POSITIONS = 1 << 21
-LOOKUP_CHUNK = 300  # ids per lookup statement (records_sql binds each three times)
+LOOKUP_CHUNK = 300  # ids per lookup statement (records_sql binds each once per table, and once more)
 
 
 def _marks(count: int) -> str:
@@ -86,8 +86,8 @@ def any_stored(conn: sqlite3.Connection, ids: Sequence[bytes], tables: Sequence[
     looked up in `event_ids`, others in each of `tables` (the random-id tables, IdWindow.tables). Most ids asked
     about are fresh: each table is probed alone, and only what one holds is checked against the records."""
     time_ordered = [i for i in ids if idfilter.is_uuid7(i)]
-    random = [i for i in ids if not idfilter.is_uuid7(i)] if time_ordered else ids
-    for chosen, where in ((time_ordered, (BASE_TABLE,)), (random, tables)):
+    others = [i for i in ids if not idfilter.is_uuid7(i)] if time_ordered else ids
+    for chosen, where in ((time_ordered, (BASE_TABLE,)), (others, tables)):
         for chunk in chunks(chosen):
             marks = _marks(len(chunk))
             held = []

@@ -44,8 +44,8 @@ class WriteTxn:
 
     def __init__(self, conn: sqlite3.Connection, last_position: int, now: int, epoch: int,
                  epochs: list[tuple[int, int]] | None = None, *, scavenged: bool = False,
-                 look_up_stored_ids: bool = True, id_filter: IdFilter | None = None,
-                 id_tables: Sequence[str] = (id_index.WINDOW_TABLE, id_index.BASE_TABLE)) -> None:
+                 id_tables: Sequence[str], look_up_stored_ids: bool = True,
+                 id_filter: IdFilter | None = None) -> None:
         self._conn = conn
         self._id_filter = id_filter  # of the log's random ids: the flush adds the ones it writes
         self._id_tables = tuple(id_tables)  # where random ids are looked up (IdWindow.tables)

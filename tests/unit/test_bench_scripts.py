@@ -65,25 +65,38 @@ def test_the_growth_benchmark_sends_the_ids_of_its_mode():
 
 
 def test_the_id_merge_measurement_runs_on_a_copy_of_a_log(tmp_path):
-    """bench/id_merge.py on a small log: the id table built from the log's ids, each batch measured, the
-    original database left as it was."""
-    import os
-    import sqlite3
-    db = tmp_path / "evstore.db"
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("CREATE TABLE events (position INTEGER PRIMARY KEY, id BLOB NOT NULL)")
-        conn.executemany("INSERT INTO events VALUES (?, ?)", ((n, os.urandom(16)) for n in range(1, 2001)))
-    conn.close()
-    before = db.read_bytes()
-    done = subprocess.run([sys.executable, str(BENCH / "id_merge.py"), str(tmp_path), "--batches", "10,500"],
+    """bench/id_merge.py on a small log a node wrote: both designs measured for each batch size, the data
+    directory left as it was."""
+    import asyncio
+    import uuid
+    from evstore.node.log import Log, NewEvent
+    from evstore.node.storage import Storage
+
+    async def fill() -> None:
+        storage = Storage(tmp_path / "data")
+        storage.open()
+        try:
+            await Log(storage).append("s", "any", [NewEvent(uuid.uuid4().bytes, "T", b"{}", b"{}")
+                                                   for _ in range(2000)])
+        finally:
+            storage.close()
+
+    asyncio.run(fill())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    done = subprocess.run([sys.executable, str(BENCH / "id_merge.py"), str(tmp_path / "data"), "--batches", "10,500"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
+    import re
+    expected = [r"one-table: built a table of the log's 2,000 ids in [\d.]+ s",
+                r"one-table: merge of 10 sorted random ids: .* us per id\)",
+                r"one-table: merge of 500 sorted random ids: .* us per id\)",
+                r"runs: opened the index in [\d.]+ s; the log's runs by level: \{\}",
+                *(rf"runs: 4 windows of {size} random ids, {kind} slices: .* us per id\)"
+                  for size in (10, 500) for kind in ("window", "runs"))]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("built event_ids of 2,000 ids")
-    assert [line.split(":")[0] for line in lines[1:]] == ["merge of 10 sorted random ids",
-                                                          "merge of 500 sorted random ids"]
-    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["evstore.db"]
+    assert len(lines) == len(expected) and all(re.fullmatch(e, line) for e, line in zip(expected, lines)), lines
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_the_id_index_layouts_are_measured_in_a_temporary_directory():
