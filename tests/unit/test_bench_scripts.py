@@ -109,3 +109,15 @@ def test_the_id_index_layouts_are_measured_in_a_temporary_directory():
         "sequential", "sequential", "random", "random", "random-unsynced-file", "random-unsynced-file",
         "on an id table of 2,400 ids", "probe for fresh ids, 500 per SELECT", "merge a sorted batch of 300 ids"]
     assert all("rows/s" in line for line in lines[1:6:2])
+
+
+def test_the_append_path_is_stamped_step_by_step():
+    """bench/append_path.py on a node of its own: every request's steps found, in order, each gap measured."""
+    done = subprocess.run([sys.executable, str(BENCH / "append_path.py"), "--requests", "60"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("single-event appends at concurrency 1, durability sync, 48 of 48 requests"), lines
+    assert [line.split("  ")[1].strip().split(" -> ")[0] for line in lines[1:-1]] == ["sent", *(
+        "read handler queued commit_starts ops_done commit_done settled resumed replying").split()]
+    assert lines[-1].split()[0] == "total"
