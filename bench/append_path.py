@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         stamps_path = Path(work) / "stamps.txt"
         node = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--node-side", str(stamps_path),
                                  "--host", "127.0.0.1", "--port", str(port), "--data-dir", f"{work}/data",
-                                 "--log-level", "warning", "--durability", args.durability])
+                                 "--log-level", "warning", "--durability", args.durability],
+                                env={k: v for k, v in os.environ.items() if not k.startswith("EVSTORE_")})
         try:
             conn = _connect(port, node)
             body = json.dumps({"events": [{"type": "BenchEvent", "data": {"p": "x" * 92}}]}).encode()

@@ -27,10 +27,15 @@ def tiny_window(monkeypatch):
     monkeypatch.setattr(storage_ids, "MERGE_SLICE_ROWS", 3)
 
 
-def run_tables(conn) -> list[str]:
-    """The runs of random ids the settings list, oldest first."""
+def id_runs(conn) -> dict:
+    """What the settings hold of the runs of random ids: {"runs": [[table, level, rows], ...] oldest first,
+    "merge": the merge in progress or None}."""
     state = conn.execute("SELECT value FROM settings WHERE key = 'id_runs'").fetchone()
-    return [table for table, _level, _rows in json.loads(state[0])["runs"]] if state else []
+    return json.loads(state[0]) if state else {"runs": [], "merge": None}
+
+
+def run_tables(conn) -> list[str]:
+    return [table for table, _level, _rows in id_runs(conn)["runs"]]
 
 
 def index_state(data_dir) -> tuple[int, int]:
@@ -448,13 +453,16 @@ async def until_upkeep_done(storage: Storage, log: Log) -> None:
     raise AssertionError("the index's upkeep did not finish")
 
 
-def run_levels(data_dir) -> list[int]:
+def runs_as_stored(data_dir) -> dict:
     conn = sqlite3.connect(data_dir / "evstore.db")
     try:
-        state = conn.execute("SELECT value FROM settings WHERE key = 'id_runs'").fetchone()
-        return [level for _table, level, _rows in json.loads(state[0])["runs"]] if state else []
+        return id_runs(conn)
     finally:
         conn.close()
+
+
+def run_levels(data_dir) -> list[int]:
+    return [level for _table, level, _rows in runs_as_stored(data_dir)["runs"]]
 
 
 async def upkeep_bytes_per_id(data_dir, monkeypatch, ids: int) -> float:
@@ -522,17 +530,14 @@ async def test_ids_are_found_in_every_run_and_level_across_restarts(tmp_path, mo
         finally:
             storage.close()
         levels_seen.update(run_levels(data))
-        conn = sqlite3.connect(data / "evstore.db")
-        merge_left |= json.loads(conn.execute("SELECT value FROM settings WHERE key = 'id_runs'").fetchone()[0])[
-            "merge"] is not None
-        conn.close()
+        merge_left |= runs_as_stored(data)["merge"] is not None
     assert {0, 1, 2} <= levels_seen and merge_left, (levels_seen, merge_left)
 
 
 @pytest.mark.parametrize("make_id", [random_id, time_ordered_id])
 async def test_a_merge_of_runs_keeps_an_ids_newest_position(log, tmp_path, small_runs, monkeypatch, make_id):
-    """An id truncated away and written again later sits in two runs (the older row stale): merging them keeps
-    the newer, which names the record, and a retry is still answered."""
+    """A random id truncated away and written again later sits in two runs (the older row stale): merging them
+    keeps the newer, which names the record, and a retry is still answered (a UUIDv7 one: in `event_ids`)."""
     monkeypatch.setattr(storage_ids, "WINDOW_MERGE_ROWS", 2)
     storage = log.storage
     base = await log.append("base", "no_stream", [ev(), ev()])
