@@ -54,7 +54,7 @@ RUN_PREFIX = "event_ids_run_"
 WINDOW_MERGE_ROWS = 1 << 20  # up to ~50 MB of memory
 MERGE_SLICE_ROWS = 1 << 14  # ids per merge transaction: ~10-20 ms of the writer (0.6-1.2 us per id)
 RUN_FANIN = 4  # runs of one level merged into one of the next
-# a merge also starts once the head is this far past the merged position, however few ids the window holds (a
+# a window write also starts once the head is this far past the merged position, however few ids it holds (a
 # log of UUIDv7 ids has none): start-up reads the records past it, so that read stays bounded
 MERGE_SPAN_POSITIONS = 1 << 21
 LOOKUP_CHUNK = 300  # ids per lookup statement (records_sql binds each once per table, and once more)
@@ -223,7 +223,7 @@ class IdWindow:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.filter = IdFilter()
-        self.rows = 0  # about how many ids the window holds (what starts a merge)
+        self.rows = 0  # about how many ids the window holds (what starts its write into a run)
         self.merged_through = 0  # as the settings hold it
         self.run_set = RunSet()
         self.tables: tuple[str, ...] = self.run_set.tables()  # where a lookup of random ids looks
@@ -235,7 +235,7 @@ class IdWindow:
 
     def attach(self, conn: sqlite3.Connection, *, head: int) -> None:
         """Create the window on the writer's connection and fill it from the records above `merged_through` (at
-        most about WINDOW_MERGE_ROWS plus a merge's worth: start-up does not grow with the log)."""
+        most about WINDOW_MERGE_ROWS plus a write's worth: start-up does not grow with the log)."""
         conn.execute(f"ATTACH DATABASE ':memory:' AS {WINDOW}")
         conn.execute(f"CREATE TABLE {WINDOW_TABLE} (id BLOB PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID")
         conn.execute("BEGIN IMMEDIATE")
