@@ -85,8 +85,10 @@ def any_stored(conn: sqlite3.Connection, ids: Sequence[bytes], tables: Sequence[
     """Whether a record of the log (as the connection's transaction sees it) holds any of these ids: UUIDv7 ones
     looked up in `event_ids`, others in each of `tables` (the random-id tables, IdWindow.tables). Most ids asked
     about are fresh: each table is probed alone, and only what one holds is checked against the records."""
-    time_ordered = [i for i in ids if idfilter.is_uuid7(i)]
-    others = [i for i in ids if not idfilter.is_uuid7(i)] if time_ordered else ids
+    time_ordered: list[bytes] = []
+    others: list[bytes] = []
+    for event_id in ids:
+        (time_ordered if idfilter.is_uuid7(event_id) else others).append(event_id)
     for chosen, where in ((time_ordered, (BASE_TABLE,)), (others, tables)):
         for chunk in chunks(chosen):
             marks = _marks(len(chunk))
@@ -319,6 +321,13 @@ class IdWindow:
             self.merging_through = position
         self.merged_through = min(self.merged_through, position)
 
+    def _reload_runs(self, conn: sqlite3.Connection) -> None:
+        """After a slice rolled back: the runs as committed (a run it created is gone with the transaction, so
+        the window's write in progress goes on into a new one; a run listed before stays listed)."""
+        self.run_set = RunSet.load(conn)
+        self._writing = None
+        self.tables = self.run_set.tables()
+
     def _window_due(self, head: int) -> bool:
         return (self.merging_through is not None or self.rows >= WINDOW_MERGE_ROWS
                 or head - self.merged_through >= MERGE_SPAN_POSITIONS)
@@ -364,9 +373,7 @@ class IdWindow:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            self.run_set = RunSet.load(conn)  # as committed
-            self._writing = None  # a run it created is gone with the transaction; one listed before stays listed
-            self.tables = self.run_set.tables()
+            self._reload_runs(conn)
             raise
         self._writing = run
         self.tables = run_set.tables()
@@ -414,7 +421,6 @@ class IdWindow:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            self.run_set = RunSet.load(conn)  # as committed
-            self.tables = self.run_set.tables()
+            self._reload_runs(conn)
             raise
         self.tables = run_set.tables()

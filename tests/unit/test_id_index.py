@@ -515,20 +515,9 @@ async def test_ids_are_found_in_every_run_and_level_across_restarts(tmp_path, mo
     levels_seen: set[int] = set()
     merge_left = False
     for round_ in range(6):
-        storage = Storage(data)
-        storage.open()
-        try:
-            log = Log(storage)
-            for stream, events, reply in sent:
-                assert await log.append(stream, "any", events) == reply, stream
-            if sent:
-                with pytest.raises(DuplicateEventId):
-                    await log.append("elsewhere", "any", [sent[-1][1][0]])
-            for i in range(12):
-                events = [ev(), ev(), ev()]
-                sent.append((f"r{round_}-{i}", events, await log.append(f"r{round_}-{i}", "no_stream", events)))
-        finally:
-            storage.close()
+        if sent:
+            await restart_answers_every_retry(data, sent)
+        await append_some(data, sent, f"r{round_}", count=18)
         levels_seen.update(run_levels(data))
         merge_left |= runs_as_stored(data)["merge"] is not None
     assert {0, 1, 2} <= levels_seen and merge_left, (levels_seen, merge_left)

@@ -258,18 +258,29 @@ async def test_a_format_2_log_is_migrated_on_open_and_reads_the_same(tmp_path):
     check.close()
 
 
-async def test_a_format_3_log_gets_its_id_index_table_on_open(tmp_path):
-    """Format 3 kept the ids in a UNIQUE index of the events table; format 4 in `event_ids` (node/storage/ids.py),
-    built from that index on open: every id found again, the old index dropped."""
-    data_dir = tmp_path / "v3"
+async def appends_of_five_streams(data_dir) -> tuple[dict, dict]:
+    """(the events sent to each of five streams, the replies) of a new log, closed after."""
     storage = Storage(data_dir)
     storage.open()
     sent = {f"s-{i}": [ev(), ev()] for i in range(5)}
     try:
         log = Log(storage)
-        replies = {s: await log.append(s, "no_stream", e) for s, e in sent.items()}
+        return sent, {s: await log.append(s, "no_stream", e) for s, e in sent.items()}
     finally:
         storage.close()
+
+
+async def answers_every_retry(log: Log, sent: dict, replies: dict) -> None:
+    assert {s: await log.append(s, "no_stream", e) for s, e in sent.items()} == replies
+    with pytest.raises(DuplicateEventId):
+        await log.append("elsewhere", "any", [sent["s-0"][0]])
+
+
+async def test_a_format_3_log_gets_its_id_index_table_on_open(tmp_path):
+    """Format 3 kept the ids in a UNIQUE index of the events table; format 4 in `event_ids` (node/storage/ids.py),
+    built from that index on open: every id found again, the old index dropped."""
+    data_dir = tmp_path / "v3"
+    sent, replies = await appends_of_five_streams(data_dir)
     conn = sqlite3.connect(data_dir / "evstore.db")  # back to format 3's schema, as its node left it
     conn.executescript("""CREATE UNIQUE INDEX events_by_id ON events(id); DROP TABLE event_ids;
         DELETE FROM settings WHERE key = 'ids_merged_through'; UPDATE settings SET value = '3' WHERE key = 'format';""")
@@ -279,9 +290,7 @@ async def test_a_format_3_log_gets_its_id_index_table_on_open(tmp_path):
     storage.open()
     try:
         log = Log(storage)
-        assert {s: await log.append(s, "no_stream", e) for s, e in sent.items()} == replies
-        with pytest.raises(DuplicateEventId):
-            await log.append("elsewhere", "any", [sent["s-0"][0]])
+        await answers_every_retry(log, sent, replies)
     finally:
         storage.close()
     check = sqlite3.connect(data_dir / "evstore.db")
@@ -299,14 +308,7 @@ async def test_a_format_4_log_keeps_its_merged_random_ids_and_writes_new_ones_in
     still looks in `event_ids`: a format-4 log opens with no data changed, every id found again."""
     monkeypatch.setattr(storage_ids, "WINDOW_MERGE_ROWS", 4)
     data_dir = tmp_path / "v4"
-    storage = Storage(data_dir)
-    storage.open()
-    sent = {f"s-{i}": [ev(), ev()] for i in range(5)}
-    try:
-        log = Log(storage)
-        replies = {s: await log.append(s, "no_stream", e) for s, e in sent.items()}
-    finally:
-        storage.close()
+    sent, replies = await appends_of_five_streams(data_dir)
     conn = sqlite3.connect(data_dir / "evstore.db")  # back to format 4: every merged id in event_ids, no runs
     runs = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'event_ids_run_%'").fetchall()
     assert runs
@@ -322,9 +324,7 @@ async def test_a_format_4_log_keeps_its_merged_random_ids_and_writes_new_ones_in
     storage.open()
     try:
         log = Log(storage)
-        assert {s: await log.append(s, "no_stream", e) for s, e in sent.items()} == replies
-        with pytest.raises(DuplicateEventId):
-            await log.append("elsewhere", "any", [sent["s-0"][0]])
+        await answers_every_retry(log, sent, replies)
         fresh = [ev() for _ in range(6)]
         reply = await log.append("fresh", "no_stream", fresh)
         for _ in range(20):  # writes until the fresh ids are in a run
