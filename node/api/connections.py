@@ -22,6 +22,8 @@ from typing import Callable
 import orjson
 from aiohttp import web
 
+from .middleware import JsonErrorHandler
+
 REFUSAL_SECONDS = 5.0  # how long a refused connection may take to send its request head, and then to go away
 MAX_HEAD_BYTES = 16 * 1024  # of a refused request's head (aiohttp's own line and field limits are 8 KiB)
 MAX_REFUSING = 256  # refused connections being answered at once; past this one is closed without an answer
@@ -74,7 +76,9 @@ class ConnectionGate:
         return self.open + len(self._pending)
 
     def _admitted(self) -> Counted:
-        counted = Counted(self, self.server())
+        handler = self.server()
+        handler.__class__ = JsonErrorHandler  # aiohttp's server makes plain handlers; this one answers in JSON
+        counted = Counted(self, handler)
         self._pending[counted] = time.monotonic()
         return counted
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 from urllib.parse import unquote_to_bytes
 
@@ -45,6 +46,46 @@ def quiet_answered_body_errors() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, AnsweredBodyErrors) for f in server_log.filters):
         server_log.addFilter(AnsweredBodyErrors())
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's handler of one connection, answering what it answers itself in the node's JSON error shape rather
+    than in text/plain: a request its HTTP parser refuses before any middleware runs (a malformed request line,
+    header or chunk, a line or header over 8 KiB), with a body encoding it cannot decode (br, zstd) a 415 as any
+    other unsupported Content-Encoding is; and, were one ever to escape the middleware, an error of the node.
+    A parser's refusal is the client's doing: it is logged at debug level, without the traceback aiohttp logs.
+    (ConnectionGate makes the handlers aiohttp's server creates this class: it only adds this method.)"""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size:  # part of a reply went out already: aiohttp's own handling (it raises)
+            return super().handle_error(request, status, exc, message)
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+            response = error_response(status, "internal", "internal error (a bug: please report it)")
+        elif isinstance(exc, http_exceptions.ContentEncodingError):
+            log.debug("refused a request from %s with a body encoding HTTP parsing cannot decode", request.remote)
+            encoding = _PARENTHESISED.search(exc.message or "")
+            named = f" {encoding.group(1)!r}" if encoding else ""
+            response = error_response(415, "unsupported_media_type",
+                                      f"Content-Encoding{named} is not supported (gzip, deflate or none)")
+        else:
+            log.debug("refused a request from %s that HTTP parsing rejected (%s)", request.remote, type(exc).__name__)
+            said = exc.message if isinstance(exc, http_exceptions.HttpProcessingError) else message
+            response = error_response(status, HTTP_ERROR_CODES.get(status, "invalid_request"),
+                                      f"the request cannot be parsed: {_one_line(str(said or status))}")
+        response.force_close()
+        return response
+
+
+_PARENTHESISED = re.compile(r"\((\S+)\)")
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser messages on one line, without the caret lines that point into the bytes quoted."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip().strip("^"))
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **details

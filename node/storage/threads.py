@@ -22,7 +22,7 @@ from .ids import IdWindow
 from .recent import RecentCommits
 from .schema import DB_FILE, open_schema
 from .txn import FlushFailed, WriteTxn
-from .wal import WRITER_CACHE_KIB, checkpoint, connect
+from .wal import WRITER_CACHE_KIB, checkpoint, connect, wal_path, zero_fill
 
 log = logging.getLogger("evstore.storage")
 
@@ -112,6 +112,7 @@ class Storage:
             conn.close()
             raise
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
+        zero_fill(conn, self.path)  # before any commit: see wal.zero_fill
         # O(1) in the log's size: `created` grows with the position (each commit takes a time past the last
         # one), and a scavenge that removes the newest records keeps that time in the settings
         last = conn.execute("SELECT position, created FROM events ORDER BY position DESC LIMIT 1").fetchone()
@@ -337,7 +338,7 @@ class Storage:
 
     def _sync_loop(self) -> None:
         """Durability `interval`: commits are not synced one by one; the WAL is synced here periodically."""
-        wal = str(self.path) + "-wal"
+        wal = wal_path(self.path)
         while not self._closed:
             self._dirty.wait()
             self._dirty.clear()

@@ -485,3 +485,51 @@ def test_a_body_that_cannot_be_decoded_is_answered_and_the_connection_closed_wit
     with open(node.log_path, "rb") as log:
         log.seek(logged_before)
         assert b"Traceback" not in log.read()
+
+
+def raw_exchange(node: NodeProcess, raw: bytes) -> tuple[bytes, bytes]:
+    """(head, body) of the node's answer to raw bytes, read until it closes the connection (a timeout, an error,
+    if it does not)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+        sock.sendall(raw)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+def post_head(*headers: str, length: int) -> bytes:
+    return "\r\n".join((f"POST {APPEND} HTTP/1.1", "Host: x", *headers, f"Content-Length: {length}", "", "")).encode()
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b"GARBAGE\r\n\r\n", 400, "invalid_request"),
+    (b"G@T /v1/all HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    (b"GET /v1/all HTTP/1.1\r\nHost: x\r\nX-Large: " + b"a" * 9000 + b"\r\n\r\n", 400, "invalid_request"),
+    (b"GET /v1/streams/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    (b"POST /v1/streams/s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400,
+     "invalid_request"),
+    (b"POST /v1/streams/s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "invalid_request"),
+    (post_head("Content-Type: application/json", "Content-Encoding: br", length=2) + b"{}", 415,
+     "unsupported_media_type"),
+    (post_head("Content-Type: application/json", "Content-Encoding: zstd", length=2) + b"{}", 415,
+     "unsupported_media_type"),
+], ids=["request-line", "method", "header-over-8-KiB", "target-over-8-KiB", "two-content-lengths", "chunk-size",
+        "br", "zstd"])
+def test_what_the_http_parser_refuses_is_answered_in_json_and_changes_nothing(node, raw, status, code):
+    """Refused before any of the node's code runs (aiohttp's parser): answered as every other error is, in JSON,
+    the connection closed; a Content-Encoding aiohttp cannot decode is a 415 like any other unsupported one. Not
+    logged as a server error with a traceback: the client sent it."""
+    before = state(node)
+    logged_before = node.log_path.stat().st_size
+    head, body = raw_exchange(node, raw)
+    assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode(), head
+    assert b"content-type: application/json" in head.lower(), head
+    answer = json.loads(body)
+    assert answer["error"] == code and answer["message"], answer
+    assert state(node) == before
+    with open(node.log_path, "rb") as log:
+        log.seek(logged_before)
+        assert b"Traceback" not in log.read()

@@ -121,3 +121,13 @@ def test_the_append_path_is_stamped_step_by_step():
     assert [line.split("  ")[1].strip().split(" -> ")[0] for line in lines[1:-1]] == ["sent", *(
         "read handler queued commit_starts ops_done commit_done settled resumed replying").split()]
     assert lines[-1].split()[0] == "total"
+
+
+def test_the_wal_sync_measurement_runs_both_files(tmp_path):
+    """bench/wal_sync.py, tiny: a growing and a zero-filled file each measured, and removed afterwards."""
+    done = subprocess.run([sys.executable, str(BENCH / "wal_sync.py"), "--dir", str(tmp_path), "--commits", "20",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["growing", "zero-filled"], lines
+    assert list(tmp_path.iterdir()) == []

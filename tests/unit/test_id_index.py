@@ -135,6 +135,7 @@ async def test_a_group_commit_of_random_ids_writes_no_more_pages_as_the_log_grow
     node-made ids at 10 M events). The window keeps them off the file until a merge writes them in key order.
     Measured in WAL bytes (the checkpointer stopped, so the WAL only grows)."""
     monkeypatch.setattr(storage_threads, "checkpoint", lambda conn, stopping=None: False)
+    monkeypatch.setattr(storage_threads, "zero_fill", lambda conn, path: 0)  # the file's size counts what is written
     storage = Storage(tmp_path / "data")
     storage.open()
     wal = str(storage.path) + "-wal"
@@ -482,6 +483,7 @@ async def upkeep_bytes_per_id(data_dir, monkeypatch, ids: int) -> float:
 
     with monkeypatch.context() as patched:
         patched.setattr(storage_threads, "checkpoint", lambda conn, stopping=None: False)
+        patched.setattr(storage_threads, "zero_fill", lambda conn, path: 0)  # the file's size counts what is written
         patched.setattr(storage_ids.IdWindow, "merge_slice", measured)
         storage.open()
         try:

@@ -1,0 +1,107 @@
+"""The WAL file is zero-filled to its working size when the log opens (evstore.node.storage.wal.zero_fill), so that
+a commit's fdatasync overwrites blocks the file has instead of growing it; and a WAL left by a crash keeps every
+committed frame. Real SQLite files, real writer threads, a real SIGKILL."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+
+from evstore.ids import uuid7_bytes
+from evstore.node.log import Log, NewEvent
+from evstore.node.storage import Storage, wal as storage_wal
+
+DATA = orjson.dumps({"padding": "x" * 100})
+
+
+def single_events(count: int) -> list[list[NewEvent]]:
+    return [[NewEvent(event_id, "Padded", DATA, b"{}", given_id=False)] for event_id in uuid7_bytes(count)]
+
+
+def wal_file(storage: Storage) -> Path:
+    return storage_wal.wal_path(storage.path)
+
+
+async def test_the_wal_is_zero_filled_to_its_working_size_and_commits_overwrite_it(tmp_path):
+    storage = Storage(tmp_path / "data")
+    storage.open()
+    log = Log(storage)
+    try:
+        working = storage_wal.working_size(4096)
+        assert os.path.getsize(wal_file(storage)) == working
+        for n, events in enumerate(single_events(300)):
+            await log.append(f"s{n % 7}", "any", events)
+        assert storage.head == 300
+        assert os.path.getsize(wal_file(storage)) == working  # 300 commits wrote into the zeros, none grew it
+        with open(wal_file(storage), "rb") as wal:
+            wal.seek(working - storage_wal.ZERO_FILL_CHUNK)
+            assert wal.read() == bytes(storage_wal.ZERO_FILL_CHUNK)
+    finally:
+        storage.close()
+    assert not wal_file(storage).exists()  # the close checkpoints it all; SQLite deletes the file
+    reopened = Storage(tmp_path / "data")
+    reopened.open()
+    try:
+        assert reopened.head == 300
+        assert os.path.getsize(wal_file(reopened)) == working
+    finally:
+        reopened.close()
+
+
+APPENDER = textwrap.dedent("""
+    import asyncio, sys
+    from pathlib import Path
+    from evstore.node.storage import Storage, threads
+    from evstore.node.log import Log
+    from tests.unit.test_wal_zero_fill import single_events
+
+    threads.CHECKPOINT_EVERY = 3600.0  # every acknowledged append stays in the WAL only
+
+    async def main():
+        storage = Storage(Path(sys.argv[1]))
+        storage.open()
+        log = Log(storage)
+        for n, events in enumerate(single_events(int(sys.argv[2]))):
+            await log.append(f"s{n % 7}", "any", events)
+        print(storage.head, flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+""")
+
+
+def append_then_sigkill(data_dir: Path, count: int) -> int:
+    """Appends `count` single events in a process of their own, then SIGKILLs it; the head it acknowledged."""
+    appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(data_dir), str(count)], stdout=subprocess.PIPE,
+                                text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        acknowledged = appender.stdout.readline()
+        assert acknowledged, f"the appender exited with {appender.wait(30)}"
+        return int(acknowledged)
+    finally:
+        appender.send_signal(signal.SIGKILL)
+        appender.wait(30)
+        appender.stdout.close()
+
+
+async def test_a_wal_left_by_a_sigkill_keeps_every_acknowledged_append(tmp_path):
+    """Twice: after the first kill the WAL holds frames followed by zeros; after the second, frames written over
+    older ones. Each reopen finds every acknowledged event, and extends the file only past its end."""
+    data_dir = tmp_path / "data"
+    for kills in (1, 2):
+        acknowledged = append_then_sigkill(data_dir, 400)
+        storage = Storage(data_dir)
+        log = Log(storage)
+        await log.open()
+        try:
+            assert log.head == acknowledged == 400 * kills
+            page = await log.read_all(start=1, limit=1000)
+            assert [r.position for r in page.records] == list(range(1, acknowledged + 1))
+            assert os.path.getsize(wal_file(storage)) >= storage_wal.working_size(4096)
+        finally:
+            await log.close()
