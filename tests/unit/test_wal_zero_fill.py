@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import orjson
+import pytest
 
 from evstore.ids import uuid7_bytes
 from evstore.node.log import Log, NewEvent
@@ -51,6 +53,33 @@ async def test_the_wal_is_zero_filled_to_its_working_size_and_commits_overwrite_
         assert os.path.getsize(wal_file(reopened)) == working
     finally:
         reopened.close()
+
+
+def test_the_zero_fill_waits_for_the_wal_write_lock(tmp_path):
+    """A writer in another process appends frames at the file's end: the zero fill takes the write lock first,
+    so it never writes where such a frame is going (here the lock is held, and a filler that may not wait
+    refuses)."""
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    filler = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO t VALUES (1)")
+        size = os.path.getsize(storage_wal.wal_path(path))
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            storage_wal.zero_fill(filler, path)
+        assert os.path.getsize(storage_wal.wal_path(path)) == size
+        holder.execute("COMMIT")
+        committed = os.path.getsize(storage_wal.wal_path(path))
+        assert storage_wal.zero_fill(filler, path) == storage_wal.working_size(4096) - committed
+        assert filler.execute("SELECT x FROM t").fetchall() == [(1,)]
+        holder.execute("INSERT INTO t VALUES (2)")  # written over the zeros
+        assert filler.execute("SELECT x FROM t").fetchall() == [(1,), (2,)]
+    finally:
+        filler.close()
+        holder.close()
 
 
 APPENDER = textwrap.dedent("""
