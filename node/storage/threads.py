@@ -7,6 +7,7 @@ so the event loop never blocks on disk."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import queue
@@ -65,6 +66,33 @@ class QueuedRead(NamedTuple):
 
 
 _STOP = object()  # ends a writer or reader thread
+LOCK_FILE = "evstore.lock"
+
+
+class DataDirInUse(OSError):
+    """Another process has the data directory's log open."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data directory (its LOCK_FILE, which names the holder's PID) while the log is
+    open, as PostgreSQL's postmaster.pid does: two processes writing one log would each take positions the other
+    took, and the WAL's zero fill of one could land beside the other's commits. The descriptor: closing it (or
+    the process ending, however it ends) releases the lock."""
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(f"another process (PID {holder}) has the log in {data_dir} open ({path} is locked)"
+                           ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class Storage:
@@ -100,16 +128,23 @@ class Storage:
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._rewind_wal = threading.Event()  # the checkpointer asks the writer to copy the WAL's last frames
+        self._dir_lock: int | None = None  # the descriptor holding lock_data_dir's lock while open
 
     # lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
-                       cache_kib=WRITER_CACHE_KIB)
+        self._dir_lock = lock_data_dir(self.data_dir)
+        try:
+            conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
+                           cache_kib=WRITER_CACHE_KIB)
+        except BaseException:
+            self._release_data_dir()
+            raise
         try:
             open_schema(conn, self.path)
         except BaseException:
             conn.close()
+            self._release_data_dir()
             raise
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
         zero_fill(conn, self.path)  # before any commit: see wal.zero_fill
@@ -170,6 +205,12 @@ class Storage:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        self._release_data_dir()
+
+    def _release_data_dir(self) -> None:
+        if self._dir_lock is not None:
+            os.close(self._dir_lock)
+            self._dir_lock = None
 
     def size_bytes(self) -> int:
         return sum(self.size_by_file().values())
