@@ -135,19 +135,10 @@ class Storage:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._dir_lock = lock_data_dir(self.data_dir)
         try:
-            conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
-                           cache_kib=WRITER_CACHE_KIB)
+            conn = self._writer_connection()
         except BaseException:
             self._release_data_dir()
             raise
-        try:
-            open_schema(conn, self.path)
-        except BaseException:
-            conn.close()
-            self._release_data_dir()
-            raise
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
-        zero_fill(conn, self.path)  # before any commit: see wal.zero_fill
         # O(1) in the log's size: `created` grows with the position (each commit takes a time past the last
         # one), and a scavenge that removes the newest records keeps that time in the settings
         last = conn.execute("SELECT position, created FROM events ORDER BY position DESC LIMIT 1").fetchone()
@@ -180,6 +171,19 @@ class Storage:
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="evstore-checkpointer",
                                               daemon=True)
         self._checkpointer.start()
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The writer's connection to the log, its schema checked (and migrated), its WAL zero-filled."""
+        conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
+                       cache_kib=WRITER_CACHE_KIB)
+        try:
+            open_schema(conn, self.path)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
+            zero_fill(conn, self.path)  # before any commit: see wal.zero_fill
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def close(self) -> None:
         """Finish queued writes, checkpoint the WAL into the database file and close every connection."""

@@ -388,6 +388,8 @@ def test_an_unknown_format_is_refused_with_how_to_migrate(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="format 99"):
         Storage(data_dir).open()
+    with pytest.raises(RuntimeError, match="format 99"):  # the refused open left the data directory unlocked
+        Storage(data_dir).open()
 
 
 def test_the_offline_verify_reads_a_format_1_file_without_migrating_it(tmp_path):
