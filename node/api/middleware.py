@@ -62,9 +62,12 @@ class JsonErrorHandler(web.RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size:  # part of a reply went out already: aiohttp's own handling (it raises)
             return super().handle_error(request, status, exc, message)
-        if status >= 500:
+        if status == 500:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
-            response = error_response(status, "internal", "internal error (a bug: please report it)")
+            response = error_response(500, "internal", "internal error (a bug: please report it)")
+        elif status >= 500:  # 504: aiohttp's handler timeout (the node sets none)
+            log.warning("could not answer a request from %s in time (%d)", request.remote, status)
+            response = error_response(status, "unavailable", "the request could not be answered in time")
         elif isinstance(exc, http_exceptions.ContentEncodingError):
             log.debug("refused a request from %s with a body encoding HTTP parsing cannot decode", request.remote)
             encoding = _PARENTHESISED.search(exc.message or "")

@@ -90,8 +90,11 @@ def lock_data_dir(data_dir: Path) -> int:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the PID is for people; the lock is what counts (a full volume may refuse the write)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        log.warning("could not write the PID into %s: %s", path, exc.strerror)
     return fd
 
 
@@ -139,6 +142,28 @@ class Storage:
         except BaseException:
             self._release_data_dir()
             raise
+        try:
+            self._load_state(conn)
+        except BaseException:
+            conn.close()
+            self._release_data_dir()
+            raise
+        self._closed = False
+        self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
+        self._writer.start()
+        self._readers = [threading.Thread(target=self._reader_loop, name=f"evstore-reader-{i}", daemon=True)
+                         for i in range(self.reader_threads)]
+        for reader in self._readers:
+            reader.start()
+        if self.durability == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name="evstore-syncer", daemon=True)
+            self._syncer.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="evstore-checkpointer",
+                                              daemon=True)
+        self._checkpointer.start()
+
+    def _load_state(self, conn: sqlite3.Connection) -> None:
+        """What the storage keeps in memory of the log, read on the writer's connection at open."""
         # O(1) in the log's size: `created` grows with the position (each commit takes a time past the last
         # one), and a scavenge that removes the newest records keeps that time in the settings
         last = conn.execute("SELECT position, created FROM events ORDER BY position DESC LIMIT 1").fetchone()
@@ -158,19 +183,6 @@ class Storage:
         committed = conn.execute("SELECT value FROM settings WHERE key = 'committed'").fetchone()
         self.committed = min(int(committed[0]) if committed else 0, self.head)
         self._id_window.attach(conn, head=self.head)
-        self._closed = False
-        self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
-        self._writer.start()
-        self._readers = [threading.Thread(target=self._reader_loop, name=f"evstore-reader-{i}", daemon=True)
-                         for i in range(self.reader_threads)]
-        for reader in self._readers:
-            reader.start()
-        if self.durability == "interval":
-            self._syncer = threading.Thread(target=self._sync_loop, name="evstore-syncer", daemon=True)
-            self._syncer.start()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="evstore-checkpointer",
-                                              daemon=True)
-        self._checkpointer.start()
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The writer's connection to the log, its schema checked (and migrated), its WAL zero-filled."""
@@ -190,26 +202,28 @@ class Storage:
         if self._closed:
             return
         self._closed = True
-        self._stopping.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
-        self._queue.put(_STOP)
-        if self._writer is not None:
-            self._writer.join()  # the writer runs what is queued, then checkpoints the whole WAL
-        if self._syncer is not None:
-            self._dirty.set()
-            self._syncer.join()
-        with self._read_lock:
-            readers, self._readers = self._readers, []
-        for _reader in readers:
-            self._read_queue.put(_STOP)
-        for reader in readers:
-            reader.join()  # each finishes the reads queued before its stop
-        with self._reader_lock:
-            for conn in self._reader_conns:
-                conn.close()
-            self._reader_conns.clear()
-        self._release_data_dir()
+        try:
+            self._stopping.set()
+            if self._checkpointer is not None:
+                self._checkpointer.join()
+            self._queue.put(_STOP)
+            if self._writer is not None:
+                self._writer.join()  # the writer runs what is queued, then checkpoints the whole WAL
+            if self._syncer is not None:
+                self._dirty.set()
+                self._syncer.join()
+            with self._read_lock:
+                readers, self._readers = self._readers, []
+            for _reader in readers:
+                self._read_queue.put(_STOP)
+            for reader in readers:
+                reader.join()  # each finishes the reads queued before its stop
+            with self._reader_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
+        finally:
+            self._release_data_dir()  # after the connections: then another process may open the log
 
     def _release_data_dir(self) -> None:
         if self._dir_lock is not None:

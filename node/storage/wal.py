@@ -2,6 +2,8 @@
 working size, and the checkpoint that keeps the WAL from growing without end under steady load."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sqlite3
 import threading
@@ -14,6 +16,9 @@ WAL_CATCH_UP_ROUNDS = 4  # passive rounds to catch up with the writer before the
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what a rewound WAL file is truncated to
 WAL_HEADER_BYTES, WAL_FRAME_HEADER_BYTES = 32, 24  # SQLite's WAL format: a file header, then a header per page
 ZERO_FILL_CHUNK = 1024 * 1024
+_VOLUME_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+log = logging.getLogger("evstore.storage")
 
 
 def connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL",
@@ -50,7 +55,8 @@ def zero_fill(conn: sqlite3.Connection, path: Path) -> int:
     17-32 MB here: the first seconds of steady appends); after a rewind SQLite writes the WAL from its start.
     It never reads past the last frame it committed (zeros end a recovery's scan as stale frames do). Only what
     lies past the file's end is written, and under the WAL's write lock (an empty transaction), so that not even
-    a writer in another process can be adding a frame there meanwhile."""
+    a writer in another process can be adding a frame there meanwhile. On a volume too full for it the zeros
+    are taken back and the log opens without them (reads and a scavenge, which frees space, still work)."""
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     target = working_size(page_size)
     conn.execute("BEGIN IMMEDIATE")
@@ -64,9 +70,17 @@ def zero_fill(conn: sqlite3.Connection, path: Path) -> int:
             if size >= target:
                 return 0
             zeros = bytes(ZERO_FILL_CHUNK)
-            while size < target:
-                size += os.pwrite(fd, zeros[:target - size], size)
-            os.fsync(fd)
+            try:
+                while size < target:
+                    size += os.pwrite(fd, zeros[:target - size], size)
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno not in _VOLUME_FULL:
+                    raise
+                os.ftruncate(fd, start)  # only zeros lie past `start`, and nothing writes there under the lock
+                log.warning("the volume has no room to zero-fill the WAL to %d bytes: the log opens without it "
+                            "(%s)", target, exc.strerror)
+                return 0
             return size - start
         finally:
             os.close(fd)

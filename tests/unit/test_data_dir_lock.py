@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from evstore.client.harness.localnode import free_port
-from evstore.node.storage import Storage
+from evstore.node.storage import Storage, ids as storage_ids
 from evstore.node.storage.threads import DataDirInUse
 
 
@@ -25,6 +25,18 @@ def test_a_second_open_of_a_data_dir_is_refused_until_the_first_closes(tmp_path)
     again = Storage(tmp_path / "data")
     again.open()
     again.close()
+
+
+def test_an_open_that_fails_after_taking_the_lock_releases_it(tmp_path, monkeypatch):
+    """Each step of an open after the lock (the schema, the zero fill, reading the log's state) may fail: the
+    lock goes with it, and the next open is not refused as if the failed one still held the directory."""
+    with monkeypatch.context() as patched:
+        patched.setattr(storage_ids.IdWindow, "attach", lambda self, conn, head: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            Storage(tmp_path / "data").open()
+    storage = Storage(tmp_path / "data")
+    storage.open()
+    storage.close()
 
 
 def test_a_node_started_on_a_data_dir_in_use_stops_with_a_message(tmp_path):

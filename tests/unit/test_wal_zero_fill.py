@@ -3,6 +3,7 @@ a commit's fdatasync overwrites blocks the file has instead of growing it; and a
 committed frame. Real SQLite files, real writer threads, a real SIGKILL."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sqlite3
@@ -82,14 +83,38 @@ def test_the_zero_fill_waits_for_the_wal_write_lock(tmp_path):
         holder.close()
 
 
+async def test_a_volume_too_full_for_the_zero_fill_still_opens_the_log(tmp_path, monkeypatch, caplog):
+    """ENOSPC while zero-filling: the zeros are taken back and the log opens without them, so that a node on a
+    full volume still serves reads and a scavenge (which frees space) instead of failing to start."""
+    def volume_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage = Storage(tmp_path / "data")
+    with monkeypatch.context() as patched:
+        patched.setattr(storage_wal.os, "fsync", volume_full)
+        storage.open()
+    log = Log(storage)
+    try:
+        assert os.path.getsize(wal_file(storage)) < storage_wal.working_size(4096) // 8
+        assert "no room to zero-fill the WAL" in caplog.text
+        for n, events in enumerate(single_events(20)):
+            await log.append(f"s{n % 3}", "any", events)
+        assert storage.head == 20
+    finally:
+        storage.close()
+
+
 APPENDER = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from evstore.node.storage import Storage, threads
+    from evstore.node.storage import Storage, threads, wal
     from evstore.node.log import Log
     from tests.unit.test_wal_zero_fill import single_events
 
-    threads.CHECKPOINT_EVERY = 3600.0  # every acknowledged append stays in the WAL only
+    # the checkpointer rewinds the WAL every 300 frames or so: at the kill, the WAL holds the newest frames
+    # written over older ones (stale frames of an earlier cycle after them), then zeros
+    threads.CHECKPOINT_EVERY = 0.02
+    wal.WAL_REWIND_FRAMES = 300
 
     async def main():
         storage = Storage(Path(sys.argv[1]))
@@ -97,21 +122,25 @@ APPENDER = textwrap.dedent("""
         log = Log(storage)
         for n, events in enumerate(single_events(int(sys.argv[2]))):
             await log.append(f"s{n % 7}", "any", events)
-        print(storage.head, flush=True)
+        with open(wal.wal_path(storage.path), "rb") as file:
+            resets = int.from_bytes(file.read(16)[12:16], "big")  # the WAL header's checkpoint sequence
+        print(storage.head, resets, flush=True)
         await asyncio.sleep(3600)
 
     asyncio.run(main())
 """)
 
 
-def append_then_sigkill(data_dir: Path, count: int) -> int:
-    """Appends `count` single events in a process of their own, then SIGKILLs it; the head it acknowledged."""
+def append_then_sigkill(data_dir: Path, count: int) -> tuple[int, int]:
+    """Appends `count` single events in a process of their own, then SIGKILLs it; the head it acknowledged and
+    how many times its WAL was rewound."""
     appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(data_dir), str(count)], stdout=subprocess.PIPE,
                                 text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         acknowledged = appender.stdout.readline()
         assert acknowledged, f"the appender exited with {appender.wait(30)}"
-        return int(acknowledged)
+        head, resets = acknowledged.split()
+        return int(head), int(resets)
     finally:
         appender.send_signal(signal.SIGKILL)
         appender.wait(30)
@@ -119,11 +148,13 @@ def append_then_sigkill(data_dir: Path, count: int) -> int:
 
 
 async def test_a_wal_left_by_a_sigkill_keeps_every_acknowledged_append(tmp_path):
-    """Twice: after the first kill the WAL holds frames followed by zeros; after the second, frames written over
-    older ones. Each reopen finds every acknowledged event, and extends the file only past its end."""
+    """Twice (the second time on a log that a clean close checkpointed): at each kill the WAL holds its newest
+    frames written over older ones, then zeros. Each reopen finds every acknowledged event, and extends the
+    file only past its end."""
     data_dir = tmp_path / "data"
     for kills in (1, 2):
-        acknowledged = append_then_sigkill(data_dir, 400)
+        acknowledged, resets = append_then_sigkill(data_dir, 400)
+        assert resets >= 2, "the WAL was not rewound before the kill: the test would not test frames over frames"
         storage = Storage(data_dir)
         log = Log(storage)
         await log.open()
