@@ -64,7 +64,7 @@ class JsonErrorHandler(web.RequestHandler):
             return super().handle_error(request, status, exc, message)
         if status == 500:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
-            response = error_response(500, "internal", "internal error (a bug: please report it)")
+            response = internal_error()
         elif status >= 500:  # 504: aiohttp's handler timeout (the node sets none)
             log.warning("could not answer a request from %s in time (%d)", request.remote, status)
             response = error_response(status, "unavailable", "the request could not be answered in time")
@@ -96,6 +96,11 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     if status == 503 and "retryAfter" in details:
         headers = {**(headers or {}), "Retry-After": str(max(1, round(details["retryAfter"])))}
     return json_response({"error": code, "message": message, **details}, status=status, headers=headers)
+
+
+def internal_error() -> web.Response:
+    """The answer to a request that met a bug of the node (logged by the caller, with its traceback)."""
+    return error_response(500, "internal", "internal error (a bug: please report it)")
 
 
 def _check_url_is_utf8(request: web.Request) -> None:
@@ -182,7 +187,7 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         response.force_close()  # the rest of that body is not worth keeping the connection for
         return response
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return error_response(500, "internal", "internal error (a bug: please report it)")
+    return internal_error()
 
 
 @web.middleware

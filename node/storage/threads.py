@@ -142,12 +142,6 @@ class Storage:
         except BaseException:
             self._release_data_dir()
             raise
-        try:
-            self._load_state(conn)
-        except BaseException:
-            conn.close()
-            self._release_data_dir()
-            raise
         self._closed = False
         self._writer = threading.Thread(target=self._writer_loop, args=(conn,), name="evstore-writer", daemon=True)
         self._writer.start()
@@ -185,13 +179,15 @@ class Storage:
         self._id_window.attach(conn, head=self.head)
 
     def _writer_connection(self) -> sqlite3.Connection:
-        """The writer's connection to the log, its schema checked (and migrated), its WAL zero-filled."""
+        """The writer's connection to the log, its schema checked (and migrated), its WAL zero-filled, and the
+        log's state read from it (_load_state); closed again if any of that fails."""
         conn = connect(self.path, synchronous="FULL" if self.durability == "sync" else "NORMAL",
                        cache_kib=WRITER_CACHE_KIB)
         try:
             open_schema(conn, self.path)
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, not the commit path
             zero_fill(conn, self.path)  # before any commit: see wal.zero_fill
+            self._load_state(conn)
         except BaseException:
             conn.close()
             raise

@@ -18,6 +18,7 @@ from evstore.node.storage import Storage
 from evstore.node.storage import idfilter
 from evstore.node.storage import ids as storage_ids
 from evstore.node.storage import threads as storage_threads
+from evstore.node.storage import wal as storage_wal
 from loghelpers import ev
 
 
@@ -138,7 +139,7 @@ async def test_a_group_commit_of_random_ids_writes_no_more_pages_as_the_log_grow
     monkeypatch.setattr(storage_threads, "zero_fill", lambda conn, path: 0)  # the file's size counts what is written
     storage = Storage(tmp_path / "data")
     storage.open()
-    wal = str(storage.path) + "-wal"
+    wal = storage_wal.wal_path(storage.path)
 
     async def commit_bytes(stream: str) -> int:
         before = os.path.getsize(wal)
@@ -470,7 +471,7 @@ async def upkeep_bytes_per_id(data_dir, monkeypatch, ids: int) -> float:
     """WAL bytes the index's upkeep (merge slices) wrote per random id, over a log grown to `ids` random ids in
     appends of 1,000, the upkeep done after each (the checkpointer stopped, so the WAL only grows)."""
     storage = Storage(data_dir)
-    wal = str(storage.path) + "-wal"
+    wal = storage_wal.wal_path(storage.path)
     written = [0]
     merge_slice = storage_ids.IdWindow.merge_slice
 

@@ -28,7 +28,7 @@ def small_wal(monkeypatch):
 async def largest_wal_while_writing(tmp_path) -> tuple[int, int]:
     storage = Storage(tmp_path / "data")
     storage.open()
-    wal = str(storage.path) + "-wal"
+    wal = storage_wal.wal_path(storage.path)
     log = Log(storage)
     largest = 0
 
