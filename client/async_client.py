@@ -6,6 +6,7 @@ return None. Non-2xx replies raise the typed errors of `evstore.client.errors`.
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from typing import Any, AsyncIterator, Iterable, Mapping
 
@@ -21,6 +22,13 @@ from .subscription import Subscription
 DEFAULT_URL = "http://127.0.0.1:7113"
 
 
+def connection_settings(url: str | None, token: str | None) -> tuple[str, str | None]:
+    """The node's URL and token: as given, else from EVSTORE_URL and EVSTORE_TOKEN (as the CLI and the
+    eventsourcing module read them), else DEFAULT_URL and no token."""
+    return (url or os.environ.get("EVSTORE_URL") or DEFAULT_URL,
+            token if token is not None else os.environ.get("EVSTORE_TOKEN") or None)
+
+
 class AsyncEvstoreClient:
     """Talks to one evstore node (any node of a cluster: followers forward writes).
 
@@ -29,9 +37,12 @@ class AsyncEvstoreClient:
     before the first attempt, and the server answers a repeated id set with the original reply.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
+    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 30.0,
                  retries: int = 5, max_retry_delay: float = 5.0, max_connections: int = 100,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, exact_numbers: bool = False) -> None:
+        url, token = connection_settings(url, token)
+        # replies parsed so that protocol.dumps writes each number back as the node sent it (decimals as RawJSON)
+        self.exact_numbers = exact_numbers
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -41,6 +52,10 @@ class AsyncEvstoreClient:
         self._session = session
         self._own_session = session is None
         self._live: weakref.WeakSet[Subscription | Consumer] = weakref.WeakSet()
+
+    def decode(self, payload: bytes | str) -> Any:
+        """A reply's JSON: exact (protocol.loads_exact) with `exact_numbers`, else plain Python numbers."""
+        return protocol.loads_exact(payload) if self.exact_numbers else protocol.loads(payload)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -85,7 +100,7 @@ class AsyncEvstoreClient:
             if status < 300:
                 if status == 204 or not payload:
                     return None
-                return payload.decode() if raw else protocol.loads(payload)
+                return payload.decode() if raw else self.decode(payload)
             error = error_from_payload(status, payload)
             if not isinstance(error, Unavailable) or attempt >= self.retries:
                 raise error
@@ -206,14 +221,14 @@ class AsyncEvstoreClient:
     async def iter_all_pages(self, *, from_position: int | None = None, page_size: int | None = None,
                              backward: bool = False, types: Iterable[str] | None = None,
                              type_prefix: str | None = None, stream_prefix: str | None = None,
-                             stream_pattern: str | None = None) -> AsyncIterator[dict]:
+                             stream_pattern: str | None = None, include_system: bool = False) -> AsyncIterator[dict]:
         """Every page of an $all read, following `next` (which skips scanned non-matches) until null."""
         types = list(types) if types else None
         cursor = from_position
         while True:
             page = await self.read_all(from_position=cursor, limit=page_size, backward=backward, types=types,
                                        type_prefix=type_prefix, stream_prefix=stream_prefix,
-                                       stream_pattern=stream_pattern)
+                                       stream_pattern=stream_pattern, include_system=include_system)
             yield page
             following = page.get("next")
             if following is None or following == cursor:
@@ -222,11 +237,12 @@ class AsyncEvstoreClient:
 
     async def iter_all(self, *, from_position: int | None = None, page_size: int | None = None,
                        backward: bool = False, types: Iterable[str] | None = None, type_prefix: str | None = None,
-                       stream_prefix: str | None = None, stream_pattern: str | None = None) -> AsyncIterator[dict]:
+                       stream_prefix: str | None = None, stream_pattern: str | None = None,
+                       include_system: bool = False) -> AsyncIterator[dict]:
         """Every matching event of $all."""
         async for page in self.iter_all_pages(from_position=from_position, page_size=page_size, backward=backward,
                                               types=types, type_prefix=type_prefix, stream_prefix=stream_prefix,
-                                              stream_pattern=stream_pattern):
+                                              stream_pattern=stream_pattern, include_system=include_system):
             for event in page.get("events", []):
                 yield event
 

@@ -92,13 +92,13 @@ class BlockingTransport(AsyncEvstoreClient):
     Thread-safe. `timeout` bounds connecting and each wait for the server's bytes."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0, retries: int = 5,
-                 max_retry_delay: float = 5.0, max_connections: int = 100) -> None:
+                 max_retry_delay: float = 5.0, max_connections: int = 100, exact_numbers: bool = False) -> None:
         super().__init__(url, token=token, timeout=timeout, retries=retries, max_retry_delay=max_retry_delay,
-                         max_connections=max_connections)
+                         max_connections=max_connections, exact_numbers=exact_numbers)
         self._pool = ConnectionPool(self.url, size=max_connections)
         self._headers = {"Accept": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        if self.token:
+            self._headers["Authorization"] = f"Bearer {self.token}"
 
     def close_connections(self) -> None:
         self._pool.close()

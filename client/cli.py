@@ -33,7 +33,8 @@ class Settings:
 
     def client(self) -> EvstoreClient:
         if self._client is None:
-            self._client = EvstoreClient(self.url, token=self.token)
+            # exact: what the CLI prints of a reply keeps each number as the node sent it (1.50, 1E2)
+            self._client = EvstoreClient(self.url, token=self.token, exact_numbers=True)
         return self._client
 
     def close(self) -> None:
@@ -276,7 +277,7 @@ def append_file(settings: Settings, stream: str, path: str, expected_version: An
 
 @cli.command()
 @click.argument("stream")
-@click.option("--from", "start", type=click.IntRange(min=0), help="First version (or $all position).")
+@click.option("--from", "start", type=click.IntRange(min=1), help="First version (or $all position).")
 @click.option("--limit", type=click.IntRange(1, 4096), help="Events per page (server default 100).")
 @click.option("--backward", is_flag=True, help="Newest first.")
 @click.option("--all-pages", is_flag=True, help="Follow `next` until the end.")

@@ -1,17 +1,18 @@
 """Rendering of replies for the CLI: human text (tables, lines) or JSON. Pure functions, no I/O."""
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Mapping, Sequence
 
+from . import protocol
 from .errors import ConnectionFailed, EvstoreError
 
 DATA_WIDTH = 60
 
 
 def to_json(value: Any) -> str:
-    """One compact line of JSON (for --json: one reply per line, easy to pipe into jq)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """One compact line of JSON (for --json: one reply per line, easy to pipe into jq); each number of a reply
+    read with exact numbers (RawJSON) is written as the node sent it."""
+    return protocol.dumps(value).decode()
 
 
 def compact(value: Any, width: int = DATA_WIDTH) -> str:

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 
 from .errors import ERRORS_BY_CODE, ConnectionFailed, EvstoreError, ServerError, Unavailable, error_from_payload
-from .protocol import has_long_number, loads
+from .protocol import has_long_number
 from .reconnect import NodeRing, Reconnecting
 from .sse import SSEParser
 
@@ -206,7 +206,8 @@ class Subscription:
                 self._line(raw.rstrip(b"\r"))
             return
         *blocks, self._buffer = data.split(b"\n\n")
-        decode = json.loads if has_long_number(data) else orjson.loads
+        decode = (self._client.decode if self._client.exact_numbers
+                  else json.loads if has_long_number(data) else orjson.loads)
         for block in blocks:
             # the server's own frame, `id: P` then one `data:` line, parsed directly (the catch-up hot path)
             newline = block.find(b"\n")
@@ -227,7 +228,7 @@ class Subscription:
         if message is None:
             return
         try:
-            body = loads(message.data)
+            body = self._client.decode(message.data)
         except ValueError:
             return  # not JSON: nothing the contract names; skipped
         self._dispatch(message.event, body, message.id)

@@ -19,7 +19,7 @@ import threading
 import weakref
 from typing import Any, Callable, Coroutine, Iterable, Iterator, TypeVar
 
-from .async_client import DEFAULT_URL, AsyncEvstoreClient
+from .async_client import AsyncEvstoreClient, connection_settings
 from .blocking import BlockingTransport, complete
 from .consumer import Delivery
 
@@ -41,12 +41,16 @@ def _close_open_clients() -> None:
 class EvstoreClient:
     """Blocking client. Use as a context manager, or call `close()` when done."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
-                 retries: int = 5, max_retry_delay: float = 5.0, max_connections: int = 100) -> None:
+    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 30.0,
+                 retries: int = 5, max_retry_delay: float = 5.0, max_connections: int = 100,
+                 exact_numbers: bool = False) -> None:
+        url, token = connection_settings(url, token)
         self._async = AsyncEvstoreClient(url, token=token, timeout=timeout, retries=retries,
-                                         max_retry_delay=max_retry_delay, max_connections=max_connections)
+                                         max_retry_delay=max_retry_delay, max_connections=max_connections,
+                                         exact_numbers=exact_numbers)
         self._direct = BlockingTransport(url, token=token, timeout=timeout, retries=retries,
-                                         max_retry_delay=max_retry_delay, max_connections=max_connections)
+                                         max_retry_delay=max_retry_delay, max_connections=max_connections,
+                                         exact_numbers=exact_numbers)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="evstore-client", daemon=True)
         self._thread.start()
@@ -56,6 +60,10 @@ class EvstoreClient:
     @property
     def url(self) -> str:
         return self._async.url
+
+    @property
+    def token(self) -> str | None:
+        return self._async.token
 
     @property
     def async_client(self) -> AsyncEvstoreClient:

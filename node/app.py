@@ -128,6 +128,9 @@ async def _close_persistent_subscriptions(app: web.Application) -> None:
 
 
 LINGERING_SECONDS = 2.0
+# how long a stopping node waits for requests in flight (a Kubernetes pod has 30 s before its SIGKILL, and the
+# log's close must fit in what is left)
+SHUTDOWN_SECONDS = 15.0
 GC_THRESHOLDS = (50_000, 50, 100)  # Python's defaults are (700, 10, 10)
 
 
@@ -194,7 +197,7 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings)
     # lingering: how long aiohttp still reads (and drops) the rest of a body it answered early, e.g. with a 408
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=settings.keepalive_timeout,
-                           lingering_time=LINGERING_SECONDS)
+                           lingering_time=LINGERING_SECONDS, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
     app[METRICS_KEY].open_connections.set_function(lambda: len(runner.server.connections))
     loop = asyncio.get_running_loop()

@@ -390,7 +390,8 @@ class Log:
 
     async def set_metadata(self, stream: str, metadata: dict) -> dict:
         """Replace a stream's metadata. A soft delete's floor stays: the events it hid stay hidden (and a stream
-        still deleted stays deleted) whatever truncateBefore the new metadata gives."""
+        still deleted stays deleted) whatever truncateBefore the new metadata gives. A stream appended to since its
+        soft delete is no longer deleted: a truncateBefore past its end then hides its events, not the stream."""
         def op(txn: WriteTxn) -> dict:
             row = txn.stream_row(stream) or StreamRow(stream)
             if row.deleted == "hard":
@@ -398,8 +399,10 @@ class Log:
             stored = dict(metadata)
             before = metadata_as_stored(row)
             if before.get(SOFT_DELETED):
-                stored["truncateBefore"] = max(stored.get("truncateBefore") or 0, before.get("truncateBefore") or 0)
-                stored[SOFT_DELETED] = True
+                floor = before.get("truncateBefore") or 0
+                stored["truncateBefore"] = max(stored.get("truncateBefore") or 0, floor)
+                if row.version < floor:  # still deleted; once appended to again, the delete is over
+                    stored[SOFT_DELETED] = True
             _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(stored))
             return public_metadata(stored)
 
@@ -439,17 +442,22 @@ class Log:
             vis = visibility(row, txn.now)
             meta = metadata_as_stored(row)
             retention_changes = keep is not None and meta.get("maxCount") != keep
-            if row.version > 0 and vis.deleted == "no" and not retention_changes:
+            found = None
+            if row.version > 0 and vis.deleted == "no":
                 found = newest_at_or_below(txn.conn, stream, min_event_version=vis.min_version, max_version=version,
                                            visible=None)
-                if found is not None and found.version == version and same_snapshot(
-                        found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags):
-                    return found
+                if not (found is not None and found.version == version and same_snapshot(
+                        found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags)):
+                    found = None
+            if found is not None and not retention_changes:  # the same snapshot again: nothing to write
+                return found
             if retention_changes:
                 retention = {**meta, "maxCount": keep}
                 if row.version > 0:  # what an earlier, lower keep hides stays hidden (keep only ever drops)
                     retention["truncateBefore"] = max(meta.get("truncateBefore") or 0, vis.min_version)
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(retention))
+            if found is not None:  # the same snapshot with a new `keep`: the retention changes, no second copy
+                return found
             result = _write_events(txn, row, [event])
             return Snapshot(source, version, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags,
                             txn.now, result.position)

@@ -37,6 +37,10 @@ CLIENT_LABEL = "evstore.io/client"
 OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "operator", "app.kubernetes.io/part-of": "evstore"}
 # Prometheus pods, in any namespace, scrape /metrics (kube-prometheus-stack labels its pods so).
 PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+STARTUP_SECONDS, STARTUP_PROBE_PERIOD = 3600, 5
+# A stopping node gives requests in flight up to node.app.SHUTDOWN_SECONDS, then closes its log (checkpoint,
+# leadership resigned): the kubelet's SIGKILL must come after both.
+TERMINATION_GRACE_SECONDS = 30
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -338,7 +342,9 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "envFrom": [{"configMapRef": {"name": configmap_name(spec.name)}}],
         "env": node_env(spec),
         "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
-        "startupProbe": _probe("/health/live", 2, 60),
+        # the node listens once its log is open: a format migration on a large log (about 20 s per million
+        # events) must not be killed half-way and started again, so up to an hour, as CloudNativePG allows
+        "startupProbe": _probe("/health/live", STARTUP_PROBE_PERIOD, STARTUP_SECONDS // STARTUP_PROBE_PERIOD),
         "livenessProbe": _probe("/health/live", 10, 6),
         "readinessProbe": _probe("/health/ready", 5, 3),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"},
@@ -373,7 +379,7 @@ def statefulset(spec: StoreSpec, *, secrets: str = "", replicas: int | None = No
     """`replicas`: the size to give it now, when a scale-up must wait (scaling.statefulset_replicas)."""
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security_context(),
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         # The node never calls the Kubernetes API.
         "automountServiceAccountToken": False,
         "affinity": affinity(spec),
@@ -431,12 +437,12 @@ def pdb_blocks_writes(spec: StoreSpec) -> bool:
 
 
 def pod_disruption_budget(spec: StoreSpec) -> Manifest:
-    """Voluntary evictions must leave enough pods for the in-sync set; a single node cannot be protected."""
-    budget: dict[str, Any] = ({"minAvailable": disruption_floor(spec)} if spec.replicas > 1
-                              else {"maxUnavailable": 1})
+    """Voluntary evictions must leave enough pods for the in-sync set; a single node cannot be protected
+    (minAvailable 0). Always minAvailable: a budget holds it or maxUnavailable, never both, and a scale
+    between one and more replicas only changes its value."""
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _metadata(spec, pdb_name(spec.name)),
-            "spec": {**budget, "selector": {"matchLabels": selector_labels(spec.name)}}}
+            "spec": {"minAvailable": disruption_floor(spec), "selector": {"matchLabels": selector_labels(spec.name)}}}
 
 
 def service_monitor(spec: StoreSpec) -> Manifest:
@@ -675,6 +681,29 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "ServiceMonitor": ("spec",),
     "PrometheusRule": ("spec",),
 }
+# Fields the operator owns whole, with nothing the API server fills in: a key there that the operator
+# does not set is removed, whoever set it (a budget may carry minAvailable or maxUnavailable, never both).
+OWNED_WHOLE = frozenset({("PodDisruptionBudget", "spec"), ("ConfigMap", "data")})
+# What the operator last applied of an object's mutable fields (as kubectl apply keeps
+# last-applied-configuration): a key it set then and no longer sets is removed, not left behind; keys the
+# API server or someone else added are left alone.
+LAST_APPLIED_ANNOTATION = "evstore.io/last-applied"
+
+
+def last_applied(desired: Manifest) -> str:
+    """The text recorded in LAST_APPLIED_ANNOTATION for `desired`: its mutable fields."""
+    fields = {path: _get(desired, path) for path in MUTABLE_FIELDS.get(desired["kind"], ())}
+    return json.dumps({k: v for k, v in fields.items() if v is not None}, sort_keys=True, separators=(",", ":"))
+
+
+def stamped(desired: Manifest) -> Manifest:
+    """A copy of `desired` carrying LAST_APPLIED_ANNOTATION, as created."""
+    result = copy.deepcopy(desired)
+    if MUTABLE_FIELDS.get(desired["kind"]):
+        annotations = result["metadata"].setdefault("annotations", {})
+        annotations[LAST_APPLIED_ANNOTATION] = last_applied(desired)
+    return result
+
 
 
 def foreign_owner(desired: Manifest, actual: Mapping[str, Any]) -> str | None:
@@ -697,7 +726,10 @@ def foreign_owner(desired: Manifest, actual: Mapping[str, Any]) -> str | None:
 
 
 def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
-    """A merge patch bringing `actual` to `desired` (metadata labels/owners + mutable fields), or None."""
+    """A merge patch bringing `actual` to `desired` (metadata labels/owners + mutable fields), or None.
+    A mutable field is patched when `actual` lacks some of it, when it differs from what the operator last
+    applied (LAST_APPLIED_ANNOTATION), or when it holds keys the operator set then or owns whole (OWNED_WHOLE)
+    and no longer sets: those get null, which removes them."""
     patch: dict[str, Any] = {}
     meta_patch: dict[str, Any] = {}
     desired_meta, actual_meta = desired["metadata"], actual.get("metadata", {})
@@ -706,13 +738,58 @@ def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
     if desired_meta.get("ownerReferences") and not is_subset(desired_meta["ownerReferences"],
                                                              actual_meta.get("ownerReferences") or []):
         meta_patch["ownerReferences"] = desired_meta["ownerReferences"]
-    if meta_patch:
-        patch["metadata"] = meta_patch
+    recorded_text = (actual_meta.get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
+    recorded = _recorded(recorded_text)
     for path in MUTABLE_FIELDS.get(desired["kind"], ()):
         want, have = _get(desired, path), _get(actual, path)
-        if want is not None and not is_subset(want, have):
-            _set(patch, path, want)
+        if want is None:
+            continue
+        before = have if (desired["kind"], path) in OWNED_WHOLE else recorded.get(path)
+        removed = _removals(before, want, have)
+        # a list the operator changed (containers without their resources) is replaced whole
+        changed = path in recorded and recorded[path] != want
+        if removed or changed or not is_subset(want, have):
+            _set(patch, path, _merge(want, removed))
+    applied = last_applied(desired)
+    if MUTABLE_FIELDS.get(desired["kind"]) and (patch or recorded_text != applied):
+        meta_patch["annotations"] = {LAST_APPLIED_ANNOTATION: applied}
+    if meta_patch:
+        patch["metadata"] = meta_patch
     return patch or None
+
+
+def _recorded(text: str | None) -> dict[str, Any]:
+    try:
+        recorded = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _removals(before: Any, want: Any, have: Any) -> dict[str, Any]:
+    """The keys of `before` that `want` no longer has and `have` still has, as a merge patch of nulls
+    (nested: a map in all three is compared key by key; lists are replaced whole by any patch)."""
+    if not (isinstance(before, Mapping) and isinstance(want, Mapping) and isinstance(have, Mapping)):
+        return {}
+    removed: dict[str, Any] = {}
+    for key, value in before.items():
+        if key not in have:
+            continue
+        if key not in want:
+            removed[key] = None
+        elif inner := _removals(value, want[key], have[key]):
+            removed[key] = inner
+    return removed
+
+
+def _merge(want: Any, removed: Mapping[str, Any]) -> Any:
+    """`want` with the nulls of `removed` added (a merge patch that sets `want` and removes the rest)."""
+    if not removed:
+        return copy.deepcopy(want)
+    result = copy.deepcopy(dict(want))
+    for key, value in removed.items():
+        result[key] = None if value is None else _merge(want[key], value)
+    return result
 
 
 # Maps whose values are resource quantities, which the API server rewrites in canonical form

@@ -32,7 +32,7 @@ async def apply(kube: Kube, desired: Mapping[str, Any], body: Any,
         seen(actual)
     if actual is None:
         try:
-            await kube.create(desired)
+            await kube.create(manifests.stamped(desired))
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -368,12 +368,28 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or ())
 
 
+# Why a container waits that no waiting cures (its image, or its configuration, is wrong)
+STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
+                           "CreateContainerConfigError", "CreateContainerError"})
+
+
+def cannot_run(pod: Mapping[str, Any]) -> bool:
+    """True for a pod no scheduler can place or whose containers cannot start."""
+    pod_status = pod.get("status") or {}
+    if any(c.get("type") == "PodScheduled" and c.get("status") == "False" for c in pod_status.get("conditions") or ()):
+        return True
+    containers = [*(pod_status.get("initContainerStatuses") or ()), *(pod_status.get("containerStatuses") or ())]
+    return any(((c.get("state") or {}).get("waiting") or {}).get("reason") in STUCK_REASONS for c in containers)
+
+
 async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str, Any],
                        cluster: status.ClusterView, body: Any) -> str | None:
     """One step of a rolling restart (the StatefulSet uses OnDelete): restart one outdated pod, if safe.
 
-    Followers go first, one at a time, each only when every pod is ready and back in the in-sync set;
-    the leader goes last, after it handed leadership over with a step-down.
+    An outdated pod that cannot run (its image cannot be pulled, it cannot be scheduled) goes first, whatever
+    the others' state: with OnDelete nothing else would replace it once the template is fixed. Then followers,
+    one at a time, each only when every pod is ready and back in the in-sync set; the leader goes last,
+    after it handed leadership over with a step-down.
     """
     revision = (sts.get("status") or {}).get("updateRevision")
     if not revision:
@@ -384,6 +400,14 @@ async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str,
                        and not p["metadata"].get("deletionTimestamp")), key=lambda p: p["metadata"]["name"])
     if not outdated:
         return None
+    if stuck := [p for p in outdated if cannot_run(p)]:
+        # a pod on a template since fixed (a bad image tag, a node selector nothing matches) serves
+        # nothing and waits for ever: restarting it onto the current template cannot lower availability
+        victim = stuck[-1]["metadata"]["name"]
+        await kube.delete("Pod", store.namespace, victim)
+        kopf.info(body, reason="RestartingStuckPod",
+                  message=f"Restarting {victim}, which cannot run its outdated template, for revision {revision}")
+        return victim
     settled = (all(_pod_ready(p) for p in pods)
                and not any(p["metadata"].get("deletionTimestamp") for p in pods))
     if not settled:

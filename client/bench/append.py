@@ -845,7 +845,7 @@ def print_summary(reporter: Reporter, ratio: dict, checks: dict) -> None:
         reporter.say("\nevstore / eventsourcing (events/s):")
         for name, value in ratio.items():
             reporter.say(f"  {name:<18} {'n/a' if value is None else f'{value:.2f}x'}")
-    reporter.say("\ntargets (issue 2):")
+    reporter.say("\ntargets:")
     for name, check in checks.items():
         verdict = {True: "met", False: "MISSED", None: "not measured"}[check["met"]]
         relation = "<" if check.get("below") else ">="

@@ -6,7 +6,8 @@ application as `<APPLICATION NAME>_<SETTING>`):
 - `EVSTORE_URL` (default http://127.0.0.1:7113) and `EVSTORE_TOKEN`: as for the evstore CLI;
 - `EVSTORE_STREAM_PREFIX`: prepended to every stream this application writes; defaults to
   `<application name>-` for a named application (so applications sharing a store keep apart
-  notification logs) and to nothing otherwise;
+  notification logs; a `-` or `%` in the name is written `%2D` or `%25`, so that no application's
+  prefix begins another's streams) and to nothing otherwise;
 - `EVSTORE_TIMEOUT`: seconds per request (default 30);
 - `EVSTORE_RECONNECT_TIMEOUT`: seconds a live `subscribe()` goes on reconnecting to a node that is gone
   before its iterator raises OperationalError (default 60; `none`: for ever);
@@ -25,6 +26,14 @@ from .recorders import (EvstoreAggregateRecorder, EvstoreApplicationRecorder, Ev
                         EvstoreTrackingRecorder, StreamNames)
 from .snapshots import EvstoreSnapshotRecorder
 from .store import Store
+
+
+def default_prefix(application_name: str) -> str:
+    """`<application name>-`, with any `-` (and `%`) in the name percent-encoded: no application's prefix then
+    starts another's streams (`Orders-` would match the streams of an application named `Orders-EU`)."""
+    if not application_name:
+        return ""
+    return application_name.replace("%", "%25").replace("-", "%2D") + "-"
 
 
 class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
@@ -54,7 +63,7 @@ class Factory(InfrastructureFactory[EvstoreTrackingRecorder]):
             raise OSError(f"Invalid {self.ORIGINATOR_ID_TYPE} {id_type!r}, must be 'uuid' or 'text'")
         prefix = self.env.get(self.EVSTORE_STREAM_PREFIX)
         if prefix is None:
-            prefix = f"{self.env.name}-" if self.env.name else ""
+            prefix = default_prefix(self.env.name)
         if prefix.startswith("$"):
             raise OSError(f"{self.EVSTORE_STREAM_PREFIX} must not start with $ (system streams)")
         self.names = StreamNames(prefix, originator_id_type=id_type)

@@ -154,7 +154,11 @@ class EvstoreAggregateRecorder(EvstoreRecorder, AggregateRecorder):
             else:
                 real = versions.base_of(first["metadata"][versions.ORIGINATOR_VERSION_KEY], first["version"])
             if real == bases[key]:
-                raise IntegrityError(f"{stream}: version {groups[key][0].originator_version} is taken")
+                wanted, last = groups[key][0].originator_version, real + version - 1
+                if wanted > last + 1:
+                    raise IntegrityError(f"{stream}: version {wanted} does not follow its last version {last} "
+                                         f"(an aggregate's versions follow each other without a gap)")
+                raise IntegrityError(f"{stream}: version {wanted} is taken")
             bases[key] = real
 
     def _tracking_append(self, tracking: Tracking) -> Append:

@@ -191,9 +191,11 @@ class translated_errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, (VersionConflicts, IntegrityError)) or not isinstance(exc, EvstoreError):
             return False
-        if isinstance(exc, (ConnectionFailed, Unavailable, Unauthorized, Forbidden)):  # as drivers report them
+        # as drivers report them: a failed login or a lost server is operational; a token without the role is
+        # a missing privilege, which psycopg reports as ProgrammingError (SQLSTATE 42501), not worth a retry
+        if isinstance(exc, (ConnectionFailed, Unavailable, Unauthorized)):
             raise OperationalError(str(exc)) from exc
-        if isinstance(exc, InvalidRequest):
+        if isinstance(exc, (InvalidRequest, Forbidden)):
             raise ProgrammingError(str(exc)) from exc
         if exc.code == "duplicate_event_id":
             raise IntegrityError(str(exc)) from exc

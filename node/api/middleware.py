@@ -68,12 +68,15 @@ class JsonErrorHandler(web.RequestHandler):
         elif status >= 500:  # 504: aiohttp's handler timeout (the node sets none)
             log.warning("could not answer a request from %s in time (%d)", request.remote, status)
             response = error_response(status, "unavailable", "the request could not be answered in time")
-        elif isinstance(exc, http_exceptions.ContentEncodingError):
+        elif isinstance(exc, http_exceptions.ContentEncodingError) and _PARENTHESISED.search(exc.message or ""):
             log.debug("refused a request from %s with a body encoding HTTP parsing cannot decode", request.remote)
-            encoding = _PARENTHESISED.search(exc.message or "")
-            named = f" {encoding.group(1)!r}" if encoding else ""
+            named = _PARENTHESISED.search(exc.message).group(1)  # br or zstd, for which no decoder is installed
             response = error_response(415, "unsupported_media_type",
-                                      f"Content-Encoding{named} is not supported (gzip, deflate or none)")
+                                      f"Content-Encoding {named!r} is not supported (gzip, deflate or none)")
+        elif isinstance(exc, http_exceptions.ContentEncodingError):  # a deflate body that ends before its stream
+            log.debug("refused a request from %s whose body does not decode", request.remote)
+            response = error_response(400, "invalid_request", "the body cannot be read: it does not decode as its "
+                                      "Content-Encoding says (cut short?)", field="body")
         else:
             log.debug("refused a request from %s that HTTP parsing rejected (%s)", request.remote, type(exc).__name__)
             said = exc.message if isinstance(exc, http_exceptions.HttpProcessingError) else message

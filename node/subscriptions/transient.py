@@ -143,12 +143,10 @@ class Fanout:
             try:
                 while self.position < target:
                     page = await self._log.read_all(start=self.position + 1, limit=self._batch)
-                    records = page.records
-                    if len(records) == self._batch and records[-1].position < target:
-                        scanned = records[-1].position
-                    else:
-                        scanned = target
-                        records = [r for r in records if r.position <= target]
+                    records = [r for r in page.records if r.position <= target]
+                    # a page stops at its limit or at its byte budget (16 MiB of events): the rest up to the
+                    # target comes in the next pass, from `next`; no `next`, or one past it: all scanned
+                    scanned = page.next - 1 if page.next is not None and page.next <= target else target
                     items = [Committed(r) for r in records]
                     matched: dict = {}
                     for subscriber in list(self._subscribers):  # a copy: an overflow detaches

@@ -7,7 +7,7 @@ from uuid import UUID
 import pytest
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import OperationalError, ProgrammingError
 
 from evstore.eventsourcing import Factory
 
@@ -18,10 +18,13 @@ class Orders(Application[UUID]):
 
 def test_token_from_the_environment(node_factory, tmp_path, monkeypatch):
     tokens = tmp_path / "tokens"
-    tokens.write_text("writer-secret-0123456789 write\n")
+    tokens.write_text("writer-secret-0123456789 write\nreader-secret-0123456789 read\n")
     node = node_factory("secured", args=("--api-tokens-file", str(tokens)))
     monkeypatch.setenv("EVSTORE_URL", node.url)
     with pytest.raises(OperationalError, match="unauthorized"):
+        Orders().save(Aggregate())
+    monkeypatch.setenv("ORDERS_EVSTORE_TOKEN", "reader-secret-0123456789")
+    with pytest.raises(ProgrammingError, match="forbidden"):  # a missing privilege, as psycopg reports it
         Orders().save(Aggregate())
     monkeypatch.setenv("ORDERS_EVSTORE_TOKEN", "writer-secret-0123456789")
     app = Orders()
@@ -125,3 +128,28 @@ def test_a_live_subscribe_raises_once_its_node_is_gone_past_the_reconnect_timeou
         subscription.stop()
     finally:
         app.close()
+
+
+def test_applications_whose_names_begin_alike_keep_apart_logs(evstore_node, monkeypatch):
+    """`Orders-` used to be a prefix of the streams of an application named `Orders-EU`: Orders counted the
+    other's events as its notifications and failed to read their originator ids."""
+    monkeypatch.setenv("EVSTORE_URL", evstore_node.url)
+
+    class Shop(Application[UUID]):
+        name = "Shop"
+
+    class ShopEU(Application[UUID]):
+        name = "Shop-EU"
+
+    shop, shop_eu = Shop(), ShopEU()
+    try:
+        shop_eu.save(Aggregate())
+        mine = Aggregate()
+        shop.save(mine)
+        notifications = shop.recorder.select_notifications(start=1, limit=10)
+        assert [n.originator_id for n in notifications] == [mine.id]
+        assert shop.recorder.max_notification_id() == notifications[0].id
+        assert len(shop_eu.recorder.select_notifications(start=1, limit=10)) == 1
+    finally:
+        shop.close()
+        shop_eu.close()

@@ -55,8 +55,10 @@ def test_a_gap_or_repeat_in_one_call_and_interleaved_aggregates(factories):
     recorder.insert_events(events(c, [2]))  # an aggregate's first event may have any version: it sets the base
     with pytest.raises(IntegrityError):
         recorder.insert_events(events(c, [1]))  # before the first
-    with pytest.raises(IntegrityError):
-        recorder.insert_events(events(c, [4]))  # a gap after it
+    with pytest.raises(IntegrityError, match="version 4 does not follow its last version 2"):
+        recorder.insert_events(events(c, [4]))  # a gap after it (not "taken": nothing holds version 4)
+    with pytest.raises(IntegrityError, match="version 2 is taken"):
+        recorder.insert_events(events(c, [2]))
     interleaved = [events(a, [1])[0], events(b, [0])[0], events(a, [2])[0]]
     ids = recorder.insert_events(interleaved)
     assert sorted(ids) == [2, 3, 4] and ids[0] + 1 == ids[2]  # one append, each id the event's own position

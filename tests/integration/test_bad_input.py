@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import uuid
+import zlib
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -500,6 +501,9 @@ def raw_exchange(node: NodeProcess, raw: bytes) -> tuple[bytes, bytes]:
     return head, body
 
 
+CUT_DEFLATE = zlib.compress(b'{"events": [{"type": "T", "data": {"n": 1}}]}')[:-4]
+
+
 def post_head(*headers: str, length: int) -> bytes:
     return "\r\n".join((f"POST {APPEND} HTTP/1.1", "Host: x", *headers, f"Content-Length: {length}", "", "")).encode()
 
@@ -516,8 +520,11 @@ def post_head(*headers: str, length: int) -> bytes:
      "unsupported_media_type"),
     (post_head("Content-Type: application/json", "Content-Encoding: zstd", length=2) + b"{}", 415,
      "unsupported_media_type"),
+    # a supported encoding whose body ends before its stream does: not an unsupported encoding, a bad body
+    (post_head("Content-Type: application/json", "Content-Encoding: deflate", length=len(CUT_DEFLATE)) + CUT_DEFLATE,
+     400, "invalid_request"),
 ], ids=["request-line", "method", "header-over-8-KiB", "target-over-8-KiB", "two-content-lengths", "chunk-size",
-        "br", "zstd"])
+        "br", "zstd", "deflate-cut-short"])
 def test_what_the_http_parser_refuses_is_answered_in_json_and_changes_nothing(node, raw, status, code):
     """Refused before any of the node's code runs (aiohttp's parser): answered as every other error is, in JSON,
     the connection closed; a Content-Encoding aiohttp cannot decode is a 415 like any other unsupported one. Not

@@ -103,6 +103,21 @@ def test_json_given_to_the_cli_is_stored_as_written(run, shared_node, tmp_path):
     assert json.loads(stored(f"/v1/streams/{one}"))["version"] == 1
 
 
+def test_what_the_cli_prints_of_a_reply_keeps_every_number_as_stored(run):
+    """--json printed each reply through Python floats: 1.50 came out as 1.5 and 1E2 as 100.0."""
+    stream = unique()
+    data = '{"n":1.50,"b":123456789012345678901234567890,"e":1E2,"d":0.1000000000000000000001}'
+    assert run("append", stream, "--type", "A", "--data", data).exit_code == 0
+    printed = run("--json", "read", stream)
+    assert printed.exit_code == 0 and '"data":' + data in printed.output, printed.output
+    printed = run("--json", "read", stream, "--all-pages")
+    assert printed.exit_code == 0 and '"data":' + data in printed.output, printed.output
+    followed = run("--json", "subscribe", "--stream", stream, "--from", "start", "--count", "1")
+    assert followed.exit_code == 0 and '"data":' + data in followed.output, followed.output
+    table = run("read", stream)
+    assert table.exit_code == 0 and '"n":1.50' in table.output and '"e":1E2' in table.output, table.output
+
+
 def test_wrong_expected_version_is_one_line_on_stderr_and_exit_1(run):
     stream = unique()
     assert run("append", stream, "--type", "A").exit_code == 0

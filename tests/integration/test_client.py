@@ -184,6 +184,30 @@ async def test_read_all_with_filters_and_cursor(client):
     assert back["events"][0]["position"] == back["head"]
 
 
+async def test_the_iterators_of_all_take_system_streams_as_read_all_does(client):
+    source = unique("snap")
+    await client.append(source, events(1))
+    await client.save_snapshot(source, version=1, type="State", data={"n": 1})
+    page = await client.read_all(include_system=True, stream_prefix="$snapshot-" + source)
+    assert [e["stream"] for e in page["events"]] == ["$snapshot-" + source]
+    iterated = [e async for e in client.iter_all(include_system=True, stream_prefix="$snapshot-" + source,
+                                                 page_size=1)]
+    assert iterated == page["events"]
+
+
+def test_a_client_made_without_a_url_reads_evstore_url_and_evstore_token(shared_node, monkeypatch):
+    monkeypatch.setenv("EVSTORE_URL", shared_node.url)
+    monkeypatch.setenv("EVSTORE_TOKEN", "from-the-environment")
+    with EvstoreClient() as blocking:
+        assert blocking.url == shared_node.url.rstrip("/") and blocking.token == "from-the-environment"
+    assert AsyncEvstoreClient().url == shared_node.url.rstrip("/")
+    with EvstoreClient("http://127.0.0.1:1", token="given") as given:
+        assert given.token == "given" and given.url == "http://127.0.0.1:1"  # what is given wins
+    monkeypatch.delenv("EVSTORE_URL")
+    monkeypatch.delenv("EVSTORE_TOKEN")
+    assert AsyncEvstoreClient().url == "http://127.0.0.1:7113" and AsyncEvstoreClient().token is None
+
+
 async def test_stream_metadata_round_trip_limits_reads(client):
     stream = unique()
     await client.append(stream, events(5))

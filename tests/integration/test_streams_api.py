@@ -253,6 +253,16 @@ async def test_new_metadata_keeps_what_a_soft_delete_hid(http):
     assert (status, reply) == (200, {"maxCount": 100, "truncateBefore": 4})
     status, page = await call(http, "GET", "/v1/streams/gone-2")
     assert status == 200 and [e["version"] for e in page["events"]] == [4]
+    # appended to again, it is no longer deleted: a truncateBefore past its end hides events, not the stream
+    assert (await call(http, "PUT", "/v1/streams/gone-2/metadata", json={"truncateBefore": 100}))[0] == 200
+    status, page = await call(http, "GET", "/v1/streams/gone-2")
+    assert (status, page["events"], page["version"]) == (200, [], 4)
+    info = (await call(http, "GET", "/v1/streams/gone-2/info"))[1]
+    assert (info["deleted"], info["metadata"]) == ("no", {"truncateBefore": 100})
+    assert (await call(http, "POST", "/v1/streams/gone-2", json={"expectedVersion": "stream_exists",
+                                                                  "events": [{"type": "E"}]}))[0] == 200
+    assert (await call(http, "DELETE", "/v1/streams/gone-2"))[0] == 204
+    assert (await call(http, "GET", "/v1/streams/gone-2/info"))[1]["deleted"] == "soft"
 
 
 async def test_writes_refuse_query_parameters_they_would_ignore(http):

@@ -20,6 +20,8 @@ What the API server does and kmock does not, simulated here:
   returns it (the operator must read `data`, as against a real cluster).
 - Optimistic concurrency: an update carrying metadata.resourceVersion that is not the stored one
   answers 409 Conflict (kmock 0.8 applies it).
+- PodDisruptionBudgets: minAvailable and maxUnavailable cannot both be set (checked on the object as a
+  merge patch would leave it: 422, as the server's validation answers).
 - Quantities: the server stores resource quantities (under `requests`/`limits`) in canonical form
   ("0.5" -> "500m", "1024Mi" -> "1Gi", 2 -> "2"); `canonical_quantity` does the same, so a test sees
   whether the operator patches on every pass because of it.
@@ -120,6 +122,8 @@ class K8sEmulator(kmock.KubernetesEmulator):
             # Built-in kinds only: a custom resource's fields are stored as sent.
             if "spec" in request.data and request.resource.group != "evstore.io":
                 request.data["spec"] = _canonicalise(request.data["spec"])
+            if request.resource.plural == "poddisruptionbudgets":
+                self._check_budget(request)
             md = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
                 if request.namespace and not md.get("namespace"):
@@ -154,6 +158,19 @@ class K8sEmulator(kmock.KubernetesEmulator):
                     request.data.append({"op": "add", "path": "/metadata/resourceVersion",
                                          "value": self._next_rv()})
         return await super()._handle(request)
+
+    def _check_budget(self, request: kmock.Request) -> None:
+        """The API server's validation of a PodDisruptionBudget as it would be stored (a merge patch applied
+        to the stored object): minAvailable and maxUnavailable are mutually exclusive."""
+        spec = request.data.get("spec") or {}
+        key = (request.resource, request.namespace, request.name)
+        if request.action == enums.action.UPDATE and key in self.objects and not self.objects[key].deleted:
+            stored = self.objects[key].raw.get("spec") or {}
+            spec = {k: v for k, v in {**stored, **spec}.items() if v is not None}
+        if "minAvailable" in spec and "maxUnavailable" in spec:
+            raise kmock.KubernetesError(status=422, reason="Invalid",
+                                        message="spec: Invalid value: minAvailable and maxUnavailable cannot be "
+                                                "both set")
 
     async def _serve_watch(self, request: kmock.Request) -> Any:
         # kmock 0.8 subscribes to the event bus only after replaying the existing objects, so a change

@@ -232,6 +232,40 @@ async def test_image_change_rolls_followers_first_then_switches_leader_over(k8s,
     await eventually(lambda: events(k8s, "orders", "SwitchedOver"), what="SwitchedOver event")
 
 
+async def test_a_pod_stuck_on_a_bad_image_is_restarted_once_the_image_is_fixed(k8s, operator, nodes):
+    """With OnDelete nothing but the operator replaces a pod: one left on a bad image tag (ImagePullBackOff),
+    never ready, kept every later roll waiting for all pods to be ready, even after the image was fixed."""
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=0, replicas=3, isr=[0, 1])
+    for i in range(2):
+        k8s.objects["v1/pods", NAMESPACE, f"orders-{i}"] = _pod(f"orders-{i}", "rev-1")
+    stuck = _pod("orders-2", "rev-bad")
+    stuck["status"] = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                       "containerStatuses": [{"name": "evstore", "ready": False,
+                                              "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}
+    k8s.objects["v1/pods", NAMESPACE, "orders-2"] = stuck
+    await simulate_statefulset_ready(k8s, "orders", ready=2, revision="rev-1")  # the image is fixed: rev-1
+    await simulate_statefulset_ready(k8s, "orders-etcd")
+
+    await eventually(lambda: get_object(k8s, "v1/pods", "orders-2") is None, what="the stuck pod restarted")
+    assert get_object(k8s, "v1/pods", "orders-0") is not None and get_object(k8s, "v1/pods", "orders-1") is not None
+    restarted = await eventually(lambda: events(k8s, "orders", "RestartingStuckPod"), what="RestartingStuckPod")
+    assert "orders-2" in restarted[0]["message"]
+
+
+def test_only_a_pod_that_cannot_run_counts_as_stuck():
+    from evstore.operator.reconcile import cannot_run
+    starting = {"status": {"conditions": [{"type": "Ready", "status": "False"}],
+                           "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    catching_up = {"status": {"conditions": [{"type": "Ready", "status": "False"}],
+                              "containerStatuses": [{"state": {"running": {}}}]}}
+    unschedulable = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
+    crashing_init = {"status": {"initContainerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
+    assert not cannot_run(starting) and not cannot_run(catching_up) and not cannot_run({})
+    assert cannot_run(unschedulable) and cannot_run(crashing_init)
+
+
 async def test_invalid_spec_sets_failed_phase(k8s, operator):
     await create_evs(k8s, "broken", replicas=3, etcd={"managed": False})
     status = await eventually(lambda: (evs(k8s, "broken") or {}).get("status", {}).get("phase") == "Failed"

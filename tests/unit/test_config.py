@@ -55,6 +55,11 @@ def test_tokens_file(tmp_path):
     tokens.write_text("abc superuser\n")
     with pytest.raises(ConfigError, match="TOKEN ROLE"):
         load_settings(["--api-tokens-file", str(tokens)], {})
+    # one token on two lines: which role it has is a guess (the last line used to win, silently)
+    tokens.write_text("admin-token-0123456789 admin\nadmin-token-0123456789 read\n")
+    with pytest.raises(ConfigError, match=":2: a token of an earlier line again") as refused:
+        load_settings(["--api-tokens-file", str(tokens)], {})
+    assert "admin-token-0123456789" not in str(refused.value)
 
 
 def test_node_refuses_to_start_with_a_clear_message(tmp_path):

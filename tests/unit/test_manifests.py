@@ -200,7 +200,7 @@ def test_services_headless_peers_and_client():
 
 
 def test_pod_disruption_budget_keeps_the_in_sync_set():
-    assert m.pod_disruption_budget(store())["spec"]["maxUnavailable"] == 1
+    assert m.pod_disruption_budget(store())["spec"]["minAvailable"] == 0  # a single node cannot be protected
     assert m.pod_disruption_budget(store(replicas=3))["spec"]["minAvailable"] == 2
     assert m.pod_disruption_budget(store(replicas=5, durability={"minInSync": 4}))["spec"]["minAvailable"] == 4
     assert not m.pdb_blocks_writes(store(replicas=3))
@@ -241,7 +241,7 @@ def test_managed_etcd_compacts_and_has_resources():
 
 def test_quantities_compare_by_value():
     desired = m.statefulset(store(resources={"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": 2}}))
-    actual = copy.deepcopy(desired)
+    actual = m.stamped(desired)
     actual["spec"]["template"]["spec"]["containers"][0]["resources"] = {
         "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2"}}
     assert m.patch_for(desired, actual) is None
@@ -287,13 +287,14 @@ def test_owned_sets_one_controller_reference():
 
 def test_patch_for_touches_only_what_differs_and_may_change():
     desired = m.statefulset(store(replicas=3))
-    actual = copy.deepcopy(desired)
+    actual = m.stamped(desired)
     actual["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # a server-side default
     actual["status"] = {"replicas": 3}
     assert m.patch_for(desired, actual) is None
     actual["spec"]["replicas"] = 1
     actual["spec"]["serviceName"] = "other"  # immutable: never patched
-    assert m.patch_for(desired, actual) == {"spec": {"replicas": 3}}
+    assert m.patch_for(desired, actual) == {"spec": {"replicas": 3}, "metadata": {
+        "annotations": {m.LAST_APPLIED_ANNOTATION: m.last_applied(desired)}}}
     actual["spec"]["template"]["spec"]["containers"][0]["image"] = "old"
     patch = m.patch_for(desired, actual)
     assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == desired["spec"]["template"]["spec"][
@@ -363,3 +364,60 @@ def test_defaults():
     assert not store(etcd={"managed": False}).etcd_managed
     assert store(replicas=3).etcd_managed and store(replicas=3).required_in_sync == 2
     assert spec.secret_ref.name == "orders-cluster-secret"
+
+
+def _applied(desired: dict, actual: dict) -> dict:
+    """`actual` after the operator's patch, merged as the API server merges a JSON merge patch."""
+    from kmock._internal.dicts import merge_patch_dict
+    patch = m.patch_for(desired, actual)
+    return copy.deepcopy(dict(merge_patch_dict(actual, patch))) if patch else actual
+
+
+@pytest.mark.parametrize("before,after", [({}, {"replicas": 3}), ({"replicas": 3}, {}),
+                                          ({"replicas": 5, "durability": {"minInSync": 3}}, {"replicas": 3})])
+def test_a_budget_patched_across_a_scale_holds_one_of_its_two_fields(before, after):
+    # the API server refuses a budget with both minAvailable and maxUnavailable; one from an older operator
+    # (maxUnavailable for a single node) loses it too
+    for old in (m.pod_disruption_budget(store(**before)),
+                {**m.pod_disruption_budget(store(**before)), "spec": {"maxUnavailable": 1, "selector": {}}}):
+        result = _applied(m.pod_disruption_budget(store(**after)), m.stamped(old))
+        assert result["spec"] == m.pod_disruption_budget(store(**after))["spec"]
+
+
+PLACEMENT = {"scheduling": {"tolerations": [{"key": "pool", "operator": "Exists"}], "nodeSelector": {"pool": "a"},
+                            "priorityClassName": "critical"},
+             "imagePullSecrets": [{"name": "registry"}], "resources": {"requests": {"cpu": "500m"}},
+             "podMetadata": {"labels": {"team": "orders"}, "annotations": {"owner": "orders"}}}
+
+
+@pytest.mark.parametrize("removed", list(PLACEMENT))
+def test_a_setting_removed_from_the_spec_is_removed_from_the_pods(removed):
+    with_it = m.statefulset(store(replicas=3, **PLACEMENT))
+    without = m.statefulset(store(replicas=3, **{k: v for k, v in PLACEMENT.items() if k != removed}))
+    live = m.stamped(with_it)
+    live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # a server-side default, not ours to remove
+    live["spec"]["template"]["metadata"].setdefault("annotations", {})["kubectl.kubernetes.io/restartedAt"] = "t"
+    result = _applied(without, live)
+    template = result["spec"]["template"]
+    expected = copy.deepcopy(without["spec"]["template"])
+    expected["spec"]["dnsPolicy"] = "ClusterFirst"
+    expected["metadata"].setdefault("annotations", {})["kubectl.kubernetes.io/restartedAt"] = "t"
+    assert template == expected
+    assert m.patch_for(without, result) is None  # and the next pass leaves it alone
+
+
+def test_an_object_from_before_the_record_gets_it_without_a_change():
+    desired = m.statefulset(store(replicas=3))
+    patch = m.patch_for(desired, copy.deepcopy(desired))
+    assert patch == {"metadata": {"annotations": {m.LAST_APPLIED_ANNOTATION: m.last_applied(desired)}}}
+
+
+def test_a_stopping_node_closes_its_log_before_the_kubelet_kills_it():
+    from evstore.node.app import SHUTDOWN_SECONDS
+    pod = m.statefulset(store(replicas=3))["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= SHUTDOWN_SECONDS + 10  # the close after the requests' wait
+
+
+def test_a_long_start_up_is_not_killed_by_the_startup_probe():
+    probe = m.node_container(store())["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 3600

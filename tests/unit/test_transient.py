@@ -131,3 +131,20 @@ async def test_caught_up_comes_after_every_event_committed_before_the_subscripti
     for subscription in (first, late):
         subscription.close()
     await hub.close()
+
+
+async def test_a_live_subscriber_gets_what_commits_behind_a_page_s_byte_budget(log, monkeypatch):
+    """The fan-out read each commit in pages and took a page shorter than its limit for all of it: one cut short
+    by the reply's byte budget (16 MiB) left the rest of the commit unoffered, so a live subscriber with a
+    selector never got an event behind it, and its heartbeats went past it."""
+    from evstore.node.storage import reads
+    monkeypatch.setattr(reads, "MAX_REPLY_BYTES", 4096)
+    hub = TransientSubscriptions(log)
+    small = await hub.subscribe(Selector(types=("Small",)), Start(), heartbeat=60)
+    batches = small.batches()
+    assert [m.kind for m in await asyncio.wait_for(anext(batches), WAIT)] == ["caughtUp"]
+    written = await log.append("s", "any", [ev("Big", {"p": "x" * 1000}) for _ in range(40)] + [ev("Small")])
+    got = [(m.kind, m.position) for m in await asyncio.wait_for(anext(batches), WAIT)]
+    assert got == [("event", written.position)]
+    small.close()
+    await hub.close()
