@@ -24,8 +24,11 @@ DEFAULT_URL = "http://127.0.0.1:7113"
 
 def connection_settings(url: str | None, token: str | None) -> tuple[str, str | None]:
     """The node's URL and token: as given, else from EVSTORE_URL and EVSTORE_TOKEN (as the CLI and the
-    eventsourcing module read them), else DEFAULT_URL and no token."""
-    return (url or os.environ.get("EVSTORE_URL") or DEFAULT_URL,
+    eventsourcing module read them), else DEFAULT_URL and no token. EVSTORE_TOKEN goes only with a URL that is not
+    given: a client made for another node does not send it the environment's token."""
+    if url:
+        return url, token
+    return (os.environ.get("EVSTORE_URL") or DEFAULT_URL,
             token if token is not None else os.environ.get("EVSTORE_TOKEN") or None)
 
 

@@ -321,8 +321,9 @@ def _read_tokens(path: Path, source: str) -> dict[str, str]:
         if len(parts) != 2 or parts[1] not in ROLES or len(parts[0]) < 16:
             raise ConfigError(f"{path}:{number}: expected 'TOKEN ROLE' with a token of at least 16 characters and "
                               f"a role of {', '.join(ROLES)}")
-        if parts[0] in tokens:  # which role would it have? (the line is not quoted: it holds a secret)
-            raise ConfigError(f"{path}:{number}: a token of an earlier line again; give each token one line")
+        if tokens.get(parts[0], parts[1]) != parts[1]:  # which role has it? (the line holds a secret: not quoted)
+            raise ConfigError(f"{path}:{number}: a token of an earlier line again, with another role; give each "
+                              f"token one role")
         tokens[parts[0]] = parts[1]
     if not tokens:
         raise ConfigError(f"{path}: no tokens (remove the setting to run an open node)")

@@ -442,22 +442,17 @@ class Log:
             vis = visibility(row, txn.now)
             meta = metadata_as_stored(row)
             retention_changes = keep is not None and meta.get("maxCount") != keep
-            found = None
-            if row.version > 0 and vis.deleted == "no":
+            if row.version > 0 and vis.deleted == "no" and not retention_changes:
                 found = newest_at_or_below(txn.conn, stream, min_event_version=vis.min_version, max_version=version,
                                            visible=None)
-                if not (found is not None and found.version == version and same_snapshot(
-                        found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags)):
-                    found = None
-            if found is not None and not retention_changes:  # the same snapshot again: nothing to write
-                return found
+                if found is not None and found.version == version and same_snapshot(
+                        found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags):
+                    return found
             if retention_changes:
                 retention = {**meta, "maxCount": keep}
                 if row.version > 0:  # what an earlier, lower keep hides stays hidden (keep only ever drops)
                     retention["truncateBefore"] = max(meta.get("truncateBefore") or 0, vis.min_version)
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(retention))
-            if found is not None:  # the same snapshot with a new `keep`: the retention changes, no second copy
-                return found
             result = _write_events(txn, row, [event])
             return Snapshot(source, version, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags,
                             txn.now, result.position)
@@ -984,7 +979,7 @@ def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes
 
 def _check_entries(txn: WriteTxn, appends: Sequence[StreamAppend]) -> None:
     """The checks of an append to several streams: no stream hard deleted, and every expected version as the
-    entries before it leave its stream (every failing one named)."""
+    entries before it leave its stream (every failing one named, with the version its stream has committed)."""
     failures = []
     ahead: dict[str, int] = {}  # events the entries checked so far add to each stream
     for entry in appends:
@@ -993,12 +988,15 @@ def _check_entries(txn: WriteTxn, appends: Sequence[StreamAppend]) -> None:
         if vis.deleted == "hard":
             raise StreamDeleted(f"stream {entry.stream!r} was hard deleted", stream=entry.stream)
         added = ahead.get(entry.stream, 0)
+        committed = row.version
         if added:  # as the entries before this one leave the stream: it exists
             row = StreamRow(entry.stream, row.version + added)
         try:
             check_expected_version(entry.stream, row, entry.expected, "no" if added else vis.deleted)
         except WrongExpectedVersion as exc:
-            failures.append(exc.details)
+            # the version the stream has, committed: what earlier entries of a refused request add never is
+            failures.append({**exc.details, "currentVersion": committed} if added else exc.details)
+            continue  # a failing entry adds nothing: the entries after it are checked without it
         ahead[entry.stream] = added + len(entry.events)
     if failures:
         first = failures[0]

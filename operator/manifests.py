@@ -234,6 +234,8 @@ def tokens_file_problem(text: str, *, admin: str) -> str | None:
         if len(parts) != 2 or parts[1] not in TOKEN_ROLES or len(parts[0]) < MIN_TOKEN_LENGTH:
             return (f"{TOKENS_FILE_KEY} line {number}: expected 'TOKEN ROLE' with a token of at least "
                     f"{MIN_TOKEN_LENGTH} characters and a role of {', '.join(TOKEN_ROLES)}")
+        if roles.get(parts[0], parts[1]) != parts[1]:
+            return f"{TOKENS_FILE_KEY} line {number}: a token of an earlier line again, with another role"
         roles[parts[0]] = parts[1]
     if roles.get(admin.strip()) != "admin":
         return f"the admin key's token is not an admin line of {TOKENS_FILE_KEY}"
@@ -332,9 +334,12 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "timeoutSeconds": 3, "failureThreshold": failures}
 
 
+NODE_CONTAINER = "evstore"
+
+
 def node_container(spec: StoreSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "evstore",
+        "name": NODE_CONTAINER,
         "image": spec.image,
         "command": ["evstore", "serve"],
         "args": [f"--api-tokens-file={TOKENS_FILE}"]
@@ -681,9 +686,10 @@ MUTABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "ServiceMonitor": ("spec",),
     "PrometheusRule": ("spec",),
 }
-# Fields the operator owns whole, with nothing the API server fills in: a key there that the operator
-# does not set is removed, whoever set it (a budget may carry minAvailable or maxUnavailable, never both).
-OWNED_WHOLE = frozenset({("PodDisruptionBudget", "spec"), ("ConfigMap", "data")})
+# Keys of fields the operator owns, with nothing the API server fills in: one there that the operator does not
+# set is removed, whoever set it (None: any key). A budget holds minAvailable or maxUnavailable, never both.
+OWNED_KEYS: dict[tuple[str, str], frozenset[str] | None] = {
+    ("PodDisruptionBudget", "spec"): frozenset({"minAvailable", "maxUnavailable"}), ("ConfigMap", "data"): None}
 # What the operator last applied of an object's mutable fields (as kubectl apply keeps
 # last-applied-configuration): a key it set then and no longer sets is removed, not left behind; keys the
 # API server or someone else added are left alone.
@@ -691,8 +697,10 @@ LAST_APPLIED_ANNOTATION = "evstore.io/last-applied"
 
 
 def last_applied(desired: Manifest) -> str:
-    """The text recorded in LAST_APPLIED_ANNOTATION for `desired`: its mutable fields."""
-    fields = {path: _get(desired, path) for path in MUTABLE_FIELDS.get(desired["kind"], ())}
+    """The text recorded in LAST_APPLIED_ANNOTATION for `desired`: its mutable fields (but those of OWNED_KEYS:
+    removals there need no record, and a dashboards ConfigMap's data would double the object)."""
+    fields = {path: _get(desired, path) for path in MUTABLE_FIELDS.get(desired["kind"], ())
+              if (desired["kind"], path) not in OWNED_KEYS}
     return json.dumps({k: v for k, v in fields.items() if v is not None}, sort_keys=True, separators=(",", ":"))
 
 
@@ -728,8 +736,8 @@ def foreign_owner(desired: Manifest, actual: Mapping[str, Any]) -> str | None:
 def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
     """A merge patch bringing `actual` to `desired` (metadata labels/owners + mutable fields), or None.
     A mutable field is patched when `actual` lacks some of it, when it differs from what the operator last
-    applied (LAST_APPLIED_ANNOTATION), or when it holds keys the operator set then or owns whole (OWNED_WHOLE)
-    and no longer sets: those get null, which removes them."""
+    applied (LAST_APPLIED_ANNOTATION), or when it holds keys the operator set then or owns (OWNED_KEYS) and no
+    longer sets: those get null, which removes them."""
     patch: dict[str, Any] = {}
     meta_patch: dict[str, Any] = {}
     desired_meta, actual_meta = desired["metadata"], actual.get("metadata", {})
@@ -744,7 +752,11 @@ def patch_for(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
         want, have = _get(desired, path), _get(actual, path)
         if want is None:
             continue
-        before = have if (desired["kind"], path) in OWNED_WHOLE else recorded.get(path)
+        if (desired["kind"], path) in OWNED_KEYS:
+            owned = OWNED_KEYS[desired["kind"], path]
+            before = {k: v for k, v in have.items() if owned is None or k in owned} if isinstance(have, Mapping) else {}
+        else:
+            before = recorded.get(path)
         removed = _removals(before, want, have)
         # a list the operator changed (containers without their resources) is replaced whole
         changed = path in recorded and recorded[path] != want

@@ -368,18 +368,23 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or ())
 
 
-# Why a container waits that no waiting cures (its image, or its configuration, is wrong)
-STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
-                           "CreateContainerConfigError", "CreateContainerError"})
+# Why a container that never started waits: its image, or its configuration, is wrong. (Not CrashLoopBackOff:
+# a node that ran and crashed once shows it for its back-off, and the kubelet restarts it.)
+NEVER_STARTED_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                                   "CreateContainerConfigError", "CreateContainerError"})
 
 
 def cannot_run(pod: Mapping[str, Any]) -> bool:
-    """True for a pod no scheduler can place or whose containers cannot start."""
+    """True for a pod that serves nothing and never did: no node can take it, or the node's container (or an init
+    container before it) cannot be created, and the node's container has never started."""
     pod_status = pod.get("status") or {}
     if any(c.get("type") == "PodScheduled" and c.get("status") == "False" for c in pod_status.get("conditions") or ()):
         return True
-    containers = [*(pod_status.get("initContainerStatuses") or ()), *(pod_status.get("containerStatuses") or ())]
-    return any(((c.get("state") or {}).get("waiting") or {}).get("reason") in STUCK_REASONS for c in containers)
+    node = [c for c in pod_status.get("containerStatuses") or () if c.get("name") == manifests.NODE_CONTAINER]
+    if any(c.get("restartCount") or (c.get("state") or {}).get("running") or c.get("lastState") for c in node):
+        return False
+    return any(((c.get("state") or {}).get("waiting") or {}).get("reason") in NEVER_STARTED_REASONS
+               for c in [*(pod_status.get("initContainerStatuses") or ()), *node])
 
 
 async def roll_one_pod(state: OperatorState, store: StoreSpec, sts: Mapping[str, Any],

@@ -203,6 +203,8 @@ def test_a_client_made_without_a_url_reads_evstore_url_and_evstore_token(shared_
     assert AsyncEvstoreClient().url == shared_node.url.rstrip("/")
     with EvstoreClient("http://127.0.0.1:1", token="given") as given:
         assert given.token == "given" and given.url == "http://127.0.0.1:1"  # what is given wins
+    with EvstoreClient("http://127.0.0.1:1") as elsewhere:
+        assert elsewhere.token is None  # the environment's token goes to the environment's node only
     monkeypatch.delenv("EVSTORE_URL")
     monkeypatch.delenv("EVSTORE_TOKEN")
     assert AsyncEvstoreClient().url == "http://127.0.0.1:7113" and AsyncEvstoreClient().token is None

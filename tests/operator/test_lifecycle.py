@@ -261,9 +261,17 @@ def test_only_a_pod_that_cannot_run_counts_as_stuck():
     catching_up = {"status": {"conditions": [{"type": "Ready", "status": "False"}],
                               "containerStatuses": [{"state": {"running": {}}}]}}
     unschedulable = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
-    crashing_init = {"status": {"initContainerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
-    assert not cannot_run(starting) and not cannot_run(catching_up) and not cannot_run({})
-    assert cannot_run(unschedulable) and cannot_run(crashing_init)
+    init_image = {"status": {"initContainerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}
+    # a node that ran and crashed (an OOM kill, a failed probe) waits out its back-off: the kubelet restarts it
+    crashed = {"status": {"containerStatuses": [{"name": "evstore", "restartCount": 1,
+                                                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
+    # a sidecar's trouble is not the node's: the node serves
+    sidecar = {"status": {"containerStatuses": [{"name": "evstore", "state": {"running": {}}},
+                                                {"name": "proxy", "state": {"waiting": {"reason": "ErrImagePull"}}}]}}
+    repulled = {"status": {"containerStatuses": [{"name": "evstore", "restartCount": 2,
+                                                  "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}
+    assert not any(map(cannot_run, (starting, catching_up, {}, crashed, sidecar, repulled)))
+    assert cannot_run(unschedulable) and cannot_run(init_image)
 
 
 async def test_invalid_spec_sets_failed_phase(k8s, operator):

@@ -57,9 +57,14 @@ def test_tokens_file(tmp_path):
         load_settings(["--api-tokens-file", str(tokens)], {})
     # one token on two lines: which role it has is a guess (the last line used to win, silently)
     tokens.write_text("admin-token-0123456789 admin\nadmin-token-0123456789 read\n")
-    with pytest.raises(ConfigError, match=":2: a token of an earlier line again") as refused:
+    with pytest.raises(ConfigError, match=":2: a token of an earlier line again, with another role") as refused:
         load_settings(["--api-tokens-file", str(tokens)], {})
     assert "admin-token-0123456789" not in str(refused.value)
+    tokens.write_text("admin-token-0123456789 admin\nadmin-token-0123456789 admin\n")  # the same line twice: fine
+    assert load_settings(["--api-tokens-file", str(tokens)], {}).api_tokens == {"admin-token-0123456789": "admin"}
+    from evstore.operator.manifests import tokens_file_problem  # the operator refuses what the node would
+    assert "line 2" in tokens_file_problem("admin-token-0123456789 admin\nadmin-token-0123456789 read\n",
+                                           admin="admin-token-0123456789")
 
 
 def test_node_refuses_to_start_with_a_clear_message(tmp_path):

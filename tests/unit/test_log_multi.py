@@ -78,7 +78,13 @@ async def test_a_stream_named_twice_gets_its_entries_in_order(log):
         ("a", 2, 3, 3), ("b", 1, 1, 4), ("a", 4, 4, 5)]
     with pytest.raises(WrongExpectedVersion) as caught:  # checked as the entries before leave the stream
         await log.append_many([StreamAppend("c", "no_stream", [ev()]), StreamAppend("c", "no_stream", [ev()])])
-    assert caught.value.details["failures"] == [{"stream": "c", "expectedVersion": "no_stream", "currentVersion": 1}]
+    # the 409 names the version the stream has committed (0), not the 1 an entry of the refused request would leave
+    assert caught.value.details["failures"] == [{"stream": "c", "expectedVersion": "no_stream", "currentVersion": 0}]
+    await log.append("d", "any", [ev(), ev()])
+    with pytest.raises(WrongExpectedVersion) as caught:  # a failing entry adds nothing to the checks after it
+        await log.append_many([StreamAppend("d", 5, [ev()]), StreamAppend("d", 2, [ev()]),
+                               StreamAppend("d", 3, [ev()])])
+    assert [(f["expectedVersion"], f["currentVersion"]) for f in caught.value.details["failures"]] == [(5, 2)]
     again = await log.append_many([StreamAppend("c", "no_stream", [ev()]), StreamAppend("c", "stream_exists", [ev()])])
     assert [r.version for r in again.results] == [1, 2]
 

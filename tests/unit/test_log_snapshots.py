@@ -73,18 +73,6 @@ async def test_keep_the_latest_k(log):
     assert [s.version for s in (await log.read_snapshots("k", limit=10))[0]] == [4, 5]
 
 
-async def test_an_identical_save_with_a_new_keep_changes_the_retention_only(log):
-    """It wrote a second copy of the snapshot, which then counted against the new keep and pushed out one
-    that should have stayed."""
-    for version in (3, 4, 5):
-        await log.save_snapshot("i", version, snap(b"%d" % version))
-    saved = await log.save_snapshot("i", 5, snap(b"5"))
-    again = await log.save_snapshot("i", 5, snap(b"5"), keep=2)
-    assert again.position == saved.position
-    page, _ = await log.read_snapshots("i", limit=10)
-    assert [(s.version, s.data) for s in page] == [(4, b"4"), (5, b"5")]
-
-
 async def test_delete_hides_every_snapshot_and_a_later_save_starts_afresh(log):
     await log.save_snapshot("d", 1, snap())
     await log.save_snapshot("d", 2, snap())
