@@ -91,6 +91,8 @@ OPTIONS = [
      "seconds an idle keep-alive connection stays open, default 75"),
     ("api_tokens_file", "--api-tokens-file", "EVSTORE_API_TOKENS_FILE", "file of 'TOKEN ROLE' lines; none = open"),
     ("cluster_secret", "--cluster-secret", "EVSTORE_CLUSTER_SECRET", "shared secret of the cluster's nodes"),
+    ("cluster_secret_file", "--cluster-secret-file", "EVSTORE_CLUSTER_SECRET_FILE",
+     "file holding the cluster secret (instead of --cluster-secret: kept out of the environment)"),
     ("etcd_endpoints", "--etcd-endpoints", "EVSTORE_ETCD_ENDPOINTS",
      "comma-separated etcd URLs (all http:// or all https://); none = single node"),
     ("etcd_ca_file", "--etcd-ca-file", "EVSTORE_ETCD_CA_FILE", "PEM CA bundle for https:// etcd endpoints"),
@@ -214,6 +216,13 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     if (secret := get("cluster_secret")) is not None:
         if len(secret) < 16:
             raise fail("cluster_secret", "must be at least 16 characters")
+        values["cluster_secret"] = secret
+    if (secret_file := get("cluster_secret_file")) is not None:
+        if secret is not None:
+            raise ConfigError(f"give {raw['cluster_secret'][1]} or {raw['cluster_secret_file'][1]}, not both")
+        secret = _read_secret_file(Path(secret_file), raw["cluster_secret_file"][1])
+        if len(secret) < 16:
+            raise fail("cluster_secret_file", "the secret in it must be at least 16 characters")
         values["cluster_secret"] = secret
     if (endpoints := csv("etcd_endpoints")) is not None:
         values["etcd_endpoints"] = endpoints

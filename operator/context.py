@@ -68,6 +68,7 @@ class OperatorState:
     kube: Kube | None = None
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)  # lasting, but not a spec error
+    rejections: dict[tuple[str, str], str] = field(default_factory=dict)  # a change the API server refused (4xx)
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     warned: set[tuple[str, str, str]] = field(default_factory=set)
     etcd_auth_done: set[tuple[str, str]] = field(default_factory=set)

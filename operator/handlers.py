@@ -6,17 +6,20 @@ puts the OperatorState into the memo, which kopf hands (as a shallow copy) to ev
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Mapping
 
 import kopf
 from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from evstore.operator import manifests, status
 from evstore.operator.context import OperatorDeps, OperatorState, measured
 from evstore.operator.kube import Kube
 from evstore.operator.reconcile import (REGENERATE_ANNOTATION, bootstrap_etcd_auth, ensure_children,
-                                        ensure_min_in_sync, expand_volumes, observe_cluster, roll_one_pod,
+                                        ensure_min_in_sync, expand_volumes, hand_over_before_scale_down,
+                                        observe_cluster, roll_one_pod,
                                         with_running_clustering, with_running_etcd_auth, with_running_store_id)
 from evstore.operator.spec import GROUP, PLURAL, VERSION, SpecError, parse_spec
 
@@ -105,6 +108,10 @@ async def reconcile(name: str, namespace: str, uid: str, body: Any, spec: Any, m
                 kopf.warn(body, reason="ScaleDownRefused", message=refusal)
                 patch.spec["replicas"] = running_replicas  # CloudNativePG-style: revert the request
                 return
+            if handed := await hand_over_before_scale_down(state, store, cluster, running_replicas, body):
+                # the next try sees the new leader (which may be leaving too, then it steps down in turn)
+                raise kopf.TemporaryError("the scale-down waits for the leader to be one of the pods that stay",
+                                          delay=SCALE_DOWN_RETRY if handed == "stepped-down" else REJECTED_RETRY)
             kopf.info(body, reason="ScalingDown",
                       message=f"Scaling down from {running_replicas} to {store.replicas} replicas")
         elif running_replicas and store.replicas > running_replicas:
@@ -117,6 +124,15 @@ async def reconcile(name: str, namespace: str, uid: str, body: Any, spec: Any, m
             _fail(state, key, body, patch, meta, str(exc))
             # A missing referenced Secret is usually created soon after the store: retry often.
             raise kopf.TemporaryError(str(exc), delay=10) from exc
+        except ApiException as exc:
+            if not rejected(exc):
+                raise
+            # the store runs on as it was; the status says why the new spec is not applied (refresh)
+            message = f"the API server refused to apply generation {meta.get('generation')}: {api_refusal(exc)}"
+            state.rejections[key] = message
+            kopf.warn(body, reason="ApplyRejected", message=message)
+            raise kopf.TemporaryError(message, delay=REJECTED_RETRY) from exc
+        state.rejections.pop(key, None)
         state.failures.pop(key, None)
         _clear_regenerate(meta, patch)
         state.track(namespace, name, state.phases.get(key) or status.PENDING)
@@ -184,9 +200,12 @@ async def refresh(name: str, namespace: str, uid: str, body: Any, spec: Any, met
                                                    sts=sts, cluster=cluster)
         if sts is not None:
             await roll_one_pod(state, store, sts, cluster, body)
-        observation = status.Observation(generation=generation, replicas=store.replicas,
+        # conditions say which generation they describe: the newest only once it was applied
+        described = generation if accepted or key in state.failures else int(old_status.get("observedGeneration") or 0)
+        observation = status.Observation(generation=described, replicas=store.replicas,
                                          required_in_sync=store.required_in_sync, sts=sts, cluster=cluster,
-                                         failure=state.failures.get(key), problem=state.problems.get(key),
+                                         failure=state.failures.get(key),
+                                         problem=state.rejections.get(key) or state.problems.get(key),
                                          min_in_sync=min_in_sync, scaling=state.scaling.get(key))
         new_status = status.status_patch(observation, old_status,
                                          deps.now(), manifests.label_selector(manifests.selector_labels(name)))
@@ -211,6 +230,25 @@ def build_registry(status_interval: float = 10.0) -> kopf.OperatorRegistry:
     kopf.on.delete(**RESOURCE, registry=registry)(delete)
     kopf.timer(**RESOURCE, interval=status_interval, registry=registry)(refresh)
     return registry
+
+
+SCALE_DOWN_RETRY = 2  # seconds: after the leader of a leaving pod stepped down (or refused to)
+REJECTED_RETRY = 10  # seconds: a refused change is tried again (the cause may be outside the spec: RBAC, a quota)
+
+
+def rejected(exc: ApiException) -> bool:
+    """A refusal a person must act on (invalid, forbidden, over a quota), not a race (409) or a missing kind (404)."""
+    return 400 <= (exc.status or 0) < 500 and exc.status not in (404, 409)
+
+
+def api_refusal(exc: ApiException) -> str:
+    """The API server's reason for refusing, on one line and bounded (a Status object's message)."""
+    try:
+        message = json.loads(exc.body or "{}").get("message") or exc.reason
+    except (ValueError, AttributeError):
+        message = exc.reason
+    text = " ".join(str(message or f"HTTP {exc.status}").split())
+    return text if len(text) <= 400 else text[:399] + "…"
 
 
 def _clear_regenerate(meta: Any, patch: Any) -> None:

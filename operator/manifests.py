@@ -25,6 +25,8 @@ ETCD_ROOT_KEY, ETCD_NODE_KEY, ETCD_JWT_KEY = "root-password", "node-password", "
 ETCD_PASSWORD_DIR = "/etc/evstore/etcd"
 ETCD_AUTH_DIR = "/etc/etcd-auth"
 TOKENS_FILE = f"{TOKENS_DIR}/{TOKENS_FILE_KEY}"
+CLUSTER_SECRET_DIR, CLUSTER_SECRET_FILE_NAME = "/etc/evstore/cluster", "secret"
+CLUSTER_SECRET_FILE = f"{CLUSTER_SECRET_DIR}/{CLUSTER_SECRET_FILE_NAME}"
 # minInSync reaches clustered nodes as a mounted ConfigMap file they re-read (see scaling.py): the
 # operator raises it after a scale-up without restarting a pod.
 MIN_IN_SYNC_KEY = "min-in-sync"
@@ -302,8 +304,8 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 
 def node_env(spec: StoreSpec) -> list[dict[str, Any]]:
-    """Per-pod settings (the shared ones come from the ConfigMap through envFrom)."""
-    ref = spec.secret_ref
+    """Per-pod settings (the shared ones come from the ConfigMap through envFrom; the cluster secret is a
+    mounted file, CLUSTER_SECRET_FILE, kept out of the environment)."""
     return [
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_IP", "status.podIP"),
@@ -311,8 +313,6 @@ def node_env(spec: StoreSpec) -> list[dict[str, Any]]:
         {"name": "EVSTORE_ADVERTISE_URL",
          "value": f"http://$(POD_NAME).{peers_service_name(spec.name)}.{spec.namespace}.svc:{NODE_PORT}"},
         {"name": "EVSTORE_DISCOVERY_INTERFACES", "value": "$(POD_IP)"},
-        {"name": "EVSTORE_CLUSTER_SECRET",
-         "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
     ]
 
 
@@ -342,7 +342,7 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "name": NODE_CONTAINER,
         "image": spec.image,
         "command": ["evstore", "serve"],
-        "args": [f"--api-tokens-file={TOKENS_FILE}"]
+        "args": [f"--api-tokens-file={TOKENS_FILE}", f"--cluster-secret-file={CLUSTER_SECRET_FILE}"]
                 + ([f"--min-in-sync-file={MIN_IN_SYNC_FILE}"] if spec.etcd_enabled else []),
         "envFrom": [{"configMapRef": {"name": configmap_name(spec.name)}}],
         "env": node_env(spec),
@@ -353,7 +353,8 @@ def node_container(spec: StoreSpec) -> dict[str, Any]:
         "livenessProbe": _probe("/health/live", 10, 6),
         "readinessProbe": _probe("/health/ready", 5, 3),
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True}]
+                         {"name": "api-tokens", "mountPath": TOKENS_DIR, "readOnly": True},
+                         {"name": "cluster-secret", "mountPath": CLUSTER_SECRET_DIR, "readOnly": True}]
                         + ([{"name": "etcd-password", "mountPath": ETCD_PASSWORD_DIR, "readOnly": True}]
                            if spec.etcd_auth else [])
                         + ([{"name": "in-sync", "mountPath": IN_SYNC_DIR, "readOnly": True}]
@@ -392,7 +393,10 @@ def statefulset(spec: StoreSpec, *, secrets: str = "", replicas: int | None = No
         "volumes": [{"name": "tmp", "emptyDir": {}},
                     # Only the tokens file: the per-role keys are for applications and the operator.
                     {"name": "api-tokens", "secret": {"secretName": spec.tokens_secret, "defaultMode": 0o440,
-                                                      "items": [{"key": TOKENS_FILE_KEY, "path": TOKENS_FILE_KEY}]}}],
+                                                      "items": [{"key": TOKENS_FILE_KEY, "path": TOKENS_FILE_KEY}]}},
+                    {"name": "cluster-secret", "secret": {
+                        "secretName": spec.secret_ref.name, "defaultMode": 0o440,
+                        "items": [{"key": spec.secret_ref.key, "path": CLUSTER_SECRET_FILE_NAME}]}}],
         "enableServiceLinks": False,
     }
     if spec.etcd_auth:

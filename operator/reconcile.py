@@ -368,6 +368,25 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or ())
 
 
+async def hand_over_before_scale_down(state: OperatorState, store: StoreSpec, cluster: status.ClusterView,
+                                      running: int, body: Any) -> str | None:
+    """Before a scale-down removes the leader's pod (a StatefulSet removes the highest ordinals), ask it to step
+    down, as before its restart in a roll (CloudNativePG never removes its primary either). What was done:
+    "stepped-down" or "blocked" (the scale-down waits for the next try), None when the leader stays."""
+    leaving = {manifests.pod_name(store.name, i) for i in range(store.replicas, running)}
+    if cluster.leader is None or cluster.leader not in leaving:
+        return None
+    code = await state.deps.post(state.deps.step_down_url(store.name, store.namespace, cluster.leader),
+                                 await admin_token(state, store))
+    if code >= 300:
+        kopf.warn(body, reason="SwitchoverBlocked",
+                  message=f"leader {cluster.leader} is among the pods the scale-down removes and refused to step "
+                          f"down (HTTP {code}); the scale-down waits and tries again")
+        return "blocked"
+    kopf.info(body, reason="SwitchedOver", message=f"Leader {cluster.leader} stepped down: the scale-down removes it")
+    return "stepped-down"
+
+
 # Why a container that never started waits: its image, or its configuration, is wrong. (Not CrashLoopBackOff:
 # a node that ran and crashed once shows it for its back-off, and the kubelet restarts it.)
 NEVER_STARTED_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",

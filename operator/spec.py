@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from evstore.operator.quantity import parse_quantity
+
 GROUP = "evstore.io"
 VERSION = "v1alpha1"
 PLURAL = "eventstores"
@@ -203,6 +205,12 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         tokens_secret = str(tokens_ref["name"])
 
     pod = spec.get("podMetadata") or {}
+    # what the API server would refuse in the pods' template is refused here, where the message is clear
+    for field_name, resources in (("spec.resources", spec.get("resources")), ("spec.etcd.resources",
+                                                                              etcd.get("resources"))):
+        _check_resources(resources or {}, field_name)
+    _check_quantity(storage.get("size") or DEFAULT_STORAGE_SIZE, "spec.storage.size")
+    _check_labels(pod.get("labels") or {}, "spec.podMetadata.labels")
     return StoreSpec(
         name=name,
         namespace=namespace,
@@ -236,6 +244,34 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         dashboards=bool(monitoring.get("dashboards", False)),
         log_level=log_level,
     )
+
+
+# a label value: up to 63 characters of alphanumerics, '-', '_' and '.', starting and ending alphanumeric (or empty)
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _check_quantity(value: Any, field_name: str) -> None:
+    try:
+        parse_quantity(value)
+    except ValueError:
+        raise SpecError(f"{field_name} must be a Kubernetes quantity (e.g. 500m, 1Gi), got {value!r}") from None
+
+
+def _check_resources(resources: Mapping[str, Any], field_name: str) -> None:
+    for kind in ("requests", "limits"):
+        for resource, value in (resources.get(kind) or {}).items():
+            _check_quantity(value, f"{field_name}.{kind}.{resource}")
+
+
+def _check_labels(labels: Mapping[str, Any], field_name: str) -> None:
+    for key, value in labels.items():
+        if not (isinstance(key, str) and _LABEL_NAME.match(key) and len(key.rsplit("/", 1)[0]) <= 253):
+            raise SpecError(f"{field_name}: {key!r} is not a valid label name")
+        if not (isinstance(value, str) and _LABEL_VALUE.match(value)):
+            raise SpecError(f"{field_name}.{key} must be a label value (at most 63 letters, digits, '-', '_' or "
+                            f"'.', starting and ending with a letter or digit), got {value!r}")
 
 
 def _int(value: Any, field_name: str) -> int:

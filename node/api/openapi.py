@@ -122,8 +122,15 @@ def writable_stream_schema() -> Schema:
     return schema
 
 
+def readable_stream_schema() -> Schema:
+    """A stream name to read: also a metadata stream, `$$` and a name of up to 512 bytes."""
+    metadata_stream = text(v.MAX_SYSTEM_STREAM_NAME_BYTES)
+    metadata_stream["pattern"] = f"^\\$\\${NO_CONTROL}+$"
+    return {"anyOf": [text(v.MAX_STREAM_NAME_BYTES), metadata_stream]}
+
+
 def stream_param(writing: bool) -> dict:
-    schema = writable_stream_schema() if writing else text(v.MAX_STREAM_NAME_BYTES)
+    schema = writable_stream_schema() if writing else readable_stream_schema()
     description = STREAM_DESCRIPTION
     if writing:
         description += " Names starting with `$` are system streams and cannot be written (400 reserved_stream)."
@@ -633,8 +640,8 @@ def paths() -> dict:
                 body=ref("MultiAppendRequest")),
             "get": operation("listStreams", "Streams in name order", "streams", {
                 "200": ok("A page of streams", ref("StreamList")), **errors(400, 503)},
-                parameters=[query("prefix", text_filter, "only names starting with this"),
-                            query("after", text_filter, "only names after this one (the `next` cursor)"),
+                parameters=[query("prefix", readable_stream_schema(), "only names starting with this"),
+                            query("after", readable_stream_schema(), "only names after this one (the `next` cursor)"),
                             query("limit", integer(1, v.MAX_LIST_LIMIT, default=v.DEFAULT_READ_LIMIT),
                                   "most streams in the reply"), consistency_param()]),
         },

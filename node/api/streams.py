@@ -96,7 +96,8 @@ async def stream_info(request: web.Request) -> web.Response:
                           "updated": rfc3339(info.updated), "deleted": info.deleted, "metadata": info.metadata})
 
 
-LIST_PARAMS = {"prefix": v.text_param(), "after": v.text_param(), "limit": v.int_param(1, v.MAX_LIST_LIMIT),
+# a listing's `next` may be a metadata stream's name (`$$` and a name of 512 bytes): taken back as `after`
+LIST_PARAMS = {"prefix": v.stream_name_param, "after": v.stream_name_param, "limit": v.int_param(1, v.MAX_LIST_LIMIT),
                **CONSISTENCY}
 
 

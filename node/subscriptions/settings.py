@@ -154,7 +154,11 @@ def _filter(value: Any) -> Filter:
                        ("streamPattern", MAX_STREAM_BYTES)):
         if key in value:
             optional[key] = _text(value[key], f"filter.{key}", limit, max_bytes=key != "typePrefix")
-    return Filter(tuple(dict.fromkeys(parsed_types)), optional.get("typePrefix"), optional.get("streamPrefix"),
+            if key != "typePrefix" and optional[key].startswith("$"):  # it would match nothing, for ever
+                raise InvalidRequest("system streams ($...) cannot be subscribed to persistently",
+                                     field=f"filter.{key}")
+    # a set of types (matched as OR): the same set in another order is the same filter
+    return Filter(tuple(sorted(set(parsed_types))), optional.get("typePrefix"), optional.get("streamPrefix"),
                   optional.get("streamPattern"))
 
 

@@ -363,6 +363,7 @@ def test_deeply_nested_json_is_a_400_with_field(node, path, method, body, field)
         assert reply.json()["field"] == field
     else:
         assert reply.json()["field"] in ("body", "custom") or reply.json()["field"].startswith("events[0]")
+    assert reply.json()["maxDepth"] == 128 and "nested more than 128 levels" in reply.json()["message"], reply.body
     assert state(node) == before
 
 

@@ -115,7 +115,9 @@ def test_document_limits_match_the_parser(node):
     assert schemas["NewEvent"]["properties"]["type"]["maxLength"] == v.MAX_TYPE_CHARS
     read = {p["name"]: p for p in doc["paths"]["/v1/streams/{stream}"]["get"]["parameters"]}
     assert read["limit"]["schema"]["maximum"] == v.MAX_READ_LIMIT
-    assert read["stream"]["schema"]["maxLength"] == v.MAX_STREAM_NAME_BYTES
+    names, metadata_streams = read["stream"]["schema"]["anyOf"]  # a name, or a metadata stream `$$<name>`
+    assert (names["maxLength"], metadata_streams["maxLength"]) == (v.MAX_STREAM_NAME_BYTES,
+                                                                   v.MAX_SYSTEM_STREAM_NAME_BYTES)
     all_params = {p["name"]: p for p in doc["paths"]["/v1/all"]["get"]["parameters"]}
     assert (all_params["type"]["style"], all_params["type"]["explode"]) == ("form", True)
     assert doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}

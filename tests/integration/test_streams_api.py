@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -263,6 +264,21 @@ async def test_new_metadata_keeps_what_a_soft_delete_hid(http):
                                                                   "events": [{"type": "E"}]}))[0] == 200
     assert (await call(http, "DELETE", "/v1/streams/gone-2"))[0] == 204
     assert (await call(http, "GET", "/v1/streams/gone-2/info"))[1]["deleted"] == "soft"
+
+
+async def test_the_metadata_stream_of_a_longest_name_can_be_read_and_listed_past(http):
+    """`$$` and a name of 512 bytes is 514 bytes: reading it was a 400, and a listing handed it out as `next`,
+    then refused it back as `after`, so paging stopped there."""
+    name = "L" * 512
+    assert (await call(http, "POST", f"/v1/streams/{name}", json={"events": [{"type": "A"}]}))[0] == 200
+    assert (await call(http, "PUT", f"/v1/streams/{name}/metadata", json={"maxCount": 5}))[0] == 200
+    status, page = await call(http, "GET", f"/v1/streams/%24%24{name}")
+    assert status == 200 and [e["type"] for e in page["events"]] == ["$metadata"]
+    status, listed = await call(http, "GET", "/v1/streams?prefix=%24%24L&limit=1")
+    assert status == 200 and listed["streams"][0]["stream"] == "$$" + name
+    status, after = await call(http, "GET", f"/v1/streams?prefix=%24%24L&limit=1&after={quote('$$' + name)}")
+    assert (status, after["streams"]) == (200, []), after  # the name a listing gives as `next` is taken back
+    assert (await call(http, "POST", f"/v1/streams/{'L' * 513}", json={"events": [{"type": "A"}]}))[0] == 400
 
 
 async def test_writes_refuse_query_parameters_they_would_ignore(http):

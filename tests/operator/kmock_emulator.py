@@ -20,6 +20,7 @@ What the API server does and kmock does not, simulated here:
   returns it (the operator must read `data`, as against a real cluster).
 - Optimistic concurrency: an update carrying metadata.resourceVersion that is not the stored one
   answers 409 Conflict (kmock 0.8 applies it).
+- StatefulSets: a toleration's operator is Exists or Equal (one of the pod template's checks; 422).
 - PodDisruptionBudgets: minAvailable and maxUnavailable cannot both be set (checked on the object as a
   merge patch would leave it: 422, as the server's validation answers).
 - Quantities: the server stores resource quantities (under `requests`/`limits`) in canonical form
@@ -124,6 +125,8 @@ class K8sEmulator(kmock.KubernetesEmulator):
                 request.data["spec"] = _canonicalise(request.data["spec"])
             if request.resource.plural == "poddisruptionbudgets":
                 self._check_budget(request)
+            if request.resource.plural == "statefulsets":
+                self._check_tolerations(request)
             md = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
                 if request.namespace and not md.get("namespace"):
@@ -171,6 +174,18 @@ class K8sEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=422, reason="Invalid",
                                         message="spec: Invalid value: minAvailable and maxUnavailable cannot be "
                                                 "both set")
+
+    @staticmethod
+    def _check_tolerations(request: kmock.Request) -> None:
+        """One of the API server's pod template checks the CRD cannot make (its scheduling blocks are free-form):
+        a toleration's operator is Exists or Equal."""
+        template = ((request.data.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for i, toleration in enumerate(template.get("tolerations") or ()):
+            if toleration.get("operator", "Equal") not in ("Exists", "Equal"):
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid",
+                    message=f'StatefulSet.apps is invalid: spec.template.spec.tolerations[{i}].operator: '
+                            f'Unsupported value: "{toleration["operator"]}": supported values: "Equal", "Exists"')
 
     async def _serve_watch(self, request: kmock.Request) -> Any:
         # kmock 0.8 subscribes to the event bus only after replaying the existing objects, so a change

@@ -49,9 +49,9 @@ async def test_create_makes_every_child_with_owner_references(k8s, operator):
     assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-    env = {e["name"]: e for e in container["env"]}
-    assert env["EVSTORE_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "orders-cluster-secret",
-                                                                         "key": "secret"}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["cluster-secret"]["secret"]["secretName"] == "orders-cluster-secret"
+    assert volumes["cluster-secret"]["secret"]["items"] == [{"key": "secret", "path": "secret"}]
     config = get_object(k8s, "v1/configmaps", "orders-config")["data"]
     assert config["EVSTORE_ETCD_ENDPOINTS"].split(",")[0] == "http://orders-etcd-0.orders-etcd.default.svc:2379"
     assert secret_values(get_object(k8s, "v1/secrets", "orders-cluster-secret")) == {
@@ -182,6 +182,28 @@ async def test_scale_down_that_removes_in_sync_pods_is_reverted_then_allowed(k8s
     assert evs(k8s)["spec"]["replicas"] == 3
 
 
+async def test_a_scale_down_that_removes_the_leader_hands_leadership_over_first(k8s, operator, nodes):
+    """The StatefulSet removes the highest ordinals: with orders-2 leading, 3 -> 2 stopped the leader with no
+    step-down (its writes in flight failed, and the others waited out its lease)."""
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=2, replicas=3)
+    await simulate_statefulset_ready(k8s, "orders")
+    nodes.step_down_status = 409  # no follower caught up: the scale-down waits, the leader keeps its pod
+
+    await patch_evs(k8s, "orders", {"spec": {"replicas": 2}})
+    blocked = await eventually(lambda: events(k8s, "orders", "SwitchoverBlocked"), what="SwitchoverBlocked")
+    assert "orders-2" in blocked[0]["message"] and nodes.step_downs[0] == "orders-2"
+    assert get_object(k8s, STS, "orders")["spec"]["replicas"] == 3
+
+    nodes.step_down_status = 200
+    nodes.on_step_down = lambda pod: nodes.set_cluster("orders", leader_ordinal=0, replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 2, timeout=30,
+                     what="scaled to 2 after the step-down")
+    assert nodes.step_downs[-1] == "orders-2"
+    assert events(k8s, "orders", "SwitchedOver")
+
+
 def _pod(name: str, revision: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NAMESPACE,
@@ -252,6 +274,36 @@ async def test_a_pod_stuck_on_a_bad_image_is_restarted_once_the_image_is_fixed(k
     assert get_object(k8s, "v1/pods", "orders-0") is not None and get_object(k8s, "v1/pods", "orders-1") is not None
     restarted = await eventually(lambda: events(k8s, "orders", "RestartingStuckPod"), what="RestartingStuckPod")
     assert "orders-2" in restarted[0]["message"]
+
+
+async def test_a_change_the_api_server_refuses_is_in_the_status_and_not_claimed_applied(k8s, operator, nodes):
+    """A refused patch (422) left observedGeneration behind while the status timer stamped Ready with the new
+    generation: `kubectl wait --for=condition=Ready` returned at once, and nothing in the status said why."""
+    await create_evs(k8s, "orders", replicas=3)
+    await eventually(lambda: get_object(k8s, STS, "orders"), what="statefulset")
+    nodes.set_cluster("orders", leader_ordinal=0, replicas=3)
+    await simulate_statefulset_ready(k8s, "orders")
+    await eventually(lambda: evs(k8s)["status"].get("phase") == "Ready", what="phase Ready")
+
+    await patch_evs(k8s, "orders", {"spec": {"scheduling": {"tolerations": [{"key": "pool", "operator": "Bogus"}]}}})
+    refused = await eventually(lambda: events(k8s, "orders", "ApplyRejected"), what="ApplyRejected")
+    assert refused[0]["type"] == "Warning" and "tolerations[0].operator" in refused[0]["message"]
+
+    def degraded() -> dict | None:
+        store = evs(k8s)
+        return store if store["status"].get("phase") == "Degraded" else None
+    store = await eventually(degraded, what="phase Degraded")
+    assert "refused to apply generation 2" in store["status"]["message"]
+    assert store["metadata"]["generation"] == 2 and store["status"]["observedGeneration"] == 1
+    assert {c["type"]: c["observedGeneration"] for c in store["status"]["conditions"]} == {
+        "Ready": 1, "Progressing": 1, "Degraded": 1}  # they describe what runs, not the refused spec
+
+    await patch_evs(k8s, "orders", {"spec": {"scheduling": {"tolerations": []}}})  # fixed: applied, Ready again
+    await eventually(lambda: evs(k8s)["status"].get("observedGeneration") == 3, timeout=30,  # within a retry
+                     what="generation 3 applied")
+    await simulate_statefulset_ready(k8s, "orders")
+    await eventually(lambda: evs(k8s)["status"].get("phase") == "Ready" and all(
+        c["observedGeneration"] == 3 for c in evs(k8s)["status"]["conditions"]), what="Ready at generation 3")
 
 
 def test_only_a_pod_that_cannot_run_counts_as_stuck():

@@ -130,7 +130,7 @@ def test_a_too_short_cluster_secret_is_refused_without_being_echoed(node_factory
     code = node.wait_exit(timeout=20)
     assert code not in (None, 0)
     log = node.log()
-    assert "EVSTORE_CLUSTER_SECRET" in log and "at least 16 characters" in log
+    assert "--cluster-secret-file" in log and "at least 16 characters" in log
     assert "tooshort-s3cr3t" not in log
 
 

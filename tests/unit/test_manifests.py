@@ -100,7 +100,14 @@ def test_statefulset_runs_the_node_with_the_contracted_settings():
     assert env["EVSTORE_ADVERTISE_URL"]["value"] == "http://$(POD_NAME).orders-peers.shop.svc:7113"
     assert env["EVSTORE_DISCOVERY_INTERFACES"]["value"] == "$(POD_IP)"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert env["EVSTORE_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "token"}
+    # the cluster secret is a mounted file, not an environment variable (/proc/PID/environ, `kubectl exec env`)
+    assert "EVSTORE_CLUSTER_SECRET" not in env
+    assert "--cluster-secret-file=/etc/evstore/cluster/secret" in container["args"]
+    mount = {"name": "cluster-secret", "mountPath": "/etc/evstore/cluster", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    assert next(v for v in pod["volumes"] if v["name"] == "cluster-secret")["secret"] == {
+        "secretName": "mine", "defaultMode": 0o440, "items": [{"key": "token", "path": "secret"}]}
+    assert not any("secretKeyRef" in str(e) for e in container["env"])
     # $(VAR) expansion only sees variables defined earlier in the list.
     names = [e["name"] for e in container["env"]]
     assert names.index("POD_NAME") < names.index("EVSTORE_ADVERTISE_URL")
@@ -122,6 +129,7 @@ def test_pods_read_their_api_tokens_from_the_tokens_secret():
     pod = m.statefulset(store())["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == ["--api-tokens-file=/etc/evstore/api-tokens/api-tokens",
+                                 "--cluster-secret-file=/etc/evstore/cluster/secret",
                                  "--min-in-sync-file=/etc/evstore/in-sync/min-in-sync"]
     assert {"name": "api-tokens", "mountPath": "/etc/evstore/api-tokens", "readOnly": True} in container["volumeMounts"]
     volume = next(v for v in pod["volumes"] if v["name"] == "api-tokens")
@@ -309,6 +317,12 @@ def test_patch_for_touches_only_what_differs_and_may_change():
     ("orders", {"replicas": 3, "etcd": {"managed": False}}, "needs etcd"),
     ("orders", {"etcd": {"managed": True, "endpoints": ["http://e:2379"]}}, "not both"),
     ("orders", {"replicas": 3, "durability": {"minInSync": 4}}, "minInSync"),
+    # what the API server would refuse in the pod template (422, and the reconcile would fail for good)
+    ("orders", {"resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits.memory must be a Kubernetes"),
+    ("orders", {"etcd": {"resources": {"requests": {"cpu": "fast"}}}}, "spec.etcd.resources.requests.cpu"),
+    ("orders", {"storage": {"size": "big"}}, "spec.storage.size"),
+    ("orders", {"podMetadata": {"labels": {"team": "a b"}}}, "spec.podMetadata.labels.team must be a label value"),
+    ("orders", {"podMetadata": {"labels": {"bad key!": "x"}}}, "not a valid label name"),
     ("orders", {"durability": {"mode": "async"}}, "durability.mode"),
     ("orders-etcd", {}, "children of the store 'orders'"),
     ("orders-peers", {}, "children of the store 'orders'"),

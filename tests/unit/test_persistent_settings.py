@@ -30,6 +30,8 @@ def test_defaults_are_the_contracts():
     assert (settings.start_from, settings.buffer_size, settings.ack_timeout, settings.max_retries,
             settings.concurrency_limit, settings.partition_by) == ("end", 10, 30.0, 10, 1, "none")
     assert parse_settings({"filter": {"type": ["A", "A"]}}).filter == Filter(types=("A",))
+    # a set of types: the same set in another order is the same subscription (an identical create again)
+    assert parse_settings({"filter": {"type": ["B", "A"]}}) == parse_settings({"filter": {"type": ["A", "B", "A"]}})
 
 
 def test_patch_changes_tunables_only():
@@ -52,6 +54,9 @@ def test_patch_changes_tunables_only():
     ({"filter": {"type": "A"}}, "filter.type"),
     ({"filter": {"streamPrefix": None}}, "filter.streamPrefix"),
     ({"filter": {"streamPattern": "a\x00"}}, "filter.streamPattern"),
+    # $-streams are never delivered to a filter subscription: one naming them would wait for ever
+    ({"filter": {"streamPrefix": "$snapshot-"}}, "filter.streamPrefix"),
+    ({"filter": {"streamPattern": "$sub-*"}}, "filter.streamPattern"),
     ({"stream": "s", "filter": {}}, "stream"),
     ([], "body"),
 ])
