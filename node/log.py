@@ -18,8 +18,8 @@ from ..ids import uuid7_bytes
 from .errors import (CorruptRecord, DuplicateEventId, InvalidRequest, LogError, NotLeader, SnapshotNotFound,
                      StreamDeleted, StreamNotFound, Unavailable, WrongExpectedVersion)
 from .position import WatchedPosition
-from .snapshots import (SNAPSHOT_PREFIX, Snapshot, newest_at_or_below, same_snapshot, snapshot_stream,
-                        snapshots_between, stored_metadata)
+from .snapshots import (SNAPSHOT_PREFIX, Snapshot, kept_window, newest_at_or_below, same_snapshot,
+                        snapshot_stream, snapshots_between, stored_metadata)
 from .readahead import MAX_PAGE_BYTES as READ_AHEAD_MAX_PAGE_BYTES, AheadPage, PageBasis, ReadAhead
 from .storage import (DATA_BINARY, AllFilter, Page, Record, ScavengedRecord, Storage, StreamRow, WriteTxn,
                       checked_batches, now_micros, page_taker, read_all as read_all_page, removal_count, row_accounts,
@@ -36,6 +36,9 @@ TOMBSTONE_TYPE = "$tombstone"
 SCAVENGES_STREAM, SCAVENGE_TYPE = "$scavenges", "$scavenge"  # a cluster's scavenges are entries of the log
 # in the metadata a soft delete writes: it, not a truncateBefore past the end alone, makes a stream deleted
 SOFT_DELETED = "$softDeleted"
+# a snapshot stream's `keep` (the snapshots saved last it keeps), beside the maxCount that spans them (see
+# _fit_kept_window); a stream from before it has maxCount alone, equal to its keep
+KEEP_KEY = "keep"
 COMMITTED_POSITION_WAIT = 2.0  # how long a read waits for a restarted node to learn the committed position (503 after)
 TRIM_EVERY = 1.0  # seconds between trims of system streams (see Log.trim_system_streams)
 ALL_SCAN_WINDOW = 32768  # positions (or index entries) a filtered $all read examines before it answers with a cursor
@@ -441,7 +444,10 @@ class Log:
             row = txn.stream_row(stream) or StreamRow(stream)
             vis = visibility(row, txn.now)
             meta = metadata_as_stored(row)
-            retention_changes = keep is not None and meta.get("maxCount") != keep
+            kept = meta.get(KEEP_KEY, meta.get("maxCount")) if meta.get("maxCount") else None
+            retention_changes = keep is not None and kept != keep
+            if keep is not None or kept:
+                txn.conn  # noqa: B018 - the op's SQL starts before its writes, so _fit_kept_window may query after them
             if row.version > 0 and vis.deleted == "no" and not retention_changes:
                 found = newest_at_or_below(txn.conn, stream, min_event_version=vis.min_version, max_version=version,
                                            visible=None)
@@ -449,11 +455,13 @@ class Log:
                         found, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags):
                     return found
             if retention_changes:
-                retention = {**meta, "maxCount": keep}
+                retention = {**meta, "maxCount": keep, KEEP_KEY: keep}
                 if row.version > 0:  # what an earlier, lower keep hides stays hidden (keep only ever drops)
                     retention["truncateBefore"] = max(meta.get("truncateBefore") or 0, vis.min_version)
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(retention))
             result = _write_events(txn, row, [event])
+            if keep is not None or kept:
+                _fit_kept_window(txn, stream, keep if keep is not None else kept)
             return Snapshot(source, version, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags,
                             txn.now, result.position)
 
@@ -472,7 +480,9 @@ class Log:
             vis = visibility(row, txn.now)
             if vis.deleted != "no":
                 return
-            meta = dict(vis.metadata, truncateBefore=row.version + 1, **{SOFT_DELETED: True})
+            # a later save starts afresh: its retention too
+            meta = {key: value for key, value in vis.metadata.items() if key not in ("maxCount", KEEP_KEY)}
+            meta.update(truncateBefore=row.version + 1, **{SOFT_DELETED: True})
             _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(meta))
 
         await self._write(op, streams=(stream,))
@@ -975,6 +985,19 @@ def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes
     event = NewEvent(uuid7_bytes()[0], event_type, data, b"{}", given_id=False)
     seal_payloads(stream, [event])
     _write_events(txn, row, [event])
+
+
+def _fit_kept_window(txn: WriteTxn, stream: str, keep: int) -> None:
+    """After a save to a snapshot stream with a `keep`: its maxCount spans the `keep` versions saved last, so a
+    snapshot saved again at its version (its earlier event stays in the stream) does not push another one out."""
+    row = txn.stream_row(stream)
+    if row is None or row.version <= keep:
+        return
+    meta = metadata_as_stored(row)
+    window = kept_window(txn.conn, stream, version=row.version, floor=meta.get("truncateBefore") or 0, keep=keep)
+    if window != meta.get("maxCount"):
+        _write_system_event(txn, metadata_stream(stream), METADATA_TYPE,
+                            orjson.dumps({**meta, "maxCount": window, KEEP_KEY: keep}))
 
 
 def _check_entries(txn: WriteTxn, appends: Sequence[StreamAppend]) -> None:

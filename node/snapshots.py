@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .storage import (DATA_BINARY, METADATA_BINARY, Record, snapshot_record_at_or_below,
-                      snapshot_records_between)
+                      snapshot_records_between, snapshot_window_start)
 
 SNAPSHOT_PREFIX = "$snapshot-"
 
@@ -71,6 +71,14 @@ def newest_at_or_below(conn: sqlite3.Connection, stream: str, *, min_event_versi
     record = snapshot_record_at_or_below(conn, stream, min_event_version=min_event_version, max_version=max_version,
                                          through=visible)
     return snapshot_from_record(record) if record is not None else None
+
+
+def kept_window(conn: sqlite3.Connection, stream: str, *, version: int, floor: int, keep: int) -> int:
+    """How many of the last events of the snapshot stream (at `version`, none below `floor` visible) hold the
+    `keep` snapshot versions saved last (its maxCount): `keep`, and one more for each earlier event of a version
+    saved again since (a replaced snapshot is not one of those kept)."""
+    start = snapshot_window_start(conn, stream, min_event_version=max(1, floor), keep=keep)
+    return max(keep, version - (start if start is not None else max(1, floor)) + 1)
 
 
 def snapshots_between(conn: sqlite3.Connection, stream: str, *, min_event_version: int, min_version: int,

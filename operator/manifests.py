@@ -37,9 +37,12 @@ MIN_IN_SYNC_FILE = f"{IN_SYNC_DIR}/{MIN_IN_SYNC_KEY}"
 CLIENT_LABEL = "evstore.io/client"
 # The chart's operator pods carry these labels (charts/evstore-operator/templates/_helpers.tpl).
 OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "operator", "app.kubernetes.io/part-of": "evstore"}
-# Prometheus pods, in any namespace, scrape /metrics (kube-prometheus-stack labels its pods so).
-PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 STARTUP_SECONDS, STARTUP_PROBE_PERIOD = 3600, 5
+# The managed etcd's backend quota stays well below its volume, which also holds its WAL (up to 5 x 64 MB) and
+# snapshots: at the quota etcd raises its NOSPACE alarm and refuses writes in order, instead of every member
+# failing on a full disk at once. The evstore keys (leader, members, ISR) take kilobytes.
+ETCD_VOLUME_SIZE = "1Gi"
+ETCD_QUOTA_BYTES = 512 * 2 ** 20
 # A stopping node gives requests in flight up to node.app.SHUTDOWN_SECONDS, then closes its log (checkpoint,
 # leadership resigned): the kubelet's SIGKILL must come after both.
 TERMINATION_GRACE_SECONDS = 30
@@ -524,8 +527,8 @@ def _peer(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | N
 
 def network_policy(spec: StoreSpec) -> Manifest:
     """Who may connect to the store's pods: its own pods (replication), the operator, pods labelled
-    `evstore.io/client: <store>` in the namespace, and Prometheus from any namespace (metrics share the
-    API port, so the API behind it still needs a token)."""
+    `evstore.io/client: <store>` in the namespace, and Prometheus (the pods and namespaces the operator's chart
+    names; any namespace by default. Metrics share the API port, so the API behind it still needs a token)."""
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": _metadata(spec, network_policy_name(spec.name)),
@@ -534,7 +537,8 @@ def network_policy(spec: StoreSpec) -> Manifest:
             "policyTypes": ["Ingress"],
             "ingress": [{
                 "from": [_peer(selector_labels(spec.name)), _peer(OPERATOR_POD_LABELS),
-                         _peer({CLIENT_LABEL: spec.name}), _peer(PROMETHEUS_POD_LABELS, {})],
+                         _peer({CLIENT_LABEL: spec.name}),
+                         _peer(spec.prometheus_pod_labels, spec.prometheus_namespace_labels)],
                 "ports": [{"protocol": "TCP", "port": NODE_PORT}],
             }],
         },
@@ -572,7 +576,7 @@ def etcd_args(spec: StoreSpec) -> list[str]:
         # grows until the backend quota stops every write.
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=1h",
-        "--quota-backend-bytes=2147483648",
+        f"--quota-backend-bytes={ETCD_QUOTA_BYTES}",
     ] + ([
         # Signed tokens (the default "simple" ones are guessable); the key comes from the Secret.
         f"--auth-token=jwt,priv-key={ETCD_AUTH_DIR}/jwt.key,sign-method=HS256,ttl=10m",
@@ -625,7 +629,7 @@ def etcd_statefulset(spec: StoreSpec) -> Manifest:
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             "template": {"metadata": {"labels": labels(spec.name, ETCD_COMPONENT)}, "spec": pod_spec},
-            "volumeClaimTemplates": [_pvc_template(spec, "etcd-data", ETCD_COMPONENT, "1Gi")],
+            "volumeClaimTemplates": [_pvc_template(spec, "etcd-data", ETCD_COMPONENT, ETCD_VOLUME_SIZE)],
         },
     }
 

@@ -6,6 +6,7 @@ rules a schema cannot express (derived defaults such as `etcd.managed`, name len
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ TOKENS_FILE_KEY = "api-tokens"
 DEFAULT_IMAGE = "ghcr.io/evstore/evstore:0.1.0"
 DEFAULT_ETCD_IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"
 DEFAULT_STORAGE_SIZE = "1Gi"
+# kube-prometheus-stack labels its Prometheus pods so
+DEFAULT_PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 DEFAULT_ETCD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 DURABILITY_MODES = ("sync", "interval")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -94,6 +97,9 @@ class StoreSpec:
     service_monitor: bool = False
     dashboards: bool = False
     log_level: str = "info"
+    # who may scrape /metrics (the operator's setting, from its chart): pod labels, namespace labels ({}: any)
+    prometheus_pod_labels: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PROMETHEUS_POD_LABELS))
+    prometheus_namespace_labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def secret_ref(self) -> SecretRef:
@@ -140,6 +146,27 @@ def generated_tokens_secret_name(store: str) -> str:
 def default_image() -> str:
     """The node image when spec.image is empty: the chart sets EVSTORE_NODE_IMAGE to its own image."""
     return os.environ.get("EVSTORE_NODE_IMAGE") or DEFAULT_IMAGE
+
+
+def prometheus_selectors() -> tuple[dict[str, str], dict[str, str]]:
+    """The pod and namespace labels of the Prometheus the stores' NetworkPolicies admit: the chart sets
+    EVSTORE_PROMETHEUS_POD_LABELS and EVSTORE_PROMETHEUS_NAMESPACE_LABELS (JSON maps; no namespace labels: any
+    namespace) from its networkPolicy values."""
+    return (_label_map("EVSTORE_PROMETHEUS_POD_LABELS", DEFAULT_PROMETHEUS_POD_LABELS),
+            _label_map("EVSTORE_PROMETHEUS_NAMESPACE_LABELS", {}))
+
+
+def _label_map(variable: str, default: Mapping[str, str]) -> dict[str, str]:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return dict(default)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise SpecError(f"the operator's {variable} is not a JSON object of labels") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SpecError(f"the operator's {variable} is not a JSON object of labels")
+    return value
 
 
 def default_etcd_image() -> str:
@@ -205,6 +232,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         tokens_secret = str(tokens_ref["name"])
 
     pod = spec.get("podMetadata") or {}
+    prometheus = prometheus_selectors()
     # what the API server would refuse in the pods' template is refused here, where the message is clear
     for field_name, resources in (("spec.resources", spec.get("resources")), ("spec.etcd.resources",
                                                                               etcd.get("resources"))):
@@ -243,6 +271,8 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None, *,
         service_monitor=bool(monitoring.get("serviceMonitor", False)),
         dashboards=bool(monitoring.get("dashboards", False)),
         log_level=log_level,
+        prometheus_pod_labels=prometheus[0],
+        prometheus_namespace_labels=prometheus[1],
     )
 
 

@@ -427,9 +427,14 @@ class ClusterMember:
             self._deposed(self.leading, f"a follower knows the newer epoch {epoch}")
 
     def ready(self) -> tuple[bool, str]:
+        """Ready: the leader, or a follower in touch with it and in the in-sync set. A follower still catching up
+        is not: Kubernetes would count it towards a disruption budget while an in-sync replica is evicted, and a
+        client Service would send reads to a copy far behind. (No in-sync set recorded yet: a follower in touch.)"""
         if self.role is Role.LEADER:
             return True, ""
         if self.role is Role.FOLLOWER and self.following is not None and self.following.last_contact:
+            if self.isr and self.me.node not in self.isr:
+                return False, "catching up: not in the in-sync set yet"
             return True, ""
         return False, "no leader" if self.leader is None else "connecting to the leader"
 

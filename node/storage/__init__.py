@@ -24,7 +24,7 @@ from ..replyjson import DATA_BINARY, METADATA_BINARY
 from . import streams
 from .reads import (MAX_REPLY_BYTES, AllFilter, Page, RenderedEvent, Take, page_taker, read_all, render_rows,
                     rendered_json, rendered_position, rendered_size, rendered_version, snapshot_record_at_or_below,
-                    snapshot_records_between, stream_name_ranges, stream_page, stream_rows)
+                    snapshot_records_between, snapshot_window_start, stream_name_ranges, stream_page, stream_rows)
 from .recent import RecentCommits, rows_from_store
 from .records import (STORED_COLUMNS, Record, ScavengedRecord, StreamRow, payload_checksum, record_from_row,
                       records_of_rows, row_accounts, row_count, row_record, rows_of_records, seal_payloads,
@@ -37,7 +37,8 @@ from .wal import WRITER_CACHE_KIB, connect
 
 __all__ = ["MAX_REPLY_BYTES", "AllFilter", "Page", "RenderedEvent", "Take", "page_taker", "read_all", "render_rows",
            "rendered_json", "rendered_position", "rendered_size", "rendered_version", "snapshot_record_at_or_below",
-           "snapshot_records_between", "stream_name_ranges", "stream_page", "stream_rows", "streams",
+           "snapshot_records_between", "snapshot_window_start", "stream_name_ranges", "stream_page", "stream_rows",
+           "streams",
            "CATEGORY_SQL", "DATA_BINARY", "DATA_SQL", "DB_FILE", "FORMAT_VERSION", "METADATA_BINARY", "METADATA_SQL",
            "RECORD_COLUMNS", "REPLY_COLUMNS", "STORED_COLUMNS", "WRITER_CACHE_KIB", "FlushFailed", "Record",
            "RecentCommits", "ScavengedRecord", "Storage", "StreamRow", "WriteTxn", "checked_batches", "connect",

@@ -388,6 +388,17 @@ def snapshot_record_at_or_below(conn: sqlite3.Connection, stream: str, *, min_ev
     return record_from_row(row).verified() if row is not None else None
 
 
+def snapshot_window_start(conn: sqlite3.Connection, stream: str, *, min_event_version: int, keep: int) -> int | None:
+    """The stream version from which the stream's events (those from `min_event_version` on) hold the newest event
+    of each of the `keep` snapshot versions saved last, or None when fewer versions are there: a snapshot saved
+    again at its version leaves its earlier event behind, which must not count against `keep`."""
+    row = conn.execute(
+        f"SELECT version FROM (SELECT version, row_number() OVER (PARTITION BY {SNAPSHOT_VERSION_SQL} "
+        f"ORDER BY version DESC) AS newest FROM events WHERE stream = ? AND version >= ?) WHERE newest = 1 "
+        f"ORDER BY version DESC LIMIT 1 OFFSET ?", (stream, min_event_version, keep - 1)).fetchone()
+    return row[0] if row is not None else None
+
+
 def snapshot_records_between(conn: sqlite3.Connection, stream: str, *, min_event_version: int, min_version: int,
                              max_version: int, backward: bool, limit: int, through: int | None) -> list[Record]:
     """The verified records of the snapshots with versions from `min_version` to `max_version` (the newest event

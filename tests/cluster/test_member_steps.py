@@ -86,3 +86,19 @@ async def test_a_node_whose_keepalive_lapsed_runs_again_once_it_is_refreshed(mem
     a.coordinator.refresh()  # etcd answered a keepalive again
     await until(lambda: a.role is Role.LEADER, "a to lead again")
     assert a.leading.epoch > epoch
+
+
+async def test_a_follower_is_ready_only_once_in_the_in_sync_set(members):
+    """A follower catching up counted as ready: Kubernetes let a drain evict an in-sync replica while it counted
+    towards the disruption budget, and a client Service sent reads to a copy far behind."""
+    a = await members("a")
+    await until(lambda: a.role is Role.LEADER, "a to lead")
+    b = await members("b")
+    await until(lambda: b.role is Role.FOLLOWER and b.following is not None, "b to follow")
+    b.following.last_contact = time.monotonic()  # in touch with its leader (no replication over HTTP here)
+    await until(lambda: b.isr, "b to learn the in-sync set")
+    assert b.ready() == (False, "catching up: not in the in-sync set yet")
+    isr = await a.coordinator.isr()
+    await a.coordinator.set_isr(a.leading.epoch, set(isr.members) | {"b"}, isr.revision)
+    await until(lambda: b.ready() == (True, ""), "b ready once in the in-sync set")
+    assert a.ready() == (True, "")

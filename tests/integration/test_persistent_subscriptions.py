@@ -130,6 +130,26 @@ async def test_bad_names_are_400(shared_node, http, name):
     assert (status, error.get("field")) == (400, "name")
 
 
+async def test_a_hard_deleted_stream_is_410_to_every_kind_of_subscriber(shared_node, http):
+    """Its events stay in `$all` until a scavenge: a persistent subscription on it was created (201) with a lag
+    that never cleared, and a transient one from a position replayed them, where one from a version got 410."""
+    base, stream = shared_node.url, unique("tomb")
+    await append(http, base, stream, 2)
+    await call(http, "DELETE", f"{base}/v1/streams/{stream}?hard=true", status=204)
+    name = unique("tomb-sub")
+    status, refused = await call(http, "PUT", f"{base}/v1/subscriptions/{name}",
+                                 {"stream": stream, "startFrom": "start"})
+    assert (status, refused["error"]) == (410, "stream_deleted")
+    assert (await call(http, "GET", f"{base}/v1/subscriptions/{name}"))[0] == 404  # nothing was created
+    for query in ("start=start", "fromVersion=1", "start=end"):
+        async with http.get(f"{base}/v1/subscribe?stream={stream}&{query}",
+                            headers={"Accept": "text/event-stream"}) as reply:
+            assert reply.status == 410, (query, reply.status)
+    other = unique("alive")  # a stream that does not exist yet is subscribed to as before
+    await call(http, "PUT", f"{base}/v1/subscriptions/{name}", {"stream": other, "startFrom": "start"}, status=201)
+    await call(http, "DELETE", f"{base}/v1/subscriptions/{name}", status=204)
+
+
 async def test_patch_changes_settings_and_keeps_the_checkpoint(shared_node, http):
     base, name, stream = shared_node.url, unique("patch"), unique("patched")
     await append(http, base, stream, 4)

@@ -24,6 +24,7 @@ async def test_generated_tokens_are_mounted_and_used_by_the_operator(k8s, operat
     pod = sts["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == ["--api-tokens-file=/etc/evstore/api-tokens/api-tokens",
+                                 "--cluster-secret-file=/etc/evstore/cluster/secret",
                                  "--min-in-sync-file=/etc/evstore/in-sync/min-in-sync"]
     volume = next(v for v in pod["volumes"] if v["name"] == "api-tokens")
     assert volume["secret"]["secretName"] == "orders-api-tokens"

@@ -137,6 +137,8 @@ async def test_scaling_down_to_one_lowers_min_in_sync_first(k8s, operator, nodes
     await eventually(lambda: _in_sync(k8s) == "1", what="minInSync 1 in the ConfigMap")
     nodes.set_cluster("orders", leader_ordinal=2, replicas=3, min_in_sync=1)  # the nodes re-read the file
     await eventually(lambda: _status(k8s).get("minInSync") == 1, what="status minInSync 1")
+    # orders-2 leads and goes with the scale-down: it steps down first (leadership moves to orders-0)
+    nodes.on_step_down = lambda pod: nodes.set_cluster("orders", leader_ordinal=0, replicas=3, min_in_sync=1)
     await patch_evs(k8s, "orders", {"spec": {"replicas": 1}})
     await eventually(lambda: get_object(k8s, STS, "orders")["spec"]["replicas"] == 1, what="one replica")
-    assert _in_sync(k8s) == "1"
+    assert _in_sync(k8s) == "1" and nodes.step_downs == ["orders-2"]

@@ -347,6 +347,26 @@ def test_network_policy_admits_only_prometheus_on_the_metrics_port(rendered):
     assert OPERATOR_POD_LABELS.items() <= pod_labels.items()
 
 
+def test_the_stores_admit_the_prometheus_the_chart_names(helm, monkeypatch):
+    """The chart's Prometheus selectors reached only the operator's own policy: the stores admitted
+    `app.kubernetes.io/name: prometheus` from every namespace, whatever the chart said."""
+    import json
+
+    from evstore.operator import manifests, spec
+    rendered = documents(template(helm, "--set", "networkPolicy.prometheusPodLabels.app=prom",
+                                  "--set", "networkPolicy.prometheusNamespaceLabels.team=monitoring"))
+    deployment = one(rendered, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name in ("EVSTORE_PROMETHEUS_POD_LABELS", "EVSTORE_PROMETHEUS_NAMESPACE_LABELS"):
+        monkeypatch.setenv(name, env[name])
+    policy = manifests.network_policy(spec.parse_spec("orders", "shop", {}))
+    expected = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus", "app": "prom"}},
+                "namespaceSelector": {"matchLabels": {"team": "monitoring"}}}
+    assert policy["spec"]["ingress"][0]["from"][-1] == expected
+    assert one(rendered, "NetworkPolicy")["spec"]["ingress"][0]["from"] == [expected]
+    assert json.loads(env["EVSTORE_PROMETHEUS_NAMESPACE_LABELS"]) == {"team": "monitoring"}
+
+
 def test_monitoring_objects_are_off_by_default(rendered):
     assert not by_kind(rendered["default"], "ServiceMonitor")
     assert not by_kind(rendered["default"], "PrometheusRule")
@@ -425,12 +445,20 @@ def test_dashboards_ship_verbatim_as_labelled_configmaps(rendered, variant, labe
     (("--set", "serviceAccount.create=no"), "create"),
     (("--set", "replicaCount=0"), "replicaCount"),
     (("--set", "health.port=0"), "port"),
+    # the chart's own labels: the stores' NetworkPolicies admit the operator by them
+    (("--set", "podLabels.app\\.kubernetes\\.io/component=other"), "app.kubernetes.io/component"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_values_schema_rejects_bad_values(helm, args, field):
     result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     assert result.returncode != 0, f"helm accepted {args}"
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
     assert field in result.stderr, result.stderr
+
+
+def test_metrics_and_health_on_one_port_are_refused(helm):
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--set", "metrics.port=8081",
+                      "--set", "health.port=8081")
+    assert result.returncode != 0 and "metrics.port and health.port must differ" in result.stderr, result.stderr
 
 
 def test_values_yaml_itself_satisfies_the_schema():
@@ -449,3 +477,22 @@ def test_prometheus_rule_ships_the_operators_alerts_from_the_checked_rule_file(r
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == NAMESPACE
     groups = yaml.safe_load((CHART / "rules" / "evstore.rules.yaml").read_text())["groups"]
     assert rule["spec"] == {"groups": [g for g in groups if g["name"] == "evstore.operator"]}
+
+
+def test_the_readmes_permissions_table_is_the_role(rendered):
+    """Users who make their own RBAC (rbac.create: false) follow the table: it listed verbs the Role does not
+    grant and left out rules it does."""
+    import re
+    text = (CHART / "README.md").read_text().split("## Permissions", 1)[1].split("\n## ", 1)[0]
+    table = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[1].startswith("`"):
+            continue
+        group = "" if cells[0] == "core" else cells[0].strip("`")
+        for resource in re.findall(r"`([^`]+)`", cells[1]):
+            table |= {(group, resource, verb.strip()) for verb in cells[2].split(",")}
+    role = one(rendered["default"], "Role")
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert table == granted

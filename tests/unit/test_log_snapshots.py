@@ -73,6 +73,44 @@ async def test_keep_the_latest_k(log):
     assert [s.version for s in (await log.read_snapshots("k", limit=10))[0]] == [4, 5]
 
 
+async def test_keep_counts_versions_not_saves(log):
+    """A save at a version that has a snapshot replaces it, but left its earlier event in the stream, where keep
+    (a maxCount) counted it: with keep 2, replacing v3 left v3 alone and v2 was lost."""
+    for version in (1, 2, 3):
+        await log.save_snapshot("r", version, snap(b"%d" % version), keep=2)
+    await log.save_snapshot("r", 3, snap(b"3 again"))
+    await log.save_snapshot("r", 3, snap(b"3 once more"))
+    page, _ = await log.read_snapshots("r", limit=10)
+    assert [(s.version, s.data) for s in page] == [(2, b"2"), (3, b"3 once more")]
+    assert (await log.read_snapshot("r", 2)).data == b"2"
+    await log.save_snapshot("r", 4, snap(b"4"))  # a new version: the oldest kept one goes, as keep says
+    assert [s.version for s in (await log.read_snapshots("r", limit=10))[0]] == [3, 4]
+    await log.trim_system_streams()  # every node removes what is hidden, and no more
+    assert [(s.version, s.data) for s in (await log.read_snapshots("r", limit=10))[0]] == [(3, b"3 once more"),
+                                                                                          (4, b"4")]
+
+
+async def test_an_identical_save_with_a_new_keep_keeps_what_it_says(log):
+    for version in (3, 4, 5):
+        await log.save_snapshot("i", version, snap(b"%d" % version))
+    await log.save_snapshot("i", 5, snap(b"5"), keep=2)  # the copy it writes pushed v4 out
+    assert [s.version for s in (await log.read_snapshots("i", limit=10))[0]] == [4, 5]
+    await log.save_snapshot("j", 5, snap(b"5"))
+    await log.save_snapshot("j", 6, snap(b"6"))
+    saved = await log.save_snapshot("j", 5, snap(b"5"), keep=1)  # saved last: the one kept, and readable
+    assert (await log.read_snapshot("j", 5)).position == saved.position
+    assert [s.version for s in (await log.read_snapshots("j", limit=10))[0]] == [5]
+
+
+async def test_a_delete_ends_the_keep_too(log):
+    await log.save_snapshot("d", 1, snap(), keep=1)
+    await log.save_snapshot("d", 2, snap())
+    await log.delete_snapshots("d")
+    await log.save_snapshot("d", 3, snap())
+    await log.save_snapshot("d", 4, snap())
+    assert [s.version for s in (await log.read_snapshots("d", limit=10))[0]] == [3, 4]
+
+
 async def test_delete_hides_every_snapshot_and_a_later_save_starts_afresh(log):
     await log.save_snapshot("d", 1, snap())
     await log.save_snapshot("d", 2, snap())

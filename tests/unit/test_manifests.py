@@ -244,6 +244,10 @@ def test_managed_etcd_compacts_and_has_resources():
     container = m.etcd_statefulset(store(replicas=3))["spec"]["template"]["spec"]["containers"][0]
     assert "--auto-compaction-mode=periodic" in container["args"]
     assert "--auto-compaction-retention=1h" in container["args"]
+    # the quota leaves room on the volume for the WAL and snapshots: etcd's alarm comes before a full disk
+    quota = next(int(a.split("=")[1]) for a in container["args"] if a.startswith("--quota-backend-bytes="))
+    volume = m.etcd_statefulset(store(replicas=3))["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]
+    assert quota + 5 * 64 * 2 ** 20 < m.parse_quantity(volume["requests"]["storage"])
     assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
