@@ -220,7 +220,8 @@ def _validate(raw: dict[str, tuple[str, str]]) -> Settings:
     if (secret_file := get("cluster_secret_file")) is not None:
         if secret is not None:
             raise ConfigError(f"give {raw['cluster_secret'][1]} or {raw['cluster_secret_file'][1]}, not both")
-        secret = _read_secret_file(Path(secret_file), raw["cluster_secret_file"][1])
+        # stripped as a value from the environment is: the pods of a roll from one to the other must agree
+        secret = _read_secret_file(Path(secret_file), raw["cluster_secret_file"][1]).strip()
         if len(secret) < 16:
             raise fail("cluster_secret_file", "the secret in it must be at least 16 characters")
         values["cluster_secret"] = secret

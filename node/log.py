@@ -461,7 +461,10 @@ class Log:
                 _write_system_event(txn, metadata_stream(stream), METADATA_TYPE, orjson.dumps(retention))
             result = _write_events(txn, row, [event])
             if keep is not None or kept:
-                _fit_kept_window(txn, stream, keep if keep is not None else kept)
+                # only what was visible before the save counts: an event an earlier maxCount hid may be trimmed
+                # already on one node and not yet on another
+                _fit_kept_window(txn, stream, keep if keep is not None else kept,
+                                 floor=vis.min_version if row.version > 0 else 1)
             return Snapshot(source, version, snapshot.type, snapshot.data, snapshot.metadata, snapshot.flags,
                             txn.now, result.position)
 
@@ -987,14 +990,16 @@ def _write_system_event(txn: WriteTxn, stream: str, event_type: str, data: bytes
     _write_events(txn, row, [event])
 
 
-def _fit_kept_window(txn: WriteTxn, stream: str, keep: int) -> None:
-    """After a save to a snapshot stream with a `keep`: its maxCount spans the `keep` versions saved last, so a
-    snapshot saved again at its version (its earlier event stays in the stream) does not push another one out."""
+def _fit_kept_window(txn: WriteTxn, stream: str, keep: int, *, floor: int) -> None:
+    """After a save to a snapshot stream with a `keep`: its maxCount spans the `keep` versions saved last among its
+    events from `floor` on, so a snapshot saved again at its version (its earlier event stays in the stream until
+    a newer version is saved) does not push another one out."""
     row = txn.stream_row(stream)
     if row is None or row.version <= keep:
         return
     meta = metadata_as_stored(row)
-    window = kept_window(txn.conn, stream, version=row.version, floor=meta.get("truncateBefore") or 0, keep=keep)
+    floor = max(floor, meta.get("truncateBefore") or 0)
+    window = kept_window(txn.conn, stream, version=row.version, floor=floor, keep=keep)
     if window != meta.get("maxCount"):
         _write_system_event(txn, metadata_stream(stream), METADATA_TYPE,
                             orjson.dumps({**meta, "maxCount": window, KEEP_KEY: keep}))

@@ -108,6 +108,7 @@ class OperatorState:
             self.phases.pop(key, None)
             self.failures.pop(key, None)
             self.problems.pop(key, None)
+            self.rejections.pop(key, None)
             self.etcd_auth_done.discard(key)
             self.scaling.pop(key, None)
             self.status_written.pop(key, None)

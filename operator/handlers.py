@@ -236,9 +236,14 @@ SCALE_DOWN_RETRY = 2  # seconds: after the leader of a leaving pod stepped down 
 REJECTED_RETRY = 10  # seconds: a refused change is tried again (the cause may be outside the spec: RBAC, a quota)
 
 
+# 4xx answers that pass by themselves: a missing kind (404), a race (409), an expired watch (410), a timeout (408),
+# throttling (429), a token being rotated (401)
+PASSING_REFUSALS = frozenset({401, 404, 408, 409, 410, 429})
+
+
 def rejected(exc: ApiException) -> bool:
-    """A refusal a person must act on (invalid, forbidden, over a quota), not a race (409) or a missing kind (404)."""
-    return 400 <= (exc.status or 0) < 500 and exc.status not in (404, 409)
+    """A refusal a person must act on (invalid, forbidden, over a quota), not one that passes by itself."""
+    return 400 <= (exc.status or 0) < 500 and exc.status not in PASSING_REFUSALS
 
 
 def api_refusal(exc: ApiException) -> str:

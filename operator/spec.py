@@ -166,6 +166,9 @@ def _label_map(variable: str, default: Mapping[str, str]) -> dict[str, str]:
         raise SpecError(f"the operator's {variable} is not a JSON object of labels") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise SpecError(f"the operator's {variable} is not a JSON object of labels")
+    _check_labels(value, f"the operator's {variable}")
+    if variable == "EVSTORE_PROMETHEUS_POD_LABELS" and not value:  # every pod of every namespace: no policy at all
+        raise SpecError(f"the operator's {variable} names no label: it would admit every pod to the stores")
     return value
 
 

@@ -479,6 +479,7 @@ def subscription_paths() -> dict:
                 "201": ok("Created", ref("SubscriptionInfo")),
                 "200": ok("It exists with these very settings", ref("SubscriptionInfo")),
                 "409": error("`subscription_exists` (other settings) or `too_many_subscriptions`"),
+                "410": error("`stream_deleted`: the stream was hard deleted (nothing could ever be delivered)"),
                 **errors(400, 503)}, parameters=[name], body=ref("SubscriptionRequest")),
             "patch": operation("updateSubscription", "Change tunable settings, keeping the checkpoint", tag, {
                 "200": ok("Updated (connected consumers are closed with code 1012 and reconnect)",

@@ -21,7 +21,7 @@ from ..errors import InvalidRequest, LogError, Unavailable
 from ..subscriptions.delivery import NACK_ACTIONS, Delivery, parse_delivery_id
 from ..subscriptions.persistent import PersistentSubscriptions
 from ..subscriptions.runtime import CLOSE_GOING_AWAY, CLOSE_NOT_LEADER, CLOSE_UPDATED, Closed
-from ..subscriptions.settings import parse_settings, subscription_name
+from ..subscriptions.settings import parse_settings, refuse_what_never_delivers, subscription_name
 from . import validation as v
 from .cluster import FORWARD_WAIT, FORWARDED_HEADER, Handler, forward, leader_write
 from .keys import CLUSTER_KEY
@@ -94,6 +94,7 @@ async def create(request: web.Request) -> web.Response:
     name = _name(request)
     v.query_params(request.query, {})
     settings = parse_settings(v.parse_json_body(await request.read()))
+    refuse_what_never_delivers(settings)
     created, info = await _service(request).create(name, settings)
     return json_response(info, status=201 if created else 200)
 

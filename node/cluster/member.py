@@ -28,6 +28,7 @@ TAKEOVER_PATH = "/v1/internal/replication/takeover"
 CAMPAIGN_DELAY = 0.5  # a node not named by a step-down waits this long (plus jitter) before running
 RECHECK_EVERY = 1.0
 STEP_DOWN_TIMEOUT = 10.0
+FIRST_FETCH_WAIT = 3.0  # seconds a step-down waits for an in-sync follower's first fetch from a new leader
 LEASE_SILENCE = 0.6  # keepalives go every third of the TTL: none answered for this share of it means etcd is away
 LEASE_LOOK_EVERY = 0.25  # a request waiting for a leader looks this often whether etcd is still reachable
 
@@ -450,7 +451,8 @@ class ClusterMember:
             leading = self.leading
             if leading is None:
                 raise NotLeader()
-            if not [p for p in leading.progress.values() if p.node in leading.isr]:
+            # a leader elected a moment ago has heard from no follower yet: wait (writes flowing) for a first fetch
+            if not await leading.wait_for_in_sync_followers(FIRST_FETCH_WAIT):
                 raise NoInSyncFollower()
             leading.hold_writes()
             try:

@@ -474,6 +474,19 @@ class LeaderReplication:
         return [p for node, p in sorted(self.progress.items())
                 if node in self.isr and node != self.me.node and p.durable >= head]
 
+    async def wait_for_in_sync_followers(self, timeout: float) -> bool:
+        """Whether an in-sync follower has fetched from this leader, waiting up to `timeout` for one: a leader just
+        elected has heard from none until their first fetch from it."""
+        deadline = time.monotonic() + timeout
+        while self.active:
+            if [p for p in self.progress.values() if p.node in self.isr and p.node != self.me.node]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await self._wait_until(min(0.05, max(0.0, deadline - time.monotonic())),
+                                   (self.log.visible, self.log.head))
+        return False
+
 
 class Follower:
     """Pull the log from one leader (one epoch) until cancelled."""

@@ -154,9 +154,6 @@ def _filter(value: Any) -> Filter:
                        ("streamPattern", MAX_STREAM_BYTES)):
         if key in value:
             optional[key] = _text(value[key], f"filter.{key}", limit, max_bytes=key != "typePrefix")
-            if key != "typePrefix" and optional[key].startswith("$"):  # it would match nothing, for ever
-                raise InvalidRequest("system streams ($...) cannot be subscribed to persistently",
-                                     field=f"filter.{key}")
     # a set of types (matched as OR): the same set in another order is the same filter
     return Filter(tuple(sorted(set(parsed_types))), optional.get("typePrefix"), optional.get("streamPrefix"),
                   optional.get("streamPattern"))
@@ -169,6 +166,16 @@ def _start_from(value: Any) -> str | int:
         return value
     raise InvalidRequest("startFrom must be \"start\", \"end\" or a position (a version for a stream "
                          "subscription) from 1", field="startFrom")
+
+
+def refuse_what_never_delivers(settings: SubscriptionSettings) -> None:
+    """InvalidRequest for a new subscription whose filter names `$`-streams, which a filter never delivers: it would
+    wait for ever. (Only for new ones: a definition stored by an earlier release still loads.)"""
+    source = settings.filter
+    for key, value in (("streamPrefix", source.stream_prefix if source else None),
+                       ("streamPattern", source.stream_pattern if source else None)):
+        if value is not None and value.startswith("$"):
+            raise InvalidRequest("system streams ($...) cannot be subscribed to persistently", field=f"filter.{key}")
 
 
 def parse_settings(doc: Any) -> SubscriptionSettings:

@@ -116,6 +116,7 @@ async def test_create_is_idempotent_and_other_settings_conflict(shared_node, htt
     ({"filter": {"kind": "x"}}, "filter.kind"),
     ({"filter": {"type": [1]}}, "filter.type"),
     ({"filter": "x"}, "filter"),
+    ({"filter": {"streamPrefix": "$snapshot-"}}, "filter.streamPrefix"),  # $-streams: it would never deliver
 ])
 async def test_bad_settings_are_400_with_the_field_and_create_nothing(shared_node, http, body, field):
     name = unique("bad")
