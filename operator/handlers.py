@@ -127,7 +127,8 @@ async def reconcile(name: str, namespace: str, uid: str, body: Any, spec: Any, m
         except ApiException as exc:
             if not rejected(exc):
                 raise
-            # the store runs on as it was; the status says why the new spec is not applied (refresh)
+            # the pods run on as they were (children applied before this one carry the new spec); the status says
+            # why the spec is not applied (refresh)
             message = f"the API server refused to apply generation {meta.get('generation')}: {api_refusal(exc)}"
             state.rejections[key] = message
             kopf.warn(body, reason="ApplyRejected", message=message)
