@@ -756,6 +756,16 @@ class Log:
 
         return await self._read(read)
 
+    async def refuse_hard_deleted(self, stream: str) -> None:
+        """StreamDeleted for a hard-deleted stream (one that does not exist yet, or soft-deleted, passes): what
+        subscribers of it are told, whatever `$all` still shows until a scavenge."""
+        try:
+            info = await self.stream_info(stream)
+        except StreamNotFound:
+            return
+        if info.deleted == "hard":
+            raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
+
     async def get_metadata(self, stream: str) -> dict:
         visible = await self._horizon()
 

@@ -721,7 +721,6 @@ def stamped(desired: Manifest) -> Manifest:
     return result
 
 
-
 def foreign_owner(desired: Manifest, actual: Mapping[str, Any]) -> str | None:
     """Why `actual` (an object of the desired kind and name) is not ours to patch, or None if it is:
     ours when its controller reference is the desired one, or, with no controller, when it carries our

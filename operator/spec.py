@@ -152,8 +152,11 @@ def prometheus_selectors() -> tuple[dict[str, str], dict[str, str]]:
     """The pod and namespace labels of the Prometheus the stores' NetworkPolicies admit: the chart sets
     EVSTORE_PROMETHEUS_POD_LABELS and EVSTORE_PROMETHEUS_NAMESPACE_LABELS (JSON maps; no namespace labels: any
     namespace) from its networkPolicy values."""
-    return (_label_map("EVSTORE_PROMETHEUS_POD_LABELS", DEFAULT_PROMETHEUS_POD_LABELS),
-            _label_map("EVSTORE_PROMETHEUS_NAMESPACE_LABELS", {}))
+    pods = _label_map("EVSTORE_PROMETHEUS_POD_LABELS", DEFAULT_PROMETHEUS_POD_LABELS)
+    if not pods:  # every pod of every namespace: no policy at all
+        raise SpecError("the operator's EVSTORE_PROMETHEUS_POD_LABELS names no label: it would admit every pod to "
+                        "the stores")
+    return pods, _label_map("EVSTORE_PROMETHEUS_NAMESPACE_LABELS", {})
 
 
 def _label_map(variable: str, default: Mapping[str, str]) -> dict[str, str]:
@@ -167,8 +170,6 @@ def _label_map(variable: str, default: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise SpecError(f"the operator's {variable} is not a JSON object of labels")
     _check_labels(value, f"the operator's {variable}")
-    if variable == "EVSTORE_PROMETHEUS_POD_LABELS" and not value:  # every pod of every namespace: no policy at all
-        raise SpecError(f"the operator's {variable} names no label: it would admit every pod to the stores")
     return value
 
 

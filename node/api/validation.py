@@ -20,6 +20,11 @@ from ..storage import DATA_BINARY, METADATA_BINARY
 MAX_STREAM_NAME_BYTES = 512
 # the metadata stream of a stream is `$$<stream>`: two bytes longer than the longest name a client can write
 MAX_SYSTEM_STREAM_NAME_BYTES = MAX_STREAM_NAME_BYTES + 2
+
+
+def readable_name_bytes(name: str) -> int:
+    """The longest a stream name to read may be: a metadata stream's, whatever its stream's length, is longer."""
+    return MAX_SYSTEM_STREAM_NAME_BYTES if name.startswith("$$") else MAX_STREAM_NAME_BYTES
 MAX_TYPE_CHARS = 256
 MAX_EVENTS_PER_APPEND = 10_000
 MAX_READ_LIMIT = 4096
@@ -36,8 +41,8 @@ UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 
 def stream_name(raw: str, *, writing: bool = False, field: str = "stream", what: str = "stream",
                 max_bytes: int = MAX_STREAM_NAME_BYTES) -> str:
-    if not writing and raw.startswith("$$") and max_bytes == MAX_STREAM_NAME_BYTES:
-        max_bytes = MAX_SYSTEM_STREAM_NAME_BYTES  # a metadata stream may be read, whatever its stream's length
+    if not writing and max_bytes == MAX_STREAM_NAME_BYTES:
+        max_bytes = readable_name_bytes(raw)
     if not raw or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise InvalidRequest(f"a {what} name is 1 to {max_bytes} bytes of UTF-8", field=field)
     if _CONTROL.search(raw):
@@ -568,8 +573,7 @@ def text_param(max_chars: int = MAX_STREAM_NAME_BYTES) -> Parser:
 def stream_name_param(name: str, text: str) -> str:
     """A stream name in a query (a listing's prefix and `after`): up to 512 characters, or 514 for a metadata
     stream (`$$<name>`), which a listing may give as its `next`."""
-    longest = MAX_SYSTEM_STREAM_NAME_BYTES if text.startswith("$$") else MAX_STREAM_NAME_BYTES
-    if not 1 <= len(text) <= longest or _CONTROL.search(text):
+    if not 1 <= len(text) <= readable_name_bytes(text) or _CONTROL.search(text):
         raise InvalidRequest(f"{name} must be 1 to {MAX_STREAM_NAME_BYTES} characters without control characters "
                              f"(a metadata stream, $$ and a name: {MAX_SYSTEM_STREAM_NAME_BYTES})", field=name)
     return text

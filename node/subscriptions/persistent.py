@@ -171,8 +171,8 @@ class PersistentSubscriptions:
             if len(self.definitions) >= MAX_SUBSCRIPTIONS:
                 raise TooManySubscriptions(f"the store has its limit of {MAX_SUBSCRIPTIONS} persistent "
                                            "subscriptions", limit=MAX_SUBSCRIPTIONS)
-            if settings.stream is not None:
-                await self._refuse_hard_deleted(settings.stream)
+            if settings.stream is not None:  # nothing could ever be delivered (its lag would never clear)
+                await self.log.refuse_hard_deleted(settings.stream)
             start = await self._resolve_start(settings)
             incarnation = uuid.uuid4().hex
             await self.log.set_metadata(checkpoint_stream(name), {"maxCount": CHECKPOINTS_KEPT})
@@ -211,16 +211,6 @@ class PersistentSubscriptions:
             self.definitions.pop(name, None)
             self.runtimes.pop(name, None)
             await runtime.stop(Closed(CLOSE_DELETED, "subscription_deleted", "the subscription was deleted"))
-
-    async def _refuse_hard_deleted(self, stream: str) -> None:
-        """StreamDeleted (410) for a hard-deleted stream: nothing can ever be delivered from it (its lag would
-        never clear)."""
-        try:
-            info = await self.log.stream_info(stream)
-        except StreamNotFound:
-            return  # a stream that does not exist yet: its events are delivered once written
-        if info.deleted == "hard":
-            raise StreamDeleted(f"stream {stream!r} was hard deleted", stream=stream)
 
     async def _resolve_start(self, settings: SubscriptionSettings) -> int:
         if settings.start_from == "start":

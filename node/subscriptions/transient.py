@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from ..errors import StreamDeleted, StreamNotFound, Unavailable
+from ..errors import StreamNotFound, Unavailable
 from ..log import AllFilter, Log
 from ..storage import Record, RenderedEvent, rendered_json, rendered_position, rendered_version
 from .selector import Selector, glob_literal, parse_json
@@ -366,15 +366,8 @@ class TransientSubscriptions:
         return subscription
 
     async def _first_position(self, selector: Selector, start: Start) -> int:
-        if selector.stream is not None and start.version is None:
-            # a hard-deleted stream is StreamDeleted (410) whatever the start, as reads of it are (`$all` still
-            # shows its events until a scavenge; a stream's subscriber does not)
-            try:
-                info = await self.log.stream_info(selector.stream)
-            except StreamNotFound:
-                info = None
-            if info is not None and info.deleted == "hard":
-                raise StreamDeleted(f"stream {selector.stream!r} was hard deleted", stream=selector.stream)
+        if selector.stream is not None and start.version is None:  # (read_stream below refuses it for a version)
+            await self.log.refuse_hard_deleted(selector.stream)
         if start.position is not None:
             return start.position
         committed = self.log.visible.position
